@@ -1,0 +1,122 @@
+//! Error policy.
+//!
+//! * The engine returns [`Error`], a typed enum; binaries turn it into text and an
+//!   exit code and may wrap it in `anyhow`, the engine never does.
+//! * Every message is lowercase, names the object it is about (stanza, backup label,
+//!   file, repository key, server) and, where the operator can act, ends with a hint.
+//! * Every error is either *transient* (retrying the same operation later may succeed:
+//!   network faults, throttling, a server that is starting up) or *permanent* (retrying
+//!   cannot help: wrong passphrase, corrupt object, bad configuration). Storage
+//!   wrappers retry transient errors only; [`Error::is_transient`] tells which.
+//! * Secrets never appear in messages: errors carry names and keys, never passphrases,
+//!   passwords or key material.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of storage failure happened; decides retry and the operator's hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    NotFound,
+    AlreadyExists,
+    Transient,
+    Permanent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration or command-line input that cannot work.
+    #[error("{0}")]
+    Config(String),
+
+    #[error("repository {location} is not initialised: run `pgcairn --stanza={stanza} stanza-create` first, or check the `repo` and `stanza` settings")]
+    RepoNotInitialised { location: String, stanza: String },
+
+    #[error("repository {location} is already initialised for stanza {stanza}: nothing was changed")]
+    RepoAlreadyInitialised { location: String, stanza: String },
+
+    #[error("repository {location} has format version {found}, this pgcairn reads version {supported} only: use a pgcairn release that supports format {found}")]
+    UnsupportedFormat { location: String, found: u32, supported: u32 },
+
+    #[error("wrong passphrase for repository {location}: no key slot opens with it; check PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file")]
+    WrongPassphrase { location: String },
+
+    #[error("repository {location} is encrypted and no passphrase was given: set PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file")]
+    PassphraseMissing { location: String },
+
+    /// An object is missing, unreadable or fails authentication/verification.
+    #[error("{what} is corrupt or missing: {detail}; the repository storage lost or altered data: restore from another backup set (`pgcairn info` lists them) and check the storage")]
+    Corrupt { what: String, detail: String },
+
+    #[error("storage {op} of {key} failed: {detail}")]
+    Storage { op: &'static str, key: String, kind: StorageErrorKind, detail: String },
+
+    #[error("cannot connect to {target}: {detail}; check that PostgreSQL is running and the `pg` connection settings (host, port)")]
+    Connect { target: String, detail: String },
+
+    #[error("{target} refused the replication connection: {detail}; {hint}")]
+    AuthRejected { target: String, detail: String, hint: String },
+
+    /// An error reported by the PostgreSQL server.
+    #[error("{target} reported: {message} (sqlstate {code}){}", hint.as_ref().map(|h| format!("; hint: {h}")).unwrap_or_default())]
+    Server { target: String, code: String, message: String, hint: Option<String> },
+
+    #[error("data checksum verification failed on {target} in: {}; the cluster has corrupt pages: investigate with pg_amcheck / pg_checksums before relying on this cluster", files.join(", "))]
+    ChecksumFailure { target: String, files: Vec<String> },
+
+    #[error("protocol error talking to {target}: {detail}")]
+    Protocol { target: String, detail: String },
+
+    #[error("restore target {}: {reason}", path.display())]
+    RestoreTarget { path: PathBuf, reason: String },
+
+    #[error("backup set {label} not found in stanza {stanza}: run `pgcairn --stanza={stanza} info` to list backup sets")]
+    BackupNotFound { stanza: String, label: String },
+
+    #[error("no backup set in stanza {stanza}: take one with `pgcairn --stanza={stanza} backup`")]
+    NoBackups { stanza: String },
+
+    #[error("{context}: {source}")]
+    Io { context: String, #[source] source: std::io::Error },
+
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Storage { kind, .. } => *kind == StorageErrorKind::Transient,
+            Error::Connect { .. } => true,
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    pub fn storage_kind(&self) -> Option<StorageErrorKind> {
+        match self {
+            Error::Storage { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+/// Adds a context line to `std::io::Result`s.
+pub trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io { context: context(), source })
+    }
+}

@@ -1,0 +1,374 @@
+//! Full backup: stream BASE_BACKUP, cut files into page-aligned blocks, hash,
+//! compress and seal them on rayon, pack new ones and upload packs on tokio, then
+//! write index, server manifest and — last — the backup manifest.
+//!
+//! Memory is bounded: at most `IN_FLIGHT_BLOCKS` blocks are being processed, one
+//! pack is being filled and at most `PARALLEL_UPLOADS` packs are uploading. What
+//! grows with the cluster is the manifest's block list (32 bytes per block) and
+//! the set of known chunk ids, as documented in docs/architecture.md.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::crypto::{self, Cipher};
+use crate::error::{Error, Result};
+use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
+use crate::pg::tar::{EntryKind, TarItem, TarReader};
+use crate::pg::{version, ConnParams, ReplicationConnection};
+use crate::progress::Progress;
+use crate::repo::blob;
+use crate::repo::format::*;
+use crate::repo::pack::PackWriter;
+use crate::repo::Repository;
+
+const IN_FLIGHT_BLOCKS: usize = 64;
+const PARALLEL_UPLOADS: usize = 4;
+const PACKS_PER_INDEX: usize = 256;
+
+pub struct BackupRequest {
+    pub pg: ConnParams,
+    pub fast_checkpoint: bool,
+    pub compress_level: i32,
+    pub progress: Arc<dyn Progress>,
+    /// Ask the server for a size estimate first (for an ETA).
+    pub estimate_size: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupSummary {
+    pub label: String,
+    pub size: u64,
+    pub stored_new: u64,
+    pub files: usize,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub seconds: f64,
+}
+
+struct BlockDone {
+    file: usize,
+    id: ChunkId,
+    raw_len: u32,
+    sealed: Option<Vec<u8>>,
+}
+
+/// Everything that changes while the stream is consumed.
+struct Builder<'r> {
+    repo: &'r Repository,
+    level: i32,
+    block_size: usize,
+    cipher: Arc<Cipher>,
+    key_id: [u8; PACK_KEY_ID_LEN],
+    known: Arc<Mutex<HashSet<ChunkId>>>,
+    in_flight: FuturesOrdered<oneshot::Receiver<BlockDone>>,
+    pack: PackWriter,
+    uploads: JoinSet<Result<()>>,
+    upload_slots: Arc<Semaphore>,
+    packs: Vec<IndexPack>,
+    files: Vec<FileEntry>,
+    stored_new: u64,
+    // current file
+    tablespace: Option<u32>,
+    current: Option<usize>,
+    buf: BytesMut,
+    crc: u32,
+    capture_label: bool,
+    backup_label: Vec<u8>,
+    progress: Arc<dyn Progress>,
+}
+
+impl<'r> Builder<'r> {
+    async fn submit(&mut self, file: usize, block: Bytes) -> Result<()> {
+        if self.in_flight.len() >= IN_FLIGHT_BLOCKS {
+            self.complete_one().await?;
+        }
+        let (tx, rx) = oneshot::channel();
+        let (cipher, known, key, level) = (self.cipher.clone(), self.known.clone(), *self.repo.chunk_key(), self.level);
+        rayon::spawn(move || {
+            let id = blob::chunk_id(&key, &block);
+            let is_new = known.lock().unwrap().insert(id);
+            let sealed = is_new.then(|| blob::seal_block(&cipher, level, &id, &block));
+            let _ = tx.send(BlockDone { file, id, raw_len: block.len() as u32, sealed });
+        });
+        self.in_flight.push_back(rx);
+        Ok(())
+    }
+
+    async fn complete_one(&mut self) -> Result<()> {
+        let Some(done) = self.in_flight.next().await else { return Ok(()) };
+        let done = done.map_err(|_| Error::Other("block worker stopped".into()))?;
+        self.files[done.file].blocks.push(done.id);
+        self.progress.advance(done.raw_len as u64);
+        if let Some(sealed) = done.sealed {
+            self.stored_new += sealed.len() as u64;
+            self.pack.add(done.id, done.raw_len, &sealed);
+            if self.pack.len() as u64 >= self.repo.config().pack_size {
+                self.flush_pack().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_pack(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.pack, PackWriter::new(self.key_id, self.repo.config().pack_size as usize));
+        let (bytes, record) = full.finish();
+        let key = pack_key(&record.id);
+        self.packs.push(record);
+        // Reap finished uploads so errors surface early and the set stays small.
+        while let Some(r) = self.uploads.try_join_next() {
+            r.map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
+        }
+        let permit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
+        let storage = self.repo.storage().clone();
+        self.uploads.spawn(async move {
+            let _permit = permit;
+            storage.put_new(&key, bytes).await
+        });
+        Ok(())
+    }
+
+    async fn tar_item(&mut self, item: TarItem) -> Result<()> {
+        match item {
+            TarItem::Entry(e) => {
+                let kind = match e.kind {
+                    EntryKind::File => FileKind::File,
+                    EntryKind::Dir => FileKind::Dir,
+                    EntryKind::Symlink => FileKind::Symlink,
+                };
+                self.capture_label = self.tablespace.is_none() && e.path == "backup_label";
+                self.files.push(FileEntry {
+                    path: e.path,
+                    tablespace: self.tablespace,
+                    kind,
+                    mode: e.mode,
+                    size: e.size,
+                    mtime: e.mtime,
+                    link: e.link,
+                    crc32c: (kind == FileKind::File).then_some(0),
+                    blocks: Vec::new(),
+                });
+                self.current = Some(self.files.len() - 1);
+                self.buf.clear();
+                self.crc = 0;
+            }
+            TarItem::Data(d) => {
+                let file = self.current.expect("data follows an entry");
+                self.crc = crc32c::crc32c_append(self.crc, &d);
+                if self.capture_label {
+                    self.backup_label.extend_from_slice(&d);
+                }
+                if self.buf.is_empty() && d.len() == self.block_size {
+                    return self.submit(file, d).await;
+                }
+                let mut d = d;
+                while !d.is_empty() {
+                    let take = (self.block_size - self.buf.len()).min(d.len());
+                    self.buf.extend_from_slice(&d.split_to(take));
+                    if self.buf.len() == self.block_size {
+                        let block = self.buf.split().freeze();
+                        self.submit(file, block).await?;
+                    }
+                }
+            }
+            TarItem::EntryEnd => {
+                let file = self.current.take().expect("end follows an entry");
+                if !self.buf.is_empty() {
+                    let block = self.buf.split().freeze();
+                    self.submit(file, block).await?;
+                }
+                if self.files[file].kind == FileKind::File {
+                    self.files[file].crc32c = Some(self.crc);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drain the pipeline, upload the last pack and wait for every upload.
+    async fn finish(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.complete_one().await?;
+        }
+        self.flush_pack().await?;
+        while let Some(r) = self.uploads.join_next().await {
+            r.map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
+        }
+        Ok(())
+    }
+}
+
+/// pgBackRest-style label: YYYYMMDD-HHMMSSF, unique in the stanza.
+async fn new_label(repo: &Repository) -> Result<String> {
+    let existing = repo.list_backups().await?;
+    loop {
+        let label = chrono::Utc::now().format("%Y%m%d-%H%M%SF").to_string();
+        if !existing.iter().any(|l| l.starts_with(&label[..15])) {
+            return Ok(label);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSummary> {
+    let started = Instant::now();
+    let start_time = chrono::Utc::now();
+    let mut conn = ReplicationConnection::connect(&req.pg).await?;
+    let sys = conn.identify_system().await?;
+    let cfg = repo.config().clone();
+    if sys.system_identifier != cfg.system_identifier {
+        return Err(Error::Config(format!(
+            "{} has system identifier {} but stanza {} belongs to system {}: check the `pg` and `stanza` settings",
+            conn.target(),
+            sys.system_identifier,
+            cfg.stanza,
+            cfg.system_identifier
+        )));
+    }
+    let pg_version = conn.server_version_num();
+    if version::major_of(pg_version) != version::major_of(cfg.pg_version) {
+        return Err(Error::Config(format!(
+            "{} runs PostgreSQL major {} but stanza {} was created for major {}: a major upgrade needs a new stanza",
+            conn.target(),
+            version::major_of(pg_version),
+            cfg.stanza,
+            version::major_of(cfg.pg_version)
+        )));
+    }
+    let label = new_label(repo).await?;
+    let known: HashSet<ChunkId> = repo.load_index().await?.into_keys().collect();
+    let key_id = crypto::random_bytes::<PACK_KEY_ID_LEN>();
+    let mut b = Builder {
+        repo,
+        level: req.compress_level,
+        block_size: cfg.block_size as usize,
+        cipher: Arc::new(repo.data_cipher(&key_id)),
+        key_id,
+        known: Arc::new(Mutex::new(known)),
+        in_flight: FuturesOrdered::new(),
+        pack: PackWriter::new(key_id, cfg.pack_size as usize),
+        uploads: JoinSet::new(),
+        upload_slots: Arc::new(Semaphore::new(PARALLEL_UPLOADS)),
+        packs: Vec::new(),
+        files: Vec::new(),
+        stored_new: 0,
+        tablespace: None,
+        current: None,
+        buf: BytesMut::with_capacity(cfg.block_size as usize),
+        crc: 0,
+        capture_label: false,
+        backup_label: Vec::new(),
+        progress: req.progress.clone(),
+    };
+
+    let opts = BaseBackupOptions {
+        label: format!("pgcairn {label}"),
+        fast_checkpoint: req.fast_checkpoint,
+        wal: true,
+        verify_checksums: true,
+        progress: req.estimate_size,
+    };
+    let target = conn.target().to_string();
+    let mut stream = BaseBackupStream::start(&mut conn, &opts).await?;
+    let (mut start, mut stop) = (None, None);
+    let mut tablespaces = Vec::new();
+    let mut server_manifest = Vec::new();
+    let mut tar = TarReader::new();
+    let mut items = Vec::new();
+    let tar_error = |d: String| Error::Protocol { target: target.clone(), detail: format!("BASE_BACKUP tar stream: {d}") };
+    loop {
+        match stream.next().await? {
+            BackupEvent::Start { lsn, timeline } => start = Some((lsn, timeline)),
+            BackupEvent::Tablespaces(list) => {
+                let total = list.iter().map(|t| t.size).sum::<Option<u64>>();
+                req.progress.begin(&format!("backup {label}"), total);
+                tablespaces = list
+                    .into_iter()
+                    .filter_map(|t| Some(Tablespace { oid: t.oid?, location: t.location? }))
+                    .collect::<Vec<_>>();
+            }
+            BackupEvent::ArchiveStart { name, location } => {
+                tar.finish().map_err(tar_error)?;
+                tar = TarReader::new();
+                b.tablespace = match location {
+                    None => None,
+                    Some(_) => Some(name.trim_end_matches(".tar").parse().map_err(|_| tar_error(format!("archive name {name}")))?),
+                };
+            }
+            BackupEvent::ArchiveData(data) => {
+                tar.feed(data, &mut |item| -> std::result::Result<(), String> {
+                    items.push(item);
+                    Ok(())
+                })
+                .map_err(tar_error)?;
+                for item in items.drain(..) {
+                    b.tar_item(item).await?;
+                }
+            }
+            BackupEvent::Progress(_) => {}
+            BackupEvent::ManifestData(d) => server_manifest.extend_from_slice(&d),
+            BackupEvent::End { lsn, timeline } => stop = Some((lsn, timeline)),
+            BackupEvent::Done => break,
+        }
+    }
+    tar.finish().map_err(tar_error)?;
+    drop(stream);
+    conn.close().await;
+    let (Some((start_lsn, timeline)), Some((stop_lsn, _))) = (start, stop) else {
+        return Err(Error::Protocol { target, detail: "BASE_BACKUP ended without start and stop positions".into() });
+    };
+    if b.backup_label.is_empty() || server_manifest.is_empty() {
+        return Err(Error::Protocol { target, detail: "BASE_BACKUP sent no backup_label or no backup manifest".into() });
+    }
+    b.finish().await?;
+    req.progress.finish();
+
+    // Write order is the visibility rule: packs (done) → index → server manifest → manifest.
+    let mut indexes = Vec::new();
+    for group in b.packs.chunks(PACKS_PER_INDEX) {
+        let id = hex::encode(crypto::random_bytes::<32>());
+        repo.put_meta(&index_key(&id), &IndexFile { packs: group.to_vec() }).await?;
+        indexes.push(id);
+    }
+    repo.put_meta_bytes(&server_manifest_key(&label), &server_manifest).await?;
+    let size = b.files.iter().filter(|f| f.kind == FileKind::File).map(|f| f.size).sum();
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        label: label.clone(),
+        backup_type: "full".into(),
+        start_time: start_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        stop_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        start_lsn: start_lsn.to_string(),
+        stop_lsn: stop_lsn.to_string(),
+        timeline,
+        system_identifier: sys.system_identifier,
+        pg_version,
+        block_size: cfg.block_size,
+        wal_included: true,
+        backup_label: String::from_utf8_lossy(&b.backup_label).into_owned(),
+        tablespaces,
+        size,
+        stored_new: b.stored_new,
+        indexes,
+        files: std::mem::take(&mut b.files),
+    };
+    repo.put_meta(&manifest_key(&label), &manifest).await?;
+    Ok(BackupSummary {
+        label,
+        size,
+        stored_new: manifest.stored_new,
+        files: manifest.files.len(),
+        start_lsn: manifest.start_lsn,
+        stop_lsn: manifest.stop_lsn,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,323 @@
+//! Restore a backup set into an empty directory: ranged reads of the packs,
+//! decrypt + decompress + verify on rayon, files written temp → fsync → rename,
+//! tablespace links, modes. Never writes into a non-empty directory.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::crypto::Cipher;
+use crate::error::{Error, IoContext, Result, StorageErrorKind};
+use crate::fsutil::{self, Commit, DurableFile};
+use crate::progress::Progress;
+use crate::repo::format::*;
+use crate::repo::{blob, BlobLocation, ChunkIndex, Repository};
+
+const PARALLEL_FILES: usize = 4;
+const BLOCKS_AHEAD: usize = 8;
+
+pub struct RestoreRequest {
+    pub target: PathBuf,
+    /// Backup label; the newest when None.
+    pub set: Option<String>,
+    /// Tablespace OID → directory; unmapped tablespaces go to their original location.
+    pub tablespace_map: HashMap<u32, PathBuf>,
+    pub progress: Arc<dyn Progress>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreSummary {
+    pub label: String,
+    pub files: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Refuse a target that holds anything, naming a running postmaster specifically.
+fn check_empty_target(dir: &Path) -> Result<()> {
+    let pid_file = dir.join("postmaster.pid");
+    if let Ok(text) = std::fs::read_to_string(&pid_file) {
+        if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            if pid > 0 && unsafe { libc::kill(pid, 0) } == 0 {
+                return Err(Error::RestoreTarget {
+                    path: dir.to_path_buf(),
+                    reason: format!("PostgreSQL (pid {pid}) is running in it: stop it and restore into an empty directory"),
+                });
+            }
+        }
+    }
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::RestoreTarget {
+                    path: dir.to_path_buf(),
+                    reason: "is not empty: pgcairn restores only into an empty or new directory; move its contents away or choose another --pg-data".into(),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("cannot read restore target {}", dir.display()), e)),
+    }
+}
+
+fn escape_tablespace_path(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for c in p.chars() {
+        if matches!(c, '\\' | '\n' | '\r') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+struct Ctx {
+    repo_storage: crate::storage::DynStorage,
+    chunk_key: [u8; 32],
+    ciphers: HashMap<[u8; 16], Cipher>,
+    index: ChunkIndex,
+    label: String,
+    progress: Arc<dyn Progress>,
+}
+
+impl Ctx {
+    async fn fetch_block(self: &Arc<Self>, path: &str, n: usize, id: ChunkId) -> Result<Bytes> {
+        let what = || format!("backup {} file {path} block {n}", self.label);
+        let loc: &BlobLocation = self
+            .index
+            .get(&id)
+            .ok_or_else(|| Error::Corrupt { what: what(), detail: format!("chunk {id} is in no index") })?;
+        let key = pack_key(&loc.pack);
+        let sealed = self
+            .repo_storage
+            .get_range(&key, loc.offset..loc.offset + loc.length as u64)
+            .await
+            .map_err(|e| match e.storage_kind() {
+                Some(StorageErrorKind::NotFound) => Error::Corrupt { what: what(), detail: format!("pack {key} is missing") },
+                Some(StorageErrorKind::Permanent) => Error::Corrupt { what: what(), detail: format!("pack {key}: {e}") },
+                _ => e,
+            })?;
+        let ctx = self.clone();
+        let (key_id, raw_len) = (loc.key_id, loc.raw_length as usize);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rayon::spawn(move || {
+            let cipher = &ctx.ciphers[&key_id];
+            let _ = tx.send(blob::open_block(cipher, &ctx.chunk_key, &id, &sealed, raw_len));
+        });
+        let data = rx
+            .await
+            .map_err(|_| Error::Other("block worker stopped".into()))?
+            .map_err(|e| Error::Corrupt { what: what(), detail: format!("{e} (pack {key})") })?;
+        self.progress.advance(data.len() as u64);
+        Ok(Bytes::from(data))
+    }
+
+    /// Restore one regular file: blocks fetched ahead in order, written by a
+    /// blocking writer, committed durably, then size and CRC-32C checked.
+    async fn restore_file(self: Arc<Self>, entry: FileEntry, dest: PathBuf) -> Result<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(BLOCKS_AHEAD);
+        let dest2 = dest.clone();
+        let mode = entry.mode;
+        let writer = tokio::task::spawn_blocking(move || -> Result<(u64, u32)> {
+            let ctx = || format!("cannot write {}", dest2.display());
+            let mut f = DurableFile::create(&dest2).ctx(ctx)?;
+            let (mut len, mut crc) = (0u64, 0u32);
+            while let Some(block) = rx.blocking_recv() {
+                f.file().write_all(&block).ctx(ctx)?;
+                len += block.len() as u64;
+                crc = crc32c::crc32c_append(crc, &block);
+            }
+            f.file().set_permissions(std::fs::Permissions::from_mode(mode)).ctx(ctx)?;
+            f.commit(Commit::Replace).ctx(ctx)?;
+            Ok((len, crc))
+        });
+        let path = entry.path.clone();
+        let fetches = futures::stream::iter(entry.blocks.iter().copied().enumerate())
+            .map(|(n, id)| self.fetch_block(&path, n, id))
+            .buffered(BLOCKS_AHEAD);
+        futures::pin_mut!(fetches);
+        let mut fetch_err = None;
+        while let Some(r) = fetches.next().await {
+            match r {
+                Ok(b) => {
+                    if tx.send(b).await.is_err() {
+                        break; // writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    fetch_err = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        if let Some(e) = fetch_err {
+            // Let the writer drop its temp file; the fetch error is the one to report.
+            let _ = writer.await;
+            return Err(e);
+        }
+        let (len, crc) = writer.await.map_err(|e| Error::Other(format!("writer task failed: {e}")))??;
+        if len != entry.size || entry.crc32c.is_some_and(|c| c != crc) {
+            return Err(Error::Corrupt {
+                what: format!("backup {} file {}", self.label, entry.path),
+                detail: format!("restored {len} bytes with crc32c {crc:08x}, manifest says {} bytes, {:08x?}", entry.size, entry.crc32c),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreSummary> {
+    let started = std::time::Instant::now();
+    let label = match &req.set {
+        Some(l) => l.clone(),
+        None => repo.list_backups().await?.pop().ok_or_else(|| Error::NoBackups { stanza: repo.config().stanza.clone() })?,
+    };
+    let manifest = repo.load_manifest(&label).await?;
+
+    // Where each tablespace goes; every target must be empty.
+    let ts_dirs: HashMap<u32, PathBuf> = manifest
+        .tablespaces
+        .iter()
+        .map(|t| (t.oid, req.tablespace_map.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
+        .collect();
+    check_empty_target(&req.target)?;
+    for dir in ts_dirs.values() {
+        check_empty_target(dir)?;
+    }
+
+    let index = repo.load_index().await?;
+    for f in &manifest.files {
+        for (n, id) in f.blocks.iter().enumerate() {
+            if !index.contains_key(id) {
+                return Err(Error::Corrupt {
+                    what: format!("backup {label} file {} block {n}", f.path),
+                    detail: format!("chunk {id} is in no index"),
+                });
+            }
+        }
+    }
+    let ciphers = index.values().map(|l| l.key_id).collect::<std::collections::HashSet<_>>();
+    let ciphers = ciphers.into_iter().map(|k| (k, repo.data_cipher(&k))).collect();
+    let ctx = Arc::new(Ctx {
+        repo_storage: repo.storage().clone(),
+        chunk_key: *repo.chunk_key(),
+        ciphers,
+        index,
+        label: label.clone(),
+        progress: req.progress.clone(),
+    });
+
+    let dest_of = |f: &FileEntry| -> PathBuf {
+        match f.tablespace {
+            None => req.target.join(&f.path),
+            Some(oid) => ts_dirs[&oid].join(&f.path),
+        }
+    };
+    let mkdir = |d: &Path| fsutil::create_dir_all_durable(d).ctx(|| format!("cannot create directory {}", d.display()));
+    mkdir(&req.target)?;
+    std::fs::set_permissions(&req.target, std::fs::Permissions::from_mode(0o700))
+        .ctx(|| format!("cannot set mode of {}", req.target.display()))?;
+    for dir in ts_dirs.values() {
+        mkdir(dir)?;
+    }
+    for f in manifest.files.iter().filter(|f| f.kind == FileKind::Dir) {
+        mkdir(&dest_of(f))?;
+    }
+    // Parents of files whose directory entry the archive did not carry.
+    for f in manifest.files.iter().filter(|f| f.kind == FileKind::File) {
+        if let Some(p) = dest_of(f).parent() {
+            mkdir(p)?;
+        }
+    }
+
+    req.progress.begin(&format!("restore {label}"), Some(manifest.size));
+    let jobs: Vec<(FileEntry, PathBuf)> = manifest
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::File && !(f.tablespace.is_none() && f.path == "tablespace_map"))
+        .map(|f| (f.clone(), dest_of(f)))
+        .collect();
+    futures::stream::iter(jobs.into_iter().map(|(f, d)| ctx.clone().restore_file(f, d)))
+        .buffer_unordered(PARALLEL_FILES)
+        .try_collect::<Vec<()>>()
+        .await?;
+    req.progress.finish();
+
+    // Tablespaces: a tablespace_map naming the (possibly remapped) locations, which
+    // PostgreSQL turns into pg_tblspc links at startup, and the links themselves.
+    if !ts_dirs.is_empty() {
+        let mut map = String::new();
+        let mut oids: Vec<_> = ts_dirs.keys().copied().collect();
+        oids.sort();
+        for oid in oids {
+            let dir = &ts_dirs[&oid];
+            map.push_str(&format!("{oid} {}\n", escape_tablespace_path(&dir.to_string_lossy())));
+            let link = req.target.join("pg_tblspc").join(oid.to_string());
+            mkdir(link.parent().unwrap())?;
+            std::os::unix::fs::symlink(dir, &link).ctx(|| format!("cannot create tablespace link {}", link.display()))?;
+        }
+        fsutil::write_file(&req.target.join("tablespace_map"), map.as_bytes(), Commit::CreateOnly)
+            .ctx(|| "cannot write tablespace_map".to_string())?;
+        std::fs::set_permissions(req.target.join("tablespace_map"), std::fs::Permissions::from_mode(0o600))
+            .ctx(|| "cannot set mode of tablespace_map".to_string())?;
+    }
+    for f in manifest.files.iter().filter(|f| f.kind == FileKind::Symlink) {
+        let dest = dest_of(f);
+        if dest.symlink_metadata().is_ok() {
+            continue; // a tablespace link made above
+        }
+        let target = f.link.clone().unwrap_or_default();
+        std::os::unix::fs::symlink(&target, &dest).ctx(|| format!("cannot create link {}", dest.display()))?;
+    }
+    // Directory modes last (a 0500 directory would block writes into it), then
+    // fsync every directory so the new entries are durable.
+    for f in manifest.files.iter().filter(|f| f.kind == FileKind::Dir).rev() {
+        let d = dest_of(f);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(f.mode)).ctx(|| format!("cannot set mode of {}", d.display()))?;
+        fsutil::sync_dir(&d).ctx(|| format!("cannot fsync {}", d.display()))?;
+    }
+    fsutil::sync_dir(&req.target).ctx(|| format!("cannot fsync {}", req.target.display()))?;
+    Ok(RestoreSummary {
+        label,
+        files: manifest.files.iter().filter(|f| f.kind == FileKind::File).count(),
+        bytes: manifest.size,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_non_empty_target() {
+        let dir = tempfile::tempdir().unwrap();
+        check_empty_target(dir.path()).unwrap();
+        check_empty_target(&dir.path().join("new")).unwrap();
+        std::fs::write(dir.path().join("PG_VERSION"), "17").unwrap();
+        let err = check_empty_target(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("is not empty"), "{err}");
+    }
+
+    #[test]
+    fn names_a_running_postmaster() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{}\n/data\n", std::process::id())).unwrap();
+        let err = check_empty_target(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("is running in it"), "{err}");
+    }
+
+    #[test]
+    fn escapes_tablespace_paths() {
+        assert_eq!(escape_tablespace_path("/a b/c"), "/a b/c");
+        assert_eq!(escape_tablespace_path("/a\\b\nc"), "/a\\\\b\\\nc");
+    }
+}

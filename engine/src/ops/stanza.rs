@@ -1,0 +1,33 @@
+//! stanza-create: connect to the cluster, record its identity, initialise the repository.
+
+use crate::crypto::KeySlotKdf;
+use crate::error::Result;
+use crate::pg::{ConnParams, ReplicationConnection};
+use crate::repo::{CreateOptions, Repository, Secret, DEFAULT_BLOCK_SIZE, DEFAULT_PACK_SIZE};
+use crate::storage::DynStorage;
+
+#[derive(Debug, Clone)]
+pub struct StanzaCreateRequest {
+    pub stanza: String,
+    pub pg: ConnParams,
+    pub encrypted: bool,
+    pub passphrase: Option<Secret>,
+    pub block_size: Option<u32>,
+    pub kdf: KeySlotKdf,
+}
+
+pub async fn stanza_create(storage: DynStorage, req: &StanzaCreateRequest) -> Result<Repository> {
+    let mut conn = ReplicationConnection::connect(&req.pg).await?;
+    let sys = conn.identify_system().await?;
+    let pg_version = conn.server_version_num();
+    conn.close().await;
+    let opts = CreateOptions {
+        encrypted: req.encrypted,
+        block_size: req.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
+        pack_size: DEFAULT_PACK_SIZE,
+        kdf: req.kdf,
+        system_identifier: sys.system_identifier,
+        pg_version,
+    };
+    Repository::create(storage, &req.stanza, req.passphrase.as_ref(), opts).await
+}

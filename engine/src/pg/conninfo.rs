@@ -1,0 +1,228 @@
+//! Connection settings as libpq resolves them: a connection string (key=value or
+//! postgresql:// URI), then PG* environment variables, then defaults, and the
+//! password from ~/.pgpass (or PGPASSFILE) when none was given.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::repo::Secret;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Tcp(h) => f.write_str(h),
+            Host::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnParams {
+    pub host: Host,
+    pub port: u16,
+    pub user: String,
+    pub dbname: Option<String>,
+    pub password: Option<Secret>,
+    pub application_name: String,
+    pub connect_timeout: Duration,
+    pub sslmode: String,
+}
+
+impl ConnParams {
+    /// "host:port" for messages.
+    pub fn target(&self) -> String {
+        format!("server {}:{} (user {})", self.host, self.port, self.user)
+    }
+
+    /// Resolve `conninfo` with the process environment.
+    pub fn resolve(conninfo: &str) -> Result<Self> {
+        Self::resolve_with(conninfo, &|k| std::env::var(k).ok())
+    }
+
+    pub fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let cfg = tokio_postgres::Config::from_str(conninfo).map_err(|e| {
+            Error::Config(format!("invalid pg connection string: {e}; use libpq syntax, e.g. \"host=/var/run/postgresql port=5432 user=postgres\""))
+        })?;
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => Host::Tcp(h.clone()),
+            Some(tokio_postgres::config::Host::Unix(p)) => Host::Unix(p.clone()),
+            None => match env("PGHOST") {
+                Some(h) if h.starts_with('/') => Host::Unix(PathBuf::from(h)),
+                Some(h) if !h.is_empty() => Host::Tcp(h),
+                _ => Host::Unix(default_socket_dir()),
+            },
+        };
+        let port = match cfg.get_ports().first() {
+            Some(p) => *p,
+            None => match env("PGPORT") {
+                Some(p) => p.parse().map_err(|_| Error::Config(format!("PGPORT={p} is not a port number")))?,
+                None => 5432,
+            },
+        };
+        let user = cfg
+            .get_user()
+            .map(str::to_string)
+            .or_else(|| env("PGUSER"))
+            .or_else(os_user_name)
+            .ok_or_else(|| Error::Config("no PostgreSQL user: set user= in `pg` or PGUSER".into()))?;
+        let dbname = cfg.get_dbname().map(str::to_string).or_else(|| env("PGDATABASE"));
+        let mut password = cfg
+            .get_password()
+            .map(|p| Secret::new(String::from_utf8_lossy(p).into_owned()))
+            .or_else(|| env("PGPASSWORD").map(Secret::new));
+        if password.is_none() {
+            let file = env("PGPASSFILE").map(PathBuf::from).or_else(|| env("HOME").map(|h| Path::new(&h).join(".pgpass")));
+            if let Some(file) = file {
+                password = pgpass_lookup(&file, &host, port, "replication", &user).map(Secret::new);
+            }
+        }
+        let connect_timeout = cfg
+            .get_connect_timeout()
+            .copied()
+            .or_else(|| env("PGCONNECT_TIMEOUT").and_then(|t| t.parse().ok()).map(Duration::from_secs))
+            .unwrap_or(Duration::from_secs(30));
+        let application_name =
+            cfg.get_application_name().map(str::to_string).or_else(|| env("PGAPPNAME")).unwrap_or_else(|| "pgcairn".into());
+        let sslmode = env("PGSSLMODE").unwrap_or_else(|| "disable".into());
+        let sslmode = match cfg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => "require".to_string(),
+            _ => sslmode,
+        };
+        if sslmode == "require" || sslmode == "verify-ca" || sslmode == "verify-full" {
+            return Err(Error::Config(format!(
+                "sslmode={sslmode} is not supported yet by pgcairn's replication client: connect over a Unix socket or a trusted network with sslmode=disable or prefer"
+            )));
+        }
+        Ok(Self { host, port, user, dbname, password, application_name, connect_timeout, sslmode })
+    }
+}
+
+fn default_socket_dir() -> PathBuf {
+    // Debian's libpq is built with /var/run/postgresql; upstream's default is /tmp.
+    let debian = PathBuf::from("/var/run/postgresql");
+    if debian.is_dir() {
+        debian
+    } else {
+        PathBuf::from("/tmp")
+    }
+}
+
+fn os_user_name() -> Option<String> {
+    // SAFETY: getpwuid returns a pointer into static storage or null; we copy out at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
+    }
+}
+
+/// Find a password in a pgpass file. Lines are host:port:database:user:password with
+/// `*` wildcards and `\` escapes. As in libpq, a Unix-socket host matches
+/// "localhost", and a file readable by group or others is ignored.
+pub fn pgpass_lookup(file: &Path, host: &Host, port: u16, database: &str, user: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).ok()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            "password file {} has group or world access and is ignored: chmod 0600 {}",
+            file.display(),
+            file.display()
+        );
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    let host_name = match host {
+        Host::Tcp(h) => h.clone(),
+        Host::Unix(_) => "localhost".to_string(),
+    };
+    let port = port.to_string();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_pgpass(line);
+        if fields.len() < 5 {
+            continue;
+        }
+        let m = |pat: &str, v: &str| pat == "*" || pat == v;
+        if m(&fields[0], &host_name) && m(&fields[1], &port) && m(&fields[2], database) && m(&fields[3], user) {
+            return Some(fields[4..].join(":"));
+        }
+    }
+    None
+}
+
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.last_mut().unwrap().push(n);
+                }
+            }
+            ':' => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn key_value_string_and_uri() {
+        let p = ConnParams::resolve_with("host=db1 port=6543 user=backup dbname=x", &env_of(&[])).unwrap();
+        assert_eq!((p.host, p.port, p.user.as_str()), (Host::Tcp("db1".into()), 6543, "backup"));
+        let p = ConnParams::resolve_with("postgresql://u:pw@h2:7000/db", &env_of(&[])).unwrap();
+        assert_eq!((p.host, p.port, p.user.as_str()), (Host::Tcp("h2".into()), 7000, "u"));
+        assert_eq!(p.password.unwrap().expose(), "pw");
+        let p = ConnParams::resolve_with("host=/tmp/sock", &env_of(&[])).unwrap();
+        assert_eq!(p.host, Host::Unix("/tmp/sock".into()));
+    }
+
+    #[test]
+    fn environment_fills_gaps_but_string_wins() {
+        let env = env_of(&[("PGHOST", "/run/pg"), ("PGPORT", "5444"), ("PGUSER", "envuser"), ("PGPASSWORD", "envpw")]);
+        let p = ConnParams::resolve_with("", &env).unwrap();
+        assert_eq!((p.host, p.port, p.user.as_str()), (Host::Unix("/run/pg".into()), 5444, "envuser"));
+        assert_eq!(p.password.unwrap().expose(), "envpw");
+        let p = ConnParams::resolve_with("port=1 user=flag", &env).unwrap();
+        assert_eq!((p.port, p.user.as_str()), (1, "flag"));
+        assert!(ConnParams::resolve_with("sslmode=require", &env_of(&[])).is_err());
+    }
+
+    #[test]
+    fn pgpass_matching() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pgpass");
+        std::fs::write(&f, "# comment\nother:5432:*:bob:nope\nlocalhost:5433:replication:bob:s\\:ecret\n*:*:*:*:fallback\n")
+            .unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let unix = Host::Unix("/tmp".into());
+        assert_eq!(pgpass_lookup(&f, &unix, 5433, "replication", "bob").as_deref(), Some("s:ecret"));
+        assert_eq!(pgpass_lookup(&f, &Host::Tcp("db".into()), 1, "replication", "eve").as_deref(), Some("fallback"));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(pgpass_lookup(&f, &unix, 5433, "replication", "bob"), None, "world-readable file ignored");
+    }
+}

@@ -1,0 +1,391 @@
+//! A small replication-mode connection on postgres-protocol's message codecs:
+//! startup with `replication=true`, authentication (trust, password, md5,
+//! SCRAM-SHA-256), simple queries and COPY streams. tokio-postgres cannot do this
+//! (no `replication` startup parameter, no CopyOut from simple_query).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::conninfo::{ConnParams, Host};
+use super::version;
+use crate::error::{Error, Result};
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One backend message: its tag and body (without the length word).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+/// Fields of an ErrorResponse or NoticeResponse.
+#[derive(Debug, Clone, Default)]
+pub struct ServerMessage {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ServerMessage {
+    pub fn parse(mut body: &[u8]) -> Self {
+        let mut m = ServerMessage::default();
+        while let Some((&field, rest)) = body.split_first() {
+            if field == 0 {
+                break;
+            }
+            let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+            let value = String::from_utf8_lossy(&rest[..end]).into_owned();
+            match field {
+                b'V' => m.severity = value,
+                b'S' if m.severity.is_empty() => m.severity = value,
+                b'C' => m.code = value,
+                b'M' => m.message = value,
+                b'D' => m.detail = Some(value),
+                b'H' => m.hint = Some(value),
+                _ => {}
+            }
+            body = rest.get(end + 1..).unwrap_or(&[]);
+        }
+        m
+    }
+}
+
+/// Rows of one result set, text format; NULL is `None`.
+pub type Row = Vec<Option<String>>;
+
+pub fn parse_data_row(mut body: &[u8]) -> Result<Row, String> {
+    if body.len() < 2 {
+        return Err("short DataRow".into());
+    }
+    let n = body.get_i16() as usize;
+    let mut row = Vec::with_capacity(n);
+    for _ in 0..n {
+        if body.len() < 4 {
+            return Err("short DataRow".into());
+        }
+        let len = body.get_i32();
+        if len < 0 {
+            row.push(None);
+        } else {
+            let len = len as usize;
+            if body.len() < len {
+                return Err("short DataRow".into());
+            }
+            row.push(Some(String::from_utf8_lossy(&body[..len]).into_owned()));
+            body.advance(len);
+        }
+    }
+    Ok(row)
+}
+
+/// Result of IDENTIFY_SYSTEM.
+#[derive(Debug, Clone)]
+pub struct SystemInfo {
+    pub system_identifier: u64,
+    pub timeline: u32,
+    pub xlogpos: String,
+}
+
+pub struct ReplicationConnection {
+    stream: Stream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    target: String,
+    params: HashMap<String, String>,
+    server_version_num: u32,
+}
+
+impl ReplicationConnection {
+    pub async fn connect(p: &ConnParams) -> Result<Self> {
+        let target = p.target();
+        let connect = async {
+            match &p.host {
+                Host::Tcp(h) => TcpStream::connect((h.as_str(), p.port)).await.map(|s| {
+                    let _ = s.set_nodelay(true);
+                    Stream::Tcp(s)
+                }),
+                Host::Unix(dir) => UnixStream::connect(dir.join(format!(".s.PGSQL.{}", p.port))).await.map(Stream::Unix),
+            }
+        };
+        let stream = match tokio::time::timeout(p.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(Error::Connect { target, detail: e.to_string() }),
+            Err(_) => return Err(Error::Connect { target, detail: format!("timed out after {:?}", p.connect_timeout) }),
+        };
+        let mut conn = Self {
+            stream,
+            rbuf: BytesMut::with_capacity(256 * 1024),
+            wbuf: BytesMut::new(),
+            target,
+            params: HashMap::new(),
+            server_version_num: 0,
+        };
+        conn.startup(p).await?;
+        Ok(conn)
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// server_version_num, e.g. 170004.
+    pub fn server_version_num(&self) -> u32 {
+        self.server_version_num
+    }
+
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    fn protocol(&self, detail: impl Into<String>) -> Error {
+        Error::Protocol { target: self.target.clone(), detail: detail.into() }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let buf = self.wbuf.split();
+        self.stream.write_all(&buf).await.map_err(|e| Error::Connect { target: self.target.clone(), detail: e.to_string() })?;
+        self.stream.flush().await.map_err(|e| Error::Connect { target: self.target.clone(), detail: e.to_string() })
+    }
+
+    /// Read one whole backend message. The tag is peeked before parsing so tags
+    /// that postgres-protocol's parser does not know ('W', 'v') pass through.
+    pub async fn read_frame(&mut self) -> Result<Frame> {
+        loop {
+            if self.rbuf.len() >= 5 {
+                let len = u32::from_be_bytes(self.rbuf[1..5].try_into().unwrap()) as usize;
+                if len < 4 {
+                    return Err(self.protocol(format!("message length {len} is invalid")));
+                }
+                if self.rbuf.len() > len {
+                    let mut msg = self.rbuf.split_to(1 + len);
+                    let tag = msg[0];
+                    msg.advance(5);
+                    return Ok(Frame { tag, body: msg.freeze() });
+                }
+                self.rbuf.reserve(1 + len - self.rbuf.len());
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
+                self.rbuf.reserve(256 * 1024);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| Error::Connect { target: self.target.clone(), detail: e.to_string() })?;
+            if n == 0 {
+                return Err(Error::Connect { target: self.target.clone(), detail: "the server closed the connection".into() });
+            }
+        }
+    }
+
+    async fn startup(&mut self, p: &ConnParams) -> Result<()> {
+        let params = [("user", p.user.as_str()), ("replication", "true"), ("application_name", p.application_name.as_str())];
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'R' => {
+                    let mut body = f.body.clone();
+                    if body.len() < 4 {
+                        return Err(self.protocol("short authentication message"));
+                    }
+                    match body.get_i32() {
+                        0 => {}
+                        3 => {
+                            let pw = self.password(p)?;
+                            frontend::password_message(pw.as_bytes(), &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
+                            self.flush().await?;
+                        }
+                        5 => {
+                            let salt: [u8; 4] = body.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| self.protocol("short md5 salt"))?;
+                            let pw = self.password(p)?;
+                            let hash = postgres_protocol::authentication::md5_hash(p.user.as_bytes(), pw.as_bytes(), salt);
+                            frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
+                            self.flush().await?;
+                        }
+                        10 => {
+                            let mechs: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
+                            if !mechs.iter().any(|m| *m == b"SCRAM-SHA-256") {
+                                return Err(self.protocol("server offers no SASL mechanism pgcairn supports (SCRAM-SHA-256)"));
+                            }
+                            let pw = self.password(p)?;
+                            let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)
+                                .map_err(|e| self.protocol(e.to_string()))?;
+                            scram = Some(s);
+                            self.flush().await?;
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or_else(|| Error::Protocol { target: self.target.clone(), detail: "SASL continue without start".into() })?;
+                            s.update(&body).map_err(|e| Error::Protocol { target: self.target.clone(), detail: format!("SCRAM: {e}") })?;
+                            let msg = s.message().to_vec();
+                            frontend::sasl_response(&msg, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
+                            self.flush().await?;
+                        }
+                        12 => {
+                            let s = scram.as_mut().ok_or_else(|| Error::Protocol { target: self.target.clone(), detail: "SASL final without start".into() })?;
+                            s.finish(&body).map_err(|e| Error::Protocol {
+                                target: self.target.clone(),
+                                detail: format!("the server's SCRAM signature does not verify: {e}"),
+                            })?;
+                        }
+                        other => return Err(self.protocol(format!("unsupported authentication request {other}"))),
+                    }
+                }
+                b'S' => {
+                    let mut parts = f.body.split(|b| *b == 0);
+                    if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+                        self.params.insert(String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned());
+                    }
+                }
+                b'K' | b'N' | b'v' => {}
+                b'E' => return Err(self.startup_error(ServerMessage::parse(&f.body), &p.user)),
+                b'Z' => break,
+                other => return Err(self.protocol(format!("unexpected message {:?} during startup", other as char))),
+            }
+        }
+        let version = self.params.get("server_version").cloned().unwrap_or_default();
+        self.server_version_num = version::parse_server_version(&version)
+            .ok_or_else(|| self.protocol(format!("cannot parse server_version {version:?}")))?;
+        let major = version::major_of(self.server_version_num);
+        if !(version::MIN_MAJOR..=version::MAX_MAJOR).contains(&major) {
+            return Err(Error::Config(format!(
+                "{} runs PostgreSQL {version}; pgcairn supports PostgreSQL {} to {}",
+                self.target,
+                version::MIN_MAJOR,
+                version::MAX_MAJOR
+            )));
+        }
+        Ok(())
+    }
+
+    fn password(&self, p: &ConnParams) -> Result<String> {
+        p.password.as_ref().map(|s| s.expose().to_string()).ok_or_else(|| Error::AuthRejected {
+            target: self.target.clone(),
+            detail: "the server asks for a password and none was given".into(),
+            hint: "put it in ~/.pgpass (host:port:replication:user:password, mode 0600) or PGPASSWORD; never in the `pg` setting on a command line".into(),
+        })
+    }
+
+    fn startup_error(&self, m: ServerMessage, user: &str) -> Error {
+        let hint = match m.code.as_str() {
+            "28000" if m.message.contains("pg_hba.conf") => {
+                "allow it in pg_hba.conf with a `host replication <user> <address> scram-sha-256` line, then reload PostgreSQL".to_string()
+            }
+            "28000" | "28P01" => format!("check the password of role {user} (~/.pgpass or PGPASSWORD) and pg_hba.conf"),
+            "42501" => format!("grant the attribute: ALTER ROLE {user} REPLICATION (or use a role that has it)"),
+            "53300" => "the server has no free WAL sender slot: raise max_wal_senders or wait for other clients".to_string(),
+            "57P03" => return Error::Connect { target: self.target.clone(), detail: m.message },
+            _ => {
+                return Error::Server { target: self.target.clone(), code: m.code, message: m.message, hint: m.hint };
+            }
+        };
+        Error::AuthRejected { target: self.target.clone(), detail: m.message, hint }
+    }
+
+    /// Turn an ErrorResponse received after startup into an error.
+    pub fn server_error(&self, m: ServerMessage) -> Error {
+        let message = match m.detail {
+            Some(d) => format!("{}: {d}", m.message),
+            None => m.message,
+        };
+        Error::Server { target: self.target.clone(), code: m.code, message, hint: m.hint }
+    }
+
+    /// Send a simple query without waiting for its result (for COPY streams).
+    pub async fn send_query(&mut self, sql: &str) -> Result<()> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await
+    }
+
+    /// Run a simple query; returns the rows of every result set.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Row>>> {
+        self.send_query(sql).await?;
+        let mut sets: Vec<Vec<Row>> = Vec::new();
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'T' => sets.push(Vec::new()),
+                b'D' => {
+                    let row = parse_data_row(&f.body).map_err(|e| self.protocol(e))?;
+                    sets.last_mut().ok_or_else(|| self.protocol("DataRow without RowDescription"))?.push(row);
+                }
+                b'E' => error = Some(self.server_error(ServerMessage::parse(&f.body))),
+                b'N' => log_notice(&ServerMessage::parse(&f.body)),
+                b'C' | b'I' | b'S' => {}
+                b'Z' => break,
+                other => return Err(self.protocol(format!("unexpected message {:?} in simple query", other as char))),
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(sets),
+        }
+    }
+
+    pub async fn identify_system(&mut self) -> Result<SystemInfo> {
+        let sets = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = sets.first().and_then(|s| s.first()).ok_or_else(|| self.protocol("IDENTIFY_SYSTEM returned no row"))?;
+        let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        Ok(SystemInfo {
+            system_identifier: field(0).parse().map_err(|_| self.protocol("bad systemid"))?,
+            timeline: field(1).parse().map_err(|_| self.protocol("bad timeline"))?,
+            xlogpos: field(2),
+        })
+    }
+
+    pub async fn close(mut self) {
+        frontend::terminate(&mut self.wbuf);
+        let _ = self.flush().await;
+    }
+}
+
+pub fn log_notice(m: &ServerMessage) {
+    tracing::warn!("server {}: {}", m.severity.to_lowercase(), m.message);
+}

@@ -1,0 +1,197 @@
+//! On-disk types of repository format v1. `docs/repository-format.md` is the
+//! normative description; keep the two in step.
+
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const CONFIG_KEY: &str = "config";
+pub const KEYS_PREFIX: &str = "keys/";
+pub const DATA_PREFIX: &str = "data/";
+pub const INDEX_PREFIX: &str = "index/";
+pub const BACKUP_PREFIX: &str = "backup/";
+
+/// First bytes of every pack.
+pub const PACK_MAGIC: &[u8; 8] = b"PGCPACK1";
+pub const PACK_KEY_ID_LEN: usize = 16;
+pub const PACK_HEADER_LEN: usize = PACK_MAGIC.len() + PACK_KEY_ID_LEN;
+
+/// HKDF `info` strings for purpose keys.
+pub const INFO_CHUNK_ID: &[u8] = b"pgcairn chunk-id v1";
+pub const INFO_METADATA: &[u8] = b"pgcairn metadata v1";
+pub const INFO_DATA_PREFIX: &[u8] = b"pgcairn data v1:";
+/// Associated-data prefixes.
+pub const AAD_KEYSLOT_PREFIX: &str = "pgcairn keyslot v1:";
+pub const AAD_METADATA_PREFIX: &str = "pgcairn metadata v1:";
+
+pub fn pack_key(pack_id: &str) -> String {
+    format!("{DATA_PREFIX}{}/{pack_id}", &pack_id[..2])
+}
+pub fn index_key(index_id: &str) -> String {
+    format!("{INDEX_PREFIX}{index_id}")
+}
+pub fn manifest_key(label: &str) -> String {
+    format!("{BACKUP_PREFIX}{label}/manifest")
+}
+pub fn server_manifest_key(label: &str) -> String {
+    format!("{BACKUP_PREFIX}{label}/backup_manifest")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encryption {
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    #[serde(rename = "none")]
+    None,
+}
+
+/// `config`: plaintext JSON; its existence means the stanza is initialised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format_version: u32,
+    pub repository_id: String,
+    pub created: String,
+    pub stanza: String,
+    pub encryption: Encryption,
+    /// Always "blake3-keyed" in v1.
+    pub chunk_id: String,
+    /// Always "zstd" in v1.
+    pub compression: String,
+    pub block_size: u32,
+    pub pack_size: u64,
+    pub system_identifier: u64,
+    /// server_version_num of the cluster at stanza-create (e.g. 170004).
+    pub pg_version: u32,
+}
+
+/// `keys/<slot-id>`: plaintext JSON wrapping the master key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySlot {
+    /// "argon2id", or "none" for an unencrypted repository.
+    pub kdf: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kdf_params: Option<crate::crypto::KeySlotKdf>,
+    /// base64 of the Argon2id salt (16 bytes); empty for "none".
+    pub salt: String,
+    /// base64 of the sealed master key (argon2id) or the master key itself (none).
+    pub key: String,
+    pub created: String,
+}
+
+/// A chunk's identity: keyed BLAKE3 of its plaintext. Serialised as lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl std::fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", hex::encode(&self.0[..8]))
+    }
+}
+
+impl std::fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.as_bytes(), &mut out).map_err(serde::de::Error::custom)?;
+        Ok(ChunkId(out))
+    }
+}
+
+/// `index/<id>`: sealed metadata; where each chunk lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexFile {
+    pub packs: Vec<IndexPack>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPack {
+    /// 64 hex characters; the object is `data/<id[0..2]>/<id>`.
+    pub id: String,
+    /// Hex of the 16-byte data key id (also in the pack header).
+    pub key_id: String,
+    pub size: u64,
+    pub blobs: Vec<IndexBlob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexBlob {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One file, directory or link of the backed-up cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the data directory, or to the tablespace directory.
+    pub path: String,
+    /// Tablespace OID, absent for the main data directory.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tablespace: Option<u32>,
+    pub kind: FileKind,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: i64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub link: Option<String>,
+    /// CRC-32C of the whole file (regular files only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub crc32c: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub blocks: Vec<ChunkId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    pub oid: u32,
+    pub location: String,
+}
+
+/// `backup/<label>/manifest`: sealed metadata; everything needed to restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub label: String,
+    /// "full" (diff and incr come later and reuse this layout).
+    pub backup_type: String,
+    pub start_time: String,
+    pub stop_time: String,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub timeline: u32,
+    pub system_identifier: u64,
+    pub pg_version: u32,
+    pub block_size: u32,
+    /// The backup carries the WAL needed to reach consistency (BASE_BACKUP WAL).
+    pub wal_included: bool,
+    pub backup_label: String,
+    pub tablespaces: Vec<Tablespace>,
+    /// Sum of regular file sizes.
+    pub size: u64,
+    /// Bytes of new pack data this backup wrote.
+    pub stored_new: u64,
+    /// Index objects written by this backup.
+    pub indexes: Vec<String>,
+    pub files: Vec<FileEntry>,
+}

@@ -1,0 +1,71 @@
+//! Pack writer: blobs appended behind a small header until the target size.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::format::{ChunkId, IndexBlob, IndexPack, PACK_HEADER_LEN, PACK_KEY_ID_LEN, PACK_MAGIC};
+
+pub struct PackWriter {
+    key_id: [u8; PACK_KEY_ID_LEN],
+    buf: BytesMut,
+    blobs: Vec<IndexBlob>,
+}
+
+impl PackWriter {
+    pub fn new(key_id: [u8; PACK_KEY_ID_LEN], capacity: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(capacity + 1024 * 1024);
+        buf.put_slice(PACK_MAGIC);
+        buf.put_slice(&key_id);
+        Self { key_id, buf, blobs: Vec::new() }
+    }
+
+    pub fn add(&mut self, id: ChunkId, raw_length: u32, sealed: &[u8]) {
+        self.blobs.push(IndexBlob { id, offset: self.buf.len() as u64, length: sealed.len() as u32, raw_length });
+        self.buf.put_slice(sealed);
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// The pack's bytes and its index record under a fresh random id.
+    pub fn finish(self) -> (Bytes, IndexPack) {
+        let id = hex::encode(crate::crypto::random_bytes::<32>());
+        let size = self.buf.len() as u64;
+        (self.buf.freeze(), IndexPack { id, key_id: hex::encode(self.key_id), size, blobs: self.blobs })
+    }
+
+    pub fn key_id(&self) -> [u8; PACK_KEY_ID_LEN] {
+        self.key_id
+    }
+}
+
+/// Parse a pack header, returning its data key id.
+pub fn parse_header(header: &[u8]) -> Option<[u8; PACK_KEY_ID_LEN]> {
+    if header.len() < PACK_HEADER_LEN || &header[..PACK_MAGIC.len()] != PACK_MAGIC {
+        return None;
+    }
+    header[PACK_MAGIC.len()..PACK_HEADER_LEN].try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_point_at_blobs() {
+        let mut w = PackWriter::new([7; 16], 1024);
+        w.add(ChunkId([1; 32]), 10, b"aaaa");
+        w.add(ChunkId([2; 32]), 20, b"bbbbbb");
+        let (bytes, idx) = w.finish();
+        assert_eq!(parse_header(&bytes), Some([7; 16]));
+        for (b, want) in idx.blobs.iter().zip([&b"aaaa"[..], &b"bbbbbb"[..]]) {
+            assert_eq!(&bytes[b.offset as usize..(b.offset + b.length as u64) as usize], want);
+        }
+        assert_eq!(idx.size, bytes.len() as u64);
+        assert_eq!(idx.id.len(), 64);
+    }
+}

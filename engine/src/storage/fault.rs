@@ -1,0 +1,84 @@
+//! Fault injection wrapper for tests: fails puts, or corrupts what gets return.
+
+use std::ops::Range;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::{storage_error, DynStorage, ObjectInfo, Storage};
+use crate::error::{Result, StorageErrorKind};
+
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// The next `count` puts fail with `kind` (and store nothing).
+    FailPuts { count: u32, kind: StorageErrorKind },
+    /// Every read of keys starting with `prefix` has one byte flipped.
+    CorruptReads { prefix: String },
+}
+
+#[derive(Debug)]
+pub struct FaultStorage {
+    inner: DynStorage,
+    failing_puts: Mutex<(u32, StorageErrorKind)>,
+    corrupt_prefix: Mutex<Option<String>>,
+}
+
+impl FaultStorage {
+    pub fn new(inner: DynStorage) -> Self {
+        Self { inner, failing_puts: Mutex::new((0, StorageErrorKind::Transient)), corrupt_prefix: Mutex::new(None) }
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        match fault {
+            Fault::FailPuts { count, kind } => *self.failing_puts.lock().unwrap() = (count, kind),
+            Fault::CorruptReads { prefix } => *self.corrupt_prefix.lock().unwrap() = Some(prefix),
+        }
+    }
+
+    pub fn remaining_put_faults(&self) -> u32 {
+        self.failing_puts.lock().unwrap().0
+    }
+
+    fn maybe_corrupt(&self, key: &str, data: Bytes) -> Bytes {
+        match &*self.corrupt_prefix.lock().unwrap() {
+            Some(p) if key.starts_with(p.as_str()) && !data.is_empty() => {
+                let mut v = data.to_vec();
+                let mid = v.len() / 2;
+                v[mid] ^= 0x5a;
+                Bytes::from(v)
+            }
+            _ => data,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for FaultStorage {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
+        {
+            let mut f = self.failing_puts.lock().unwrap();
+            if f.0 > 0 {
+                f.0 -= 1;
+                return Err(storage_error("put", key, f.1, "injected fault"));
+            }
+        }
+        self.inner.put_new(key, data).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let d = self.inner.get(key).await?;
+        Ok(self.maybe_corrupt(key, d))
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let d = self.inner.get_range(key, range).await?;
+        Ok(self.maybe_corrupt(key, d))
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+}

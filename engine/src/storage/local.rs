@@ -1,0 +1,153 @@
+//! Local filesystem backend. Written on std::fs rather than object_store's
+//! LocalFileSystem because that one does not fsync; every write here goes through
+//! [`crate::fsutil`] (temp → fsync → link → fsync directory).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::{storage_error, ObjectInfo, Storage};
+use crate::error::{Result, StorageErrorKind};
+use crate::fsutil;
+
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+}
+
+fn map_io(op: &'static str, key: &str, e: std::io::Error) -> crate::Error {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => StorageErrorKind::NotFound,
+        std::io::ErrorKind::AlreadyExists => StorageErrorKind::AlreadyExists,
+        std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut => StorageErrorKind::Transient,
+        _ => StorageErrorKind::Permanent,
+    };
+    storage_error(op, key, kind, e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| crate::Error::Other(format!("blocking task failed: {e}")))?
+}
+
+fn list_into(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue; // temp files of writes in progress
+        }
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            list_into(root, &entry.path(), out)?;
+        } else if ft.is_file() {
+            let rel = entry.path().strip_prefix(root).expect("below root").to_string_lossy().into_owned();
+            out.push(ObjectInfo { key: rel, size: entry.metadata()?.len() });
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Storage for LocalStorage {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path(key);
+        let key = key.to_string();
+        blocking(move || {
+            if let Some(parent) = path.parent() {
+                fsutil::create_dir_all_durable(parent).map_err(|e| map_io("put", &key, e))?;
+            }
+            fsutil::write_file(&path, &data, fsutil::Commit::CreateOnly).map_err(|e| map_io("put", &key, e))
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.path(key);
+        let key = key.to_string();
+        blocking(move || std::fs::read(&path).map(Bytes::from).map_err(|e| map_io("get", &key, e))).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let path = self.path(key);
+        let key = key.to_string();
+        blocking(move || {
+            let mut f = std::fs::File::open(&path).map_err(|e| map_io("get", &key, e))?;
+            let len = f.metadata().map_err(|e| map_io("get", &key, e))?.len();
+            if range.end > len || range.start > range.end {
+                return Err(storage_error(
+                    "get",
+                    &key,
+                    StorageErrorKind::Permanent,
+                    format!("range {}..{} is outside the object ({len} bytes)", range.start, range.end),
+                ));
+            }
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            f.seek(SeekFrom::Start(range.start)).map_err(|e| map_io("get", &key, e))?;
+            f.read_exact(&mut buf).map_err(|e| map_io("get", &key, e))?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        blocking(move || {
+            // List the deepest directory the prefix names, then filter by the rest.
+            let dir_part = match prefix.rfind('/') {
+                Some(i) => &prefix[..i],
+                None => "",
+            };
+            let mut out = Vec::new();
+            list_into(&root, &root.join(dir_part), &mut out).map_err(|e| map_io("list", &prefix, e))?;
+            out.retain(|o| o.key.starts_with(&prefix));
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        let key = key.to_string();
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => fsutil::sync_parent_dir(&path).map_err(|e| map_io("delete", &key, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(map_io("delete", &key, e)),
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path().join("repo"));
+        super::super::conformance::run(&s).await;
+    }
+}

@@ -1,0 +1,83 @@
+//! In-memory backend for unit tests only.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::{storage_error, ObjectInfo, Storage};
+use crate::error::{Result, StorageErrorKind};
+
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    objects: Mutex<BTreeMap<String, Bytes>>,
+}
+
+impl MemoryStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Test hook: replace an object's bytes (simulates corruption at rest).
+    pub fn overwrite(&self, key: &str, data: Bytes) {
+        self.objects.lock().unwrap().insert(key.to_string(), data);
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for MemoryStorage {
+    fn location(&self) -> String {
+        "memory".into()
+    }
+
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
+        let mut map = self.objects.lock().unwrap();
+        if map.contains_key(key) {
+            return Err(storage_error("put", key, StorageErrorKind::AlreadyExists, "object exists"));
+        }
+        map.insert(key.to_string(), data);
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| storage_error("get", key, StorageErrorKind::NotFound, "no such object"))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let data = self.get(key).await?;
+        if range.end > data.len() as u64 || range.start > range.end {
+            return Err(storage_error("get", key, StorageErrorKind::Permanent, "range outside the object"));
+        }
+        Ok(data.slice(range.start as usize..range.end as usize))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| ObjectInfo { key: k.clone(), size: v.len() as u64 })
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn conformance() {
+        super::super::conformance::run(&super::MemoryStorage::new()).await;
+    }
+}

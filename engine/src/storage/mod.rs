@@ -1,0 +1,126 @@
+//! The storage seam: one small trait every backend implements.
+//!
+//! # Contract
+//! * Keys are relative, `/`-separated, ASCII (`[A-Za-z0-9._-]` segments); a backend
+//!   maps them below its root (a directory, or a bucket prefix).
+//! * [`Storage::put_new`] is create-only: if an object exists under the key it fails
+//!   with [`StorageErrorKind::AlreadyExists`] and leaves the existing object untouched.
+//!   It returns `Ok` only once the object is durable (local: fsync of file and
+//!   directory; S3: the PUT was acknowledged). A reader never sees a partial object.
+//! * Objects are immutable once written; only `delete` (used by expire) removes them.
+//! * [`Storage::get`] / [`Storage::get_range`] of a missing key fail with
+//!   [`StorageErrorKind::NotFound`]; a range past the end of the object is an error,
+//!   never a short read.
+//! * [`Storage::list`] returns every key under a prefix (recursively), sorted, with
+//!   sizes; it may be eventually consistent, so correctness never depends on a list
+//!   seeing a just-written object: readers find objects by name.
+//! * Errors are classified transient or permanent; [`retry::RetryStorage`] retries the
+//!   transient ones.
+//!
+//! The conformance suite in [`conformance`] checks this contract; it runs against
+//! every backend (memory and local in unit tests, S3 against a real server in the
+//! integration tests).
+
+pub mod conformance;
+pub mod fault;
+pub mod local;
+pub mod memory;
+pub mod retry;
+pub mod s3;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result, StorageErrorKind};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Human-readable location of the root, for messages (never contains secrets).
+    fn location(&self) -> String;
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<()>;
+    async fn get(&self, key: &str) -> Result<Bytes>;
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+pub type DynStorage = Arc<dyn Storage>;
+
+pub(crate) fn storage_error(op: &'static str, key: &str, kind: StorageErrorKind, detail: impl Into<String>) -> Error {
+    Error::Storage { op, key: key.to_string(), kind, detail: detail.into() }
+}
+
+/// Where a repository lives: parsed from the `repo` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoLocation {
+    Local(std::path::PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl RepoLocation {
+    /// Accepts a plain path, `file:///path` or `s3://bucket[/prefix]`.
+    pub fn parse(s: &str) -> Result<Self> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::Config(format!("repo {s} names no bucket: use s3://BUCKET/PREFIX")));
+            }
+            return Ok(RepoLocation::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() });
+        }
+        let path = match s.strip_prefix("file://") {
+            Some(p) => p,
+            None if s.contains("://") => {
+                return Err(Error::Config(format!(
+                    "repo {s} has an unsupported scheme: use a path, file:///path or s3://bucket/prefix"
+                )))
+            }
+            None => s,
+        };
+        if path.is_empty() {
+            return Err(Error::Config("repo is empty: set `repo` to a path or s3://bucket/prefix".into()));
+        }
+        let path = std::path::PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(Error::Config(format!("repo {s} is a relative path: use an absolute path")));
+        }
+        Ok(RepoLocation::Local(path))
+    }
+
+    /// Open the backend rooted at this location plus `sub` (the stanza), with retries.
+    pub fn open(&self, sub: &str, s3: &s3::S3Settings) -> Result<DynStorage> {
+        let inner: DynStorage = match self {
+            RepoLocation::Local(root) => Arc::new(local::LocalStorage::new(root.join(sub))),
+            RepoLocation::S3 { bucket, prefix } => {
+                let full = if prefix.is_empty() { sub.to_string() } else { format!("{prefix}/{sub}") };
+                Arc::new(s3::S3Storage::new(bucket, &full, s3)?)
+            }
+        };
+        Ok(Arc::new(retry::RetryStorage::new(inner)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locations() {
+        assert_eq!(RepoLocation::parse("/var/lib/r").unwrap(), RepoLocation::Local("/var/lib/r".into()));
+        assert_eq!(RepoLocation::parse("file:///var/lib/r").unwrap(), RepoLocation::Local("/var/lib/r".into()));
+        assert_eq!(
+            RepoLocation::parse("s3://b/p/q/").unwrap(),
+            RepoLocation::S3 { bucket: "b".into(), prefix: "p/q".into() }
+        );
+        assert!(RepoLocation::parse("relative/dir").is_err());
+        assert!(RepoLocation::parse("gs://x").is_err());
+        assert!(RepoLocation::parse("s3://").is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! S3-compatible backend on object_store. Credentials, region and endpoint come from
+//! the standard AWS_* environment variables, overridable by [`S3Settings`]; requests
+//! are path-style so local endpoints (MinIO, s3s-fs) work, and plain http is allowed
+//! only for an `http://` endpoint.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as OsPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+use super::{storage_error, ObjectInfo, Storage};
+use crate::error::{Error, Result, StorageErrorKind};
+
+/// Optional overrides of the AWS_* environment (config keys `repo-s3-endpoint`,
+/// `repo-s3-region`). Credentials come from the environment only: they are secrets.
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct S3Storage {
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Storage {
+    pub fn new(bucket: &str, prefix: &str, settings: &S3Settings) -> Result<Self> {
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let endpoint = settings
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+        if let Some(ep) = &endpoint {
+            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+            if ep.starts_with("http://") {
+                b = b.with_allow_http(true);
+            }
+        }
+        if let Some(r) = &settings.region {
+            b = b.with_region(r);
+        } else if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            b = b.with_region("us-east-1");
+        }
+        let store = b.build().map_err(|e| {
+            Error::Config(format!(
+                "cannot set up s3 repository s3://{bucket}/{prefix}: {e}; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and, for a non-AWS server, AWS_ENDPOINT_URL"
+            ))
+        })?;
+        Ok(Self { store: Arc::new(store), bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() })
+    }
+
+    fn path(&self, key: &str) -> OsPath {
+        if self.prefix.is_empty() {
+            OsPath::from(key)
+        } else {
+            OsPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+}
+
+fn map_err(op: &'static str, key: &str, e: object_store::Error) -> Error {
+    use object_store::Error as E;
+    let kind = match &e {
+        E::NotFound { .. } => StorageErrorKind::NotFound,
+        E::AlreadyExists { .. } | E::Precondition { .. } => StorageErrorKind::AlreadyExists,
+        E::NotSupported { .. } | E::NotImplemented | E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+            StorageErrorKind::Permanent
+        }
+        // object_store already retried requests internally; what is left may still
+        // be a passing network or throttling fault.
+        _ => StorageErrorKind::Transient,
+    };
+    storage_error(op, key, kind, e.to_string())
+}
+
+#[async_trait::async_trait]
+impl Storage for S3Storage {
+    fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        self.store.put_opts(&self.path(key), PutPayload::from(data), opts).await.map_err(|e| map_err("put", key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let r = self.store.get(&self.path(key)).await.map_err(|e| map_err("get", key, e))?;
+        r.bytes().await.map_err(|e| map_err("get", key, e))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let want = range.end - range.start;
+        let data = self.store.get_range(&self.path(key), range).await.map_err(|e| map_err("get", key, e))?;
+        if data.len() as u64 != want {
+            return Err(storage_error(
+                "get",
+                key,
+                StorageErrorKind::Permanent,
+                format!("short ranged read: {} of {want} bytes", data.len()),
+            ));
+        }
+        Ok(data)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        // object_store lists by path segments; list the directory part, filter the rest.
+        let dir = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let root = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let list_path = self.path(dir);
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&list_path))
+            .try_collect()
+            .await
+            .map_err(|e| map_err("list", prefix, e))?;
+        let mut out: Vec<ObjectInfo> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let full = m.location.to_string();
+                let key = full.strip_prefix(&root).unwrap_or(&full).to_string();
+                key.starts_with(prefix).then_some(ObjectInfo { key, size: m.size })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err("delete", key, e)),
+        }
+    }
+}
