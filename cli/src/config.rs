@@ -33,7 +33,11 @@ fn scalar(key: &str, v: &toml::Value, path: &Path) -> Result<String> {
         toml::Value::String(s) => s.clone(),
         toml::Value::Integer(i) => i.to_string(),
         toml::Value::Boolean(b) => b.to_string(),
-        other => bail!("config {}: key {key} has a {} value; use a string, number or boolean", path.display(), other.type_str()),
+        other => bail!(
+            "config {}: key {key} has a {} value; use a string, number or boolean",
+            path.display(),
+            other.type_str()
+        ),
     })
 }
 
@@ -45,7 +49,11 @@ fn check_key(key: &str, path: &Path) -> Result<()> {
         );
     }
     if !KNOWN_KEYS.contains(&key) {
-        bail!("config {}: unknown key {key}; known keys: {}", path.display(), KNOWN_KEYS.join(", "));
+        bail!(
+            "config {}: unknown key {key}; known keys: {}",
+            path.display(),
+            KNOWN_KEYS.join(", ")
+        );
     }
     Ok(())
 }
@@ -58,13 +66,18 @@ impl ConfigFile {
             None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
             None => return Ok(Self::default()),
         };
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read config file {}: check --config / PGCAIRN_CONFIG", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read config file {}: check --config / PGCAIRN_CONFIG",
+                path.display()
+            )
+        })?;
         Self::parse(&text, &path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let table: toml::Table = toml::from_str(text).with_context(|| format!("config {} is not valid TOML", path.display()))?;
+        let table: toml::Table = toml::from_str(text)
+            .with_context(|| format!("config {} is not valid TOML", path.display()))?;
         let mut cfg = ConfigFile::default();
         for (k, v) in table {
             if k == "stanza" {
@@ -90,7 +103,11 @@ impl ConfigFile {
     }
 
     pub fn get(&self, stanza: Option<&str>, key: &str) -> Option<String> {
-        stanza.and_then(|s| self.stanzas.get(s)).and_then(|t| t.get(key)).or_else(|| self.top.get(key)).cloned()
+        stanza
+            .and_then(|s| self.stanzas.get(s))
+            .and_then(|t| t.get(key))
+            .or_else(|| self.top.get(key))
+            .cloned()
     }
 }
 
@@ -113,7 +130,13 @@ mod tests {
 
     #[test]
     fn refuses_unknown_keys_and_passphrases() {
-        assert!(ConfigFile::parse("repo-passphrase = \"x\"", Path::new("t")).unwrap_err().to_string().contains("never read"));
-        assert!(ConfigFile::parse("nope = 1", Path::new("t")).unwrap_err().to_string().contains("unknown key"));
+        assert!(ConfigFile::parse("repo-passphrase = \"x\"", Path::new("t"))
+            .unwrap_err()
+            .to_string()
+            .contains("never read"));
+        assert!(ConfigFile::parse("nope = 1", Path::new("t"))
+            .unwrap_err()
+            .to_string()
+            .contains("unknown key"));
     }
 }

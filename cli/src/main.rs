@@ -23,7 +23,11 @@ use pgcairn::Error;
 use config::ConfigFile;
 
 #[derive(Parser, Debug)]
-#[command(name = "pgcairn", version, about = "Physical backup and point-in-time restore for PostgreSQL")]
+#[command(
+    name = "pgcairn",
+    version,
+    about = "Physical backup and point-in-time restore for PostgreSQL"
+)]
 struct Cli {
     /// Config file (TOML). Default /etc/pgcairn/pgcairn.toml when it exists.
     #[arg(long, env = "PGCAIRN_CONFIG", global = true)]
@@ -41,10 +45,18 @@ struct Cli {
     #[arg(long = "pg-data", env = "PGCAIRN_PG_DATA", global = true)]
     pg_data: Option<PathBuf>,
     /// File holding the repository passphrase (or set PGCAIRN_REPO_PASSPHRASE).
-    #[arg(long = "repo-passphrase-file", env = "PGCAIRN_REPO_PASSPHRASE_FILE", global = true)]
+    #[arg(
+        long = "repo-passphrase-file",
+        env = "PGCAIRN_REPO_PASSPHRASE_FILE",
+        global = true
+    )]
     repo_passphrase_file: Option<PathBuf>,
     /// S3 endpoint URL (default: AWS_ENDPOINT_URL / AWS).
-    #[arg(long = "repo-s3-endpoint", env = "PGCAIRN_REPO_S3_ENDPOINT", global = true)]
+    #[arg(
+        long = "repo-s3-endpoint",
+        env = "PGCAIRN_REPO_S3_ENDPOINT",
+        global = true
+    )]
     repo_s3_endpoint: Option<String>,
     /// S3 region (default: AWS_REGION, else us-east-1).
     #[arg(long = "repo-s3-region", env = "PGCAIRN_REPO_S3_REGION", global = true)]
@@ -128,6 +140,7 @@ impl Settings {
         let s3 = S3Settings {
             endpoint: self.get(self.cli.repo_s3_endpoint.clone(), "repo-s3-endpoint"),
             region: self.get(self.cli.repo_s3_region.clone(), "repo-s3-region"),
+            credentials: None,
         };
         Ok(RepoLocation::parse(&repo)?.open(&self.stanza, &s3)?)
     }
@@ -136,11 +149,17 @@ impl Settings {
         if let Ok(p) = std::env::var("PGCAIRN_REPO_PASSPHRASE") {
             return Ok(Some(Secret::new(p)));
         }
-        let Some(file) = self.get(self.cli.repo_passphrase_file.as_ref().map(|p| p.display().to_string()), "repo-passphrase-file")
-        else {
+        let Some(file) = self.get(
+            self.cli
+                .repo_passphrase_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            "repo-passphrase-file",
+        ) else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read repo-passphrase-file {file}"))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read repo-passphrase-file {file}"))?;
         let pass = text.trim_end_matches(['\n', '\r']).to_string();
         if pass.is_empty() {
             bail!("repo-passphrase-file {file} is empty: write the passphrase into it");
@@ -174,8 +193,12 @@ fn parse_tablespace_map(items: &[String]) -> Result<HashMap<u32, PathBuf>> {
     items
         .iter()
         .map(|i| {
-            let (oid, dir) = i.split_once('=').ok_or_else(|| anyhow!("--tablespace-map {i}: use OID=DIR"))?;
-            let oid = oid.parse().map_err(|_| anyhow!("--tablespace-map {i}: {oid} is not a tablespace OID"))?;
+            let (oid, dir) = i
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--tablespace-map {i}: use OID=DIR"))?;
+            let oid = oid
+                .parse()
+                .map_err(|_| anyhow!("--tablespace-map {i}: {oid} is not a tablespace OID"))?;
             Ok((oid, PathBuf::from(dir)))
         })
         .collect()
@@ -183,7 +206,10 @@ fn parse_tablespace_map(items: &[String]) -> Result<HashMap<u32, PathBuf>> {
 
 async fn run(s: Settings) -> Result<()> {
     match &s.cli.command {
-        Command::StanzaCreate { no_encryption, block_size } => {
+        Command::StanzaCreate {
+            no_encryption,
+            block_size,
+        } => {
             let passphrase = s.passphrase()?;
             if !no_encryption && passphrase.is_none() {
                 bail!("an encrypted repository needs a passphrase: set PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file (or pass --no-encryption to store data unencrypted)");
@@ -202,17 +228,30 @@ async fn run(s: Settings) -> Result<()> {
                 s.stanza,
                 repo.location(),
                 repo.config().system_identifier,
-                if *no_encryption { "unencrypted" } else { "encrypted" }
+                if *no_encryption {
+                    "unencrypted"
+                } else {
+                    "encrypted"
+                }
             );
         }
-        Command::Backup { backup_type: BackupType::Full } => {
+        Command::Backup {
+            backup_type: BackupType::Full,
+        } => {
             let repo = s.open_repo().await?;
             let progress = s.progress();
             let req = ops::BackupRequest {
                 pg: s.pg()?,
-                fast_checkpoint: s.get(s.cli.start_fast.map(|b| b.to_string()), "start-fast").is_some_and(|v| v == "true"),
-                compress_level: match s.get(s.cli.compress_level.map(|l| l.to_string()), "compress-level") {
-                    Some(l) => l.parse().map_err(|_| anyhow!("compress-level {l} is not a number: use 1..19"))?,
+                fast_checkpoint: s
+                    .get(s.cli.start_fast.map(|b| b.to_string()), "start-fast")
+                    .is_some_and(|v| v == "true"),
+                compress_level: match s.get(
+                    s.cli.compress_level.map(|l| l.to_string()),
+                    "compress-level",
+                ) {
+                    Some(l) => l
+                        .parse()
+                        .map_err(|_| anyhow!("compress-level {l} is not a number: use 1..19"))?,
                     None => 3,
                 },
                 estimate_size: std::io::stderr().is_terminal(),
@@ -231,10 +270,18 @@ async fn run(s: Settings) -> Result<()> {
             );
             println!("{}", sum.label);
         }
-        Command::Restore { set, tablespace_map } => {
+        Command::Restore {
+            set,
+            tablespace_map,
+        } => {
             let target = s
-                .get(s.cli.pg_data.as_ref().map(|p| p.display().to_string()), "pg-data")
-                .ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
+                .get(
+                    s.cli.pg_data.as_ref().map(|p| p.display().to_string()),
+                    "pg-data",
+                )
+                .ok_or_else(|| {
+                    anyhow!("restore needs --pg-data=DIR (an empty or new directory)")
+                })?;
             let repo = s.open_repo().await?;
             let req = ops::RestoreRequest {
                 target: PathBuf::from(target),
@@ -282,17 +329,46 @@ fn human(bytes: u64) -> String {
 
 fn print_info(r: &ops::InfoReport) {
     println!("stanza: {}", r.stanza);
-    println!("    repository: {} (format {}, {})", r.repo, r.format_version, if r.encrypted { "encrypted" } else { "unencrypted" });
-    println!("    system identifier: {}, postgresql version_num {}", r.system_identifier, r.pg_version);
+    println!(
+        "    repository: {} (format {}, {})",
+        r.repo,
+        r.format_version,
+        if r.encrypted {
+            "encrypted"
+        } else {
+            "unencrypted"
+        }
+    );
+    println!(
+        "    system identifier: {}, postgresql version_num {}",
+        r.system_identifier, r.pg_version
+    );
     if r.backups.is_empty() {
-        println!("    no backups: take one with `pgcairn --stanza={} backup`", r.stanza);
+        println!(
+            "    no backups: take one with `pgcairn --stanza={} backup`",
+            r.stanza
+        );
     }
     for b in &r.backups {
         println!();
         println!("    {} backup: {}", b.backup_type, b.label);
-        println!("        timestamp start/stop: {} / {}", b.start_time, b.stop_time);
-        println!("        wal start/stop: {} / {} (timeline {}){}", b.start_lsn, b.stop_lsn, b.timeline, if b.wal_included { ", wal included" } else { "" });
-        println!("        database size: {}, files: {}, new in repository: {}", human(b.size), b.files, human(b.stored_new));
+        println!(
+            "        timestamp start/stop: {} / {}",
+            b.start_time, b.stop_time
+        );
+        println!(
+            "        wal start/stop: {} / {} (timeline {}){}",
+            b.start_lsn,
+            b.stop_lsn,
+            b.timeline,
+            if b.wal_included { ", wal included" } else { "" }
+        );
+        println!(
+            "        database size: {}, files: {}, new in repository: {}",
+            human(b.size),
+            b.files,
+            human(b.stored_new)
+        );
     }
 }
 
@@ -302,7 +378,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         None => 3,
         Some(e) => match e {
             Error::Config(_) => 3,
-            Error::RepoNotInitialised { .. } | Error::RepoAlreadyInitialised { .. } | Error::UnsupportedFormat { .. } => 4,
+            Error::RepoNotInitialised { .. }
+            | Error::RepoAlreadyInitialised { .. }
+            | Error::UnsupportedFormat { .. } => 4,
             Error::WrongPassphrase { .. } | Error::PassphraseMissing { .. } => 5,
             Error::Connect { .. } | Error::AuthRejected { .. } => 6,
             Error::Server { .. } | Error::ChecksumFailure { .. } | Error::Protocol { .. } => 7,
@@ -321,7 +399,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
     let result = (|| -> Result<()> {
@@ -332,7 +411,10 @@ fn main() -> ExitCode {
             .or_else(|| file.get(None, "stanza"))
             .ok_or_else(|| anyhow!("no stanza given: pass --stanza=NAME, set PGCAIRN_STANZA, or `stanza = \"NAME\"` in the config file"))?;
         let settings = Settings { cli, file, stanza };
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the runtime")?;
         rt.block_on(run(settings))
     })();
     match result {

@@ -33,11 +33,17 @@ pub enum Error {
     #[error("repository {location} is not initialised: run `pgcairn --stanza={stanza} stanza-create` first, or check the `repo` and `stanza` settings")]
     RepoNotInitialised { location: String, stanza: String },
 
-    #[error("repository {location} is already initialised for stanza {stanza}: nothing was changed")]
+    #[error(
+        "repository {location} is already initialised for stanza {stanza}: nothing was changed"
+    )]
     RepoAlreadyInitialised { location: String, stanza: String },
 
     #[error("repository {location} has format version {found}, this pgcairn reads version {supported} only: use a pgcairn release that supports format {found}")]
-    UnsupportedFormat { location: String, found: u32, supported: u32 },
+    UnsupportedFormat {
+        location: String,
+        found: u32,
+        supported: u32,
+    },
 
     #[error("wrong passphrase for repository {location}: no key slot opens with it; check PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file")]
     WrongPassphrase { location: String },
@@ -50,17 +56,31 @@ pub enum Error {
     Corrupt { what: String, detail: String },
 
     #[error("storage {op} of {key} failed: {detail}")]
-    Storage { op: &'static str, key: String, kind: StorageErrorKind, detail: String },
+    Storage {
+        op: &'static str,
+        key: String,
+        kind: StorageErrorKind,
+        detail: String,
+    },
 
     #[error("cannot connect to {target}: {detail}; check that PostgreSQL is running and the `pg` connection settings (host, port)")]
     Connect { target: String, detail: String },
 
     #[error("{target} refused the replication connection: {detail}; {hint}")]
-    AuthRejected { target: String, detail: String, hint: String },
+    AuthRejected {
+        target: String,
+        detail: String,
+        hint: String,
+    },
 
     /// An error reported by the PostgreSQL server.
     #[error("{target} reported: {message} (sqlstate {code}){}", hint.as_ref().map(|h| format!("; hint: {h}")).unwrap_or_default())]
-    Server { target: String, code: String, message: String, hint: Option<String> },
+    Server {
+        target: String,
+        code: String,
+        message: String,
+        hint: Option<String>,
+    },
 
     #[error("data checksum verification failed on {target} in: {}; the cluster has corrupt pages: investigate with pg_amcheck / pg_checksums before relying on this cluster", files.join(", "))]
     ChecksumFailure { target: String, files: Vec<String> },
@@ -78,7 +98,11 @@ pub enum Error {
     NoBackups { stanza: String },
 
     #[error("{context}: {source}")]
-    Io { context: String, #[source] source: std::io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("{0}")]
     Other(String),
@@ -92,14 +116,19 @@ impl Error {
             Error::Connect { .. } => true,
             Error::Io { source, .. } => matches!(
                 source.kind(),
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
             ),
             _ => false,
         }
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub fn storage_kind(&self) -> Option<StorageErrorKind> {
@@ -117,6 +146,9 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Io { context: context(), source })
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
     }
 }

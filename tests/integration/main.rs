@@ -1,0 +1,9 @@
+//! The one integration-test binary: real PostgreSQL clusters (15 from Debian, 17
+//! and 18 from the npm package), a real S3-compatible server (s3s-fs), and the
+//! built `pgcairn` binary. See tests/integration/support for the harness.
+
+mod cli;
+mod errors;
+mod roundtrip;
+mod s3_storage;
+mod support;

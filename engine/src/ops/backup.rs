@@ -90,19 +90,31 @@ impl<'r> Builder<'r> {
             self.complete_one().await?;
         }
         let (tx, rx) = oneshot::channel();
-        let (cipher, known, key, level) = (self.cipher.clone(), self.known.clone(), *self.repo.chunk_key(), self.level);
+        let (cipher, known, key, level) = (
+            self.cipher.clone(),
+            self.known.clone(),
+            *self.repo.chunk_key(),
+            self.level,
+        );
         rayon::spawn(move || {
             let id = blob::chunk_id(&key, &block);
             let is_new = known.lock().unwrap().insert(id);
             let sealed = is_new.then(|| blob::seal_block(&cipher, level, &id, &block));
-            let _ = tx.send(BlockDone { file, id, raw_len: block.len() as u32, sealed });
+            let _ = tx.send(BlockDone {
+                file,
+                id,
+                raw_len: block.len() as u32,
+                sealed,
+            });
         });
         self.in_flight.push_back(rx);
         Ok(())
     }
 
     async fn complete_one(&mut self) -> Result<()> {
-        let Some(done) = self.in_flight.next().await else { return Ok(()) };
+        let Some(done) = self.in_flight.next().await else {
+            return Ok(());
+        };
         let done = done.map_err(|_| Error::Other("block worker stopped".into()))?;
         self.files[done.file].blocks.push(done.id);
         self.progress.advance(done.raw_len as u64);
@@ -120,7 +132,10 @@ impl<'r> Builder<'r> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let full = std::mem::replace(&mut self.pack, PackWriter::new(self.key_id, self.repo.config().pack_size as usize));
+        let full = std::mem::replace(
+            &mut self.pack,
+            PackWriter::new(self.key_id, self.repo.config().pack_size as usize),
+        );
         let (bytes, record) = full.finish();
         let key = pack_key(&record.id);
         self.packs.push(record);
@@ -128,7 +143,12 @@ impl<'r> Builder<'r> {
         while let Some(r) = self.uploads.try_join_next() {
             r.map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
         }
-        let permit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
+        let permit = self
+            .upload_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
         let storage = self.repo.storage().clone();
         self.uploads.spawn(async move {
             let _permit = permit;
@@ -284,7 +304,10 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let mut server_manifest = Vec::new();
     let mut tar = TarReader::new();
     let mut items = Vec::new();
-    let tar_error = |d: String| Error::Protocol { target: target.clone(), detail: format!("BASE_BACKUP tar stream: {d}") };
+    let tar_error = |d: String| Error::Protocol {
+        target: target.clone(),
+        detail: format!("BASE_BACKUP tar stream: {d}"),
+    };
     loop {
         match stream.next().await? {
             BackupEvent::Start { lsn, timeline } => start = Some((lsn, timeline)),
@@ -293,7 +316,12 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
                 req.progress.begin(&format!("backup {label}"), total);
                 tablespaces = list
                     .into_iter()
-                    .filter_map(|t| Some(Tablespace { oid: t.oid?, location: t.location? }))
+                    .filter_map(|t| {
+                        Some(Tablespace {
+                            oid: t.oid?,
+                            location: t.location?,
+                        })
+                    })
                     .collect::<Vec<_>>();
             }
             BackupEvent::ArchiveStart { name, location } => {
@@ -301,7 +329,11 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
                 tar = TarReader::new();
                 b.tablespace = match location {
                     None => None,
-                    Some(_) => Some(name.trim_end_matches(".tar").parse().map_err(|_| tar_error(format!("archive name {name}")))?),
+                    Some(_) => Some(
+                        name.trim_end_matches(".tar")
+                            .parse()
+                            .map_err(|_| tar_error(format!("archive name {name}")))?,
+                    ),
                 };
             }
             BackupEvent::ArchiveData(data) => {
@@ -324,10 +356,16 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     drop(stream);
     conn.close().await;
     let (Some((start_lsn, timeline)), Some((stop_lsn, _))) = (start, stop) else {
-        return Err(Error::Protocol { target, detail: "BASE_BACKUP ended without start and stop positions".into() });
+        return Err(Error::Protocol {
+            target,
+            detail: "BASE_BACKUP ended without start and stop positions".into(),
+        });
     };
     if b.backup_label.is_empty() || server_manifest.is_empty() {
-        return Err(Error::Protocol { target, detail: "BASE_BACKUP sent no backup_label or no backup manifest".into() });
+        return Err(Error::Protocol {
+            target,
+            detail: "BASE_BACKUP sent no backup_label or no backup manifest".into(),
+        });
     }
     b.finish().await?;
     req.progress.finish();
@@ -336,11 +374,23 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let mut indexes = Vec::new();
     for group in b.packs.chunks(PACKS_PER_INDEX) {
         let id = hex::encode(crypto::random_bytes::<32>());
-        repo.put_meta(&index_key(&id), &IndexFile { packs: group.to_vec() }).await?;
+        repo.put_meta(
+            &index_key(&id),
+            &IndexFile {
+                packs: group.to_vec(),
+            },
+        )
+        .await?;
         indexes.push(id);
     }
-    repo.put_meta_bytes(&server_manifest_key(&label), &server_manifest).await?;
-    let size = b.files.iter().filter(|f| f.kind == FileKind::File).map(|f| f.size).sum();
+    repo.put_meta_bytes(&server_manifest_key(&label), &server_manifest)
+        .await?;
+    let size = b
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::File)
+        .map(|f| f.size)
+        .sum();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         label: label.clone(),

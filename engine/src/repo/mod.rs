@@ -76,7 +76,10 @@ pub struct Repository {
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repository").field("location", &self.storage.location()).field("config", &self.config).finish()
+        f.debug_struct("Repository")
+            .field("location", &self.storage.location())
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -87,14 +90,24 @@ fn now_rfc3339() -> String {
 impl Repository {
     /// Initialise a stanza: key slot first, `config` last (its existence marks the
     /// stanza as initialised).
-    pub async fn create(storage: DynStorage, stanza: &str, passphrase: Option<&Secret>, opts: CreateOptions) -> Result<Self> {
+    pub async fn create(
+        storage: DynStorage,
+        stanza: &str,
+        passphrase: Option<&Secret>,
+        opts: CreateOptions,
+    ) -> Result<Self> {
         let location = storage.location();
         match storage.get(CONFIG_KEY).await {
-            Ok(_) => return Err(Error::RepoAlreadyInitialised { location, stanza: stanza.into() }),
+            Ok(_) => {
+                return Err(Error::RepoAlreadyInitialised {
+                    location,
+                    stanza: stanza.into(),
+                })
+            }
             Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {}
             Err(e) => return Err(e),
         }
-        if opts.block_size < 8192 || opts.block_size % 8192 != 0 {
+        if opts.block_size < 8192 || !opts.block_size.is_multiple_of(8192) {
             return Err(Error::Config(format!(
                 "block size {} is not a multiple of the 8 KiB PostgreSQL page: use e.g. 131072",
                 opts.block_size
@@ -103,17 +116,29 @@ impl Repository {
         let repository_id = hex::encode(crypto::random_bytes::<16>());
         let master = crypto::random_bytes::<KEY_LEN>();
         let slot = if opts.encrypted {
-            let pass = passphrase.ok_or_else(|| Error::PassphraseMissing { location: location.clone() })?;
+            let pass = passphrase.ok_or_else(|| Error::PassphraseMissing {
+                location: location.clone(),
+            })?;
             make_slot(pass, opts.kdf, &repository_id, &master).await?
         } else {
-            KeySlot { kdf: "none".into(), kdf_params: None, salt: String::new(), key: B64.encode(master), created: now_rfc3339() }
+            KeySlot {
+                kdf: "none".into(),
+                kdf_params: None,
+                salt: String::new(),
+                key: B64.encode(master),
+                created: now_rfc3339(),
+            }
         };
         let config = RepoConfig {
             format_version: FORMAT_VERSION,
             repository_id,
             created: now_rfc3339(),
             stanza: stanza.to_string(),
-            encryption: if opts.encrypted { Encryption::Aes256Gcm } else { Encryption::None },
+            encryption: if opts.encrypted {
+                Encryption::Aes256Gcm
+            } else {
+                Encryption::None
+            },
             chunk_id: "blake3-keyed".into(),
             compression: "zstd".into(),
             block_size: opts.block_size,
@@ -122,31 +147,54 @@ impl Repository {
             pg_version: opts.pg_version,
         };
         let slot_key = format!("{KEYS_PREFIX}{}", hex::encode(crypto::random_bytes::<8>()));
-        storage.put_new(&slot_key, Bytes::from(serde_json::to_vec_pretty(&slot).expect("serialisable"))).await?;
-        storage.put_new(CONFIG_KEY, Bytes::from(serde_json::to_vec_pretty(&config).expect("serialisable"))).await?;
+        storage
+            .put_new(
+                &slot_key,
+                Bytes::from(serde_json::to_vec_pretty(&slot).expect("serialisable")),
+            )
+            .await?;
+        storage
+            .put_new(
+                CONFIG_KEY,
+                Bytes::from(serde_json::to_vec_pretty(&config).expect("serialisable")),
+            )
+            .await?;
         Ok(Self::with_master(storage, config, master))
     }
 
     /// Open an initialised stanza, unlocking the master key with the passphrase.
-    pub async fn open(storage: DynStorage, stanza: &str, passphrase: Option<&Secret>) -> Result<Self> {
+    pub async fn open(
+        storage: DynStorage,
+        stanza: &str,
+        passphrase: Option<&Secret>,
+    ) -> Result<Self> {
         let location = storage.location();
         let raw = match storage.get(CONFIG_KEY).await {
             Ok(b) => b,
             Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {
-                return Err(Error::RepoNotInitialised { location, stanza: stanza.into() })
+                return Err(Error::RepoNotInitialised {
+                    location,
+                    stanza: stanza.into(),
+                })
             }
             Err(e) => return Err(e),
         };
         let config = parse_config(&location, &raw)?;
         let slots = storage.list(KEYS_PREFIX).await?;
         if slots.is_empty() {
-            return Err(Error::Corrupt { what: format!("repository {location}"), detail: "it has no key slot".into() });
+            return Err(Error::Corrupt {
+                what: format!("repository {location}"),
+                detail: "it has no key slot".into(),
+            });
         }
         for info in slots {
-            let slot: KeySlot = serde_json::from_slice(&storage.get(&info.key).await?).map_err(|e| Error::Corrupt {
-                what: format!("key slot {}", info.key),
-                detail: e.to_string(),
-            })?;
+            let slot: KeySlot =
+                serde_json::from_slice(&storage.get(&info.key).await?).map_err(|e| {
+                    Error::Corrupt {
+                        what: format!("key slot {}", info.key),
+                        detail: e.to_string(),
+                    }
+                })?;
             if let Some(master) = try_slot(&slot, passphrase, &config, &location).await? {
                 return Ok(Self::with_master(storage, config, master));
             }
@@ -160,7 +208,13 @@ impl Repository {
             Encryption::Aes256Gcm => Cipher::aes(&crypto::derive_subkey(&master, INFO_METADATA)),
             Encryption::None => Cipher::Plain,
         };
-        Self { storage, config, master, chunk_key, meta }
+        Self {
+            storage,
+            config,
+            master,
+            chunk_key,
+            meta,
+        }
     }
 
     pub fn storage(&self) -> &DynStorage {
@@ -195,7 +249,9 @@ impl Repository {
     }
 
     pub async fn put_meta_bytes(&self, key: &str, plain: &[u8]) -> Result<()> {
-        let sealed = self.meta.seal(meta_aad(key).as_bytes(), &blob::compress(3, plain));
+        let sealed = self
+            .meta
+            .seal(meta_aad(key).as_bytes(), &blob::compress(3, plain));
         self.storage.put_new(key, Bytes::from(sealed)).await
     }
 
@@ -204,15 +260,22 @@ impl Repository {
         let compressed = self
             .meta
             .open(meta_aad(key).as_bytes(), &sealed)
-            .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: e.to_string() })?;
-        zstd::stream::decode_all(&compressed[..])
-            .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: format!("zstd: {e}") })
+            .map_err(|e| Error::Corrupt {
+                what: format!("repository object {key}"),
+                detail: e.to_string(),
+            })?;
+        zstd::stream::decode_all(&compressed[..]).map_err(|e| Error::Corrupt {
+            what: format!("repository object {key}"),
+            detail: format!("zstd: {e}"),
+        })
     }
 
     pub async fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
         let plain = self.get_meta_bytes(key).await?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: e.to_string() })
+        serde_json::from_slice(&plain).map_err(|e| Error::Corrupt {
+            what: format!("repository object {key}"),
+            detail: e.to_string(),
+        })
     }
 
     /// Every chunk the repository holds, from all index objects.
@@ -230,7 +293,13 @@ impl Repository {
                 for b in p.blobs {
                     map.insert(
                         b.id,
-                        BlobLocation { pack: pack.clone(), key_id, offset: b.offset, length: b.length, raw_length: b.raw_length },
+                        BlobLocation {
+                            pack: pack.clone(),
+                            key_id,
+                            offset: b.offset,
+                            length: b.length,
+                            raw_length: b.raw_length,
+                        },
                     );
                 }
             }
@@ -245,19 +314,28 @@ impl Repository {
             .list(BACKUP_PREFIX)
             .await?
             .into_iter()
-            .filter_map(|o| o.key.strip_prefix(BACKUP_PREFIX)?.strip_suffix("/manifest").map(str::to_string))
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix(BACKUP_PREFIX)?
+                    .strip_suffix("/manifest")
+                    .map(str::to_string)
+            })
             .collect();
         labels.sort();
         Ok(labels)
     }
 
     pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
-        let m: Manifest = self.get_meta(&manifest_key(label)).await.map_err(|e| match e.storage_kind() {
-            Some(StorageErrorKind::NotFound) => {
-                Error::BackupNotFound { stanza: self.config.stanza.clone(), label: label.to_string() }
-            }
-            _ => e,
-        })?;
+        let m: Manifest =
+            self.get_meta(&manifest_key(label))
+                .await
+                .map_err(|e| match e.storage_kind() {
+                    Some(StorageErrorKind::NotFound) => Error::BackupNotFound {
+                        stanza: self.config.stanza.clone(),
+                        label: label.to_string(),
+                    },
+                    _ => e,
+                })?;
         if m.format_version != FORMAT_VERSION {
             return Err(Error::UnsupportedFormat {
                 location: format!("backup {label} in {}", self.location()),
@@ -274,24 +352,41 @@ fn meta_aad(key: &str) -> String {
 }
 
 fn parse_config(location: &str, raw: &[u8]) -> Result<RepoConfig> {
-    let corrupt = |detail: String| Error::Corrupt { what: format!("repository config in {location}"), detail };
+    let corrupt = |detail: String| Error::Corrupt {
+        what: format!("repository config in {location}"),
+        detail,
+    };
     // Read the version before anything else so a future format is refused by
     // version, not by a confusing parse error.
     let v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| corrupt(e.to_string()))?;
-    let found = v.get("format_version").and_then(|x| x.as_u64()).ok_or_else(|| corrupt("no format_version".into()))?;
+    let found = v
+        .get("format_version")
+        .and_then(|x| x.as_u64())
+        .ok_or_else(|| corrupt("no format_version".into()))?;
     if found != FORMAT_VERSION as u64 {
-        return Err(Error::UnsupportedFormat { location: location.to_string(), found: found as u32, supported: FORMAT_VERSION });
+        return Err(Error::UnsupportedFormat {
+            location: location.to_string(),
+            found: found as u32,
+            supported: FORMAT_VERSION,
+        });
     }
     serde_json::from_value(v).map_err(|e| corrupt(e.to_string()))
 }
 
-async fn make_slot(pass: &Secret, kdf: KeySlotKdf, repository_id: &str, master: &[u8; KEY_LEN]) -> Result<KeySlot> {
+async fn make_slot(
+    pass: &Secret,
+    kdf: KeySlotKdf,
+    repository_id: &str,
+    master: &[u8; KEY_LEN],
+) -> Result<KeySlot> {
     let salt = crypto::random_bytes::<16>();
     let pass = pass.clone();
-    let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, kdf))
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?
-        .map_err(|e| Error::Config(format!("cannot derive the key from the passphrase: {e}")))?;
+    let kek = tokio::task::spawn_blocking(move || {
+        crypto::derive_kek(pass.expose().as_bytes(), &salt, kdf)
+    })
+    .await
+    .map_err(|e| Error::Other(e.to_string()))?
+    .map_err(|e| Error::Config(format!("cannot derive the key from the passphrase: {e}")))?;
     let aad = format!("{AAD_KEYSLOT_PREFIX}{repository_id}");
     let sealed = Cipher::aes(&kek).seal(aad.as_bytes(), master);
     Ok(KeySlot {
@@ -303,28 +398,52 @@ async fn make_slot(pass: &Secret, kdf: KeySlotKdf, repository_id: &str, master: 
     })
 }
 
-async fn try_slot(slot: &KeySlot, passphrase: Option<&Secret>, config: &RepoConfig, location: &str) -> Result<Option<[u8; KEY_LEN]>> {
-    let corrupt = |d: String| Error::Corrupt { what: format!("key slot in {location}"), detail: d };
+async fn try_slot(
+    slot: &KeySlot,
+    passphrase: Option<&Secret>,
+    config: &RepoConfig,
+    location: &str,
+) -> Result<Option<[u8; KEY_LEN]>> {
+    let corrupt = |d: String| Error::Corrupt {
+        what: format!("key slot in {location}"),
+        detail: d,
+    };
     let decode = |s: &str| B64.decode(s).map_err(|e| corrupt(e.to_string()));
     match slot.kdf.as_str() {
         "none" => {
             if config.encryption != Encryption::None {
                 return Err(corrupt("plain key slot in an encrypted repository".into()));
             }
-            Ok(Some(decode(&slot.key)?.try_into().map_err(|_| corrupt("bad key length".into()))?))
+            Ok(Some(
+                decode(&slot.key)?
+                    .try_into()
+                    .map_err(|_| corrupt("bad key length".into()))?,
+            ))
         }
         "argon2id" => {
-            let pass = passphrase.ok_or_else(|| Error::PassphraseMissing { location: location.to_string() })?.clone();
-            let params = slot.kdf_params.ok_or_else(|| corrupt("argon2id slot without parameters".into()))?;
+            let pass = passphrase
+                .ok_or_else(|| Error::PassphraseMissing {
+                    location: location.to_string(),
+                })?
+                .clone();
+            let params = slot
+                .kdf_params
+                .ok_or_else(|| corrupt("argon2id slot without parameters".into()))?;
             let salt = decode(&slot.salt)?;
             let sealed = decode(&slot.key)?;
-            let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, params))
-                .await
-                .map_err(|e| Error::Other(e.to_string()))?
-                .map_err(|e| corrupt(e.to_string()))?;
+            let kek = tokio::task::spawn_blocking(move || {
+                crypto::derive_kek(pass.expose().as_bytes(), &salt, params)
+            })
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?
+            .map_err(|e| corrupt(e.to_string()))?;
             let aad = format!("{AAD_KEYSLOT_PREFIX}{}", config.repository_id);
             match Cipher::aes(&kek).open(aad.as_bytes(), &sealed) {
-                Ok(master) => Ok(Some(master.try_into().map_err(|_| corrupt("bad key length".into()))?)),
+                Ok(master) => Ok(Some(
+                    master
+                        .try_into()
+                        .map_err(|_| corrupt("bad key length".into()))?,
+                )),
                 Err(_) => Ok(None),
             }
         }
@@ -342,7 +461,11 @@ mod tests {
             encrypted,
             block_size: DEFAULT_BLOCK_SIZE,
             pack_size: DEFAULT_PACK_SIZE,
-            kdf: KeySlotKdf { m_cost: 256, t_cost: 1, p_cost: 1 },
+            kdf: KeySlotKdf {
+                m_cost: 256,
+                t_cost: 1,
+                p_cost: 1,
+            },
             system_identifier: 42,
             pg_version: 170000,
         }
@@ -352,14 +475,22 @@ mod tests {
     async fn create_open_and_wrong_passphrase() {
         let s: DynStorage = Arc::new(MemoryStorage::new());
         let pw = Secret::new("correct horse");
-        Repository::create(s.clone(), "main", Some(&pw), opts(true)).await.unwrap();
-        let r = Repository::open(s.clone(), "main", Some(&pw)).await.unwrap();
+        Repository::create(s.clone(), "main", Some(&pw), opts(true))
+            .await
+            .unwrap();
+        let r = Repository::open(s.clone(), "main", Some(&pw))
+            .await
+            .unwrap();
         assert_eq!(r.config().system_identifier, 42);
-        let err = Repository::open(s.clone(), "main", Some(&Secret::new("wrong"))).await.unwrap_err();
+        let err = Repository::open(s.clone(), "main", Some(&Secret::new("wrong")))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::WrongPassphrase { .. }), "{err}");
         let err = Repository::open(s.clone(), "main", None).await.unwrap_err();
         assert!(matches!(err, Error::PassphraseMissing { .. }), "{err}");
-        let err = Repository::create(s, "main", Some(&pw), opts(true)).await.unwrap_err();
+        let err = Repository::create(s, "main", Some(&pw), opts(true))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::RepoAlreadyInitialised { .. }), "{err}");
     }
 
@@ -369,25 +500,44 @@ mod tests {
         let s: DynStorage = mem.clone();
         let err = Repository::open(s.clone(), "main", None).await.unwrap_err();
         assert!(matches!(err, Error::RepoNotInitialised { .. }), "{err}");
-        Repository::create(s.clone(), "main", None, opts(false)).await.unwrap();
-        let mut cfg: serde_json::Value = serde_json::from_slice(&s.get(CONFIG_KEY).await.unwrap()).unwrap();
+        Repository::create(s.clone(), "main", None, opts(false))
+            .await
+            .unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&s.get(CONFIG_KEY).await.unwrap()).unwrap();
         cfg["format_version"] = 99.into();
         mem.overwrite(CONFIG_KEY, Bytes::from(serde_json::to_vec(&cfg).unwrap()));
         let err = Repository::open(s, "main", None).await.unwrap_err();
-        assert!(matches!(err, Error::UnsupportedFormat { found: 99, .. }), "{err}");
+        assert!(
+            matches!(err, Error::UnsupportedFormat { found: 99, .. }),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn metadata_is_sealed_and_bound_to_its_key() {
         let mem = Arc::new(MemoryStorage::new());
         let s: DynStorage = mem.clone();
-        let r = Repository::create(s.clone(), "main", Some(&Secret::new("pw")), opts(true)).await.unwrap();
-        r.put_meta_bytes("index/a", b"secret-index-content").await.unwrap();
+        let r = Repository::create(s.clone(), "main", Some(&Secret::new("pw")), opts(true))
+            .await
+            .unwrap();
+        r.put_meta_bytes("index/a", b"secret-index-content")
+            .await
+            .unwrap();
         let raw = s.get("index/a").await.unwrap();
-        assert!(!raw.windows(6).any(|w| w == b"secret"), "plaintext visible in object");
-        assert_eq!(r.get_meta_bytes("index/a").await.unwrap(), b"secret-index-content");
+        assert!(
+            !raw.windows(6).any(|w| w == b"secret"),
+            "plaintext visible in object"
+        );
+        assert_eq!(
+            r.get_meta_bytes("index/a").await.unwrap(),
+            b"secret-index-content"
+        );
         // The same bytes under another name fail authentication.
         mem.overwrite("index/b", raw);
-        assert!(matches!(r.get_meta_bytes("index/b").await.unwrap_err(), Error::Corrupt { .. }));
+        assert!(matches!(
+            r.get_meta_bytes("index/b").await.unwrap_err(),
+            Error::Corrupt { .. }
+        ));
     }
 }

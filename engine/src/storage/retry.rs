@@ -19,11 +19,19 @@ pub struct RetryStorage {
 
 impl RetryStorage {
     pub fn new(inner: DynStorage) -> Self {
-        Self { inner, attempts: 5, first_delay: Duration::from_millis(100) }
+        Self {
+            inner,
+            attempts: 5,
+            first_delay: Duration::from_millis(100),
+        }
     }
 
     pub fn with_policy(inner: DynStorage, attempts: u32, first_delay: Duration) -> Self {
-        Self { inner, attempts: attempts.max(1), first_delay }
+        Self {
+            inner,
+            attempts: attempts.max(1),
+            first_delay,
+        }
     }
 
     async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
@@ -36,7 +44,10 @@ impl RetryStorage {
         loop {
             match op().await {
                 Err(e) if e.is_transient() && attempt < self.attempts => {
-                    tracing::warn!("{what} failed (attempt {attempt} of {}), retrying in {delay:?}: {e}", self.attempts);
+                    tracing::warn!(
+                        "{what} failed (attempt {attempt} of {}), retrying in {delay:?}: {e}",
+                        self.attempts
+                    );
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                     attempt += 1;
@@ -53,19 +64,28 @@ impl Storage for RetryStorage {
         self.inner.location()
     }
     async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
-        self.run(&format!("put of {key}"), || self.inner.put_new(key, data.clone())).await
+        self.run(&format!("put of {key}"), || {
+            self.inner.put_new(key, data.clone())
+        })
+        .await
     }
     async fn get(&self, key: &str) -> Result<Bytes> {
-        self.run(&format!("get of {key}"), || self.inner.get(key)).await
+        self.run(&format!("get of {key}"), || self.inner.get(key))
+            .await
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        self.run(&format!("get of {key}"), || self.inner.get_range(key, range.clone())).await
+        self.run(&format!("get of {key}"), || {
+            self.inner.get_range(key, range.clone())
+        })
+        .await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        self.run(&format!("list of {prefix}"), || self.inner.list(prefix)).await
+        self.run(&format!("list of {prefix}"), || self.inner.list(prefix))
+            .await
     }
     async fn delete(&self, key: &str) -> Result<()> {
-        self.run(&format!("delete of {key}"), || self.inner.delete(key)).await
+        self.run(&format!("delete of {key}"), || self.inner.delete(key))
+            .await
     }
 }
 
@@ -81,7 +101,10 @@ mod tests {
     #[tokio::test]
     async fn retries_transient_then_succeeds() {
         let faulty = Arc::new(FaultStorage::new(Arc::new(MemoryStorage::new())));
-        faulty.inject(Fault::FailPuts { count: 2, kind: StorageErrorKind::Transient });
+        faulty.inject(Fault::FailPuts {
+            count: 2,
+            kind: StorageErrorKind::Transient,
+        });
         let s = RetryStorage::with_policy(faulty.clone(), 3, Duration::from_millis(1));
         s.put_new("k", Bytes::from_static(b"v")).await.unwrap();
         assert_eq!(s.get("k").await.unwrap(), Bytes::from_static(b"v"));
@@ -90,12 +113,22 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_attempts_and_never_retries_permanent() {
         let faulty = Arc::new(FaultStorage::new(Arc::new(MemoryStorage::new())));
-        faulty.inject(Fault::FailPuts { count: 5, kind: StorageErrorKind::Transient });
+        faulty.inject(Fault::FailPuts {
+            count: 5,
+            kind: StorageErrorKind::Transient,
+        });
         let s = RetryStorage::with_policy(faulty.clone(), 3, Duration::from_millis(1));
         assert!(s.put_new("k", Bytes::from_static(b"v")).await.is_err());
-        assert_eq!(faulty.remaining_put_faults(), 2, "three attempts consumed three faults");
+        assert_eq!(
+            faulty.remaining_put_faults(),
+            2,
+            "three attempts consumed three faults"
+        );
 
-        faulty.inject(Fault::FailPuts { count: 1, kind: StorageErrorKind::Permanent });
+        faulty.inject(Fault::FailPuts {
+            count: 1,
+            kind: StorageErrorKind::Permanent,
+        });
         assert!(s.put_new("k2", Bytes::from_static(b"v")).await.is_err());
         assert_eq!(faulty.remaining_put_faults(), 0);
         assert!(s.put_new("k2", Bytes::from_static(b"v")).await.is_ok());

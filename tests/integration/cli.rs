@@ -1,0 +1,132 @@
+//! Runs the built `pgcairn` binary with a clean, explicit environment.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::S3Server;
+
+pub const PASSPHRASE: &str = "integration test passphrase";
+
+#[derive(Clone)]
+pub struct Pgcairn {
+    pub stanza: String,
+    pub repo: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Pgcairn {
+    pub fn local(repo_dir: &Path) -> Self {
+        Self {
+            stanza: "main".into(),
+            repo: repo_dir.display().to_string(),
+            env: vec![passphrase_env()],
+        }
+    }
+
+    pub fn s3(s3: &S3Server, prefix: &str) -> Self {
+        let mut env: Vec<(String, String)> = s3
+            .aws_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        env.push(passphrase_env());
+        Self {
+            stanza: "main".into(),
+            repo: format!("s3://{}/{prefix}", s3.bucket()),
+            env,
+        }
+    }
+
+    pub fn with_env(mut self, k: &str, v: &str) -> Self {
+        self.env.retain(|(key, _)| key != k);
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn without_env(mut self, k: &str) -> Self {
+        self.env.retain(|(key, _)| key != k);
+        self
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pgcairn"));
+        // Nothing from the developer's environment may leak into a test.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PGCAIRN_") || k.starts_with("PG") || k.starts_with("AWS_") {
+                c.env_remove(k);
+            }
+        }
+        c.arg(format!("--stanza={}", self.stanza))
+            .arg(format!("--repo={}", self.repo));
+        c.args(args);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run pgcairn")
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "pgcairn {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and expects failure; returns (exit code, stderr).
+    pub fn fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "pgcairn {args:?} succeeded but should fail:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `backup` and the label it printed last.
+    pub fn backup(&self, pg: &str) -> String {
+        let out = self.ok(&["backup", "--start-fast", &format!("--pg={pg}")]);
+        out.lines()
+            .last()
+            .expect("backup prints its label")
+            .trim()
+            .to_string()
+    }
+}
+
+fn passphrase_env() -> (String, String) {
+    ("PGCAIRN_REPO_PASSPHRASE".into(), PASSPHRASE.into())
+}
+
+/// Whether `needle` occurs in any file below `dir`.
+pub fn tree_contains(dir: &Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() && tree_contains(&p, needle) {
+            return true;
+        }
+        if ft.is_file() {
+            let data = std::fs::read(&p).unwrap_or_default();
+            if data.windows(needle.len()).any(|w| w == needle) {
+                return true;
+            }
+        }
+    }
+    false
+}
