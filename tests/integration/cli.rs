@@ -56,8 +56,10 @@ impl Pgcairn {
                 c.env_remove(k);
             }
         }
-        c.arg(format!("--stanza={}", self.stanza))
-            .arg(format!("--repo={}", self.repo));
+        c.arg(format!("--stanza={}", self.stanza));
+        if !self.repo.is_empty() {
+            c.arg(format!("--repo={}", self.repo));
+        }
         c.args(args);
         for (k, v) in &self.env {
             c.env(k, v);
