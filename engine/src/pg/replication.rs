@@ -496,6 +496,12 @@ impl ReplicationConnection {
     }
 }
 
+/// Server WARNINGs are the operator's business; NOTICEs (e.g. "WAL archiving is
+/// not enabled" when the backup carries its WAL anyway) only at info level.
 pub fn log_notice(m: &ServerMessage) {
-    tracing::warn!("server {}: {}", m.severity.to_lowercase(), m.message);
+    if m.severity == "WARNING" {
+        tracing::warn!("server warning: {}", m.message);
+    } else {
+        tracing::info!("server {}: {}", m.severity.to_lowercase(), m.message);
+    }
 }
