@@ -189,6 +189,7 @@ mod tests {
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_path("pg_tblspc/16384").unwrap();
         h.set_link_name("/ts").unwrap();
+        h.set_mode(0o777);
         h.set_size(0);
         h.set_cksum();
         b.append(&h, &[][..]).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{DynStorage, ObjectInfo, Storage};
-use crate::error::Result;
+use crate::error::{Result, StorageErrorKind};
 
 #[derive(Debug)]
 pub struct RetryStorage {
@@ -64,10 +64,24 @@ impl Storage for RetryStorage {
         self.inner.location()
     }
     async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
-        self.run(&format!("put of {key}"), || {
-            self.inner.put_new(key, data.clone())
-        })
-        .await
+        let mut attempts = 0;
+        let result = self
+            .run(&format!("put of {key}"), || {
+                attempts += 1;
+                self.inner.put_new(key, data.clone())
+            })
+            .await;
+        match result {
+            // An earlier attempt may have landed with its reply lost: that is
+            // success if the stored bytes are ours.
+            Err(e) if attempts > 1 && e.storage_kind() == Some(StorageErrorKind::AlreadyExists) => {
+                match self.inner.get(key).await {
+                    Ok(stored) if stored == data => Ok(()),
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
     }
     async fn get(&self, key: &str) -> Result<Bytes> {
         self.run(&format!("get of {key}"), || self.inner.get(key))
@@ -108,6 +122,32 @@ mod tests {
         let s = RetryStorage::with_policy(faulty.clone(), 3, Duration::from_millis(1));
         s.put_new("k", Bytes::from_static(b"v")).await.unwrap();
         assert_eq!(s.get("k").await.unwrap(), Bytes::from_static(b"v"));
+    }
+
+    /// A put whose reply was lost after it landed: the retry sees "already exists"
+    /// with our own bytes, which is success.
+    #[tokio::test]
+    async fn lost_reply_of_a_landed_put_is_success() {
+        let mem = Arc::new(MemoryStorage::new());
+        mem.put_new("k", Bytes::from_static(b"v")).await.unwrap();
+        let faulty = Arc::new(FaultStorage::new(mem));
+        faulty.inject(Fault::FailPuts {
+            count: 1,
+            kind: StorageErrorKind::Transient,
+        });
+        let s = RetryStorage::with_policy(faulty.clone(), 3, Duration::from_millis(1));
+        s.put_new("k", Bytes::from_static(b"v")).await.unwrap();
+        faulty.inject(Fault::FailPuts {
+            count: 1,
+            kind: StorageErrorKind::Transient,
+        });
+        let err = s
+            .put_new("k", Bytes::from_static(b"other"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.storage_kind(), Some(StorageErrorKind::AlreadyExists));
+        // Without a retry, "already exists" is always an error.
+        assert!(s.put_new("k", Bytes::from_static(b"v")).await.is_err());
     }
 
     #[tokio::test]
