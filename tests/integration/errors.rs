@@ -357,3 +357,34 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+#[test]
+fn unencrypted_repository_only_on_request() {
+    let cluster = Cluster::init(PgVersion::V15);
+    let repo = TestDir::new("repo");
+    let p = Pgcairn::local(repo.path()).without_env("PGCAIRN_REPO_PASSPHRASE");
+    // Without a passphrase, stanza-create refuses rather than silently not encrypting.
+    let (code, err) = p.fails(&["stanza-create", &format!("--pg={}", cluster.conninfo())]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("--no-encryption"), "{err}");
+    p.ok(&[
+        "stanza-create",
+        "--no-encryption",
+        &format!("--pg={}", cluster.conninfo()),
+    ]);
+    let label = p.backup(&cluster.conninfo());
+    let info: serde_json::Value = serde_json::from_str(&p.ok(&["info", "--output=json"])).unwrap();
+    assert_eq!(info["encrypted"], false);
+    let target = TestDir::new("restore");
+    let data = target.path().join("data");
+    p.ok(&[
+        "restore",
+        &format!("--pg-data={}", data.display()),
+        &format!("--set={label}"),
+    ]);
+    let restored = Cluster::start_restored(PgVersion::V15, &data);
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM pg_database WHERE datname = 'postgres'"),
+        "1"
+    );
+}

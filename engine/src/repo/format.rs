@@ -195,3 +195,38 @@ pub struct Manifest {
     pub indexes: Vec<String>,
     pub files: Vec<FileEntry>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chunk() -> impl Strategy<Value = ChunkId> {
+        any::<[u8; 32]>().prop_map(ChunkId)
+    }
+
+    proptest! {
+        #[test]
+        fn index_json_round_trip(ids in proptest::collection::vec(chunk(), 0..20), offset in any::<u64>(), len in any::<u32>()) {
+            let file = IndexFile { packs: vec![IndexPack {
+                id: "ab".repeat(32), key_id: "cd".repeat(16), size: offset,
+                blobs: ids.iter().map(|id| IndexBlob { id: *id, offset, length: len, raw_length: len }).collect(),
+            }]};
+            let back: IndexFile = serde_json::from_slice(&serde_json::to_vec(&file).unwrap()).unwrap();
+            prop_assert_eq!(back, file);
+        }
+
+        #[test]
+        fn file_entry_json_round_trip(ids in proptest::collection::vec(chunk(), 0..20), path in "[a-z0-9_/]{1,40}", ts in proptest::option::of(any::<u32>()), crc in proptest::option::of(any::<u32>())) {
+            let e = FileEntry { path, tablespace: ts, kind: FileKind::File, mode: 0o600, size: 5, mtime: -1, link: None, crc32c: crc, blocks: ids };
+            let back: FileEntry = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+            prop_assert_eq!(back, e);
+        }
+    }
+
+    #[test]
+    fn chunk_id_rejects_bad_hex() {
+        assert!(serde_json::from_str::<ChunkId>("\"zz\"").is_err());
+        assert!(serde_json::from_str::<ChunkId>(&format!("\"{}\"", "0".repeat(62))).is_err());
+    }
+}
