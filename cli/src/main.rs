@@ -1,77 +1,116 @@
-//! `pgcairn`: parse arguments and settings, call one engine operation, map its
-//! error to a message and an exit code.
+//! `pgcairn`: parse arguments, call one engine operation, map its error to a
+//! message and an exit code. Settings resolution lives in `pgcairn::config`.
 
-mod config;
 mod progress;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pgcairn::config::Settings;
 use pgcairn::crypto::KeySlotKdf;
-use pgcairn::ops;
-use pgcairn::pg::ConnParams;
+use pgcairn::ops::{self, Recovery, RecoveryTarget};
 use pgcairn::progress::{NoProgress, Progress};
-use pgcairn::repo::{Repository, Secret};
-use pgcairn::storage::{s3::S3Settings, DynStorage, RepoLocation};
 use pgcairn::Error;
 
-use config::ConfigFile;
-
 #[derive(Parser, Debug)]
-#[command(
-    name = "pgcairn",
-    version,
-    about = "Physical backup and point-in-time restore for PostgreSQL"
-)]
+#[command(name = "pgcairn", version, about = "Physical backup and point-in-time restore for PostgreSQL")]
 struct Cli {
-    /// Config file (TOML). Default /etc/pgcairn/pgcairn.toml when it exists.
-    #[arg(long, env = "PGCAIRN_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Stanza: the name of the cluster's backup configuration.
-    #[arg(long, env = "PGCAIRN_STANZA", global = true)]
-    stanza: Option<String>,
-    /// Repository: /path, file:///path or s3://bucket/prefix.
-    #[arg(long, env = "PGCAIRN_REPO", global = true)]
-    repo: Option<String>,
-    /// PostgreSQL connection string (libpq syntax or URI); PG* variables and ~/.pgpass apply.
-    #[arg(long, env = "PGCAIRN_PG", global = true)]
-    pg: Option<String>,
-    /// Data directory to restore into.
-    #[arg(long = "pg-data", env = "PGCAIRN_PG_DATA", global = true)]
-    pg_data: Option<PathBuf>,
-    /// File holding the repository passphrase (or set PGCAIRN_REPO_PASSPHRASE).
-    #[arg(
-        long = "repo-passphrase-file",
-        env = "PGCAIRN_REPO_PASSPHRASE_FILE",
-        global = true
-    )]
-    repo_passphrase_file: Option<PathBuf>,
-    /// S3 endpoint URL (default: AWS_ENDPOINT_URL / AWS).
-    #[arg(
-        long = "repo-s3-endpoint",
-        env = "PGCAIRN_REPO_S3_ENDPOINT",
-        global = true
-    )]
-    repo_s3_endpoint: Option<String>,
-    /// S3 region (default: AWS_REGION, else us-east-1).
-    #[arg(long = "repo-s3-region", env = "PGCAIRN_REPO_S3_REGION", global = true)]
-    repo_s3_region: Option<String>,
-    /// zstd level for new blocks (default 3).
-    #[arg(long = "compress-level", env = "PGCAIRN_COMPRESS_LEVEL", global = true)]
-    compress_level: Option<i32>,
-    /// Ask for an immediate checkpoint instead of a spread one (true/false).
-    #[arg(long = "start-fast", env = "PGCAIRN_START_FAST", global = true, num_args = 0..=1, default_missing_value = "true")]
-    start_fast: Option<bool>,
-    /// error, warn, info, debug (default warn; RUST_LOG overrides).
-    #[arg(long = "log-level", env = "PGCAIRN_LOG_LEVEL", global = true)]
-    log_level: Option<String>,
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Settings; each also PGCAIRN_<NAME> or a config-file key (docs/config.md).
+#[derive(Args, Debug)]
+struct Global {
+    /// Config file (TOML). Default /etc/pgcairn/pgcairn.toml when it exists.
+    #[arg(long, global = true)]
+    config: Option<String>,
+    /// The cluster's backup configuration name.
+    #[arg(long, global = true)]
+    stanza: Option<String>,
+    /// Repository: /path, file:///path or s3://bucket/prefix.
+    #[arg(long, global = true)]
+    repo: Option<String>,
+    /// PostgreSQL connection string (libpq syntax or URI); PG* variables and ~/.pgpass apply.
+    #[arg(long, global = true)]
+    pg: Option<String>,
+    /// Data directory to restore into.
+    #[arg(long = "pg-data", global = true)]
+    pg_data: Option<String>,
+    /// File holding the repository passphrase (or set PGCAIRN_REPO_PASSPHRASE).
+    #[arg(long = "repo-passphrase-file", global = true)]
+    repo_passphrase_file: Option<String>,
+    /// Key file (from `key-file`): unlocks without the passphrase's key derivation.
+    #[arg(long = "repo-key-file", global = true)]
+    repo_key_file: Option<String>,
+    #[arg(long = "repo-s3-endpoint", global = true)]
+    repo_s3_endpoint: Option<String>,
+    #[arg(long = "repo-s3-region", global = true)]
+    repo_s3_region: Option<String>,
+    /// zstd level for new blocks and WAL (default 3).
+    #[arg(long = "compress-level", global = true)]
+    compress_level: Option<String>,
+    /// Immediate checkpoint instead of a spread one.
+    #[arg(long = "start-fast", global = true, num_args = 0..=1, default_missing_value = "true")]
+    start_fast: Option<String>,
+    /// Wait until a backup's WAL is archived (default true).
+    #[arg(long = "archive-check", global = true, num_args = 0..=1, default_missing_value = "true")]
+    archive_check: Option<String>,
+    /// Store the WAL in the backup even when archiving is on (default false).
+    #[arg(long = "archive-copy", global = true, num_args = 0..=1, default_missing_value = "true")]
+    archive_copy: Option<String>,
+    /// Seconds to wait for WAL to reach the archive (default 60).
+    #[arg(long = "archive-timeout", global = true)]
+    archive_timeout: Option<String>,
+    #[arg(long = "archive-async", global = true, num_args = 0..=1, default_missing_value = "true")]
+    archive_async: Option<String>,
+    #[arg(long = "spool-path", global = true)]
+    spool_path: Option<String>,
+    #[arg(long = "archive-push-queue-max", global = true)]
+    archive_push_queue_max: Option<String>,
+    #[arg(long = "archive-push-queue-full", global = true)]
+    archive_push_queue_full: Option<String>,
+    #[arg(long = "archive-get-queue-max", global = true)]
+    archive_get_queue_max: Option<String>,
+    /// error, warn (default), info, debug; RUST_LOG overrides.
+    #[arg(long = "log-level", global = true)]
+    log_level: Option<String>,
+}
+
+impl Global {
+    /// The flags given, as setting name → value.
+    fn flags(&self) -> BTreeMap<String, String> {
+        let pairs = [
+            ("config", &self.config),
+            ("stanza", &self.stanza),
+            ("repo", &self.repo),
+            ("pg", &self.pg),
+            ("pg-data", &self.pg_data),
+            ("repo-passphrase-file", &self.repo_passphrase_file),
+            ("repo-key-file", &self.repo_key_file),
+            ("repo-s3-endpoint", &self.repo_s3_endpoint),
+            ("repo-s3-region", &self.repo_s3_region),
+            ("compress-level", &self.compress_level),
+            ("start-fast", &self.start_fast),
+            ("archive-check", &self.archive_check),
+            ("archive-copy", &self.archive_copy),
+            ("archive-timeout", &self.archive_timeout),
+            ("archive-async", &self.archive_async),
+            ("spool-path", &self.spool_path),
+            ("archive-push-queue-max", &self.archive_push_queue_max),
+            ("archive-push-queue-full", &self.archive_push_queue_full),
+            ("archive-get-queue-max", &self.archive_get_queue_max),
+            ("log-level", &self.log_level),
+        ];
+        pairs.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v))).collect()
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,19 +129,42 @@ enum Command {
         #[arg(long = "type", value_enum, default_value = "full")]
         backup_type: BackupType,
     },
-    /// Restore a backup set into an empty directory.
+    /// Restore a backup set into an empty directory and set up recovery.
     Restore {
         /// Backup label (default: the newest).
         #[arg(long)]
         set: Option<String>,
+        /// Recovery target type.
+        #[arg(long = "type", value_enum, default_value = "default")]
+        target_type: TargetType,
+        /// Target for --type=time|lsn|name|xid.
+        #[arg(long)]
+        target: Option<String>,
+        /// What PostgreSQL does at the target: pause, promote or shutdown.
+        #[arg(long = "target-action")]
+        target_action: Option<String>,
+        /// recovery_target_timeline (e.g. latest, current, 2).
+        #[arg(long = "target-timeline")]
+        target_timeline: Option<String>,
         /// Put tablespace OID into DIR instead of its original location (repeatable).
         #[arg(long = "tablespace-map", value_name = "OID=DIR")]
         tablespace_map: Vec<String>,
     },
-    /// Show the repository and its backup sets.
+    /// Show the repository, its backup sets and its WAL archive.
     Info {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+    },
+    /// Check that archiving works: settings, then a forced WAL switch reaching the repository.
+    Check,
+    /// Archive one WAL file (archive_command = 'pgcairn-archive-push %p').
+    ArchivePush { path: PathBuf },
+    /// Fetch one WAL file (restore_command = 'pgcairn archive-get %f "%p"'); exit 1 if absent.
+    ArchiveGet { name: String, destination: PathBuf },
+    /// Write the repository key to a file (mode 0600) for archive-push/archive-get.
+    KeyFile {
+        #[arg(long)]
+        output: PathBuf,
     },
 }
 
@@ -112,110 +174,100 @@ enum BackupType {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum TargetType {
+    /// Replay all archived WAL, then promote.
+    Default,
+    /// Stop as soon as the backup is consistent.
+    Immediate,
+    Time,
+    Lsn,
+    Name,
+    Xid,
+    /// Write no recovery settings (backup sets that carry their WAL only).
+    None,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
 enum Output {
     Text,
     Json,
 }
 
-/// Resolved settings for one invocation.
-struct Settings {
-    cli: Cli,
-    file: ConfigFile,
-    stanza: String,
-}
-
-impl Settings {
-    fn get(&self, flag: Option<String>, key: &str) -> Option<String> {
-        flag.or_else(|| self.file.get(Some(&self.stanza), key))
-    }
-
-    fn required(&self, flag: Option<String>, key: &str) -> Result<String> {
-        self.get(flag, key).ok_or_else(|| {
-            anyhow!("{key} is not set: pass --{key}, set PGCAIRN_{}, or add `{key} = ...` to the config file", env_name(key))
-        })
-    }
-
-    fn storage(&self) -> Result<DynStorage> {
-        let repo = self.required(self.cli.repo.clone(), "repo")?;
-        let s3 = S3Settings {
-            endpoint: self.get(self.cli.repo_s3_endpoint.clone(), "repo-s3-endpoint"),
-            region: self.get(self.cli.repo_s3_region.clone(), "repo-s3-region"),
-            credentials: None,
-        };
-        Ok(RepoLocation::parse(&repo)?.open(&self.stanza, &s3)?)
-    }
-
-    fn passphrase(&self) -> Result<Option<Secret>> {
-        if let Ok(p) = std::env::var("PGCAIRN_REPO_PASSPHRASE") {
-            return Ok(Some(Secret::new(p)));
-        }
-        let Some(file) = self.get(
-            self.cli
-                .repo_passphrase_file
-                .as_ref()
-                .map(|p| p.display().to_string()),
-            "repo-passphrase-file",
-        ) else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read repo-passphrase-file {file}"))?;
-        let pass = text.trim_end_matches(['\n', '\r']).to_string();
-        if pass.is_empty() {
-            bail!("repo-passphrase-file {file} is empty: write the passphrase into it");
-        }
-        Ok(Some(Secret::new(pass)))
-    }
-
-    fn pg(&self) -> Result<ConnParams> {
-        let conninfo = self.get(self.cli.pg.clone(), "pg").unwrap_or_default();
-        Ok(ConnParams::resolve(&conninfo)?)
-    }
-
-    async fn open_repo(&self) -> Result<Repository> {
-        Ok(Repository::open(self.storage()?, &self.stanza, self.passphrase()?.as_ref()).await?)
-    }
-
-    fn progress(&self) -> Arc<dyn Progress> {
-        if std::io::stderr().is_terminal() {
-            Arc::new(progress::Bar::new())
-        } else {
-            Arc::new(NoProgress)
-        }
+fn progress() -> Arc<dyn Progress> {
+    if std::io::stderr().is_terminal() {
+        Arc::new(progress::Bar::new())
+    } else {
+        Arc::new(NoProgress)
     }
 }
 
-fn env_name(key: &str) -> String {
-    key.to_uppercase().replace('-', "_")
+/// restore_command for a restored cluster: this binary, with the settings that
+/// found the repository, quoted for /bin/sh.
+fn restore_command(s: &Settings) -> Result<String> {
+    let exe = std::env::current_exe()?;
+    let mut words = vec![exe.display().to_string()];
+    words.extend(s.forwarded_flags());
+    let quoted: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+    Ok(format!("{} archive-get %f \"%p\"", quoted.join(" ")))
+}
+
+fn shell_quote(w: &str) -> String {
+    if w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
 }
 
 fn parse_tablespace_map(items: &[String]) -> Result<HashMap<u32, PathBuf>> {
     items
         .iter()
         .map(|i| {
-            let (oid, dir) = i
-                .split_once('=')
-                .ok_or_else(|| anyhow!("--tablespace-map {i}: use OID=DIR"))?;
-            let oid = oid
-                .parse()
-                .map_err(|_| anyhow!("--tablespace-map {i}: {oid} is not a tablespace OID"))?;
+            let (oid, dir) = i.split_once('=').ok_or_else(|| anyhow!("--tablespace-map {i}: use OID=DIR"))?;
+            let oid = oid.parse().map_err(|_| anyhow!("--tablespace-map {i}: {oid} is not a tablespace OID"))?;
             Ok((oid, PathBuf::from(dir)))
         })
         .collect()
 }
 
-async fn run(s: Settings) -> Result<()> {
-    match &s.cli.command {
-        Command::StanzaCreate {
-            no_encryption,
-            block_size,
-        } => {
+fn recovery(
+    s: &Settings,
+    t: TargetType,
+    target: &Option<String>,
+    action: &Option<String>,
+    timeline: &Option<String>,
+) -> Result<Recovery> {
+    let need = |kind: &str| target.clone().ok_or_else(|| anyhow!("--type={kind} needs --target"));
+    let target = match t {
+        TargetType::Default => RecoveryTarget::EndOfArchive,
+        TargetType::Immediate => RecoveryTarget::Immediate,
+        TargetType::Time => RecoveryTarget::Time(need("time")?),
+        TargetType::Lsn => RecoveryTarget::Lsn(need("lsn")?),
+        TargetType::Name => RecoveryTarget::Name(need("name")?),
+        TargetType::Xid => RecoveryTarget::Xid(need("xid")?),
+        TargetType::None => RecoveryTarget::None,
+    };
+    if let Some(a) = action {
+        if !["pause", "promote", "shutdown"].contains(&a.as_str()) {
+            bail!("--target-action={a}: use pause, promote or shutdown");
+        }
+    }
+    if s.get("repo-key-file").is_none() && s.get("repo-passphrase-file").is_none() && s.get("repo-passphrase").is_none()
+    {
+        tracing::warn!("restore_command will need the repository key: set repo-key-file (or repo-passphrase-file) where PostgreSQL can read it");
+    }
+    Ok(Recovery { target, action: action.clone(), timeline: timeline.clone(), restore_command: restore_command(s)? })
+}
+
+async fn run(command: &Command, s: &Settings) -> Result<ExitCode> {
+    match command {
+        Command::StanzaCreate { no_encryption, block_size } => {
             let passphrase = s.passphrase()?;
             if !no_encryption && passphrase.is_none() {
                 bail!("an encrypted repository needs a passphrase: set PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file (or pass --no-encryption to store data unencrypted)");
             }
             let req = ops::StanzaCreateRequest {
-                stanza: s.stanza.clone(),
+                stanza: s.stanza().to_string(),
                 pg: s.pg()?,
                 encrypted: !no_encryption,
                 passphrase,
@@ -225,37 +277,23 @@ async fn run(s: Settings) -> Result<()> {
             let repo = ops::stanza_create(s.storage()?, &req).await?;
             println!(
                 "stanza {} created in {} (system identifier {}, {})",
-                s.stanza,
+                s.stanza(),
                 repo.location(),
                 repo.config().system_identifier,
-                if *no_encryption {
-                    "unencrypted"
-                } else {
-                    "encrypted"
-                }
+                if *no_encryption { "unencrypted" } else { "encrypted" }
             );
         }
-        Command::Backup {
-            backup_type: BackupType::Full,
-        } => {
+        Command::Backup { backup_type: BackupType::Full } => {
             let repo = s.open_repo().await?;
-            let progress = s.progress();
             let req = ops::BackupRequest {
                 pg: s.pg()?,
-                fast_checkpoint: s
-                    .get(s.cli.start_fast.map(|b| b.to_string()), "start-fast")
-                    .is_some_and(|v| v == "true"),
-                compress_level: match s.get(
-                    s.cli.compress_level.map(|l| l.to_string()),
-                    "compress-level",
-                ) {
-                    Some(l) => l
-                        .parse()
-                        .map_err(|_| anyhow!("compress-level {l} is not a number: use 1..19"))?,
-                    None => 3,
-                },
+                fast_checkpoint: s.get_bool("start-fast", false)?,
+                compress_level: s.compress_level()?,
                 estimate_size: std::io::stderr().is_terminal(),
-                progress,
+                progress: progress(),
+                archive_check: s.get_bool("archive-check", true)?,
+                archive_copy: s.get_bool("archive-copy", false)?,
+                archive_timeout: s.archive_timeout()?,
             };
             let sum = ops::backup(&repo, &req).await?;
             println!(
@@ -270,30 +308,22 @@ async fn run(s: Settings) -> Result<()> {
             );
             println!("{}", sum.label);
         }
-        Command::Restore {
-            set,
-            tablespace_map,
-        } => {
-            let target = s
-                .get(
-                    s.cli.pg_data.as_ref().map(|p| p.display().to_string()),
-                    "pg-data",
-                )
-                .ok_or_else(|| {
-                    anyhow!("restore needs --pg-data=DIR (an empty or new directory)")
-                })?;
+        Command::Restore { set, target_type, target, target_action, target_timeline, tablespace_map } => {
+            let target_dir =
+                s.get("pg-data").ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
+            let recovery = recovery(s, *target_type, target, target_action, target_timeline)?;
             let repo = s.open_repo().await?;
             let req = ops::RestoreRequest {
-                target: PathBuf::from(target),
+                target: PathBuf::from(&target_dir),
                 set: set.clone(),
                 tablespace_map: parse_tablespace_map(tablespace_map)?,
-                progress: s.progress(),
+                progress: progress(),
+                recovery,
             };
             let sum = ops::restore(&repo, &req).await?;
             println!(
-                "restored backup {} into {}: {} in {} files, {:.1}s; start PostgreSQL on it to finish recovery",
+                "restored backup {} into {target_dir}: {} in {} files, {:.1}s; start PostgreSQL on it to finish recovery",
                 sum.label,
-                req.target.display(),
                 human(sum.bytes),
                 sum.files,
                 sum.seconds
@@ -308,8 +338,44 @@ async fn run(s: Settings) -> Result<()> {
                 print_info(&report);
             }
         }
+        Command::Check => {
+            let repo = s.open_repo().await?;
+            let req = ops::CheckRequest {
+                pg: s.pg()?,
+                timeout: s.archive_timeout()?,
+                spool_problems: ops::archive_async::spool_problems(s)?,
+            };
+            let r = ops::check(&repo, &req).await?;
+            println!(
+                "check ok: stanza {} (system {}), archive_command '{}', wal segment {} reached the repository in {:.1}s",
+                s.stanza(),
+                r.system_identifier,
+                r.archive_command,
+                r.segment,
+                r.seconds
+            );
+        }
+        Command::ArchivePush { path } => {
+            ops::archive_push_configured(s, path).await?;
+        }
+        Command::ArchiveGet { name, destination } => {
+            let repo = s.open_repo().await?;
+            let prefetch = ops::archive::prefetch_settings(s, repo.config().wal_segment_size)?;
+            if !ops::archive_get(&repo, name, destination, prefetch.as_ref()).await? {
+                // Not an error: recovery asks past the end of the archive by design.
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::KeyFile { output } => {
+            let repo = s.open_repo().await?;
+            repo.write_key_file(output)?;
+            println!(
+                "key file {} written (mode 0600): give it to the database's OS user and set repo-key-file; anyone who can read it can read every backup",
+                output.display()
+            );
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn human(bytes: u64) -> String {
@@ -329,40 +395,33 @@ fn human(bytes: u64) -> String {
 
 fn print_info(r: &ops::InfoReport) {
     println!("stanza: {}", r.stanza);
-    println!(
-        "    repository: {} (format {}, {})",
-        r.repo,
-        r.format_version,
-        if r.encrypted {
-            "encrypted"
-        } else {
-            "unencrypted"
-        }
-    );
-    println!(
-        "    system identifier: {}, postgresql version_num {}",
-        r.system_identifier, r.pg_version
-    );
+    let enc = if r.encrypted { "encrypted" } else { "unencrypted" };
+    println!("    repository: {} (format {}, {enc})", r.repo, r.format_version);
+    println!("    system identifier: {}, postgresql version_num {}", r.system_identifier, r.pg_version);
+    if r.archive.is_empty() {
+        println!("    wal archive: empty");
+    }
+    for a in &r.archive {
+        let range = match (&a.first, &a.last) {
+            (Some(f), Some(l)) => format!("{f} - {l} ({} segments)", a.segments),
+            _ => "history only".into(),
+        };
+        let gaps = if a.gaps.is_empty() { "no gaps".to_string() } else { format!("GAPS: {}", a.gaps.join(", ")) };
+        println!("    wal archive, timeline {}: {range}, {gaps}", a.timeline);
+    }
     if r.backups.is_empty() {
-        println!(
-            "    no backups: take one with `pgcairn --stanza={} backup`",
-            r.stanza
-        );
+        println!("    no backups: take one with `pgcairn --stanza={} backup`", r.stanza);
     }
     for b in &r.backups {
         println!();
         println!("    {} backup: {}", b.backup_type, b.label);
-        println!(
-            "        timestamp start/stop: {} / {}",
-            b.start_time, b.stop_time
-        );
-        println!(
-            "        wal start/stop: {} / {} (timeline {}){}",
-            b.start_lsn,
-            b.stop_lsn,
-            b.timeline,
-            if b.wal_included { ", wal included" } else { "" }
-        );
+        println!("        timestamp start/stop: {} / {}", b.start_time, b.stop_time);
+        let wal = match (&b.wal_start, &b.wal_stop) {
+            _ if b.wal_included => "wal included in the backup".to_string(),
+            (Some(s), Some(e)) => format!("wal archived {s} - {e}"),
+            _ => String::new(),
+        };
+        println!("        lsn start/stop: {} / {} (timeline {}), {wal}", b.start_lsn, b.stop_lsn, b.timeline);
         println!(
             "        database size: {}, files: {}, new in repository: {}",
             human(b.size),
@@ -372,29 +431,18 @@ fn print_info(r: &ops::InfoReport) {
     }
 }
 
-/// Exit codes (never above 125; documented in docs/config.md).
 fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<Error>() {
-        None => 3,
-        Some(e) => match e {
-            Error::Config(_) => 3,
-            Error::RepoNotInitialised { .. }
-            | Error::RepoAlreadyInitialised { .. }
-            | Error::UnsupportedFormat { .. } => 4,
-            Error::WrongPassphrase { .. } | Error::PassphraseMissing { .. } => 5,
-            Error::Connect { .. } | Error::AuthRejected { .. } => 6,
-            Error::Server { .. } | Error::ChecksumFailure { .. } | Error::Protocol { .. } => 7,
-            Error::Corrupt { .. } | Error::BackupNotFound { .. } | Error::NoBackups { .. } => 8,
-            Error::RestoreTarget { .. } => 9,
-            Error::Storage { .. } => 10,
-            Error::Io { .. } | Error::Other(_) => 1,
-        },
-    }
+    e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(3)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = cli.log_level.clone().unwrap_or_else(|| "warn".into());
+    let flags = cli.global.flags();
+    let level = flags
+        .get("log-level")
+        .cloned()
+        .or_else(|| std::env::var("PGCAIRN_LOG_LEVEL").ok())
+        .unwrap_or_else(|| "warn".into());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -404,22 +452,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
-    let result = (|| -> Result<()> {
-        let file = ConfigFile::load(cli.config.as_deref())?;
-        let stanza = cli
-            .stanza
-            .clone()
-            .or_else(|| file.get(None, "stanza"))
-            .ok_or_else(|| anyhow!("no stanza given: pass --stanza=NAME, set PGCAIRN_STANZA, or `stanza = \"NAME\"` in the config file"))?;
-        let settings = Settings { cli, file, stanza };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the runtime")?;
-        rt.block_on(run(settings))
-    })();
+    let result = Settings::load(flags).map_err(anyhow::Error::from).and_then(|settings| {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(run(&cli.command, &settings))
+    });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("pgcairn: error: {e:#}");
             ExitCode::from(exit_code(&e))

@@ -21,11 +21,7 @@ impl Progress for Bar {
             }
             None => "{msg} {bytes} {bytes_per_sec} {elapsed}",
         };
-        self.0.set_style(
-            ProgressStyle::with_template(style)
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
+        self.0.set_style(ProgressStyle::with_template(style).expect("valid template").progress_chars("=> "));
         self.0.set_message(what.to_string());
     }
     fn advance(&self, bytes: u64) {

@@ -33,17 +33,11 @@ pub enum Error {
     #[error("repository {location} is not initialised: run `pgcairn --stanza={stanza} stanza-create` first, or check the `repo` and `stanza` settings")]
     RepoNotInitialised { location: String, stanza: String },
 
-    #[error(
-        "repository {location} is already initialised for stanza {stanza}: nothing was changed"
-    )]
+    #[error("repository {location} is already initialised for stanza {stanza}: nothing was changed")]
     RepoAlreadyInitialised { location: String, stanza: String },
 
     #[error("repository {location} has format version {found}, this pgcairn reads version {supported} only: use a pgcairn release that supports format {found}")]
-    UnsupportedFormat {
-        location: String,
-        found: u32,
-        supported: u32,
-    },
+    UnsupportedFormat { location: String, found: u32, supported: u32 },
 
     #[error("wrong passphrase for repository {location}: no key slot opens with it; check PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file")]
     WrongPassphrase { location: String },
@@ -56,31 +50,17 @@ pub enum Error {
     Corrupt { what: String, detail: String },
 
     #[error("storage {op} of {key} failed: {detail}")]
-    Storage {
-        op: &'static str,
-        key: String,
-        kind: StorageErrorKind,
-        detail: String,
-    },
+    Storage { op: &'static str, key: String, kind: StorageErrorKind, detail: String },
 
     #[error("cannot connect to {target}: {detail}; check that PostgreSQL is running and the `pg` connection settings (host, port)")]
     Connect { target: String, detail: String },
 
     #[error("{target} refused the replication connection: {detail}; {hint}")]
-    AuthRejected {
-        target: String,
-        detail: String,
-        hint: String,
-    },
+    AuthRejected { target: String, detail: String, hint: String },
 
     /// An error reported by the PostgreSQL server.
     #[error("{target} reported: {message} (sqlstate {code}){}", hint.as_ref().map(|h| format!("; hint: {h}")).unwrap_or_default())]
-    Server {
-        target: String,
-        code: String,
-        message: String,
-        hint: Option<String>,
-    },
+    Server { target: String, code: String, message: String, hint: Option<String> },
 
     #[error("data checksum verification failed on {target} in: {}; the cluster has corrupt pages: investigate with pg_amcheck / pg_checksums before relying on this cluster", files.join(", "))]
     ChecksumFailure { target: String, files: Vec<String> },
@@ -91,11 +71,22 @@ pub enum Error {
     #[error("restore target {}: {reason}", path.display())]
     RestoreTarget { path: PathBuf, reason: String },
 
-    #[error("backup set {label} not found in stanza {stanza}: run `pgcairn --stanza={stanza} info` to list backup sets")]
+    #[error(
+        "backup set {label} not found in stanza {stanza}: run `pgcairn --stanza={stanza} info` to list backup sets"
+    )]
     BackupNotFound { stanza: String, label: String },
 
     #[error("no backup set in stanza {stanza}: take one with `pgcairn --stanza={stanza} backup`")]
     NoBackups { stanza: String },
+
+    #[error("{name} refused: {reason}; nothing was archived")]
+    WalRefused { name: String, reason: String },
+
+    #[error("{name} is already archived in {location} with different content; the archived copy was kept. Two clusters archiving into one stanza, or a restored cluster archiving into its origin's stanza, cause this: give each cluster its own stanza")]
+    WalMismatch { name: String, location: String },
+
+    #[error("{what} did not reach the archive within {seconds}s: check archive_command and the server log (pg_stat_archiver shows failures), or run `pgcairn check`")]
+    ArchiveTimeout { what: String, seconds: u64 },
 
     #[error("{context}: {source}")]
     Io {
@@ -116,18 +107,33 @@ impl Error {
             Error::Connect { .. } => true,
             Error::Io { source, .. } => matches!(
                 source.kind(),
-                std::io::ErrorKind::Interrupted
-                    | std::io::ErrorKind::TimedOut
-                    | std::io::ErrorKind::WouldBlock
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
             ),
             _ => false,
         }
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
+        Error::Io { context: context.into(), source }
+    }
+
+    /// The process exit code for this error (documented in docs/config.md). Never
+    /// above 125: PostgreSQL treats archive/restore_command codes above that as fatal.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => 3,
+            Error::RepoNotInitialised { .. }
+            | Error::RepoAlreadyInitialised { .. }
+            | Error::UnsupportedFormat { .. } => 4,
+            Error::WrongPassphrase { .. } | Error::PassphraseMissing { .. } => 5,
+            Error::Connect { .. } | Error::AuthRejected { .. } => 6,
+            Error::Server { .. } | Error::ChecksumFailure { .. } | Error::Protocol { .. } => 7,
+            Error::Corrupt { .. } | Error::BackupNotFound { .. } | Error::NoBackups { .. } => 8,
+            Error::RestoreTarget { .. } => 9,
+            Error::Storage { .. } => 10,
+            Error::WalRefused { .. } | Error::WalMismatch { .. } => 11,
+            Error::ArchiveTimeout { .. } => 12,
+            Error::Io { .. } | Error::Other(_) => 1,
         }
     }
 
@@ -146,9 +152,6 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            context: context(),
-            source,
-        })
+        self.map_err(|source| Error::Io { context: context(), source })
     }
 }

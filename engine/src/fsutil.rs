@@ -24,9 +24,7 @@ pub struct DurableFile {
 
 impl DurableFile {
     pub fn create(dest: &Path) -> io::Result<Self> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| io::Error::other("destination has no file name"))?;
+        let name = dest.file_name().ok_or_else(|| io::Error::other("destination has no file name"))?;
         let tmp = dest.with_file_name(format!(
             ".{}.pgcairn-tmp.{}.{:08x}",
             name.to_string_lossy(),
@@ -34,11 +32,7 @@ impl DurableFile {
             rand::random::<u32>()
         ));
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        Ok(Self {
-            tmp,
-            dest: dest.to_path_buf(),
-            file: Some(file),
-        })
+        Ok(Self { tmp, dest: dest.to_path_buf(), file: Some(file) })
     }
 
     pub fn file(&mut self) -> &mut File {
@@ -117,10 +111,7 @@ mod tests {
         let err = write_file(&dest, b"two", Commit::CreateOnly).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&dest).unwrap(), b"one");
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "temp files left behind: {names:?}");
     }
 

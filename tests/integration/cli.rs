@@ -16,25 +16,13 @@ pub struct Pgcairn {
 
 impl Pgcairn {
     pub fn local(repo_dir: &Path) -> Self {
-        Self {
-            stanza: "main".into(),
-            repo: repo_dir.display().to_string(),
-            env: vec![passphrase_env()],
-        }
+        Self { stanza: "main".into(), repo: repo_dir.display().to_string(), env: vec![passphrase_env()] }
     }
 
     pub fn s3(s3: &S3Server, prefix: &str) -> Self {
-        let mut env: Vec<(String, String)> = s3
-            .aws_env()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut env: Vec<(String, String)> = s3.aws_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         env.push(passphrase_env());
-        Self {
-            stanza: "main".into(),
-            repo: format!("s3://{}/{prefix}", s3.bucket()),
-            env,
-        }
+        Self { stanza: "main".into(), repo: format!("s3://{}/{prefix}", s3.bucket()), env }
     }
 
     pub fn with_env(mut self, k: &str, v: &str) -> Self {
@@ -91,25 +79,27 @@ impl Pgcairn {
             "pgcairn {args:?} succeeded but should fail:\n{}",
             String::from_utf8_lossy(&out.stdout)
         );
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     /// `backup` and the label it printed last.
     pub fn backup(&self, pg: &str) -> String {
         let out = self.ok(&["backup", "--start-fast", &format!("--pg={pg}")]);
-        out.lines()
-            .last()
-            .expect("backup prints its label")
-            .trim()
-            .to_string()
+        out.lines().last().expect("backup prints its label").trim().to_string()
     }
 }
 
 fn passphrase_env() -> (String, String) {
     ("PGCAIRN_REPO_PASSPHRASE".into(), PASSPHRASE.into())
+}
+
+/// Wait until a restored cluster has finished recovery (or fail with its log).
+pub fn wait_promoted(c: &crate::support::Cluster) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while c.psql("SELECT pg_is_in_recovery()") == "t" {
+        assert!(std::time::Instant::now() < deadline, "still in recovery after 90s:\n{}", c.server_log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// Whether `needle` occurs in any file below `dir`.

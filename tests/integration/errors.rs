@@ -15,19 +15,12 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let cluster = Cluster::init(PgVersion::V15);
-    cluster.psql(
-        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g",
-    );
+    cluster.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
     let repo = TestDir::new("repo");
     let p = Pgcairn::local(repo.path());
     p.ok(&["stanza-create", &format!("--pg={}", cluster.conninfo())]);
     let label = p.backup(&cluster.conninfo());
-    Fixture {
-        cluster,
-        repo,
-        p,
-        label,
-    }
+    Fixture { cluster, repo, p, label }
 }
 
 fn restore_args(dir: &std::path::Path) -> Vec<String> {
@@ -41,31 +34,20 @@ fn as_strs(v: &[String]) -> Vec<&str> {
 #[test]
 fn passphrase_errors() {
     let f = fixture();
-    let wrong =
-        f.p.clone()
-            .with_env("PGCAIRN_REPO_PASSPHRASE", "not the passphrase");
+    let wrong = f.p.clone().with_env("PGCAIRN_REPO_PASSPHRASE", "not the passphrase");
     let (code, err) = wrong.fails(&["info"]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("wrong passphrase for repository"), "{err}");
-    let (code, err) =
-        f.p.clone()
-            .without_env("PGCAIRN_REPO_PASSPHRASE")
-            .fails(&["info"]);
+    let (code, err) = f.p.clone().without_env("PGCAIRN_REPO_PASSPHRASE").fails(&["info"]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("no passphrase was given"), "{err}");
 
     // A passphrase file works; the passphrase never appears in any output.
     let dir = TestDir::new("pass");
     let file = dir.path().join("passphrase");
-    std::fs::File::create(&file)
-        .unwrap()
-        .write_all(format!("{PASSPHRASE}\n").as_bytes())
-        .unwrap();
+    std::fs::File::create(&file).unwrap().write_all(format!("{PASSPHRASE}\n").as_bytes()).unwrap();
     let by_file = f.p.clone().without_env("PGCAIRN_REPO_PASSPHRASE");
-    let out = by_file.ok(&[
-        "info",
-        &format!("--repo-passphrase-file={}", file.display()),
-    ]);
+    let out = by_file.ok(&["info", &format!("--repo-passphrase-file={}", file.display())]);
     assert!(out.contains(&f.label) && !out.contains(PASSPHRASE), "{out}");
 }
 
@@ -80,40 +62,23 @@ fn connection_errors() {
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("cannot connect to server 127.0.0.1"), "{err}");
 
-    let (code, err) = p.fails(&[
-        "stanza-create",
-        &format!("--pg={}", cluster.tcp_conninfo("norepl_user")),
-    ]);
+    let (code, err) = p.fails(&["stanza-create", &format!("--pg={}", cluster.tcp_conninfo("norepl_user"))]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("ALTER ROLE norepl_user REPLICATION"), "{err}");
 
-    let denied = p
-        .clone()
-        .with_env("PGPASSWORD", crate::support::pg::PASSWORD);
-    let (code, err) = denied.fails(&[
-        "stanza-create",
-        &format!("--pg={}", cluster.tcp_conninfo("denied_user")),
-    ]);
+    let denied = p.clone().with_env("PGPASSWORD", crate::support::pg::PASSWORD);
+    let (code, err) = denied.fails(&["stanza-create", &format!("--pg={}", cluster.tcp_conninfo("denied_user"))]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("pg_hba.conf"), "{err}");
 
     let wrong_pw = p.clone().with_env("PGPASSWORD", "wrong");
-    let (code, err) = wrong_pw.fails(&[
-        "stanza-create",
-        &format!("--pg={}", cluster.tcp_conninfo("scram_user")),
-    ]);
+    let (code, err) = wrong_pw.fails(&["stanza-create", &format!("--pg={}", cluster.tcp_conninfo("scram_user"))]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("password"), "{err}");
 
-    let (code, err) = p.fails(&[
-        "stanza-create",
-        &format!("--pg={}", cluster.tcp_conninfo("scram_user")),
-    ]);
+    let (code, err) = p.fails(&["stanza-create", &format!("--pg={}", cluster.tcp_conninfo("scram_user"))]);
     assert_eq!(code, 6, "{err}");
-    assert!(
-        err.contains("none was given") && err.contains(".pgpass"),
-        "{err}"
-    );
+    assert!(err.contains("none was given") && err.contains(".pgpass"), "{err}");
     // None of these left a repository behind.
     assert_eq!(std::fs::read_dir(repo.path()).unwrap().count(), 0);
 }
@@ -124,44 +89,25 @@ fn password_md5_scram_and_pgpass_authentication() {
     for user in ["scram_user", "md5_user", "pw_user"] {
         let repo = TestDir::new("repo");
         let p = Pgcairn::local(repo.path()).with_env("PGPASSWORD", crate::support::pg::PASSWORD);
-        p.ok(&[
-            "stanza-create",
-            &format!("--pg={}", cluster.tcp_conninfo(user)),
-        ]);
+        p.ok(&["stanza-create", &format!("--pg={}", cluster.tcp_conninfo(user))]);
     }
     // ~/.pgpass-style file, via PGPASSFILE; libpq matches database "replication".
     let dir = TestDir::new("pgpass");
     let file = dir.path().join("pgpass");
     std::fs::write(
         &file,
-        format!(
-            "127.0.0.1:{}:replication:scram_user:{}\n",
-            cluster.port(),
-            crate::support::pg::PASSWORD
-        ),
+        format!("127.0.0.1:{}:replication:scram_user:{}\n", cluster.port(), crate::support::pg::PASSWORD),
     )
     .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&file).unwrap().permissions(),
-        0o600,
-    );
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&file).unwrap().permissions(), 0o600);
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let repo = TestDir::new("repo");
     let p = Pgcairn::local(repo.path()).with_env("PGPASSFILE", &file.display().to_string());
-    p.ok(&[
-        "stanza-create",
-        &format!("--pg={}", cluster.tcp_conninfo("scram_user")),
-    ]);
+    p.ok(&["stanza-create", &format!("--pg={}", cluster.tcp_conninfo("scram_user"))]);
     // A URI works too.
     let repo = TestDir::new("repo");
     let p = Pgcairn::local(repo.path()).with_env("PGPASSWORD", crate::support::pg::PASSWORD);
-    p.ok(&[
-        "stanza-create",
-        &format!(
-            "--pg=postgresql://md5_user@127.0.0.1:{}/postgres",
-            cluster.port()
-        ),
-    ]);
+    p.ok(&["stanza-create", &format!("--pg=postgresql://md5_user@127.0.0.1:{}/postgres", cluster.port())]);
 }
 
 #[test]
@@ -170,40 +116,25 @@ fn repository_state_errors() {
     let empty = TestDir::new("empty");
     let (code, err) = Pgcairn::local(empty.path()).fails(&["info"]);
     assert_eq!(code, 4, "{err}");
-    assert!(
-        err.contains("is not initialised") && err.contains("stanza-create"),
-        "{err}"
-    );
+    assert!(err.contains("is not initialised") && err.contains("stanza-create"), "{err}");
 
-    let (code, err) =
-        f.p.fails(&["stanza-create", &format!("--pg={}", f.cluster.conninfo())]);
+    let (code, err) = f.p.fails(&["stanza-create", &format!("--pg={}", f.cluster.conninfo())]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("already initialised"), "{err}");
 
     // A repository written by a future pgcairn is refused by version, and left alone.
     let config = f.repo.path().join("main/config");
     let original = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        original.replace("\"format_version\": 1", "\"format_version\": 2"),
-    )
-    .unwrap();
+    std::fs::write(&config, original.replace("\"format_version\": 1", "\"format_version\": 2")).unwrap();
     let (code, err) = f.p.fails(&["info"]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("format version 2"), "{err}");
     std::fs::write(&config, original).unwrap();
     f.p.ok(&["info"]);
 
-    let (code, err) = f.p.fails(&[
-        "restore",
-        "--pg-data=/nonexistent-pgcairn/x",
-        "--set=20200101-000000F",
-    ]);
+    let (code, err) = f.p.fails(&["restore", "--pg-data=/nonexistent-pgcairn/x", "--set=20200101-000000F"]);
     assert_eq!(code, 8, "{err}");
-    assert!(
-        err.contains("backup set 20200101-000000F not found"),
-        "{err}"
-    );
+    assert!(err.contains("backup set 20200101-000000F not found"), "{err}");
 }
 
 #[test]
@@ -224,9 +155,7 @@ fn corrupt_and_missing_objects_are_named() {
     let (code, err) = f.p.fails(&as_strs(&args));
     assert_eq!(code, 8, "{err}");
     assert!(
-        err.contains(&format!("backup {} file ", f.label))
-            && err.contains(" block ")
-            && err.contains("corrupt"),
+        err.contains(&format!("backup {} file ", f.label)) && err.contains(" block ") && err.contains("corrupt"),
         "{err}"
     );
     std::fs::write(pack, &original).unwrap();
@@ -237,10 +166,7 @@ fn corrupt_and_missing_objects_are_named() {
     let args = restore_args(&target.path().join("data"));
     let (code, err) = f.p.fails(&as_strs(&args));
     assert_eq!(code, 8, "{err}");
-    assert!(
-        err.contains("is missing") && err.contains(&format!("backup {} file ", f.label)),
-        "{err}"
-    );
+    assert!(err.contains("is missing") && err.contains(&format!("backup {} file ", f.label)), "{err}");
     std::fs::rename(pack.with_extension("moved"), pack).unwrap();
 
     // Restored intact once the object is back: the failures damaged nothing.
@@ -260,15 +186,8 @@ fn restore_refuses_non_empty_target_and_running_cluster() {
     let (code, err) = f.p.fails(&as_strs(&restore_args(target.path())));
     assert_eq!(code, 9, "{err}");
     assert!(err.contains("is not empty"), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(target.path().join("keep-me")).unwrap(),
-        "precious"
-    );
-    assert_eq!(
-        std::fs::read_dir(target.path()).unwrap().count(),
-        1,
-        "restore wrote into a non-empty directory"
-    );
+    assert_eq!(std::fs::read_to_string(target.path().join("keep-me")).unwrap(), "precious");
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 1, "restore wrote into a non-empty directory");
 }
 
 #[test]
@@ -281,16 +200,11 @@ fn data_checksum_failure_fails_the_backup_naming_the_file() {
     bytes[4000] ^= 0xff; // inside page 0's tuple data, not its header
     std::fs::write(&path, &bytes).unwrap();
     f.cluster.start();
-    let (code, err) =
-        f.p.fails(&["backup", &format!("--pg={}", f.cluster.conninfo())]);
+    let (code, err) = f.p.fails(&["backup", &format!("--pg={}", f.cluster.conninfo())]);
     assert_eq!(code, 7, "{err}");
-    assert!(
-        err.contains("checksum verification failed") && err.contains(&rel),
-        "{err}"
-    );
+    assert!(err.contains("checksum verification failed") && err.contains(&rel), "{err}");
     // The failed backup is not visible.
-    let info: serde_json::Value =
-        serde_json::from_str(&f.p.ok(&["info", "--output=json"])).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&f.p.ok(&["info", "--output=json"])).unwrap();
     assert_eq!(info["backups"].as_array().unwrap().len(), 1);
 }
 
@@ -301,16 +215,11 @@ fn config_file_env_and_flag_precedence() {
     let conf = dir.path().join("pgcairn.toml");
     std::fs::write(
         &conf,
-        format!(
-            "repo = \"/nonexistent-pgcairn/top\"\n[stanza.main]\nrepo = \"{}\"\n",
-            f.repo.path().display()
-        ),
+        format!("repo = \"/nonexistent-pgcairn/top\"\n[stanza.main]\nrepo = \"{}\"\n", f.repo.path().display()),
     )
     .unwrap();
     // No --repo flag: the setting must come from the environment or the file.
-    let mut base =
-        f.p.clone()
-            .with_env("PGCAIRN_CONFIG", &conf.display().to_string());
+    let mut base = f.p.clone().with_env("PGCAIRN_CONFIG", &conf.display().to_string());
     base.repo = String::new();
     let run = |env: &[(&str, &str)], args: &[&str]| {
         let mut c = base.cmd(args);
@@ -321,28 +230,14 @@ fn config_file_env_and_flag_precedence() {
     };
     // [stanza.main] beats the top level.
     let out = run(&[], &["info"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The environment beats the file.
     let out = run(&[("PGCAIRN_REPO", "/nonexistent-pgcairn/env")], &["info"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("/nonexistent-pgcairn/env"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-pgcairn/env"), "{out:?}");
     // A flag beats the environment.
     let flag = format!("--repo={}", f.repo.path().display());
-    let out = run(
-        &[("PGCAIRN_REPO", "/nonexistent-pgcairn/env")],
-        &["info", &flag],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(&[("PGCAIRN_REPO", "/nonexistent-pgcairn/env")], &["info", &flag]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -367,24 +262,13 @@ fn unencrypted_repository_only_on_request() {
     let (code, err) = p.fails(&["stanza-create", &format!("--pg={}", cluster.conninfo())]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("--no-encryption"), "{err}");
-    p.ok(&[
-        "stanza-create",
-        "--no-encryption",
-        &format!("--pg={}", cluster.conninfo()),
-    ]);
+    p.ok(&["stanza-create", "--no-encryption", &format!("--pg={}", cluster.conninfo())]);
     let label = p.backup(&cluster.conninfo());
     let info: serde_json::Value = serde_json::from_str(&p.ok(&["info", "--output=json"])).unwrap();
     assert_eq!(info["encrypted"], false);
     let target = TestDir::new("restore");
     let data = target.path().join("data");
-    p.ok(&[
-        "restore",
-        &format!("--pg-data={}", data.display()),
-        &format!("--set={label}"),
-    ]);
+    p.ok(&["restore", &format!("--pg-data={}", data.display()), &format!("--set={label}")]);
     let restored = Cluster::start_restored(PgVersion::V15, &data);
-    assert_eq!(
-        restored.psql("SELECT count(*) FROM pg_database WHERE datname = 'postgres'"),
-        "1"
-    );
+    assert_eq!(restored.psql("SELECT count(*) FROM pg_database WHERE datname = 'postgres'"), "1");
 }

@@ -48,14 +48,8 @@ fn assert_pgbench_consistent(c: &Cluster) {
             AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
     );
     let (count, consistent) = row.split_once('|').expect("two columns");
-    assert_eq!(
-        consistent, "t",
-        "pgbench balances disagree with pgbench_history after restore"
-    );
-    assert!(
-        count.parse::<u64>().unwrap() > 0,
-        "pgbench wrote nothing before the backup; the test proves nothing"
-    );
+    assert_eq!(consistent, "t", "pgbench balances disagree with pgbench_history after restore");
+    assert!(count.parse::<u64>().unwrap() > 0, "pgbench wrote nothing before the backup; the test proves nothing");
 }
 
 fn roundtrip(version: PgVersion) {
@@ -66,17 +60,11 @@ fn roundtrip(version: PgVersion) {
     let ts_oid = cluster.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
     // The canary must be findable in the cluster's own files, or its absence from the
     // repository would prove nothing.
-    assert!(
-        tree_contains(cluster.data_dir(), canary.as_bytes()),
-        "canary not in the data directory"
-    );
+    assert!(tree_contains(cluster.data_dir(), canary.as_bytes()), "canary not in the data directory");
 
     let s3 = S3Server::start();
     let local_repo = TestDir::new("repo");
-    for (kind, p) in [
-        ("local", Pgcairn::local(local_repo.path())),
-        ("s3", Pgcairn::s3(&s3, "roundtrip")),
-    ] {
+    for (kind, p) in [("local", Pgcairn::local(local_repo.path())), ("s3", Pgcairn::s3(&s3, "roundtrip"))] {
         p.ok(&["stanza-create", &format!("--pg={}", cluster.conninfo())]);
 
         let mut bench = cluster.pgbench_background(&["-n", "-c", "2", "-T", "120"]);
@@ -84,68 +72,55 @@ fn roundtrip(version: PgVersion) {
         let label = p.backup(&cluster.conninfo());
         bench.kill().ok();
         bench.wait().ok();
-        assert!(
-            label.len() == 16 && label.ends_with('F'),
-            "{kind}: label {label:?}"
-        );
+        assert!(label.len() == 16 && label.ends_with('F'), "{kind}: label {label:?}");
 
         let info = p.ok(&["info", "--output=json"]);
         let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-        assert_eq!(
-            info["backups"][0]["label"],
-            label.as_str(),
-            "{kind}: info lists the backup"
-        );
+        assert_eq!(info["backups"][0]["label"], label.as_str(), "{kind}: info lists the backup");
         assert_eq!(info["encrypted"], true);
 
         let target = TestDir::new("restore");
         let ts_target = TestDir::new("restore-ts");
         let data = target.path().join("data");
-        p.ok(&[
-            "restore",
-            &format!("--pg-data={}", data.display()),
-            &format!("--set={label}"),
-            &format!(
-                "--tablespace-map={ts_oid}={}",
-                ts_target.path().join("ts1").display()
-            ),
-        ]);
+        let mut args = vec![
+            "restore".to_string(),
+            format!("--pg-data={}", data.display()),
+            format!("--set={label}"),
+            format!("--tablespace-map={ts_oid}={}", ts_target.path().join("ts1").display()),
+        ];
+        // Local: full recovery with restore_command (pgcairn archive-get, unlocked by a
+        // key file the server can read). S3: no recovery settings (the server has no
+        // AWS credentials here); the set carries its WAL, so it is consistent anyway.
+        let key_dir = TestDir::new("key");
+        if kind == "local" {
+            let key = key_dir.path().join("repo.key");
+            p.ok(&["key-file", &format!("--output={}", key.display())]);
+            crate::support::chown_to_postgres(&key);
+            args.push(format!("--repo-key-file={}", key.display()));
+        } else {
+            args.push("--type=none".into());
+        }
+        p.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let restored = Cluster::start_restored(version, &data);
-        assert_eq!(
-            content_hashes(&restored),
-            before,
-            "{kind}: tables differ after restore"
-        );
+        crate::cli::wait_promoted(&restored);
+        assert_eq!(content_hashes(&restored), before, "{kind}: tables differ after restore");
         assert_pgbench_consistent(&restored);
         assert_eq!(
-            restored.psql(
-                "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"
-            ),
+            restored.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"),
             ts_target.path().join("ts1").display().to_string()
         );
         let (ok, report) = restored.amcheck();
         assert!(ok, "{kind}: pg_amcheck found problems:\n{report}");
     }
     // Nothing of the database is readable in either repository.
-    assert!(
-        !tree_contains(local_repo.path(), canary.as_bytes()),
-        "canary found in the local repository"
-    );
-    assert!(
-        !tree_contains(&s3.dir(), canary.as_bytes()),
-        "canary found in the S3 repository"
-    );
+    assert!(!tree_contains(local_repo.path(), canary.as_bytes()), "canary found in the local repository");
+    assert!(!tree_contains(&s3.dir(), canary.as_bytes()), "canary found in the S3 repository");
 }
 
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     h.finish()
 }
 

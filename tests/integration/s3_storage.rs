@@ -20,11 +20,7 @@ async fn s3_backend_meets_the_storage_contract() {
     let storage = S3Storage::new(s3.bucket(), "conformance/prefix", &settings(&s3)).unwrap();
     pgcairn::storage::conformance::run(&storage).await;
     // Keys land under the prefix, as files the server stores.
-    assert!(s3
-        .dir()
-        .join(s3.bucket())
-        .join("conformance/prefix/a/b/obj1")
-        .is_file());
+    assert!(s3.dir().join(s3.bucket()).join("conformance/prefix/a/b/obj1").is_file());
 }
 
 #[tokio::test]
@@ -35,11 +31,7 @@ async fn s3_wrong_credentials_are_a_permanent_error() {
     let storage = S3Storage::new(s3.bucket(), "x", &bad).unwrap();
     let err = storage.get("config").await.unwrap_err();
     assert!(err.to_string().contains("config"), "{err}");
-    assert_ne!(
-        err.storage_kind(),
-        Some(pgcairn::error::StorageErrorKind::NotFound),
-        "{err}"
-    );
+    assert_ne!(err.storage_kind(), Some(pgcairn::error::StorageErrorKind::NotFound), "{err}");
 }
 
 /// Sequential create-only semantics hold on s3s-fs (checked in the suite above);
@@ -54,9 +46,6 @@ async fn s3s_fs_concurrent_create_only_puts() {
     let winners = results.iter().filter(|r| r.is_ok()).count();
     assert!(winners >= 1, "no put succeeded: {results:?}");
     let stored = storage.get("k").await.unwrap();
-    assert!(
-        stored.len() == 1000 && stored.iter().all(|b| *b == stored[0]),
-        "stored object is a mix of writers"
-    );
+    assert!(stored.len() == 1000 && stored.iter().all(|b| *b == stored[0]), "stored object is a mix of writers");
     eprintln!("s3s-fs: {winners} of 8 concurrent create-only puts reported success");
 }

@@ -30,11 +30,7 @@ pub struct KeySlotKdf {
 impl Default for KeySlotKdf {
     /// 64 MiB, 3 passes: a few hundred ms, paid once per command.
     fn default() -> Self {
-        Self {
-            m_cost: 64 * 1024,
-            t_cost: 3,
-            p_cost: 1,
-        }
+        Self { m_cost: 64 * 1024, t_cost: 3, p_cost: 1 }
     }
 }
 
@@ -49,18 +45,12 @@ pub enum CryptoError {
 }
 
 /// Derive a key-encryption key from a passphrase.
-pub fn derive_kek(
-    passphrase: &[u8],
-    salt: &[u8],
-    kdf: KeySlotKdf,
-) -> Result<[u8; KEY_LEN], CryptoError> {
+pub fn derive_kek(passphrase: &[u8], salt: &[u8], kdf: KeySlotKdf) -> Result<[u8; KEY_LEN], CryptoError> {
     let params = argon2::Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(KEY_LEN))
         .map_err(|e| CryptoError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = [0u8; KEY_LEN];
-    argon
-        .hash_password_into(passphrase, salt, &mut out)
-        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    argon.hash_password_into(passphrase, salt, &mut out).map_err(|e| CryptoError::Kdf(e.to_string()))?;
     Ok(out)
 }
 
@@ -74,8 +64,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 pub fn derive_subkey(master: &[u8; KEY_LEN], info: &[u8]) -> [u8; KEY_LEN] {
     let hk = Hkdf::<Sha256>::new(Some(b"pgcairn v1"), master);
     let mut out = [0u8; KEY_LEN];
-    hk.expand(info, &mut out)
-        .expect("32 bytes is a valid HKDF-SHA256 length");
+    hk.expand(info, &mut out).expect("32 bytes is a valid HKDF-SHA256 length");
     out
 }
 
@@ -115,13 +104,7 @@ impl Cipher {
             Cipher::Aes(c) => {
                 let nonce = random_bytes::<NONCE_LEN>();
                 let ct = c
-                    .encrypt(
-                        Nonce::from_slice(&nonce),
-                        Payload {
-                            msg: plaintext,
-                            aad,
-                        },
-                    )
+                    .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
                     .expect("AES-GCM encryption cannot fail for in-memory buffers");
                 let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
                 out.extend_from_slice(&nonce);
@@ -139,8 +122,7 @@ impl Cipher {
                     return Err(CryptoError::Truncated(sealed.len()));
                 }
                 let (nonce, ct) = sealed.split_at(NONCE_LEN);
-                c.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-                    .map_err(|_| CryptoError::Authentication)
+                c.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| CryptoError::Authentication)
             }
         }
     }
@@ -175,20 +157,13 @@ mod tests {
         let key = random_bytes();
         let c = Cipher::aes(&key);
         let sealed = c.seal(b"a", b"hello");
-        assert!(matches!(
-            c.open(b"b", &sealed),
-            Err(CryptoError::Authentication)
-        ));
+        assert!(matches!(c.open(b"b", &sealed), Err(CryptoError::Authentication)));
         assert!(Cipher::aes(&random_bytes()).open(b"a", &sealed).is_err());
     }
 
     #[test]
     fn kek_depends_on_passphrase_and_salt() {
-        let kdf = KeySlotKdf {
-            m_cost: 256,
-            t_cost: 1,
-            p_cost: 1,
-        };
+        let kdf = KeySlotKdf { m_cost: 256, t_cost: 1, p_cost: 1 };
         let a = derive_kek(b"pw", b"saltsaltsaltsalt", kdf).unwrap();
         assert_eq!(a, derive_kek(b"pw", b"saltsaltsaltsalt", kdf).unwrap());
         assert_ne!(a, derive_kek(b"pw2", b"saltsaltsaltsalt", kdf).unwrap());

@@ -19,9 +19,10 @@ use tokio::task::JoinSet;
 
 use crate::crypto::{self, Cipher};
 use crate::error::{Error, Result};
+use crate::ops::archive;
 use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
 use crate::pg::tar::{EntryKind, TarItem, TarReader};
-use crate::pg::{version, ConnParams, ReplicationConnection};
+use crate::pg::{version, wal, ConnParams, ReplicationConnection};
 use crate::progress::Progress;
 use crate::repo::blob;
 use crate::repo::format::*;
@@ -39,6 +40,18 @@ pub struct BackupRequest {
     pub progress: Arc<dyn Progress>,
     /// Ask the server for a size estimate first (for an ETA).
     pub estimate_size: bool,
+    /// With archiving on: wait until the backup's WAL is in the archive.
+    pub archive_check: bool,
+    /// Carry the WAL in the backup even when archiving is on (self-contained set).
+    pub archive_copy: bool,
+    pub archive_timeout: std::time::Duration,
+}
+
+/// Whether the cluster archives WAL (then a backup can rely on the archive).
+async fn archiving_enabled(conn: &mut ReplicationConnection) -> Result<bool> {
+    let mode = conn.show("archive_mode").await?;
+    let command = conn.show("archive_command").await?;
+    Ok((mode == "on" || mode == "always") && !command.is_empty() && command != "(disabled)")
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -90,22 +103,12 @@ impl<'r> Builder<'r> {
             self.complete_one().await?;
         }
         let (tx, rx) = oneshot::channel();
-        let (cipher, known, key, level) = (
-            self.cipher.clone(),
-            self.known.clone(),
-            *self.repo.chunk_key(),
-            self.level,
-        );
+        let (cipher, known, key, level) = (self.cipher.clone(), self.known.clone(), *self.repo.chunk_key(), self.level);
         rayon::spawn(move || {
             let id = blob::chunk_id(&key, &block);
             let is_new = known.lock().unwrap().insert(id);
             let sealed = is_new.then(|| blob::seal_block(&cipher, level, &id, &block));
-            let _ = tx.send(BlockDone {
-                file,
-                id,
-                raw_len: block.len() as u32,
-                sealed,
-            });
+            let _ = tx.send(BlockDone { file, id, raw_len: block.len() as u32, sealed });
         });
         self.in_flight.push_back(rx);
         Ok(())
@@ -132,10 +135,8 @@ impl<'r> Builder<'r> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let full = std::mem::replace(
-            &mut self.pack,
-            PackWriter::new(self.key_id, self.repo.config().pack_size as usize),
-        );
+        let full =
+            std::mem::replace(&mut self.pack, PackWriter::new(self.key_id, self.repo.config().pack_size as usize));
         let (bytes, record) = full.finish();
         let key = pack_key(&record.id);
         self.packs.push(record);
@@ -143,12 +144,7 @@ impl<'r> Builder<'r> {
         while let Some(r) = self.uploads.try_join_next() {
             r.map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
         }
-        let permit = self
-            .upload_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
+        let permit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
         let storage = self.repo.storage().clone();
         self.uploads.spawn(async move {
             let _permit = permit;
@@ -264,6 +260,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
             version::major_of(cfg.pg_version)
         )));
     }
+    let include_wal = req.archive_copy || !archiving_enabled(&mut conn).await?;
     let label = new_label(repo).await?;
     let known: HashSet<ChunkId> = repo.load_index().await?.into_keys().collect();
     let key_id = crypto::random_bytes::<PACK_KEY_ID_LEN>();
@@ -293,7 +290,10 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let opts = BaseBackupOptions {
         label: format!("pgcairn {label}"),
         fast_checkpoint: req.fast_checkpoint,
-        wal: true,
+        wal: include_wal,
+        // Without WAL the server would wait, unbounded, for its archiving; we check
+        // the archive ourselves, with a timeout and a clear message.
+        wait_for_archive: include_wal,
         verify_checksums: true,
         progress: req.estimate_size,
     };
@@ -304,10 +304,8 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let mut server_manifest = Vec::new();
     let mut tar = TarReader::new();
     let mut items = Vec::new();
-    let tar_error = |d: String| Error::Protocol {
-        target: target.clone(),
-        detail: format!("BASE_BACKUP tar stream: {d}"),
-    };
+    let tar_error =
+        |d: String| Error::Protocol { target: target.clone(), detail: format!("BASE_BACKUP tar stream: {d}") };
     loop {
         match stream.next().await? {
             BackupEvent::Start { lsn, timeline } => start = Some((lsn, timeline)),
@@ -316,12 +314,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
                 req.progress.begin(&format!("backup {label}"), total);
                 tablespaces = list
                     .into_iter()
-                    .filter_map(|t| {
-                        Some(Tablespace {
-                            oid: t.oid?,
-                            location: t.location?,
-                        })
-                    })
+                    .filter_map(|t| Some(Tablespace { oid: t.oid?, location: t.location? }))
                     .collect::<Vec<_>>();
             }
             BackupEvent::ArchiveStart { name, location } => {
@@ -330,9 +323,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
                 b.tablespace = match location {
                     None => None,
                     Some(_) => Some(
-                        name.trim_end_matches(".tar")
-                            .parse()
-                            .map_err(|_| tar_error(format!("archive name {name}")))?,
+                        name.trim_end_matches(".tar").parse().map_err(|_| tar_error(format!("archive name {name}")))?,
                     ),
                 };
             }
@@ -356,10 +347,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     drop(stream);
     conn.close().await;
     let (Some((start_lsn, timeline)), Some((stop_lsn, _))) = (start, stop) else {
-        return Err(Error::Protocol {
-            target,
-            detail: "BASE_BACKUP ended without start and stop positions".into(),
-        });
+        return Err(Error::Protocol { target, detail: "BASE_BACKUP ended without start and stop positions".into() });
     };
     if b.backup_label.is_empty() || server_manifest.is_empty() {
         return Err(Error::Protocol {
@@ -369,28 +357,22 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     }
     b.finish().await?;
     req.progress.finish();
+    let seg_size = cfg.wal_segment_size;
+    let (first_seg, last_seg) =
+        (wal::segno_of(start_lsn.0, seg_size), wal::segno_of(stop_lsn.0.saturating_sub(1), seg_size));
+    if !include_wal && req.archive_check {
+        archive::wait_for_segments(repo, timeline, first_seg, last_seg, req.archive_timeout).await?;
+    }
 
     // Write order is the visibility rule: packs (done) → index → server manifest → manifest.
     let mut indexes = Vec::new();
     for group in b.packs.chunks(PACKS_PER_INDEX) {
         let id = hex::encode(crypto::random_bytes::<32>());
-        repo.put_meta(
-            &index_key(&id),
-            &IndexFile {
-                packs: group.to_vec(),
-            },
-        )
-        .await?;
+        repo.put_meta(&index_key(&id), &IndexFile { packs: group.to_vec() }).await?;
         indexes.push(id);
     }
-    repo.put_meta_bytes(&server_manifest_key(&label), &server_manifest)
-        .await?;
-    let size = b
-        .files
-        .iter()
-        .filter(|f| f.kind == FileKind::File)
-        .map(|f| f.size)
-        .sum();
+    repo.put_meta_bytes(&server_manifest_key(&label), &server_manifest).await?;
+    let size = b.files.iter().filter(|f| f.kind == FileKind::File).map(|f| f.size).sum();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         label: label.clone(),
@@ -403,7 +385,9 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         system_identifier: sys.system_identifier,
         pg_version,
         block_size: cfg.block_size,
-        wal_included: true,
+        wal_included: include_wal,
+        wal_start: (!include_wal).then(|| wal::segment_name(timeline, first_seg, seg_size)),
+        wal_stop: (!include_wal).then(|| wal::segment_name(timeline, last_seg, seg_size)),
         backup_label: String::from_utf8_lossy(&b.backup_label).into_owned(),
         tablespaces,
         size,

@@ -21,6 +21,8 @@ pub struct BackupInfo {
     pub stored_new: u64,
     pub files: usize,
     pub wal_included: bool,
+    pub wal_start: Option<String>,
+    pub wal_stop: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +35,7 @@ pub struct InfoReport {
     pub pg_version: u32,
     pub block_size: u32,
     pub backups: Vec<BackupInfo>,
+    pub archive: Vec<crate::ops::archive::TimelineArchive>,
 }
 
 pub async fn info(repo: &Repository) -> Result<InfoReport> {
@@ -53,6 +56,8 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
             stored_new: m.stored_new,
             files: m.files.iter().filter(|f| f.kind == FileKind::File).count(),
             wal_included: m.wal_included,
+            wal_start: m.wal_start,
+            wal_stop: m.wal_stop,
         });
     }
     Ok(InfoReport {
@@ -64,5 +69,6 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
         pg_version: cfg.pg_version,
         block_size: cfg.block_size,
         backups,
+        archive: crate::ops::archive::archive_summary(repo).await?,
     })
 }

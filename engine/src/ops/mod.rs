@@ -1,11 +1,17 @@
 //! Operations: one function each, composed from pg, repo and storage.
 
+pub mod archive;
+pub mod archive_async;
 pub mod backup;
+pub mod check;
 pub mod info;
 pub mod restore;
 pub mod stanza;
 
+pub use archive::{archive_get, archive_push, archive_summary, PushOutcome, TimelineArchive};
+pub use archive_async::archive_push_configured;
 pub use backup::{backup, BackupRequest, BackupSummary};
+pub use check::{check, CheckReport, CheckRequest};
 pub use info::{info, BackupInfo, InfoReport};
-pub use restore::{restore, RestoreRequest, RestoreSummary};
+pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary};
 pub use stanza::{stanza_create, StanzaCreateRequest};

@@ -28,6 +28,74 @@ pub struct RestoreRequest {
     /// Tablespace OID → directory; unmapped tablespaces go to their original location.
     pub tablespace_map: HashMap<u32, PathBuf>,
     pub progress: Arc<dyn Progress>,
+    pub recovery: Recovery,
+}
+
+/// Where recovery stops, as PostgreSQL's recovery_target* settings say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// Replay the whole archive, then promote.
+    EndOfArchive,
+    /// Stop as soon as the backup is consistent.
+    Immediate,
+    Time(String),
+    Lsn(String),
+    Name(String),
+    Xid(String),
+    /// Write no recovery settings (only for sets that carry their WAL).
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    pub target: RecoveryTarget,
+    /// recovery_target_action: pause, promote or shutdown.
+    pub action: Option<String>,
+    /// recovery_target_timeline, e.g. latest, current or a number.
+    pub timeline: Option<String>,
+    /// The command PostgreSQL runs to fetch WAL: `pgcairn ... archive-get %f "%p"`.
+    pub restore_command: String,
+}
+
+/// A value in postgresql.conf syntax.
+fn guc_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// Recovery settings appended to postgresql.auto.conf (where ALTER SYSTEM writes, and
+/// which wins over postgresql.conf) plus recovery.signal.
+fn write_recovery(target_dir: &Path, label: &str, r: &Recovery) -> Result<()> {
+    let mut lines = vec![
+        format!("\n# recovery settings written by pgcairn restore of backup {label}"),
+        format!("restore_command = {}", guc_quote(&r.restore_command)),
+    ];
+    let (key, value) = match &r.target {
+        RecoveryTarget::EndOfArchive | RecoveryTarget::None => (None, None),
+        RecoveryTarget::Immediate => (Some("recovery_target"), Some("immediate")),
+        RecoveryTarget::Time(t) => (Some("recovery_target_time"), Some(t.as_str())),
+        RecoveryTarget::Lsn(t) => (Some("recovery_target_lsn"), Some(t.as_str())),
+        RecoveryTarget::Name(t) => (Some("recovery_target_name"), Some(t.as_str())),
+        RecoveryTarget::Xid(t) => (Some("recovery_target_xid"), Some(t.as_str())),
+    };
+    if let (Some(k), Some(v)) = (key, value) {
+        lines.push(format!("{k} = {}", guc_quote(v)));
+    }
+    if let Some(a) = &r.action {
+        lines.push(format!("recovery_target_action = {}", guc_quote(a)));
+    }
+    if let Some(t) = &r.timeline {
+        lines.push(format!("recovery_target_timeline = {}", guc_quote(t)));
+    }
+    let auto = target_dir.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str(&lines.join("\n"));
+    text.push('\n');
+    let ctx = || format!("cannot write recovery settings into {}", auto.display());
+    fsutil::write_file(&auto, text.as_bytes(), Commit::Replace).ctx(ctx)?;
+    std::fs::set_permissions(&auto, std::fs::Permissions::from_mode(0o600)).ctx(ctx)?;
+    let signal = target_dir.join("recovery.signal");
+    fsutil::write_file(&signal, b"", Commit::Replace).ctx(|| format!("cannot write {}", signal.display()))?;
+    std::fs::set_permissions(&signal, std::fs::Permissions::from_mode(0o600)).ctx(ctx)
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -42,16 +110,14 @@ pub struct RestoreSummary {
 fn check_empty_target(dir: &Path) -> Result<()> {
     let pid_file = dir.join("postmaster.pid");
     if let Ok(text) = std::fs::read_to_string(&pid_file) {
-        if let Some(pid) = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<i32>().ok())
-        {
+        if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) {
             // SAFETY: kill with signal 0 only checks that the process exists.
             if pid > 0 && unsafe { libc::kill(pid, 0) } == 0 {
                 return Err(Error::RestoreTarget {
                     path: dir.to_path_buf(),
-                    reason: format!("PostgreSQL (pid {pid}) is running in it: stop it and restore into an empty directory"),
+                    reason: format!(
+                        "PostgreSQL (pid {pid}) is running in it: stop it and restore into an empty directory"
+                    ),
                 });
             }
         }
@@ -67,10 +133,7 @@ fn check_empty_target(dir: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(
-            format!("cannot read restore target {}", dir.display()),
-            e,
-        )),
+        Err(e) => Err(Error::io(format!("cannot read restore target {}", dir.display()), e)),
     }
 }
 
@@ -97,24 +160,21 @@ struct Ctx {
 impl Ctx {
     async fn fetch_block(self: &Arc<Self>, path: &str, n: usize, id: ChunkId) -> Result<Bytes> {
         let what = || format!("backup {} file {path} block {n}", self.label);
-        let loc: &BlobLocation = self.index.get(&id).ok_or_else(|| Error::Corrupt {
-            what: what(),
-            detail: format!("chunk {id} is in no index"),
-        })?;
+        let loc: &BlobLocation = self
+            .index
+            .get(&id)
+            .ok_or_else(|| Error::Corrupt { what: what(), detail: format!("chunk {id} is in no index") })?;
         let key = pack_key(&loc.pack);
-        let sealed = self
-            .repo_storage
-            .get_range(&key, loc.offset..loc.offset + loc.length as u64)
-            .await
-            .map_err(|e| match e.storage_kind() {
-                Some(StorageErrorKind::NotFound) => Error::Corrupt {
-                    what: what(),
-                    detail: format!("pack {key} is missing"),
-                },
-                Some(StorageErrorKind::Permanent) => Error::Corrupt {
-                    what: what(),
-                    detail: format!("pack {key}: {e}"),
-                },
+        let sealed =
+            self.repo_storage.get_range(&key, loc.offset..loc.offset + loc.length as u64).await.map_err(|e| match e
+                .storage_kind()
+            {
+                Some(StorageErrorKind::NotFound) => {
+                    Error::Corrupt { what: what(), detail: format!("pack {key} is missing") }
+                }
+                Some(StorageErrorKind::Permanent) => {
+                    Error::Corrupt { what: what(), detail: format!("pack {key}: {e}") }
+                }
                 _ => e,
             })?;
         let ctx = self.clone();
@@ -122,21 +182,12 @@ impl Ctx {
         let (tx, rx) = tokio::sync::oneshot::channel();
         rayon::spawn(move || {
             let cipher = &ctx.ciphers[&key_id];
-            let _ = tx.send(blob::open_block(
-                cipher,
-                &ctx.chunk_key,
-                &id,
-                &sealed,
-                raw_len,
-            ));
+            let _ = tx.send(blob::open_block(cipher, &ctx.chunk_key, &id, &sealed, raw_len));
         });
         let data = rx
             .await
             .map_err(|_| Error::Other("block worker stopped".into()))?
-            .map_err(|e| Error::Corrupt {
-                what: what(),
-                detail: format!("{e} (pack {key})"),
-            })?;
+            .map_err(|e| Error::Corrupt { what: what(), detail: format!("{e} (pack {key})") })?;
         self.progress.advance(data.len() as u64);
         Ok(Bytes::from(data))
     }
@@ -156,9 +207,7 @@ impl Ctx {
                 len += block.len() as u64;
                 crc = crc32c::crc32c_append(crc, &block);
             }
-            f.file()
-                .set_permissions(std::fs::Permissions::from_mode(mode))
-                .ctx(ctx)?;
+            f.file().set_permissions(std::fs::Permissions::from_mode(mode)).ctx(ctx)?;
             f.commit(Commit::Replace).ctx(ctx)?;
             Ok((len, crc))
         });
@@ -187,9 +236,7 @@ impl Ctx {
             let _ = writer.await;
             return Err(e);
         }
-        let (len, crc) = writer
-            .await
-            .map_err(|e| Error::Other(format!("writer task failed: {e}")))??;
+        let (len, crc) = writer.await.map_err(|e| Error::Other(format!("writer task failed: {e}")))??;
         if len != entry.size || entry.crc32c.is_some_and(|c| c != crc) {
             return Err(Error::Corrupt {
                 what: format!("backup {} file {}", self.label, entry.path),
@@ -207,29 +254,24 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
     let started = std::time::Instant::now();
     let label = match &req.set {
         Some(l) => l.clone(),
-        None => repo
-            .list_backups()
-            .await?
-            .pop()
-            .ok_or_else(|| Error::NoBackups {
-                stanza: repo.config().stanza.clone(),
-            })?,
+        None => {
+            repo.list_backups().await?.pop().ok_or_else(|| Error::NoBackups { stanza: repo.config().stanza.clone() })?
+        }
     };
     let manifest = repo.load_manifest(&label).await?;
+    if req.recovery.target == RecoveryTarget::None && !manifest.wal_included {
+        return Err(Error::Config(format!(
+            "backup {label} does not carry its WAL (it relies on the archive from {} to {}): --type=none cannot make it consistent; use --type=immediate",
+            manifest.wal_start.as_deref().unwrap_or("?"),
+            manifest.wal_stop.as_deref().unwrap_or("?")
+        )));
+    }
 
     // Where each tablespace goes; every target must be empty.
     let ts_dirs: HashMap<u32, PathBuf> = manifest
         .tablespaces
         .iter()
-        .map(|t| {
-            (
-                t.oid,
-                req.tablespace_map
-                    .get(&t.oid)
-                    .cloned()
-                    .unwrap_or_else(|| PathBuf::from(&t.location)),
-            )
-        })
+        .map(|t| (t.oid, req.tablespace_map.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
         .collect();
     check_empty_target(&req.target)?;
     for dir in ts_dirs.values() {
@@ -247,14 +289,8 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
             }
         }
     }
-    let ciphers = index
-        .values()
-        .map(|l| l.key_id)
-        .collect::<std::collections::HashSet<_>>();
-    let ciphers = ciphers
-        .into_iter()
-        .map(|k| (k, repo.data_cipher(&k)))
-        .collect();
+    let ciphers = index.values().map(|l| l.key_id).collect::<std::collections::HashSet<_>>();
+    let ciphers = ciphers.into_iter().map(|k| (k, repo.data_cipher(&k))).collect();
     let ctx = Arc::new(Ctx {
         repo_storage: repo.storage().clone(),
         chunk_key: *repo.chunk_key(),
@@ -270,9 +306,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
             Some(oid) => ts_dirs[&oid].join(&f.path),
         }
     };
-    let mkdir = |d: &Path| {
-        fsutil::create_dir_all_durable(d).ctx(|| format!("cannot create directory {}", d.display()))
-    };
+    let mkdir = |d: &Path| fsutil::create_dir_all_durable(d).ctx(|| format!("cannot create directory {}", d.display()));
     mkdir(&req.target)?;
     std::fs::set_permissions(&req.target, std::fs::Permissions::from_mode(0o700))
         .ctx(|| format!("cannot set mode of {}", req.target.display()))?;
@@ -289,23 +323,17 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
         }
     }
 
-    req.progress
-        .begin(&format!("restore {label}"), Some(manifest.size));
+    req.progress.begin(&format!("restore {label}"), Some(manifest.size));
     let jobs: Vec<(FileEntry, PathBuf)> = manifest
         .files
         .iter()
-        .filter(|f| {
-            f.kind == FileKind::File && !(f.tablespace.is_none() && f.path == "tablespace_map")
-        })
+        .filter(|f| f.kind == FileKind::File && !(f.tablespace.is_none() && f.path == "tablespace_map"))
         .map(|f| (f.clone(), dest_of(f)))
         .collect();
-    futures::stream::iter(
-        jobs.into_iter()
-            .map(|(f, d)| ctx.clone().restore_file(f, d)),
-    )
-    .buffer_unordered(PARALLEL_FILES)
-    .try_collect::<Vec<()>>()
-    .await?;
+    futures::stream::iter(jobs.into_iter().map(|(f, d)| ctx.clone().restore_file(f, d)))
+        .buffer_unordered(PARALLEL_FILES)
+        .try_collect::<Vec<()>>()
+        .await?;
     req.progress.finish();
 
     // Tablespaces: a tablespace_map naming the (possibly remapped) locations, which
@@ -316,61 +344,40 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
         oids.sort();
         for oid in oids {
             let dir = &ts_dirs[&oid];
-            map.push_str(&format!(
-                "{oid} {}\n",
-                escape_tablespace_path(&dir.to_string_lossy())
-            ));
+            map.push_str(&format!("{oid} {}\n", escape_tablespace_path(&dir.to_string_lossy())));
             let link = req.target.join("pg_tblspc").join(oid.to_string());
             mkdir(link.parent().unwrap())?;
             std::os::unix::fs::symlink(dir, &link)
                 .ctx(|| format!("cannot create tablespace link {}", link.display()))?;
         }
-        fsutil::write_file(
-            &req.target.join("tablespace_map"),
-            map.as_bytes(),
-            Commit::CreateOnly,
-        )
-        .ctx(|| "cannot write tablespace_map".to_string())?;
-        std::fs::set_permissions(
-            req.target.join("tablespace_map"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .ctx(|| "cannot set mode of tablespace_map".to_string())?;
+        fsutil::write_file(&req.target.join("tablespace_map"), map.as_bytes(), Commit::CreateOnly)
+            .ctx(|| "cannot write tablespace_map".to_string())?;
+        std::fs::set_permissions(req.target.join("tablespace_map"), std::fs::Permissions::from_mode(0o600))
+            .ctx(|| "cannot set mode of tablespace_map".to_string())?;
     }
-    for f in manifest
-        .files
-        .iter()
-        .filter(|f| f.kind == FileKind::Symlink)
-    {
+    for f in manifest.files.iter().filter(|f| f.kind == FileKind::Symlink) {
         let dest = dest_of(f);
         if dest.symlink_metadata().is_ok() {
             continue; // a tablespace link made above
         }
         let target = f.link.clone().unwrap_or_default();
-        std::os::unix::fs::symlink(&target, &dest)
-            .ctx(|| format!("cannot create link {}", dest.display()))?;
+        std::os::unix::fs::symlink(&target, &dest).ctx(|| format!("cannot create link {}", dest.display()))?;
     }
     // Directory modes last (a 0500 directory would block writes into it), then
     // fsync every directory so the new entries are durable.
-    for f in manifest
-        .files
-        .iter()
-        .filter(|f| f.kind == FileKind::Dir)
-        .rev()
-    {
+    for f in manifest.files.iter().filter(|f| f.kind == FileKind::Dir).rev() {
         let d = dest_of(f);
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(f.mode))
             .ctx(|| format!("cannot set mode of {}", d.display()))?;
         fsutil::sync_dir(&d).ctx(|| format!("cannot fsync {}", d.display()))?;
     }
+    if req.recovery.target != RecoveryTarget::None {
+        write_recovery(&req.target, &label, &req.recovery)?;
+    }
     fsutil::sync_dir(&req.target).ctx(|| format!("cannot fsync {}", req.target.display()))?;
     Ok(RestoreSummary {
         label,
-        files: manifest
-            .files
-            .iter()
-            .filter(|f| f.kind == FileKind::File)
-            .count(),
+        files: manifest.files.iter().filter(|f| f.kind == FileKind::File).count(),
         bytes: manifest.size,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -393,13 +400,28 @@ mod tests {
     #[test]
     fn names_a_running_postmaster() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("postmaster.pid"),
-            format!("{}\n/data\n", std::process::id()),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{}\n/data\n", std::process::id())).unwrap();
         let err = check_empty_target(dir.path()).unwrap_err();
         assert!(err.to_string().contains("is running in it"), "{err}");
+    }
+
+    #[test]
+    fn recovery_settings_are_appended_and_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("postgresql.auto.conf"), "work_mem = '4MB'\n").unwrap();
+        let r = Recovery {
+            target: RecoveryTarget::Name("before it's gone".into()),
+            action: Some("promote".into()),
+            timeline: None,
+            restore_command: "pgcairn --stanza=main archive-get %f \"%p\"".into(),
+        };
+        write_recovery(dir.path(), "L", &r).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
+        assert!(text.starts_with("work_mem = '4MB'\n"), "{text}");
+        assert!(text.contains("restore_command = 'pgcairn --stanza=main archive-get %f \"%p\"'"), "{text}");
+        assert!(text.contains("recovery_target_name = 'before it''s gone'"), "{text}");
+        assert!(text.contains("recovery_target_action = 'promote'"), "{text}");
+        assert!(dir.path().join("recovery.signal").is_file());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub async fn stanza_create(storage: DynStorage, req: &StanzaCreateRequest) -> Re
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
     let sys = conn.identify_system().await?;
     let pg_version = conn.server_version_num();
+    let wal_segment_size = conn.wal_segment_size().await?;
     conn.close().await;
     let opts = CreateOptions {
         encrypted: req.encrypted,
@@ -28,6 +29,7 @@ pub async fn stanza_create(storage: DynStorage, req: &StanzaCreateRequest) -> Re
         kdf: req.kdf,
         system_identifier: sys.system_identifier,
         pg_version,
+        wal_segment_size,
     };
     Repository::create(storage, &req.stanza, req.passphrase.as_ref(), opts).await
 }

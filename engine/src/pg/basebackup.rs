@@ -19,6 +19,8 @@ pub struct BaseBackupOptions {
     pub verify_checksums: bool,
     /// Ask the server for size estimates (an extra pass over the data directory).
     pub progress: bool,
+    /// Let the server wait until its archiver has the backup's last segment.
+    pub wait_for_archive: bool,
 }
 
 impl BaseBackupOptions {
@@ -26,14 +28,7 @@ impl BaseBackupOptions {
         let label = self.label.replace('\'', "''");
         let mut opts = vec![
             format!("LABEL '{label}'"),
-            format!(
-                "CHECKPOINT '{}'",
-                if self.fast_checkpoint {
-                    "fast"
-                } else {
-                    "spread"
-                }
-            ),
+            format!("CHECKPOINT '{}'", if self.fast_checkpoint { "fast" } else { "spread" }),
             "MANIFEST 'yes'".to_string(),
             "MANIFEST_CHECKSUMS 'CRC32C'".to_string(),
             "TABLESPACE_MAP".to_string(),
@@ -44,6 +39,9 @@ impl BaseBackupOptions {
         }
         if self.progress {
             opts.push("PROGRESS".into());
+        }
+        if !self.wait_for_archive {
+            opts.push("WAIT false".into());
         }
         format!("BASE_BACKUP ( {} )", opts.join(", "))
     }
@@ -91,10 +89,7 @@ pub struct BaseBackupStream<'a> {
 }
 
 impl<'a> BaseBackupStream<'a> {
-    pub async fn start(
-        conn: &'a mut ReplicationConnection,
-        opts: &BaseBackupOptions,
-    ) -> Result<Self> {
+    pub async fn start(conn: &'a mut ReplicationConnection, opts: &BaseBackupOptions) -> Result<Self> {
         conn.send_query(&opts.command()).await?;
         Ok(Self {
             conn,
@@ -107,10 +102,7 @@ impl<'a> BaseBackupStream<'a> {
     }
 
     fn protocol(&self, d: impl Into<String>) -> Error {
-        Error::Protocol {
-            target: self.conn.target().to_string(),
-            detail: d.into(),
-        }
+        Error::Protocol { target: self.conn.target().to_string(), detail: d.into() }
     }
 
     pub async fn next(&mut self) -> Result<BackupEvent> {
@@ -131,22 +123,14 @@ impl<'a> BaseBackupStream<'a> {
                         b'd' => return Ok(BackupEvent::ArchiveData(body)),
                         b'n' => {
                             let mut parts = body.split(|b| *b == 0);
-                            let name = String::from_utf8_lossy(parts.next().unwrap_or_default())
-                                .into_owned();
-                            let loc = String::from_utf8_lossy(parts.next().unwrap_or_default())
-                                .into_owned();
+                            let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                            let loc = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
                             let location = (!loc.is_empty()).then_some(loc);
                             return Ok(BackupEvent::ArchiveStart { name, location });
                         }
-                        b'p' if body.len() >= 8 => {
-                            return Ok(BackupEvent::Progress(body.get_i64() as u64))
-                        }
+                        b'p' if body.len() >= 8 => return Ok(BackupEvent::Progress(body.get_i64() as u64)),
                         b'm' => self.in_manifest = true,
-                        other => {
-                            return Err(
-                                self.protocol(format!("unknown CopyData type {:?}", other as char))
-                            )
-                        }
+                        other => return Err(self.protocol(format!("unknown CopyData type {:?}", other as char))),
                     }
                 }
                 b'T' => self.rows = Some(Vec::new()),
@@ -175,15 +159,8 @@ impl<'a> BaseBackupStream<'a> {
                     let m = ServerMessage::parse(&f.body);
                     self.drain_to_ready().await;
                     if !self.checksum_warnings.is_empty() {
-                        let files = self
-                            .checksum_warnings
-                            .iter()
-                            .map(|w| checksum_file(w))
-                            .collect();
-                        return Err(Error::ChecksumFailure {
-                            target: self.conn.target().to_string(),
-                            files,
-                        });
+                        let files = self.checksum_warnings.iter().map(|w| checksum_file(w)).collect();
+                        return Err(Error::ChecksumFailure { target: self.conn.target().to_string(), files });
                     }
                     return Err(self.conn.server_error(m));
                 }
@@ -191,35 +168,17 @@ impl<'a> BaseBackupStream<'a> {
                     self.finished = true;
                     return Ok(BackupEvent::Done);
                 }
-                other => {
-                    return Err(self.protocol(format!(
-                        "unexpected message {:?} in BASE_BACKUP",
-                        other as char
-                    )))
-                }
+                other => return Err(self.protocol(format!("unexpected message {:?} in BASE_BACKUP", other as char))),
             }
         }
     }
 
     fn result_set(&self, rows: Vec<Row>) -> Result<BackupEvent> {
         let lsn_row = |rows: &[Row]| -> Result<(Lsn, u32)> {
-            let r = rows
-                .first()
-                .ok_or_else(|| self.protocol("empty position result"))?;
-            let lsn = r
-                .first()
-                .cloned()
-                .flatten()
-                .unwrap_or_default()
-                .parse::<Lsn>()
-                .map_err(|e| self.protocol(e))?;
-            let tli = r
-                .get(1)
-                .cloned()
-                .flatten()
-                .unwrap_or_default()
-                .parse()
-                .map_err(|_| self.protocol("bad timeline"))?;
+            let r = rows.first().ok_or_else(|| self.protocol("empty position result"))?;
+            let lsn = r.first().cloned().flatten().unwrap_or_default().parse::<Lsn>().map_err(|e| self.protocol(e))?;
+            let tli =
+                r.get(1).cloned().flatten().unwrap_or_default().parse().map_err(|_| self.protocol("bad timeline"))?;
             Ok((lsn, tli))
         };
         match self.result_sets {
@@ -229,12 +188,7 @@ impl<'a> BaseBackupStream<'a> {
                     .map(|r| TablespaceInfo {
                         oid: r.first().cloned().flatten().and_then(|s| s.parse().ok()),
                         location: r.get(1).cloned().flatten(),
-                        size: r
-                            .get(2)
-                            .cloned()
-                            .flatten()
-                            .and_then(|s| s.parse::<u64>().ok())
-                            .map(|kb| kb * 1024),
+                        size: r.get(2).cloned().flatten().and_then(|s| s.parse::<u64>().ok()).map(|kb| kb * 1024),
                     })
                     .collect(),
             )),
@@ -254,11 +208,7 @@ impl<'a> BaseBackupStream<'a> {
 
 /// The file named in `checksum verification failed in file "base/5/1234", block 0: ...`.
 fn checksum_file(warning: &str) -> String {
-    warning
-        .split('"')
-        .nth(1)
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| warning.to_string())
+    warning.split('"').nth(1).map(|s| s.to_string()).unwrap_or_else(|| warning.to_string())
 }
 
 #[cfg(test)]
@@ -273,24 +223,20 @@ mod tests {
             wal: true,
             verify_checksums: true,
             progress: false,
+            wait_for_archive: true,
         };
         let c = o.command();
-        assert!(
-            c.starts_with("BASE_BACKUP ( LABEL 'it''s', CHECKPOINT 'fast', MANIFEST 'yes'"),
-            "{c}"
-        );
-        assert!(
-            c.contains("WAL")
-                && c.contains("TABLESPACE_MAP")
-                && c.contains("VERIFY_CHECKSUMS true")
-        );
+        assert!(c.starts_with("BASE_BACKUP ( LABEL 'it''s', CHECKPOINT 'fast', MANIFEST 'yes'"), "{c}");
+        assert!(c.contains("WAL") && c.contains("TABLESPACE_MAP") && c.contains("VERIFY_CHECKSUMS true"));
         assert!(!c.contains("PROGRESS"));
     }
 
     #[test]
     fn names_file_of_checksum_warning() {
         assert_eq!(
-            checksum_file("checksum verification failed in file \"./base/5/16384\", block 0: calculated 1 but expected 2"),
+            checksum_file(
+                "checksum verification failed in file \"./base/5/16384\", block 0: calculated 1 but expected 2"
+            ),
             "./base/5/16384"
         );
     }

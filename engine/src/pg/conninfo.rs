@@ -37,6 +37,22 @@ pub struct ConnParams {
 }
 
 impl ConnParams {
+    /// The same server for an ordinary SQL connection (tokio-postgres), to the
+    /// `dbname` given or `postgres`.
+    pub fn sql_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        match &self.host {
+            Host::Tcp(h) => c.host(h),
+            Host::Unix(p) => c.host_path(p),
+        };
+        c.port(self.port).user(&self.user).dbname(self.dbname.as_deref().unwrap_or("postgres"));
+        c.application_name(&self.application_name).connect_timeout(self.connect_timeout);
+        if let Some(p) = &self.password {
+            c.password(p.expose());
+        }
+        c
+    }
+
     /// "host:port" for messages.
     pub fn target(&self) -> String {
         format!("server {}:{} (user {})", self.host, self.port, self.user)
@@ -63,9 +79,7 @@ impl ConnParams {
         let port = match cfg.get_ports().first() {
             Some(p) => *p,
             None => match env("PGPORT") {
-                Some(p) => p
-                    .parse()
-                    .map_err(|_| Error::Config(format!("PGPORT={p} is not a port number")))?,
+                Some(p) => p.parse().map_err(|_| Error::Config(format!("PGPORT={p} is not a port number")))?,
                 None => 5432,
             },
         };
@@ -74,21 +88,15 @@ impl ConnParams {
             .map(str::to_string)
             .or_else(|| env("PGUSER"))
             .or_else(os_user_name)
-            .ok_or_else(|| {
-                Error::Config("no PostgreSQL user: set user= in `pg` or PGUSER".into())
-            })?;
-        let dbname = cfg
-            .get_dbname()
-            .map(str::to_string)
-            .or_else(|| env("PGDATABASE"));
+            .ok_or_else(|| Error::Config("no PostgreSQL user: set user= in `pg` or PGUSER".into()))?;
+        let dbname = cfg.get_dbname().map(str::to_string).or_else(|| env("PGDATABASE"));
         let mut password = cfg
             .get_password()
             .map(|p| Secret::new(String::from_utf8_lossy(p).into_owned()))
             .or_else(|| env("PGPASSWORD").map(Secret::new));
         if password.is_none() {
-            let file = env("PGPASSFILE")
-                .map(PathBuf::from)
-                .or_else(|| env("HOME").map(|h| Path::new(&h).join(".pgpass")));
+            let file =
+                env("PGPASSFILE").map(PathBuf::from).or_else(|| env("HOME").map(|h| Path::new(&h).join(".pgpass")));
             if let Some(file) = file {
                 password = pgpass_lookup(&file, &host, port, "replication", &user).map(Secret::new);
             }
@@ -96,11 +104,7 @@ impl ConnParams {
         let connect_timeout = cfg
             .get_connect_timeout()
             .copied()
-            .or_else(|| {
-                env("PGCONNECT_TIMEOUT")
-                    .and_then(|t| t.parse().ok())
-                    .map(Duration::from_secs)
-            })
+            .or_else(|| env("PGCONNECT_TIMEOUT").and_then(|t| t.parse().ok()).map(Duration::from_secs))
             .unwrap_or(Duration::from_secs(30));
         let application_name = cfg
             .get_application_name()
@@ -117,16 +121,7 @@ impl ConnParams {
                 "sslmode={sslmode} is not supported yet by pgcairn's replication client: connect over a Unix socket or a trusted network with sslmode=disable or prefer"
             )));
         }
-        Ok(Self {
-            host,
-            port,
-            user,
-            dbname,
-            password,
-            application_name,
-            connect_timeout,
-            sslmode,
-        })
+        Ok(Self { host, port, user, dbname, password, application_name, connect_timeout, sslmode })
     }
 }
 
@@ -147,24 +142,14 @@ fn os_user_name() -> Option<String> {
         if pw.is_null() {
             return None;
         }
-        Some(
-            std::ffi::CStr::from_ptr((*pw).pw_name)
-                .to_string_lossy()
-                .into_owned(),
-        )
+        Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
     }
 }
 
 /// Find a password in a pgpass file. Lines are host:port:database:user:password with
 /// `*` wildcards and `\` escapes. As in libpq, a Unix-socket host matches
 /// "localhost", and a file readable by group or others is ignored.
-pub fn pgpass_lookup(
-    file: &Path,
-    host: &Host,
-    port: u16,
-    database: &str,
-    user: &str,
-) -> Option<String> {
+pub fn pgpass_lookup(file: &Path, host: &Host, port: u16, database: &str, user: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(file).ok()?;
     if meta.permissions().mode() & 0o077 != 0 {
@@ -190,11 +175,7 @@ pub fn pgpass_lookup(
             continue;
         }
         let m = |pat: &str, v: &str| pat == "*" || pat == v;
-        if m(&fields[0], &host_name)
-            && m(&fields[1], &port)
-            && m(&fields[2], database)
-            && m(&fields[3], user)
-        {
+        if m(&fields[0], &host_name) && m(&fields[1], &port) && m(&fields[2], database) && m(&fields[3], user) {
             return Some(fields[4..].join(":"));
         }
     }
@@ -224,26 +205,16 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| m.get(k).cloned()
     }
 
     #[test]
     fn key_value_string_and_uri() {
-        let p = ConnParams::resolve_with("host=db1 port=6543 user=backup dbname=x", &env_of(&[]))
-            .unwrap();
-        assert_eq!(
-            (p.host, p.port, p.user.as_str()),
-            (Host::Tcp("db1".into()), 6543, "backup")
-        );
+        let p = ConnParams::resolve_with("host=db1 port=6543 user=backup dbname=x", &env_of(&[])).unwrap();
+        assert_eq!((p.host, p.port, p.user.as_str()), (Host::Tcp("db1".into()), 6543, "backup"));
         let p = ConnParams::resolve_with("postgresql://u:pw@h2:7000/db", &env_of(&[])).unwrap();
-        assert_eq!(
-            (p.host, p.port, p.user.as_str()),
-            (Host::Tcp("h2".into()), 7000, "u")
-        );
+        assert_eq!((p.host, p.port, p.user.as_str()), (Host::Tcp("h2".into()), 7000, "u"));
         assert_eq!(p.password.unwrap().expose(), "pw");
         let p = ConnParams::resolve_with("host=/tmp/sock", &env_of(&[])).unwrap();
         assert_eq!(p.host, Host::Unix("/tmp/sock".into()));
@@ -251,17 +222,9 @@ mod tests {
 
     #[test]
     fn environment_fills_gaps_but_string_wins() {
-        let env = env_of(&[
-            ("PGHOST", "/run/pg"),
-            ("PGPORT", "5444"),
-            ("PGUSER", "envuser"),
-            ("PGPASSWORD", "envpw"),
-        ]);
+        let env = env_of(&[("PGHOST", "/run/pg"), ("PGPORT", "5444"), ("PGUSER", "envuser"), ("PGPASSWORD", "envpw")]);
         let p = ConnParams::resolve_with("", &env).unwrap();
-        assert_eq!(
-            (p.host, p.port, p.user.as_str()),
-            (Host::Unix("/run/pg".into()), 5444, "envuser")
-        );
+        assert_eq!((p.host, p.port, p.user.as_str()), (Host::Unix("/run/pg".into()), 5444, "envuser"));
         assert_eq!(p.password.unwrap().expose(), "envpw");
         let p = ConnParams::resolve_with("port=1 user=flag", &env).unwrap();
         assert_eq!((p.port, p.user.as_str()), (1, "flag"));
@@ -273,23 +236,16 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pgpass");
-        std::fs::write(&f, "# comment\nother:5432:*:bob:nope\nlocalhost:5433:replication:bob:s\\:ecret\n*:*:*:*:fallback\n")
-            .unwrap();
+        std::fs::write(
+            &f,
+            "# comment\nother:5432:*:bob:nope\nlocalhost:5433:replication:bob:s\\:ecret\n*:*:*:*:fallback\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let unix = Host::Unix("/tmp".into());
-        assert_eq!(
-            pgpass_lookup(&f, &unix, 5433, "replication", "bob").as_deref(),
-            Some("s:ecret")
-        );
-        assert_eq!(
-            pgpass_lookup(&f, &Host::Tcp("db".into()), 1, "replication", "eve").as_deref(),
-            Some("fallback")
-        );
+        assert_eq!(pgpass_lookup(&f, &unix, 5433, "replication", "bob").as_deref(), Some("s:ecret"));
+        assert_eq!(pgpass_lookup(&f, &Host::Tcp("db".into()), 1, "replication", "eve").as_deref(), Some("fallback"));
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(
-            pgpass_lookup(&f, &unix, 5433, "replication", "bob"),
-            None,
-            "world-readable file ignored"
-        );
+        assert_eq!(pgpass_lookup(&f, &unix, 5433, "replication", "bob"), None, "world-readable file ignored");
     }
 }

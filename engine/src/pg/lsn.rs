@@ -15,9 +15,7 @@ impl fmt::Display for Lsn {
 impl FromStr for Lsn {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (hi, lo) = s
-            .split_once('/')
-            .ok_or_else(|| format!("invalid lsn {s:?}"))?;
+        let (hi, lo) = s.split_once('/').ok_or_else(|| format!("invalid lsn {s:?}"))?;
         let hi = u32::from_str_radix(hi, 16).map_err(|_| format!("invalid lsn {s:?}"))?;
         let lo = u32::from_str_radix(lo, 16).map_err(|_| format!("invalid lsn {s:?}"))?;
         Ok(Lsn(((hi as u64) << 32) | lo as u64))

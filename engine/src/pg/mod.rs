@@ -8,6 +8,7 @@ pub mod lsn;
 pub mod replication;
 pub mod tar;
 pub mod version;
+pub mod wal;
 
 pub use conninfo::ConnParams;
 pub use lsn::Lsn;

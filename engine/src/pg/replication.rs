@@ -23,11 +23,7 @@ enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -36,11 +32,7 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -155,24 +147,16 @@ impl ReplicationConnection {
                     let _ = s.set_nodelay(true);
                     Stream::Tcp(s)
                 }),
-                Host::Unix(dir) => UnixStream::connect(dir.join(format!(".s.PGSQL.{}", p.port)))
-                    .await
-                    .map(Stream::Unix),
+                Host::Unix(dir) => {
+                    UnixStream::connect(dir.join(format!(".s.PGSQL.{}", p.port))).await.map(Stream::Unix)
+                }
             }
         };
         let stream = match tokio::time::timeout(p.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(Error::Connect {
-                    target,
-                    detail: e.to_string(),
-                })
-            }
+            Ok(Err(e)) => return Err(Error::Connect { target, detail: e.to_string() }),
             Err(_) => {
-                return Err(Error::Connect {
-                    target,
-                    detail: format!("timed out after {:?}", p.connect_timeout),
-                })
+                return Err(Error::Connect { target, detail: format!("timed out after {:?}", p.connect_timeout) })
             }
         };
         let mut conn = Self {
@@ -201,10 +185,7 @@ impl ReplicationConnection {
     }
 
     fn protocol(&self, detail: impl Into<String>) -> Error {
-        Error::Protocol {
-            target: self.target.clone(),
-            detail: detail.into(),
-        }
+        Error::Protocol { target: self.target.clone(), detail: detail.into() }
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -212,14 +193,8 @@ impl ReplicationConnection {
         self.stream
             .write_all(&buf)
             .await
-            .map_err(|e| Error::Connect {
-                target: self.target.clone(),
-                detail: e.to_string(),
-            })?;
-        self.stream.flush().await.map_err(|e| Error::Connect {
-            target: self.target.clone(),
-            detail: e.to_string(),
-        })
+            .map_err(|e| Error::Connect { target: self.target.clone(), detail: e.to_string() })?;
+        self.stream.flush().await.map_err(|e| Error::Connect { target: self.target.clone(), detail: e.to_string() })
     }
 
     /// Read one whole backend message. The tag is peeked before parsing so tags
@@ -235,10 +210,7 @@ impl ReplicationConnection {
                     let mut msg = self.rbuf.split_to(1 + len);
                     let tag = msg[0];
                     msg.advance(5);
-                    return Ok(Frame {
-                        tag,
-                        body: msg.freeze(),
-                    });
+                    return Ok(Frame { tag, body: msg.freeze() });
                 }
                 self.rbuf.reserve(1 + len - self.rbuf.len());
             }
@@ -249,10 +221,7 @@ impl ReplicationConnection {
                 .stream
                 .read_buf(&mut self.rbuf)
                 .await
-                .map_err(|e| Error::Connect {
-                    target: self.target.clone(),
-                    detail: e.to_string(),
-                })?;
+                .map_err(|e| Error::Connect { target: self.target.clone(), detail: e.to_string() })?;
             if n == 0 {
                 return Err(Error::Connect {
                     target: self.target.clone(),
@@ -263,13 +232,9 @@ impl ReplicationConnection {
     }
 
     async fn startup(&mut self, p: &ConnParams) -> Result<()> {
-        let params = [
-            ("user", p.user.as_str()),
-            ("replication", "true"),
-            ("application_name", p.application_name.as_str()),
-        ];
-        frontend::startup_message(params.iter().copied(), &mut self.wbuf)
-            .map_err(|e| self.protocol(e.to_string()))?;
+        let params =
+            [("user", p.user.as_str()), ("replication", "true"), ("application_name", p.application_name.as_str())];
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
         self.flush().await?;
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -294,29 +259,23 @@ impl ReplicationConnection {
                                 .and_then(|s| s.try_into().ok())
                                 .ok_or_else(|| self.protocol("short md5 salt"))?;
                             let pw = self.password(p)?;
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                p.user.as_bytes(),
-                                pw.as_bytes(),
-                                salt,
-                            );
+                            let hash =
+                                postgres_protocol::authentication::md5_hash(p.user.as_bytes(), pw.as_bytes(), salt);
                             frontend::password_message(hash.as_bytes(), &mut self.wbuf)
                                 .map_err(|e| self.protocol(e.to_string()))?;
                             self.flush().await?;
                         }
                         10 => {
-                            let mechs: Vec<&[u8]> =
-                                body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
+                            let mechs: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
                             if !mechs.iter().any(|m| *m == b"SCRAM-SHA-256") {
-                                return Err(self.protocol("server offers no SASL mechanism pgcairn supports (SCRAM-SHA-256)"));
+                                return Err(
+                                    self.protocol("server offers no SASL mechanism pgcairn supports (SCRAM-SHA-256)")
+                                );
                             }
                             let pw = self.password(p)?;
                             let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(
-                                "SCRAM-SHA-256",
-                                s.message(),
-                                &mut self.wbuf,
-                            )
-                            .map_err(|e| self.protocol(e.to_string()))?;
+                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)
+                                .map_err(|e| self.protocol(e.to_string()))?;
                             scram = Some(s);
                             self.flush().await?;
                         }
@@ -330,8 +289,7 @@ impl ReplicationConnection {
                                 detail: format!("SCRAM: {e}"),
                             })?;
                             let msg = s.message().to_vec();
-                            frontend::sasl_response(&msg, &mut self.wbuf)
-                                .map_err(|e| self.protocol(e.to_string()))?;
+                            frontend::sasl_response(&msg, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
                             self.flush().await?;
                         }
                         12 => {
@@ -341,42 +299,26 @@ impl ReplicationConnection {
                             })?;
                             s.finish(&body).map_err(|e| Error::Protocol {
                                 target: self.target.clone(),
-                                detail: format!(
-                                    "the server's SCRAM signature does not verify: {e}"
-                                ),
+                                detail: format!("the server's SCRAM signature does not verify: {e}"),
                             })?;
                         }
-                        other => {
-                            return Err(self
-                                .protocol(format!("unsupported authentication request {other}")))
-                        }
+                        other => return Err(self.protocol(format!("unsupported authentication request {other}"))),
                     }
                 }
                 b'S' => {
                     let mut parts = f.body.split(|b| *b == 0);
                     if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
-                        self.params.insert(
-                            String::from_utf8_lossy(k).into_owned(),
-                            String::from_utf8_lossy(v).into_owned(),
-                        );
+                        self.params
+                            .insert(String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned());
                     }
                 }
                 b'K' | b'N' | b'v' => {}
                 b'E' => return Err(self.startup_error(ServerMessage::parse(&f.body), &p.user)),
                 b'Z' => break,
-                other => {
-                    return Err(self.protocol(format!(
-                        "unexpected message {:?} during startup",
-                        other as char
-                    )))
-                }
+                other => return Err(self.protocol(format!("unexpected message {:?} during startup", other as char))),
             }
         }
-        let version = self
-            .params
-            .get("server_version")
-            .cloned()
-            .unwrap_or_default();
+        let version = self.params.get("server_version").cloned().unwrap_or_default();
         self.server_version_num = version::parse_server_version(&version)
             .ok_or_else(|| self.protocol(format!("cannot parse server_version {version:?}")))?;
         let major = version::major_of(self.server_version_num);
@@ -412,11 +354,7 @@ impl ReplicationConnection {
                 return Error::Server { target: self.target.clone(), code: m.code, message: m.message, hint: m.hint };
             }
         };
-        Error::AuthRejected {
-            target: self.target.clone(),
-            detail: m.message,
-            hint,
-        }
+        Error::AuthRejected { target: self.target.clone(), detail: m.message, hint }
     }
 
     /// Turn an ErrorResponse received after startup into an error.
@@ -425,12 +363,7 @@ impl ReplicationConnection {
             Some(d) => format!("{}: {d}", m.message),
             None => m.message,
         };
-        Error::Server {
-            target: self.target.clone(),
-            code: m.code,
-            message,
-            hint: m.hint,
-        }
+        Error::Server { target: self.target.clone(), code: m.code, message, hint: m.hint }
     }
 
     /// Send a simple query without waiting for its result (for COPY streams).
@@ -450,20 +383,13 @@ impl ReplicationConnection {
                 b'T' => sets.push(Vec::new()),
                 b'D' => {
                     let row = parse_data_row(&f.body).map_err(|e| self.protocol(e))?;
-                    sets.last_mut()
-                        .ok_or_else(|| self.protocol("DataRow without RowDescription"))?
-                        .push(row);
+                    sets.last_mut().ok_or_else(|| self.protocol("DataRow without RowDescription"))?.push(row);
                 }
                 b'E' => error = Some(self.server_error(ServerMessage::parse(&f.body))),
                 b'N' => log_notice(&ServerMessage::parse(&f.body)),
                 b'C' | b'I' | b'S' => {}
                 b'Z' => break,
-                other => {
-                    return Err(self.protocol(format!(
-                        "unexpected message {:?} in simple query",
-                        other as char
-                    )))
-                }
+                other => return Err(self.protocol(format!("unexpected message {:?} in simple query", other as char))),
             }
         }
         match error {
@@ -472,20 +398,31 @@ impl ReplicationConnection {
         }
     }
 
+    /// `SHOW name` (allowed on replication connections).
+    pub async fn show(&mut self, name: &str) -> Result<String> {
+        let sets = self.simple_query(&format!("SHOW {name}")).await?;
+        sets.first()
+            .and_then(|s| s.first())
+            .and_then(|r| r.first().cloned().flatten())
+            .ok_or_else(|| self.protocol(format!("SHOW {name} returned no value")))
+    }
+
+    /// wal_segment_size in bytes ("16MB" → 16777216).
+    pub async fn wal_segment_size(&mut self) -> Result<u32> {
+        let v = self.show("wal_segment_size").await?;
+        crate::config::parse_size(&v)
+            .and_then(|s| u32::try_from(s).ok())
+            .ok_or_else(|| self.protocol(format!("cannot parse wal_segment_size {v:?}")))
+    }
+
     pub async fn identify_system(&mut self) -> Result<SystemInfo> {
         let sets = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = sets
-            .first()
-            .and_then(|s| s.first())
-            .ok_or_else(|| self.protocol("IDENTIFY_SYSTEM returned no row"))?;
+        let row =
+            sets.first().and_then(|s| s.first()).ok_or_else(|| self.protocol("IDENTIFY_SYSTEM returned no row"))?;
         let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
         Ok(SystemInfo {
-            system_identifier: field(0)
-                .parse()
-                .map_err(|_| self.protocol("bad systemid"))?,
-            timeline: field(1)
-                .parse()
-                .map_err(|_| self.protocol("bad timeline"))?,
+            system_identifier: field(0).parse().map_err(|_| self.protocol("bad systemid"))?,
+            timeline: field(1).parse().map_err(|_| self.protocol("bad timeline"))?,
             xlogpos: field(2),
         })
     }

@@ -46,11 +46,7 @@ impl TarReader {
     }
 
     /// Feed the next piece of the archive.
-    pub fn feed<E>(
-        &mut self,
-        mut chunk: Bytes,
-        emit: &mut impl FnMut(TarItem) -> Result<(), E>,
-    ) -> Result<(), E>
+    pub fn feed<E>(&mut self, mut chunk: Bytes, emit: &mut impl FnMut(TarItem) -> Result<(), E>) -> Result<(), E>
     where
         E: From<String>,
     {
@@ -77,11 +73,7 @@ impl TarReader {
                         continue; // end-of-archive marker
                     }
                     let entry = parse_header(&block).map_err(E::from)?;
-                    let size = if entry.kind == EntryKind::File {
-                        entry.size
-                    } else {
-                        0
-                    };
+                    let size = if entry.kind == EntryKind::File { entry.size } else { 0 };
                     self.padding = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
                     self.remaining = size;
                     self.in_entry = true;
@@ -99,10 +91,7 @@ impl TarReader {
     /// Check that the stream did not stop inside an entry or header.
     pub fn finish(&self) -> Result<(), String> {
         if self.in_entry || !self.header.is_empty() {
-            return Err(format!(
-                "archive ends inside an entry ({} bytes missing)",
-                self.remaining
-            ));
+            return Err(format!("archive ends inside an entry ({} bytes missing)", self.remaining));
         }
         Ok(())
     }
@@ -110,31 +99,14 @@ impl TarReader {
 
 fn parse_header(block: &[u8]) -> Result<TarEntry, String> {
     let h = tar::Header::from_byte_slice(block);
-    let stored = h
-        .cksum()
-        .map_err(|e| format!("tar header checksum field: {e}"))?;
-    let computed: u32 = block
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                *b as u32
-            }
-        })
-        .sum();
+    let stored = h.cksum().map_err(|e| format!("tar header checksum field: {e}"))?;
+    let computed: u32 =
+        block.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 }).sum();
     if stored != computed {
-        return Err(format!(
-            "tar header checksum mismatch (stored {stored}, computed {computed})"
-        ));
+        return Err(format!("tar header checksum mismatch (stored {stored}, computed {computed})"));
     }
-    let path = h
-        .path()
-        .map_err(|e| format!("tar entry path: {e}"))?
-        .to_string_lossy()
-        .trim_end_matches('/')
-        .to_string();
+    let path =
+        h.path().map_err(|e| format!("tar entry path: {e}"))?.to_string_lossy().trim_end_matches('/').to_string();
     let kind = match h.entry_type() {
         tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
         tar::EntryType::Directory => EntryKind::Dir,
@@ -142,13 +114,7 @@ fn parse_header(block: &[u8]) -> Result<TarEntry, String> {
         other => return Err(format!("tar entry {path} has unsupported type {other:?}")),
     };
     let link = if kind == EntryKind::Symlink {
-        Some(
-            h.link_name()
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
-        )
+        Some(h.link_name().map_err(|e| e.to_string())?.unwrap_or_default().to_string_lossy().into_owned())
     } else {
         None
     };
@@ -200,17 +166,14 @@ mod tests {
         let mut r = TarReader::new();
         let mut out: Vec<(TarEntry, Vec<u8>)> = Vec::new();
         for c in bytes.chunks(piece.max(1)) {
-            r.feed(
-                Bytes::copy_from_slice(c),
-                &mut |item| -> Result<(), String> {
-                    match item {
-                        TarItem::Entry(e) => out.push((e, Vec::new())),
-                        TarItem::Data(d) => out.last_mut().unwrap().1.extend_from_slice(&d),
-                        TarItem::EntryEnd => {}
-                    }
-                    Ok(())
-                },
-            )
+            r.feed(Bytes::copy_from_slice(c), &mut |item| -> Result<(), String> {
+                match item {
+                    TarItem::Entry(e) => out.push((e, Vec::new())),
+                    TarItem::Data(d) => out.last_mut().unwrap().1.extend_from_slice(&d),
+                    TarItem::EntryEnd => {}
+                }
+                Ok(())
+            })
             .unwrap();
         }
         r.finish().unwrap();
@@ -235,13 +198,7 @@ mod tests {
     fn truncated_archive_is_an_error() {
         let bytes = archive(&[("f", vec![7u8; 1000])]);
         let mut r = TarReader::new();
-        r.feed(Bytes::copy_from_slice(&bytes[..1200]), &mut |_| -> Result<
-            (),
-            String,
-        > {
-            Ok(())
-        })
-        .unwrap();
+        r.feed(Bytes::copy_from_slice(&bytes[..1200]), &mut |_| -> Result<(), String> { Ok(()) }).unwrap();
         assert!(r.finish().is_err());
     }
 
@@ -250,10 +207,6 @@ mod tests {
         let mut bytes = archive(&[("f", vec![1u8; 10])]);
         bytes[512 + 5] ^= 0xff; // inside the second header's name
         let mut r = TarReader::new();
-        assert!(r
-            .feed(Bytes::from(bytes), &mut |_| -> Result<(), String> {
-                Ok(())
-            })
-            .is_err());
+        assert!(r.feed(Bytes::from(bytes), &mut |_| -> Result<(), String> { Ok(()) }).is_err());
     }
 }

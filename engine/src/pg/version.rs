@@ -15,26 +15,10 @@ pub struct MajorConstants {
 }
 
 const TABLE: [MajorConstants; 4] = [
-    MajorConstants {
-        major: 15,
-        wal_page_magic: 0xD110,
-        incremental_backup: false,
-    },
-    MajorConstants {
-        major: 16,
-        wal_page_magic: 0xD113,
-        incremental_backup: false,
-    },
-    MajorConstants {
-        major: 17,
-        wal_page_magic: 0xD116,
-        incremental_backup: true,
-    },
-    MajorConstants {
-        major: 18,
-        wal_page_magic: 0xD118,
-        incremental_backup: true,
-    },
+    MajorConstants { major: 15, wal_page_magic: 0xD110, incremental_backup: false },
+    MajorConstants { major: 16, wal_page_magic: 0xD113, incremental_backup: false },
+    MajorConstants { major: 17, wal_page_magic: 0xD116, incremental_backup: true },
+    MajorConstants { major: 18, wal_page_magic: 0xD118, incremental_backup: true },
 ];
 
 pub fn constants(major: u32) -> Option<MajorConstants> {
@@ -44,10 +28,7 @@ pub fn constants(major: u32) -> Option<MajorConstants> {
 /// server_version_num (e.g. 170004) from the `server_version` parameter
 /// ("17.4", "15.18 (Debian 15.18-0+deb12u1)", "18beta1").
 pub fn parse_server_version(s: &str) -> Option<u32> {
-    let head: String = s
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
+    let head: String = s.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
     let mut parts = head.split('.').filter(|p| !p.is_empty());
     let major: u32 = parts.next()?.parse().ok()?;
     let minor: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
@@ -65,10 +46,7 @@ mod tests {
     #[test]
     fn parses_versions() {
         assert_eq!(parse_server_version("17.4"), Some(170004));
-        assert_eq!(
-            parse_server_version("15.18 (Debian 15.18-0+deb12u1)"),
-            Some(150018)
-        );
+        assert_eq!(parse_server_version("15.18 (Debian 15.18-0+deb12u1)"), Some(150018));
         assert_eq!(parse_server_version("18beta1"), Some(180000));
         assert_eq!(parse_server_version("x"), None);
         assert_eq!(major_of(170004), 17);

@@ -21,16 +21,9 @@ pub fn compress(level: i32, data: &[u8]) -> Vec<u8> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().map(|(l, _)| *l) != Some(level) {
-            *c = Some((
-                level,
-                zstd::bulk::Compressor::new(level).expect("valid zstd level"),
-            ));
+            *c = Some((level, zstd::bulk::Compressor::new(level).expect("valid zstd level")));
         }
-        c.as_mut()
-            .unwrap()
-            .1
-            .compress(data)
-            .expect("zstd compression of an in-memory buffer")
+        c.as_mut().unwrap().1.compress(data).expect("zstd compression of an in-memory buffer")
     })
 }
 
@@ -72,10 +65,7 @@ pub fn open_block(
     let compressed = cipher.open(&id.0, sealed)?;
     let data = decompress(&compressed, raw_len).map_err(BlockError::Decompress)?;
     if data.len() != raw_len {
-        return Err(BlockError::Length {
-            got: data.len(),
-            want: raw_len,
-        });
+        return Err(BlockError::Length { got: data.len(), want: raw_len });
     }
     if chunk_id(chunk_key, &data) != *id {
         return Err(BlockError::IdMismatch);
@@ -114,15 +104,9 @@ mod tests {
         let (ida, idb) = (chunk_id(&key, &a), chunk_id(&key, &b));
         let sealed_b = seal_block(&cipher, 3, &idb, &b);
         // Presenting b's blob under a's id fails authentication.
-        assert!(matches!(
-            open_block(&cipher, &key, &ida, &sealed_b, 8192),
-            Err(BlockError::Crypto(_))
-        ));
+        assert!(matches!(open_block(&cipher, &key, &ida, &sealed_b, 8192), Err(BlockError::Crypto(_))));
         // Unencrypted: the id check catches it.
         let sealed_b = seal_block(&Cipher::Plain, 3, &idb, &b);
-        assert!(matches!(
-            open_block(&Cipher::Plain, &key, &ida, &sealed_b, 8192),
-            Err(BlockError::IdMismatch)
-        ));
+        assert!(matches!(open_block(&Cipher::Plain, &key, &ida, &sealed_b, 8192), Err(BlockError::IdMismatch)));
     }
 }

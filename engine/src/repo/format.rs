@@ -6,10 +6,14 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u32 = 1;
 
 pub const CONFIG_KEY: &str = "config";
+pub const KEYCHECK_KEY: &str = "keycheck";
 pub const KEYS_PREFIX: &str = "keys/";
 pub const DATA_PREFIX: &str = "data/";
 pub const INDEX_PREFIX: &str = "index/";
 pub const BACKUP_PREFIX: &str = "backup/";
+pub const WAL_PREFIX: &str = "wal/";
+/// First bytes of every WAL object.
+pub const WAL_MAGIC: &[u8; 8] = b"PGCWAL01";
 
 /// First bytes of every pack.
 pub const PACK_MAGIC: &[u8; 8] = b"PGCPACK1";
@@ -19,6 +23,7 @@ pub const PACK_HEADER_LEN: usize = PACK_MAGIC.len() + PACK_KEY_ID_LEN;
 /// HKDF `info` strings for purpose keys.
 pub const INFO_CHUNK_ID: &[u8] = b"pgcairn chunk-id v1";
 pub const INFO_METADATA: &[u8] = b"pgcairn metadata v1";
+pub const INFO_WAL: &[u8] = b"pgcairn wal v1";
 pub const INFO_DATA_PREFIX: &[u8] = b"pgcairn data v1:";
 /// Associated-data prefixes.
 pub const AAD_KEYSLOT_PREFIX: &str = "pgcairn keyslot v1:";
@@ -62,6 +67,8 @@ pub struct RepoConfig {
     pub system_identifier: u64,
     /// server_version_num of the cluster at stanza-create (e.g. 170004).
     pub pg_version: u32,
+    /// The cluster's WAL segment size in bytes.
+    pub wal_segment_size: u32,
 }
 
 /// `keys/<slot-id>`: plaintext JSON wrapping the master key.
@@ -185,6 +192,11 @@ pub struct Manifest {
     pub block_size: u32,
     /// The backup carries the WAL needed to reach consistency (BASE_BACKUP WAL).
     pub wal_included: bool,
+    /// Otherwise: the first and last archived segment it needs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub wal_start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub wal_stop: Option<String>,
     pub backup_label: String,
     pub tablespaces: Vec<Tablespace>,
     /// Sum of regular file sizes.

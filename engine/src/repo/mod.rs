@@ -4,6 +4,7 @@
 pub mod blob;
 pub mod format;
 pub mod pack;
+pub mod wal;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub struct CreateOptions {
     pub kdf: KeySlotKdf,
     pub system_identifier: u64,
     pub pg_version: u32,
+    pub wal_segment_size: u32,
 }
 
 /// Default block size: 128 KiB (16 pages). See docs/repository-format.md for the
@@ -76,10 +78,7 @@ pub struct Repository {
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repository")
-            .field("location", &self.storage.location())
-            .field("config", &self.config)
-            .finish()
+        f.debug_struct("Repository").field("location", &self.storage.location()).field("config", &self.config).finish()
     }
 }
 
@@ -98,12 +97,7 @@ impl Repository {
     ) -> Result<Self> {
         let location = storage.location();
         match storage.get(CONFIG_KEY).await {
-            Ok(_) => {
-                return Err(Error::RepoAlreadyInitialised {
-                    location,
-                    stanza: stanza.into(),
-                })
-            }
+            Ok(_) => return Err(Error::RepoAlreadyInitialised { location, stanza: stanza.into() }),
             Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {}
             Err(e) => return Err(e),
         }
@@ -116,9 +110,7 @@ impl Repository {
         let repository_id = hex::encode(crypto::random_bytes::<16>());
         let master = crypto::random_bytes::<KEY_LEN>();
         let slot = if opts.encrypted {
-            let pass = passphrase.ok_or_else(|| Error::PassphraseMissing {
-                location: location.clone(),
-            })?;
+            let pass = passphrase.ok_or_else(|| Error::PassphraseMissing { location: location.clone() })?;
             make_slot(pass, opts.kdf, &repository_id, &master).await?
         } else {
             KeySlot {
@@ -134,67 +126,43 @@ impl Repository {
             repository_id,
             created: now_rfc3339(),
             stanza: stanza.to_string(),
-            encryption: if opts.encrypted {
-                Encryption::Aes256Gcm
-            } else {
-                Encryption::None
-            },
+            encryption: if opts.encrypted { Encryption::Aes256Gcm } else { Encryption::None },
             chunk_id: "blake3-keyed".into(),
             compression: "zstd".into(),
             block_size: opts.block_size,
             pack_size: opts.pack_size,
             system_identifier: opts.system_identifier,
             pg_version: opts.pg_version,
+            wal_segment_size: opts.wal_segment_size,
         };
         let slot_key = format!("{KEYS_PREFIX}{}", hex::encode(crypto::random_bytes::<8>()));
-        storage
-            .put_new(
-                &slot_key,
-                Bytes::from(serde_json::to_vec_pretty(&slot).expect("serialisable")),
-            )
+        storage.put_new(&slot_key, Bytes::from(serde_json::to_vec_pretty(&slot).expect("serialisable"))).await?;
+        let repo = Self::with_master(storage, config, master);
+        repo.put_meta_bytes(KEYCHECK_KEY, repo.config.repository_id.as_bytes()).await?;
+        repo.storage
+            .put_new(CONFIG_KEY, Bytes::from(serde_json::to_vec_pretty(&repo.config).expect("serialisable")))
             .await?;
-        storage
-            .put_new(
-                CONFIG_KEY,
-                Bytes::from(serde_json::to_vec_pretty(&config).expect("serialisable")),
-            )
-            .await?;
-        Ok(Self::with_master(storage, config, master))
+        Ok(repo)
     }
 
     /// Open an initialised stanza, unlocking the master key with the passphrase.
-    pub async fn open(
-        storage: DynStorage,
-        stanza: &str,
-        passphrase: Option<&Secret>,
-    ) -> Result<Self> {
+    pub async fn open(storage: DynStorage, stanza: &str, passphrase: Option<&Secret>) -> Result<Self> {
         let location = storage.location();
         let raw = match storage.get(CONFIG_KEY).await {
             Ok(b) => b,
             Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {
-                return Err(Error::RepoNotInitialised {
-                    location,
-                    stanza: stanza.into(),
-                })
+                return Err(Error::RepoNotInitialised { location, stanza: stanza.into() })
             }
             Err(e) => return Err(e),
         };
         let config = parse_config(&location, &raw)?;
         let slots = storage.list(KEYS_PREFIX).await?;
         if slots.is_empty() {
-            return Err(Error::Corrupt {
-                what: format!("repository {location}"),
-                detail: "it has no key slot".into(),
-            });
+            return Err(Error::Corrupt { what: format!("repository {location}"), detail: "it has no key slot".into() });
         }
         for info in slots {
-            let slot: KeySlot =
-                serde_json::from_slice(&storage.get(&info.key).await?).map_err(|e| {
-                    Error::Corrupt {
-                        what: format!("key slot {}", info.key),
-                        detail: e.to_string(),
-                    }
-                })?;
+            let slot: KeySlot = serde_json::from_slice(&storage.get(&info.key).await?)
+                .map_err(|e| Error::Corrupt { what: format!("key slot {}", info.key), detail: e.to_string() })?;
             if let Some(master) = try_slot(&slot, passphrase, &config, &location).await? {
                 return Ok(Self::with_master(storage, config, master));
             }
@@ -202,19 +170,62 @@ impl Repository {
         Err(Error::WrongPassphrase { location })
     }
 
+    /// Open with a key file written by [`Repository::write_key_file`]: no key
+    /// derivation, for commands that run once per WAL segment.
+    pub async fn open_with_key_file(storage: DynStorage, stanza: &str, path: &std::path::Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let location = storage.location();
+        let config = match storage.get(CONFIG_KEY).await {
+            Ok(raw) => parse_config(&location, &raw)?,
+            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {
+                return Err(Error::RepoNotInitialised { location, stanza: stanza.into() })
+            }
+            Err(e) => return Err(e),
+        };
+        let bad = |detail: String| Error::Config(format!("key file {}: {detail}", path.display()));
+        let meta = std::fs::metadata(path)
+            .map_err(|e| bad(format!("{e}; create it with `pgcairn --stanza={stanza} key-file --output=PATH`")))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(bad("is accessible by group or others: chmod 600 it (it unlocks every backup)".into()));
+        }
+        let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let kf: KeyFile = serde_json::from_slice(&text).map_err(|e| bad(format!("not a pgcairn key file ({e})")))?;
+        if kf.repository_id != config.repository_id {
+            return Err(bad(format!(
+                "belongs to repository {}, not to {location} ({})",
+                kf.repository_id, config.repository_id
+            )));
+        }
+        let master: [u8; KEY_LEN] = B64
+            .decode(&kf.master_key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| bad("bad key encoding".into()))?;
+        let repo = Self::with_master(storage, config, master);
+        match repo.get_meta_bytes(KEYCHECK_KEY).await {
+            Ok(v) if v == repo.config.repository_id.as_bytes() => Ok(repo),
+            Ok(_) | Err(Error::Corrupt { .. }) => Err(bad("its key does not open this repository".into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write the unwrapped master key to `path` (create-only, mode 0600).
+    pub fn write_key_file(&self, path: &std::path::Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let kf = KeyFile { repository_id: self.config.repository_id.clone(), master_key: B64.encode(self.master) };
+        let ctx = |e: std::io::Error| Error::io(format!("cannot write key file {}", path.display()), e);
+        let mut f = crate::fsutil::DurableFile::create(path).map_err(ctx)?;
+        f.file().set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(ctx)?;
+        f.file().write_all(&serde_json::to_vec_pretty(&kf).expect("serialisable")).map_err(ctx)?;
+        f.commit(crate::fsutil::Commit::CreateOnly).map_err(ctx)
+    }
+
     fn with_master(storage: DynStorage, config: RepoConfig, master: [u8; KEY_LEN]) -> Self {
         let chunk_key = crypto::derive_subkey(&master, INFO_CHUNK_ID);
-        let meta = match config.encryption {
-            Encryption::Aes256Gcm => Cipher::aes(&crypto::derive_subkey(&master, INFO_METADATA)),
-            Encryption::None => Cipher::Plain,
-        };
-        Self {
-            storage,
-            config,
-            master,
-            chunk_key,
-            meta,
-        }
+        let mut repo = Self { storage, config, master, chunk_key, meta: Cipher::Plain };
+        repo.meta = repo.purpose_cipher(INFO_METADATA);
+        repo
     }
 
     pub fn storage(&self) -> &DynStorage {
@@ -230,16 +241,17 @@ impl Repository {
         &self.chunk_key
     }
 
-    /// The AEAD for packs written under `key_id`.
-    pub fn data_cipher(&self, key_id: &[u8; 16]) -> Cipher {
+    /// The AEAD for one purpose (`info`), or none in an unencrypted stanza.
+    fn purpose_cipher(&self, info: &[u8]) -> Cipher {
         match self.config.encryption {
             Encryption::None => Cipher::Plain,
-            Encryption::Aes256Gcm => {
-                let mut info = INFO_DATA_PREFIX.to_vec();
-                info.extend_from_slice(key_id);
-                Cipher::aes(&crypto::derive_subkey(&self.master, &info))
-            }
+            Encryption::Aes256Gcm => Cipher::aes(&crypto::derive_subkey(&self.master, info)),
         }
+    }
+
+    /// The AEAD for packs written under `key_id`.
+    pub fn data_cipher(&self, key_id: &[u8; 16]) -> Cipher {
+        self.purpose_cipher(&[INFO_DATA_PREFIX, key_id].concat())
     }
 
     /// Write a metadata object: JSON → zstd → sealed with the object key as AAD.
@@ -249,9 +261,7 @@ impl Repository {
     }
 
     pub async fn put_meta_bytes(&self, key: &str, plain: &[u8]) -> Result<()> {
-        let sealed = self
-            .meta
-            .seal(meta_aad(key).as_bytes(), &blob::compress(3, plain));
+        let sealed = self.meta.seal(meta_aad(key).as_bytes(), &blob::compress(3, plain));
         self.storage.put_new(key, Bytes::from(sealed)).await
     }
 
@@ -260,22 +270,15 @@ impl Repository {
         let compressed = self
             .meta
             .open(meta_aad(key).as_bytes(), &sealed)
-            .map_err(|e| Error::Corrupt {
-                what: format!("repository object {key}"),
-                detail: e.to_string(),
-            })?;
-        zstd::stream::decode_all(&compressed[..]).map_err(|e| Error::Corrupt {
-            what: format!("repository object {key}"),
-            detail: format!("zstd: {e}"),
-        })
+            .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: e.to_string() })?;
+        zstd::stream::decode_all(&compressed[..])
+            .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: format!("zstd: {e}") })
     }
 
     pub async fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
         let plain = self.get_meta_bytes(key).await?;
-        serde_json::from_slice(&plain).map_err(|e| Error::Corrupt {
-            what: format!("repository object {key}"),
-            detail: e.to_string(),
-        })
+        serde_json::from_slice(&plain)
+            .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: e.to_string() })
     }
 
     /// Every chunk the repository holds, from all index objects.
@@ -314,28 +317,19 @@ impl Repository {
             .list(BACKUP_PREFIX)
             .await?
             .into_iter()
-            .filter_map(|o| {
-                o.key
-                    .strip_prefix(BACKUP_PREFIX)?
-                    .strip_suffix("/manifest")
-                    .map(str::to_string)
-            })
+            .filter_map(|o| o.key.strip_prefix(BACKUP_PREFIX)?.strip_suffix("/manifest").map(str::to_string))
             .collect();
         labels.sort();
         Ok(labels)
     }
 
     pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
-        let m: Manifest =
-            self.get_meta(&manifest_key(label))
-                .await
-                .map_err(|e| match e.storage_kind() {
-                    Some(StorageErrorKind::NotFound) => Error::BackupNotFound {
-                        stanza: self.config.stanza.clone(),
-                        label: label.to_string(),
-                    },
-                    _ => e,
-                })?;
+        let m: Manifest = self.get_meta(&manifest_key(label)).await.map_err(|e| match e.storage_kind() {
+            Some(StorageErrorKind::NotFound) => {
+                Error::BackupNotFound { stanza: self.config.stanza.clone(), label: label.to_string() }
+            }
+            _ => e,
+        })?;
         if m.format_version != FORMAT_VERSION {
             return Err(Error::UnsupportedFormat {
                 location: format!("backup {label} in {}", self.location()),
@@ -347,22 +341,23 @@ impl Repository {
     }
 }
 
+/// The key file: the unwrapped master key, for hot paths (see docs/config.md).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyFile {
+    repository_id: String,
+    master_key: String,
+}
+
 fn meta_aad(key: &str) -> String {
     format!("{AAD_METADATA_PREFIX}{key}")
 }
 
 fn parse_config(location: &str, raw: &[u8]) -> Result<RepoConfig> {
-    let corrupt = |detail: String| Error::Corrupt {
-        what: format!("repository config in {location}"),
-        detail,
-    };
+    let corrupt = |detail: String| Error::Corrupt { what: format!("repository config in {location}"), detail };
     // Read the version before anything else so a future format is refused by
     // version, not by a confusing parse error.
     let v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| corrupt(e.to_string()))?;
-    let found = v
-        .get("format_version")
-        .and_then(|x| x.as_u64())
-        .ok_or_else(|| corrupt("no format_version".into()))?;
+    let found = v.get("format_version").and_then(|x| x.as_u64()).ok_or_else(|| corrupt("no format_version".into()))?;
     if found != FORMAT_VERSION as u64 {
         return Err(Error::UnsupportedFormat {
             location: location.to_string(),
@@ -373,20 +368,13 @@ fn parse_config(location: &str, raw: &[u8]) -> Result<RepoConfig> {
     serde_json::from_value(v).map_err(|e| corrupt(e.to_string()))
 }
 
-async fn make_slot(
-    pass: &Secret,
-    kdf: KeySlotKdf,
-    repository_id: &str,
-    master: &[u8; KEY_LEN],
-) -> Result<KeySlot> {
+async fn make_slot(pass: &Secret, kdf: KeySlotKdf, repository_id: &str, master: &[u8; KEY_LEN]) -> Result<KeySlot> {
     let salt = crypto::random_bytes::<16>();
     let pass = pass.clone();
-    let kek = tokio::task::spawn_blocking(move || {
-        crypto::derive_kek(pass.expose().as_bytes(), &salt, kdf)
-    })
-    .await
-    .map_err(|e| Error::Other(e.to_string()))?
-    .map_err(|e| Error::Config(format!("cannot derive the key from the passphrase: {e}")))?;
+    let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, kdf))
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(|e| Error::Config(format!("cannot derive the key from the passphrase: {e}")))?;
     let aad = format!("{AAD_KEYSLOT_PREFIX}{repository_id}");
     let sealed = Cipher::aes(&kek).seal(aad.as_bytes(), master);
     Ok(KeySlot {
@@ -404,46 +392,27 @@ async fn try_slot(
     config: &RepoConfig,
     location: &str,
 ) -> Result<Option<[u8; KEY_LEN]>> {
-    let corrupt = |d: String| Error::Corrupt {
-        what: format!("key slot in {location}"),
-        detail: d,
-    };
+    let corrupt = |d: String| Error::Corrupt { what: format!("key slot in {location}"), detail: d };
     let decode = |s: &str| B64.decode(s).map_err(|e| corrupt(e.to_string()));
     match slot.kdf.as_str() {
         "none" => {
             if config.encryption != Encryption::None {
                 return Err(corrupt("plain key slot in an encrypted repository".into()));
             }
-            Ok(Some(
-                decode(&slot.key)?
-                    .try_into()
-                    .map_err(|_| corrupt("bad key length".into()))?,
-            ))
+            Ok(Some(decode(&slot.key)?.try_into().map_err(|_| corrupt("bad key length".into()))?))
         }
         "argon2id" => {
-            let pass = passphrase
-                .ok_or_else(|| Error::PassphraseMissing {
-                    location: location.to_string(),
-                })?
-                .clone();
-            let params = slot
-                .kdf_params
-                .ok_or_else(|| corrupt("argon2id slot without parameters".into()))?;
+            let pass = passphrase.ok_or_else(|| Error::PassphraseMissing { location: location.to_string() })?.clone();
+            let params = slot.kdf_params.ok_or_else(|| corrupt("argon2id slot without parameters".into()))?;
             let salt = decode(&slot.salt)?;
             let sealed = decode(&slot.key)?;
-            let kek = tokio::task::spawn_blocking(move || {
-                crypto::derive_kek(pass.expose().as_bytes(), &salt, params)
-            })
-            .await
-            .map_err(|e| Error::Other(e.to_string()))?
-            .map_err(|e| corrupt(e.to_string()))?;
+            let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, params))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?
+                .map_err(|e| corrupt(e.to_string()))?;
             let aad = format!("{AAD_KEYSLOT_PREFIX}{}", config.repository_id);
             match Cipher::aes(&kek).open(aad.as_bytes(), &sealed) {
-                Ok(master) => Ok(Some(
-                    master
-                        .try_into()
-                        .map_err(|_| corrupt("bad key length".into()))?,
-                )),
+                Ok(master) => Ok(Some(master.try_into().map_err(|_| corrupt("bad key length".into()))?)),
                 Err(_) => Ok(None),
             }
         }
@@ -452,7 +421,7 @@ async fn try_slot(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::storage::memory::MemoryStorage;
 
@@ -461,37 +430,53 @@ mod tests {
             encrypted,
             block_size: DEFAULT_BLOCK_SIZE,
             pack_size: DEFAULT_PACK_SIZE,
-            kdf: KeySlotKdf {
-                m_cost: 256,
-                t_cost: 1,
-                p_cost: 1,
-            },
+            kdf: KeySlotKdf { m_cost: 256, t_cost: 1, p_cost: 1 },
             system_identifier: 42,
             pg_version: 170000,
+            wal_segment_size: 16 << 20,
         }
+    }
+
+    pub(crate) async fn test_repo(encrypted: bool) -> (Arc<MemoryStorage>, Repository) {
+        let mem = Arc::new(MemoryStorage::new());
+        let r = Repository::create(mem.clone(), "main", Some(&Secret::new("pw")), opts(encrypted)).await.unwrap();
+        (mem, r)
     }
 
     #[tokio::test]
     async fn create_open_and_wrong_passphrase() {
         let s: DynStorage = Arc::new(MemoryStorage::new());
         let pw = Secret::new("correct horse");
-        Repository::create(s.clone(), "main", Some(&pw), opts(true))
-            .await
-            .unwrap();
-        let r = Repository::open(s.clone(), "main", Some(&pw))
-            .await
-            .unwrap();
+        Repository::create(s.clone(), "main", Some(&pw), opts(true)).await.unwrap();
+        let r = Repository::open(s.clone(), "main", Some(&pw)).await.unwrap();
         assert_eq!(r.config().system_identifier, 42);
-        let err = Repository::open(s.clone(), "main", Some(&Secret::new("wrong")))
-            .await
-            .unwrap_err();
+        let err = Repository::open(s.clone(), "main", Some(&Secret::new("wrong"))).await.unwrap_err();
         assert!(matches!(err, Error::WrongPassphrase { .. }), "{err}");
         let err = Repository::open(s.clone(), "main", None).await.unwrap_err();
         assert!(matches!(err, Error::PassphraseMissing { .. }), "{err}");
-        let err = Repository::create(s, "main", Some(&pw), opts(true))
-            .await
-            .unwrap_err();
+        let err = Repository::create(s, "main", Some(&pw), opts(true)).await.unwrap_err();
         assert!(matches!(err, Error::RepoAlreadyInitialised { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn key_file_opens_only_its_repository() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s: DynStorage = Arc::new(MemoryStorage::new());
+        let r = Repository::create(s.clone(), "main", Some(&Secret::new("pw")), opts(true)).await.unwrap();
+        let kf = dir.path().join("key");
+        r.write_key_file(&kf).unwrap();
+        assert_eq!(std::fs::metadata(&kf).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(r.write_key_file(&kf).is_err(), "key file is create-only");
+        let r2 = Repository::open_with_key_file(s.clone(), "main", &kf).await.unwrap();
+        assert_eq!(r2.config().repository_id, r.config().repository_id);
+        let other: DynStorage = Arc::new(MemoryStorage::new());
+        Repository::create(other.clone(), "main", Some(&Secret::new("pw")), opts(true)).await.unwrap();
+        let err = Repository::open_with_key_file(other, "main", &kf).await.unwrap_err();
+        assert!(err.to_string().contains("belongs to repository"), "{err}");
+        std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Repository::open_with_key_file(s, "main", &kf).await.unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 
     #[tokio::test]
@@ -500,44 +485,25 @@ mod tests {
         let s: DynStorage = mem.clone();
         let err = Repository::open(s.clone(), "main", None).await.unwrap_err();
         assert!(matches!(err, Error::RepoNotInitialised { .. }), "{err}");
-        Repository::create(s.clone(), "main", None, opts(false))
-            .await
-            .unwrap();
-        let mut cfg: serde_json::Value =
-            serde_json::from_slice(&s.get(CONFIG_KEY).await.unwrap()).unwrap();
+        Repository::create(s.clone(), "main", None, opts(false)).await.unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_slice(&s.get(CONFIG_KEY).await.unwrap()).unwrap();
         cfg["format_version"] = 99.into();
         mem.overwrite(CONFIG_KEY, Bytes::from(serde_json::to_vec(&cfg).unwrap()));
         let err = Repository::open(s, "main", None).await.unwrap_err();
-        assert!(
-            matches!(err, Error::UnsupportedFormat { found: 99, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, Error::UnsupportedFormat { found: 99, .. }), "{err}");
     }
 
     #[tokio::test]
     async fn metadata_is_sealed_and_bound_to_its_key() {
         let mem = Arc::new(MemoryStorage::new());
         let s: DynStorage = mem.clone();
-        let r = Repository::create(s.clone(), "main", Some(&Secret::new("pw")), opts(true))
-            .await
-            .unwrap();
-        r.put_meta_bytes("index/a", b"secret-index-content")
-            .await
-            .unwrap();
+        let r = Repository::create(s.clone(), "main", Some(&Secret::new("pw")), opts(true)).await.unwrap();
+        r.put_meta_bytes("index/a", b"secret-index-content").await.unwrap();
         let raw = s.get("index/a").await.unwrap();
-        assert!(
-            !raw.windows(6).any(|w| w == b"secret"),
-            "plaintext visible in object"
-        );
-        assert_eq!(
-            r.get_meta_bytes("index/a").await.unwrap(),
-            b"secret-index-content"
-        );
+        assert!(!raw.windows(6).any(|w| w == b"secret"), "plaintext visible in object");
+        assert_eq!(r.get_meta_bytes("index/a").await.unwrap(), b"secret-index-content");
         // The same bytes under another name fail authentication.
         mem.overwrite("index/b", raw);
-        assert!(matches!(
-            r.get_meta_bytes("index/b").await.unwrap_err(),
-            Error::Corrupt { .. }
-        ));
+        assert!(matches!(r.get_meta_bytes("index/b").await.unwrap_err(), Error::Corrupt { .. }));
     }
 }

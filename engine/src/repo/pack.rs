@@ -15,20 +15,11 @@ impl PackWriter {
         let mut buf = BytesMut::with_capacity(capacity + 1024 * 1024);
         buf.put_slice(PACK_MAGIC);
         buf.put_slice(&key_id);
-        Self {
-            key_id,
-            buf,
-            blobs: Vec::new(),
-        }
+        Self { key_id, buf, blobs: Vec::new() }
     }
 
     pub fn add(&mut self, id: ChunkId, raw_length: u32, sealed: &[u8]) {
-        self.blobs.push(IndexBlob {
-            id,
-            offset: self.buf.len() as u64,
-            length: sealed.len() as u32,
-            raw_length,
-        });
+        self.blobs.push(IndexBlob { id, offset: self.buf.len() as u64, length: sealed.len() as u32, raw_length });
         self.buf.put_slice(sealed);
     }
 
@@ -44,15 +35,7 @@ impl PackWriter {
     pub fn finish(self) -> (Bytes, IndexPack) {
         let id = hex::encode(crate::crypto::random_bytes::<32>());
         let size = self.buf.len() as u64;
-        (
-            self.buf.freeze(),
-            IndexPack {
-                id,
-                key_id: hex::encode(self.key_id),
-                size,
-                blobs: self.blobs,
-            },
-        )
+        (self.buf.freeze(), IndexPack { id, key_id: hex::encode(self.key_id), size, blobs: self.blobs })
     }
 
     pub fn key_id(&self) -> [u8; PACK_KEY_ID_LEN] {
@@ -80,10 +63,7 @@ mod tests {
         let (bytes, idx) = w.finish();
         assert_eq!(parse_header(&bytes), Some([7; 16]));
         for (b, want) in idx.blobs.iter().zip([&b"aaaa"[..], &b"bbbbbb"[..]]) {
-            assert_eq!(
-                &bytes[b.offset as usize..(b.offset + b.length as u64) as usize],
-                want
-            );
+            assert_eq!(&bytes[b.offset as usize..(b.offset + b.length as u64) as usize], want);
         }
         assert_eq!(idx.size, bytes.len() as u64);
         assert_eq!(idx.id.len(), 64);

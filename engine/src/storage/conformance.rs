@@ -10,58 +10,24 @@ pub async fn run(s: &dyn Storage) {
     let data = Bytes::from((0..=255u8).cycle().take(100_000).collect::<Vec<u8>>());
 
     // create-only put, get, ranged get
-    s.put_new("a/b/obj1", data.clone())
-        .await
-        .expect("put_new of a new key");
-    assert_eq!(
-        s.get("a/b/obj1").await.unwrap(),
-        data,
-        "get returns what was put"
-    );
-    assert_eq!(
-        s.get_range("a/b/obj1", 10..20).await.unwrap(),
-        data.slice(10..20)
-    );
-    assert_eq!(
-        s.get_range("a/b/obj1", 99_990..100_000).await.unwrap(),
-        data.slice(99_990..)
-    );
+    s.put_new("a/b/obj1", data.clone()).await.expect("put_new of a new key");
+    assert_eq!(s.get("a/b/obj1").await.unwrap(), data, "get returns what was put");
+    assert_eq!(s.get_range("a/b/obj1", 10..20).await.unwrap(), data.slice(10..20));
+    assert_eq!(s.get_range("a/b/obj1", 99_990..100_000).await.unwrap(), data.slice(99_990..));
 
     // a second put never overwrites
-    let err = s
-        .put_new("a/b/obj1", Bytes::from_static(b"other"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.storage_kind(),
-        Some(StorageErrorKind::AlreadyExists),
-        "second put: {err}"
-    );
-    assert_eq!(
-        s.get("a/b/obj1").await.unwrap(),
-        data,
-        "existing object untouched"
-    );
+    let err = s.put_new("a/b/obj1", Bytes::from_static(b"other")).await.unwrap_err();
+    assert_eq!(err.storage_kind(), Some(StorageErrorKind::AlreadyExists), "second put: {err}");
+    assert_eq!(s.get("a/b/obj1").await.unwrap(), data, "existing object untouched");
 
     // missing objects
     let err = s.get("a/missing").await.unwrap_err();
-    assert_eq!(
-        err.storage_kind(),
-        Some(StorageErrorKind::NotFound),
-        "get missing: {err}"
-    );
+    assert_eq!(err.storage_kind(), Some(StorageErrorKind::NotFound), "get missing: {err}");
     let err = s.get_range("a/missing", 0..1).await.unwrap_err();
-    assert_eq!(
-        err.storage_kind(),
-        Some(StorageErrorKind::NotFound),
-        "get_range missing: {err}"
-    );
+    assert_eq!(err.storage_kind(), Some(StorageErrorKind::NotFound), "get_range missing: {err}");
 
     // a range past the end is an error, not a short read
-    assert!(
-        s.get_range("a/b/obj1", 99_990..100_010).await.is_err(),
-        "range past the end must fail"
-    );
+    assert!(s.get_range("a/b/obj1", 99_990..100_010).await.is_err(), "range past the end must fail");
 
     // empty objects
     s.put_new("a/empty", Bytes::new()).await.unwrap();
@@ -70,34 +36,18 @@ pub async fn run(s: &dyn Storage) {
     // list: recursive, sorted, with sizes, prefix-filtered
     s.put_new("a/c", Bytes::from_static(b"xyz")).await.unwrap();
     s.put_new("b/d", Bytes::from_static(b"q")).await.unwrap();
-    let keys: Vec<(String, u64)> = s
-        .list("a/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| (o.key, o.size))
-        .collect();
+    let keys: Vec<(String, u64)> = s.list("a/").await.unwrap().into_iter().map(|o| (o.key, o.size)).collect();
     assert_eq!(
         keys,
-        vec![
-            ("a/b/obj1".to_string(), 100_000),
-            ("a/c".to_string(), 3),
-            ("a/empty".to_string(), 0)
-        ],
+        vec![("a/b/obj1".to_string(), 100_000), ("a/c".to_string(), 3), ("a/empty".to_string(), 0)],
         "list a/"
     );
-    assert!(
-        s.list("zz/").await.unwrap().is_empty(),
-        "list of an absent prefix is empty"
-    );
+    assert!(s.list("zz/").await.unwrap().is_empty(), "list of an absent prefix is empty");
 
     // delete, idempotent
     s.delete("a/c").await.unwrap();
     s.delete("a/c").await.unwrap();
-    assert_eq!(
-        s.get("a/c").await.unwrap_err().storage_kind(),
-        Some(StorageErrorKind::NotFound)
-    );
+    assert_eq!(s.get("a/c").await.unwrap_err().storage_kind(), Some(StorageErrorKind::NotFound));
 }
 
 /// Concurrent create-only puts of one key: exactly one wins. AWS S3 and the local
@@ -106,14 +56,7 @@ pub async fn run(s: &dyn Storage) {
 pub async fn run_concurrent_create(s: &dyn Storage) {
     let puts = (0..8u8).map(|i| s.put_new("race", Bytes::from(vec![i; 1000])));
     let results = futures::future::join_all(puts).await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "exactly one concurrent put wins"
-    );
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "exactly one concurrent put wins");
     let winner = s.get("race").await.unwrap();
-    assert!(
-        winner.iter().all(|b| *b == winner[0]) && winner.len() == 1000,
-        "winner's bytes intact"
-    );
+    assert!(winner.iter().all(|b| *b == winner[0]) && winner.len() == 1000, "winner's bytes intact");
 }

@@ -25,11 +25,7 @@ pub struct FaultStorage {
 
 impl FaultStorage {
     pub fn new(inner: DynStorage) -> Self {
-        Self {
-            inner,
-            failing_puts: Mutex::new((0, StorageErrorKind::Transient)),
-            corrupt_prefix: Mutex::new(None),
-        }
+        Self { inner, failing_puts: Mutex::new((0, StorageErrorKind::Transient)), corrupt_prefix: Mutex::new(None) }
     }
 
     pub fn inject(&self, fault: Fault) {

@@ -31,18 +31,14 @@ fn map_io(op: &'static str, key: &str, e: std::io::Error) -> crate::Error {
     let kind = match e.kind() {
         std::io::ErrorKind::NotFound => StorageErrorKind::NotFound,
         std::io::ErrorKind::AlreadyExists => StorageErrorKind::AlreadyExists,
-        std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut => {
-            StorageErrorKind::Transient
-        }
+        std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut => StorageErrorKind::Transient,
         _ => StorageErrorKind::Permanent,
     };
     storage_error(op, key, kind, e.to_string())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| crate::Error::Other(format!("blocking task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| crate::Error::Other(format!("blocking task failed: {e}")))?
 }
 
 fn list_into(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
@@ -61,16 +57,8 @@ fn list_into(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Res
         if ft.is_dir() {
             list_into(root, &entry.path(), out)?;
         } else if ft.is_file() {
-            let rel = entry
-                .path()
-                .strip_prefix(root)
-                .expect("below root")
-                .to_string_lossy()
-                .into_owned();
-            out.push(ObjectInfo {
-                key: rel,
-                size: entry.metadata()?.len(),
-            });
+            let rel = entry.path().strip_prefix(root).expect("below root").to_string_lossy().into_owned();
+            out.push(ObjectInfo { key: rel, size: entry.metadata()?.len() });
         }
     }
     Ok(())
@@ -89,8 +77,7 @@ impl Storage for LocalStorage {
             if let Some(parent) = path.parent() {
                 fsutil::create_dir_all_durable(parent).map_err(|e| map_io("put", &key, e))?;
             }
-            fsutil::write_file(&path, &data, fsutil::Commit::CreateOnly)
-                .map_err(|e| map_io("put", &key, e))
+            fsutil::write_file(&path, &data, fsutil::Commit::CreateOnly).map_err(|e| map_io("put", &key, e))
         })
         .await
     }
@@ -98,12 +85,7 @@ impl Storage for LocalStorage {
     async fn get(&self, key: &str) -> Result<Bytes> {
         let path = self.path(key);
         let key = key.to_string();
-        blocking(move || {
-            std::fs::read(&path)
-                .map(Bytes::from)
-                .map_err(|e| map_io("get", &key, e))
-        })
-        .await
+        blocking(move || std::fs::read(&path).map(Bytes::from).map_err(|e| map_io("get", &key, e))).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
@@ -117,15 +99,11 @@ impl Storage for LocalStorage {
                     "get",
                     &key,
                     StorageErrorKind::Permanent,
-                    format!(
-                        "range {}..{} is outside the object ({len} bytes)",
-                        range.start, range.end
-                    ),
+                    format!("range {}..{} is outside the object ({len} bytes)", range.start, range.end),
                 ));
             }
             let mut buf = vec![0u8; (range.end - range.start) as usize];
-            f.seek(SeekFrom::Start(range.start))
-                .map_err(|e| map_io("get", &key, e))?;
+            f.seek(SeekFrom::Start(range.start)).map_err(|e| map_io("get", &key, e))?;
             f.read_exact(&mut buf).map_err(|e| map_io("get", &key, e))?;
             Ok(Bytes::from(buf))
         })
@@ -142,8 +120,7 @@ impl Storage for LocalStorage {
                 None => "",
             };
             let mut out = Vec::new();
-            list_into(&root, &root.join(dir_part), &mut out)
-                .map_err(|e| map_io("list", &prefix, e))?;
+            list_into(&root, &root.join(dir_part), &mut out).map_err(|e| map_io("list", &prefix, e))?;
             out.retain(|o| o.key.starts_with(&prefix));
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)

@@ -34,12 +34,7 @@ impl Storage for MemoryStorage {
     async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
         let mut map = self.objects.lock().unwrap();
         if map.contains_key(key) {
-            return Err(storage_error(
-                "put",
-                key,
-                StorageErrorKind::AlreadyExists,
-                "object exists",
-            ));
+            return Err(storage_error("put", key, StorageErrorKind::AlreadyExists, "object exists"));
         }
         map.insert(key.to_string(), data);
         Ok(())
@@ -57,12 +52,7 @@ impl Storage for MemoryStorage {
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let data = self.get(key).await?;
         if range.end > data.len() as u64 || range.start > range.end {
-            return Err(storage_error(
-                "get",
-                key,
-                StorageErrorKind::Permanent,
-                "range outside the object",
-            ));
+            return Err(storage_error("get", key, StorageErrorKind::Permanent, "range outside the object"));
         }
         Ok(data.slice(range.start as usize..range.end as usize))
     }
@@ -74,10 +64,7 @@ impl Storage for MemoryStorage {
             .unwrap()
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| ObjectInfo {
-                key: k.clone(),
-                size: v.len() as u64,
-            })
+            .map(|(k, v)| ObjectInfo { key: k.clone(), size: v.len() as u64 })
             .collect())
     }
 

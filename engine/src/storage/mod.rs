@@ -54,18 +54,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
 pub type DynStorage = Arc<dyn Storage>;
 
-pub(crate) fn storage_error(
-    op: &'static str,
-    key: &str,
-    kind: StorageErrorKind,
-    detail: impl Into<String>,
-) -> Error {
-    Error::Storage {
-        op,
-        key: key.to_string(),
-        kind,
-        detail: detail.into(),
-    }
+pub(crate) fn storage_error(op: &'static str, key: &str, kind: StorageErrorKind, detail: impl Into<String>) -> Error {
+    Error::Storage { op, key: key.to_string(), kind, detail: detail.into() }
 }
 
 /// Where a repository lives: parsed from the `repo` setting.
@@ -81,14 +71,9 @@ impl RepoLocation {
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(Error::Config(format!(
-                    "repo {s} names no bucket: use s3://BUCKET/PREFIX"
-                )));
+                return Err(Error::Config(format!("repo {s} names no bucket: use s3://BUCKET/PREFIX")));
             }
-            return Ok(RepoLocation::S3 {
-                bucket: bucket.to_string(),
-                prefix: prefix.trim_matches('/').to_string(),
-            });
+            return Ok(RepoLocation::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() });
         }
         let path = match s.strip_prefix("file://") {
             Some(p) => p,
@@ -100,15 +85,11 @@ impl RepoLocation {
             None => s,
         };
         if path.is_empty() {
-            return Err(Error::Config(
-                "repo is empty: set `repo` to a path or s3://bucket/prefix".into(),
-            ));
+            return Err(Error::Config("repo is empty: set `repo` to a path or s3://bucket/prefix".into()));
         }
         let path = std::path::PathBuf::from(path);
         if !path.is_absolute() {
-            return Err(Error::Config(format!(
-                "repo {s} is a relative path: use an absolute path"
-            )));
+            return Err(Error::Config(format!("repo {s} is a relative path: use an absolute path")));
         }
         Ok(RepoLocation::Local(path))
     }
@@ -118,11 +99,7 @@ impl RepoLocation {
         let inner: DynStorage = match self {
             RepoLocation::Local(root) => Arc::new(local::LocalStorage::new(root.join(sub))),
             RepoLocation::S3 { bucket, prefix } => {
-                let full = if prefix.is_empty() {
-                    sub.to_string()
-                } else {
-                    format!("{prefix}/{sub}")
-                };
+                let full = if prefix.is_empty() { sub.to_string() } else { format!("{prefix}/{sub}") };
                 Arc::new(s3::S3Storage::new(bucket, &full, s3)?)
             }
         };
@@ -136,20 +113,11 @@ mod tests {
 
     #[test]
     fn parses_locations() {
-        assert_eq!(
-            RepoLocation::parse("/var/lib/r").unwrap(),
-            RepoLocation::Local("/var/lib/r".into())
-        );
-        assert_eq!(
-            RepoLocation::parse("file:///var/lib/r").unwrap(),
-            RepoLocation::Local("/var/lib/r".into())
-        );
+        assert_eq!(RepoLocation::parse("/var/lib/r").unwrap(), RepoLocation::Local("/var/lib/r".into()));
+        assert_eq!(RepoLocation::parse("file:///var/lib/r").unwrap(), RepoLocation::Local("/var/lib/r".into()));
         assert_eq!(
             RepoLocation::parse("s3://b/p/q/").unwrap(),
-            RepoLocation::S3 {
-                bucket: "b".into(),
-                prefix: "p/q".into()
-            }
+            RepoLocation::S3 { bucket: "b".into(), prefix: "p/q".into() }
         );
         assert!(RepoLocation::parse("relative/dir").is_err());
         assert!(RepoLocation::parse("gs://x").is_err());

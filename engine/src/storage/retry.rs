@@ -19,19 +19,11 @@ pub struct RetryStorage {
 
 impl RetryStorage {
     pub fn new(inner: DynStorage) -> Self {
-        Self {
-            inner,
-            attempts: 5,
-            first_delay: Duration::from_millis(100),
-        }
+        Self { inner, attempts: 5, first_delay: Duration::from_millis(100) }
     }
 
     pub fn with_policy(inner: DynStorage, attempts: u32, first_delay: Duration) -> Self {
-        Self {
-            inner,
-            attempts: attempts.max(1),
-            first_delay,
-        }
+        Self { inner, attempts: attempts.max(1), first_delay }
     }
 
     async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
@@ -84,22 +76,16 @@ impl Storage for RetryStorage {
         }
     }
     async fn get(&self, key: &str) -> Result<Bytes> {
-        self.run(&format!("get of {key}"), || self.inner.get(key))
-            .await
+        self.run(&format!("get of {key}"), || self.inner.get(key)).await
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        self.run(&format!("get of {key}"), || {
-            self.inner.get_range(key, range.clone())
-        })
-        .await
+        self.run(&format!("get of {key}"), || self.inner.get_range(key, range.clone())).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        self.run(&format!("list of {prefix}"), || self.inner.list(prefix))
-            .await
+        self.run(&format!("list of {prefix}"), || self.inner.list(prefix)).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
-        self.run(&format!("delete of {key}"), || self.inner.delete(key))
-            .await
+        self.run(&format!("delete of {key}"), || self.inner.delete(key)).await
     }
 }
 
@@ -115,10 +101,7 @@ mod tests {
     #[tokio::test]
     async fn retries_transient_then_succeeds() {
         let faulty = Arc::new(FaultStorage::new(Arc::new(MemoryStorage::new())));
-        faulty.inject(Fault::FailPuts {
-            count: 2,
-            kind: StorageErrorKind::Transient,
-        });
+        faulty.inject(Fault::FailPuts { count: 2, kind: StorageErrorKind::Transient });
         let s = RetryStorage::with_policy(faulty.clone(), 3, Duration::from_millis(1));
         s.put_new("k", Bytes::from_static(b"v")).await.unwrap();
         assert_eq!(s.get("k").await.unwrap(), Bytes::from_static(b"v"));
@@ -131,20 +114,11 @@ mod tests {
         let mem = Arc::new(MemoryStorage::new());
         mem.put_new("k", Bytes::from_static(b"v")).await.unwrap();
         let faulty = Arc::new(FaultStorage::new(mem));
-        faulty.inject(Fault::FailPuts {
-            count: 1,
-            kind: StorageErrorKind::Transient,
-        });
+        faulty.inject(Fault::FailPuts { count: 1, kind: StorageErrorKind::Transient });
         let s = RetryStorage::with_policy(faulty.clone(), 3, Duration::from_millis(1));
         s.put_new("k", Bytes::from_static(b"v")).await.unwrap();
-        faulty.inject(Fault::FailPuts {
-            count: 1,
-            kind: StorageErrorKind::Transient,
-        });
-        let err = s
-            .put_new("k", Bytes::from_static(b"other"))
-            .await
-            .unwrap_err();
+        faulty.inject(Fault::FailPuts { count: 1, kind: StorageErrorKind::Transient });
+        let err = s.put_new("k", Bytes::from_static(b"other")).await.unwrap_err();
         assert_eq!(err.storage_kind(), Some(StorageErrorKind::AlreadyExists));
         // Without a retry, "already exists" is always an error.
         assert!(s.put_new("k", Bytes::from_static(b"v")).await.is_err());
@@ -153,22 +127,12 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_attempts_and_never_retries_permanent() {
         let faulty = Arc::new(FaultStorage::new(Arc::new(MemoryStorage::new())));
-        faulty.inject(Fault::FailPuts {
-            count: 5,
-            kind: StorageErrorKind::Transient,
-        });
+        faulty.inject(Fault::FailPuts { count: 5, kind: StorageErrorKind::Transient });
         let s = RetryStorage::with_policy(faulty.clone(), 3, Duration::from_millis(1));
         assert!(s.put_new("k", Bytes::from_static(b"v")).await.is_err());
-        assert_eq!(
-            faulty.remaining_put_faults(),
-            2,
-            "three attempts consumed three faults"
-        );
+        assert_eq!(faulty.remaining_put_faults(), 2, "three attempts consumed three faults");
 
-        faulty.inject(Fault::FailPuts {
-            count: 1,
-            kind: StorageErrorKind::Permanent,
-        });
+        faulty.inject(Fault::FailPuts { count: 1, kind: StorageErrorKind::Permanent });
         assert!(s.put_new("k2", Bytes::from_static(b"v")).await.is_err());
         assert_eq!(faulty.remaining_put_faults(), 0);
         assert!(s.put_new("k2", Bytes::from_static(b"v")).await.is_ok());

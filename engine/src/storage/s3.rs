@@ -47,15 +47,11 @@ impl S3Storage {
             }
         }
         if let Some((id, secret)) = &settings.credentials {
-            b = b
-                .with_access_key_id(id)
-                .with_secret_access_key(secret.expose());
+            b = b.with_access_key_id(id).with_secret_access_key(secret.expose());
         }
         if let Some(r) = &settings.region {
             b = b.with_region(r);
-        } else if std::env::var("AWS_REGION").is_err()
-            && std::env::var("AWS_DEFAULT_REGION").is_err()
-        {
+        } else if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
             b = b.with_region("us-east-1");
         }
         let store = b.build().map_err(|e| {
@@ -63,11 +59,7 @@ impl S3Storage {
                 "cannot set up s3 repository s3://{bucket}/{prefix}: {e}; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and, for a non-AWS server, AWS_ENDPOINT_URL"
             ))
         })?;
-        Ok(Self {
-            store: Arc::new(store),
-            bucket: bucket.to_string(),
-            prefix: prefix.trim_matches('/').to_string(),
-        })
+        Ok(Self { store: Arc::new(store), bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() })
     }
 
     fn path(&self, key: &str) -> OsPath {
@@ -84,10 +76,9 @@ fn map_err(op: &'static str, key: &str, e: object_store::Error) -> Error {
     let kind = match &e {
         E::NotFound { .. } => StorageErrorKind::NotFound,
         E::AlreadyExists { .. } | E::Precondition { .. } => StorageErrorKind::AlreadyExists,
-        E::NotSupported { .. }
-        | E::NotImplemented
-        | E::PermissionDenied { .. }
-        | E::Unauthenticated { .. } => StorageErrorKind::Permanent,
+        E::NotSupported { .. } | E::NotImplemented | E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+            StorageErrorKind::Permanent
+        }
         // object_store already retried requests internally; what is left may still
         // be a passing network or throttling fault.
         _ => StorageErrorKind::Transient,
@@ -102,33 +93,19 @@ impl Storage for S3Storage {
     }
 
     async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        self.store
-            .put_opts(&self.path(key), PutPayload::from(data), opts)
-            .await
-            .map_err(|e| map_err("put", key, e))?;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        self.store.put_opts(&self.path(key), PutPayload::from(data), opts).await.map_err(|e| map_err("put", key, e))?;
         Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
-        let r = self
-            .store
-            .get(&self.path(key))
-            .await
-            .map_err(|e| map_err("get", key, e))?;
+        let r = self.store.get(&self.path(key)).await.map_err(|e| map_err("get", key, e))?;
         r.bytes().await.map_err(|e| map_err("get", key, e))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let want = range.end - range.start;
-        let data = self
-            .store
-            .get_range(&self.path(key), range)
-            .await
-            .map_err(|e| map_err("get", key, e))?;
+        let data = self.store.get_range(&self.path(key), range).await.map_err(|e| map_err("get", key, e))?;
         if data.len() as u64 != want {
             return Err(storage_error(
                 "get",
@@ -146,25 +123,16 @@ impl Storage for S3Storage {
             Some(i) => &prefix[..i],
             None => "",
         };
-        let root = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let root = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
         let list_path = self.path(dir);
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&list_path))
-            .try_collect()
-            .await
-            .map_err(|e| map_err("list", prefix, e))?;
+        let metas: Vec<_> =
+            self.store.list(Some(&list_path)).try_collect().await.map_err(|e| map_err("list", prefix, e))?;
         let mut out: Vec<ObjectInfo> = metas
             .into_iter()
             .filter_map(|m| {
                 let full = m.location.to_string();
                 let key = full.strip_prefix(&root).unwrap_or(&full).to_string();
-                key.starts_with(prefix)
-                    .then_some(ObjectInfo { key, size: m.size })
+                key.starts_with(prefix).then_some(ObjectInfo { key, size: m.size })
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));

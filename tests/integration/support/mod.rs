@@ -27,9 +27,7 @@ use std::sync::{Mutex, OnceLock};
 
 /// Root of all test directories; must be traversable by the `postgres` user.
 pub fn test_root() -> PathBuf {
-    std::env::var_os("PGCAIRN_TEST_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/pgcairn-tests"))
+    std::env::var_os("PGCAIRN_TEST_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/pgcairn-tests"))
 }
 
 /// A new, empty directory `<root>/<prefix>-<pid>-<n>`, mode 0755 and (when root) owned by
@@ -38,8 +36,7 @@ pub fn test_root() -> PathBuf {
 pub fn unique_dir(prefix: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let root = test_root();
-    std::fs::create_dir_all(&root)
-        .unwrap_or_else(|e| panic!("cannot create test root {}: {e}", root.display()));
+    std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("cannot create test root {}: {e}", root.display()));
     // Best effort: the root may belong to someone else, which is fine if it is traversable.
     let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755));
     loop {
@@ -96,13 +93,7 @@ pub fn is_root() -> bool {
 /// server runs as the current user, who already owns what it created).
 pub fn chown_to_postgres(path: &Path) {
     if is_root() {
-        run(
-            Command::new("chown")
-                .arg("-R")
-                .arg("postgres:postgres")
-                .arg(path),
-            "chown to postgres",
-        );
+        run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(path), "chown to postgres");
     }
 }
 
@@ -113,10 +104,8 @@ pub fn free_port() -> u16 {
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let handed_out = handed_out.get_or_insert_with(HashSet::new);
     loop {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
+        let port =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port();
         if handed_out.insert(port) {
             return port;
         }
@@ -125,9 +114,7 @@ pub fn free_port() -> u16 {
 
 /// Runs a command to completion; panics with its output unless it succeeded.
 pub fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{what} failed ({}): {cmd:?}\n--- stdout\n{}\n--- stderr\n{}",

@@ -40,29 +40,21 @@ impl PgVersion {
     /// Directory holding initdb, pg_ctl and postgres; panics (with the fix) when missing.
     pub fn bin_dir(self) -> PathBuf {
         let (dir, fix) = match self {
-            Self::V15 => (
-                PathBuf::from(DEBIAN_15_BIN),
-                "apt-get install -y postgresql-15 (as .ci/run does)".to_string(),
-            ),
+            Self::V15 => {
+                (PathBuf::from(DEBIAN_15_BIN), "apt-get install -y postgresql-15 (as .ci/run does)".to_string())
+            }
             _ => {
                 let cache = std::env::var_os("PGCAIRN_TEST_PG_CACHE")
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from("/var/tmp/pgcairn-cache"));
                 (
                     cache.join(format!("pg{}/native/bin", self.major())),
-                    format!(
-                        "scripts/fetch-postgres.sh {} (as .ci/run does)",
-                        self.major()
-                    ),
+                    format!("scripts/fetch-postgres.sh {} (as .ci/run does)", self.major()),
                 )
             }
         };
         if !dir.join("postgres").is_file() {
-            panic!(
-                "PostgreSQL {} not found in {}: run {fix}",
-                self.major(),
-                dir.display()
-            );
+            panic!("PostgreSQL {} not found in {}: run {fix}", self.major(), dir.display());
         }
         dir
     }
@@ -77,10 +69,7 @@ impl PgVersion {
 pub fn client_bin(name: &str) -> PathBuf {
     let path = Path::new(DEBIAN_15_BIN).join(name);
     if !path.is_file() {
-        panic!(
-            "{} not found: run apt-get install -y postgresql-15 (as .ci/run does)",
-            path.display()
-        );
+        panic!("{} not found: run apt-get install -y postgresql-15 (as .ci/run does)", path.display());
     }
     path
 }
@@ -155,8 +144,7 @@ impl Cluster {
             conf.push_str("summarize_wal = on\n");
         }
         append(&cluster.data_dir.join("postgresql.conf"), &conf);
-        std::fs::write(cluster.data_dir.join("pg_hba.conf"), hba_conf())
-            .expect("write pg_hba.conf");
+        std::fs::write(cluster.data_dir.join("pg_hba.conf"), hba_conf()).expect("write pg_hba.conf");
 
         let conf_path = cluster.data_dir.join("postgresql.conf");
         cluster.start_retrying_port(&conf_path);
@@ -223,19 +211,12 @@ impl Cluster {
 
     /// Superuser over the Unix socket.
     pub fn conninfo(&self) -> String {
-        format!(
-            "host={} port={} user=postgres dbname=postgres",
-            self.dir.display(),
-            self.port
-        )
+        format!("host={} port={} user=postgres dbname=postgres", self.dir.display(), self.port)
     }
 
     /// `user` over TCP; no password in it (the password roles use `PASSWORD`).
     pub fn tcp_conninfo(&self, user: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={user} dbname=postgres",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user={user} dbname=postgres", self.port)
     }
 
     /// Starts the server and waits until it accepts connections.
@@ -270,12 +251,7 @@ impl Cluster {
             .expect("spawn psql");
         // Fed through stdin rather than -c so that statements such as VACUUM or
         // CREATE DATABASE are not wrapped in one implicit transaction.
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(sql.as_bytes())
-            .expect("write SQL to psql");
+        child.stdin.take().unwrap().write_all(sql.as_bytes()).expect("write SQL to psql");
         let out = child.wait_with_output().expect("wait for psql");
         if !out.status.success() {
             panic!(
@@ -315,8 +291,7 @@ impl Cluster {
     /// Returns (no corruption found, report). If the server lacks the amcheck extension the
     /// result is (false, explanation): a check that cannot run must not count as passing.
     pub fn amcheck(&self) -> (bool, String) {
-        let available =
-            self.psql("SELECT count(*) FROM pg_available_extensions WHERE name = 'amcheck'");
+        let available = self.psql("SELECT count(*) FROM pg_available_extensions WHERE name = 'amcheck'");
         if available != "1" {
             return (
                 false,
@@ -336,11 +311,7 @@ impl Cluster {
             cmd.arg("--install-missing"); // template1 and other databases
         }
         let out = cmd.output().expect("spawn pg_amcheck");
-        let report = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         // pg_amcheck exits 0 when it merely skips a database that lacks the extension.
         let checked_all = !report.contains("amcheck is not installed");
         (out.status.success() && checked_all, report)
@@ -351,17 +322,14 @@ impl Cluster {
     pub fn make_tablespace_dir(&self, name: &str) -> PathBuf {
         let path = self.dir.join(format!("ts-{name}"));
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
-            .expect("chmod tablespace dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod tablespace dir");
         chown_to_postgres(&path);
         path
     }
 
     /// Everything the server logged so far (all starts of this Cluster).
     pub fn server_log(&self) -> String {
-        std::fs::read(self.dir.join("server.log"))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        std::fs::read(self.dir.join("server.log")).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// A Debian 15 client program with PGHOST/PGPORT/PGUSER/PGDATABASE set for this cluster,
@@ -419,11 +387,7 @@ impl Cluster {
     }
 
     fn pg_ctl_stop(&self, mode: &str) {
-        let out = self
-            .pg_ctl()
-            .args(["-m", mode, "-w", "-t", "120", "stop"])
-            .output()
-            .expect("run pg_ctl stop");
+        let out = self.pg_ctl().args(["-m", mode, "-w", "-t", "120", "stop"]).output().expect("run pg_ctl stop");
         if !out.status.success() {
             panic!(
                 "pg_ctl stop -m {mode} failed: {}{}\n--- server.log\n{}",
@@ -436,11 +400,7 @@ impl Cluster {
 
     /// Unix socket paths are limited to 107 bytes; fail early with a useful message.
     fn check_socket_path(&self) {
-        let len = self
-            .dir
-            .join(format!(".s.PGSQL.{}", self.port))
-            .as_os_str()
-            .len();
+        let len = self.dir.join(format!(".s.PGSQL.{}", self.port)).as_os_str().len();
         if len > 100 {
             panic!(
                 "socket path under {} is too long ({len} bytes): set a shorter PGCAIRN_TEST_ROOT",
@@ -465,11 +425,7 @@ impl Drop for Cluster {
         if self.remove_data_dir {
             remove_test_dir(&self.data_dir);
             let root = super::test_root();
-            for ts in self
-                .tablespace_dirs
-                .iter()
-                .filter(|ts| ts.starts_with(&root))
-            {
+            for ts in self.tablespace_dirs.iter().filter(|ts| ts.starts_with(&root)) {
                 remove_test_dir(ts);
             }
         }
@@ -508,9 +464,7 @@ fn tablespace_targets(data_dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(data_dir.join("pg_tblspc")) else {
         return Vec::new();
     };
-    entries
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .collect()
+    entries.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).collect()
 }
 
 fn append(path: &Path, text: &str) {

@@ -102,10 +102,7 @@ impl S3Server {
                 return;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "s3s-fs did not listen on {addr} within 30 s:\n{}",
-                    self.log()
-                );
+                panic!("s3s-fs did not listen on {addr} within 30 s:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -123,23 +120,19 @@ impl Drop for S3Server {
 /// s3s-fs from PATH, else from cargo's bin directory (`cargo install` puts it there, but
 /// that directory is not always on PATH).
 fn find_s3s_fs() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     if let Some(cargo_home) = std::env::var_os("CARGO_HOME") {
         dirs.push(Path::new(&cargo_home).join("bin"));
     }
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".cargo/bin"));
     }
-    dirs.into_iter()
-        .map(|d| d.join("s3s-fs"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "s3s-fs not found in PATH, $CARGO_HOME/bin or ~/.cargo/bin: run \
+    dirs.into_iter().map(|d| d.join("s3s-fs")).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "s3s-fs not found in PATH, $CARGO_HOME/bin or ~/.cargo/bin: run \
                  `cargo install s3s-fs --version 0.14.1 --locked --features binary` \
                  (as .ci/run does)"
-            )
-        })
+        )
+    })
 }

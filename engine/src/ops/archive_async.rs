@@ -1,0 +1,247 @@
+//! Asynchronous archive-push. archive_command returns once the segment is durably
+//! queued in the spool directory; a detached drainer process (the same binary, the
+//! same arguments, `PGCAIRN_ARCHIVE_DRAIN=1`) pushes queued segments in parallel and
+//! exits when the queue is empty. One drainer at a time (flock on `drain.lock`).
+//!
+//! `archive-push-queue-max` bounds the queue. When a segment would exceed it,
+//! `archive-push-queue-full` decides:
+//! * `fail` (default): archive_command fails, PostgreSQL keeps the segment in pg_wal
+//!   and retries: nothing is lost, but pg_wal grows while the repository is slow.
+//! * `drop`: the segment is NOT archived, archive_command succeeds so pg_wal cannot
+//!   fill the disk; every drop is logged as an error and listed in `dropped.log`,
+//!   `check` fails while that file exists and `info` shows the gap.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::config::Settings;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, Commit, DurableFile};
+use crate::ops::archive::{archive_push, store_wal, validate_wal_file};
+use crate::repo::Repository;
+
+const DRAIN_ENV: &str = "PGCAIRN_ARCHIVE_DRAIN";
+const PARALLEL_PUSHES: usize = 4;
+
+/// The one entry point of `archive_command`, for both binaries: sync or async as configured.
+pub async fn archive_push_configured(s: &Settings, path: &Path) -> Result<()> {
+    let level = s.compress_level()?;
+    if !s.get_bool("archive-async", false)? {
+        let repo = s.open_repo().await?;
+        archive_push(&repo, path, level).await?;
+        return Ok(());
+    }
+    let spool = Spool::new(s)?;
+    if std::env::var_os(DRAIN_ENV).is_some() {
+        return drain(s, &spool, level).await;
+    }
+    spool.enqueue(s, path)?;
+    spawn_drainer(&spool)
+}
+
+pub struct Spool {
+    root: PathBuf,
+}
+
+impl Spool {
+    pub fn new(s: &Settings) -> Result<Self> {
+        let base = s.get("spool-path").ok_or_else(|| {
+            Error::Config("archive-async needs spool-path: a local directory the database's OS user can write".into())
+        })?;
+        let root = Path::new(&base).join(s.stanza());
+        for d in [root.join("out"), root.join("error")] {
+            fsutil::create_dir_all_durable(&d).ctx(|| format!("cannot create spool directory {}", d.display()))?;
+        }
+        Ok(Self { root })
+    }
+
+    fn out(&self) -> PathBuf {
+        self.root.join("out")
+    }
+
+    pub fn dropped_log(&self) -> PathBuf {
+        self.root.join("dropped.log")
+    }
+
+    fn queued_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for e in std::fs::read_dir(self.out()).ctx(|| format!("cannot list {}", self.out().display()))? {
+            let e = e.ctx(|| "cannot list the spool".into())?;
+            total += e.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    fn enqueue(&self, s: &Settings, path: &Path) -> Result<()> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let data = std::fs::read(path).ctx(|| format!("cannot read {}", path.display()))?;
+        if let Some(max) = s.get("archive-push-queue-max") {
+            let max = crate::config::parse_size(&max)
+                .ok_or_else(|| Error::Config(format!("archive-push-queue-max={max} is not a size")))?;
+            let queued = self.queued_bytes()?;
+            if queued + data.len() as u64 > max {
+                return self.queue_full(s, &name, queued, max);
+            }
+        }
+        let dest = self.out().join(&name);
+        let mut f = DurableFile::create(&dest).ctx(|| format!("cannot queue {}", dest.display()))?;
+        f.file().write_all(&data).ctx(|| format!("cannot queue {}", dest.display()))?;
+        f.commit(Commit::Replace).ctx(|| format!("cannot queue {}", dest.display()))
+    }
+
+    fn queue_full(&self, s: &Settings, name: &str, queued: u64, max: u64) -> Result<()> {
+        let what =
+            format!("archive-push queue {} holds {queued} bytes (archive-push-queue-max {max})", self.out().display());
+        match s.get("archive-push-queue-full").as_deref().unwrap_or("fail") {
+            "drop" => {
+                tracing::error!(
+                    "{what}: {name} was DROPPED and is not archived (archive-push-queue-full = drop); point-in-time recovery across it is impossible: take a new full backup once the repository keeps up, then remove {}",
+                    self.dropped_log().display()
+                );
+                let mut f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dropped_log())
+                    .ctx(|| format!("cannot write {}", self.dropped_log().display()))?;
+                writeln!(f, "{} {name}", chrono::Utc::now().to_rfc3339()).ctx(|| "cannot write dropped.log".into())?;
+                f.sync_all().ctx(|| "cannot fsync dropped.log".into())
+            }
+            "fail" => Err(Error::Config(format!(
+                "{what}: {name} not queued; PostgreSQL keeps it and retries. The repository is not keeping up: check it, or raise archive-push-queue-max"
+            ))),
+            other => Err(Error::Config(format!("archive-push-queue-full={other}: use fail or drop"))),
+        }
+    }
+}
+
+/// An exclusive, non-blocking flock on the drainer lock; None if someone holds it.
+fn try_lock(spool: &Spool) -> Result<Option<File>> {
+    let path = spool.root.join("drain.lock");
+    let f =
+        OpenOptions::new().create(true).append(true).open(&path).ctx(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    Ok((rc == 0).then_some(f))
+}
+
+/// Start a detached drainer unless one runs. It re-runs this very command line.
+fn spawn_drainer(spool: &Spool) -> Result<()> {
+    match try_lock(spool)? {
+        None => return Ok(()), // a drainer is running; it drains until the queue is empty
+        Some(lock) => drop(lock),
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spool.root.join("drain.log"))
+        .ctx(|| "cannot open drain.log".into())?;
+    let mut args = std::env::args_os();
+    let exe = std::env::current_exe().ctx(|| "cannot find the running executable".into())?;
+    args.next();
+    std::process::Command::new(exe)
+        .args(args)
+        .env(DRAIN_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().ctx(|| "drain.log".into())?)
+        .stderr(log)
+        // Its own process group: PostgreSQL's archiver must not take it down.
+        .process_group(0)
+        .spawn()
+        .ctx(|| "cannot start the archive drainer".into())?;
+    Ok(())
+}
+
+async fn drain(s: &Settings, spool: &Spool, level: i32) -> Result<()> {
+    let Some(mut lock) = try_lock(spool)? else { return Ok(()) };
+    let repo = s.open_repo().await?;
+    loop {
+        let mut names: Vec<String> = std::fs::read_dir(spool.out())
+            .ctx(|| "cannot list the spool".into())?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        if names.is_empty() {
+            // Release, then look again: a segment queued while we held the lock
+            // found the lock taken and started no drainer.
+            drop(lock);
+            let again = std::fs::read_dir(spool.out())
+                .map(|d| d.flatten().any(|e| !e.file_name().to_string_lossy().starts_with('.')));
+            match (again, try_lock(spool)?) {
+                (Ok(true), Some(l)) => {
+                    lock = l;
+                    continue;
+                }
+                _ => return Ok(()),
+            }
+        }
+        names.sort();
+        let results: Vec<Result<()>> = futures::stream::iter(names.iter().map(|n| push_queued(&repo, spool, n, level)))
+            .buffer_unordered(PARALLEL_PUSHES)
+            .collect()
+            .await;
+        if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+            // Transient trouble (storage down): keep the queue, try again shortly.
+            tracing::error!("archive drainer: {e}; retrying in 5s");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+async fn push_queued(repo: &Repository, spool: &Spool, name: &str, level: i32) -> Result<()> {
+    let path = spool.out().join(name);
+    let data = std::fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
+    let outcome = match validate_wal_file(repo, name, &data) {
+        Ok(file) => store_wal(repo, name, file, &data, level).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => {
+            std::fs::remove_file(&path).ctx(|| format!("cannot remove {}", path.display()))?;
+            fsutil::sync_dir(&spool.out()).ctx(|| "cannot fsync the spool".into())
+        }
+        Err(e @ (Error::WalRefused { .. } | Error::WalMismatch { .. })) => {
+            // Never retried: parked for the operator, reported on every run of check.
+            tracing::error!("archive drainer: {e}");
+            let parked = spool.root.join("error").join(name);
+            std::fs::rename(&path, &parked).ctx(|| format!("cannot move {} aside", path.display()))?;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Problems of the async queue an operator must know about (for `check`).
+pub fn spool_problems(s: &Settings) -> Result<Vec<String>> {
+    if !s.get_bool("archive-async", false)? {
+        return Ok(Vec::new());
+    }
+    let spool = Spool::new(s)?;
+    let mut out = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(spool.dropped_log()) {
+        let n = text.lines().count();
+        if n > 0 {
+            out.push(format!(
+                "{n} WAL segment(s) were dropped because the archive-push queue was full (see {}): take a new full backup, then remove that file",
+                spool.dropped_log().display()
+            ));
+        }
+    }
+    let parked: Vec<String> = std::fs::read_dir(spool.root.join("error"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    if !parked.is_empty() {
+        out.push(format!(
+            "segment(s) refused by the repository were parked in {}: {}",
+            spool.root.join("error").display(),
+            parked.join(", ")
+        ));
+    }
+    Ok(out)
+}

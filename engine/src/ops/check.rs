@@ -1,0 +1,107 @@
+//! check: does archiving really work? Connects, checks the settings that make
+//! archiving work, forces a WAL switch and waits for that segment in the repository.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::ops::archive::wait_for_segments;
+use crate::pg::wal::WalFile;
+use crate::pg::{ConnParams, ReplicationConnection};
+use crate::repo::Repository;
+
+#[derive(Debug, Clone)]
+pub struct CheckRequest {
+    pub pg: ConnParams,
+    pub timeout: Duration,
+    /// Problems of the local async archive queue (see archive_async::spool_problems).
+    pub spool_problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckReport {
+    pub system_identifier: u64,
+    pub archive_command: String,
+    /// The segment the check switched to and found in the repository.
+    pub segment: String,
+    pub seconds: f64,
+}
+
+pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport> {
+    let started = Instant::now();
+    let cfg = repo.config();
+    let stanza = &cfg.stanza;
+    let mut conn = ReplicationConnection::connect(&req.pg).await?;
+    let target = conn.target().to_string();
+    let sys = conn.identify_system().await?;
+    if sys.system_identifier != cfg.system_identifier {
+        return Err(Error::Config(format!(
+            "{target} has system identifier {} but stanza {stanza} belongs to system {}: check the `pg` and `stanza` settings",
+            sys.system_identifier, cfg.system_identifier
+        )));
+    }
+    let wal_level = conn.show("wal_level").await?;
+    let archive_mode = conn.show("archive_mode").await?;
+    let archive_command = conn.show("archive_command").await?;
+    conn.close().await;
+    let wanted = format!("archive_command = 'pgcairn-archive-push --stanza={stanza} %p'");
+    if wal_level == "minimal" {
+        return Err(Error::Config(format!(
+            "{target}: wal_level is minimal: set wal_level = replica and restart PostgreSQL"
+        )));
+    }
+    if archive_mode == "off" {
+        return Err(Error::Config(format!(
+            "{target}: archive_mode is off: set archive_mode = on and {wanted}, then restart PostgreSQL"
+        )));
+    }
+    if !archive_command.contains("pgcairn") {
+        return Err(Error::Config(format!(
+            "{target}: archive_command is '{archive_command}', which does not call pgcairn: set {wanted} and reload PostgreSQL"
+        )));
+    }
+    if archive_command.contains("--stanza=") && !archive_command.contains(&format!("--stanza={stanza} ")) {
+        return Err(Error::Config(format!(
+            "{target}: archive_command '{archive_command}' archives to another stanza than {stanza}: set {wanted} and reload PostgreSQL"
+        )));
+    }
+
+    // Force a segment switch (after a restore point, so there is something to switch).
+    let (client, connection) = req
+        .pg
+        .sql_config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| Error::Connect { target: target.clone(), detail: e.to_string() })?;
+    tokio::spawn(connection);
+    let sql_error = |e: tokio_postgres::Error| {
+        let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+        Error::Server {
+            target: target.clone(),
+            code: e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+            message,
+            hint: Some(format!(
+                "the check needs pg_create_restore_point() and pg_switch_wal(): run it as a superuser, or GRANT EXECUTE on both to {}",
+                req.pg.user
+            )),
+        }
+    };
+    let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(sql_error)?.get(0);
+    if in_recovery {
+        return Err(Error::Config(format!("{target} is a standby: run check against the primary")));
+    }
+    client.query_one("SELECT pg_create_restore_point('pgcairn archive check')", &[]).await.map_err(sql_error)?;
+    let segment: String =
+        client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await.map_err(sql_error)?.get(0);
+    let file = WalFile::parse(&segment).ok_or_else(|| Error::Other(format!("unexpected wal file name {segment}")))?;
+    let segno = file.segno(cfg.wal_segment_size).expect("segment");
+    wait_for_segments(repo, file.timeline(), segno, segno, req.timeout).await?;
+    if !req.spool_problems.is_empty() {
+        return Err(Error::Config(format!("archiving works, but {}", req.spool_problems.join("; "))));
+    }
+    Ok(CheckReport {
+        system_identifier: sys.system_identifier,
+        archive_command,
+        segment,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
