@@ -2,6 +2,7 @@
 //! and 18 from the npm package), a real S3-compatible server (s3s-fs), and the
 //! built `pgcairn` binary. See tests/integration/support for the harness.
 
+mod archive;
 mod cli;
 mod errors;
 mod roundtrip;
