@@ -29,7 +29,7 @@ use crate::repo::format::*;
 use crate::repo::pack::PackWriter;
 use crate::repo::Repository;
 
-const IN_FLIGHT_BLOCKS: usize = 64;
+const IN_FLIGHT_BLOCKS: usize = 256;
 const PARALLEL_UPLOADS: usize = 4;
 const PACKS_PER_INDEX: usize = 256;
 

@@ -20,6 +20,20 @@ use crate::repo::{blob, BlobLocation, ChunkIndex, Repository};
 
 const PARALLEL_FILES: usize = 4;
 const BLOCKS_AHEAD: usize = 8;
+/// Ranged reads in flight per file, and the most one read fetches.
+const RUNS_AHEAD: usize = 4;
+const MAX_RUN_BYTES: u64 = 4 << 20;
+
+struct Run {
+    /// Index of the run's first block in the file.
+    first: usize,
+    pack: Arc<str>,
+    key_id: [u8; 16],
+    start: u64,
+    end: u64,
+    /// (chunk id, stored length, raw length) in file order.
+    blocks: Vec<(ChunkId, u32, u32)>,
+}
 
 pub struct RestoreRequest {
     pub target: PathBuf,
@@ -158,38 +172,69 @@ struct Ctx {
 }
 
 impl Ctx {
-    async fn fetch_block(self: &Arc<Self>, path: &str, n: usize, id: ChunkId) -> Result<Bytes> {
-        let what = || format!("backup {} file {path} block {n}", self.label);
-        let loc: &BlobLocation = self
-            .index
-            .get(&id)
-            .ok_or_else(|| Error::Corrupt { what: what(), detail: format!("chunk {id} is in no index") })?;
-        let key = pack_key(&loc.pack);
-        let sealed =
-            self.repo_storage.get_range(&key, loc.offset..loc.offset + loc.length as u64).await.map_err(|e| match e
-                .storage_kind()
-            {
+    /// Group a file's blocks into runs stored back to back in one pack, each
+    /// fetched with one ranged read (a full backup writes a file's new blocks in order).
+    fn runs(&self, blocks: &[ChunkId]) -> Vec<Run> {
+        let mut runs: Vec<Run> = Vec::new();
+        for (n, id) in blocks.iter().enumerate() {
+            let loc: &BlobLocation = &self.index[id]; // presence checked before restoring
+            let end = loc.offset + loc.length as u64;
+            match runs.last_mut() {
+                Some(r) if r.pack == loc.pack && r.end == loc.offset && end - r.start <= MAX_RUN_BYTES => {
+                    r.end = end;
+                    r.blocks.push((*id, loc.length, loc.raw_length));
+                }
+                _ => runs.push(Run {
+                    first: n,
+                    pack: loc.pack.clone(),
+                    key_id: loc.key_id,
+                    start: loc.offset,
+                    end,
+                    blocks: vec![(*id, loc.length, loc.raw_length)],
+                }),
+            }
+        }
+        runs
+    }
+
+    async fn fetch_run(self: &Arc<Self>, path: &str, run: Run) -> Result<Vec<Bytes>> {
+        let what = |n: usize| format!("backup {} file {path} block {n}", self.label);
+        let key = pack_key(&run.pack);
+        let bytes =
+            self.repo_storage.get_range(&key, run.start..run.end).await.map_err(|e| match e.storage_kind() {
                 Some(StorageErrorKind::NotFound) => {
-                    Error::Corrupt { what: what(), detail: format!("pack {key} is missing") }
+                    Error::Corrupt { what: what(run.first), detail: format!("pack {key} is missing") }
                 }
                 Some(StorageErrorKind::Permanent) => {
-                    Error::Corrupt { what: what(), detail: format!("pack {key}: {e}") }
+                    Error::Corrupt { what: what(run.first), detail: format!("pack {key}: {e}") }
                 }
                 _ => e,
             })?;
         let ctx = self.clone();
-        let (key_id, raw_len) = (loc.key_id, loc.raw_length as usize);
         let (tx, rx) = tokio::sync::oneshot::channel();
         rayon::spawn(move || {
-            let cipher = &ctx.ciphers[&key_id];
-            let _ = tx.send(blob::open_block(cipher, &ctx.chunk_key, &id, &sealed, raw_len));
+            let cipher = &ctx.ciphers[&run.key_id];
+            let mut out = Vec::with_capacity(run.blocks.len());
+            let mut at = 0usize;
+            for (i, (id, len, raw)) in run.blocks.iter().enumerate() {
+                let sealed = &bytes[at..at + *len as usize];
+                at += *len as usize;
+                match blob::open_block(cipher, &ctx.chunk_key, id, sealed, *raw as usize) {
+                    Ok(d) => out.push(Bytes::from(d)),
+                    Err(e) => {
+                        let _ = tx.send(Err((run.first + i, e)));
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Ok(out));
         });
-        let data = rx
+        let blocks = rx
             .await
             .map_err(|_| Error::Other("block worker stopped".into()))?
-            .map_err(|e| Error::Corrupt { what: what(), detail: format!("{e} (pack {key})") })?;
-        self.progress.advance(data.len() as u64);
-        Ok(Bytes::from(data))
+            .map_err(|(n, e)| Error::Corrupt { what: what(n), detail: format!("{e} (pack {key})") })?;
+        self.progress.advance(blocks.iter().map(|b| b.len() as u64).sum());
+        Ok(blocks)
     }
 
     /// Restore one regular file: blocks fetched ahead in order, written by a
@@ -212,16 +257,17 @@ impl Ctx {
             Ok((len, crc))
         });
         let path = entry.path.clone();
-        let fetches = futures::stream::iter(entry.blocks.iter().copied().enumerate())
-            .map(|(n, id)| self.fetch_block(&path, n, id))
-            .buffered(BLOCKS_AHEAD);
+        let fetches =
+            futures::stream::iter(self.runs(&entry.blocks)).map(|run| self.fetch_run(&path, run)).buffered(RUNS_AHEAD);
         futures::pin_mut!(fetches);
         let mut fetch_err = None;
         while let Some(r) = fetches.next().await {
             match r {
-                Ok(b) => {
-                    if tx.send(b).await.is_err() {
-                        break; // writer failed; its error is reported below
+                Ok(blocks) => {
+                    for b in blocks {
+                        if tx.send(b).await.is_err() {
+                            break; // writer failed; its error is reported below
+                        }
                     }
                 }
                 Err(e) => {
