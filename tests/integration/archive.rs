@@ -226,6 +226,20 @@ fn archive_roundtrip(version: PgVersion) {
     };
     let (_t1, end) = restore(&[]);
     assert_eq!(end.psql("SELECT count(*) FROM pg_class WHERE relname = 'after_backup'"), "0");
+    // Promoted onto timeline 2, the restored cluster archives its history file into
+    // the stanza (its archive_command came with the backup); archive-get returns it.
+    let history = a.repo.path().join("main/wal/00000002/00000002.history");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !history.exists() {
+        assert!(Instant::now() < deadline, "00000002.history not archived:\n{}", end.server_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let fetched = out.path().join("history");
+    assert!(a.get("00000002.history", &fetched).status.success());
+    assert_eq!(
+        std::fs::read_to_string(&fetched).unwrap(),
+        std::fs::read_to_string(end.data_dir().join("pg_wal/00000002.history")).unwrap()
+    );
     assert!(end.server_log().contains("restored log file"), "recovery did not use archive-get:\n{}", end.server_log());
     assert_eq!(
         end.psql("SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)"),
