@@ -376,10 +376,18 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
         .filter(|f| f.kind == FileKind::File && !(f.tablespace.is_none() && f.path == "tablespace_map"))
         .map(|f| (f.clone(), dest_of(f)))
         .collect();
-    futures::stream::iter(jobs.into_iter().map(|(f, d)| ctx.clone().restore_file(f, d)))
+    let restored = futures::stream::iter(jobs.into_iter().map(|(f, d)| ctx.clone().restore_file(f, d)))
         .buffer_unordered(PARALLEL_FILES)
         .try_collect::<Vec<()>>()
-        .await?;
+        .await;
+    if restored.is_err() {
+        // The operator will retry into the same directory; say what stands in the way.
+        tracing::error!(
+            "restore of backup {label} into {} stopped part-way: remove that directory (and restored tablespace directories) before restoring again",
+            req.target.display()
+        );
+    }
+    restored?;
     req.progress.finish();
 
     // Tablespaces: a tablespace_map naming the (possibly remapped) locations, which
