@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u32 = 1;
 
 pub const CONFIG_KEY: &str = "config";
-pub const KEYCHECK_KEY: &str = "keycheck";
+
 pub const KEYS_PREFIX: &str = "keys/";
 pub const DATA_PREFIX: &str = "data/";
 pub const INDEX_PREFIX: &str = "index/";
@@ -24,6 +24,7 @@ pub const PACK_HEADER_LEN: usize = PACK_MAGIC.len() + PACK_KEY_ID_LEN;
 pub const INFO_CHUNK_ID: &[u8] = b"pgcairn chunk-id v1";
 pub const INFO_METADATA: &[u8] = b"pgcairn metadata v1";
 pub const INFO_WAL: &[u8] = b"pgcairn wal v1";
+pub const INFO_KEY_CHECK: &[u8] = b"pgcairn key-check v1";
 pub const INFO_DATA_PREFIX: &[u8] = b"pgcairn data v1:";
 /// Associated-data prefixes.
 pub const AAD_KEYSLOT_PREFIX: &str = "pgcairn keyslot v1:";
@@ -69,6 +70,9 @@ pub struct RepoConfig {
     pub pg_version: u32,
     /// The cluster's WAL segment size in bytes.
     pub wal_segment_size: u32,
+    /// Hex of keyed BLAKE3(key-check key, repository_id): proves a key file's key
+    /// belongs to this repository without fetching another object.
+    pub key_check: String,
 }
 
 /// `keys/<slot-id>`: plaintext JSON wrapping the master key.

@@ -108,6 +108,7 @@ impl Repository {
         }
         let repository_id = hex::encode(crypto::random_bytes::<16>());
         let master = crypto::random_bytes::<KEY_LEN>();
+        let check = key_check(&master, &repository_id);
         let slot = if opts.encrypted {
             let pass = passphrase.ok_or_else(|| Error::PassphraseMissing { location: location.clone() })?;
             make_slot(pass, opts.kdf, &repository_id, &master).await?
@@ -133,11 +134,12 @@ impl Repository {
             system_identifier: opts.system_identifier,
             pg_version: opts.pg_version,
             wal_segment_size: opts.wal_segment_size,
+            key_check: check,
         };
         let slot_key = format!("{KEYS_PREFIX}{}", hex::encode(crypto::random_bytes::<8>()));
         storage.put_new(&slot_key, Bytes::from(serde_json::to_vec_pretty(&slot).expect("serialisable"))).await?;
         let repo = Self::with_master(storage, config, master);
-        repo.put_meta_bytes(KEYCHECK_KEY, repo.config.repository_id.as_bytes()).await?;
+
         repo.storage
             .put_new(CONFIG_KEY, Bytes::from(serde_json::to_vec_pretty(&repo.config).expect("serialisable")))
             .await?;
@@ -200,12 +202,10 @@ impl Repository {
             .ok()
             .and_then(|k| k.try_into().ok())
             .ok_or_else(|| bad("bad key encoding".into()))?;
-        let repo = Self::with_master(storage, config, master);
-        match repo.get_meta_bytes(KEYCHECK_KEY).await {
-            Ok(v) if v == repo.config.repository_id.as_bytes() => Ok(repo),
-            Ok(_) | Err(Error::Corrupt { .. }) => Err(bad("its key does not open this repository".into())),
-            Err(e) => Err(e),
+        if key_check(&master, &config.repository_id) != config.key_check {
+            return Err(bad("its key does not open this repository".into()));
         }
+        Ok(Self::with_master(storage, config, master))
     }
 
     /// Write the unwrapped master key to `path` (create-only, mode 0600).
@@ -338,6 +338,11 @@ impl Repository {
         }
         Ok(m)
     }
+}
+
+fn key_check(master: &[u8; KEY_LEN], repository_id: &str) -> String {
+    let key = crypto::derive_subkey(master, INFO_KEY_CHECK);
+    blake3::keyed_hash(&key, repository_id.as_bytes()).to_hex().to_string()
 }
 
 /// The key file: the unwrapped master key, for hot paths (see docs/config.md).
@@ -473,6 +478,14 @@ pub(crate) mod tests {
         Repository::create(other.clone(), "main", Some(&Secret::new("pw")), opts(true)).await.unwrap();
         let err = Repository::open_with_key_file(other, "main", &kf).await.unwrap_err();
         assert!(err.to_string().contains("belongs to repository"), "{err}");
+        // Right repository id, wrong key (an edited or mixed-up file): refused.
+        let forged = dir.path().join("forged");
+        let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&kf).unwrap()).unwrap();
+        json["master_key"] = B64.encode([7u8; 32]).into();
+        std::fs::write(&forged, serde_json::to_vec(&json).unwrap()).unwrap();
+        std::fs::set_permissions(&forged, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = Repository::open_with_key_file(s.clone(), "main", &forged).await.unwrap_err();
+        assert!(err.to_string().contains("does not open this repository"), "{err}");
         std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = Repository::open_with_key_file(s, "main", &kf).await.unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
