@@ -397,7 +397,12 @@ fn print_info(r: &ops::InfoReport) {
     println!("stanza: {}", r.stanza);
     let enc = if r.encrypted { "encrypted" } else { "unencrypted" };
     println!("    repository: {} (format {}, {enc})", r.repo, r.format_version);
-    println!("    system identifier: {}, postgresql version_num {}", r.system_identifier, r.pg_version);
+    println!(
+        "    system identifier: {}, PostgreSQL {}.{}",
+        r.system_identifier,
+        r.pg_version / 10000,
+        r.pg_version % 10000
+    );
     if r.archive.is_empty() {
         println!("    wal archive: empty");
     }
