@@ -20,9 +20,11 @@ use crate::repo::{blob, BlobLocation, ChunkIndex, Repository};
 
 const PARALLEL_FILES: usize = 4;
 const BLOCKS_AHEAD: usize = 8;
-/// Ranged reads in flight per file, and the most one read fetches.
+/// Ranged reads in flight per file, and the most one read fetches. A run is capped
+/// in restored bytes too: compressed 30x, a 4 MiB read would be 120 MiB in memory.
 const RUNS_AHEAD: usize = 4;
 const MAX_RUN_BYTES: u64 = 4 << 20;
+const MAX_RUN_RAW_BYTES: u64 = 2 << 20;
 
 struct Run {
     /// Index of the run's first block in the file.
@@ -31,6 +33,8 @@ struct Run {
     key_id: [u8; 16],
     start: u64,
     end: u64,
+    /// Restored bytes of the run.
+    raw: u64,
     /// (chunk id, stored length, raw length) in file order.
     blocks: Vec<(ChunkId, u32, u32)>,
 }
@@ -180,8 +184,14 @@ impl Ctx {
             let loc: &BlobLocation = &self.index[id]; // presence checked before restoring
             let end = loc.offset + loc.length as u64;
             match runs.last_mut() {
-                Some(r) if r.pack == loc.pack && r.end == loc.offset && end - r.start <= MAX_RUN_BYTES => {
+                Some(r)
+                    if r.pack == loc.pack
+                        && r.end == loc.offset
+                        && end - r.start <= MAX_RUN_BYTES
+                        && r.raw + loc.raw_length as u64 <= MAX_RUN_RAW_BYTES =>
+                {
                     r.end = end;
+                    r.raw += loc.raw_length as u64;
                     r.blocks.push((*id, loc.length, loc.raw_length));
                 }
                 _ => runs.push(Run {
@@ -190,6 +200,7 @@ impl Ctx {
                     key_id: loc.key_id,
                     start: loc.offset,
                     end,
+                    raw: loc.raw_length as u64,
                     blocks: vec![(*id, loc.length, loc.raw_length)],
                 }),
             }

@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# pgcairn vs pgBackRest (and pg_basebackup) on one throwaway PostgreSQL 15 cluster, in
+# the same run. Two datasets of about the same size: pgbench (very compressible) and a
+# table of random base64 text (barely compressible). Prints a markdown table.
+#
+#   nice benches/compare.sh                  # SCALE=50: ~770 MB per dataset, ~10 min
+#   SCALE=350 nice benches/compare.sh        # ~5.3 GB per dataset, needs ~40 GB in /var/tmp
+#   OUT=table.md REPEAT=3 nice benches/compare.sh
+#
+# Knobs: SCALE (pgbench scale), REPEAT (runs per full backup / restore, order alternated),
+# WORKLOAD (pgbench options of the fixed workload run before each diff/incr),
+# SEGMENTS (WAL segments pushed per archive-push run), OUT (also write the table there).
+# Needs: target/release/{pgcairn,pgcairn-archive-push} (cargo build --release --locked),
+# PostgreSQL 15 from Debian; installs pgbackrest and time with apt-get if missing.
+# Runs as root (servers and tools run as `postgres`) or as an ordinary user.
+set -euo pipefail
+
+SCALE=${SCALE:-50}
+REPEAT=${REPEAT:-2}
+WORKLOAD=${WORKLOAD:--n -c 2 -j 2 -t 5000 --random-seed=42}
+SEGMENTS=${SEGMENTS:-32}
+OUT=${OUT:-}
+PGBIN=/usr/lib/postgresql/15/bin
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STANZA=bench
+
+for b in pgcairn pgcairn-archive-push; do
+    [ -x "$ROOT/target/release/$b" ] || { echo "missing target/release/$b: cargo build --release --locked" >&2; exit 1; }
+done
+[ -x "$PGBIN/initdb" ] || { echo "PostgreSQL 15 is not installed: apt-get install -y postgresql-15" >&2; exit 1; }
+if ! command -v pgbackrest >/dev/null || [ ! -x /usr/bin/time ]; then
+    [ "$(id -u)" = 0 ] || { echo "install pgbackrest and time first" >&2; exit 1; }
+    apt-get install -y pgbackrest time >/dev/null
+fi
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+W=$(mktemp -d /var/tmp/pgcairn-compare.XXXXXX)
+chmod 755 "$W"
+if [ "$(id -u)" = 0 ]; then chown postgres: "$W"; fi
+LOG=$W/log  # every tool's output; its tail is shown on failure
+
+# Stop every server we started, let an async drainer finish, remove everything.
+cleanup() {
+    rc=$?
+    if [ "$rc" != 0 ] && [ -f "$LOG" ]; then
+        echo "== FAILED (exit $rc); last lines of the log:" >&2
+        tail -n 30 "$LOG" >&2
+    fi
+    for d in "$W"/data "$W"/restore-*; do
+        if [ -f "$d/postmaster.pid" ]; then
+            as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+        fi
+    done
+    for lock in "$W"/spool-*/"$STANZA"/drain.lock; do
+        [ -e "$lock" ] && flock -w 120 "$lock" true || true
+    done
+    rm -rf "$W"
+}
+trap cleanup EXIT
+say() { echo "== $*" >&2; }
+
+# Private copies: the build tree may change under us, and `postgres` must read them.
+mkdir "$W/bin"
+cp "$ROOT"/target/release/{pgcairn,pgcairn-archive-push} "$W/bin/"
+chmod 755 "$W/bin" "$W"/bin/*
+as_pg install -d -m 700 "$W/br-log" "$W/br-lock" "$W/br-spool"
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PORT=$(port)
+PORT2=$(port)
+CONN="host=$W port=$PORT user=postgres"
+sql() { "$PGBIN/psql" -X -At -v ON_ERROR_STOP=1 -h "$W" -p "$PORT" -U postgres -c "$1" postgres; }
+bench() { "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres "$@" postgres >>"$LOG" 2>&1; }
+
+# ---------------------------------------------------------------- the machine
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
+# Sequential disk throughput of /var/tmp, 1 GiB, bypassing the page cache.
+dd_rate() { dd "$@" bs=1M count=1024 2>&1 | sed -n 's/.*, \([0-9.,]* [GM]B\/s\)$/\1/p'; }
+DISK="write $(dd_rate if=/dev/zero of="$W/dd" oflag=direct conv=fsync), read $(dd_rate if="$W/dd" of=/dev/null iflag=direct)"
+rm -f "$W/dd"
+
+# ---------------------------------------------------------------- the cluster
+say "PostgreSQL 15 cluster in $W (port $PORT), pgbench scale $SCALE"
+as_pg "$PGBIN/initdb" -D "$W/data" --data-checksums -A trust -U postgres >>"$LOG"
+KEEP_MB=$((SEGMENTS * 16 * 2 > 2048 ? SEGMENTS * 16 * 2 : 2048))
+cat >>"$W/data/postgresql.conf" <<EOF
+port = $PORT
+unix_socket_directories = '$W'
+listen_addresses = ''
+shared_buffers = 256MB
+max_wal_size = 4GB
+checkpoint_timeout = 30min  # no timed checkpoint in the middle of a measurement
+autovacuum = off            # no background page changes between measurements
+wal_keep_size = ${KEEP_MB}MB # keep the workload's WAL for the archive-push test
+EOF
+as_pg "$PGBIN/pg_ctl" -D "$W/data" -l "$W/server.log" -w start >>"$LOG"
+
+# ---------------------------------------------------------------- the tools
+PASS="benchmark passphrase: not a secret"
+CAIRN=(env "PGCAIRN_REPO_PASSPHRASE=$PASS" "$W/bin/pgcairn" "--stanza=$STANZA" "--pg=$CONN")
+cat >"$W/pgbackrest.conf" <<EOF
+[global]
+repo1-cipher-type=aes-256-cbc
+repo1-cipher-pass=$PASS
+repo1-retention-full=99
+compress-type=zst
+compress-level=3
+process-max=2
+start-fast=y
+archive-check=n
+log-path=$W/br-log
+lock-path=$W/br-lock
+spool-path=$W/br-spool
+log-level-console=warn
+log-level-file=off
+
+[$STANZA]
+pg1-path=$W/data
+pg1-socket-path=$W
+pg1-port=$PORT
+EOF
+chmod 600 "$W/pgbackrest.conf"
+if [ "$(id -u)" = 0 ]; then chown postgres: "$W/pgbackrest.conf"; fi
+BR=(pgbackrest "--config=$W/pgbackrest.conf" "--stanza=$STANZA")
+
+# ---------------------------------------------------------------- measuring
+declare -A R  # key -> space-separated values, one per run
+add() { R[$1]="${R[$1]:-}$2 "; }
+# timed KEY CMD...: run CMD as postgres; record wall seconds (KEY.t), user+system CPU
+# seconds (KEY.cpu: the client's only, not the server's) and peak RSS in KiB (KEY.rss).
+# Wall time suffers from anything else running; CPU time much less. GNU time reports
+# the child's ru_maxrss, which on Linux is the largest single process among it and the
+# children it waited for (pgBackRest's process-max workers included as a max, not a sum).
+timed() {
+    local key=$1
+    shift
+    sync
+    echo "-- $key: $*" >>"$LOG"
+    as_pg /usr/bin/time -f '%e %M %U %S' -o "$W/time.out" "$@" >>"$LOG" 2>&1
+    read -r secs kib user sys <"$W/time.out"
+    LAST_SECS=$secs
+    add "$key.t" "$secs"
+    add "$key.rss" "$kib"
+    add "$key.cpu" "$(echo "$user + $sys" | bc -l)"
+    printf '   %-24s %7.2f s wall %7.2f s CPU %6.1f MiB RSS   (load %s)\n' "$key" "$secs" "$(echo "$user + $sys" | bc -l)" \
+        "$(echo "$kib / 1024" | bc -l)" "$(cut -d' ' -f1 /proc/loadavg)" >&2
+}
+bytes() { du -sb "$1" | cut -f1; }
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+get() { median "${R[$1]:-}"; }
+fresh_dir() { rm -rf "$1"; as_pg install -d -m 700 "$1"; }
+# Alternate the order of runs: pgcairn first in odd runs, last in even ones.
+order() { if (($1 % 2)); then echo "$2"; else tr ' ' '\n' <<<"$2" | tac | tr '\n' ' '; fi; }
+
+run_full() { # TOOL DATASET
+    local repo=$W/repo-$1-$2
+    fresh_dir "$repo"
+    sql CHECKPOINT >/dev/null
+    case $1 in
+    cairn)
+        as_pg "${CAIRN[@]}" "--repo=$repo" stanza-create >>"$LOG" 2>&1
+        timed "full.$2.cairn" "${CAIRN[@]}" "--repo=$repo" backup --start-fast ;;
+    br)
+        as_pg "${BR[@]}" "--repo1-path=$repo" stanza-create >>"$LOG" 2>&1
+        timed "full.$2.br" "${BR[@]}" "--repo1-path=$repo" backup --type=full ;;
+    pgbb)
+        timed "full.$2.pgbb" "$PGBIN/pg_basebackup" -h "$W" -p "$PORT" -U postgres -D "$repo" \
+            -Ft --compress=client-zstd:3 -X fetch -c fast ;;
+    esac
+    add "full.$2.$1.bytes" "$(bytes "$repo")"
+}
+
+run_restore() { # TOOL DATASET
+    local dest=$W/restore-$1
+    fresh_dir "$dest"
+    case $1 in
+    cairn) timed "restore.$2.cairn" "${CAIRN[@]}" "--repo=$W/repo-cairn-$2" restore "--pg-data=$dest" --type=none ;;
+    br) timed "restore.$2.br" "${BR[@]}" "--repo1-path=$W/repo-br-$2" restore "--pg1-path=$dest" ;;
+    esac
+}
+
+# Start the pgcairn restore, check it holds the data, stop it.
+verify_cairn_restore() { # QUERY EXPECTED
+    echo "port = $PORT2" >>"$W/restore-cairn/postgresql.auto.conf"
+    as_pg "$PGBIN/pg_ctl" -D "$W/restore-cairn" -l "$W/restore.log" -w start >>"$LOG"
+    local got
+    got=$("$PGBIN/psql" -X -At -h "$W" -p "$PORT2" -U postgres -c "$1" postgres)
+    as_pg "$PGBIN/pg_ctl" -D "$W/restore-cairn" -w stop >>"$LOG"
+    [ "$got" = "$2" ] || { echo "restored cluster answered '$got', expected '$2'" >&2; exit 1; }
+    say "pgcairn restore started and holds the data ($got)"
+}
+
+# Full backups (pg_basebackup too), restores into an empty directory, and pgBackRest's
+# delta restore over its unchanged restore, for the dataset now in the cluster.
+measure_dataset() { # DATASET CHECK_QUERY
+    local ds=$1 r t expected
+    add "size.$ds" "$(du -sb --exclude=pg_wal "$W/data" | cut -f1)"
+    expected=$(sql "$2")
+    say "$ds: full backups ($REPEAT runs each, order alternated)"
+    for r in $(seq "$REPEAT"); do
+        for t in $(order "$r" "cairn br pgbb"); do run_full "$t" "$ds"; done
+    done
+    say "$ds: restores into an empty directory"
+    for r in $(seq "$REPEAT"); do
+        for t in $(order "$r" "cairn br"); do run_restore "$t" "$ds"; done
+    done
+    verify_cairn_restore "$2" "$expected"
+    # Reference for restores: what the disk takes to copy the data directory and sync.
+    fresh_dir "$W/floor"
+    timed "floor.$ds" bash -c "tar -C '$W/data' --exclude=./pg_wal -cf - . | tar -C '$W/floor' -xf - && sync"
+    rm -rf "$W/floor"
+    say "$ds: pgBackRest delta restore over its unchanged restore"
+    for r in $(seq "$REPEAT"); do
+        timed "delta.$ds.br" "${BR[@]}" "--repo1-path=$W/repo-br-$ds" restore --delta "--pg1-path=$W/restore-br"
+    done
+    rm -rf "$W/restore-cairn" "$W/restore-br" "$W/repo-pgbb-$ds"
+}
+
+# ---------------------------------------------------------------- 1. pgbench dataset
+say "pgbench -i -s $SCALE"
+bench -i -s "$SCALE" -q
+sql "VACUUM ANALYZE" >/dev/null
+PGBENCH_SIZE=$(sql "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c WHERE relname LIKE 'pgbench_%' AND relkind = 'r'")
+SUMQ="SELECT sum(abalance) || '/' || count(*) FROM pgbench_accounts"
+measure_dataset pgbench "$SUMQ"
+
+# ---------------------------------------------------------------- 2. after a workload
+# pgcairn has only full backups: a second full stores just the blocks that changed.
+# pgBackRest: diff after workload 1, incr after workload 2 (on top of that diff).
+START_WAL=$(sql "SELECT pg_walfile_name(pg_current_wal_lsn())")
+step() { # KEY PGBACKREST_TYPE FIRST_TOOL
+    local c0 b0 t
+    c0=$(bytes "$W/repo-cairn-pgbench")
+    b0=$(bytes "$W/repo-br-pgbench")
+    say "workload: pgbench $WORKLOAD, then pgcairn full vs pgBackRest $2"
+    bench $WORKLOAD
+    for t in $3; do
+        sql CHECKPOINT >/dev/null
+        case $t in
+        cairn) timed "$1.cairn" "${CAIRN[@]}" "--repo=$W/repo-cairn-pgbench" backup --start-fast ;;
+        br) timed "$1.br" "${BR[@]}" "--repo1-path=$W/repo-br-pgbench" backup "--type=$2" ;;
+        esac
+    done
+    add "$1.cairn.bytes" $(($(bytes "$W/repo-cairn-pgbench") - c0))
+    add "$1.br.bytes" $(($(bytes "$W/repo-br-pgbench") - b0))
+}
+step diff diff "cairn br"
+step incr incr "br cairn"
+
+# ---------------------------------------------------------------- 3. archive-push
+# The same SEGMENTS real segments (the workload's WAL, topped up with more pgbench if
+# short) pushed one command per segment into fresh repositories.
+segments() { # completed segments written since START_WAL
+    local cur
+    cur=$(sql "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    find "$W/data/pg_wal" -maxdepth 1 -regextype posix-extended -regex '.*/[0-9A-F]{24}' -printf '%f\n' |
+        sort | awk -v s="$START_WAL" -v e="$cur" '$0 >= s && $0 < e'
+}
+while [ "$(segments | wc -l)" -lt "$SEGMENTS" ]; do
+    sql CHECKPOINT >/dev/null  # full-page images again: more WAL, as after any checkpoint
+    bench -n -c 2 -j 2 -T 5
+done
+sql "SELECT pg_switch_wal()" >/dev/null
+mkdir "$W/wal"
+for s in $(segments | tail -n "$SEGMENTS"); do cp "$W/data/pg_wal/$s" "$W/wal/"; done
+chmod -R a+rX "$W/wal"
+WALS=("$W"/wal/*)
+say "archive-push: ${#WALS[@]} segments, $(du -sh "$W/wal" | cut -f1) ($REPEAT runs each, order alternated)"
+# A shell loop as postgres: the per-segment cost is the command's, as for archive_command.
+# Arguments: N, the N words of the command, then the segment paths.
+LOOP='n=$1; shift; cmd=("${@:1:n}"); shift "$n"; for f in "$@"; do "${cmd[@]}" "$f" || exit 1; done'
+push_run() { # TOOL RUN
+    local repo=$W/repo-push-$1-$2 spool=$W/spool-$2
+    fresh_dir "$repo"
+    case $1 in
+    cairn | cairn-async)
+        as_pg "${CAIRN[@]}" "--repo=$repo" stanza-create >>"$LOG" 2>&1
+        as_pg "${CAIRN[@]}" "--repo=$repo" key-file "--output=$repo.key" >>"$LOG" 2>&1
+        local cmd=("$W/bin/pgcairn-archive-push" "--stanza=$STANZA" "--repo=$repo" "--repo-key-file=$repo.key")
+        if [ "$1" = cairn ]; then
+            timed push.cairn bash -c "$LOOP" _ ${#cmd[@]} "${cmd[@]}" "${WALS[@]}"
+        else
+            fresh_dir "$spool"
+            cmd+=(--archive-async=true "--spool-path=$spool")
+            timed push.cairn-async bash -c "$LOOP" _ ${#cmd[@]} "${cmd[@]}" "${WALS[@]}"
+            # Drained: queue empty and the drainer gone (it holds drain.lock while it runs).
+            local t0 t1
+            t0=$(date +%s.%N)
+            until [ -z "$(ls "$spool/$STANZA/out")" ] && flock -n "$spool/$STANZA/drain.lock" true; do sleep 0.02; done
+            t1=$(date +%s.%N)
+            add push.cairn-drained.t "$(echo "$LAST_SECS + $t1 - $t0" | bc -l)"
+            [ -z "$(ls "$spool/$STANZA/error")" ] || { echo "async push parked segments in $spool/$STANZA/error" >&2; exit 1; }
+        fi
+        local n
+        n=$(find "$repo/$STANZA/wal" -type f | wc -l)
+        [ "$n" = "${#WALS[@]}" ] || { echo "pgcairn repository holds $n WAL objects, not ${#WALS[@]}" >&2; exit 1; } ;;
+    br)
+        as_pg "${BR[@]}" "--repo1-path=$repo" stanza-create >>"$LOG" 2>&1
+        local cmd=("${BR[@]}" "--repo1-path=$repo" archive-push)
+        timed push.br bash -c "$LOOP" _ ${#cmd[@]} "${cmd[@]}" "${WALS[@]}"
+        local n
+        n=$(find "$repo/archive/$STANZA" -name '0*-*' -type f | wc -l)
+        [ "$n" = "${#WALS[@]}" ] || { echo "pgBackRest repository holds $n WAL files, not ${#WALS[@]}" >&2; exit 1; } ;;
+    esac
+    rm -rf "$repo" "$repo.key"
+}
+for r in $(seq "$REPEAT"); do
+    for t in $(order "$r" "cairn br cairn-async"); do push_run "$t" "$r"; done
+done
+
+# ---------------------------------------------------------------- 4. random text dataset
+say "random text dataset of about the same size"
+sql "DROP TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history" >/dev/null
+sql "CREATE EXTENSION pgcrypto" >/dev/null
+sql "CREATE TABLE random_text (id int, t text)" >/dev/null
+# 512 base64 characters per row (inline, no TOAST), ~14 rows per 8 KiB page.
+sql "INSERT INTO random_text SELECT g, translate(encode(gen_random_bytes(384), 'base64'), E'\n', '')
+     FROM generate_series(1, $((PGBENCH_SIZE / 585))) g" >/dev/null
+sql "VACUUM FREEZE ANALYZE random_text" >/dev/null
+rm -rf "$W"/repo-*-pgbench
+measure_dataset random "SELECT count(*) || '/' || sum(length(t)) FROM random_text"
+
+# ---------------------------------------------------------------- report
+mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
+rss() { awk -v k="$1" 'BEGIN {printf "%.0f MiB", k / 1024}'; }
+sec() { awk -v s="$1" 'BEGIN {printf "%.2f s", s}'; }
+ms() { awk -v s="$1" -v n="${#WALS[@]}" 'BEGIN {printf "%.0f ms", 1000 * s / n}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+# row LABEL UNIT CAIRN_KEY BR_KEY [PGBB_KEY]: medians, formatted with UNIT (sec|mib|ms|rss)
+row() {
+    local c b p="" f=$2
+    c=$(get "$3")
+    b=$(get "$4")
+    [ -n "${5:-}" ] && p=$($f "$(get "$5")")
+    printf '| %s | %s | %s | %s | %s |\n' "$1" "$($f "$c")" "$($f "$b")" "$(ratio "$c" "$b")" "$p"
+    [ -z "${6:-}" ] || echo "$6 $(ratio "$c" "$b")" >>"$W/targets"
+}
+: >"$W/targets"
+{
+    echo "### pgcairn vs pgBackRest, SCALE=$SCALE, $(date -u +%Y-%m-%d)"
+    echo
+    echo "Medians of $REPEAT runs (diff and incr: one run each). pgcairn binaries built $(date -u -r "$ROOT/target/release/pgcairn" '+%Y-%m-%d %H:%M UTC')"
+    echo "(tree at $REV when the run started),"
+    echo "$(pgbackrest version), $("$PGBIN/postgres" --version | sed 's/postgres (PostgreSQL) /PostgreSQL /')."
+    echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'),"
+    echo "$(free -g | awk '/^Mem:/ {print $2}') GiB RAM, disk $(findmnt -no SOURCE,FSTYPE -T /var/tmp | tr -s ' ' ' ')"
+    echo "($DISK); load average at the start $LOAD0, at the end $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Datasets: pgbench $(mib "$(get size.pgbench)"), random text $(mib "$(get size.random)") (data directory without pg_wal)."
+    echo "Workload before diff and before incr: pgbench $WORKLOAD."
+    echo
+    echo "| measure | pgcairn | pgBackRest | pgcairn/pgBackRest | pg_basebackup (or reference) |"
+    echo "|---|---|---|---|---|"
+    for ds in pgbench random; do
+        row "full backup, $ds: time" sec "full.$ds.cairn.t" "full.$ds.br.t" "full.$ds.pgbb.t" "full-time-$ds"
+        row "full backup, $ds: client CPU (user+sys)" sec "full.$ds.cairn.cpu" "full.$ds.br.cpu" "full.$ds.pgbb.cpu"
+        row "full backup, $ds: stored" mib "full.$ds.cairn.bytes" "full.$ds.br.bytes" "full.$ds.pgbb.bytes"
+        row "full backup, $ds: peak RSS" rss "full.$ds.cairn.rss" "full.$ds.br.rss"
+    done
+    row "after workload 1: pgcairn 2nd full vs pgBackRest diff: time" sec diff.cairn.t diff.br.t
+    row "after workload 1: pgcairn 2nd full vs pgBackRest diff: new stored" mib diff.cairn.bytes diff.br.bytes "" diff-bytes
+    row "after workload 2: pgcairn 3rd full vs pgBackRest incr: time" sec incr.cairn.t incr.br.t
+    row "after workload 2: pgcairn 3rd full vs pgBackRest incr: new stored" mib incr.cairn.bytes incr.br.bytes "" incr-bytes
+    row "2nd/3rd full vs diff/incr: peak RSS" rss diff.cairn.rss diff.br.rss
+    row "archive-push, sync, per segment" ms push.cairn.t push.br.t "" push-sync
+    row "archive-push, sync, CPU per segment" ms push.cairn.cpu push.br.cpu
+    row "archive-push, pgcairn async vs pgBackRest sync, per segment (command returns)" ms push.cairn-async.t push.br.t
+    row "archive-push, pgcairn async vs pgBackRest sync, per segment (all in repository)" ms push.cairn-drained.t push.br.t
+    row "archive-push, sync: peak RSS" rss push.cairn.rss push.br.rss
+    for ds in pgbench random; do
+        row "restore to an empty directory, $ds: time (reference: tar copy + sync)" sec "restore.$ds.cairn.t" "restore.$ds.br.t" "floor.$ds.t" "restore-$ds"
+        row "restore, $ds: CPU (user+sys)" sec "restore.$ds.cairn.cpu" "restore.$ds.br.cpu"
+        row "restore, $ds: peak RSS" rss "restore.$ds.cairn.rss" "restore.$ds.br.rss"
+        printf '| delta restore over an unchanged copy, %s: time | n/a (not implemented) | %s | n/a | |\n' \
+            "$ds" "$(sec "$(get "delta.$ds.br.t")")"
+    done
+    echo
+    echo "Targets (pgcairn/pgBackRest, this run):"
+    echo
+    while read -r name value; do
+        case $name in
+        full-time-*) limit=0.5 what="full backup time (${name#full-time-})" ;;
+        diff-bytes | incr-bytes) limit=0.1 what="${name%-bytes} stored bytes" ;;
+        push-sync) limit=0.25 what="archive-push per segment (sync)" ;;
+        restore-*) limit=0.5 what="restore time (${name#restore-})" ;;
+        *) continue ;;
+        esac
+        awk -v v="$value" -v l="$limit" -v w="$what" 'BEGIN {printf "- %s: %s ≤ %s: %s\n", w, v, l, (v <= l) ? "met" : "NOT met"}'
+    done <"$W/targets"
+    echo "- delta restore ≤ 0.5: NOT met (pgcairn has no delta restore)"
+    maxrss=0
+    for k in full.pgbench.cairn.rss full.random.cairn.rss diff.cairn.rss incr.cairn.rss restore.pgbench.cairn.rss restore.random.cairn.rss push.cairn.rss; do
+        for v in ${R[$k]:-}; do
+            if ((v > maxrss)); then maxrss=$v; fi
+        done
+    done
+    awk -v k="$maxrss" 'BEGIN {printf "- pgcairn peak RSS ≤ 256 MiB: %.1f MiB at most in this run: %s\n", k / 1024, (k <= 262144) ? "met" : "NOT met"}'
+} | tee ${OUT:+"$OUT"}
