@@ -272,3 +272,14 @@ fn unencrypted_repository_only_on_request() {
     let restored = Cluster::start_restored(PgVersion::V15, &data);
     assert_eq!(restored.psql("SELECT count(*) FROM pg_database WHERE datname = 'postgres'"), "1");
 }
+
+#[test]
+fn backup_refuses_another_cluster() {
+    let f = fixture();
+    let other = Cluster::init(PgVersion::V15);
+    let (code, err) = f.p.fails(&["backup", &format!("--pg={}", other.conninfo())]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("has system identifier") && err.contains("stanza main belongs to system"), "{err}");
+    let info: serde_json::Value = serde_json::from_str(&f.p.ok(&["info", "--output=json"])).unwrap();
+    assert_eq!(info["backups"].as_array().unwrap().len(), 1, "nothing was added");
+}

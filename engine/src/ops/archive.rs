@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result, StorageErrorKind};
-use crate::fsutil::{self, Commit, DurableFile};
+use crate::fsutil::{self, Commit};
 use crate::pg::version;
 use crate::pg::wal::{segment_name, validate_segment, WalFile};
 use crate::repo::format::WAL_PREFIX;
@@ -114,11 +114,8 @@ pub async fn archive_get(repo: &Repository, name: &str, dest: &Path, prefetch: O
             None => break, // the archive ends here; nothing more to prefetch
         };
         let target = if first { dest.to_path_buf() } else { prefetch.expect("prefetching").spool.join(&n) };
-        tokio::task::block_in_place(|| -> Result<()> {
-            let mut f = DurableFile::create(&target).ctx(|| format!("cannot write {}", target.display()))?;
-            std::io::Write::write_all(f.file(), &data).ctx(|| format!("cannot write {}", target.display()))?;
-            f.commit(Commit::Replace).ctx(|| format!("cannot write {}", target.display()))
-        })?;
+        tokio::task::block_in_place(|| fsutil::write_file(&target, &data, Commit::Replace))
+            .ctx(|| format!("cannot write {}", target.display()))?;
         first = false;
     }
     Ok(true)

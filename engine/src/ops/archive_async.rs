@@ -22,7 +22,7 @@ use futures::StreamExt;
 
 use crate::config::Settings;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, Commit, DurableFile};
+use crate::fsutil::{self, Commit};
 use crate::ops::archive::{archive_push, store_wal, validate_wal_file};
 use crate::repo::Repository;
 
@@ -90,9 +90,7 @@ impl Spool {
             }
         }
         let dest = self.out().join(&name);
-        let mut f = DurableFile::create(&dest).ctx(|| format!("cannot queue {}", dest.display()))?;
-        f.file().write_all(&data).ctx(|| format!("cannot queue {}", dest.display()))?;
-        f.commit(Commit::Replace).ctx(|| format!("cannot queue {}", dest.display()))
+        fsutil::write_file(&dest, &data, Commit::Replace).ctx(|| format!("cannot queue {}", dest.display()))
     }
 
     fn queue_full(&self, s: &Settings, name: &str, queued: u64, max: u64) -> Result<()> {

@@ -20,9 +20,10 @@ use tokio::task::JoinSet;
 use crate::crypto::{self, Cipher};
 use crate::error::{Error, Result};
 use crate::ops::archive;
+use crate::ops::stanza::identify_stanza_cluster;
 use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
 use crate::pg::tar::{EntryKind, TarItem, TarReader};
-use crate::pg::{version, wal, ConnParams, ReplicationConnection};
+use crate::pg::{wal, ConnParams, ReplicationConnection};
 use crate::progress::Progress;
 use crate::repo::blob;
 use crate::repo::format::*;
@@ -239,27 +240,9 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let started = Instant::now();
     let start_time = chrono::Utc::now();
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
-    let sys = conn.identify_system().await?;
     let cfg = repo.config().clone();
-    if sys.system_identifier != cfg.system_identifier {
-        return Err(Error::Config(format!(
-            "{} has system identifier {} but stanza {} belongs to system {}: check the `pg` and `stanza` settings",
-            conn.target(),
-            sys.system_identifier,
-            cfg.stanza,
-            cfg.system_identifier
-        )));
-    }
+    let sys = identify_stanza_cluster(&mut conn, &cfg).await?;
     let pg_version = conn.server_version_num();
-    if version::major_of(pg_version) != version::major_of(cfg.pg_version) {
-        return Err(Error::Config(format!(
-            "{} runs PostgreSQL major {} but stanza {} was created for major {}: a major upgrade needs a new stanza",
-            conn.target(),
-            version::major_of(pg_version),
-            cfg.stanza,
-            version::major_of(cfg.pg_version)
-        )));
-    }
     let include_wal = req.archive_copy || !archiving_enabled(&mut conn).await?;
     let label = new_label(repo).await?;
     let known: HashSet<ChunkId> = repo.load_index().await?.into_keys().collect();

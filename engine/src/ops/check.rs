@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::ops::archive::wait_for_segments;
+use crate::ops::stanza::identify_stanza_cluster;
 use crate::pg::wal::WalFile;
 use crate::pg::{ConnParams, ReplicationConnection};
 use crate::repo::Repository;
@@ -32,13 +33,7 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
     let stanza = &cfg.stanza;
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
     let target = conn.target().to_string();
-    let sys = conn.identify_system().await?;
-    if sys.system_identifier != cfg.system_identifier {
-        return Err(Error::Config(format!(
-            "{target} has system identifier {} but stanza {stanza} belongs to system {}: check the `pg` and `stanza` settings",
-            sys.system_identifier, cfg.system_identifier
-        )));
-    }
+    let sys = identify_stanza_cluster(&mut conn, cfg).await?;
     let wal_level = conn.show("wal_level").await?;
     let archive_mode = conn.show("archive_mode").await?;
     let archive_command = conn.show("archive_command").await?;

@@ -1,8 +1,11 @@
 //! stanza-create: connect to the cluster, record its identity, initialise the repository.
 
 use crate::crypto::KeySlotKdf;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::pg::replication::SystemInfo;
+use crate::pg::version;
 use crate::pg::{ConnParams, ReplicationConnection};
+use crate::repo::format::RepoConfig;
 use crate::repo::{CreateOptions, Repository, Secret, DEFAULT_BLOCK_SIZE, DEFAULT_PACK_SIZE};
 use crate::storage::DynStorage;
 
@@ -32,4 +35,29 @@ pub async fn stanza_create(storage: DynStorage, req: &StanzaCreateRequest) -> Re
         wal_segment_size,
     };
     Repository::create(storage, &req.stanza, req.passphrase.as_ref(), opts).await
+}
+
+/// Check that `conn` reaches the cluster the stanza was created for (same system
+/// identifier, same major version).
+pub async fn identify_stanza_cluster(conn: &mut ReplicationConnection, cfg: &RepoConfig) -> Result<SystemInfo> {
+    let sys = conn.identify_system().await?;
+    if sys.system_identifier != cfg.system_identifier {
+        return Err(Error::Config(format!(
+            "{} has system identifier {} but stanza {} belongs to system {}: check the `pg` and `stanza` settings",
+            conn.target(),
+            sys.system_identifier,
+            cfg.stanza,
+            cfg.system_identifier
+        )));
+    }
+    let major = version::major_of(conn.server_version_num());
+    if major != version::major_of(cfg.pg_version) {
+        return Err(Error::Config(format!(
+            "{} runs PostgreSQL {major} but stanza {} was created for PostgreSQL {}: a major upgrade needs a new stanza",
+            conn.target(),
+            cfg.stanza,
+            version::major_of(cfg.pg_version)
+        )));
+    }
+    Ok(sys)
 }
