@@ -32,7 +32,9 @@ use crate::repo::Repository;
 
 const IN_FLIGHT_BLOCKS: usize = 256;
 const PARALLEL_UPLOADS: usize = 4;
-const PACKS_PER_INDEX: usize = 256;
+/// Index entries kept in memory before they are written out as an index object, so
+/// memory does not grow with the number of new blocks (~150 B of JSON each).
+const INDEX_FLUSH_BLOBS: usize = 32 * 1024;
 
 pub struct BackupRequest {
     pub pg: ConnParams,
@@ -85,7 +87,11 @@ struct Builder<'r> {
     pack: PackWriter,
     uploads: JoinSet<Result<()>>,
     upload_slots: Arc<Semaphore>,
+    /// Uploaded or uploading packs not yet listed in an index object.
     packs: Vec<IndexPack>,
+    unindexed_blobs: usize,
+    /// Index objects this backup wrote.
+    indexes: Vec<String>,
     files: Vec<FileEntry>,
     stored_new: u64,
     // current file
@@ -127,6 +133,9 @@ impl<'r> Builder<'r> {
             self.pack.add(done.id, done.raw_len, &sealed);
             if self.pack.len() as u64 >= self.repo.config().pack_size {
                 self.flush_pack().await?;
+                if self.unindexed_blobs >= INDEX_FLUSH_BLOBS {
+                    self.write_index().await?;
+                }
             }
         }
         Ok(())
@@ -140,6 +149,7 @@ impl<'r> Builder<'r> {
             std::mem::replace(&mut self.pack, PackWriter::new(self.key_id, self.repo.config().pack_size as usize));
         let (bytes, record) = full.finish();
         let key = pack_key(&record.id);
+        self.unindexed_blobs += record.blobs.len();
         self.packs.push(record);
         // Reap finished uploads so errors surface early and the set stays small.
         while let Some(r) = self.uploads.try_join_next() {
@@ -212,15 +222,29 @@ impl<'r> Builder<'r> {
     }
 
     /// Drain the pipeline, upload the last pack and wait for every upload.
+    /// Wait for every upload, then list the uploaded packs in a new index object:
+    /// an index only ever names durable packs.
+    async fn write_index(&mut self) -> Result<()> {
+        while let Some(r) = self.uploads.join_next().await {
+            r.map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
+        }
+        if self.packs.is_empty() {
+            return Ok(());
+        }
+        let id = hex::encode(crypto::random_bytes::<32>());
+        self.repo.put_meta(&index_key(&id), &IndexFile { packs: std::mem::take(&mut self.packs) }).await?;
+        self.indexes.push(id);
+        self.unindexed_blobs = 0;
+        Ok(())
+    }
+
+    /// Drain the pipeline, upload the last pack, index everything.
     async fn finish(&mut self) -> Result<()> {
         while !self.in_flight.is_empty() {
             self.complete_one().await?;
         }
         self.flush_pack().await?;
-        while let Some(r) = self.uploads.join_next().await {
-            r.map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
-        }
-        Ok(())
+        self.write_index().await
     }
 }
 
@@ -259,6 +283,8 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         uploads: JoinSet::new(),
         upload_slots: Arc::new(Semaphore::new(PARALLEL_UPLOADS)),
         packs: Vec::new(),
+        unindexed_blobs: 0,
+        indexes: Vec::new(),
         files: Vec::new(),
         stored_new: 0,
         tablespace: None,
@@ -347,13 +373,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         archive::wait_for_segments(repo, timeline, first_seg, last_seg, req.archive_timeout).await?;
     }
 
-    // Write order is the visibility rule: packs (done) → index → server manifest → manifest.
-    let mut indexes = Vec::new();
-    for group in b.packs.chunks(PACKS_PER_INDEX) {
-        let id = hex::encode(crypto::random_bytes::<32>());
-        repo.put_meta(&index_key(&id), &IndexFile { packs: group.to_vec() }).await?;
-        indexes.push(id);
-    }
+    // Write order is the visibility rule: packs → index (both done) → server manifest → manifest.
     repo.put_meta_bytes(&server_manifest_key(&label), &server_manifest).await?;
     let size = b.files.iter().filter(|f| f.kind == FileKind::File).map(|f| f.size).sum();
     let manifest = Manifest {
@@ -375,7 +395,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         tablespaces,
         size,
         stored_new: b.stored_new,
-        indexes,
+        indexes: std::mem::take(&mut b.indexes),
         files: std::mem::take(&mut b.files),
     };
     repo.put_meta(&manifest_key(&label), &manifest).await?;
