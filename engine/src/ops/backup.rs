@@ -90,6 +90,8 @@ struct Builder<'r> {
     /// Uploaded or uploading packs not yet listed in an index object.
     packs: Vec<IndexPack>,
     unindexed_blobs: usize,
+    index_flush_blobs: usize,
+    pack_size: u64,
     /// Index objects this backup wrote.
     indexes: Vec<String>,
     files: Vec<FileEntry>,
@@ -105,6 +107,37 @@ struct Builder<'r> {
 }
 
 impl<'r> Builder<'r> {
+    fn new(repo: &'r Repository, level: i32, known: HashSet<ChunkId>, progress: Arc<dyn Progress>) -> Self {
+        let cfg = repo.config();
+        let key_id = crypto::random_bytes::<PACK_KEY_ID_LEN>();
+        Builder {
+            repo,
+            level,
+            block_size: cfg.block_size as usize,
+            cipher: Arc::new(repo.data_cipher(&key_id)),
+            key_id,
+            known: Arc::new(Mutex::new(known)),
+            in_flight: FuturesOrdered::new(),
+            pack: PackWriter::new(key_id, cfg.pack_size as usize),
+            uploads: JoinSet::new(),
+            upload_slots: Arc::new(Semaphore::new(PARALLEL_UPLOADS)),
+            packs: Vec::new(),
+            unindexed_blobs: 0,
+            index_flush_blobs: INDEX_FLUSH_BLOBS,
+            pack_size: cfg.pack_size,
+            indexes: Vec::new(),
+            files: Vec::new(),
+            stored_new: 0,
+            tablespace: None,
+            current: None,
+            buf: BytesMut::with_capacity(cfg.block_size as usize),
+            crc: 0,
+            capture_label: false,
+            backup_label: Vec::new(),
+            progress,
+        }
+    }
+
     async fn submit(&mut self, file: usize, block: Bytes) -> Result<()> {
         if self.in_flight.len() >= IN_FLIGHT_BLOCKS {
             self.complete_one().await?;
@@ -131,9 +164,9 @@ impl<'r> Builder<'r> {
         if let Some(sealed) = done.sealed {
             self.stored_new += sealed.len() as u64;
             self.pack.add(done.id, done.raw_len, &sealed);
-            if self.pack.len() as u64 >= self.repo.config().pack_size {
+            if self.pack.len() as u64 >= self.pack_size {
                 self.flush_pack().await?;
-                if self.unindexed_blobs >= INDEX_FLUSH_BLOBS {
+                if self.unindexed_blobs >= self.index_flush_blobs {
                     self.write_index().await?;
                 }
             }
@@ -145,8 +178,7 @@ impl<'r> Builder<'r> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let full =
-            std::mem::replace(&mut self.pack, PackWriter::new(self.key_id, self.repo.config().pack_size as usize));
+        let full = std::mem::replace(&mut self.pack, PackWriter::new(self.key_id, self.pack_size as usize));
         let (bytes, record) = full.finish();
         let key = pack_key(&record.id);
         self.unindexed_blobs += record.blobs.len();
@@ -270,31 +302,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let include_wal = req.archive_copy || !archiving_enabled(&mut conn).await?;
     let label = new_label(repo).await?;
     let known: HashSet<ChunkId> = repo.load_index().await?.into_keys().collect();
-    let key_id = crypto::random_bytes::<PACK_KEY_ID_LEN>();
-    let mut b = Builder {
-        repo,
-        level: req.compress_level,
-        block_size: cfg.block_size as usize,
-        cipher: Arc::new(repo.data_cipher(&key_id)),
-        key_id,
-        known: Arc::new(Mutex::new(known)),
-        in_flight: FuturesOrdered::new(),
-        pack: PackWriter::new(key_id, cfg.pack_size as usize),
-        uploads: JoinSet::new(),
-        upload_slots: Arc::new(Semaphore::new(PARALLEL_UPLOADS)),
-        packs: Vec::new(),
-        unindexed_blobs: 0,
-        indexes: Vec::new(),
-        files: Vec::new(),
-        stored_new: 0,
-        tablespace: None,
-        current: None,
-        buf: BytesMut::with_capacity(cfg.block_size as usize),
-        crc: 0,
-        capture_label: false,
-        backup_label: Vec::new(),
-        progress: req.progress.clone(),
-    };
+    let mut b = Builder::new(repo, req.compress_level, known, req.progress.clone());
 
     let opts = BaseBackupOptions {
         label: format!("pgcairn {label}"),
@@ -408,4 +416,43 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         stop_lsn: manifest.stop_lsn,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::tar::{EntryKind, TarEntry};
+    use crate::progress::NoProgress;
+    use crate::repo::tests::test_repo;
+
+    /// Index objects are written during the backup, each naming only uploaded packs,
+    /// and together they list every new block; repeated blocks are stored once.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn indexes_are_written_as_packs_complete() {
+        let (mem, repo) = test_repo(true).await;
+        let mut b = Builder::new(&repo, 1, HashSet::new(), Arc::new(NoProgress));
+        b.index_flush_blobs = 8;
+        b.pack_size = 128 * 1024;
+        let block = repo.config().block_size as usize;
+        let blocks: Vec<Vec<u8>> = (0..120).map(|_| (0..block).map(|_| rand::random::<u8>()).collect()).collect();
+        let size = (blocks.len() * block * 2) as u64;
+        let entry =
+            TarEntry { path: "base/1/1".into(), kind: EntryKind::File, mode: 0o600, size, mtime: 0, link: None };
+        b.tar_item(TarItem::Entry(entry)).await.unwrap();
+        for data in blocks.iter().chain(blocks.iter()) {
+            b.tar_item(TarItem::Data(Bytes::from(data.clone()))).await.unwrap();
+        }
+        b.tar_item(TarItem::EntryEnd).await.unwrap();
+        b.finish().await.unwrap();
+
+        assert!(b.indexes.len() > 1, "one index per flush, got {}", b.indexes.len());
+        assert_eq!(b.files[0].blocks.len(), 240);
+        let index = repo.load_index().await.unwrap();
+        assert_eq!(index.len(), 120, "each distinct block stored once");
+        for id in &b.files[0].blocks {
+            let loc = &index[id];
+            let key = pack_key(&loc.pack);
+            assert!(crate::storage::Storage::get(&*mem, &key).await.is_ok(), "index names a pack that is not stored");
+        }
+    }
 }
