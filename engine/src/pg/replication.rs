@@ -280,26 +280,16 @@ impl ReplicationConnection {
                             self.flush().await?;
                         }
                         11 => {
-                            let s = scram.as_mut().ok_or_else(|| Error::Protocol {
-                                target: self.target.clone(),
-                                detail: "SASL continue without start".into(),
-                            })?;
-                            s.update(&body).map_err(|e| Error::Protocol {
-                                target: self.target.clone(),
-                                detail: format!("SCRAM: {e}"),
-                            })?;
+                            let s = scram.as_mut().ok_or_else(|| self.protocol("SASL continue without start"))?;
+                            s.update(&body).map_err(|e| self.protocol(format!("SCRAM: {e}")))?;
                             let msg = s.message().to_vec();
                             frontend::sasl_response(&msg, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
                             self.flush().await?;
                         }
                         12 => {
-                            let s = scram.as_mut().ok_or_else(|| Error::Protocol {
-                                target: self.target.clone(),
-                                detail: "SASL final without start".into(),
-                            })?;
-                            s.finish(&body).map_err(|e| Error::Protocol {
-                                target: self.target.clone(),
-                                detail: format!("the server's SCRAM signature does not verify: {e}"),
+                            let s = scram.as_mut().ok_or_else(|| self.protocol("SASL final without start"))?;
+                            s.finish(&body).map_err(|e| {
+                                self.protocol(format!("the server's SCRAM signature does not verify: {e}"))
                             })?;
                         }
                         other => return Err(self.protocol(format!("unsupported authentication request {other}"))),
