@@ -252,8 +252,9 @@ fn recovery(
             bail!("--target-action={a}: use pause, promote or shutdown");
         }
     }
-    if s.get("repo-key-file").is_none() && s.get("repo-passphrase-file").is_none() && s.get("repo-passphrase").is_none()
-    {
+    // PGCAIRN_REPO_PASSPHRASE does not reach PostgreSQL's restore_command; only a
+    // key file or passphrase file named in the forwarded settings does.
+    if target != RecoveryTarget::None && s.get("repo-key-file").is_none() && s.get("repo-passphrase-file").is_none() {
         tracing::warn!("restore_command will need the repository key: set repo-key-file (or repo-passphrase-file) where PostgreSQL can read it");
     }
     Ok(Recovery { target, action: action.clone(), timeline: timeline.clone(), restore_command: restore_command(s)? })
