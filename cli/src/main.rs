@@ -120,7 +120,7 @@ enum Command {
         /// Create an unencrypted repository (never the default).
         #[arg(long)]
         no_encryption: bool,
-        /// Block size in bytes, a multiple of 8192 (default 131072).
+        /// Block size in bytes, a multiple of 8192 (default 32768).
         #[arg(long)]
         block_size: Option<u32>,
     },
@@ -129,7 +129,7 @@ enum Command {
         #[arg(long = "type", value_enum, default_value = "full")]
         backup_type: BackupType,
     },
-    /// Restore a backup set into an empty directory and set up recovery.
+    /// Restore a backup set into an empty directory (or --delta over a stopped one) and set up recovery.
     Restore {
         /// Backup label (default: the newest).
         #[arg(long)]
@@ -149,6 +149,9 @@ enum Command {
         /// Put tablespace OID into DIR instead of its original location (repeatable).
         #[arg(long = "tablespace-map", value_name = "OID=DIR")]
         tablespace_map: Vec<String>,
+        /// Restore over an existing, stopped data directory: only what differs is rewritten.
+        #[arg(long)]
+        delta: bool,
     },
     /// Show the repository, its backup sets and its WAL archive.
     Info {
@@ -170,7 +173,12 @@ enum Command {
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum BackupType {
+    /// Every block stored anew: shares nothing with earlier backups.
     Full,
+    /// Stores the blocks changed since the newest full backup.
+    Diff,
+    /// Stores the blocks changed since the newest backup of any type.
+    Incr,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -284,10 +292,15 @@ async fn run(command: &Command, s: &Settings) -> Result<ExitCode> {
                 if *no_encryption { "unencrypted" } else { "encrypted" }
             );
         }
-        Command::Backup { backup_type: BackupType::Full } => {
+        Command::Backup { backup_type } => {
             let repo = s.open_repo().await?;
             let req = ops::BackupRequest {
                 pg: s.pg()?,
+                backup_type: match backup_type {
+                    BackupType::Full => ops::BackupType::Full,
+                    BackupType::Diff => ops::BackupType::Diff,
+                    BackupType::Incr => ops::BackupType::Incr,
+                },
                 fast_checkpoint: s.get_bool("start-fast", false)?,
                 compress_level: s.compress_level()?,
                 estimate_size: std::io::stderr().is_terminal(),
@@ -297,8 +310,10 @@ async fn run(command: &Command, s: &Settings) -> Result<ExitCode> {
                 archive_timeout: s.archive_timeout()?,
             };
             let sum = ops::backup(&repo, &req).await?;
+            let based_on = sum.parent.as_deref().map(|p| format!(" (on {p})")).unwrap_or_default();
             println!(
-                "full backup {} done: {} in {} files, {} new in the repository, wal {}..{}, {:.1}s",
+                "{} backup {}{based_on} done: {} in {} files, {} new in the repository, wal {}..{}, {:.1}s",
+                sum.backup_type.as_str(),
                 sum.label,
                 human(sum.size),
                 sum.files,
@@ -309,7 +324,7 @@ async fn run(command: &Command, s: &Settings) -> Result<ExitCode> {
             );
             println!("{}", sum.label);
         }
-        Command::Restore { set, target_type, target, target_action, target_timeline, tablespace_map } => {
+        Command::Restore { set, target_type, target, target_action, target_timeline, tablespace_map, delta } => {
             let target_dir =
                 s.get("pg-data").ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
             let recovery = recovery(s, *target_type, target, target_action, target_timeline)?;
@@ -320,10 +335,16 @@ async fn run(command: &Command, s: &Settings) -> Result<ExitCode> {
                 tablespace_map: parse_tablespace_map(tablespace_map)?,
                 progress: progress(),
                 recovery,
+                delta: *delta,
             };
             let sum = ops::restore(&repo, &req).await?;
+            let delta_note = if *delta {
+                format!(" ({} files unchanged, {} fetched)", sum.files_unchanged, human(sum.bytes_fetched))
+            } else {
+                String::new()
+            };
             println!(
-                "restored backup {} into {target_dir}: {} in {} files, {:.1}s; start PostgreSQL on it to finish recovery",
+                "restored backup {} into {target_dir}: {} in {} files{delta_note}, {:.1}s; start PostgreSQL on it to finish recovery",
                 sum.label,
                 human(sum.bytes),
                 sum.files,
@@ -421,6 +442,9 @@ fn print_info(r: &ops::InfoReport) {
     for b in &r.backups {
         println!();
         println!("    {} backup: {}", b.backup_type, b.label);
+        if let Some(parent) = &b.parent {
+            println!("        based on: {parent}");
+        }
         println!("        timestamp start/stop: {} / {}", b.start_time, b.stop_time);
         let wal = match (&b.wal_start, &b.wal_stop) {
             _ if b.wal_included => "wal included in the backup".to_string(),

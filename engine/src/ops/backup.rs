@@ -1,4 +1,4 @@
-//! Full backup: stream BASE_BACKUP, cut files into page-aligned blocks, hash,
+//! Backup (full, diff or incr; see `lineage`): stream BASE_BACKUP, cut files into page-aligned blocks, hash,
 //! compress and seal them on rayon, pack new ones and upload packs on tokio, then
 //! write index, server manifest and — last — the backup manifest.
 //!
@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use crate::crypto::{self, Cipher};
 use crate::error::{Error, Result};
 use crate::ops::archive;
+use crate::ops::lineage::{self, BackupType};
 use crate::ops::stanza::identify_stanza_cluster;
 use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
 use crate::pg::tar::{EntryKind, TarItem, TarReader};
@@ -38,6 +39,7 @@ const INDEX_FLUSH_BLOBS: usize = 32 * 1024;
 
 pub struct BackupRequest {
     pub pg: ConnParams,
+    pub backup_type: BackupType,
     pub fast_checkpoint: bool,
     pub compress_level: i32,
     pub progress: Arc<dyn Progress>,
@@ -60,6 +62,9 @@ async fn archiving_enabled(conn: &mut ReplicationConnection) -> Result<bool> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BackupSummary {
     pub label: String,
+    /// The type taken: a diff or incr without a usable parent becomes a full.
+    pub backup_type: BackupType,
+    pub parent: Option<String>,
     pub size: u64,
     pub stored_new: u64,
     pub files: usize,
@@ -280,17 +285,7 @@ impl<'r> Builder<'r> {
     }
 }
 
-/// pgBackRest-style label: YYYYMMDD-HHMMSSF, unique in the stanza.
-async fn new_label(repo: &Repository) -> Result<String> {
-    let existing = repo.list_backups().await?;
-    loop {
-        let label = chrono::Utc::now().format("%Y%m%d-%H%M%SF").to_string();
-        if !existing.iter().any(|l| l.starts_with(&label[..15])) {
-            return Ok(label);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-}
+
 
 pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSummary> {
     let started = Instant::now();
@@ -300,9 +295,11 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let sys = identify_stanza_cluster(&mut conn, &cfg).await?;
     let pg_version = conn.server_version_num();
     let include_wal = req.archive_copy || !archiving_enabled(&mut conn).await?;
-    let label = new_label(repo).await?;
-    let known: HashSet<ChunkId> = repo.load_index().await?.into_keys().collect();
-    let mut b = Builder::new(repo, req.compress_level, known, req.progress.clone());
+    let existing = repo.list_backups().await?;
+    let lineage = lineage::choose(repo, req.backup_type, &existing, pg_version).await?;
+    let label = lineage.new_label(&existing).await;
+    let mut b = Builder::new(repo, req.compress_level, lineage.known_blocks(), req.progress.clone());
+    let parent = lineage.parent.map(|p| p.label);
 
     let opts = BaseBackupOptions {
         label: format!("pgcairn {label}"),
@@ -387,7 +384,8 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         label: label.clone(),
-        backup_type: "full".into(),
+        backup_type: lineage.backup_type.as_str().into(),
+        parent: parent.clone(),
         start_time: start_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         stop_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         start_lsn: start_lsn.to_string(),
@@ -409,6 +407,8 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     repo.put_meta(&manifest_key(&label), &manifest).await?;
     Ok(BackupSummary {
         label,
+        backup_type: lineage.backup_type,
+        parent,
         size,
         stored_new: manifest.stored_new,
         files: manifest.files.len(),

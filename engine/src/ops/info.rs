@@ -11,6 +11,8 @@ pub struct BackupInfo {
     pub label: String,
     #[serde(rename = "type")]
     pub backup_type: String,
+    /// The backup a diff or incr was compared with.
+    pub parent: Option<String>,
     pub start_time: String,
     pub stop_time: String,
     pub start_lsn: String,
@@ -46,6 +48,7 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
         backups.push(BackupInfo {
             label: m.label,
             backup_type: m.backup_type,
+            parent: m.parent,
             start_time: m.start_time,
             stop_time: m.stop_time,
             start_lsn: m.start_lsn,

@@ -5,6 +5,7 @@ pub mod archive_async;
 pub mod backup;
 pub mod check;
 pub mod info;
+pub mod lineage;
 pub mod restore;
 pub mod stanza;
 
@@ -13,5 +14,6 @@ pub use archive_async::archive_push_configured;
 pub use backup::{backup, BackupRequest, BackupSummary};
 pub use check::{check, CheckReport, CheckRequest};
 pub use info::{info, BackupInfo, InfoReport};
+pub use lineage::BackupType;
 pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary};
 pub use stanza::{stanza_create, StanzaCreateRequest};

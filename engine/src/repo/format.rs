@@ -36,6 +36,12 @@ pub fn pack_key(pack_id: &str) -> String {
 pub fn index_key(index_id: &str) -> String {
     format!("{INDEX_PREFIX}{index_id}")
 }
+/// The moment a backup label was taken (`YYYYMMDD-HHMMSS`): the part before its type
+/// letter. Full labels are `<ts>F`, diff and incr labels `<full label>_<ts>D|I`.
+pub fn label_timestamp(label: &str) -> &str {
+    let end = label.len().saturating_sub(1);
+    label.get(end.saturating_sub(15)..end).unwrap_or(label)
+}
 pub fn manifest_key(label: &str) -> String {
     format!("{BACKUP_PREFIX}{label}/manifest")
 }
@@ -184,8 +190,12 @@ pub struct Tablespace {
 pub struct Manifest {
     pub format_version: u32,
     pub label: String,
-    /// "full" (diff and incr come later and reuse this layout).
+    /// "full", "diff" or "incr".
     pub backup_type: String,
+    /// The backup whose blocks this one did not store again (diff: the newest full;
+    /// incr: the newest backup). Informational: restore never reads it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parent: Option<String>,
     pub start_time: String,
     pub stop_time: String,
     pub start_lsn: String,

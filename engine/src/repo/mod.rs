@@ -309,7 +309,8 @@ impl Repository {
         Ok(map)
     }
 
-    /// Labels of every visible backup (those whose manifest exists), oldest first.
+    /// Labels of every visible backup (those whose manifest exists), oldest first
+    /// (by the time in the label, so a diff sorts after a later full it does not belong to).
     pub async fn list_backups(&self) -> Result<Vec<String>> {
         let mut labels: Vec<String> = self
             .storage
@@ -318,7 +319,7 @@ impl Repository {
             .into_iter()
             .filter_map(|o| o.key.strip_prefix(BACKUP_PREFIX)?.strip_suffix("/manifest").map(str::to_string))
             .collect();
-        labels.sort();
+        labels.sort_by(|a, b| label_timestamp(a).cmp(label_timestamp(b)).then(a.cmp(b)));
         Ok(labels)
     }
 
