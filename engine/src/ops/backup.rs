@@ -285,8 +285,6 @@ impl<'r> Builder<'r> {
     }
 }
 
-
-
 pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSummary> {
     let started = Instant::now();
     let start_time = chrono::Utc::now();

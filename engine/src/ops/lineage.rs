@@ -38,8 +38,6 @@ impl BackupType {
     }
 }
 
-
-
 /// The full backup a label belongs to (itself for a full).
 fn full_of(label: &str) -> &str {
     label.split('_').next().unwrap_or(label)

@@ -105,8 +105,10 @@ fn parse_header(block: &[u8]) -> Result<TarEntry, String> {
     if stored != computed {
         return Err(format!("tar header checksum mismatch (stored {stored}, computed {computed})"));
     }
-    let path =
-        h.path().map_err(|e| format!("tar entry path: {e}"))?.to_string_lossy().trim_end_matches('/').to_string();
+    // PostgreSQL 17+ names two directories "./pg_wal/..."; store every path one way.
+    let raw = h.path().map_err(|e| format!("tar entry path: {e}"))?;
+    let path = raw.to_string_lossy();
+    let path = path.trim_start_matches("./").trim_end_matches('/').to_string();
     let kind = match h.entry_type() {
         tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
         tar::EntryType::Directory => EntryKind::Dir,

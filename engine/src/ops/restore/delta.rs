@@ -42,11 +42,8 @@ pub(super) fn check_target(dir: &Path, tablespace: bool) -> Result<()> {
         Err(e) => return Err(Error::io(format!("cannot read restore target {}", dir.display()), e)),
     };
     let names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into()).collect();
-    let looks_right = if tablespace {
-        names.iter().any(|n| n.starts_with("PG_"))
-    } else {
-        names.iter().any(|n| n == "PG_VERSION")
-    };
+    let looks_right =
+        if tablespace { names.iter().any(|n| n.starts_with("PG_")) } else { names.iter().any(|n| n == "PG_VERSION") };
     if names.is_empty() || looks_right {
         return Ok(());
     }
@@ -57,6 +54,22 @@ pub(super) fn check_target(dir: &Path, tablespace: bool) -> Result<()> {
             "is not empty and has no {what}, so it is not a PostgreSQL directory --delta may overwrite: check the path, or empty it"
         ),
     })
+}
+
+/// Relative path → kind of every entry of one root, with the parents the archive did
+/// not list as directories of their own.
+pub(super) fn listed<'m>(files: impl Iterator<Item = &'m FileEntry>) -> HashMap<&'m str, FileKind> {
+    let mut keep = HashMap::new();
+    for f in files {
+        // Sets taken before paths were normalised may name "./pg_wal/summaries".
+        let mut path = f.path.strip_prefix("./").unwrap_or(&f.path);
+        keep.insert(path, f.kind);
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            keep.entry(parent).or_insert(FileKind::Dir);
+            path = parent;
+        }
+    }
+    keep
 }
 
 /// Remove everything under `root` that `keep` (relative path → kind) does not list
@@ -73,7 +86,8 @@ pub(super) fn remove_extras(root: &Path, keep: &HashMap<&str, FileKind>) -> Resu
             let entry = entry.ctx(|| format!("cannot read {}", dir.display()))?;
             let path = entry.path();
             let ft = entry.file_type().ctx(|| format!("cannot stat {}", path.display()))?;
-            let child = entry.file_name().to_str().map(|n| if rel.is_empty() { n.to_string() } else { format!("{rel}/{n}") });
+            let child =
+                entry.file_name().to_str().map(|n| if rel.is_empty() { n.to_string() } else { format!("{rel}/{n}") });
             let kind = if ft.is_dir() {
                 Some(FileKind::Dir)
             } else if ft.is_file() {
@@ -88,10 +102,10 @@ pub(super) fn remove_extras(root: &Path, keep: &HashMap<&str, FileKind>) -> Resu
                 _ => {
                     let gone = if ft.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
                     gone.ctx(|| format!("cannot remove {} (not in the backup)", path.display()))?;
+                    tracing::debug!("delta restore: removed {}", path.display());
                     *removed += 1;
                 }
             }
-            
         }
         Ok(())
     }

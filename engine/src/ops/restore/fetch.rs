@@ -127,7 +127,8 @@ impl Ctx {
         blocks: impl Iterator<Item = (usize, ChunkId)>,
         sink: tokio::sync::mpsc::Sender<(usize, Bytes)>,
     ) -> Result<()> {
-        let fetches = futures::stream::iter(self.runs(blocks)).map(|run| self.fetch_run(path, run)).buffered(RUNS_AHEAD);
+        let fetches =
+            futures::stream::iter(self.runs(blocks)).map(|run| self.fetch_run(path, run)).buffered(RUNS_AHEAD);
         futures::pin_mut!(fetches);
         while let Some(r) = fetches.next().await {
             for b in r? {

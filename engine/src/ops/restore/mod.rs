@@ -134,58 +134,45 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
             Some(oid) => ts_dirs[&oid].join(&f.path),
         }
     };
-    let pg_control = req.target.join(PG_CONTROL);
-    if req.delta {
-        // From here until the restore completes PostgreSQL must not start on a mix of
-        // old and new files: without pg_control it refuses to.
-        match std::fs::remove_file(&pg_control) {
-            Ok(()) => fsutil::sync_parent_dir(&pg_control).ctx(|| format!("cannot fsync {}", req.target.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot remove {}", pg_control.display()), e)),
-        }
-        let mut removed = 0;
-        for (root, oid) in std::iter::once((&req.target, None)).chain(ts_dirs.iter().map(|(o, d)| (d, Some(*o)))) {
-            let keep = manifest.files.iter().filter(|f| f.tablespace == oid).map(|f| (f.path.as_str(), f.kind)).collect();
-            removed += delta::remove_extras(root, &keep)?;
-        }
-        tracing::info!("delta restore: removed {removed} files and directories the backup does not have");
-    }
-
-    let mkdir = |d: &Path| fsutil::create_dir_all_durable(d).ctx(|| format!("cannot create directory {}", d.display()));
-    mkdir(&req.target)?;
-    std::fs::set_permissions(&req.target, std::fs::Permissions::from_mode(0o700))
-        .ctx(|| format!("cannot set mode of {}", req.target.display()))?;
-    for dir in ts_dirs.values() {
-        mkdir(dir)?;
-    }
-    for f in manifest.files.iter().filter(|f| f.kind == FileKind::Dir) {
-        mkdir(&dest_of(f))?;
-    }
-    // Parents of files whose directory entry the archive did not carry.
-    for f in manifest.files.iter().filter(|f| f.kind == FileKind::File) {
-        if let Some(p) = dest_of(f).parent() {
-            mkdir(p)?;
-        }
-    }
-
     let files: Vec<(FileEntry, PathBuf)> = manifest
         .files
         .iter()
         .filter(|f| f.kind == FileKind::File && !(f.tablespace.is_none() && f.path == "tablespace_map"))
         .map(|f| (f.clone(), dest_of(f)))
         .collect();
-    let actions = if req.delta {
+    let (files, actions) = if req.delta {
         req.progress.begin(&format!("delta restore {label}: compare"), Some(manifest.size));
-        let (files, key, progress) = (files.clone(), *repo.chunk_key(), req.progress.clone());
+        let (key, progress) = (*repo.chunk_key(), req.progress.clone());
         let block_size = manifest.block_size as u64;
-        let actions = tokio::task::spawn_blocking(move || delta::compare(&files, block_size, &key, &progress))
-            .await
-            .map_err(|e| Error::Other(format!("compare task failed: {e}")))??;
+        let (files, actions) = tokio::task::spawn_blocking(move || {
+            delta::compare(&files, block_size, &key, &progress).map(|actions| (files, actions))
+        })
+        .await
+        .map_err(|e| Error::Other(format!("compare task failed: {e}")))??;
         req.progress.finish();
-        actions
+        for ((f, _), a) in files.iter().zip(&actions) {
+            match a {
+                Action::Keep => {}
+                Action::Patch(list) => tracing::debug!("delta restore: {}: {} blocks differ", f.path, list.len()),
+                Action::Write => tracing::debug!("delta restore: {}: rewritten whole", f.path),
+            }
+        }
+        (files, actions)
     } else {
-        vec![Action::Write; files.len()]
+        let actions = vec![Action::Write; files.len()];
+        (files, actions)
     };
+    let pg_control = req.target.join(PG_CONTROL);
+    let mut actions = actions;
+    let changes = actions.iter().any(|a| *a != Action::Keep);
+    if changes {
+        // pg_control goes first and comes back last (see below).
+        for (a, (_, dest)) in actions.iter_mut().zip(&files) {
+            if *dest == pg_control {
+                *a = Action::Write;
+            }
+        }
+    }
     let needed = |(n, (f, _)): (usize, &(FileEntry, PathBuf))| -> Vec<(usize, ChunkId)> {
         match &actions[n] {
             Action::Keep => Vec::new(),
@@ -222,8 +209,44 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
         progress: req.progress.clone(),
     });
 
+    if req.delta && changes {
+        // From here until the restore completes PostgreSQL must not start on a mix of
+        // old and new files: without pg_control it refuses to.
+        match std::fs::remove_file(&pg_control) {
+            Ok(()) => fsutil::sync_parent_dir(&pg_control).ctx(|| format!("cannot fsync {}", req.target.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("cannot remove {}", pg_control.display()), e)),
+        }
+    }
+    if req.delta {
+        let mut removed = 0;
+        for (root, oid) in std::iter::once((&req.target, None)).chain(ts_dirs.iter().map(|(o, d)| (d, Some(*o)))) {
+            let keep = delta::listed(manifest.files.iter().filter(|f| f.tablespace == oid));
+            removed += delta::remove_extras(root, &keep)?;
+        }
+        tracing::info!("delta restore: removed {removed} files and directories the backup does not have");
+    }
+
+    let mkdir = |d: &Path| fsutil::create_dir_all_durable(d).ctx(|| format!("cannot create directory {}", d.display()));
+    mkdir(&req.target)?;
+    std::fs::set_permissions(&req.target, std::fs::Permissions::from_mode(0o700))
+        .ctx(|| format!("cannot set mode of {}", req.target.display()))?;
+    for dir in ts_dirs.values() {
+        mkdir(dir)?;
+    }
+    for f in manifest.files.iter().filter(|f| f.kind == FileKind::Dir) {
+        mkdir(&dest_of(f))?;
+    }
+    // Parents of files whose directory entry the archive did not carry.
+    for f in manifest.files.iter().filter(|f| f.kind == FileKind::File) {
+        if let Some(p) = dest_of(f).parent() {
+            mkdir(p)?;
+        }
+    }
+
     req.progress.begin(&format!("restore {label}"), Some(fetch_bytes));
     let unchanged = actions.iter().filter(|a| **a == Action::Keep).count();
+    let file_count = files.len();
     let block_size = manifest.block_size as u64;
     let run = |(entry, dest): (FileEntry, PathBuf), action: Action| {
         let ctx = ctx.clone();
@@ -237,8 +260,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
         }
     };
     // pg_control last: until it is in place PostgreSQL cannot start on a partial restore.
-    let (last, rest): (Vec<_>, Vec<_>) =
-        files.into_iter().zip(actions).partition(|((_, dest), _)| *dest == pg_control);
+    let (last, rest): (Vec<_>, Vec<_>) = files.into_iter().zip(actions).partition(|((_, dest), _)| *dest == pg_control);
     let mut restored = futures::stream::iter(rest.into_iter().map(|(f, a)| run(f, a)))
         .buffer_unordered(PARALLEL_FILES)
         .try_collect::<Vec<()>>()
@@ -301,7 +323,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
     fsutil::sync_dir(&req.target).ctx(|| format!("cannot fsync {}", req.target.display()))?;
     Ok(RestoreSummary {
         label,
-        files: manifest.files.iter().filter(|f| f.kind == FileKind::File).count(),
+        files: file_count,
         bytes: manifest.size,
         files_unchanged: unchanged,
         bytes_fetched: fetch_bytes,

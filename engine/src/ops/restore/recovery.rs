@@ -96,5 +96,4 @@ mod tests {
         assert!(text.contains("recovery_target_action = 'promote'"), "{text}");
         assert!(dir.path().join("recovery.signal").is_file());
     }
-
 }
