@@ -191,8 +191,8 @@ verify_cairn_restore() { # QUERY EXPECTED
     say "pgcairn restore started and holds the data ($got)"
 }
 
-# Full backups (pg_basebackup too), restores into an empty directory, and pgBackRest's
-# delta restore over its unchanged restore, for the dataset now in the cluster.
+# Full backups (pg_basebackup too), restores into an empty directory, and delta
+# restores over those unchanged restores, for the dataset now in the cluster.
 measure_dataset() { # DATASET CHECK_QUERY
     local ds=$1 r t expected
     add "size.$ds" "$(du -sb --exclude=pg_wal "$W/data" | cut -f1)"
@@ -205,15 +205,20 @@ measure_dataset() { # DATASET CHECK_QUERY
     for r in $(seq "$REPEAT"); do
         for t in $(order "$r" "cairn br"); do run_restore "$t" "$ds"; done
     done
+    say "$ds: delta restores over the unchanged restores"
+    for r in $(seq "$REPEAT"); do
+        for t in $(order "$r" "cairn br"); do
+            case $t in
+            cairn) timed "delta.$ds.cairn" "${CAIRN[@]}" "--repo=$W/repo-cairn-$ds" restore --delta "--pg-data=$W/restore-cairn" --type=none ;;
+            br) timed "delta.$ds.br" "${BR[@]}" "--repo1-path=$W/repo-br-$ds" restore --delta "--pg1-path=$W/restore-br" ;;
+            esac
+        done
+    done
     verify_cairn_restore "$2" "$expected"
     # Reference for restores: what the disk takes to copy the data directory and sync.
     fresh_dir "$W/floor"
     timed "floor.$ds" bash -c "tar -C '$W/data' --exclude=./pg_wal -cf - . | tar -C '$W/floor' -xf - && sync"
     rm -rf "$W/floor"
-    say "$ds: pgBackRest delta restore over its unchanged restore"
-    for r in $(seq "$REPEAT"); do
-        timed "delta.$ds.br" "${BR[@]}" "--repo1-path=$W/repo-br-$ds" restore --delta "--pg1-path=$W/restore-br"
-    done
     rm -rf "$W/restore-cairn" "$W/restore-br" "$W/repo-pgbb-$ds"
 }
 
@@ -226,19 +231,18 @@ SUMQ="SELECT sum(abalance) || '/' || count(*) FROM pgbench_accounts"
 measure_dataset pgbench "$SUMQ"
 
 # ---------------------------------------------------------------- 2. after a workload
-# pgcairn has only full backups: a second full stores just the blocks that changed.
-# pgBackRest: diff after workload 1, incr after workload 2 (on top of that diff).
+# Both tools: diff after workload 1, incr after workload 2 (on top of that diff).
 START_WAL=$(sql "SELECT pg_walfile_name(pg_current_wal_lsn())")
 step() { # KEY PGBACKREST_TYPE FIRST_TOOL
     local c0 b0 t
     c0=$(bytes "$W/repo-cairn-pgbench")
     b0=$(bytes "$W/repo-br-pgbench")
-    say "workload: pgbench $WORKLOAD, then pgcairn full vs pgBackRest $2"
+    say "workload: pgbench $WORKLOAD, then $2 backups"
     bench $WORKLOAD
     for t in $3; do
         sql CHECKPOINT >/dev/null
         case $t in
-        cairn) timed "$1.cairn" "${CAIRN[@]}" "--repo=$W/repo-cairn-pgbench" backup --start-fast ;;
+        cairn) timed "$1.cairn" "${CAIRN[@]}" "--repo=$W/repo-cairn-pgbench" backup --start-fast "--type=$2" ;;
         br) timed "$1.br" "${BR[@]}" "--repo1-path=$W/repo-br-pgbench" backup "--type=$2" ;;
         esac
     done
@@ -357,11 +361,11 @@ row() {
         row "full backup, $ds: stored" mib "full.$ds.cairn.bytes" "full.$ds.br.bytes" "full.$ds.pgbb.bytes"
         row "full backup, $ds: peak RSS" rss "full.$ds.cairn.rss" "full.$ds.br.rss"
     done
-    row "after workload 1: pgcairn 2nd full vs pgBackRest diff: time" sec diff.cairn.t diff.br.t
-    row "after workload 1: pgcairn 2nd full vs pgBackRest diff: new stored" mib diff.cairn.bytes diff.br.bytes "" diff-bytes
-    row "after workload 2: pgcairn 3rd full vs pgBackRest incr: time" sec incr.cairn.t incr.br.t
-    row "after workload 2: pgcairn 3rd full vs pgBackRest incr: new stored" mib incr.cairn.bytes incr.br.bytes "" incr-bytes
-    row "2nd/3rd full vs diff/incr: peak RSS" rss diff.cairn.rss diff.br.rss
+    row "diff after workload 1: time" sec diff.cairn.t diff.br.t
+    row "diff after workload 1: new stored" mib diff.cairn.bytes diff.br.bytes "" diff-bytes
+    row "incr after workload 2: time" sec incr.cairn.t incr.br.t
+    row "incr after workload 2: new stored" mib incr.cairn.bytes incr.br.bytes "" incr-bytes
+    row "diff: peak RSS" rss diff.cairn.rss diff.br.rss
     row "archive-push, sync, per segment" ms push.cairn.t push.br.t "" push-sync
     row "archive-push, sync, CPU per segment" ms push.cairn.cpu push.br.cpu
     row "archive-push, pgcairn async vs pgBackRest sync, per segment (command returns)" ms push.cairn-async.t push.br.t
@@ -371,8 +375,8 @@ row() {
         row "restore to an empty directory, $ds: time (reference: tar copy + sync)" sec "restore.$ds.cairn.t" "restore.$ds.br.t" "floor.$ds.t" "restore-$ds"
         row "restore, $ds: CPU (user+sys)" sec "restore.$ds.cairn.cpu" "restore.$ds.br.cpu"
         row "restore, $ds: peak RSS" rss "restore.$ds.cairn.rss" "restore.$ds.br.rss"
-        printf '| delta restore over an unchanged copy, %s: time | n/a (not implemented) | %s | n/a | |\n' \
-            "$ds" "$(sec "$(get "delta.$ds.br.t")")"
+        row "delta restore over an unchanged copy, $ds: time" sec "delta.$ds.cairn.t" "delta.$ds.br.t" "" "delta-$ds"
+        row "delta restore, $ds: CPU (user+sys)" sec "delta.$ds.cairn.cpu" "delta.$ds.br.cpu"
     done
     echo
     echo "Targets (pgcairn/pgBackRest, this run):"
@@ -383,13 +387,14 @@ row() {
         diff-bytes | incr-bytes) limit=0.1 what="${name%-bytes} stored bytes" ;;
         push-sync) limit=0.25 what="archive-push per segment (sync)" ;;
         restore-*) limit=0.5 what="restore time (${name#restore-})" ;;
+        delta-*) limit=0.5 what="delta restore time (${name#delta-})" ;;
         *) continue ;;
         esac
         awk -v v="$value" -v l="$limit" -v w="$what" 'BEGIN {printf "- %s: %s ≤ %s: %s\n", w, v, l, (v <= l) ? "met" : "NOT met"}'
     done <"$W/targets"
-    echo "- delta restore ≤ 0.5: NOT met (pgcairn has no delta restore)"
+    
     maxrss=0
-    for k in full.pgbench.cairn.rss full.random.cairn.rss diff.cairn.rss incr.cairn.rss restore.pgbench.cairn.rss restore.random.cairn.rss push.cairn.rss; do
+    for k in full.pgbench.cairn.rss full.random.cairn.rss diff.cairn.rss incr.cairn.rss restore.pgbench.cairn.rss restore.random.cairn.rss delta.pgbench.cairn.rss delta.random.cairn.rss push.cairn.rss; do
         for v in ${R[$k]:-}; do
             if ((v > maxrss)); then maxrss=$v; fi
         done

@@ -57,6 +57,8 @@ struct Global {
     /// zstd level for new blocks and WAL (default 3).
     #[arg(long = "compress-level", global = true)]
     compress_level: Option<String>,
+    #[arg(long = "compress-level-wal", global = true)]
+    compress_level_wal: Option<String>,
     /// Immediate checkpoint instead of a spread one.
     #[arg(long = "start-fast", global = true, num_args = 0..=1, default_missing_value = "true")]
     start_fast: Option<String>,
@@ -98,6 +100,7 @@ impl Global {
             ("repo-s3-endpoint", &self.repo_s3_endpoint),
             ("repo-s3-region", &self.repo_s3_region),
             ("compress-level", &self.compress_level),
+            ("compress-level-wal", &self.compress_level_wal),
             ("start-fast", &self.start_fast),
             ("archive-check", &self.archive_check),
             ("archive-copy", &self.archive_copy),

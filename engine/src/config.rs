@@ -16,6 +16,8 @@ macro_rules! bail {
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/pgcairn/pgcairn.toml";
+/// zstd level for WAL unless `compress-level-wal` says otherwise.
+pub const DEFAULT_WAL_LEVEL: i32 = 1;
 
 /// Keys the config file may hold (flag names without `--`).
 pub const KNOWN_KEYS: &[&str] = &[
@@ -36,6 +38,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "repo-s3-endpoint",
     "repo-s3-region",
     "compress-level",
+    "compress-level-wal",
     "start-fast",
     "log-level",
 ];
@@ -199,13 +202,23 @@ impl Settings {
         }
     }
 
-    /// zstd level for blocks and WAL (`compress-level`, default 3).
+    /// zstd level for backup blocks (`compress-level`, default 3).
     pub fn compress_level(&self) -> Result<i32> {
-        match self.get("compress-level") {
-            None => Ok(3),
+        self.zstd_level("compress-level", 3)
+    }
+
+    /// zstd level for archived WAL (`compress-level-wal`, default 1): archive_command runs
+    /// once per segment and must keep up with the server (docs/benchmarks.md).
+    pub fn compress_level_wal(&self) -> Result<i32> {
+        self.zstd_level("compress-level-wal", DEFAULT_WAL_LEVEL)
+    }
+
+    fn zstd_level(&self, key: &str, default: i32) -> Result<i32> {
+        match self.get(key) {
+            None => Ok(default),
             Some(l) => match l.parse::<i32>() {
-                Ok(n) if (1..=19).contains(&n) => Ok(n),
-                _ => bail!("compress-level={l}: use a zstd level from 1 to 19"),
+                Ok(n) if (-7..=19).contains(&n) && n != 0 => Ok(n),
+                _ => bail!("{key}={l}: use a zstd level from 1 (fast) to 19 (small), or -1 to -7 (faster still)"),
             },
         }
     }

@@ -31,7 +31,7 @@ const PARALLEL_PUSHES: usize = 4;
 
 /// The one entry point of `archive_command`, for both binaries: sync or async as configured.
 pub async fn archive_push_configured(s: &Settings, path: &Path) -> Result<()> {
-    let level = s.compress_level()?;
+    let level = s.compress_level_wal()?;
     if !s.get_bool("archive-async", false)? {
         let repo = s.open_repo().await?;
         archive_push(&repo, path, level).await?;
