@@ -282,6 +282,12 @@ impl Repository {
 
     /// Every chunk the repository holds, from all index objects.
     pub async fn load_index(&self) -> Result<ChunkIndex> {
+        self.load_index_for(None).await
+    }
+
+    /// The locations of `wanted` chunks only (all when None): memory then follows the
+    /// backup being restored, not everything the repository holds.
+    pub async fn load_index_for(&self, wanted: Option<&std::collections::HashSet<ChunkId>>) -> Result<ChunkIndex> {
         let mut map = ChunkIndex::new();
         for info in self.storage.list(INDEX_PREFIX).await? {
             let file: IndexFile = self.get_meta(&info.key).await?;
@@ -292,7 +298,7 @@ impl Repository {
                     what: format!("index {}", info.key),
                     detail: format!("bad key id: {e}"),
                 })?;
-                for b in p.blobs {
+                for b in p.blobs.into_iter().filter(|b| wanted.is_none_or(|w| w.contains(&b.id))) {
                     map.insert(
                         b.id,
                         BlobLocation {

@@ -104,7 +104,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
             repo.list_backups().await?.pop().ok_or_else(|| Error::NoBackups { stanza: repo.config().stanza.clone() })?
         }
     };
-    let manifest = repo.load_manifest(&label).await?;
+    let mut manifest = repo.load_manifest(&label).await?;
     if req.recovery.target == RecoveryTarget::None && !manifest.wal_included {
         return Err(Error::Config(format!(
             "backup {label} does not carry its WAL (it relies on the archive from {} to {}): --type=none cannot make it consistent; use --type=immediate",
@@ -134,11 +134,16 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
             Some(oid) => ts_dirs[&oid].join(&f.path),
         }
     };
+    // The block lists move out of the manifest (no second copy); the rest of it still
+    // describes directories, links and modes.
     let files: Vec<(FileEntry, PathBuf)> = manifest
         .files
-        .iter()
+        .iter_mut()
         .filter(|f| f.kind == FileKind::File && !(f.tablespace.is_none() && f.path == "tablespace_map"))
-        .map(|f| (f.clone(), dest_of(f)))
+        .map(|f| {
+            let blocks = std::mem::take(&mut f.blocks);
+            (FileEntry { blocks, ..f.clone() }, dest_of(f))
+        })
         .collect();
     let (files, actions) = if req.delta {
         req.progress.begin(&format!("delta restore {label}: compare"), Some(manifest.size));
@@ -184,7 +189,10 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
     // Load the index only when something must be fetched, and check that every needed
     // block is in it before writing anything.
     let mut fetch_bytes = 0u64;
-    let index = if actions.iter().all(|a| *a == Action::Keep) { ChunkIndex::new() } else { repo.load_index().await? };
+    let wanted: std::collections::HashSet<ChunkId> =
+        files.iter().enumerate().flat_map(|(n, file)| needed((n, file))).map(|(_, id)| id).collect();
+    let index = if wanted.is_empty() { ChunkIndex::new() } else { repo.load_index_for(Some(&wanted)).await? };
+    drop(wanted);
     for (n, file) in files.iter().enumerate() {
         for (b, id) in needed((n, file)) {
             match index.get(&id) {
