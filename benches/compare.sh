@@ -206,10 +206,15 @@ measure_dataset() { # DATASET CHECK_QUERY
         for t in $(order "$r" "cairn br"); do run_restore "$t" "$ds"; done
     done
     say "$ds: delta restores over the unchanged restores"
+    # pgcairn twice: unlocking with the passphrase (Argon2id, ~0.2 s and 64 MiB by
+    # design) and with a key file (as pgBackRest, whose cipher pass sits in its config).
+    as_pg "${CAIRN[@]}" "--repo=$W/repo-cairn-$ds" key-file "--output=$W/key-$ds" >>"$LOG" 2>&1
     for r in $(seq "$REPEAT"); do
-        for t in $(order "$r" "cairn br"); do
+        for t in $(order "$r" "cairn cairn-key br"); do
             case $t in
             cairn) timed "delta.$ds.cairn" "${CAIRN[@]}" "--repo=$W/repo-cairn-$ds" restore --delta "--pg-data=$W/restore-cairn" --type=none ;;
+            cairn-key) timed "delta.$ds.cairn-key" "${CAIRN[@]}" "--repo=$W/repo-cairn-$ds" "--repo-key-file=$W/key-$ds" \
+                restore --delta "--pg-data=$W/restore-cairn" --type=none ;;
             br) timed "delta.$ds.br" "${BR[@]}" "--repo1-path=$W/repo-br-$ds" restore --delta "--pg1-path=$W/restore-br" ;;
             esac
         done
@@ -376,6 +381,7 @@ row() {
         row "restore, $ds: CPU (user+sys)" sec "restore.$ds.cairn.cpu" "restore.$ds.br.cpu"
         row "restore, $ds: peak RSS" rss "restore.$ds.cairn.rss" "restore.$ds.br.rss"
         row "delta restore over an unchanged copy, $ds: time" sec "delta.$ds.cairn.t" "delta.$ds.br.t" "" "delta-$ds"
+        row "delta restore over an unchanged copy, $ds, pgcairn with a key file: time" sec "delta.$ds.cairn-key.t" "delta.$ds.br.t" "" "delta-key-$ds"
         row "delta restore, $ds: CPU (user+sys)" sec "delta.$ds.cairn.cpu" "delta.$ds.br.cpu"
     done
     echo
@@ -387,6 +393,7 @@ row() {
         diff-bytes | incr-bytes) limit=0.1 what="${name%-bytes} stored bytes" ;;
         push-sync) limit=0.25 what="archive-push per segment (sync)" ;;
         restore-*) limit=0.5 what="restore time (${name#restore-})" ;;
+        delta-key-*) limit=0.5 what="delta restore time, key file (${name#delta-key-})" ;;
         delta-*) limit=0.5 what="delta restore time (${name#delta-})" ;;
         *) continue ;;
         esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build pgcairn (release) and run the main job end to end on a throwaway
-# PostgreSQL 15 cluster: stanza-create, a full backup while pgbench writes,
-# restore into an empty directory, start PostgreSQL on it and compare the data.
+# PostgreSQL 15 cluster: stanza-create, a full backup while pgbench writes, a diff
+# backup after more writes, restore of the diff into an empty directory, start
+# PostgreSQL on it and check the data, then a delta restore of the full over it.
 # Runs as root (the server runs as `postgres`) or as an ordinary user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,17 +43,31 @@ echo "== pgcairn stanza-create"
 echo "== pgcairn backup (pgbench writing meanwhile)"
 "$PGBIN/pgbench" -h "$DEMO" -p "$P1" -U postgres -n -c 2 -T 5 postgres >/dev/null 2>&1 &
 sleep 1
-"$PGCAIRN" backup --start-fast
+FULL=$("$PGCAIRN" backup --start-fast | tail -n 1)
 wait
+echo "== pgcairn backup --type=diff (after more pgbench)"
+"$PGBIN/pgbench" -h "$DEMO" -p "$P1" -U postgres -n -c 2 -t 500 postgres >/dev/null 2>&1
+"$PGCAIRN" backup --start-fast --type=diff
 echo "== pgcairn info"
 "$PGCAIRN" info
-echo "== pgcairn restore into $DEMO/restored"
+echo "== pgcairn restore (the newest backup: the diff) into $DEMO/restored"
 "$PGCAIRN" restore --pg-data="$DEMO/restored"
 [ "$(id -u)" = 0 ] && chown -R postgres "$DEMO/restored"
 printf "port=%s\n" "$P2" >>"$DEMO/restored/postgresql.auto.conf"
 as_pg "$PGBIN/pg_ctl" -D "$DEMO/restored" -l "$DEMO/restored.log" -w start >/dev/null
-consistent=$(psql -p "$P2" -c "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta),0) FROM pgbench_history)")
-rows=$(psql -p "$P2" -c "SELECT count(*) FROM pgbench_accounts")
-echo "== restored cluster is up: $rows accounts, balances consistent with history: $consistent"
-[ "$consistent" = t ] || { echo "demo failed: restored data is inconsistent" >&2; exit 1; }
+verify() {
+    consistent=$(psql -p "$P2" -c "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta),0) FROM pgbench_history)")
+    rows=$(psql -p "$P2" -c "SELECT count(*) || ' accounts, ' || (SELECT count(*) FROM pgbench_history) || ' history rows' FROM pgbench_accounts")
+    echo "== restored cluster is up: $rows, balances consistent with history: $consistent"
+    [ "$consistent" = t ] || { echo "demo failed: restored data is inconsistent" >&2; exit 1; }
+}
+verify
+as_pg "$PGBIN/pg_ctl" -D "$DEMO/restored" -w stop >/dev/null
+echo "== pgcairn restore --delta --set=$FULL over it (only differing blocks are fetched)"
+"$PGCAIRN" restore --delta --set="$FULL" --type=immediate --target-action=promote --pg-data="$DEMO/restored"
+[ "$(id -u)" = 0 ] && chown -R postgres "$DEMO/restored"
+printf "port=%s\n" "$P2" >>"$DEMO/restored/postgresql.auto.conf"
+as_pg "$PGBIN/pg_ctl" -D "$DEMO/restored" -l "$DEMO/restored.log" -w start >/dev/null
+until [ "$(psql -p "$P2" -c 'SELECT pg_is_in_recovery()')" = f ]; do sleep 0.2; done
+verify
 echo "== demo passed"

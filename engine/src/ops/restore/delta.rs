@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -121,7 +121,7 @@ pub(super) fn compare(
     chunk_key: &[u8; 32],
     progress: &Arc<dyn Progress>,
 ) -> Result<Vec<Action>> {
-    // (file, first block, end block) for every existing regular file.
+    // (file, its length on disk, first block, end block) for every existing regular file.
     let mut jobs = Vec::new();
     let mut actions = Vec::with_capacity(files.len());
     for (n, (entry, dest)) in files.iter().enumerate() {
@@ -129,21 +129,30 @@ pub(super) fn compare(
             Ok(m) if m.is_file() => {
                 actions.push(Action::Patch(Vec::new()));
                 let blocks = entry.blocks.len();
-                jobs.extend((0..blocks).step_by(BLOCKS_PER_JOB).map(|b| (n, b, (b + BLOCKS_PER_JOB).min(blocks))));
+                let len = m.len();
+                jobs.extend((0..blocks).step_by(BLOCKS_PER_JOB).map(|b| (n, len, b, (b + BLOCKS_PER_JOB).min(blocks))));
             }
             _ => actions.push(Action::Write),
         }
     }
     let differing: Vec<(usize, Vec<usize>)> = jobs
         .into_par_iter()
-        .map_init(Vec::new, |buf, (n, first, end)| {
+        .map(|(n, disk_len, first, end)| {
             let (entry, dest) = &files[n];
             let start = first as u64 * block_size;
             let want = (end as u64 * block_size).min(entry.size) - start;
-            buf.resize(want as usize, 0);
-            let got = File::open(dest)
-                .and_then(|f| read_full_at(&f, buf, start))
-                .map_err(|e| Error::io(format!("cannot read {}", dest.display()), e))?;
+            // Mapped, not read: no copy of every byte into our memory. Never past the
+            // end of the file (a mapping beyond it faults); the target is not in use.
+            let got = want.min(disk_len.saturating_sub(start)) as usize;
+            let map = if got == 0 {
+                None
+            } else {
+                let f = File::open(dest).map_err(|e| Error::io(format!("cannot read {}", dest.display()), e))?;
+                // SAFETY: read-only mapping of a file no running PostgreSQL uses (checked).
+                let m = unsafe { memmap2::MmapOptions::new().offset(start).len(got).populate().map(&f) };
+                Some(m.map_err(|e| Error::io(format!("cannot read {}", dest.display()), e))?)
+            };
+            let buf: &[u8] = map.as_deref().unwrap_or(&[]);
             progress.advance(want);
             let changed = (first..end)
                 .filter(|&b| {
@@ -173,20 +182,6 @@ pub(super) fn compare(
         }
     }
     Ok(actions)
-}
-
-/// Read into `buf` from `offset` until it is full or the file ends; the bytes read.
-fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 #[cfg(test)]
