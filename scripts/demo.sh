@@ -45,6 +45,7 @@ echo "== pgcairn backup (pgbench writing meanwhile)"
 sleep 1
 FULL=$("$PGCAIRN" backup --start-fast | tail -n 1)
 wait
+echo "full backup $FULL done"
 echo "== pgcairn backup --type=diff (after more pgbench)"
 "$PGBIN/pgbench" -h "$DEMO" -p "$P1" -U postgres -n -c 2 -t 500 postgres >/dev/null 2>&1
 "$PGCAIRN" backup --start-fast --type=diff
