@@ -145,7 +145,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
             (FileEntry { blocks, ..f.clone() }, dest_of(f))
         })
         .collect();
-    let (files, actions) = if req.delta {
+    let (files, mut actions) = if req.delta {
         req.progress.begin(&format!("delta restore {label}: compare"), Some(manifest.size));
         let (key, progress) = (*repo.chunk_key(), req.progress.clone());
         let block_size = manifest.block_size as u64;
@@ -168,7 +168,6 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
         (files, actions)
     };
     let pg_control = req.target.join(PG_CONTROL);
-    let mut actions = actions;
     let changes = actions.iter().any(|a| *a != Action::Keep);
     if changes {
         // pg_control goes first and comes back last (see below).
