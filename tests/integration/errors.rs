@@ -169,6 +169,23 @@ fn corrupt_and_missing_objects_are_named() {
     assert!(err.contains("is missing") && err.contains(&format!("backup {} file ", f.label)), "{err}");
     std::fs::rename(pack.with_extension("moved"), pack).unwrap();
 
+    // The block list: missing, then damaged.
+    let part = f.repo.path().join(format!("main/backup/{}/blocks/000000", f.label));
+    std::fs::rename(&part, part.with_extension("moved")).unwrap();
+    let target = TestDir::new("restore");
+    let (code, err) = f.p.fails(&as_strs(&restore_args(&target.path().join("data"))));
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("block list") && err.contains("blocks/000000 is missing"), "{err}");
+    let original = std::fs::read(part.with_extension("moved")).unwrap();
+    let mut bytes = original.clone();
+    bytes[original.len() / 2] ^= 0x01;
+    std::fs::write(&part, &bytes).unwrap();
+    assert!(std::fs::read_dir(target.path().join("data")).is_err(), "nothing written before the block list failed");
+    let (code, err) = f.p.fails(&as_strs(&restore_args(&target.path().join("data"))));
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("blocks/000000") && err.contains("corrupt"), "{err}");
+    std::fs::rename(part.with_extension("moved"), &part).unwrap();
+
     // Restored intact once the object is back: the failures damaged nothing.
     let target = TestDir::new("restore");
     let args = restore_args(&target.path().join("data"));

@@ -3,11 +3,10 @@
 //! write index, server manifest and — last — the backup manifest.
 //!
 //! Memory is bounded: at most `IN_FLIGHT_BLOCKS` blocks are being processed, one
-//! pack is being filled and at most `PARALLEL_UPLOADS` packs are uploading. What
-//! grows with the cluster is the manifest's block list (32 bytes per block) and
-//! the set of known chunk ids, as documented in docs/architecture.md.
+//! pack and one block list part are being filled, at most `PARALLEL_UPLOADS` packs
+//! are uploading, and dedup looks at one part of the parent's block list and a
+//! bounded cache of recent chunks. Only the file list grows (with the file count).
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -20,6 +19,7 @@ use tokio::task::JoinSet;
 use crate::crypto::{self, Cipher};
 use crate::error::{Error, Result};
 use crate::ops::archive;
+use crate::ops::dedup::{ParentBlocks, RecentChunks};
 use crate::ops::lineage::{self, BackupType};
 use crate::ops::stanza::identify_stanza_cluster;
 use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
@@ -27,6 +27,7 @@ use crate::pg::tar::{EntryKind, TarItem, TarReader};
 use crate::pg::{wal, ConnParams, ReplicationConnection};
 use crate::progress::Progress;
 use crate::repo::blob;
+use crate::repo::blocklist::{BlockLocation, BlockPart, BLOCKS_PER_PART};
 use crate::repo::format::*;
 use crate::repo::pack::PackWriter;
 use crate::repo::Repository;
@@ -36,6 +37,8 @@ const PARALLEL_UPLOADS: usize = 4;
 /// Index entries kept in memory before they are written out as an index object, so
 /// memory does not grow with the number of new blocks (~150 B of JSON each).
 const INDEX_FLUSH_BLOBS: usize = 32 * 1024;
+/// Recent chunks remembered for dedup within a backup, per generation (~100 B each).
+const RECENT_CHUNKS: usize = 32 * 1024;
 
 pub struct BackupRequest {
     pub pg: ConnParams,
@@ -74,10 +77,18 @@ pub struct BackupSummary {
 }
 
 struct BlockDone {
-    file: usize,
     id: ChunkId,
     raw_len: u32,
-    sealed: Option<Vec<u8>>,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// Same as the parent's block at this position: reuse its blob.
+    Parent(BlockLocation),
+    /// An earlier block of this backup has (or is storing) the same content.
+    Repeat(Bytes),
+    /// New: compressed and sealed, to be packed.
+    New(Vec<u8>),
 }
 
 /// Everything that changes while the stream is consumed.
@@ -87,7 +98,17 @@ struct Builder<'r> {
     block_size: usize,
     cipher: Arc<Cipher>,
     key_id: [u8; PACK_KEY_ID_LEN],
-    known: Arc<Mutex<HashSet<ChunkId>>>,
+    label: String,
+    recent: Arc<Mutex<RecentChunks>>,
+    parent: Option<ParentBlocks<'r>>,
+    /// The current file's blocks in the parent's block list (first, count).
+    parent_file: Option<(u64, u64)>,
+    /// Blocks of the current file submitted so far.
+    file_blocks: u64,
+    /// The block list part being filled, and parts written.
+    part: BlockPart,
+    parts: u32,
+    blocks: u64,
     in_flight: FuturesOrdered<oneshot::Receiver<BlockDone>>,
     pack: PackWriter,
     uploads: JoinSet<Result<()>>,
@@ -112,7 +133,13 @@ struct Builder<'r> {
 }
 
 impl<'r> Builder<'r> {
-    fn new(repo: &'r Repository, level: i32, known: HashSet<ChunkId>, progress: Arc<dyn Progress>) -> Self {
+    fn new(
+        repo: &'r Repository,
+        label: &str,
+        level: i32,
+        parent: Option<ParentBlocks<'r>>,
+        progress: Arc<dyn Progress>,
+    ) -> Self {
         let cfg = repo.config();
         let key_id = crypto::random_bytes::<PACK_KEY_ID_LEN>();
         Builder {
@@ -121,7 +148,14 @@ impl<'r> Builder<'r> {
             block_size: cfg.block_size as usize,
             cipher: Arc::new(repo.data_cipher(&key_id)),
             key_id,
-            known: Arc::new(Mutex::new(known)),
+            label: label.to_string(),
+            recent: Arc::new(Mutex::new(RecentChunks::new(RECENT_CHUNKS))),
+            parent,
+            parent_file: None,
+            file_blocks: 0,
+            part: BlockPart::default(),
+            parts: 0,
+            blocks: 0,
             in_flight: FuturesOrdered::new(),
             pack: PackWriter::new(key_id, cfg.pack_size as usize),
             uploads: JoinSet::new(),
@@ -143,17 +177,27 @@ impl<'r> Builder<'r> {
         }
     }
 
-    async fn submit(&mut self, file: usize, block: Bytes) -> Result<()> {
+    async fn submit(&mut self, block: Bytes) -> Result<()> {
         if self.in_flight.len() >= IN_FLIGHT_BLOCKS {
             self.complete_one().await?;
         }
+        let at_parent = match (&self.parent, self.parent_file) {
+            (Some(p), Some((first, count))) if self.file_blocks < count => p.block(first + self.file_blocks).await?,
+            _ => None,
+        };
+        self.file_blocks += 1;
         let (tx, rx) = oneshot::channel();
-        let (cipher, known, key, level) = (self.cipher.clone(), self.known.clone(), *self.repo.chunk_key(), self.level);
+        let (cipher, recent, key, level) =
+            (self.cipher.clone(), self.recent.clone(), *self.repo.chunk_key(), self.level);
         rayon::spawn(move || {
             let id = blob::chunk_id(&key, &block);
-            let is_new = known.lock().unwrap().insert(id);
-            let sealed = is_new.then(|| blob::seal_block(&cipher, level, &id, &block));
-            let _ = tx.send(BlockDone { file, id, raw_len: block.len() as u32, sealed });
+            let raw_len = block.len() as u32;
+            let outcome = match at_parent {
+                Some((parent_id, loc)) if parent_id == id => Outcome::Parent(loc),
+                _ if recent.lock().unwrap().claim(id) => Outcome::New(blob::seal_block(&cipher, level, &id, &block)),
+                _ => Outcome::Repeat(block),
+            };
+            let _ = tx.send(BlockDone { id, raw_len, outcome });
         });
         self.in_flight.push_back(rx);
         Ok(())
@@ -164,17 +208,47 @@ impl<'r> Builder<'r> {
             return Ok(());
         };
         let done = done.map_err(|_| Error::Other("block worker stopped".into()))?;
-        self.files[done.file].blocks.push(done.id);
         self.progress.advance(done.raw_len as u64);
-        if let Some(sealed) = done.sealed {
-            self.stored_new += sealed.len() as u64;
-            self.pack.add(done.id, done.raw_len, &sealed);
-            if self.pack.len() as u64 >= self.pack_size {
-                self.flush_pack().await?;
-                if self.unindexed_blobs >= self.index_flush_blobs {
-                    self.write_index().await?;
-                }
+        let id = done.id;
+        let stored = self.recent.lock().unwrap().location(&id);
+        let loc = match (done.outcome, stored) {
+            (Outcome::Parent(loc), _) => loc,
+            (_, Some(loc)) => loc,
+            (Outcome::New(sealed), None) => self.store(id, done.raw_len, &sealed).await?,
+            // The earlier block it repeats is gone from the cache (or its worker lost
+            // the race to this one): store it after all. Rare, so sealed right here.
+            (Outcome::Repeat(block), None) => {
+                let sealed = blob::seal_block(&self.cipher, self.level, &id, &block);
+                self.store(id, done.raw_len, &sealed).await?
             }
+        };
+        self.part.push(id, &loc);
+        self.blocks += 1;
+        if self.part.len() >= BLOCKS_PER_PART as usize {
+            self.write_part().await?;
+        }
+        Ok(())
+    }
+
+    async fn store(&mut self, id: ChunkId, raw_len: u32, sealed: &[u8]) -> Result<BlockLocation> {
+        self.stored_new += sealed.len() as u64;
+        let loc = self.pack.add(id, raw_len, sealed);
+        self.recent.lock().unwrap().stored(id, loc);
+        if self.pack.len() as u64 >= self.pack_size {
+            self.flush_pack().await?;
+            if self.unindexed_blobs >= self.index_flush_blobs {
+                self.write_index().await?;
+            }
+        }
+        Ok(loc)
+    }
+
+    /// Block list parts may name packs still uploading: only the manifest, written
+    /// after every upload, makes them reachable.
+    async fn write_part(&mut self) -> Result<()> {
+        if !self.part.is_empty() {
+            self.repo.put_block_part(&self.label, self.parts, &std::mem::take(&mut self.part)).await?;
+            self.parts += 1;
         }
         Ok(())
     }
@@ -210,6 +284,11 @@ impl<'r> Builder<'r> {
                     EntryKind::Symlink => FileKind::Symlink,
                 };
                 self.capture_label = self.tablespace.is_none() && e.path == "backup_label";
+                self.parent_file = match (&self.parent, kind) {
+                    (Some(p), FileKind::File) => p.file(self.tablespace, &e.path),
+                    _ => None,
+                };
+                self.file_blocks = 0;
                 self.files.push(FileEntry {
                     path: e.path,
                     tablespace: self.tablespace,
@@ -219,20 +298,19 @@ impl<'r> Builder<'r> {
                     mtime: e.mtime,
                     link: e.link,
                     crc32c: (kind == FileKind::File).then_some(0),
-                    blocks: Vec::new(),
                 });
                 self.current = Some(self.files.len() - 1);
                 self.buf.clear();
                 self.crc = 0;
             }
             TarItem::Data(d) => {
-                let file = self.current.expect("data follows an entry");
+                debug_assert!(self.current.is_some(), "data follows an entry");
                 self.crc = crc32c::crc32c_append(self.crc, &d);
                 if self.capture_label {
                     self.backup_label.extend_from_slice(&d);
                 }
                 if self.buf.is_empty() && d.len() == self.block_size {
-                    return self.submit(file, d).await;
+                    return self.submit(d).await;
                 }
                 let mut d = d;
                 while !d.is_empty() {
@@ -240,7 +318,7 @@ impl<'r> Builder<'r> {
                     self.buf.extend_from_slice(&d.split_to(take));
                     if self.buf.len() == self.block_size {
                         let block = self.buf.split().freeze();
-                        self.submit(file, block).await?;
+                        self.submit(block).await?;
                     }
                 }
             }
@@ -248,7 +326,7 @@ impl<'r> Builder<'r> {
                 let file = self.current.take().expect("end follows an entry");
                 if !self.buf.is_empty() {
                     let block = self.buf.split().freeze();
-                    self.submit(file, block).await?;
+                    self.submit(block).await?;
                 }
                 if self.files[file].kind == FileKind::File {
                     self.files[file].crc32c = Some(self.crc);
@@ -275,13 +353,15 @@ impl<'r> Builder<'r> {
         Ok(())
     }
 
-    /// Drain the pipeline, upload the last pack, index everything.
+    /// Drain the pipeline, upload the last pack, index everything, write the last
+    /// block list part.
     async fn finish(&mut self) -> Result<()> {
         while !self.in_flight.is_empty() {
             self.complete_one().await?;
         }
         self.flush_pack().await?;
-        self.write_index().await
+        self.write_index().await?;
+        self.write_part().await
     }
 }
 
@@ -296,7 +376,8 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let existing = repo.list_backups().await?;
     let lineage = lineage::choose(repo, req.backup_type, &existing, pg_version).await?;
     let label = lineage.new_label(&existing).await;
-    let mut b = Builder::new(repo, req.compress_level, lineage.known_blocks(), req.progress.clone());
+    let parent_blocks = lineage.parent.as_ref().map(|p| ParentBlocks::new(repo, p));
+    let mut b = Builder::new(repo, &label, req.compress_level, parent_blocks, req.progress.clone());
     let parent = lineage.parent.map(|p| p.label);
 
     let opts = BaseBackupOptions {
@@ -376,7 +457,8 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         archive::wait_for_segments(repo, timeline, first_seg, last_seg, req.archive_timeout).await?;
     }
 
-    // Write order is the visibility rule: packs → index (both done) → server manifest → manifest.
+    // Write order is the visibility rule: packs → index → block list (all done) →
+    // server manifest → manifest.
     repo.put_meta_bytes(&server_manifest_key(&label), &server_manifest).await?;
     let size = b.files.iter().filter(|f| f.kind == FileKind::File).map(|f| f.size).sum();
     let manifest = Manifest {
@@ -401,6 +483,8 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         stored_new: b.stored_new,
         indexes: std::mem::take(&mut b.indexes),
         files: std::mem::take(&mut b.files),
+        blocks: b.blocks,
+        blocks_per_part: BLOCKS_PER_PART,
     };
     repo.put_meta(&manifest_key(&label), &manifest).await?;
     Ok(BackupSummary {
@@ -424,11 +508,12 @@ mod tests {
     use crate::repo::tests::test_repo;
 
     /// Index objects are written during the backup, each naming only uploaded packs,
-    /// and together they list every new block; repeated blocks are stored once.
+    /// and together they list every new block; repeated blocks are stored once; the
+    /// block list locates every block where the index does.
     #[tokio::test(flavor = "multi_thread")]
     async fn indexes_are_written_as_packs_complete() {
         let (mem, repo) = test_repo(true).await;
-        let mut b = Builder::new(&repo, 1, HashSet::new(), Arc::new(NoProgress));
+        let mut b = Builder::new(&repo, "L", 1, None, Arc::new(NoProgress));
         b.index_flush_blobs = 8;
         b.pack_size = 128 * 1024;
         let block = repo.config().block_size as usize;
@@ -444,12 +529,16 @@ mod tests {
         b.finish().await.unwrap();
 
         assert!(b.indexes.len() > 1, "one index per flush, got {}", b.indexes.len());
-        assert_eq!(b.files[0].blocks.len(), 240);
+        assert_eq!((b.blocks, b.parts), (240, 1));
         let index = repo.load_index().await.unwrap();
         assert_eq!(index.len(), 120, "each distinct block stored once");
-        for id in &b.files[0].blocks {
-            let loc = &index[id];
-            let key = pack_key(&loc.pack);
+        let part = repo.load_block_part("L", 0).await.unwrap();
+        assert_eq!(part.len(), 240);
+        for i in 0..240 {
+            let (id, loc) = part.get(i);
+            assert_eq!(id, blob::chunk_id(repo.chunk_key(), &blocks[i % 120]));
+            assert_eq!(index[&id], loc);
+            let key = pack_key(&loc.pack.hex_id());
             assert!(crate::storage::Storage::get(&*mem, &key).await.is_ok(), "index names a pack that is not stored");
         }
     }

@@ -2,14 +2,12 @@
 //! and the pgBackRest-style label that records it.
 //!
 //! Every manifest is self-contained (restore never walks a chain); the type only
-//! decides which blocks count as already stored. A full stores every distinct block
+//! decides which blocks count as already stored (see `dedup`). A full stores every distinct block
 //! of the cluster again, so it shares no pack with earlier backups; a diff reuses
 //! the blocks of the newest full; an incr those of the newest backup of any type.
 
-use std::collections::HashSet;
-
 use crate::error::Result;
-use crate::repo::format::{label_timestamp, ChunkId, Manifest};
+use crate::repo::format::{label_timestamp, Manifest};
 use crate::repo::Repository;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -51,12 +49,6 @@ pub struct Lineage {
 }
 
 impl Lineage {
-    /// Blocks the new backup need not store again: all blocks the parent restores from.
-    pub fn known_blocks(&self) -> HashSet<ChunkId> {
-        let Some(p) = &self.parent else { return HashSet::new() };
-        p.files.iter().flat_map(|f| f.blocks.iter().copied()).collect()
-    }
-
     /// A new label, unique in the stanza (waits for the next second if needed).
     pub async fn new_label(&self, existing: &[String]) -> String {
         loop {

@@ -4,6 +4,7 @@ pub mod archive;
 pub mod archive_async;
 pub mod backup;
 pub mod check;
+mod dedup;
 pub mod info;
 pub mod lineage;
 pub mod restore;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 pub const CONFIG_KEY: &str = "config";
 
@@ -175,8 +175,6 @@ pub struct FileEntry {
     /// CRC-32C of the whole file (regular files only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub crc32c: Option<u32>,
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub blocks: Vec<ChunkId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,7 +217,12 @@ pub struct Manifest {
     pub stored_new: u64,
     /// Index objects written by this backup.
     pub indexes: Vec<String>,
+    /// Files, directories and links; a regular file's blocks are the next
+    /// `ceil(size / block_size)` entries of the block list.
     pub files: Vec<FileEntry>,
+    /// Entries in the block list (`backup/<label>/blocks/*`) and per part.
+    pub blocks: u64,
+    pub blocks_per_part: u32,
 }
 
 #[cfg(test)]
@@ -243,8 +246,8 @@ mod tests {
         }
 
         #[test]
-        fn file_entry_json_round_trip(ids in proptest::collection::vec(chunk(), 0..20), path in "[a-z0-9_/]{1,40}", ts in proptest::option::of(any::<u32>()), crc in proptest::option::of(any::<u32>())) {
-            let e = FileEntry { path, tablespace: ts, kind: FileKind::File, mode: 0o600, size: 5, mtime: -1, link: None, crc32c: crc, blocks: ids };
+        fn file_entry_json_round_trip(path in "[a-z0-9_/]{1,40}", ts in proptest::option::of(any::<u32>()), crc in proptest::option::of(any::<u32>())) {
+            let e = FileEntry { path, tablespace: ts, kind: FileKind::File, mode: 0o600, size: 5, mtime: -1, link: None, crc32c: crc };
             let back: FileEntry = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
             prop_assert_eq!(back, e);
         }

@@ -2,6 +2,7 @@
 //! Only this module knows the repository's byte formats.
 
 pub mod blob;
+pub mod blocklist;
 pub mod format;
 pub mod pack;
 pub mod wal;
@@ -16,6 +17,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::crypto::{self, Cipher, KeySlotKdf, KEY_LEN};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::storage::DynStorage;
+use blocklist::{BlockLocation, BlockPart, PackRef};
 use format::*;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -55,17 +57,8 @@ pub struct CreateOptions {
 pub const DEFAULT_BLOCK_SIZE: u32 = 32 * 1024;
 pub const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
 
-/// Where a chunk lives.
-#[derive(Debug, Clone)]
-pub struct BlobLocation {
-    pub pack: Arc<str>,
-    pub key_id: [u8; 16],
-    pub offset: u64,
-    pub length: u32,
-    pub raw_length: u32,
-}
-
-pub type ChunkIndex = HashMap<ChunkId, BlobLocation>;
+/// Every chunk the index objects list, and where it lives.
+pub type ChunkIndex = HashMap<ChunkId, BlockLocation>;
 
 pub struct Repository {
     storage: DynStorage,
@@ -280,39 +273,48 @@ impl Repository {
             .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: e.to_string() })
     }
 
-    /// Every chunk the repository holds, from all index objects.
+    /// Every chunk the repository holds, from all index objects. Restore does not
+    /// need it (block lists carry locations); it is for checks and tools.
     pub async fn load_index(&self) -> Result<ChunkIndex> {
-        self.load_index_for(None).await
-    }
-
-    /// The locations of `wanted` chunks only (all when None): memory then follows the
-    /// backup being restored, not everything the repository holds.
-    pub async fn load_index_for(&self, wanted: Option<&std::collections::HashSet<ChunkId>>) -> Result<ChunkIndex> {
         let mut map = ChunkIndex::new();
         for info in self.storage.list(INDEX_PREFIX).await? {
             let file: IndexFile = self.get_meta(&info.key).await?;
             for p in file.packs {
-                let pack: Arc<str> = Arc::from(p.id.as_str());
-                let mut key_id = [0u8; 16];
-                hex::decode_to_slice(&p.key_id, &mut key_id).map_err(|e| Error::Corrupt {
+                let bad = |e: hex::FromHexError| Error::Corrupt {
                     what: format!("index {}", info.key),
-                    detail: format!("bad key id: {e}"),
-                })?;
-                for b in p.blobs.into_iter().filter(|b| wanted.is_none_or(|w| w.contains(&b.id))) {
+                    detail: format!("bad pack or key id: {e}"),
+                };
+                let mut pack = PackRef { id: [0; 32], key_id: [0; 16] };
+                hex::decode_to_slice(&p.id, &mut pack.id).map_err(bad)?;
+                hex::decode_to_slice(&p.key_id, &mut pack.key_id).map_err(bad)?;
+                for b in p.blobs {
                     map.insert(
                         b.id,
-                        BlobLocation {
-                            pack: pack.clone(),
-                            key_id,
-                            offset: b.offset,
-                            length: b.length,
-                            raw_length: b.raw_length,
-                        },
+                        BlockLocation { pack, offset: b.offset, length: b.length, raw_length: b.raw_length },
                     );
                 }
             }
         }
         Ok(map)
+    }
+
+    pub async fn put_block_part(&self, label: &str, n: u32, part: &BlockPart) -> Result<()> {
+        self.put_meta_bytes(&blocklist::block_part_key(label, n), &part.encode()).await
+    }
+
+    pub async fn load_block_part(&self, label: &str, n: u32) -> Result<BlockPart> {
+        let key = blocklist::block_part_key(label, n);
+        let plain = self.get_meta_bytes(&key).await?;
+        BlockPart::decode(&plain).map_err(|detail| Error::Corrupt { what: format!("repository object {key}"), detail })
+    }
+
+    /// Data ciphers by key id, derived once each (restore meets the key ids of every
+    /// backup whose blocks it reuses).
+    pub fn data_ciphers(&self) -> DataCiphers {
+        DataCiphers {
+            master: (self.config.encryption == Encryption::Aes256Gcm).then_some(self.master),
+            made: Default::default(),
+        }
     }
 
     /// Labels of every visible backup (those whose manifest exists), oldest first
@@ -344,6 +346,26 @@ impl Repository {
             });
         }
         Ok(m)
+    }
+}
+
+/// See [`Repository::data_ciphers`].
+pub struct DataCiphers {
+    master: Option<[u8; KEY_LEN]>,
+    made: std::sync::Mutex<HashMap<[u8; 16], Arc<Cipher>>>,
+}
+
+impl DataCiphers {
+    pub fn get(&self, key_id: &[u8; 16]) -> Arc<Cipher> {
+        let mut made = self.made.lock().unwrap();
+        made.entry(*key_id)
+            .or_insert_with(|| {
+                Arc::new(match &self.master {
+                    None => Cipher::Plain,
+                    Some(m) => Cipher::aes(&crypto::derive_subkey(m, &[INFO_DATA_PREFIX, key_id].concat())),
+                })
+            })
+            .clone()
     }
 }
 

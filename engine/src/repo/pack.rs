@@ -2,9 +2,12 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::blocklist::{BlockLocation, PackRef};
 use super::format::{ChunkId, IndexBlob, IndexPack, PACK_HEADER_LEN, PACK_KEY_ID_LEN, PACK_MAGIC};
 
 pub struct PackWriter {
+    /// Random, chosen up front so a blob's location is known when it is added.
+    id: [u8; 32],
     key_id: [u8; PACK_KEY_ID_LEN],
     buf: BytesMut,
     blobs: Vec<IndexBlob>,
@@ -15,12 +18,20 @@ impl PackWriter {
         let mut buf = BytesMut::with_capacity(capacity + 1024 * 1024);
         buf.put_slice(PACK_MAGIC);
         buf.put_slice(&key_id);
-        Self { key_id, buf, blobs: Vec::new() }
+        Self { id: crate::crypto::random_bytes::<32>(), key_id, buf, blobs: Vec::new() }
     }
 
-    pub fn add(&mut self, id: ChunkId, raw_length: u32, sealed: &[u8]) {
-        self.blobs.push(IndexBlob { id, offset: self.buf.len() as u64, length: sealed.len() as u32, raw_length });
+    /// Append a blob; returns where it will live once the pack is stored.
+    pub fn add(&mut self, id: ChunkId, raw_length: u32, sealed: &[u8]) -> BlockLocation {
+        let loc = BlockLocation {
+            pack: PackRef { id: self.id, key_id: self.key_id },
+            offset: self.buf.len() as u64,
+            length: sealed.len() as u32,
+            raw_length,
+        };
+        self.blobs.push(IndexBlob { id, offset: loc.offset, length: loc.length, raw_length });
         self.buf.put_slice(sealed);
+        loc
     }
 
     pub fn len(&self) -> usize {
@@ -31,9 +42,9 @@ impl PackWriter {
         self.blobs.is_empty()
     }
 
-    /// The pack's bytes and its index record under a fresh random id.
+    /// The pack's bytes and its index record.
     pub fn finish(self) -> (Bytes, IndexPack) {
-        let id = hex::encode(crate::crypto::random_bytes::<32>());
+        let id = hex::encode(self.id);
         let size = self.buf.len() as u64;
         (self.buf.freeze(), IndexPack { id, key_id: hex::encode(self.key_id), size, blobs: self.blobs })
     }
@@ -58,9 +69,12 @@ mod tests {
     #[test]
     fn offsets_point_at_blobs() {
         let mut w = PackWriter::new([7; 16], 1024);
-        w.add(ChunkId([1; 32]), 10, b"aaaa");
-        w.add(ChunkId([2; 32]), 20, b"bbbbbb");
+        let a = w.add(ChunkId([1; 32]), 10, b"aaaa");
+        let b = w.add(ChunkId([2; 32]), 20, b"bbbbbb");
         let (bytes, idx) = w.finish();
+        assert_eq!(a.pack, b.pack);
+        assert_eq!((b.offset, b.length, b.raw_length), (idx.blobs[1].offset, 6, 20));
+        assert_eq!(a.pack.hex_id(), idx.id);
         assert_eq!(parse_header(&bytes), Some([7; 16]));
         for (b, want) in idx.blobs.iter().zip([&b"aaaa"[..], &b"bbbbbb"[..]]) {
             assert_eq!(&bytes[b.offset as usize..(b.offset + b.length as u64) as usize], want);

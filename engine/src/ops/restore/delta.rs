@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::repo::blob;
-use crate::repo::format::{FileEntry, FileKind};
+use crate::repo::format::{ChunkId, FileEntry, FileKind};
 
 /// Blocks hashed per job: large reads, and work for both cores even in one big file.
 const BLOCKS_PER_JOB: usize = 256;
@@ -114,9 +114,17 @@ pub(super) fn remove_extras(root: &Path, keep: &HashMap<&str, FileKind>) -> Resu
     Ok(removed)
 }
 
-/// Compare each existing file with its manifest entry, block by block, on rayon.
+/// A file of the backup as a delta restore compares it: where it goes, its size and
+/// its blocks' chunk ids.
+pub(super) struct Compared<'a> {
+    pub dest: &'a Path,
+    pub size: u64,
+    pub ids: Vec<ChunkId>,
+}
+
+/// Compare each existing file with its blocks in the backup, block by block, on rayon.
 pub(super) fn compare(
-    files: &[(FileEntry, PathBuf)],
+    files: &[Compared],
     block_size: u64,
     chunk_key: &[u8; 32],
     progress: &Arc<dyn Progress>,
@@ -124,11 +132,11 @@ pub(super) fn compare(
     // (file, its length on disk, first block, end block) for every existing regular file.
     let mut jobs = Vec::new();
     let mut actions = Vec::with_capacity(files.len());
-    for (n, (entry, dest)) in files.iter().enumerate() {
-        match std::fs::symlink_metadata(dest) {
+    for (n, file) in files.iter().enumerate() {
+        match std::fs::symlink_metadata(file.dest) {
             Ok(m) if m.is_file() => {
                 actions.push(Action::Patch(Vec::new()));
-                let blocks = entry.blocks.len();
+                let blocks = file.ids.len();
                 let len = m.len();
                 jobs.extend((0..blocks).step_by(BLOCKS_PER_JOB).map(|b| (n, len, b, (b + BLOCKS_PER_JOB).min(blocks))));
             }
@@ -138,9 +146,9 @@ pub(super) fn compare(
     let differing: Vec<(usize, Vec<usize>)> = jobs
         .into_par_iter()
         .map(|(n, disk_len, first, end)| {
-            let (entry, dest) = &files[n];
+            let Compared { dest, size, ids } = &files[n];
             let start = first as u64 * block_size;
-            let want = (end as u64 * block_size).min(entry.size) - start;
+            let want = (end as u64 * block_size).min(*size) - start;
             // Mapped, not read: no copy of every byte into our memory. Never past the
             // end of the file (a mapping beyond it faults); the target is not in use.
             let got = want.min(disk_len.saturating_sub(start)) as usize;
@@ -158,7 +166,7 @@ pub(super) fn compare(
                 .filter(|&b| {
                     let from = ((b - first) as u64 * block_size) as usize;
                     let to = (from + block_size as usize).min(want as usize);
-                    to > got || blob::chunk_id(chunk_key, &buf[from..to]) != entry.blocks[b]
+                    to > got || blob::chunk_id(chunk_key, &buf[from..to]) != ids[b]
                 })
                 .collect();
             Ok((n, changed))
@@ -170,13 +178,13 @@ pub(super) fn compare(
         }
     }
     for (n, action) in actions.iter_mut().enumerate() {
-        let (entry, dest) = &files[n];
+        let file = &files[n];
         if let Action::Patch(list) = action {
             list.sort_unstable();
-            let len = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(u64::MAX);
-            if !entry.blocks.is_empty() && list.len() == entry.blocks.len() {
+            let len = std::fs::metadata(file.dest).map(|m| m.len()).unwrap_or(u64::MAX);
+            if !file.ids.is_empty() && list.len() == file.ids.len() {
                 *action = Action::Write;
-            } else if list.is_empty() && len == entry.size {
+            } else if list.is_empty() && len == file.size {
                 *action = Action::Keep;
             }
         }
@@ -188,20 +196,9 @@ pub(super) fn compare(
 mod tests {
     use super::*;
     use crate::progress::NoProgress;
-    use crate::repo::format::ChunkId;
 
-    fn entry(path: &str, data: &[u8], bs: usize, key: &[u8; 32]) -> FileEntry {
-        FileEntry {
-            path: path.into(),
-            tablespace: None,
-            kind: FileKind::File,
-            mode: 0o600,
-            size: data.len() as u64,
-            mtime: 0,
-            link: None,
-            crc32c: None,
-            blocks: data.chunks(bs).map(|c| blob::chunk_id(key, c)).collect::<Vec<ChunkId>>(),
-        }
+    fn ids(data: &[u8], bs: usize, key: &[u8; 32]) -> Vec<ChunkId> {
+        data.chunks(bs).map(|c| blob::chunk_id(key, c)).collect()
     }
 
     #[test]
@@ -210,11 +207,11 @@ mod tests {
         let key = [3u8; 32];
         let bs = 8192usize;
         let data: Vec<u8> = (0..bs * 600 + 100).map(|i| (i * 7 % 251) as u8).collect();
-        let mut files = Vec::new();
+        let mut paths = Vec::new();
         let mut write = |name: &str, content: &[u8]| {
             let p = dir.path().join(name);
             std::fs::write(&p, content).unwrap();
-            files.push((entry(name, &data, bs, &key), p));
+            paths.push(p);
         };
         write("same", &data);
         let mut changed = data.clone();
@@ -227,7 +224,9 @@ mod tests {
         long.extend_from_slice(b"tail");
         write("long", &long);
         write("other", &vec![0u8; data.len()]);
-        files.push((entry("absent", &data, bs, &key), dir.path().join("absent")));
+        paths.push(dir.path().join("absent"));
+        let files: Vec<Compared> =
+            paths.iter().map(|p| Compared { dest: p, size: data.len() as u64, ids: ids(&data, bs, &key) }).collect();
 
         let progress: Arc<dyn Progress> = Arc::new(NoProgress);
         let actions = compare(&files, bs as u64, &key, &progress).unwrap();

@@ -1,7 +1,6 @@
 //! Fetching blocks from packs: runs of adjacent blobs read with one ranged GET,
 //! opened (decrypt, decompress, verify) on rayon, written by a blocking writer.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -10,12 +9,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::crypto::Cipher;
 use crate::error::{Error, IoContext, Result, StorageErrorKind};
 use crate::fsutil::{Commit, DurableFile};
 use crate::progress::Progress;
+use crate::repo::blob;
+use crate::repo::blocklist::{BlockListReader, BlockLocation, PackRef};
 use crate::repo::format::*;
-use crate::repo::{blob, BlobLocation, ChunkIndex};
+use crate::repo::DataCiphers;
 
 pub(super) const PARALLEL_FILES: usize = 4;
 const BLOCKS_AHEAD: usize = 8;
@@ -26,8 +26,7 @@ const MAX_RUN_BYTES: u64 = 4 << 20;
 const MAX_RUN_RAW_BYTES: u64 = 2 << 20;
 
 struct Run {
-    pack: Arc<str>,
-    key_id: [u8; 16],
+    pack: PackRef,
     start: u64,
     end: u64,
     /// Restored bytes of the run.
@@ -36,22 +35,29 @@ struct Run {
     blocks: Vec<(usize, ChunkId, u32, u32)>,
 }
 
-pub(super) struct Ctx {
+/// A regular file to restore: its entry, destination and blocks in the block list.
+pub(super) struct FileJob {
+    pub entry: FileEntry,
+    pub dest: PathBuf,
+    pub first: u64,
+    pub count: u64,
+}
+
+pub(super) struct Ctx<'r> {
     pub repo_storage: crate::storage::DynStorage,
     pub chunk_key: [u8; 32],
-    pub ciphers: HashMap<[u8; 16], Cipher>,
-    pub index: ChunkIndex,
+    pub ciphers: DataCiphers,
+    pub blocks: BlockListReader<'r>,
     pub label: String,
     pub progress: Arc<dyn Progress>,
 }
 
-impl Ctx {
+impl Ctx<'_> {
     /// Group blocks into runs stored back to back in one pack, each fetched with one
     /// ranged read (a backup writes a file's new blocks in order).
-    fn runs(&self, blocks: impl Iterator<Item = (usize, ChunkId)>) -> Vec<Run> {
+    fn runs(blocks: impl Iterator<Item = (usize, ChunkId, BlockLocation)>) -> Vec<Run> {
         let mut runs: Vec<Run> = Vec::new();
-        for (n, id) in blocks {
-            let loc: &BlobLocation = &self.index[&id]; // presence checked before restoring
+        for (n, id, loc) in blocks {
             let end = loc.offset + loc.length as u64;
             let block = (n, id, loc.length, loc.raw_length);
             match runs.last_mut() {
@@ -66,8 +72,7 @@ impl Ctx {
                     r.blocks.push(block);
                 }
                 _ => runs.push(Run {
-                    pack: loc.pack.clone(),
-                    key_id: loc.key_id,
+                    pack: loc.pack,
                     start: loc.offset,
                     end,
                     raw: loc.raw_length as u64,
@@ -80,7 +85,7 @@ impl Ctx {
 
     async fn fetch_run(self: &Arc<Self>, path: &str, run: Run) -> Result<Vec<(usize, Bytes)>> {
         let what = |n: usize| format!("backup {} file {path} block {n}", self.label);
-        let key = pack_key(&run.pack);
+        let key = pack_key(&run.pack.hex_id());
         let first = run.blocks[0].0;
         let bytes =
             self.repo_storage.get_range(&key, run.start..run.end).await.map_err(|e| match e.storage_kind() {
@@ -92,16 +97,15 @@ impl Ctx {
                 }
                 _ => e,
             })?;
-        let ctx = self.clone();
+        let (cipher, chunk_key) = (self.ciphers.get(&run.pack.key_id), self.chunk_key);
         let (tx, rx) = tokio::sync::oneshot::channel();
         rayon::spawn(move || {
-            let cipher = &ctx.ciphers[&run.key_id];
             let mut out = Vec::with_capacity(run.blocks.len());
             let mut at = 0usize;
             for (n, id, len, raw) in &run.blocks {
                 let sealed = &bytes[at..at + *len as usize];
                 at += *len as usize;
-                match blob::open_block(cipher, &ctx.chunk_key, id, sealed, *raw as usize) {
+                match blob::open_block(&cipher, &chunk_key, id, sealed, *raw as usize) {
                     Ok(d) => out.push((*n, Bytes::from(d))),
                     Err(e) => {
                         let _ = tx.send(Err((*n, e)));
@@ -124,11 +128,11 @@ impl Ctx {
     async fn fetch_into(
         self: &Arc<Self>,
         path: &str,
-        blocks: impl Iterator<Item = (usize, ChunkId)>,
+        blocks: impl Iterator<Item = (usize, ChunkId, BlockLocation)>,
         sink: tokio::sync::mpsc::Sender<(usize, Bytes)>,
     ) -> Result<()> {
         let fetches =
-            futures::stream::iter(self.runs(blocks)).map(|run| self.fetch_run(path, run)).buffered(RUNS_AHEAD);
+            futures::stream::iter(Self::runs(blocks)).map(|run| self.fetch_run(path, run)).buffered(RUNS_AHEAD);
         futures::pin_mut!(fetches);
         while let Some(r) = fetches.next().await {
             for b in r? {
@@ -143,7 +147,9 @@ impl Ctx {
     /// Restore one regular file: blocks fetched ahead in order, written by a
     /// blocking writer, committed durably (temp → fsync → rename), then size and
     /// CRC-32C checked.
-    pub(super) async fn restore_file(self: Arc<Self>, entry: FileEntry, dest: PathBuf) -> Result<()> {
+    pub(super) async fn restore_file(self: Arc<Self>, job: FileJob) -> Result<()> {
+        let FileJob { entry, dest, first, count } = job;
+        let located = self.blocks.range(first, count).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Bytes)>(BLOCKS_AHEAD);
         let dest2 = dest.clone();
         let mode = entry.mode;
@@ -160,7 +166,8 @@ impl Ctx {
             f.commit(Commit::Replace).ctx(ctx)?;
             Ok((len, crc))
         });
-        let fetched = self.fetch_into(&entry.path, entry.blocks.iter().copied().enumerate(), tx).await;
+        let blocks = located.into_iter().enumerate().map(|(n, (id, loc))| (n, id, loc));
+        let fetched = self.fetch_into(&entry.path, blocks, tx).await;
         if let Err(e) = fetched {
             // Let the writer drop its temp file; the fetch error is the one to report.
             let _ = writer.await;
@@ -182,14 +189,10 @@ impl Ctx {
     /// Delta restore of one existing file: write only the `changed` blocks in place,
     /// cut the file to its size, fsync. Every other block was hashed equal to the
     /// manifest's, and every written block is verified when opened.
-    pub(super) async fn patch_file(
-        self: Arc<Self>,
-        entry: FileEntry,
-        dest: PathBuf,
-        block_size: u64,
-        changed: Vec<usize>,
-    ) -> Result<()> {
+    pub(super) async fn patch_file(self: Arc<Self>, job: FileJob, block_size: u64, changed: Vec<usize>) -> Result<()> {
         use std::os::unix::fs::FileExt;
+        let FileJob { entry, dest, first, count } = job;
+        let located = self.blocks.range(first, count).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Bytes)>(BLOCKS_AHEAD);
         let (size, mode) = (entry.size, entry.mode);
         let writer = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -202,7 +205,7 @@ impl Ctx {
             f.set_permissions(std::fs::Permissions::from_mode(mode)).ctx(ctx)?;
             f.sync_all().ctx(ctx)
         });
-        let blocks = changed.into_iter().map(|n| (n, entry.blocks[n]));
+        let blocks = changed.into_iter().map(|n| (n, located[n].0, located[n].1));
         let fetched = self.fetch_into(&entry.path, blocks, tx).await;
         let written = writer.await.map_err(|e| Error::Other(format!("writer task failed: {e}")))?;
         fetched.and(written)

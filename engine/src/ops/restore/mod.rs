@@ -17,10 +17,11 @@ use futures::{StreamExt, TryStreamExt};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, Commit};
 use crate::progress::Progress;
+use crate::repo::blocklist::{block_count, BlockListReader, BLOCKS_PER_PART};
 use crate::repo::format::*;
-use crate::repo::{ChunkIndex, Repository};
-use delta::Action;
-use fetch::{Ctx, PARALLEL_FILES};
+use crate::repo::Repository;
+use delta::{Action, Compared};
+use fetch::{Ctx, FileJob, PARALLEL_FILES};
 use recovery::write_recovery;
 pub use recovery::{Recovery, RecoveryTarget};
 
@@ -85,6 +86,44 @@ fn check_empty_target(dir: &Path) -> Result<()> {
     }
 }
 
+/// Compare every file on disk with the backup, a window of about one block list part
+/// at a time (so memory does not grow with the backup), hashing on rayon.
+async fn compare_all(
+    jobs: &[FileJob],
+    block_list: &BlockListReader<'_>,
+    block_size: u64,
+    repo: &Repository,
+    progress: &Arc<dyn Progress>,
+) -> Result<Vec<Action>> {
+    let mut actions = Vec::with_capacity(jobs.len());
+    let mut start = 0;
+    while start < jobs.len() {
+        let (mut end, mut blocks) = (start, 0u64);
+        while end < jobs.len() && (end == start || blocks + jobs[end].count <= BLOCKS_PER_PART as u64) {
+            blocks += jobs[end].count;
+            end += 1;
+        }
+        let mut window = Vec::with_capacity(end - start);
+        for job in &jobs[start..end] {
+            let ids = block_list.range(job.first, job.count).await?.into_iter().map(|(id, _)| id).collect();
+            window.push(Compared { dest: &job.dest, size: job.entry.size, ids });
+        }
+        let key = repo.chunk_key();
+        actions.extend(tokio::task::block_in_place(|| delta::compare(&window, block_size, key, progress))?);
+        for (job, a) in jobs[start..end].iter().zip(&actions[start..end]) {
+            match a {
+                Action::Keep => {}
+                Action::Patch(list) => {
+                    tracing::debug!("delta restore: {}: {} blocks differ", job.entry.path, list.len())
+                }
+                Action::Write => tracing::debug!("delta restore: {}: rewritten whole", job.entry.path),
+            }
+        }
+        start = end;
+    }
+    Ok(actions)
+}
+
 fn escape_tablespace_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len());
     for c in p.chars() {
@@ -104,7 +143,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
             repo.list_backups().await?.pop().ok_or_else(|| Error::NoBackups { stanza: repo.config().stanza.clone() })?
         }
     };
-    let mut manifest = repo.load_manifest(&label).await?;
+    let manifest = repo.load_manifest(&label).await?;
     if req.recovery.target == RecoveryTarget::None && !manifest.wal_included {
         return Err(Error::Config(format!(
             "backup {label} does not carry its WAL (it relies on the archive from {} to {}): --type=none cannot make it consistent; use --type=immediate",
@@ -134,84 +173,57 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
             Some(oid) => ts_dirs[&oid].join(&f.path),
         }
     };
-    // The block lists move out of the manifest (no second copy); the rest of it still
-    // describes directories, links and modes.
-    let files: Vec<(FileEntry, PathBuf)> = manifest
-        .files
-        .iter_mut()
-        .filter(|f| f.kind == FileKind::File && !(f.tablespace.is_none() && f.path == "tablespace_map"))
-        .map(|f| {
-            let blocks = std::mem::take(&mut f.blocks);
-            (FileEntry { blocks, ..f.clone() }, dest_of(f))
-        })
-        .collect();
-    let (files, mut actions) = if req.delta {
-        req.progress.begin(&format!("delta restore {label}: compare"), Some(manifest.size));
-        let (key, progress) = (*repo.chunk_key(), req.progress.clone());
-        let block_size = manifest.block_size as u64;
-        let (files, actions) = tokio::task::spawn_blocking(move || {
-            delta::compare(&files, block_size, &key, &progress).map(|actions| (files, actions))
-        })
-        .await
-        .map_err(|e| Error::Other(format!("compare task failed: {e}")))??;
-        req.progress.finish();
-        for ((f, _), a) in files.iter().zip(&actions) {
-            match a {
-                Action::Keep => {}
-                Action::Patch(list) => tracing::debug!("delta restore: {}: {} blocks differ", f.path, list.len()),
-                Action::Write => tracing::debug!("delta restore: {}: rewritten whole", f.path),
-            }
+    // Every regular file and where its blocks start in the block list.
+    let mut jobs = Vec::new();
+    let mut next = 0u64;
+    for f in manifest.files.iter().filter(|f| f.kind == FileKind::File) {
+        let count = block_count(f.size, manifest.block_size);
+        if !(f.tablespace.is_none() && f.path == "tablespace_map") {
+            jobs.push(FileJob { entry: f.clone(), dest: dest_of(f), first: next, count });
         }
-        (files, actions)
+        next += count;
+    }
+    if next != manifest.blocks {
+        return Err(Error::Corrupt {
+            what: format!("backup {label}"),
+            detail: format!("its files have {next} blocks, its block list {}", manifest.blocks),
+        });
+    }
+    let block_list = BlockListReader::new(repo, &manifest, 2 * PARALLEL_FILES);
+    let mut actions = if req.delta {
+        req.progress.begin(&format!("delta restore {label}: compare"), Some(manifest.size));
+        let actions = compare_all(&jobs, &block_list, manifest.block_size as u64, repo, &req.progress).await?;
+        req.progress.finish();
+        actions
     } else {
-        let actions = vec![Action::Write; files.len()];
-        (files, actions)
+        block_list.check().await?;
+        vec![Action::Write; jobs.len()]
     };
     let pg_control = req.target.join(PG_CONTROL);
     let changes = actions.iter().any(|a| *a != Action::Keep);
     if changes {
         // pg_control goes first and comes back last (see below).
-        for (a, (_, dest)) in actions.iter_mut().zip(&files) {
-            if *dest == pg_control {
+        for (a, job) in actions.iter_mut().zip(&jobs) {
+            if job.dest == pg_control {
                 *a = Action::Write;
             }
         }
     }
-    let needed = |(n, (f, _)): (usize, &(FileEntry, PathBuf))| -> Vec<(usize, ChunkId)> {
-        match &actions[n] {
-            Action::Keep => Vec::new(),
-            Action::Patch(list) => list.iter().map(|&b| (b, f.blocks[b])).collect(),
-            Action::Write => f.blocks.iter().copied().enumerate().collect(),
-        }
-    };
-
-    // Load the index only when something must be fetched, and check that every needed
-    // block is in it before writing anything.
-    let mut fetch_bytes = 0u64;
-    let wanted: std::collections::HashSet<ChunkId> =
-        files.iter().enumerate().flat_map(|(n, file)| needed((n, file))).map(|(_, id)| id).collect();
-    let index = if wanted.is_empty() { ChunkIndex::new() } else { repo.load_index_for(Some(&wanted)).await? };
-    drop(wanted);
-    for (n, file) in files.iter().enumerate() {
-        for (b, id) in needed((n, file)) {
-            match index.get(&id) {
-                Some(loc) => fetch_bytes += loc.raw_length as u64,
-                None => {
-                    return Err(Error::Corrupt {
-                        what: format!("backup {label} file {} block {b}", file.0.path),
-                        detail: format!("chunk {id} is in no index"),
-                    })
-                }
-            }
-        }
-    }
-    let ciphers = index.values().map(|l| l.key_id).collect::<std::collections::HashSet<_>>();
-    let ciphers = ciphers.into_iter().map(|k| (k, repo.data_cipher(&k))).collect();
+    let block_size = manifest.block_size as u64;
+    let fetch_bytes: u64 = jobs
+        .iter()
+        .zip(&actions)
+        .map(|(job, a)| match a {
+            Action::Keep => 0,
+            Action::Write => job.entry.size,
+            Action::Patch(list) => list.iter().map(|&b| block_size.min(job.entry.size - b as u64 * block_size)).sum(),
+        })
+        .sum();
     let ctx = Arc::new(Ctx {
         repo_storage: repo.storage().clone(),
         chunk_key: *repo.chunk_key(),
-        ciphers,
-        index,
+        ciphers: repo.data_ciphers(),
+        blocks: block_list,
         label: label.clone(),
         progress: req.progress.clone(),
     });
@@ -253,21 +265,20 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
 
     req.progress.begin(&format!("restore {label}"), Some(fetch_bytes));
     let unchanged = actions.iter().filter(|a| **a == Action::Keep).count();
-    let file_count = files.len();
-    let block_size = manifest.block_size as u64;
-    let run = |(entry, dest): (FileEntry, PathBuf), action: Action| {
+    let file_count = jobs.len();
+    let run = |job: FileJob, action: Action| {
         let ctx = ctx.clone();
         async move {
             match action {
-                Action::Keep => std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(entry.mode))
-                    .ctx(|| format!("cannot set mode of {}", dest.display())),
-                Action::Patch(list) => ctx.patch_file(entry, dest, block_size, list).await,
-                Action::Write => ctx.restore_file(entry, dest).await,
+                Action::Keep => std::fs::set_permissions(&job.dest, std::fs::Permissions::from_mode(job.entry.mode))
+                    .ctx(|| format!("cannot set mode of {}", job.dest.display())),
+                Action::Patch(list) => ctx.patch_file(job, block_size, list).await,
+                Action::Write => ctx.restore_file(job).await,
             }
         }
     };
     // pg_control last: until it is in place PostgreSQL cannot start on a partial restore.
-    let (last, rest): (Vec<_>, Vec<_>) = files.into_iter().zip(actions).partition(|((_, dest), _)| *dest == pg_control);
+    let (last, rest): (Vec<_>, Vec<_>) = jobs.into_iter().zip(actions).partition(|(job, _)| job.dest == pg_control);
     let mut restored = futures::stream::iter(rest.into_iter().map(|(f, a)| run(f, a)))
         .buffer_unordered(PARALLEL_FILES)
         .try_collect::<Vec<()>>()

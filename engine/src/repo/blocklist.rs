@@ -1,0 +1,267 @@
+//! A backup's block list, in parts: where every block of every file lives.
+//!
+//! The manifest lists files; the blocks of all its regular files, in manifest order,
+//! form one sequence cut into parts of `blocks_per_part` entries, each its own sealed
+//! object. Every entry carries the block's location, so restore needs neither the
+//! index nor memory that grows with the backup: it reads the parts in order.
+//!
+//! ```text
+//! part  = "PGCBLKS1" ‖ u32 pack count ‖ u32 block count ‖ pack* ‖ block*     (little endian)
+//! pack  = pack id (32) ‖ data key id (16)
+//! block = chunk id (32) ‖ u32 pack number in this part ‖ u64 offset ‖ u32 length ‖ u32 raw length
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::format::{ChunkId, Manifest, BACKUP_PREFIX, PACK_KEY_ID_LEN};
+use super::Repository;
+use crate::error::{Error, Result};
+
+pub const PART_MAGIC: &[u8; 8] = b"PGCBLKS1";
+/// 65536 blocks: 2 GiB of cluster at 32 KiB blocks, ~3.4 MB per part.
+pub const BLOCKS_PER_PART: u32 = 65536;
+const PACK_LEN: usize = 32 + PACK_KEY_ID_LEN;
+const BLOCK_LEN: usize = 32 + 4 + 8 + 4 + 4;
+
+/// `backup/<label>/blocks/<n, 6 digits>`.
+pub fn block_part_key(label: &str, n: u32) -> String {
+    format!("{BACKUP_PREFIX}{label}/blocks/{n:06}")
+}
+
+/// Blocks of a file of `size` bytes: one per started `block_size`.
+pub fn block_count(size: u64, block_size: u32) -> u64 {
+    size.div_ceil(block_size as u64)
+}
+
+/// A pack and the data key that sealed its blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PackRef {
+    pub id: [u8; 32],
+    pub key_id: [u8; PACK_KEY_ID_LEN],
+}
+
+impl PackRef {
+    pub fn hex_id(&self) -> String {
+        hex::encode(self.id)
+    }
+}
+
+/// Where one block's blob lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLocation {
+    pub pack: PackRef,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+/// One part, decoded.
+#[derive(Debug, Default, Clone)]
+pub struct BlockPart {
+    pub packs: Vec<PackRef>,
+    /// (chunk id, pack number, offset, length, raw length)
+    blocks: Vec<(ChunkId, u32, u64, u32, u32)>,
+    pack_numbers: HashMap<PackRef, u32>,
+}
+
+impl BlockPart {
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    pub fn push(&mut self, id: ChunkId, loc: &BlockLocation) {
+        let next = self.packs.len() as u32;
+        let n = *self.pack_numbers.entry(loc.pack).or_insert(next);
+        if n == next {
+            self.packs.push(loc.pack);
+        }
+        self.blocks.push((id, n, loc.offset, loc.length, loc.raw_length));
+    }
+
+    pub fn get(&self, i: usize) -> (ChunkId, BlockLocation) {
+        let (id, pack, offset, length, raw_length) = self.blocks[i];
+        (id, BlockLocation { pack: self.packs[pack as usize], offset, length, raw_length })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.packs.len() * PACK_LEN + self.blocks.len() * BLOCK_LEN);
+        out.extend_from_slice(PART_MAGIC);
+        out.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.blocks.len() as u32).to_le_bytes());
+        for p in &self.packs {
+            out.extend_from_slice(&p.id);
+            out.extend_from_slice(&p.key_id);
+        }
+        for (id, pack, offset, length, raw) in &self.blocks {
+            out.extend_from_slice(&id.0);
+            out.extend_from_slice(&pack.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&length.to_le_bytes());
+            out.extend_from_slice(&raw.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Self, String> {
+        let mut r = Reader(data);
+        if r.take(8)? != PART_MAGIC {
+            return Err("not a block list part".into());
+        }
+        let (packs, blocks) = (r.u32()? as usize, r.u32()? as usize);
+        if r.0.len() != packs * PACK_LEN + blocks * BLOCK_LEN {
+            return Err(format!("{} bytes for {packs} packs and {blocks} blocks", data.len()));
+        }
+        let mut part = BlockPart::default();
+        for _ in 0..packs {
+            let id = r.take(32)?.try_into().unwrap();
+            let key_id = r.take(PACK_KEY_ID_LEN)?.try_into().unwrap();
+            part.packs.push(PackRef { id, key_id });
+        }
+        for _ in 0..blocks {
+            let id = ChunkId(r.take(32)?.try_into().unwrap());
+            let pack = r.u32()?;
+            if pack as usize >= packs {
+                return Err(format!("block names pack {pack} of {packs}"));
+            }
+            let offset = u64::from_le_bytes(r.take(8)?.try_into().unwrap());
+            part.blocks.push((id, pack, offset, r.u32()?, r.u32()?));
+        }
+        Ok(part)
+    }
+}
+
+/// Reads one backup's block list, keeping the `keep` parts used last.
+pub struct BlockListReader<'r> {
+    repo: &'r Repository,
+    label: String,
+    per_part: u64,
+    total: u64,
+    keep: usize,
+    parts: tokio::sync::Mutex<VecDeque<(u64, Arc<BlockPart>)>>,
+}
+
+impl<'r> BlockListReader<'r> {
+    pub fn new(repo: &'r Repository, manifest: &Manifest, keep: usize) -> Self {
+        BlockListReader {
+            repo,
+            label: manifest.label.clone(),
+            per_part: manifest.blocks_per_part.max(1) as u64,
+            total: manifest.blocks,
+            keep: keep.max(1),
+            parts: Default::default(),
+        }
+    }
+
+    /// Read every part once (and keep none): a restore checks that its block list is
+    /// complete and authentic before it writes anything.
+    pub async fn check(&self) -> Result<()> {
+        for no in 0..self.total.div_ceil(self.per_part) {
+            self.load(no).await?;
+        }
+        Ok(())
+    }
+
+    async fn part(&self, no: u64) -> Result<Arc<BlockPart>> {
+        let mut parts = self.parts.lock().await;
+        if let Some((_, p)) = parts.iter().find(|(n, _)| *n == no) {
+            return Ok(p.clone());
+        }
+        let part = Arc::new(self.load(no).await?);
+        if parts.len() >= self.keep {
+            parts.pop_front();
+        }
+        parts.push_back((no, part.clone()));
+        Ok(part)
+    }
+
+    async fn load(&self, no: u64) -> Result<BlockPart> {
+        let part = self.repo.load_block_part(&self.label, no as u32).await.map_err(|e| match e.storage_kind() {
+            Some(crate::error::StorageErrorKind::NotFound) => Error::Corrupt {
+                what: format!("backup {} block list", self.label),
+                detail: format!("object {} is missing", block_part_key(&self.label, no as u32)),
+            },
+            _ => e,
+        })?;
+        let want = self.per_part.min(self.total.saturating_sub(no * self.per_part));
+        if part.len() as u64 != want {
+            return Err(Error::Corrupt {
+                what: format!("backup {} block list part {no}", self.label),
+                detail: format!("has {} blocks, the manifest says {want}", part.len()),
+            });
+        }
+        Ok(part)
+    }
+
+    /// Entries `first..first + count` of the block list.
+    pub async fn range(&self, first: u64, count: u64) -> Result<Vec<(ChunkId, BlockLocation)>> {
+        let mut out = Vec::with_capacity(count as usize);
+        let mut n = first;
+        while n < first + count {
+            let part = self.part(n / self.per_part).await?;
+            let from = (n % self.per_part) as usize;
+            let to = (from as u64 + (first + count - n)).min(part.len() as u64) as usize;
+            out.extend((from..to).map(|i| part.get(i)));
+            n += (to - from) as u64;
+        }
+        Ok(out)
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("truncated".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parts_round_trip(blocks in proptest::collection::vec((any::<[u8; 32]>(), 0u8..4, any::<u64>(), any::<u32>(), any::<u32>()), 0..50)) {
+            let mut part = BlockPart::default();
+            for (id, pack, offset, length, raw_length) in &blocks {
+                let pack = PackRef { id: [*pack; 32], key_id: [*pack; 16] };
+                part.push(ChunkId(*id), &BlockLocation { pack, offset: *offset, length: *length, raw_length: *raw_length });
+            }
+            prop_assert!(part.packs.len() <= 4);
+            let back = BlockPart::decode(&part.encode()).unwrap();
+            prop_assert_eq!(back.len(), blocks.len());
+            for i in 0..back.len() {
+                prop_assert_eq!(back.get(i), part.get(i));
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_damaged_parts() {
+        let mut part = BlockPart::default();
+        let pack = PackRef { id: [1; 32], key_id: [2; 16] };
+        part.push(ChunkId([3; 32]), &BlockLocation { pack, offset: 24, length: 10, raw_length: 20 });
+        let bytes = part.encode();
+        assert!(BlockPart::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(BlockPart::decode(b"PGCPACK1xxxxxxxx").is_err());
+        let mut bad_pack = bytes.clone();
+        bad_pack[16 + PACK_LEN + 32] = 9; // pack number 9 of 1
+        assert!(BlockPart::decode(&bad_pack).unwrap_err().contains("pack 9"));
+        assert_eq!(block_count(0, 8192), 0);
+        assert_eq!(block_count(8193, 8192), 2);
+    }
+}
