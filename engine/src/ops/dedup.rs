@@ -10,6 +10,9 @@ use crate::repo::blocklist::{block_count, BlockListReader, BlockLocation};
 use crate::repo::format::{ChunkId, FileKind, Manifest};
 use crate::repo::Repository;
 
+/// Parent block list parts kept: files need not arrive in the parent's order.
+const PARENT_PARTS_KEPT: usize = 3;
+
 /// The parent backup's block list, read part by part as the new backup reaches it.
 pub struct ParentBlocks<'r> {
     list: BlockListReader<'r>,
@@ -26,7 +29,7 @@ impl<'r> ParentBlocks<'r> {
             files.insert((f.tablespace, f.path.clone()), (next, n));
             next += n;
         }
-        ParentBlocks { list: BlockListReader::new(repo, parent, 1), files }
+        ParentBlocks { list: BlockListReader::new(repo, parent, PARENT_PARTS_KEPT), files }
     }
 
     /// Where the parent's blocks of a file start, and how many it has.

@@ -250,6 +250,39 @@ mod tests {
         }
     }
 
+    fn manifest(label: &str, blocks: u64, per_part: u32) -> Manifest {
+        let json = serde_json::json!({
+            "format_version": 2, "label": label, "backup_type": "full", "start_time": "", "stop_time": "",
+            "start_lsn": "0/0", "stop_lsn": "0/0", "timeline": 1, "system_identifier": 1, "pg_version": 170000,
+            "block_size": 8192, "wal_included": true, "backup_label": "", "tablespaces": [], "size": 0,
+            "stored_new": 0, "indexes": [], "files": [], "blocks": blocks, "blocks_per_part": per_part,
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    /// Ranges that cross part boundaries come back whole and in order; a part shorter
+    /// than the manifest implies, or a missing one, is reported as corrupt.
+    #[tokio::test]
+    async fn reader_crosses_parts_and_checks_their_length() {
+        let (_mem, repo) = crate::repo::tests::test_repo(true).await;
+        let pack = PackRef { id: [1; 32], key_id: [2; 16] };
+        let entry = |n: u64| (ChunkId([n as u8; 32]), BlockLocation { pack, offset: n, length: 1, raw_length: 1 });
+        for (no, range) in [(0u32, 0..3u64), (1, 3..6), (2, 6..7)] {
+            let mut part = BlockPart::default();
+            range.for_each(|n| part.push(entry(n).0, &entry(n).1));
+            repo.put_block_part("L", no, &part).await.unwrap();
+        }
+        let reader = BlockListReader::new(&repo, &manifest("L", 7, 3), 1);
+        reader.check().await.unwrap();
+        assert_eq!(reader.range(2, 5).await.unwrap(), (2..7).map(entry).collect::<Vec<_>>());
+        assert_eq!(reader.range(0, 7).await.unwrap().len(), 7);
+        assert!(reader.range(7, 0).await.unwrap().is_empty());
+        let err = BlockListReader::new(&repo, &manifest("L", 8, 3), 1).check().await.unwrap_err();
+        assert!(err.to_string().contains("has 1 blocks, the manifest says 2"), "{err}");
+        let err = BlockListReader::new(&repo, &manifest("M", 3, 3), 1).range(1, 1).await.unwrap_err();
+        assert!(err.to_string().contains("backup/M/blocks/000000 is missing"), "{err}");
+    }
+
     #[test]
     fn refuses_damaged_parts() {
         let mut part = BlockPart::default();
