@@ -3,7 +3,7 @@
 # cluster, pgbench at each scale in SCALES, and at each: full backup, diff after a
 # workload, restore into an empty directory, delta restore over that restore. The
 # key file is used throughout so Argon2id's fixed 64 MiB does not hide the growth.
-# Prints a markdown table and the growth per GiB between the smallest and largest scale.
+# Prints a markdown table and the growth per GiB between the two largest scales.
 #
 #   nice benches/memory.sh                        # SCALES="50 400": 0.8 and 6 GB, ~15 min
 #   SCALES="50 1500" nice benches/memory.sh       # up to ~23 GB, needs ~60 GB in /var/tmp
@@ -94,20 +94,23 @@ for s in $SCALES; do
     rm -rf "$W/restore" "$repo" "$repo.key"
 done
 
-first=$(echo $SCALES | awk '{print $1}')
+# Growth between the two largest scales: the smallest ones do not yet fill the fixed
+# buffers (packs in flight, block list parts), so their difference is not growth.
+first=$(echo $SCALES | awk '{print (NF > 1) ? $(NF - 1) : $1}')
 last=$(echo $SCALES | awk '{print $NF}')
 {
     echo "Peak RSS (MiB) of pgcairn $("$W/bin/pgcairn" --version 2>/dev/null | awk '{print $NF}') ($BIN), key file, $(nproc) cores."
     echo
     printf '| command |'
     for s in $SCALES; do printf ' scale %s (%.1f GiB) |' "$s" "$(echo "${SIZE[$s]} / 1073741824" | bc -l)"; done
-    echo ' growth per GiB |'
+    echo " growth per GiB from scale $first to $last |"
     printf '|---|'
     for _ in $SCALES; do printf -- '---|'; done
     echo '---|'
     for c in full diff restore delta; do
         printf '| %s |' "$c"
         for s in $SCALES; do printf ' %s |' "${RSS[$s.$c]}"; done
+        if [ "$first" = "$last" ]; then echo ' n/a |'; continue; fi
         printf ' %.2f MiB |\n' "$(echo "(${RSS[$last.$c]} - ${RSS[$first.$c]}) / ((${SIZE[$last]} - ${SIZE[$first]}) / 1073741824)" | bc -l)"
     done
 } | tee ${OUT:+"$OUT"}

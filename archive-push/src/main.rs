@@ -30,6 +30,7 @@ fn parse_args() -> Result<(BTreeMap<String, String>, PathBuf), String> {
 }
 
 fn main() -> ExitCode {
+    pgcairn::limit_malloc_retention();
     let (flags, path) = match parse_args() {
         Ok(x) => x,
         Err(e) => {

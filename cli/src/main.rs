@@ -469,6 +469,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    pgcairn::limit_malloc_retention();
     let cli = Cli::parse();
     let flags = cli.global.flags();
     let level = flags

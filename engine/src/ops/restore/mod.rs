@@ -189,7 +189,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
             detail: format!("its files have {next} blocks, its block list {}", manifest.blocks),
         });
     }
-    let block_list = BlockListReader::new(repo, &manifest, 2 * PARALLEL_FILES);
+    let block_list = BlockListReader::new(repo, &manifest, PARALLEL_FILES);
     let mut actions = if req.delta {
         req.progress.begin(&format!("delta restore {label}: compare"), Some(manifest.size));
         let actions = compare_all(&jobs, &block_list, manifest.block_size as u64, repo, &req.progress).await?;
