@@ -125,10 +125,12 @@ fn repository_state_errors() {
     // A repository written by a future pgcairn is refused by version, and left alone.
     let config = f.repo.path().join("main/config");
     let original = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, original.replace("\"format_version\": 1", "\"format_version\": 2")).unwrap();
+    let current = format!("\"format_version\": {}", pgcairn::repo::format::FORMAT_VERSION);
+    assert!(original.contains(&current), "{original}");
+    std::fs::write(&config, original.replace(&current, "\"format_version\": 99")).unwrap();
     let (code, err) = f.p.fails(&["info"]);
     assert_eq!(code, 4, "{err}");
-    assert!(err.contains("format version 2"), "{err}");
+    assert!(err.contains("format version 99"), "{err}");
     std::fs::write(&config, original).unwrap();
     f.p.ok(&["info"]);
 
