@@ -146,7 +146,7 @@ impl<'r> Builder<'r> {
             repo,
             level,
             block_size: cfg.block_size as usize,
-            cipher: Arc::new(repo.data_cipher(&key_id)),
+            cipher: repo.data_ciphers().get(&key_id),
             key_id,
             label: label.to_string(),
             recent: Arc::new(Mutex::new(RecentChunks::new(RECENT_CHUNKS))),

@@ -241,11 +241,6 @@ impl Repository {
         }
     }
 
-    /// The AEAD for packs written under `key_id`.
-    pub fn data_cipher(&self, key_id: &[u8; 16]) -> Cipher {
-        self.purpose_cipher(&[INFO_DATA_PREFIX, key_id].concat())
-    }
-
     /// Write a metadata object: JSON → zstd → sealed with the object key as AAD.
     pub async fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
         let json = serde_json::to_vec(value).expect("metadata is serialisable");
