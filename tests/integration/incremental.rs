@@ -69,9 +69,11 @@ fn diff_incr_and_delta_restore() {
     assert_eq!(b[2]["parent"], diff.as_str());
     assert!(b[3]["parent"].is_null());
     let stored = |i: usize| b[i]["stored_new"].as_u64().unwrap();
-    // 100 transactions touch a few percent of the blocks; a full stores them all anew.
-    assert!(stored(1) * 4 < stored(0), "diff stored {} of the full's {}", stored(1), stored(0));
-    assert!(stored(2) * 4 < stored(0), "incr stored {} of the full's {}", stored(2), stored(0));
+    // 100 transactions touch a few percent of the blocks, and change a few bytes of
+    // each page: stored as deltas over the parent's blocks they take ~1% of the full
+    // (stored whole, those blocks took ~7%); a full stores everything anew.
+    assert!(stored(1) * 40 < stored(0), "diff stored {} of the full's {}", stored(1), stored(0));
+    assert!(stored(2) * 40 < stored(0), "incr stored {} of the full's {}", stored(2), stored(0));
     assert!(stored(3) * 10 > stored(0) * 9, "second full stored {} of the first's {}", stored(3), stored(0));
 
     // Restore the incr into an empty directory: exactly the data at its time.

@@ -13,24 +13,25 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use tokio::sync::{oneshot, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::crypto::{self, Cipher};
 use crate::error::{Error, Result};
 use crate::ops::archive;
 use crate::ops::dedup::{ParentBlocks, RecentChunks};
 use crate::ops::lineage::{self, BackupType};
+use crate::ops::on_rayon;
 use crate::ops::stanza::identify_stanza_cluster;
 use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
 use crate::pg::tar::{EntryKind, TarItem, TarReader};
 use crate::pg::{wal, ConnParams, ReplicationConnection};
 use crate::progress::Progress;
 use crate::repo::blob;
-use crate::repo::blocklist::{BlockLocation, BlockPart, BLOCKS_PER_PART};
+use crate::repo::blocklist::{BlockLocation, BlockPart, DeltaBase, BLOCKS_PER_PART};
 use crate::repo::format::*;
 use crate::repo::pack::PackWriter;
-use crate::repo::Repository;
+use crate::repo::{DataCiphers, Repository};
 
 const IN_FLIGHT_BLOCKS: usize = 256;
 const PARALLEL_UPLOADS: usize = 4;
@@ -87,19 +88,85 @@ enum Outcome {
     Parent(BlockLocation),
     /// An earlier block of this backup has (or is storing) the same content.
     Repeat(Bytes),
-    /// New: compressed and sealed, to be packed.
-    New(Vec<u8>),
+    /// New: compressed and sealed (a delta over `base` when set), to be packed.
+    New(Vec<u8>, Option<DeltaBase>),
+}
+
+/// What a block worker needs, shared by all of them.
+struct BlockCtx {
+    chunk_key: [u8; 32],
+    level: i32,
+    cipher: Arc<Cipher>,
+    /// To open the parent's blobs, sealed with other packs' keys.
+    ciphers: DataCiphers,
+    storage: crate::storage::DynStorage,
+    recent: Arc<Mutex<RecentChunks>>,
+    parent_label: String,
+}
+
+/// Hash a block; reuse the parent's blob if unchanged, else store it, as a delta
+/// over the parent's version when there is one.
+async fn process_block(
+    ctx: Arc<BlockCtx>,
+    block: Bytes,
+    at_parent: Option<(ChunkId, BlockLocation)>,
+) -> Result<BlockDone> {
+    enum Step {
+        Done(Outcome),
+        Changed(Bytes, DeltaBase),
+    }
+    let raw_len = block.len() as u32;
+    let c = ctx.clone();
+    let (id, step) = on_rayon(move || {
+        let id = blob::chunk_id(&c.chunk_key, &block);
+        let step = match at_parent {
+            Some((parent_id, loc)) if parent_id == id => Step::Done(Outcome::Parent(loc)),
+            _ if !c.recent.lock().unwrap().claim(id) => Step::Done(Outcome::Repeat(block)),
+            Some((parent_id, loc)) => Step::Changed(block, loc.delta_base(parent_id)),
+            None => Step::Done(Outcome::New(blob::seal_block(&c.cipher, c.level, &id, &block), None)),
+        };
+        (id, step)
+    })
+    .await?;
+    let (block, base) = match step {
+        Step::Done(outcome) => return Ok(BlockDone { id, raw_len, outcome }),
+        Step::Changed(block, base) => (block, base),
+    };
+    let key = pack_key(&base.pack.hex_id());
+    let parent = ctx.parent_label.clone();
+    let damaged = |detail: String| Error::Corrupt {
+        what: format!("parent backup {parent} block {}", base.id),
+        detail: format!("{detail} (pack {key}); a diff or incr needs its parent's blocks: take a full backup"),
+    };
+    let range = base.offset..base.offset + base.length as u64;
+    let sealed_base = ctx.storage.get_range(&key, range).await.map_err(|e| match e.storage_kind() {
+        Some(crate::error::StorageErrorKind::NotFound) => damaged("the pack is missing".into()),
+        _ => e,
+    })?;
+    let base_cipher = ctx.ciphers.get(&base.pack.key_id);
+    let sealed = on_rayon(move || {
+        let plain = blob::open_block(&base_cipher, &ctx.chunk_key, &base.id, &sealed_base, base.raw_length as usize)?;
+        Ok::<_, blob::BlockError>(blob::seal_changed_block(
+            &ctx.cipher,
+            ctx.level,
+            &id,
+            &block,
+            Some((&base.id, &plain)),
+        ))
+    })
+    .await?
+    .map_err(|e| damaged(e.to_string()))?;
+    let (sealed, is_delta) = sealed;
+    Ok(BlockDone { id, raw_len, outcome: Outcome::New(sealed, is_delta.then_some(base)) })
 }
 
 /// Everything that changes while the stream is consumed.
 struct Builder<'r> {
     repo: &'r Repository,
-    level: i32,
     block_size: usize,
-    cipher: Arc<Cipher>,
+    workers: Arc<BlockCtx>,
     key_id: [u8; PACK_KEY_ID_LEN],
     label: String,
-    recent: Arc<Mutex<RecentChunks>>,
     parent: Option<ParentBlocks<'r>>,
     /// The current file's blocks in the parent's block list (first, count).
     parent_file: Option<(u64, u64)>,
@@ -109,7 +176,7 @@ struct Builder<'r> {
     part: BlockPart,
     parts: u32,
     blocks: u64,
-    in_flight: FuturesOrdered<oneshot::Receiver<BlockDone>>,
+    in_flight: FuturesOrdered<JoinHandle<Result<BlockDone>>>,
     pack: PackWriter,
     uploads: JoinSet<Result<()>>,
     upload_slots: Arc<Semaphore>,
@@ -137,20 +204,28 @@ impl<'r> Builder<'r> {
         repo: &'r Repository,
         label: &str,
         level: i32,
-        parent: Option<ParentBlocks<'r>>,
+        parent: Option<(String, ParentBlocks<'r>)>,
         progress: Arc<dyn Progress>,
     ) -> Self {
         let cfg = repo.config();
         let key_id = crypto::random_bytes::<PACK_KEY_ID_LEN>();
+        let ciphers = repo.data_ciphers();
+        let workers = BlockCtx {
+            chunk_key: *repo.chunk_key(),
+            level,
+            cipher: ciphers.get(&key_id),
+            ciphers,
+            storage: repo.storage().clone(),
+            recent: Arc::new(Mutex::new(RecentChunks::new(RECENT_CHUNKS))),
+            parent_label: parent.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+        };
         Builder {
             repo,
-            level,
             block_size: cfg.block_size as usize,
-            cipher: repo.data_ciphers().get(&key_id),
+            workers: Arc::new(workers),
             key_id,
             label: label.to_string(),
-            recent: Arc::new(Mutex::new(RecentChunks::new(RECENT_CHUNKS))),
-            parent,
+            parent: parent.map(|p| p.1),
             parent_file: None,
             file_blocks: 0,
             part: BlockPart::default(),
@@ -186,20 +261,7 @@ impl<'r> Builder<'r> {
             _ => None,
         };
         self.file_blocks += 1;
-        let (tx, rx) = oneshot::channel();
-        let (cipher, recent, key, level) =
-            (self.cipher.clone(), self.recent.clone(), *self.repo.chunk_key(), self.level);
-        rayon::spawn(move || {
-            let id = blob::chunk_id(&key, &block);
-            let raw_len = block.len() as u32;
-            let outcome = match at_parent {
-                Some((parent_id, loc)) if parent_id == id => Outcome::Parent(loc),
-                _ if recent.lock().unwrap().claim(id) => Outcome::New(blob::seal_block(&cipher, level, &id, &block)),
-                _ => Outcome::Repeat(block),
-            };
-            let _ = tx.send(BlockDone { id, raw_len, outcome });
-        });
-        self.in_flight.push_back(rx);
+        self.in_flight.push_back(tokio::spawn(process_block(self.workers.clone(), block, at_parent)));
         Ok(())
     }
 
@@ -207,19 +269,19 @@ impl<'r> Builder<'r> {
         let Some(done) = self.in_flight.next().await else {
             return Ok(());
         };
-        let done = done.map_err(|_| Error::Other("block worker stopped".into()))?;
+        let done = done.map_err(|e| Error::Other(format!("block task failed: {e}")))??;
         self.progress.advance(done.raw_len as u64);
         let id = done.id;
-        let stored = self.recent.lock().unwrap().location(&id);
+        let stored = self.workers.recent.lock().unwrap().location(&id);
         let loc = match (done.outcome, stored) {
             (Outcome::Parent(loc), _) => loc,
             (_, Some(loc)) => loc,
-            (Outcome::New(sealed), None) => self.store(id, done.raw_len, &sealed).await?,
+            (Outcome::New(sealed, base), None) => self.store(id, done.raw_len, &sealed, base).await?,
             // The earlier block it repeats is gone from the cache (or its worker lost
             // the race to this one): store it after all. Rare, so sealed right here.
             (Outcome::Repeat(block), None) => {
-                let sealed = blob::seal_block(&self.cipher, self.level, &id, &block);
-                self.store(id, done.raw_len, &sealed).await?
+                let sealed = blob::seal_block(&self.workers.cipher, self.workers.level, &id, &block);
+                self.store(id, done.raw_len, &sealed, None).await?
             }
         };
         self.part.push(id, &loc);
@@ -230,10 +292,16 @@ impl<'r> Builder<'r> {
         Ok(())
     }
 
-    async fn store(&mut self, id: ChunkId, raw_len: u32, sealed: &[u8]) -> Result<BlockLocation> {
+    async fn store(
+        &mut self,
+        id: ChunkId,
+        raw_len: u32,
+        sealed: &[u8],
+        base: Option<DeltaBase>,
+    ) -> Result<BlockLocation> {
         self.stored_new += sealed.len() as u64;
-        let loc = self.pack.add(id, raw_len, sealed);
-        self.recent.lock().unwrap().stored(id, loc);
+        let loc = self.pack.add(id, raw_len, sealed, base);
+        self.workers.recent.lock().unwrap().stored(id, loc);
         if self.pack.len() as u64 >= self.pack_size {
             self.flush_pack().await?;
             if self.unindexed_blobs >= self.index_flush_blobs {
@@ -376,7 +444,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let existing = repo.list_backups().await?;
     let lineage = lineage::choose(repo, req.backup_type, &existing, pg_version).await?;
     let label = lineage.new_label(&existing).await;
-    let parent_blocks = lineage.parent.as_ref().map(|p| ParentBlocks::new(repo, p));
+    let parent_blocks = lineage.parent.as_ref().map(|p| (p.label.clone(), ParentBlocks::new(repo, p)));
     let mut b = Builder::new(repo, &label, req.compress_level, parent_blocks, req.progress.clone());
     let parent = lineage.parent.map(|p| p.label);
 

@@ -94,7 +94,7 @@ mod tests {
     use crate::repo::blocklist::PackRef;
 
     fn loc(offset: u64) -> BlockLocation {
-        BlockLocation { pack: PackRef { id: [1; 32], key_id: [2; 16] }, offset, length: 1, raw_length: 1 }
+        BlockLocation { pack: PackRef { id: [1; 32], key_id: [2; 16] }, offset, length: 1, raw_length: 1, base: None }
     }
 
     #[test]

@@ -18,3 +18,12 @@ pub use info::{info, BackupInfo, InfoReport};
 pub use lineage::BackupType;
 pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary};
 pub use stanza::{stanza_create, StanzaCreateRequest};
+
+/// Run CPU work on rayon and await its result without holding a tokio thread.
+pub(crate) async fn on_rayon<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> crate::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(work());
+    });
+    rx.await.map_err(|_| crate::Error::Other("block worker stopped".into()))
+}

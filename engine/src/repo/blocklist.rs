@@ -5,10 +5,16 @@
 //! object. Every entry carries the block's location, so restore needs neither the
 //! index nor memory that grows with the backup: it reads the parts in order.
 //!
+//! A block stored as a delta (a diff or incr's changed block, compressed against the
+//! parent's version of it) also names its base: a blob stored whole.
+//!
 //! ```text
-//! part  = "PGCBLKS1" ‖ u32 pack count ‖ u32 block count ‖ pack* ‖ block*     (little endian)
+//! part  = "PGCBLKS2" ‖ u32 pack count ‖ u32 block count ‖ u32 base count ‖ pack* ‖ block* ‖ base*
+//!                                                                           (little endian)
 //! pack  = pack id (32) ‖ data key id (16)
-//! block = chunk id (32) ‖ u32 pack number in this part ‖ u64 offset ‖ u32 length ‖ u32 raw length
+//! blob  = chunk id (32) ‖ u32 pack number in this part ‖ u64 offset ‖ u32 length ‖ u32 raw length
+//! block = blob ‖ u32 base (0: stored whole; n: a delta over base n - 1)
+//! base  = blob
 //! ```
 
 use std::collections::{HashMap, VecDeque};
@@ -18,11 +24,12 @@ use super::format::{ChunkId, Manifest, BACKUP_PREFIX, PACK_KEY_ID_LEN};
 use super::Repository;
 use crate::error::{Error, Result};
 
-pub const PART_MAGIC: &[u8; 8] = b"PGCBLKS1";
+pub const PART_MAGIC: &[u8; 8] = b"PGCBLKS2";
 /// 65536 blocks: 2 GiB of cluster at 32 KiB blocks, ~3.4 MB per part.
 pub const BLOCKS_PER_PART: u32 = 65536;
 const PACK_LEN: usize = 32 + PACK_KEY_ID_LEN;
-const BLOCK_LEN: usize = 32 + 4 + 8 + 4 + 4;
+const BLOB_LEN: usize = 32 + 4 + 8 + 4 + 4;
+const BLOCK_LEN: usize = BLOB_LEN + 4;
 
 /// `backup/<label>/blocks/<n, 6 digits>`.
 pub fn block_part_key(label: &str, n: u32) -> String {
@@ -54,14 +61,44 @@ pub struct BlockLocation {
     pub offset: u64,
     pub length: u32,
     pub raw_length: u32,
+    /// Set when the blob is a delta: the blob (stored whole) it was compressed against.
+    pub base: Option<DeltaBase>,
 }
+
+/// The base of a delta blob: a blob stored whole, and its chunk id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaBase {
+    pub id: ChunkId,
+    pub pack: PackRef,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+impl BlockLocation {
+    /// The blob that a new delta of this block must be compressed against: the block's
+    /// own blob when stored whole, else its base (deltas never chain).
+    pub fn delta_base(&self, id: ChunkId) -> DeltaBase {
+        self.base.unwrap_or(DeltaBase {
+            id,
+            pack: self.pack,
+            offset: self.offset,
+            length: self.length,
+            raw_length: self.raw_length,
+        })
+    }
+}
+
+/// (chunk id, pack number, offset, length, raw length)
+type Blob = (ChunkId, u32, u64, u32, u32);
 
 /// One part, decoded.
 #[derive(Debug, Default, Clone)]
 pub struct BlockPart {
     pub packs: Vec<PackRef>,
-    /// (chunk id, pack number, offset, length, raw length)
-    blocks: Vec<(ChunkId, u32, u64, u32, u32)>,
+    /// Each block's blob and its base (0: none; n: `bases[n - 1]`).
+    blocks: Vec<(Blob, u32)>,
+    bases: Vec<Blob>,
     pack_numbers: HashMap<PackRef, u32>,
 }
 
@@ -74,35 +111,62 @@ impl BlockPart {
         self.blocks.is_empty()
     }
 
-    pub fn push(&mut self, id: ChunkId, loc: &BlockLocation) {
+    fn pack_number(&mut self, pack: PackRef) -> u32 {
         let next = self.packs.len() as u32;
-        let n = *self.pack_numbers.entry(loc.pack).or_insert(next);
+        let n = *self.pack_numbers.entry(pack).or_insert(next);
         if n == next {
-            self.packs.push(loc.pack);
+            self.packs.push(pack);
         }
-        self.blocks.push((id, n, loc.offset, loc.length, loc.raw_length));
+        n
+    }
+
+    pub fn push(&mut self, id: ChunkId, loc: &BlockLocation) {
+        let base = match loc.base {
+            None => 0,
+            Some(b) => {
+                let pack = self.pack_number(b.pack);
+                self.bases.push((b.id, pack, b.offset, b.length, b.raw_length));
+                self.bases.len() as u32
+            }
+        };
+        let pack = self.pack_number(loc.pack);
+        self.blocks.push(((id, pack, loc.offset, loc.length, loc.raw_length), base));
     }
 
     pub fn get(&self, i: usize) -> (ChunkId, BlockLocation) {
-        let (id, pack, offset, length, raw_length) = self.blocks[i];
-        (id, BlockLocation { pack: self.packs[pack as usize], offset, length, raw_length })
+        let ((id, pack, offset, length, raw_length), base) = self.blocks[i];
+        let base = (base > 0).then(|| {
+            let (id, pack, offset, length, raw_length) = self.bases[base as usize - 1];
+            DeltaBase { id, pack: self.packs[pack as usize], offset, length, raw_length }
+        });
+        (id, BlockLocation { pack: self.packs[pack as usize], offset, length, raw_length, base })
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.packs.len() * PACK_LEN + self.blocks.len() * BLOCK_LEN);
+        let mut out = Vec::with_capacity(
+            20 + self.packs.len() * PACK_LEN + self.blocks.len() * BLOCK_LEN + self.bases.len() * BLOB_LEN,
+        );
         out.extend_from_slice(PART_MAGIC);
-        out.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(self.blocks.len() as u32).to_le_bytes());
+        for n in [self.packs.len(), self.blocks.len(), self.bases.len()] {
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+        }
         for p in &self.packs {
             out.extend_from_slice(&p.id);
             out.extend_from_slice(&p.key_id);
         }
-        for (id, pack, offset, length, raw) in &self.blocks {
+        let put_blob = |out: &mut Vec<u8>, (id, pack, offset, length, raw): &Blob| {
             out.extend_from_slice(&id.0);
             out.extend_from_slice(&pack.to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
             out.extend_from_slice(&length.to_le_bytes());
             out.extend_from_slice(&raw.to_le_bytes());
+        };
+        for (blob, base) in &self.blocks {
+            put_blob(&mut out, blob);
+            out.extend_from_slice(&base.to_le_bytes());
+        }
+        for blob in &self.bases {
+            put_blob(&mut out, blob);
         }
         out
     }
@@ -112,9 +176,9 @@ impl BlockPart {
         if r.take(8)? != PART_MAGIC {
             return Err("not a block list part".into());
         }
-        let (packs, blocks) = (r.u32()? as usize, r.u32()? as usize);
-        if r.0.len() != packs * PACK_LEN + blocks * BLOCK_LEN {
-            return Err(format!("{} bytes for {packs} packs and {blocks} blocks", data.len()));
+        let (packs, blocks, bases) = (r.u32()? as usize, r.u32()? as usize, r.u32()? as usize);
+        if r.0.len() != packs * PACK_LEN + blocks * BLOCK_LEN + bases * BLOB_LEN {
+            return Err(format!("{} bytes for {packs} packs, {blocks} blocks and {bases} bases", data.len()));
         }
         let mut part = BlockPart::default();
         for _ in 0..packs {
@@ -122,14 +186,25 @@ impl BlockPart {
             let key_id = r.take(PACK_KEY_ID_LEN)?.try_into().unwrap();
             part.packs.push(PackRef { id, key_id });
         }
-        for _ in 0..blocks {
+        let blob = |r: &mut Reader| -> Result<Blob, String> {
             let id = ChunkId(r.take(32)?.try_into().unwrap());
             let pack = r.u32()?;
             if pack as usize >= packs {
                 return Err(format!("block names pack {pack} of {packs}"));
             }
             let offset = u64::from_le_bytes(r.take(8)?.try_into().unwrap());
-            part.blocks.push((id, pack, offset, r.u32()?, r.u32()?));
+            Ok((id, pack, offset, r.u32()?, r.u32()?))
+        };
+        for _ in 0..blocks {
+            let b = blob(&mut r)?;
+            let base = r.u32()?;
+            if base as usize > bases {
+                return Err(format!("block names base {base} of {bases}"));
+            }
+            part.blocks.push((b, base));
+        }
+        for _ in 0..bases {
+            part.bases.push(blob(&mut r)?);
         }
         Ok(part)
     }
@@ -235,17 +310,19 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parts_round_trip(blocks in proptest::collection::vec((any::<[u8; 32]>(), 0u8..4, any::<u64>(), any::<u32>(), any::<u32>()), 0..50)) {
+        fn parts_round_trip(blocks in proptest::collection::vec((any::<[u8; 32]>(), 0u8..4, any::<u64>(), any::<u32>(), any::<u32>(), proptest::option::of((any::<[u8; 32]>(), 0u8..6, any::<u64>()))), 0..50)) {
             let mut part = BlockPart::default();
-            for (id, pack, offset, length, raw_length) in &blocks {
-                let pack = PackRef { id: [*pack; 32], key_id: [*pack; 16] };
-                part.push(ChunkId(*id), &BlockLocation { pack, offset: *offset, length: *length, raw_length: *raw_length });
+            let pack = |n: u8| PackRef { id: [n; 32], key_id: [n; 16] };
+            for (id, p, offset, length, raw_length, base) in &blocks {
+                let base = base.map(|(id, p, offset)| DeltaBase { id: ChunkId(id), pack: pack(p), offset, length: 7, raw_length: 9 });
+                part.push(ChunkId(*id), &BlockLocation { pack: pack(*p), offset: *offset, length: *length, raw_length: *raw_length, base });
             }
-            prop_assert!(part.packs.len() <= 4);
+            prop_assert!(part.packs.len() <= 6);
             let back = BlockPart::decode(&part.encode()).unwrap();
             prop_assert_eq!(back.len(), blocks.len());
-            for i in 0..back.len() {
+            for (i, block) in blocks.iter().enumerate() {
                 prop_assert_eq!(back.get(i), part.get(i));
+                prop_assert_eq!(back.get(i).1.base.is_some(), block.5.is_some());
             }
         }
     }
@@ -266,7 +343,8 @@ mod tests {
     async fn reader_crosses_parts_and_checks_their_length() {
         let (_mem, repo) = crate::repo::tests::test_repo(true).await;
         let pack = PackRef { id: [1; 32], key_id: [2; 16] };
-        let entry = |n: u64| (ChunkId([n as u8; 32]), BlockLocation { pack, offset: n, length: 1, raw_length: 1 });
+        let entry =
+            |n: u64| (ChunkId([n as u8; 32]), BlockLocation { pack, offset: n, length: 1, raw_length: 1, base: None });
         for (no, range) in [(0u32, 0..3u64), (1, 3..6), (2, 6..7)] {
             let mut part = BlockPart::default();
             range.for_each(|n| part.push(entry(n).0, &entry(n).1));
@@ -287,14 +365,29 @@ mod tests {
     fn refuses_damaged_parts() {
         let mut part = BlockPart::default();
         let pack = PackRef { id: [1; 32], key_id: [2; 16] };
-        part.push(ChunkId([3; 32]), &BlockLocation { pack, offset: 24, length: 10, raw_length: 20 });
+        let whole = BlockLocation { pack, offset: 24, length: 10, raw_length: 20, base: None };
+        part.push(ChunkId([3; 32]), &whole);
         let bytes = part.encode();
         assert!(BlockPart::decode(&bytes[..bytes.len() - 1]).is_err());
-        assert!(BlockPart::decode(b"PGCPACK1xxxxxxxx").is_err());
+        assert!(BlockPart::decode(b"PGCPACK1xxxxxxxxxxxx").is_err());
         let mut bad_pack = bytes.clone();
-        bad_pack[16 + PACK_LEN + 32] = 9; // pack number 9 of 1
+        bad_pack[20 + PACK_LEN + 32] = 9; // pack number 9 of 1
         assert!(BlockPart::decode(&bad_pack).unwrap_err().contains("pack 9"));
+        let mut bad_base = bytes.clone();
+        bad_base[20 + PACK_LEN + BLOB_LEN] = 1; // base 1 of 0
+        assert!(BlockPart::decode(&bad_base).unwrap_err().contains("base 1 of 0"));
         assert_eq!(block_count(0, 8192), 0);
         assert_eq!(block_count(8193, 8192), 2);
+    }
+
+    /// A new delta is always compressed against a blob stored whole: a delta's base.
+    #[test]
+    fn deltas_never_chain() {
+        let pack = PackRef { id: [1; 32], key_id: [2; 16] };
+        let whole = BlockLocation { pack, offset: 24, length: 10, raw_length: 20, base: None };
+        let base = whole.delta_base(ChunkId([3; 32]));
+        assert_eq!((base.id, base.offset, base.length, base.raw_length), (ChunkId([3; 32]), 24, 10, 20));
+        let delta = BlockLocation { offset: 99, length: 2, base: Some(base), ..whole };
+        assert_eq!(delta.delta_base(ChunkId([4; 32])), base);
     }
 }

@@ -1,9 +1,9 @@
-//! On-disk types of repository format v1. `docs/repository-format.md` is the
+//! On-disk types of the repository format (version `FORMAT_VERSION`). `docs/repository-format.md` is the
 //! normative description; keep the two in step.
 
 use serde::{Deserialize, Serialize};
 
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 pub const CONFIG_KEY: &str = "config";
 
@@ -148,6 +148,20 @@ pub struct IndexBlob {
     pub offset: u64,
     pub length: u32,
     pub raw_length: u32,
+    /// Set for a delta blob: the blob, stored whole, it was compressed against.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub base: Option<IndexBase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexBase {
+    pub id: ChunkId,
+    /// The base's pack id (64 hex characters) and data key id (32).
+    pub pack: String,
+    pub key_id: String,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_length: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,7 +253,7 @@ mod tests {
         fn index_json_round_trip(ids in proptest::collection::vec(chunk(), 0..20), offset in any::<u64>(), len in any::<u32>()) {
             let file = IndexFile { packs: vec![IndexPack {
                 id: "ab".repeat(32), key_id: "cd".repeat(16), size: offset,
-                blobs: ids.iter().map(|id| IndexBlob { id: *id, offset, length: len, raw_length: len }).collect(),
+                blobs: ids.iter().map(|id| IndexBlob { id: *id, offset, length: len, raw_length: len, base: None }).collect(),
             }]};
             let back: IndexFile = serde_json::from_slice(&serde_json::to_vec(&file).unwrap()).unwrap();
             prop_assert_eq!(back, file);

@@ -17,7 +17,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::crypto::{self, Cipher, KeySlotKdf, KEY_LEN};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::storage::DynStorage;
-use blocklist::{BlockLocation, BlockPart, PackRef};
+use blocklist::{BlockLocation, BlockPart, DeltaBase, PackRef};
 use format::*;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -283,10 +283,24 @@ impl Repository {
                 hex::decode_to_slice(&p.id, &mut pack.id).map_err(bad)?;
                 hex::decode_to_slice(&p.key_id, &mut pack.key_id).map_err(bad)?;
                 for b in p.blobs {
-                    map.insert(
-                        b.id,
-                        BlockLocation { pack, offset: b.offset, length: b.length, raw_length: b.raw_length },
-                    );
+                    let base = match b.base {
+                        None => None,
+                        Some(base) => {
+                            let mut pack = PackRef { id: [0; 32], key_id: [0; 16] };
+                            hex::decode_to_slice(&base.pack, &mut pack.id).map_err(bad)?;
+                            hex::decode_to_slice(&base.key_id, &mut pack.key_id).map_err(bad)?;
+                            Some(DeltaBase {
+                                id: base.id,
+                                pack,
+                                offset: base.offset,
+                                length: base.length,
+                                raw_length: base.raw_length,
+                            })
+                        }
+                    };
+                    let loc =
+                        BlockLocation { pack, offset: b.offset, length: b.length, raw_length: b.raw_length, base };
+                    map.insert(b.id, loc);
                 }
             }
         }

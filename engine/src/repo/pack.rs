@@ -2,8 +2,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::blocklist::{BlockLocation, PackRef};
-use super::format::{ChunkId, IndexBlob, IndexPack, PACK_HEADER_LEN, PACK_KEY_ID_LEN, PACK_MAGIC};
+use super::blocklist::{BlockLocation, DeltaBase, PackRef};
+use super::format::{ChunkId, IndexBase, IndexBlob, IndexPack, PACK_HEADER_LEN, PACK_KEY_ID_LEN, PACK_MAGIC};
 
 pub struct PackWriter {
     /// Random, chosen up front so a blob's location is known when it is added.
@@ -21,15 +21,25 @@ impl PackWriter {
         Self { id: crate::crypto::random_bytes::<32>(), key_id, buf, blobs: Vec::new() }
     }
 
-    /// Append a blob; returns where it will live once the pack is stored.
-    pub fn add(&mut self, id: ChunkId, raw_length: u32, sealed: &[u8]) -> BlockLocation {
+    /// Append a blob (a delta when `base` is set); returns where it will live once
+    /// the pack is stored.
+    pub fn add(&mut self, id: ChunkId, raw_length: u32, sealed: &[u8], base: Option<DeltaBase>) -> BlockLocation {
         let loc = BlockLocation {
             pack: PackRef { id: self.id, key_id: self.key_id },
             offset: self.buf.len() as u64,
             length: sealed.len() as u32,
             raw_length,
+            base,
         };
-        self.blobs.push(IndexBlob { id, offset: loc.offset, length: loc.length, raw_length });
+        let base = base.map(|b| IndexBase {
+            id: b.id,
+            pack: b.pack.hex_id(),
+            key_id: hex::encode(b.pack.key_id),
+            offset: b.offset,
+            length: b.length,
+            raw_length: b.raw_length,
+        });
+        self.blobs.push(IndexBlob { id, offset: loc.offset, length: loc.length, raw_length, base });
         self.buf.put_slice(sealed);
         loc
     }
@@ -69,12 +79,16 @@ mod tests {
     #[test]
     fn offsets_point_at_blobs() {
         let mut w = PackWriter::new([7; 16], 1024);
-        let a = w.add(ChunkId([1; 32]), 10, b"aaaa");
-        let b = w.add(ChunkId([2; 32]), 20, b"bbbbbb");
+        let a = w.add(ChunkId([1; 32]), 10, b"aaaa", None);
+        let b = w.add(ChunkId([2; 32]), 20, b"bbbbbb", Some(a.delta_base(ChunkId([1; 32]))));
         let (bytes, idx) = w.finish();
         assert_eq!(a.pack, b.pack);
         assert_eq!((b.offset, b.length, b.raw_length), (idx.blobs[1].offset, 6, 20));
         assert_eq!(a.pack.hex_id(), idx.id);
+        assert_eq!(
+            idx.blobs[1].base.as_ref().map(|b| (b.id, b.offset, b.length)),
+            Some((ChunkId([1; 32]), a.offset, 4))
+        );
         assert_eq!(parse_header(&bytes), Some([7; 16]));
         for (b, want) in idx.blobs.iter().zip([&b"aaaa"[..], &b"bbbbbb"[..]]) {
             assert_eq!(&bytes[b.offset as usize..(b.offset + b.length as u64) as usize], want);

@@ -1,5 +1,6 @@
 //! Fetching blocks from packs: runs of adjacent blobs read with one ranged GET,
 //! opened (decrypt, decompress, verify) on rayon, written by a blocking writer.
+//! A delta blob's base is read too (nearby bases with one GET) and opened first.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +14,7 @@ use crate::error::{Error, IoContext, Result, StorageErrorKind};
 use crate::fsutil::{Commit, DurableFile};
 use crate::progress::Progress;
 use crate::repo::blob;
-use crate::repo::blocklist::{BlockListReader, BlockLocation, PackRef};
+use crate::repo::blocklist::{BlockListReader, BlockLocation, DeltaBase, PackRef};
 use crate::repo::format::*;
 use crate::repo::DataCiphers;
 
@@ -24,6 +25,8 @@ const BLOCKS_AHEAD: usize = 8;
 const RUNS_AHEAD: usize = 4;
 const MAX_RUN_BYTES: u64 = 4 << 20;
 const MAX_RUN_RAW_BYTES: u64 = 2 << 20;
+/// Bases of one run closer than this in a pack are read with one GET.
+const MAX_BASE_GAP: u64 = 64 << 10;
 
 struct Run {
     pack: PackRef,
@@ -31,8 +34,9 @@ struct Run {
     end: u64,
     /// Restored bytes of the run.
     raw: u64,
-    /// (block number in the file, chunk id, stored length, raw length), in file order.
-    blocks: Vec<(usize, ChunkId, u32, u32)>,
+    /// (block number in the file, chunk id, stored length, raw length, delta base),
+    /// in file order.
+    blocks: Vec<(usize, ChunkId, u32, u32, Option<DeltaBase>)>,
 }
 
 /// A regular file to restore: its entry, destination and blocks in the block list.
@@ -59,7 +63,7 @@ impl Ctx<'_> {
         let mut runs: Vec<Run> = Vec::new();
         for (n, id, loc) in blocks {
             let end = loc.offset + loc.length as u64;
-            let block = (n, id, loc.length, loc.raw_length);
+            let block = (n, id, loc.length, loc.raw_length, loc.base);
             match runs.last_mut() {
                 Some(r)
                     if r.pack == loc.pack
@@ -83,42 +87,92 @@ impl Ctx<'_> {
         runs
     }
 
+    /// A ranged read of a pack; a missing or unreadable pack is a corrupt block `n`.
+    async fn read_pack(&self, pack: PackRef, range: std::ops::Range<u64>, path: &str, n: usize) -> Result<Bytes> {
+        let key = pack_key(&pack.hex_id());
+        let what = || format!("backup {} file {path} block {n}", self.label);
+        self.repo_storage.get_range(&key, range).await.map_err(|e| match e.storage_kind() {
+            Some(StorageErrorKind::NotFound) => {
+                Error::Corrupt { what: what(), detail: format!("pack {key} is missing") }
+            }
+            Some(StorageErrorKind::Permanent) => Error::Corrupt { what: what(), detail: format!("pack {key}: {e}") },
+            _ => e,
+        })
+    }
+
+    /// The sealed bases of a run's delta blocks, by position in the run; bases near
+    /// each other in one pack are read with one GET.
+    async fn fetch_bases(&self, path: &str, run: &Run) -> Result<Vec<Option<Bytes>>> {
+        let mut wanted: Vec<(usize, usize, DeltaBase)> =
+            run.blocks.iter().enumerate().filter_map(|(i, b)| Some((i, b.0, b.4?))).collect();
+        let mut out = vec![None; run.blocks.len()];
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        wanted.sort_by_key(|(_, _, b)| (b.pack.id, b.offset));
+        // Spans of bases: (first, past the last) into `wanted`.
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for (i, (_, _, b)) in wanted.iter().enumerate() {
+            match spans.last_mut() {
+                Some((first, end))
+                    if wanted[*first].2.pack == b.pack && {
+                        let (start, prev) = (wanted[*first].2, wanted[*end - 1].2);
+                        b.offset <= prev.offset + prev.length as u64 + MAX_BASE_GAP
+                            && b.offset + b.length as u64 - start.offset <= MAX_RUN_BYTES
+                    } =>
+                {
+                    *end = i + 1
+                }
+                _ => spans.push((i, i + 1)),
+            }
+        }
+        let reads = spans.iter().map(|&(first, end)| {
+            let (start, last) = (wanted[first].2, wanted[end - 1].2);
+            self.read_pack(start.pack, start.offset..last.offset + last.length as u64, path, wanted[first].1)
+        });
+        let bytes = futures::future::try_join_all(reads).await?;
+        for ((first, end), bytes) in spans.into_iter().zip(bytes) {
+            let start = wanted[first].2.offset;
+            for (i, _, b) in &wanted[first..end] {
+                let from = (b.offset - start) as usize;
+                out[*i] = Some(bytes.slice(from..from + b.length as usize));
+            }
+        }
+        Ok(out)
+    }
+
     async fn fetch_run(self: &Arc<Self>, path: &str, run: Run) -> Result<Vec<(usize, Bytes)>> {
         let what = |n: usize| format!("backup {} file {path} block {n}", self.label);
         let key = pack_key(&run.pack.hex_id());
-        let first = run.blocks[0].0;
-        let bytes =
-            self.repo_storage.get_range(&key, run.start..run.end).await.map_err(|e| match e.storage_kind() {
-                Some(StorageErrorKind::NotFound) => {
-                    Error::Corrupt { what: what(first), detail: format!("pack {key} is missing") }
-                }
-                Some(StorageErrorKind::Permanent) => {
-                    Error::Corrupt { what: what(first), detail: format!("pack {key}: {e}") }
-                }
-                _ => e,
-            })?;
+        let bytes = self.read_pack(run.pack, run.start..run.end, path, run.blocks[0].0).await?;
+        let bases = self.fetch_bases(path, &run).await?;
+        let base_ciphers: Vec<_> = run.blocks.iter().map(|b| b.4.map(|b| self.ciphers.get(&b.pack.key_id))).collect();
         let (cipher, chunk_key) = (self.ciphers.get(&run.pack.key_id), self.chunk_key);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        rayon::spawn(move || {
+        let blocks = super::super::on_rayon(move || {
             let mut out = Vec::with_capacity(run.blocks.len());
             let mut at = 0usize;
-            for (n, id, len, raw) in &run.blocks {
+            for (i, (n, id, len, raw, base)) in run.blocks.iter().enumerate() {
                 let sealed = &bytes[at..at + *len as usize];
                 at += *len as usize;
-                match blob::open_block(&cipher, &chunk_key, id, sealed, *raw as usize) {
-                    Ok(d) => out.push((*n, Bytes::from(d))),
-                    Err(e) => {
-                        let _ = tx.send(Err((*n, e)));
-                        return;
+                let opened = match (base, &bases[i], &base_ciphers[i]) {
+                    (Some(b), Some(sealed_base), Some(base_cipher)) => {
+                        blob::open_block(base_cipher, &chunk_key, &b.id, sealed_base, b.raw_length as usize).and_then(
+                            |plain| {
+                                blob::open_delta_block(&cipher, &chunk_key, id, (&b.id, &plain), sealed, *raw as usize)
+                            },
+                        )
                     }
-                }
+                    _ => blob::open_block(&cipher, &chunk_key, id, sealed, *raw as usize),
+                };
+                out.push((*n, Bytes::from(opened.map_err(|e| (*n, e))?)));
             }
-            let _ = tx.send(Ok(out));
-        });
-        let blocks = rx
-            .await
-            .map_err(|_| Error::Other("block worker stopped".into()))?
-            .map_err(|(n, e)| Error::Corrupt { what: what(n), detail: format!("{e} (pack {key})") })?;
+            Ok(out)
+        })
+        .await?
+        .map_err(|(n, e): (usize, blob::BlockError)| Error::Corrupt {
+            what: what(n),
+            detail: format!("{e} (pack {key})"),
+        })?;
         self.progress.advance(blocks.iter().map(|b| b.1.len() as u64).sum());
         Ok(blocks)
     }
