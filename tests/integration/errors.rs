@@ -194,6 +194,45 @@ fn corrupt_and_missing_objects_are_named() {
     f.p.ok(&as_strs(&args));
 }
 
+/// A diff stores a changed block as a delta over the parent's version of it, which
+/// it must read. With the parent's packs gone it fails, names the object, says to take
+/// a full backup and leaves no backup behind; with them back it works and restores.
+#[test]
+fn diff_with_missing_parent_pack_fails_and_leaves_nothing() {
+    let f = fixture();
+    let table = "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM t";
+    f.cluster.psql("UPDATE t SET v = 'x' || v WHERE id % 100 = 0; CHECKPOINT");
+    let want = f.cluster.psql(table);
+    let packs = walk(&f.repo.path().join("main/data"));
+    for pack in &packs {
+        std::fs::rename(pack, pack.with_extension("moved")).unwrap();
+    }
+    let pg = format!("--pg={}", f.cluster.conninfo());
+    let (code, err) = f.p.fails(&["backup", "--type=diff", "--start-fast", &pg]);
+    assert_eq!(code, 8, "{err}");
+    assert!(
+        err.contains(&format!("parent backup {}", f.label))
+            && err.contains("is missing")
+            && err.contains("take a full backup"),
+        "{err}"
+    );
+    let info: serde_json::Value = serde_json::from_str(&f.p.ok(&["info", "--output=json"])).unwrap();
+    assert_eq!(info["backups"].as_array().unwrap().len(), 1, "a failed diff is not listed");
+
+    for pack in &packs {
+        std::fs::rename(pack.with_extension("moved"), pack).unwrap();
+    }
+    let out = f.p.ok(&["backup", "--type=diff", "--start-fast", &pg]);
+    let diff = out.lines().last().unwrap().trim().to_string();
+    let target = TestDir::new("restore");
+    let data = target.path().join("data");
+    let mut args = restore_args(&data);
+    args.extend([format!("--set={diff}"), "--type=none".into()]);
+    f.p.ok(&as_strs(&args));
+    let restored = Cluster::start_restored(PgVersion::V15, &data);
+    assert_eq!(restored.psql(table), want, "the diff restores the changed rows");
+}
+
 #[test]
 fn restore_refuses_non_empty_target_and_running_cluster() {
     let f = fixture();
