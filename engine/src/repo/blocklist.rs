@@ -9,13 +9,15 @@
 //! parent's version of it) also names its base: a blob stored whole.
 //!
 //! ```text
-//! part  = "PGCBLKS2" ‖ u32 pack count ‖ u32 block count ‖ u32 base count ‖ pack* ‖ block* ‖ base*
-//!                                                                           (little endian)
-//! pack  = pack id (32) ‖ data key id (16)
-//! blob  = chunk id (32) ‖ u32 pack number in this part ‖ u64 offset ‖ u32 length ‖ u32 raw length
-//! block = blob ‖ u32 base (0: stored whole; n: a delta over base n - 1)
-//! base  = blob
+//! part   = "PGCBLKS2" ‖ u32 pack count ‖ u32 block count ‖ u32 base count
+//!          ‖ pack* ‖ blobs(blocks) ‖ u32 base number* ‖ blobs(bases)      (little endian)
+//! pack   = pack id (32) ‖ data key id (16)
+//! blobs  = chunk id* (32 each) ‖ u32 pack number* ‖ u64 offset* ‖ u32 length* ‖ u32 raw length*
 //! ```
+//!
+//! Column by column, so the metadata compression squeezes everything but the chunk
+//! ids (pack numbers and raw lengths repeat, offsets rise). A base number is 0 for a
+//! block stored whole, n for a delta over base n - 1.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -154,20 +156,9 @@ impl BlockPart {
             out.extend_from_slice(&p.id);
             out.extend_from_slice(&p.key_id);
         }
-        let put_blob = |out: &mut Vec<u8>, (id, pack, offset, length, raw): &Blob| {
-            out.extend_from_slice(&id.0);
-            out.extend_from_slice(&pack.to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
-            out.extend_from_slice(&length.to_le_bytes());
-            out.extend_from_slice(&raw.to_le_bytes());
-        };
-        for (blob, base) in &self.blocks {
-            put_blob(&mut out, blob);
-            out.extend_from_slice(&base.to_le_bytes());
-        }
-        for blob in &self.bases {
-            put_blob(&mut out, blob);
-        }
+        put_blobs(&mut out, self.blocks.iter().map(|b| &b.0));
+        self.blocks.iter().for_each(|b| out.extend_from_slice(&b.1.to_le_bytes()));
+        put_blobs(&mut out, self.bases.iter());
         out
     }
 
@@ -186,28 +177,46 @@ impl BlockPart {
             let key_id = r.take(PACK_KEY_ID_LEN)?.try_into().unwrap();
             part.packs.push(PackRef { id, key_id });
         }
-        let blob = |r: &mut Reader| -> Result<Blob, String> {
-            let id = ChunkId(r.take(32)?.try_into().unwrap());
-            let pack = r.u32()?;
-            if pack as usize >= packs {
-                return Err(format!("block names pack {pack} of {packs}"));
-            }
-            let offset = u64::from_le_bytes(r.take(8)?.try_into().unwrap());
-            Ok((id, pack, offset, r.u32()?, r.u32()?))
-        };
-        for _ in 0..blocks {
-            let b = blob(&mut r)?;
+        let block_blobs = take_blobs(&mut r, blocks, packs)?;
+        for blob in block_blobs {
             let base = r.u32()?;
             if base as usize > bases {
                 return Err(format!("block names base {base} of {bases}"));
             }
-            part.blocks.push((b, base));
+            part.blocks.push((blob, base));
         }
-        for _ in 0..bases {
-            part.bases.push(blob(&mut r)?);
-        }
+        part.bases = take_blobs(&mut r, bases, packs)?;
         Ok(part)
     }
+}
+
+fn put_blobs<'a>(out: &mut Vec<u8>, blobs: impl Iterator<Item = &'a Blob> + Clone) {
+    blobs.clone().for_each(|b| out.extend_from_slice(&b.0 .0));
+    blobs.clone().for_each(|b| out.extend_from_slice(&b.1.to_le_bytes()));
+    blobs.clone().for_each(|b| out.extend_from_slice(&b.2.to_le_bytes()));
+    blobs.clone().for_each(|b| out.extend_from_slice(&b.3.to_le_bytes()));
+    blobs.for_each(|b| out.extend_from_slice(&b.4.to_le_bytes()));
+}
+
+fn take_blobs(r: &mut Reader, n: usize, packs: usize) -> Result<Vec<Blob>, String> {
+    let ids = r.take(32 * n)?;
+    let (pack_nos, offsets, lengths, raws) = (r.take(4 * n)?, r.take(8 * n)?, r.take(4 * n)?, r.take(4 * n)?);
+    let u32_at = |col: &[u8], i: usize| u32::from_le_bytes(col[4 * i..4 * i + 4].try_into().unwrap());
+    (0..n)
+        .map(|i| {
+            let pack = u32_at(pack_nos, i);
+            if pack as usize >= packs {
+                return Err(format!("block names pack {pack} of {packs}"));
+            }
+            Ok((
+                ChunkId(ids[32 * i..32 * i + 32].try_into().unwrap()),
+                pack,
+                u64::from_le_bytes(offsets[8 * i..8 * i + 8].try_into().unwrap()),
+                u32_at(lengths, i),
+                u32_at(raws, i),
+            ))
+        })
+        .collect()
 }
 
 /// Reads one backup's block list, keeping the `keep` parts used last.
@@ -371,10 +380,10 @@ mod tests {
         assert!(BlockPart::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(BlockPart::decode(b"PGCPACK1xxxxxxxxxxxx").is_err());
         let mut bad_pack = bytes.clone();
-        bad_pack[20 + PACK_LEN + 32] = 9; // pack number 9 of 1
+        bad_pack[20 + PACK_LEN + 32] = 9; // pack number 9 of 1 (the column after the ids)
         assert!(BlockPart::decode(&bad_pack).unwrap_err().contains("pack 9"));
         let mut bad_base = bytes.clone();
-        bad_base[20 + PACK_LEN + BLOB_LEN] = 1; // base 1 of 0
+        bad_base[20 + PACK_LEN + BLOB_LEN] = 1; // base 1 of 0 (the column after the blobs)
         assert!(BlockPart::decode(&bad_base).unwrap_err().contains("base 1 of 0"));
         assert_eq!(block_count(0, 8192), 0);
         assert_eq!(block_count(8193, 8192), 2);
