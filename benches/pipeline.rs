@@ -5,7 +5,9 @@
 //!
 //! Backup side: keyed BLAKE3, zstd 1 and 3, AES-256-GCM, and the whole per-block path
 //! (hash + compress + seal + append to a pack). Restore side: open + decompress +
-//! verify. Each iteration handles one block, cycling through the data set, so the
+//! verify. A diff's changed block (a few bytes of each page differ from the parent's
+//! version): open the parent's blob and store a delta over it; restore opens both.
+//! Each iteration handles one block, cycling through the data set, so the
 //! figures are per core and average over the data's mix of compressibility.
 //! Throughput is in decimal MB/s of raw (uncompressed) block bytes.
 //!
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgcairn::crypto::{random_bytes, Cipher};
-use pgcairn::repo::blob::{chunk_id, compress, open_block, seal_block};
+use pgcairn::repo::blob::{chunk_id, compress, open_block, open_delta_block, seal_block, seal_changed_block};
 use pgcairn::repo::format::ChunkId;
 use pgcairn::repo::pack::PackWriter;
 use rand::{Rng, SeedableRng};
@@ -82,6 +84,19 @@ fn synthetic_pages(len: usize) -> Vec<u8> {
     out
 }
 
+/// What one row update does to each page of a block: a new page LSN and a few bytes
+/// of a tuple header rewritten.
+fn touch_pages(block: &[u8], round: u8) -> Vec<u8> {
+    let mut out = block.to_vec();
+    for page in out.chunks_mut(PAGE) {
+        page[0] = page[0].wrapping_add(round);
+        for b in &mut page[PAGE / 2..PAGE / 2 + 6] {
+            *b ^= 0x5a;
+        }
+    }
+    out
+}
+
 fn bench(c: &mut Criterion) {
     let blocks = load_blocks();
     let chunk_key: [u8; 32] = random_bytes();
@@ -123,6 +138,37 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+
+    // A diff's changed block, and its restore.
+    let changed: Vec<Vec<u8>> = blocks.iter().map(|b| touch_pages(b, 1)).collect();
+    let changed_ids: Vec<ChunkId> = changed.iter().map(|b| chunk_id(&chunk_key, b)).collect();
+    let deltas: Vec<Vec<u8>> = (0..n)
+        .map(|k| {
+            let (blob, is_delta) =
+                seal_changed_block(&cipher, 3, &changed_ids[k], &changed[k], Some((&ids[k], &blocks[k])));
+            assert!(is_delta, "a few changed bytes per page make a delta");
+            blob
+        })
+        .collect();
+    eprintln!(
+        "changed blocks: deltas {:.1}x smaller than whole blobs",
+        sealed.iter().map(Vec::len).sum::<usize>() as f64 / deltas.iter().map(Vec::len).sum::<usize>() as f64
+    );
+    g.bench_function("diff/open-parent+zstd-3-delta+seal", |b| {
+        b.iter(|| {
+            let k = next();
+            let base = open_block(&cipher, &chunk_key, &ids[k], &sealed[k], BLOCK).expect("block opens");
+            seal_changed_block(&cipher, 3, &changed_ids[k], black_box(&changed[k]), Some((&ids[k], &base)))
+        })
+    });
+    g.bench_function("restore/open-base+open-delta+verify", |b| {
+        b.iter(|| {
+            let k = next();
+            let base = open_block(&cipher, &chunk_key, &ids[k], &sealed[k], BLOCK).expect("block opens");
+            open_delta_block(&cipher, &chunk_key, &changed_ids[k], (&ids[k], &base), black_box(&deltas[k]), BLOCK)
+                .expect("delta opens")
+        })
+    });
 
     // Restore path: decrypt, decompress, check the length and the keyed id.
     g.bench_function("restore/open+unzstd+verify", |b| {

@@ -1,5 +1,5 @@
-//! Full backup while pgbench writes, restore, start PostgreSQL, prove the data:
-//! on PG 15, 17 and 18, into a local and an S3 repository.
+//! Full backup while pgbench writes, an incr on top (deltas), restore the incr, start
+//! PostgreSQL, prove the data: on PG 15, 17 and 18, into a local and an S3 repository.
 
 use crate::cli::{tree_contains, Pgcairn};
 use crate::support::{Cluster, PgVersion, S3Server, TestDir};
@@ -79,13 +79,20 @@ fn roundtrip(version: PgVersion) {
         assert_eq!(info["backups"][0]["label"], label.as_str(), "{kind}: info lists the backup");
         assert_eq!(info["encrypted"], true);
 
+        // An incr on top: its changed blocks are deltas over the full's, read back from
+        // this repository while backing up and again while restoring.
+        cluster.pgbench(&["-n", "-c", "2", "-t", "200"]);
+        let out = p.ok(&["backup", "--start-fast", "--type=incr", &format!("--pg={}", cluster.conninfo())]);
+        let incr = out.lines().last().unwrap().trim().to_string();
+        assert!(incr.starts_with(&format!("{label}_")) && incr.ends_with('I'), "{kind}: incr label {incr:?}");
+
         let target = TestDir::new("restore");
         let ts_target = TestDir::new("restore-ts");
         let data = target.path().join("data");
         let mut args = vec![
             "restore".to_string(),
             format!("--pg-data={}", data.display()),
-            format!("--set={label}"),
+            format!("--set={incr}"),
             format!("--tablespace-map={ts_oid}={}", ts_target.path().join("ts1").display()),
         ];
         // Local: full recovery with restore_command (pgcairn archive-get, unlocked by a
