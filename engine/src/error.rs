@@ -49,6 +49,10 @@ pub enum Error {
     #[error("{what} is corrupt or missing: {detail}; the repository storage lost or altered data: restore from another backup set (`pgcairn info` lists them) and check the storage")]
     Corrupt { what: String, detail: String },
 
+    /// A diff or incr could not read its parent's version of a changed block.
+    #[error("{what} is corrupt or missing: {detail}; a diff or incr reads its parent's version of every changed block: take a full backup (--type=full) and check the repository storage")]
+    ParentCorrupt { what: String, detail: String },
+
     #[error("storage {op} of {key} failed: {detail}")]
     Storage { op: &'static str, key: String, kind: StorageErrorKind, detail: String },
 
@@ -128,7 +132,10 @@ impl Error {
             Error::WrongPassphrase { .. } | Error::PassphraseMissing { .. } => 5,
             Error::Connect { .. } | Error::AuthRejected { .. } => 6,
             Error::Server { .. } | Error::ChecksumFailure { .. } | Error::Protocol { .. } => 7,
-            Error::Corrupt { .. } | Error::BackupNotFound { .. } | Error::NoBackups { .. } => 8,
+            Error::Corrupt { .. }
+            | Error::ParentCorrupt { .. }
+            | Error::BackupNotFound { .. }
+            | Error::NoBackups { .. } => 8,
             Error::RestoreTarget { .. } => 9,
             Error::Storage { .. } => 10,
             Error::WalRefused { .. } | Error::WalMismatch { .. } => 11,

@@ -104,12 +104,36 @@ struct BlockCtx {
     parent_label: String,
 }
 
+/// A block's place in the cluster, for messages.
+struct BlockPlace {
+    path: Arc<str>,
+    block: u64,
+}
+
+/// A spawned block task, cancelled if the backup stops waiting for it (an error
+/// elsewhere): it must not go on reading and compressing after the backup failed.
+struct BlockTask(JoinHandle<Result<BlockDone>>);
+
+impl Drop for BlockTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for BlockTask {
+    type Output = std::result::Result<Result<BlockDone>, tokio::task::JoinError>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// Hash a block; reuse the parent's blob if unchanged, else store it, as a delta
 /// over the parent's version when there is one.
 async fn process_block(
     ctx: Arc<BlockCtx>,
     block: Bytes,
     at_parent: Option<(ChunkId, BlockLocation)>,
+    place: BlockPlace,
 ) -> Result<BlockDone> {
     enum Step {
         Done(Outcome),
@@ -134,13 +158,14 @@ async fn process_block(
     };
     let key = pack_key(&base.pack.hex_id());
     let parent = ctx.parent_label.clone();
-    let damaged = |detail: String| Error::Corrupt {
-        what: format!("parent backup {parent} block {}", base.id),
-        detail: format!("{detail} (pack {key}); a diff or incr needs its parent's blocks: take a full backup"),
+    let damaged = |detail: String| Error::ParentCorrupt {
+        what: format!("{} block {} of parent backup {parent}", place.path, place.block),
+        detail: format!("{detail} (pack {key}, chunk {})", base.id),
     };
     let range = base.offset..base.offset + base.length as u64;
     let sealed_base = ctx.storage.get_range(&key, range).await.map_err(|e| match e.storage_kind() {
         Some(crate::error::StorageErrorKind::NotFound) => damaged("the pack is missing".into()),
+        Some(crate::error::StorageErrorKind::Permanent) => damaged(e.to_string()),
         _ => e,
     })?;
     let base_cipher = ctx.ciphers.get(&base.pack.key_id);
@@ -176,7 +201,9 @@ struct Builder<'r> {
     part: BlockPart,
     parts: u32,
     blocks: u64,
-    in_flight: FuturesOrdered<JoinHandle<Result<BlockDone>>>,
+    in_flight: FuturesOrdered<BlockTask>,
+    /// The current file's path, shared by its blocks' tasks.
+    current_path: Arc<str>,
     pack: PackWriter,
     uploads: JoinSet<Result<()>>,
     upload_slots: Arc<Semaphore>,
@@ -232,6 +259,7 @@ impl<'r> Builder<'r> {
             parts: 0,
             blocks: 0,
             in_flight: FuturesOrdered::new(),
+            current_path: Arc::from(""),
             pack: PackWriter::new(key_id, cfg.pack_size as usize),
             uploads: JoinSet::new(),
             upload_slots: Arc::new(Semaphore::new(PARALLEL_UPLOADS)),
@@ -260,8 +288,10 @@ impl<'r> Builder<'r> {
             (Some(p), Some((first, count))) if self.file_blocks < count => p.block(first + self.file_blocks).await?,
             _ => None,
         };
+        let place = BlockPlace { path: self.current_path.clone(), block: self.file_blocks };
         self.file_blocks += 1;
-        self.in_flight.push_back(tokio::spawn(process_block(self.workers.clone(), block, at_parent)));
+        let task = tokio::spawn(process_block(self.workers.clone(), block, at_parent, place));
+        self.in_flight.push_back(BlockTask(task));
         Ok(())
     }
 
@@ -357,6 +387,10 @@ impl<'r> Builder<'r> {
                     _ => None,
                 };
                 self.file_blocks = 0;
+                self.current_path = Arc::from(match self.tablespace {
+                    Some(oid) => format!("pg_tblspc/{oid}/{}", e.path),
+                    None => e.path.clone(),
+                });
                 self.files.push(FileEntry {
                     path: e.path,
                     tablespace: self.tablespace,

@@ -48,16 +48,16 @@ pub fn seal_block(cipher: &Cipher, level: i32, id: &ChunkId, data: &[u8]) -> Vec
     cipher.seal(&id.0, &compress(level, data))
 }
 
-/// Compress `data` against `base` (zstd with `base` as a raw-content prefix).
-pub fn compress_delta(level: i32, base: &[u8], data: &[u8]) -> Vec<u8> {
+/// Compress `data` against `base` (zstd with `base` as a raw-content prefix); None if
+/// zstd refuses (the block is then stored whole).
+pub fn compress_delta(level: i32, base: &[u8], data: &[u8]) -> Option<Vec<u8>> {
     let mut c = zstd::zstd_safe::CCtx::create();
     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-    let r = c
-        .set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
+    c.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
         .and_then(|_| c.ref_prefix(base))
-        .and_then(|_| c.compress2(&mut out, data));
-    r.map_err(zstd::zstd_safe::get_error_name).expect("zstd delta compression of an in-memory buffer");
-    out
+        .and_then(|_| c.compress2(&mut out, data))
+        .ok()?;
+    Some(out)
 }
 
 pub fn decompress_delta(base: &[u8], data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
@@ -87,11 +87,14 @@ pub fn seal_changed_block(
     data: &[u8],
     base: Option<(&ChunkId, &[u8])>,
 ) -> (Vec<u8>, bool) {
-    const TINY_DELTA: usize = 512;
+    // Below this a whole blob cannot be enough smaller to be worth compressing for.
+    const TINY_DELTA: usize = 64;
     let Some((base_id, base_plain)) = base else {
         return (seal_block(cipher, level, id, data), false);
     };
-    let delta = compress_delta(level, base_plain, data);
+    let Some(delta) = compress_delta(level, base_plain, data) else {
+        return (seal_block(cipher, level, id, data), false);
+    };
     if delta.len() > TINY_DELTA {
         let whole = compress(level, data);
         if delta.len() * 2 > whole.len() {

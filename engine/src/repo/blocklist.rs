@@ -27,7 +27,8 @@ use super::Repository;
 use crate::error::{Error, Result};
 
 pub const PART_MAGIC: &[u8; 8] = b"PGCBLKS2";
-/// 65536 blocks: 2 GiB of cluster at 32 KiB blocks, ~3.4 MB per part.
+/// 65536 blocks: 2 GiB of cluster at 32 KiB blocks; 56 B per block and 52 B per
+/// delta base, ~3.7 MB for a part of a full backup.
 pub const BLOCKS_PER_PART: u32 = 65536;
 const PACK_LEN: usize = 32 + PACK_KEY_ID_LEN;
 const BLOB_LEN: usize = 32 + 4 + 8 + 4 + 4;

@@ -34,6 +34,8 @@ struct Run {
     end: u64,
     /// Restored bytes of the run.
     raw: u64,
+    /// Stored bytes of its blobs and of its deltas' bases.
+    stored: u64,
     /// (block number in the file, chunk id, stored length, raw length, delta base),
     /// in file order.
     blocks: Vec<(usize, ChunkId, u32, u32, Option<DeltaBase>)>,
@@ -63,16 +65,18 @@ impl Ctx<'_> {
         let mut runs: Vec<Run> = Vec::new();
         for (n, id, loc) in blocks {
             let end = loc.offset + loc.length as u64;
+            let stored = loc.length as u64 + loc.base.map_or(0, |b| b.length as u64);
             let block = (n, id, loc.length, loc.raw_length, loc.base);
             match runs.last_mut() {
                 Some(r)
                     if r.pack == loc.pack
                         && r.end == loc.offset
-                        && end - r.start <= MAX_RUN_BYTES
+                        && r.stored + stored <= MAX_RUN_BYTES
                         && r.raw + loc.raw_length as u64 <= MAX_RUN_RAW_BYTES =>
                 {
                     r.end = end;
                     r.raw += loc.raw_length as u64;
+                    r.stored += stored;
                     r.blocks.push(block);
                 }
                 _ => runs.push(Run {
@@ -80,6 +84,7 @@ impl Ctx<'_> {
                     start: loc.offset,
                     end,
                     raw: loc.raw_length as u64,
+                    stored,
                     blocks: vec![block],
                 }),
             }
@@ -110,30 +115,30 @@ impl Ctx<'_> {
             return Ok(out);
         }
         wanted.sort_by_key(|(_, _, b)| (b.pack.id, b.offset));
-        // Spans of bases: (first, past the last) into `wanted`.
-        let mut spans: Vec<(usize, usize)> = Vec::new();
+        // Spans of bases: (first, past the last into `wanted`, end offset in the pack).
+        let blob_end = |b: &DeltaBase| b.offset.saturating_add(b.length as u64);
+        let mut spans: Vec<(usize, usize, u64)> = Vec::new();
         for (i, (_, _, b)) in wanted.iter().enumerate() {
             match spans.last_mut() {
-                Some((first, end))
-                    if wanted[*first].2.pack == b.pack && {
-                        let (start, prev) = (wanted[*first].2, wanted[*end - 1].2);
-                        b.offset <= prev.offset + prev.length as u64 + MAX_BASE_GAP
-                            && b.offset + b.length as u64 - start.offset <= MAX_RUN_BYTES
-                    } =>
+                Some((first, last, end))
+                    if wanted[*first].2.pack == b.pack
+                        && b.offset <= end.saturating_add(MAX_BASE_GAP)
+                        && blob_end(b) - wanted[*first].2.offset <= MAX_RUN_BYTES =>
                 {
-                    *end = i + 1
+                    *last = i + 1;
+                    *end = (*end).max(blob_end(b));
                 }
-                _ => spans.push((i, i + 1)),
+                _ => spans.push((i, i + 1, blob_end(b))),
             }
         }
-        let reads = spans.iter().map(|&(first, end)| {
-            let (start, last) = (wanted[first].2, wanted[end - 1].2);
-            self.read_pack(start.pack, start.offset..last.offset + last.length as u64, path, wanted[first].1)
+        let reads = spans.iter().map(|&(first, _, end)| {
+            let start = wanted[first].2;
+            self.read_pack(start.pack, start.offset..end, path, wanted[first].1)
         });
         let bytes = futures::future::try_join_all(reads).await?;
-        for ((first, end), bytes) in spans.into_iter().zip(bytes) {
+        for ((first, last, _), bytes) in spans.into_iter().zip(bytes) {
             let start = wanted[first].2.offset;
-            for (i, _, b) in &wanted[first..end] {
+            for (i, _, b) in &wanted[first..last] {
                 let from = (b.offset - start) as usize;
                 out[*i] = Some(bytes.slice(from..from + b.length as usize));
             }
@@ -156,23 +161,21 @@ impl Ctx<'_> {
                 at += *len as usize;
                 let opened = match (base, &bases[i], &base_ciphers[i]) {
                     (Some(b), Some(sealed_base), Some(base_cipher)) => {
-                        blob::open_block(base_cipher, &chunk_key, &b.id, sealed_base, b.raw_length as usize).and_then(
-                            |plain| {
-                                blob::open_delta_block(&cipher, &chunk_key, id, (&b.id, &plain), sealed, *raw as usize)
-                            },
-                        )
+                        let raw_base = b.raw_length as usize;
+                        let plain =
+                            blob::open_block(base_cipher, &chunk_key, &b.id, sealed_base, raw_base).map_err(|e| {
+                                (*n, format!("its delta base {}: {e} (pack {})", b.id, pack_key(&b.pack.hex_id())))
+                            })?;
+                        blob::open_delta_block(&cipher, &chunk_key, id, (&b.id, &plain), sealed, *raw as usize)
                     }
                     _ => blob::open_block(&cipher, &chunk_key, id, sealed, *raw as usize),
                 };
-                out.push((*n, Bytes::from(opened.map_err(|e| (*n, e))?)));
+                out.push((*n, Bytes::from(opened.map_err(|e| (*n, format!("{e} (pack {key})")))?)));
             }
             Ok(out)
         })
         .await?
-        .map_err(|(n, e): (usize, blob::BlockError)| Error::Corrupt {
-            what: what(n),
-            detail: format!("{e} (pack {key})"),
-        })?;
+        .map_err(|(n, detail): (usize, String)| Error::Corrupt { what: what(n), detail })?;
         self.progress.advance(blocks.iter().map(|b| b.1.len() as u64).sum());
         Ok(blocks)
     }
