@@ -19,7 +19,9 @@ use crate::repo::format::*;
 use crate::repo::DataCiphers;
 
 pub(super) const PARALLEL_FILES: usize = 4;
-const BLOCKS_AHEAD: usize = 8;
+/// Runs fetched and opened, waiting for a file's writer (each ≤ `MAX_RUN_RAW_BYTES`).
+/// The writer takes a run at a time: one wake-up per run, not per block.
+const RUNS_QUEUED: usize = 2;
 /// Ranged reads in flight per file, and the most one read fetches. A run is capped
 /// in restored bytes too: compressed 30x, a 4 MiB read would be 120 MiB in memory.
 const RUNS_AHEAD: usize = 4;
@@ -186,16 +188,14 @@ impl Ctx<'_> {
         self: &Arc<Self>,
         path: &str,
         blocks: impl Iterator<Item = (usize, ChunkId, BlockLocation)>,
-        sink: tokio::sync::mpsc::Sender<(usize, Bytes)>,
+        sink: tokio::sync::mpsc::Sender<Vec<(usize, Bytes)>>,
     ) -> Result<()> {
         let fetches =
             futures::stream::iter(Self::runs(blocks)).map(|run| self.fetch_run(path, run)).buffered(RUNS_AHEAD);
         futures::pin_mut!(fetches);
         while let Some(r) = fetches.next().await {
-            for b in r? {
-                if sink.send(b).await.is_err() {
-                    return Ok(()); // the writer failed; its error is the one to report
-                }
+            if sink.send(r?).await.is_err() {
+                return Ok(()); // the writer failed; its error is the one to report
             }
         }
         Ok(())
@@ -207,17 +207,19 @@ impl Ctx<'_> {
     pub(super) async fn restore_file(self: Arc<Self>, job: FileJob) -> Result<()> {
         let FileJob { entry, dest, first, count } = job;
         let located = self.blocks.range(first, count).await?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Bytes)>(BLOCKS_AHEAD);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(usize, Bytes)>>(RUNS_QUEUED);
         let dest2 = dest.clone();
         let mode = entry.mode;
         let writer = tokio::task::spawn_blocking(move || -> Result<(u64, u32)> {
             let ctx = || format!("cannot write {}", dest2.display());
             let mut f = DurableFile::create(&dest2).ctx(ctx)?;
             let (mut len, mut crc) = (0u64, 0u32);
-            while let Some((_, block)) = rx.blocking_recv() {
-                f.file().write_all(&block).ctx(ctx)?;
-                len += block.len() as u64;
-                crc = crc32c::crc32c_append(crc, &block);
+            while let Some(run) = rx.blocking_recv() {
+                for (_, block) in run {
+                    f.file().write_all(&block).ctx(ctx)?;
+                    len += block.len() as u64;
+                    crc = crc32c::crc32c_append(crc, &block);
+                }
             }
             f.file().set_permissions(std::fs::Permissions::from_mode(mode)).ctx(ctx)?;
             f.commit(Commit::Replace).ctx(ctx)?;
@@ -250,13 +252,15 @@ impl Ctx<'_> {
         use std::os::unix::fs::FileExt;
         let FileJob { entry, dest, first, count } = job;
         let located = self.blocks.range(first, count).await?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Bytes)>(BLOCKS_AHEAD);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(usize, Bytes)>>(RUNS_QUEUED);
         let (size, mode) = (entry.size, entry.mode);
         let writer = tokio::task::spawn_blocking(move || -> Result<()> {
             let ctx = || format!("cannot write {}", dest.display());
             let f = std::fs::OpenOptions::new().write(true).open(&dest).ctx(ctx)?;
-            while let Some((n, block)) = rx.blocking_recv() {
-                f.write_all_at(&block, n as u64 * block_size).ctx(ctx)?;
+            while let Some(run) = rx.blocking_recv() {
+                for (n, block) in run {
+                    f.write_all_at(&block, n as u64 * block_size).ctx(ctx)?;
+                }
             }
             f.set_len(size).ctx(ctx)?;
             f.set_permissions(std::fs::Permissions::from_mode(mode)).ctx(ctx)?;
