@@ -666,6 +666,59 @@ mod tests {
     use crate::progress::NoProgress;
     use crate::repo::tests::test_repo;
 
+    async fn write_file(b: &mut Builder<'_>, path: &str, blocks: &[Vec<u8>]) {
+        let size = blocks.iter().map(Vec::len).sum::<usize>() as u64;
+        let entry = TarEntry { path: path.into(), kind: EntryKind::File, mode: 0o600, size, mtime: 0, link: None };
+        b.tar_item(TarItem::Entry(entry)).await.unwrap();
+        for data in blocks {
+            b.tar_item(TarItem::Data(Bytes::from(data.clone()))).await.unwrap();
+        }
+        b.tar_item(TarItem::EntryEnd).await.unwrap();
+        b.finish().await.unwrap();
+    }
+
+    /// A diff reuses the parent's blob for unchanged blocks and stores a changed block
+    /// as a small delta over the parent's version; block list and index agree on it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn diff_stores_changed_blocks_as_deltas() {
+        let (_mem, repo) = test_repo(true).await;
+        let bs = repo.config().block_size as usize;
+        let old: Vec<Vec<u8>> = (0..8).map(|_| (0..bs).map(|_| rand::random::<u8>()).collect()).collect();
+        let mut full = Builder::new(&repo, "F", 3, None, Arc::new(NoProgress));
+        write_file(&mut full, "base/1/1", &old).await;
+        let json = serde_json::json!({
+            "format_version": FORMAT_VERSION, "label": "F", "backup_type": "full", "start_time": "", "stop_time": "",
+            "start_lsn": "0/0", "stop_lsn": "0/0", "timeline": 1, "system_identifier": 1, "pg_version": 170000,
+            "block_size": bs, "wal_included": true, "backup_label": "", "tablespaces": [], "size": 8 * bs,
+            "stored_new": 0, "indexes": [], "blocks": 8, "blocks_per_part": BLOCKS_PER_PART,
+            "files": [{"path": "base/1/1", "kind": "file", "mode": 384, "size": 8 * bs, "mtime": 0}],
+        });
+        let parent: Manifest = serde_json::from_value(json).unwrap();
+
+        let mut new = old.clone();
+        new[2][100..108].copy_from_slice(b"changed!");
+        new[5][bs - 8..].copy_from_slice(b"changed!");
+        let parent_blocks = ParentBlocks::new(&repo, &parent);
+        let mut diff = Builder::new(&repo, "D", 3, Some(("F".into(), parent_blocks)), Arc::new(NoProgress));
+        write_file(&mut diff, "base/1/1", &new).await;
+        assert!(diff.stored_new < 2 * 200, "two deltas stored {} bytes", diff.stored_new);
+
+        let (before, after) =
+            (repo.load_block_part("F", 0).await.unwrap(), repo.load_block_part("D", 0).await.unwrap());
+        let index = repo.load_index().await.unwrap();
+        for (i, block) in new.iter().enumerate() {
+            let ((old_id, old_loc), (id, loc)) = (before.get(i), after.get(i));
+            assert_eq!(id, blob::chunk_id(repo.chunk_key(), block));
+            assert_eq!(index[&id], loc, "block {i}: index and block list agree");
+            if i == 2 || i == 5 {
+                let base = loc.base.expect("a changed block is a delta");
+                assert_eq!((base.id, base.pack, base.offset), (old_id, old_loc.pack, old_loc.offset));
+            } else {
+                assert_eq!((id, loc), (old_id, old_loc), "block {i}: the parent's blob reused");
+            }
+        }
+    }
+
     /// Index objects are written during the backup, each naming only uploaded packs,
     /// and together they list every new block; repeated blocks are stored once; the
     /// block list locates every block where the index does.

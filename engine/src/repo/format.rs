@@ -153,15 +153,12 @@ pub struct IndexBlob {
     pub base: Option<IndexBase>,
 }
 
+/// A delta's base: the whole blob at `offset` in pack `pack` (64 hex characters). An
+/// index object lists that blob with its id and lengths, so they are not repeated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexBase {
-    pub id: ChunkId,
-    /// The base's pack id (64 hex characters) and data key id (32).
     pub pack: String,
-    pub key_id: String,
     pub offset: u64,
-    pub length: u32,
-    pub raw_length: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

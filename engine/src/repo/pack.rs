@@ -31,14 +31,7 @@ impl PackWriter {
             raw_length,
             base,
         };
-        let base = base.map(|b| IndexBase {
-            id: b.id,
-            pack: b.pack.hex_id(),
-            key_id: hex::encode(b.pack.key_id),
-            offset: b.offset,
-            length: b.length,
-            raw_length: b.raw_length,
-        });
+        let base = base.map(|b| IndexBase { pack: b.pack.hex_id(), offset: b.offset });
         self.blobs.push(IndexBlob { id, offset: loc.offset, length: loc.length, raw_length, base });
         self.buf.put_slice(sealed);
         loc
@@ -85,10 +78,7 @@ mod tests {
         assert_eq!(a.pack, b.pack);
         assert_eq!((b.offset, b.length, b.raw_length), (idx.blobs[1].offset, 6, 20));
         assert_eq!(a.pack.hex_id(), idx.id);
-        assert_eq!(
-            idx.blobs[1].base.as_ref().map(|b| (b.id, b.offset, b.length)),
-            Some((ChunkId([1; 32]), a.offset, 4))
-        );
+        assert_eq!(idx.blobs[1].base, Some(IndexBase { pack: idx.id.clone(), offset: a.offset }));
         assert_eq!(parse_header(&bytes), Some([7; 16]));
         for (b, want) in idx.blobs.iter().zip([&b"aaaa"[..], &b"bbbbbb"[..]]) {
             assert_eq!(&bytes[b.offset as usize..(b.offset + b.length as u64) as usize], want);
