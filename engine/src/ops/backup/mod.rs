@@ -1,6 +1,8 @@
-//! Backup (full, diff or incr; see `lineage`): stream BASE_BACKUP, cut files into page-aligned blocks, hash,
-//! compress and seal them on rayon, pack new ones and upload packs on tokio, then
-//! write index, server manifest and — last — the backup manifest.
+//! Backup (full, diff or incr; see `lineage`): stream BASE_BACKUP, cut files into
+//! page-aligned blocks, hand them in batches to the workers (`worker`: hash, dedup,
+//! compress — as deltas over the parent's blocks where they changed — and seal), pack
+//! new blobs and upload packs on tokio, then write index, server manifest and — last —
+//! the backup manifest.
 //!
 //! Memory is bounded: at most `IN_FLIGHT_BLOCKS` blocks are being processed, one
 //! pack and one block list part are being filled, at most `PARALLEL_UPLOADS` packs
@@ -14,14 +16,13 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
-use crate::crypto::{self, Cipher};
+use crate::crypto;
 use crate::error::{Error, Result};
 use crate::ops::archive;
 use crate::ops::dedup::{ParentBlocks, RecentChunks};
 use crate::ops::lineage::{self, BackupType};
-use crate::ops::on_rayon;
 use crate::ops::stanza::identify_stanza_cluster;
 use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
 use crate::pg::tar::{EntryKind, TarItem, TarReader};
@@ -31,7 +32,10 @@ use crate::repo::blob;
 use crate::repo::blocklist::{BlockLocation, BlockPart, DeltaBase, BLOCKS_PER_PART};
 use crate::repo::format::*;
 use crate::repo::pack::PackWriter;
-use crate::repo::{DataCiphers, Repository};
+use crate::repo::Repository;
+use worker::{process_batch, BatchTask, BlockCtx, BlockDone, BlockPlace, Outcome, PendingBlock};
+
+mod worker;
 
 const IN_FLIGHT_BLOCKS: usize = 256;
 /// Blocks per worker task (512 KiB at the default block size).
@@ -77,144 +81,6 @@ pub struct BackupSummary {
     pub start_lsn: String,
     pub stop_lsn: String,
     pub seconds: f64,
-}
-
-struct BlockDone {
-    id: ChunkId,
-    raw_len: u32,
-    outcome: Outcome,
-}
-
-enum Outcome {
-    /// Same as the parent's block at this position: reuse its blob.
-    Parent(BlockLocation),
-    /// An earlier block of this backup has (or is storing) the same content.
-    Repeat(Bytes),
-    /// New: compressed and sealed (a delta over `base` when set), to be packed.
-    New(Vec<u8>, Option<DeltaBase>),
-}
-
-/// What a block worker needs, shared by all of them.
-struct BlockCtx {
-    chunk_key: [u8; 32],
-    level: i32,
-    cipher: Arc<Cipher>,
-    /// To open the parent's blobs, sealed with other packs' keys.
-    ciphers: DataCiphers,
-    storage: crate::storage::DynStorage,
-    recent: Arc<Mutex<RecentChunks>>,
-    parent_label: String,
-}
-
-/// A block's place in the cluster, for messages.
-struct BlockPlace {
-    path: Arc<str>,
-    block: u64,
-}
-
-/// A block waiting for a worker, with the parent's entry at its position.
-struct PendingBlock {
-    block: Bytes,
-    at_parent: Option<(ChunkId, BlockLocation)>,
-    place: BlockPlace,
-}
-
-/// A spawned batch of blocks, cancelled if the backup stops waiting for it (an error
-/// elsewhere): it must not go on reading and compressing after the backup failed.
-struct BatchTask(JoinHandle<Result<Vec<BlockDone>>>);
-
-impl Drop for BatchTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl std::future::Future for BatchTask {
-    type Output = std::result::Result<Result<Vec<BlockDone>>, tokio::task::JoinError>;
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-/// Read the parent's blob that a changed block's delta is compressed against.
-async fn fetch_base(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace) -> Result<Bytes> {
-    let key = pack_key(&base.pack.hex_id());
-    let range = base.offset..base.offset + base.length as u64;
-    ctx.storage.get_range(&key, range).await.map_err(|e| match e.storage_kind() {
-        Some(crate::error::StorageErrorKind::NotFound) => {
-            parent_damaged(ctx, base, place, "the pack is missing".into())
-        }
-        Some(crate::error::StorageErrorKind::Permanent) => parent_damaged(ctx, base, place, e.to_string()),
-        _ => e,
-    })
-}
-
-fn parent_damaged(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace, detail: String) -> Error {
-    Error::ParentCorrupt {
-        what: format!("{} block {} of parent backup {}", place.path, place.block, ctx.parent_label),
-        detail: format!("{detail} (pack {}, chunk {})", pack_key(&base.pack.hex_id()), base.id),
-    }
-}
-
-/// Hash a batch of blocks; reuse the parent's blob for each unchanged one, store the
-/// others, as deltas over the parent's versions where there are some. Batches keep
-/// the cost of task switches per block low (it was a quarter of a backup's CPU).
-async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) -> Result<Vec<BlockDone>> {
-    enum Step {
-        Done(Outcome),
-        Changed(Bytes, DeltaBase),
-    }
-    let c = ctx.clone();
-    let steps = on_rayon(move || {
-        batch
-            .into_iter()
-            .map(|PendingBlock { block, at_parent, place }| {
-                let id = blob::chunk_id(&c.chunk_key, &block);
-                let raw_len = block.len() as u32;
-                let step = match at_parent {
-                    Some((parent_id, loc)) if parent_id == id => Step::Done(Outcome::Parent(loc)),
-                    _ if !c.recent.lock().unwrap().claim(id) => Step::Done(Outcome::Repeat(block)),
-                    Some((parent_id, loc)) => Step::Changed(block, loc.delta_base(parent_id)),
-                    None => Step::Done(Outcome::New(blob::seal_block(&c.cipher, c.level, &id, &block), None)),
-                };
-                (id, raw_len, step, place)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await?;
-    let base_reads = steps.iter().map(|(_, _, step, place)| async {
-        match step {
-            Step::Changed(_, base) => fetch_base(&ctx, base, place).await.map(Some),
-            Step::Done(_) => Ok(None),
-        }
-    });
-    let sealed_bases = futures::future::try_join_all(base_reads).await?;
-    on_rayon(move || {
-        steps
-            .into_iter()
-            .zip(sealed_bases)
-            .map(|((id, raw_len, step, place), sealed_base)| {
-                let outcome = match (step, sealed_base) {
-                    (Step::Changed(block, base), Some(sealed_base)) => {
-                        let cipher = ctx.ciphers.get(&base.pack.key_id);
-                        let plain =
-                            blob::open_block(&cipher, &ctx.chunk_key, &base.id, &sealed_base, base.raw_length as usize)
-                                .map_err(|e| parent_damaged(&ctx, &base, &place, e.to_string()))?;
-                        let base_ref = Some((&base.id, &plain[..]));
-                        let (sealed, is_delta) =
-                            blob::seal_changed_block(&ctx.cipher, ctx.level, &id, &block, base_ref);
-                        Outcome::New(sealed, is_delta.then_some(base))
-                    }
-                    (Step::Changed(block, _), None) => {
-                        Outcome::New(blob::seal_block(&ctx.cipher, ctx.level, &id, &block), None)
-                    }
-                    (Step::Done(outcome), _) => outcome,
-                };
-                Ok(BlockDone { id, raw_len, outcome })
-            })
-            .collect()
-    })
-    .await?
 }
 
 /// Everything that changes while the stream is consumed.
