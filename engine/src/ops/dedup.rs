@@ -32,6 +32,10 @@ impl<'r> ParentBlocks<'r> {
         ParentBlocks { list: BlockListReader::new(repo, parent, PARENT_PARTS_KEPT), files }
     }
 
+    pub fn label(&self) -> &str {
+        self.list.label()
+    }
+
     /// Where the parent's blocks of a file start, and how many it has.
     pub fn file(&self, tablespace: Option<u32>, path: &str) -> Option<(u64, u64)> {
         self.files.get(&(tablespace, path.to_string())).copied()

@@ -85,13 +85,10 @@ pub fn seal_changed_block(
     level: i32,
     id: &ChunkId,
     data: &[u8],
-    base: Option<(&ChunkId, &[u8])>,
+    (base_id, base_plain): (&ChunkId, &[u8]),
 ) -> (Vec<u8>, bool) {
     // Below this a whole blob cannot be enough smaller to be worth compressing for.
     const TINY_DELTA: usize = 64;
-    let Some((base_id, base_plain)) = base else {
-        return (seal_block(cipher, level, id, data), false);
-    };
     let Some(delta) = compress_delta(level, base_plain, data) else {
         return (seal_block(cipher, level, id, data), false);
     };
@@ -202,7 +199,7 @@ mod tests {
         let mut new = old.clone();
         new[100..108].copy_from_slice(b"changed!");
         let (old_id, id) = (chunk_id(&key, &old), chunk_id(&key, &new));
-        let (sealed, is_delta) = seal_changed_block(&cipher, 3, &id, &new, Some((&old_id, &old)));
+        let (sealed, is_delta) = seal_changed_block(&cipher, 3, &id, &new, (&old_id, &old));
         assert!(is_delta && sealed.len() < 200, "{} bytes", sealed.len());
         assert_eq!(open_delta_block(&cipher, &key, &id, (&old_id, &old), &sealed, new.len()).unwrap(), new);
         // Another base, even one claiming the right id, does not reproduce the block.
@@ -218,7 +215,7 @@ mod tests {
         // Nothing in common with the base: stored whole.
         let fresh: Vec<u8> = (0..32768).map(|_| rand::random::<u8>()).collect();
         let fresh_id = chunk_id(&key, &fresh);
-        let (sealed, is_delta) = seal_changed_block(&cipher, 3, &fresh_id, &fresh, Some((&old_id, &old)));
+        let (sealed, is_delta) = seal_changed_block(&cipher, 3, &fresh_id, &fresh, (&old_id, &old));
         assert!(!is_delta);
         assert_eq!(open_block(&cipher, &key, &fresh_id, &sealed, fresh.len()).unwrap(), fresh);
     }

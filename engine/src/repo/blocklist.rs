@@ -242,6 +242,11 @@ impl<'r> BlockListReader<'r> {
         }
     }
 
+    /// The backup whose block list this is.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     /// Read every part once (and keep none): a restore checks that its block list is
     /// complete and authentic before it writes anything.
     pub async fn check(&self) -> Result<()> {

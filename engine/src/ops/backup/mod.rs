@@ -132,7 +132,7 @@ impl<'r> Builder<'r> {
         repo: &'r Repository,
         label: &str,
         level: i32,
-        parent: Option<(String, ParentBlocks<'r>)>,
+        parent: Option<ParentBlocks<'r>>,
         progress: Arc<dyn Progress>,
     ) -> Self {
         let cfg = repo.config();
@@ -145,7 +145,7 @@ impl<'r> Builder<'r> {
             ciphers,
             storage: repo.storage().clone(),
             recent: Arc::new(Mutex::new(RecentChunks::new(RECENT_CHUNKS))),
-            parent_label: parent.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+            parent_label: parent.as_ref().map(|p| p.label().to_string()).unwrap_or_default(),
         };
         Builder {
             repo,
@@ -153,7 +153,7 @@ impl<'r> Builder<'r> {
             workers: Arc::new(workers),
             key_id,
             label: label.to_string(),
-            parent: parent.map(|p| p.1),
+            parent,
             parent_file: None,
             file_blocks: 0,
             part: BlockPart::default(),
@@ -401,7 +401,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let existing = repo.list_backups().await?;
     let lineage = lineage::choose(repo, req.backup_type, &existing, pg_version).await?;
     let label = lineage.new_label(&existing).await;
-    let parent_blocks = lineage.parent.as_ref().map(|p| (p.label.clone(), ParentBlocks::new(repo, p)));
+    let parent_blocks = lineage.parent.as_ref().map(|p| ParentBlocks::new(repo, p));
     let mut b = Builder::new(repo, &label, req.compress_level, parent_blocks, req.progress.clone());
     let parent = lineage.parent.map(|p| p.label);
 
@@ -565,7 +565,7 @@ mod tests {
         new[2][100..108].copy_from_slice(b"changed!");
         new[5][bs - 8..].copy_from_slice(b"changed!");
         let parent_blocks = ParentBlocks::new(&repo, &parent);
-        let mut diff = Builder::new(&repo, "D", 3, Some(("F".into(), parent_blocks)), Arc::new(NoProgress));
+        let mut diff = Builder::new(&repo, "D", 3, Some(parent_blocks), Arc::new(NoProgress));
         write_file(&mut diff, "base/1/1", &new).await;
         assert!(diff.stored_new < 2 * 200, "two deltas stored {} bytes", diff.stored_new);
 

@@ -137,9 +137,8 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
                         let plain =
                             blob::open_block(&cipher, &ctx.chunk_key, &base.id, &sealed_base, base.raw_length as usize)
                                 .map_err(|e| parent_damaged(&ctx, &base, &place, e.to_string()))?;
-                        let base_ref = Some((&base.id, &plain[..]));
                         let (sealed, is_delta) =
-                            blob::seal_changed_block(&ctx.cipher, ctx.level, &id, &block, base_ref);
+                            blob::seal_changed_block(&ctx.cipher, ctx.level, &id, &block, (&base.id, &plain));
                         Outcome::New(sealed, is_delta.then_some(base))
                     }
                     (Step::Changed(block, _), None) => {
