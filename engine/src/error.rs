@@ -49,6 +49,10 @@ pub enum Error {
     #[error("{what} is corrupt or missing: {detail}; the repository storage lost or altered data: restore from another backup set (`pgcairn info` lists them) and check the storage")]
     Corrupt { what: String, detail: String },
 
+    /// The repository's `config` does not authenticate under its own key.
+    #[error("repository object {object} fails authentication: {detail}. Someone who can write the storage may have altered it (for instance to switch encryption off); nothing was read or written: put back the original config object, and check who can write the storage")]
+    ConfigTampered { object: String, detail: String },
+
     /// A diff or incr could not read its parent's version of a changed block.
     #[error("{what} is corrupt or missing: {detail}; a diff or incr reads its parent's version of every changed block: take a full backup (--type=full) and check the repository storage")]
     ParentCorrupt { what: String, detail: String },
@@ -134,6 +138,7 @@ impl Error {
             Error::Server { .. } | Error::ChecksumFailure { .. } | Error::Protocol { .. } => 7,
             Error::Corrupt { .. }
             | Error::ParentCorrupt { .. }
+            | Error::ConfigTampered { .. }
             | Error::BackupNotFound { .. }
             | Error::NoBackups { .. } => 8,
             Error::RestoreTarget { .. } => 9,

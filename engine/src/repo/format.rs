@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 pub const CONFIG_KEY: &str = "config";
 
@@ -25,6 +25,7 @@ pub const INFO_CHUNK_ID: &[u8] = b"pgcairn chunk-id v1";
 pub const INFO_METADATA: &[u8] = b"pgcairn metadata v1";
 pub const INFO_WAL: &[u8] = b"pgcairn wal v1";
 pub const INFO_KEY_CHECK: &[u8] = b"pgcairn key-check v1";
+pub const INFO_CONFIG_MAC: &[u8] = b"pgcairn config-mac v1";
 pub const INFO_DATA_PREFIX: &[u8] = b"pgcairn data v1:";
 /// Associated-data prefixes.
 pub const AAD_KEYSLOT_PREFIX: &str = "pgcairn keyslot v1:";
@@ -79,6 +80,39 @@ pub struct RepoConfig {
     /// Hex of keyed BLAKE3(key-check key, repository_id): proves a key file's key
     /// belongs to this repository without fetching another object.
     pub key_check: String,
+    /// Hex of keyed BLAKE3(config-mac key, [`RepoConfig::mac_input`]): binds every
+    /// other field to the master key, so an edit (say, encryption turned off) is
+    /// refused before anything is written or trusted.
+    #[serde(default)]
+    pub config_mac: String,
+}
+
+impl RepoConfig {
+    /// The bytes `config_mac` covers: every other field as `name=<JSON value>\n`, in
+    /// the order of repository-format.md §3.1.
+    pub fn mac_input(&self) -> String {
+        let text = |s: &str| serde_json::Value::from(s).to_string();
+        let encryption = match self.encryption {
+            Encryption::Aes256Gcm => "aes-256-gcm",
+            Encryption::None => "none",
+        };
+        let fields: [(&str, String); 13] = [
+            ("format_version", self.format_version.to_string()),
+            ("repository_id", text(&self.repository_id)),
+            ("created", text(&self.created)),
+            ("stanza", text(&self.stanza)),
+            ("encryption", text(encryption)),
+            ("chunk_id", text(&self.chunk_id)),
+            ("compression", text(&self.compression)),
+            ("block_size", self.block_size.to_string()),
+            ("pack_size", self.pack_size.to_string()),
+            ("system_identifier", self.system_identifier.to_string()),
+            ("pg_version", self.pg_version.to_string()),
+            ("wal_segment_size", self.wal_segment_size.to_string()),
+            ("key_check", text(&self.key_check)),
+        ];
+        fields.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+    }
 }
 
 /// `keys/<slot-id>`: plaintext JSON wrapping the master key.

@@ -57,6 +57,11 @@ pub struct CreateOptions {
 pub const DEFAULT_BLOCK_SIZE: u32 = 32 * 1024;
 pub const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
 
+/// Largest Argon2id costs a key slot may ask for (§3.2): 4 GiB, 64 passes, 64 lanes.
+const MAX_KDF_M_COST: u32 = 4 << 20;
+const MAX_KDF_T_COST: u32 = 64;
+const MAX_KDF_P_COST: u32 = 64;
+
 /// Every chunk the index objects list, and where it lives.
 pub type ChunkIndex = HashMap<ChunkId, BlockLocation>;
 
@@ -128,7 +133,9 @@ impl Repository {
             pg_version: opts.pg_version,
             wal_segment_size: opts.wal_segment_size,
             key_check: check,
+            config_mac: String::new(),
         };
+        let config = RepoConfig { config_mac: config_mac(&master, &config), ..config };
         let slot_key = format!("{KEYS_PREFIX}{}", hex::encode(crypto::random_bytes::<8>()));
         storage.put_new(&slot_key, Bytes::from(serde_json::to_vec_pretty(&slot).expect("serialisable"))).await?;
         let repo = Self::with_master(storage, config, master);
@@ -142,14 +149,10 @@ impl Repository {
     /// Open an initialised stanza, unlocking the master key with the passphrase.
     pub async fn open(storage: DynStorage, stanza: &str, passphrase: Option<&Secret>) -> Result<Self> {
         let location = storage.location();
-        let raw = match storage.get(CONFIG_KEY).await {
-            Ok(b) => b,
-            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {
-                return Err(Error::RepoNotInitialised { location, stanza: stanza.into() })
-            }
-            Err(e) => return Err(e),
-        };
-        let config = parse_config(&location, &raw)?;
+        let config = read_config(&storage, stanza).await?;
+        if config.encryption == Encryption::None && passphrase.is_some() {
+            return Err(claims_unencrypted(&location, "a passphrase"));
+        }
         let slots = storage.list(KEYS_PREFIX).await?;
         if slots.is_empty() {
             return Err(Error::Corrupt { what: format!("repository {location}"), detail: "it has no key slot".into() });
@@ -158,7 +161,7 @@ impl Repository {
             let slot: KeySlot = serde_json::from_slice(&storage.get(&info.key).await?)
                 .map_err(|e| Error::Corrupt { what: format!("key slot {}", info.key), detail: e.to_string() })?;
             if let Some(master) = try_slot(&slot, passphrase, &config, &location).await? {
-                return Ok(Self::with_master(storage, config, master));
+                return Self::with_verified_master(storage, config, master);
             }
         }
         Err(Error::WrongPassphrase { location })
@@ -169,13 +172,7 @@ impl Repository {
     pub async fn open_with_key_file(storage: DynStorage, stanza: &str, path: &std::path::Path) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let location = storage.location();
-        let config = match storage.get(CONFIG_KEY).await {
-            Ok(raw) => parse_config(&location, &raw)?,
-            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {
-                return Err(Error::RepoNotInitialised { location, stanza: stanza.into() })
-            }
-            Err(e) => return Err(e),
-        };
+        let config = read_config(&storage, stanza).await?;
         let bad = |detail: String| Error::Config(format!("key file {}: {detail}", path.display()));
         let meta = std::fs::metadata(path)
             .map_err(|e| bad(format!("{e}; create it with `pgcairn --stanza={stanza} key-file --output=PATH`")))?;
@@ -198,7 +195,7 @@ impl Repository {
         if key_check(&master, &config.repository_id) != config.key_check {
             return Err(bad("its key does not open this repository".into()));
         }
-        Ok(Self::with_master(storage, config, master))
+        Self::with_verified_master(storage, config, master)
     }
 
     /// Write the unwrapped master key to `path` (create-only, mode 0600).
@@ -211,6 +208,20 @@ impl Repository {
         f.file().set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(ctx)?;
         f.file().write_all(&serde_json::to_vec_pretty(&kf).expect("serialisable")).map_err(ctx)?;
         f.commit(crate::fsutil::Commit::CreateOnly).map_err(ctx)
+    }
+
+    /// The master key opened a slot (or matched a key file): now it must also
+    /// authenticate the config, or someone changed how data is written (§3.4).
+    fn with_verified_master(storage: DynStorage, config: RepoConfig, master: [u8; KEY_LEN]) -> Result<Self> {
+        let expected = blake3::Hash::from_hex(&config.config_mac).ok();
+        let actual = blake3::Hash::from_hex(config_mac(&master, &config)).expect("hex of a hash");
+        if expected != Some(actual) {
+            return Err(Error::ConfigTampered {
+                object: format!("{}/{CONFIG_KEY}", storage.location()),
+                detail: "its config_mac does not match its fields under this repository's key".into(),
+            });
+        }
+        Ok(Self::with_master(storage, config, master))
     }
 
     fn with_master(storage: DynStorage, config: RepoConfig, master: [u8; KEY_LEN]) -> Self {
@@ -394,6 +405,43 @@ impl DataCiphers {
     }
 }
 
+/// `config_mac` (§3.4): keyed BLAKE3 over every other field of the config.
+fn config_mac(master: &[u8; KEY_LEN], config: &RepoConfig) -> String {
+    let key = crypto::derive_subkey(master, INFO_CONFIG_MAC);
+    blake3::keyed_hash(&key, config.mac_input().as_bytes()).to_hex().to_string()
+}
+
+/// An unencrypted config met with key material: the only honest reading is that
+/// the storage's owner may have switched encryption off.
+fn claims_unencrypted(location: &str, material: &str) -> Error {
+    Error::ConfigTampered {
+        object: format!("{location}/{CONFIG_KEY}"),
+        detail: format!(
+            "it says the stanza is unencrypted, but {material} was given, so it was meant to be encrypted; if it was really created with --no-encryption, unset the passphrase"
+        ),
+    }
+}
+
+/// Read and parse `config`, refusing a config written for another stanza.
+async fn read_config(storage: &DynStorage, stanza: &str) -> Result<RepoConfig> {
+    let location = storage.location();
+    let raw = match storage.get(CONFIG_KEY).await {
+        Ok(b) => b,
+        Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {
+            return Err(Error::RepoNotInitialised { location, stanza: stanza.into() })
+        }
+        Err(e) => return Err(e),
+    };
+    let config = parse_config(&location, &raw)?;
+    if config.stanza != stanza {
+        return Err(Error::Corrupt {
+            what: format!("repository config in {location}"),
+            detail: format!("it belongs to stanza {}, not {stanza}", config.stanza),
+        });
+    }
+    Ok(config)
+}
+
 fn key_check(master: &[u8; KEY_LEN], repository_id: &str) -> String {
     let key = crypto::derive_subkey(master, INFO_KEY_CHECK);
     blake3::keyed_hash(&key, repository_id.as_bytes()).to_hex().to_string()
@@ -462,6 +510,14 @@ async fn try_slot(
         "argon2id" => {
             let pass = passphrase.ok_or_else(|| Error::PassphraseMissing { location: location.to_string() })?.clone();
             let params = slot.kdf_params.ok_or_else(|| corrupt("argon2id slot without parameters".into()))?;
+            // The slot is plaintext: costs past any sane setting would let whoever
+            // writes the storage exhaust this host's memory or time.
+            if params.m_cost > MAX_KDF_M_COST || params.t_cost > MAX_KDF_T_COST || params.p_cost > MAX_KDF_P_COST {
+                return Err(corrupt(format!(
+                    "argon2id costs m={} KiB t={} p={} exceed the limits ({MAX_KDF_M_COST} KiB, {MAX_KDF_T_COST}, {MAX_KDF_P_COST})",
+                    params.m_cost, params.t_cost, params.p_cost
+                )));
+            }
             let salt = decode(&slot.salt)?;
             let sealed = decode(&slot.key)?;
             let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, params))
@@ -482,6 +538,7 @@ async fn try_slot(
 pub(crate) mod tests {
     use super::*;
     use crate::storage::memory::MemoryStorage;
+    use crate::storage::Storage;
 
     fn opts(encrypted: bool) -> CreateOptions {
         CreateOptions {
@@ -557,6 +614,87 @@ pub(crate) mod tests {
         mem.overwrite(CONFIG_KEY, Bytes::from(serde_json::to_vec(&cfg).unwrap()));
         let err = Repository::open(s, "main", None).await.unwrap_err();
         assert!(matches!(err, Error::UnsupportedFormat { found: 99, .. }), "{err}");
+    }
+
+    async fn edit_config(mem: &MemoryStorage, edit: impl FnOnce(&mut serde_json::Value)) {
+        let raw = mem.get(CONFIG_KEY).await.unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        edit(&mut cfg);
+        mem.overwrite(CONFIG_KEY, Bytes::from(serde_json::to_vec(&cfg).unwrap()));
+    }
+
+    /// Regression (issue 10, defect 1): whoever could write the storage changed
+    /// `"encryption": "aes-256-gcm"` to `"none"` in the plaintext config, and every
+    /// later backup and archive-push stored plain zstd. Now the config carries a MAC
+    /// under the master key, checked on every open, passphrase or key file.
+    #[tokio::test]
+    async fn edited_config_is_refused_before_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStorage::new());
+        let s: DynStorage = mem.clone();
+        let pw = Secret::new("pw");
+        let r = Repository::create(s.clone(), "main", Some(&pw), opts(true)).await.unwrap();
+        let kf = dir.path().join("key");
+        r.write_key_file(&kf).unwrap();
+        let original = s.get(CONFIG_KEY).await.unwrap();
+        let edits: [(&str, serde_json::Value); 4] = [
+            ("encryption", "none".into()),
+            ("block_size", 65536.into()),
+            ("system_identifier", 7.into()),
+            ("compression", "lz4".into()),
+        ];
+        for (field, value) in edits {
+            edit_config(&mem, |c| c[field] = value.clone()).await;
+            for opened in [
+                Repository::open(s.clone(), "main", Some(&pw)).await,
+                Repository::open_with_key_file(s.clone(), "main", &kf).await,
+            ] {
+                let err = opened.unwrap_err();
+                assert!(matches!(err, Error::ConfigTampered { .. }), "{field}: {err}");
+                assert!(err.to_string().contains("/config fails authentication"), "{err}");
+                assert_eq!(err.exit_code(), 8);
+            }
+            mem.overwrite(CONFIG_KEY, original.clone());
+        }
+        Repository::open(s.clone(), "main", Some(&pw)).await.unwrap();
+    }
+
+    /// The whole-replacement variant of the downgrade: the attacker swaps in an
+    /// unencrypted config with a `none` slot holding a key of their own, so the MAC
+    /// verifies. A passphrase means the operator expects encryption: refused.
+    #[tokio::test]
+    async fn unencrypted_config_with_a_passphrase_is_refused() {
+        let mem = Arc::new(MemoryStorage::new());
+        let s: DynStorage = mem.clone();
+        let pw = Secret::new("pw");
+        Repository::create(s.clone(), "main", Some(&pw), opts(true)).await.unwrap();
+        let forged = Arc::new(MemoryStorage::new());
+        Repository::create(forged.clone(), "main", None, opts(false)).await.unwrap();
+        for info in s.list("").await.unwrap() {
+            s.delete(&info.key).await.unwrap();
+        }
+        for info in forged.list("").await.unwrap() {
+            mem.overwrite(&info.key, forged.get(&info.key).await.unwrap());
+        }
+        let err = Repository::open(s.clone(), "main", Some(&pw)).await.unwrap_err();
+        assert!(matches!(err, Error::ConfigTampered { .. }), "{err}");
+        assert!(err.to_string().contains("says the stanza is unencrypted"), "{err}");
+        // Without key material it is what it says: an unencrypted stanza.
+        assert_eq!(Repository::open(s, "main", None).await.unwrap().config().encryption, Encryption::None);
+    }
+
+    #[tokio::test]
+    async fn key_slot_with_absurd_costs_is_refused() {
+        let mem = Arc::new(MemoryStorage::new());
+        let s: DynStorage = mem.clone();
+        let pw = Secret::new("pw");
+        Repository::create(s.clone(), "main", Some(&pw), opts(true)).await.unwrap();
+        let slot = s.list(KEYS_PREFIX).await.unwrap().remove(0).key;
+        let mut json: serde_json::Value = serde_json::from_slice(&s.get(&slot).await.unwrap()).unwrap();
+        json["kdf_params"]["m_cost"] = (u32::MAX).into();
+        mem.overwrite(&slot, Bytes::from(serde_json::to_vec(&json).unwrap()));
+        let err = Repository::open(s, "main", Some(&pw)).await.unwrap_err();
+        assert!(err.to_string().contains("exceed the limits"), "{err}");
     }
 
     #[tokio::test]
