@@ -79,8 +79,12 @@ struct Global {
     archive_push_queue_max: Option<String>,
     #[arg(long = "archive-push-queue-full", global = true)]
     archive_push_queue_full: Option<String>,
+    /// Bytes of WAL archive-get fetches ahead (default 128MiB; 0 turns prefetch off).
     #[arg(long = "archive-get-queue-max", global = true)]
     archive_get_queue_max: Option<String>,
+    /// Seconds archive-get retries an unreachable repository before it stops recovery (default 60).
+    #[arg(long = "archive-get-timeout", global = true)]
+    archive_get_timeout: Option<String>,
     /// error, warn (default), info, debug; RUST_LOG overrides.
     #[arg(long = "log-level", global = true)]
     log_level: Option<String>,
@@ -110,6 +114,7 @@ impl Global {
             ("archive-push-queue-max", &self.archive_push_queue_max),
             ("archive-push-queue-full", &self.archive_push_queue_full),
             ("archive-get-queue-max", &self.archive_get_queue_max),
+            ("archive-get-timeout", &self.archive_get_timeout),
             ("log-level", &self.log_level),
         ];
         pairs.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v))).collect()
@@ -313,6 +318,7 @@ async fn run(command: &Command, s: &Settings) -> Result<ExitCode> {
                 archive_timeout: s.archive_timeout()?,
             };
             let sum = ops::backup(&repo, &req).await?;
+            ops::archive::clear_prefetch_spool(s);
             let based_on = sum.parent.as_deref().map(|p| format!(" (on {p})")).unwrap_or_default();
             println!(
                 "{} backup {}{based_on} done: {} in {} files, {} new in the repository, wal {}..{}, {:.1}s",
@@ -384,9 +390,7 @@ async fn run(command: &Command, s: &Settings) -> Result<ExitCode> {
             ops::archive_push_configured(s, path).await?;
         }
         Command::ArchiveGet { name, destination } => {
-            let repo = s.open_repo().await?;
-            let prefetch = ops::archive::prefetch_settings(s, repo.config().wal_segment_size)?;
-            if !ops::archive_get(&repo, name, destination, prefetch.as_ref()).await? {
+            if !ops::archive::archive_get_configured(s, name, destination).await? {
                 // Not an error: recovery asks past the end of the archive by design.
                 return Ok(ExitCode::from(1));
             }
@@ -468,10 +472,69 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(3)
 }
 
+/// archive-get's exit status for every failure but "not in the archive" (1). Any
+/// status above 125 makes PostgreSQL abort recovery instead of taking the segment as
+/// absent and ending recovery early (promoting without the rest of the WAL).
+const ARCHIVE_GET_STOP_RECOVERY: u8 = 200;
+
+/// Whether this run is archive-get (decided from argv, before or without parsing).
+fn is_archive_get() -> bool {
+    std::env::args_os().skip(1).any(|a| a == "archive-get")
+}
+
+/// For archive-get, a panic must stop recovery too (101 would read as "absent").
+fn stop_recovery_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("pgcairn: archive-get failed unexpectedly: stopping recovery (exit {ARCHIVE_GET_STOP_RECOVERY})");
+        std::process::exit(ARCHIVE_GET_STOP_RECOVERY.into());
+    }));
+}
+
+fn archive_get_failure(e: &anyhow::Error) -> ExitCode {
+    let hint = match e.downcast_ref::<Error>() {
+        Some(Error::Corrupt { .. }) => "the archived file is damaged: recover to a target before it (--type=time or --type=lsn), or restore another backup",
+        Some(Error::StorageUnavailable { .. } | Error::Storage { .. }) => "fix access to the repository, then start PostgreSQL again: recovery resumes where it stopped",
+        _ => "fix the cause, then start PostgreSQL again: recovery resumes where it stopped",
+    };
+    eprintln!(
+        "pgcairn: error: {e:#}\npgcairn: archive-get exits {ARCHIVE_GET_STOP_RECOVERY} so that PostgreSQL stops recovery instead of ending it early: {hint}"
+    );
+    ExitCode::from(ARCHIVE_GET_STOP_RECOVERY)
+}
+
 fn main() -> ExitCode {
     pgcairn::limit_malloc_retention();
-    let cli = Cli::parse();
-    let flags = cli.global.flags();
+    pgcairn::fsutil::private_umask();
+    let archive_get = is_archive_get();
+    if archive_get {
+        stop_recovery_on_panic();
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if archive_get && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(ARCHIVE_GET_STOP_RECOVERY);
+        }
+        Err(e) => e.exit(),
+    };
+    init_logging(&cli.global.flags());
+    let result = Settings::load(cli.global.flags()).map_err(anyhow::Error::from).and_then(|settings| {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(run(&cli.command, &settings))
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) if archive_get => archive_get_failure(&e),
+        Err(e) => {
+            eprintln!("pgcairn: error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn init_logging(flags: &BTreeMap<String, String>) {
     let level = flags
         .get("log-level")
         .cloned()
@@ -486,15 +549,4 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
-    let result = Settings::load(flags).map_err(anyhow::Error::from).and_then(|settings| {
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        rt.block_on(run(&cli.command, &settings))
-    });
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("pgcairn: error: {e:#}");
-            ExitCode::from(exit_code(&e))
-        }
-    }
 }

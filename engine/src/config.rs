@@ -35,6 +35,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "archive-push-queue-max",
     "archive-push-queue-full",
     "archive-get-queue-max",
+    "archive-get-timeout",
     "repo-s3-endpoint",
     "repo-s3-region",
     "compress-level",
@@ -149,6 +150,7 @@ const FORWARDED: &[&str] = &[
     "repo-s3-region",
     "spool-path",
     "archive-get-queue-max",
+    "archive-get-timeout",
 ];
 
 impl Settings {
@@ -164,6 +166,7 @@ impl Settings {
             .ok_or_else(|| {
                 Error::Config("no stanza given: pass --stanza=NAME, set PGCAIRN_STANZA, or `stanza = \"NAME\"` in the config file".into())
             })?;
+        crate::repo::format::check_stanza_name(&stanza).map_err(Error::Config)?;
         Ok(Self { flags, file, config_path, stanza })
     }
 
@@ -225,10 +228,18 @@ impl Settings {
 
     /// How long to wait for WAL to reach the archive (`archive-timeout`, seconds, default 60).
     pub fn archive_timeout(&self) -> Result<std::time::Duration> {
-        let v = self.get("archive-timeout").unwrap_or_else(|| "60".into());
-        v.parse::<u64>()
-            .map(std::time::Duration::from_secs)
-            .map_err(|_| Error::Config(format!("archive-timeout={v} is not a number of seconds")))
+        self.get_seconds("archive-timeout", std::time::Duration::from_secs(60))
+    }
+
+    /// A whole number of seconds.
+    pub fn get_seconds(&self, key: &str, default: std::time::Duration) -> Result<std::time::Duration> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map(std::time::Duration::from_secs)
+                .map_err(|_| Error::Config(format!("{key}={v} is not a number of seconds"))),
+        }
     }
 
     pub fn storage(&self) -> Result<DynStorage> {

@@ -96,6 +96,10 @@ pub enum Error {
     #[error("{what} did not reach the archive within {seconds}s: check archive_command and the server log (pg_stat_archiver shows failures), or run `pgcairn check`")]
     ArchiveTimeout { what: String, seconds: u64 },
 
+    /// Storage kept failing transiently for the whole time allowed.
+    #[error("{what}: the repository storage kept failing for {seconds}s; last error: {last}")]
+    StorageUnavailable { what: String, seconds: u64, last: String },
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -142,7 +146,7 @@ impl Error {
             | Error::BackupNotFound { .. }
             | Error::NoBackups { .. } => 8,
             Error::RestoreTarget { .. } => 9,
-            Error::Storage { .. } => 10,
+            Error::Storage { .. } | Error::StorageUnavailable { .. } => 10,
             Error::WalRefused { .. } | Error::WalMismatch { .. } => 11,
             Error::ArchiveTimeout { .. } => 12,
             Error::Io { .. } | Error::Other(_) => 1,

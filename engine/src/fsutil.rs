@@ -1,8 +1,11 @@
 //! Durable local writes: temp file → fsync → rename (or link, for create-only) →
 //! fsync directory. Every local write that must survive a crash goes through here.
+//! Files are created 0600 and directories 0700 whatever the umask: they hold WAL,
+//! keys and repository objects (callers that restore a mode set it afterwards).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// How the finished temp file takes its final name.
@@ -31,7 +34,18 @@ impl DurableFile {
             std::process::id(),
             rand::random::<u32>()
         ));
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        Self::open(tmp, dest)
+    }
+
+    /// Like [`DurableFile::create`], with the temp file in `tmp_dir` (same filesystem
+    /// as `dest`) under a name [`sweep_stale_temps`] can attribute to its writer.
+    pub fn create_in(tmp_dir: &Path, dest: &Path) -> io::Result<Self> {
+        let tmp = tmp_dir.join(format!("{}.{:08x}.{}", std::process::id(), rand::random::<u32>(), hostname()));
+        Self::open(tmp, dest)
+    }
+
+    fn open(tmp: PathBuf, dest: &Path) -> io::Result<Self> {
+        let file = private_file().write(true).create_new(true).open(&tmp)?;
         Ok(Self { tmp, dest: dest.to_path_buf(), file: Some(file) })
     }
 
@@ -63,11 +77,78 @@ impl Drop for DurableFile {
     }
 }
 
+/// Mode of every file pgcairn creates.
+pub const PRIVATE_FILE: u32 = 0o600;
+/// Mode of every directory pgcairn creates.
+pub const PRIVATE_DIR: u32 = 0o700;
+
+/// OpenOptions that create files 0600 (the umask can only take bits away).
+pub fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.mode(PRIVATE_FILE);
+    o
+}
+
+/// Make this process create private files whatever umask it was started with
+/// (cron and shells often run with 022): the binaries call it first thing.
+pub fn private_umask() {
+    // SAFETY: umask only sets the process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// Write `data` to `dest` durably.
 pub fn write_file(dest: &Path, data: &[u8], mode: Commit) -> io::Result<()> {
     let mut f = DurableFile::create(dest)?;
     f.file().write_all(data)?;
     f.commit(mode)
+}
+
+/// Temp files older than this are removed whoever wrote them: no write takes a day.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Remove the temp files in `tmp_dir` that no write will ever finish: those of dead
+/// processes on this host (a writer killed with -9) and any older than a day (a
+/// writer on another host sharing the directory). Best effort: a file that cannot
+/// be removed now is tried again by the next sweep. Returns how many were removed.
+pub fn sweep_stale_temps(tmp_dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(tmp_dir) else { return 0 };
+    let host = hostname();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut parts = name.splitn(3, '.');
+        let (pid, _, writer_host) = (parts.next(), parts.next(), parts.next());
+        let pid: Option<i32> = pid.and_then(|p| p.parse().ok());
+        let dead = pid.is_some_and(|pid| writer_host == Some(host.as_str()) && !process_alive(pid));
+        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_TEMP_AGE));
+        if (dead || old) && fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return pid > 0;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// This host's name (for temp file names); "localhost" if it cannot be read.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(h) if rc == 0 && !h.is_empty() => h.replace(['/', '.'], "_"),
+        _ => "localhost".into(),
+    }
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -92,7 +173,7 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
             create_dir_all_durable(parent)?;
         }
     }
-    match fs::create_dir(dir) {
+    match fs::DirBuilder::new().mode(PRIVATE_DIR).create(dir) {
         Ok(()) => sync_parent_dir(dir),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(e),
@@ -122,6 +203,44 @@ mod tests {
         write_file(&dest, b"one", Commit::Replace).unwrap();
         write_file(&dest, b"two", Commit::Replace).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"two");
+    }
+
+    /// Regression (issue 10, defect 7): pushes killed with -9 left temp files that
+    /// nothing removed. A sweep removes those of dead writers and keeps live ones.
+    #[test]
+    fn sweep_removes_temps_of_dead_writers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join(".tmp");
+        fs::create_dir(&tmp).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let host = hostname();
+        fs::write(tmp.join(format!("{dead_pid}.0000abcd.{host}")), b"partial").unwrap();
+        fs::write(tmp.join(format!("{dead_pid}.0000abcd.other-host")), b"partial").unwrap();
+        let mut live = DurableFile::create_in(&tmp, &dir.path().join("obj")).unwrap();
+        live.file().write_all(b"in flight").unwrap();
+        assert_eq!(sweep_stale_temps(&tmp), 1, "only the dead local writer's temp goes");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 2);
+        live.commit(Commit::CreateOnly).unwrap();
+        assert_eq!(fs::read(dir.path().join("obj")).unwrap(), b"in flight");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "a commit leaves no temp");
+    }
+
+    #[test]
+    fn created_files_and_dirs_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: umask only sets this process's creation mask; restored below.
+        let old = unsafe { libc::umask(0o022) };
+        let sub = dir.path().join("a/b");
+        create_dir_all_durable(&sub).unwrap();
+        write_file(&sub.join("f"), b"x", Commit::CreateOnly).unwrap();
+        unsafe { libc::umask(old) };
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        assert_eq!(mode(&sub), 0o700);
+        assert_eq!(mode(&sub.join("f")), 0o600);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::{Error, IoContext, Result, StorageErrorKind};
 use crate::fsutil::{self, Commit};
 use crate::pg::version;
-use crate::pg::wal::{segment_name, validate_segment, WalFile};
+use crate::pg::wal::{segment_name, validate_backup_history, validate_history, validate_segment, WalFile};
 use crate::repo::format::WAL_PREFIX;
 use crate::repo::wal::{object_content_id, wal_key, WAL_HEADER_LEN};
 use crate::repo::Repository;
@@ -34,11 +34,16 @@ pub fn validate_wal_file(repo: &Repository, name: &str, data: &[u8]) -> Result<W
     let refused = |reason: String| Error::WalRefused { name: name.to_string(), reason };
     let file = WalFile::parse(name)
         .ok_or_else(|| refused("the name is not a WAL segment, .partial, .history or .backup file".into()))?;
-    if matches!(file, WalFile::Segment { .. } | WalFile::Partial { .. }) {
-        let cfg = repo.config();
-        validate_segment(&file, data, cfg.system_identifier, version::major_of(cfg.pg_version), cfg.wal_segment_size)
-            .map_err(refused)?;
+    let cfg = repo.config();
+    match file {
+        WalFile::Segment { .. } | WalFile::Partial { .. } => {
+            let major = version::major_of(cfg.pg_version);
+            validate_segment(&file, data, cfg.system_identifier, major, cfg.wal_segment_size)
+        }
+        WalFile::History { timeline } => validate_history(timeline, data),
+        WalFile::BackupHistory { .. } => validate_backup_history(&file, data, cfg.wal_segment_size),
     }
+    .map_err(refused)?;
     Ok(file)
 }
 
@@ -85,48 +90,157 @@ pub struct Prefetch {
     pub segments: usize,
 }
 
+/// How archive-get fetches: prefetching, and how long it rides out a storage outage.
+#[derive(Debug, Clone)]
+pub struct GetOptions {
+    pub prefetch: Option<Prefetch>,
+    /// `archive-get-timeout`: retry transient storage errors this long, then fail.
+    pub timeout: Duration,
+}
+
+/// Default `archive-get-timeout`: long enough to ride out a restarting object store.
+pub const DEFAULT_GET_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most time between two tries of a transient failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 /// Fetch `name` into `dest` (temp + fsync + rename, so `dest` is never partial).
-/// `Ok(false)`: not in the archive (recovery then ends cleanly). With `prefetch`, the
-/// following segments are fetched in parallel into the spool and later requests are
-/// served from there.
-pub async fn archive_get(repo: &Repository, name: &str, dest: &Path, prefetch: Option<&Prefetch>) -> Result<bool> {
+///
+/// The restore_command contract (docs/config.md): `Ok(true)` delivered, `Ok(false)`
+/// not in the archive (recovery may end there), `Err` anything else — a damaged
+/// object, storage still failing after `timeout` — which the caller must turn into
+/// an exit status that stops recovery. Only the requested file decides the outcome:
+/// prefetching the following segments into the spool is best effort, logged.
+pub async fn archive_get(repo: &Repository, name: &str, dest: &Path, opts: &GetOptions) -> Result<bool> {
     let Some(file) = WalFile::parse(name) else { return Ok(false) };
-    let seg_size = repo.config().wal_segment_size;
-    let mut wanted = vec![name.to_string()];
-    if let (Some(p), WalFile::Segment { timeline, .. }) = (prefetch, file) {
-        let spooled = p.spool.join(name);
-        // A rename fails across filesystems; then the segment is fetched again below.
-        if spooled.is_file() && std::fs::rename(&spooled, dest).is_ok() {
-            fsutil::sync_parent_dir(dest).ctx(|| format!("cannot fsync {}", dest.display()))?;
+    let prefetch = opts.prefetch.as_ref().filter(|_| matches!(file, WalFile::Segment { .. }));
+    if let Some(p) = prefetch {
+        if serve_spooled(repo, p, name, dest)? {
             return Ok(true);
         }
-        let segno = file.segno(seg_size).expect("segment");
-        wanted.extend((1..=p.segments as u64).map(|i| segment_name(timeline, segno + i, seg_size)));
-        fsutil::create_dir_all_durable(&p.spool).ctx(|| format!("cannot create spool {}", p.spool.display()))?;
-        prune_spool(&p.spool, name);
     }
-    let fetches = wanted.iter().map(|n| fetch(repo, n)).collect::<Vec<_>>();
-    let mut results = futures::stream::iter(fetches).buffered(8);
-    let mut first = true;
-    while let Some(r) = results.next().await {
-        let (n, data) = match r? {
-            Some(x) => x,
-            None if first => return Ok(false),
-            None => break, // the archive ends here; nothing more to prefetch
-        };
-        let target = if first { dest.to_path_buf() } else { prefetch.expect("prefetching").spool.join(&n) };
-        tokio::task::block_in_place(|| fsutil::write_file(&target, &data, Commit::Replace))
-            .ctx(|| format!("cannot write {}", target.display()))?;
-        first = false;
-    }
+    let deadline = Instant::now() + opts.timeout;
+    let requested = retry_transient(deadline, opts.timeout, name, || fetch(repo, name));
+    let (data, ()) = match prefetch {
+        Some(p) => tokio::join!(requested, prefetch_following(repo, p, file)),
+        None => (requested.await, ()),
+    };
+    let Some(data) = data? else {
+        if let Some(p) = prefetch {
+            // The archive ends here: recovery is over (or waits as a standby); what
+            // was fetched ahead is of no use and is fetched again if ever needed.
+            let _ = std::fs::remove_dir_all(&p.spool);
+        }
+        return Ok(false);
+    };
+    tokio::task::block_in_place(|| fsutil::write_file(dest, &data, Commit::Replace))
+        .ctx(|| format!("cannot write {}", dest.display()))?;
     Ok(true)
 }
 
-async fn fetch(repo: &Repository, name: &str) -> Result<Option<(String, Vec<u8>)>> {
-    let file = WalFile::parse(name).expect("valid name");
+/// Run `op` until it succeeds, fails for good, or `deadline` passes while it keeps
+/// failing transiently (then a [`Error::StorageUnavailable`] naming `what`).
+pub async fn retry_transient<T, F, Fut>(deadline: Instant, timeout: Duration, what: &str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() => {
+                if Instant::now() + delay >= deadline {
+                    return Err(Error::StorageUnavailable {
+                        what: what.to_string(),
+                        seconds: timeout.as_secs(),
+                        last: e.to_string(),
+                    });
+                }
+                tracing::warn!("{what}: {e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The spooled copy of `name` (file `<name>.<content id>`), verified against its
+/// content id and its header before it is handed to PostgreSQL. A copy that fails
+/// is removed and the segment fetched again from the repository.
+fn serve_spooled(repo: &Repository, p: &Prefetch, name: &str, dest: &Path) -> Result<bool> {
+    let Some((path, id)) = spooled(&p.spool, name) else { return Ok(false) };
+    let verified = std::fs::read(&path)
+        .ok()
+        .filter(|data| hex::encode(repo.wal_content_id(data).0) == id && validate_wal_file(repo, name, data).is_ok());
+    if verified.is_none() {
+        tracing::warn!("prefetched {} does not match the archive; fetching {name} again", path.display());
+        let _ = std::fs::remove_file(&path);
+        return Ok(false);
+    }
+    // A rename fails across filesystems; then the segment is fetched again.
+    if std::fs::rename(&path, dest).is_err() {
+        return Ok(false);
+    }
+    fsutil::sync_parent_dir(dest).ctx(|| format!("cannot fsync {}", dest.display()))?;
+    Ok(true)
+}
+
+/// The spool entry for `name`, with the hex content id its file name carries.
+fn spooled(spool: &Path, name: &str) -> Option<(PathBuf, String)> {
+    let prefix = format!("{name}.");
+    std::fs::read_dir(spool).ok()?.flatten().find_map(|e| {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let id = file.strip_prefix(&prefix)?.to_string();
+        (id.len() == 64).then(|| (e.path(), id))
+    })
+}
+
+/// Fetch the segments after `file` that are not spooled yet, a few at a time, into
+/// the spool. Failures are logged and left for the request that needs the segment.
+async fn prefetch_following(repo: &Repository, p: &Prefetch, file: WalFile) {
+    let (WalFile::Segment { timeline, .. }, Some(segno)) = (file, file.segno(repo.config().wal_segment_size)) else {
+        return;
+    };
+    let seg_size = repo.config().wal_segment_size;
+    let tmp = p.spool.join(".tmp");
+    if let Err(e) = fsutil::create_dir_all_durable(&tmp) {
+        tracing::warn!("cannot create prefetch spool {}: {e}; not prefetching", p.spool.display());
+        return;
+    }
+    fsutil::sweep_stale_temps(&tmp);
+    prune_spool(&p.spool, &segment_name(timeline, segno, seg_size));
+    let names: Vec<String> = (1..=p.segments as u64)
+        .map(|i| segment_name(timeline, segno + i, seg_size))
+        .filter(|n| spooled(&p.spool, n).is_none())
+        .collect();
+    let mut fetches = futures::stream::iter(names.iter().map(|n| fetch(repo, n))).buffered(PARALLEL_PREFETCH);
+    for n in &names {
+        match fetches.next().await {
+            Some(Ok(Some(data))) => {
+                let id = hex::encode(repo.wal_content_id(&data).0);
+                let dest = p.spool.join(format!("{n}.{id}"));
+                let write = tokio::task::block_in_place(|| {
+                    let mut f = fsutil::DurableFile::create_in(&tmp, &dest)?;
+                    std::io::Write::write_all(f.file(), &data)?;
+                    f.commit(Commit::Replace)
+                });
+                if let Err(e) = write {
+                    tracing::warn!("cannot prefetch {n} into {}: {e}", p.spool.display());
+                }
+            }
+            Some(Ok(None)) | None => break, // the archive ends here
+            Some(Err(e)) => tracing::warn!("prefetch of {n} failed (it is fetched again when needed): {e}"),
+        }
+    }
+}
+
+const PARALLEL_PREFETCH: usize = 8;
+
+async fn fetch(repo: &Repository, name: &str) -> Result<Option<Vec<u8>>> {
+    let Some(file) = WalFile::parse(name) else { return Ok(None) };
     let key = wal_key(file.timeline(), name);
     match repo.storage().get(&key).await {
-        Ok(object) => Ok(Some((name.to_string(), tokio::task::block_in_place(|| repo.decode_wal(&key, &object))?))),
+        Ok(object) => Ok(Some(tokio::task::block_in_place(|| repo.decode_wal(&key, &object))?)),
         Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(None),
         Err(e) => Err(e),
     }
@@ -137,7 +251,8 @@ fn prune_spool(spool: &Path, current: &str) {
     if let Ok(entries) = std::fs::read_dir(spool) {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if WalFile::parse(&n).is_some() && n.as_str() < current {
+            let segment = n.get(..24).filter(|s| WalFile::parse(s).is_some());
+            if segment.is_some_and(|s| s < current) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -150,14 +265,40 @@ fn prune_spool(spool: &Path, current: &str) {
 pub fn prefetch_settings(s: &crate::config::Settings, seg_size: u32) -> Result<Option<Prefetch>> {
     let bytes = s.get_size("archive-get-queue-max", 128 << 20)?;
     let segments = (bytes / seg_size as u64) as usize;
-    let spool = match s.get("spool-path") {
-        Some(p) => Path::new(&p).join(s.stanza()).join("in"),
-        None if Path::new("PG_VERSION").is_file() && Path::new("pg_wal").is_dir() => {
-            PathBuf::from("pg_wal/pgcairn-prefetch")
-        }
+    let spool = match prefetch_spool(s) {
+        Some(p) => p,
         None => return Ok(None),
     };
     Ok((segments > 0).then_some(Prefetch { spool, segments }))
+}
+
+fn prefetch_spool(s: &crate::config::Settings) -> Option<PathBuf> {
+    match s.get("spool-path") {
+        Some(p) => Some(Path::new(&p).join(s.stanza()).join("in")),
+        None if Path::new("PG_VERSION").is_file() && Path::new("pg_wal").is_dir() => {
+            Some(PathBuf::from("pg_wal/pgcairn-prefetch"))
+        }
+        None => None,
+    }
+}
+
+/// `pgcairn archive-get` as restore_command runs it: open the repository (riding out
+/// a storage outage up to `archive-get-timeout`) and fetch.
+pub async fn archive_get_configured(s: &crate::config::Settings, name: &str, dest: &Path) -> Result<bool> {
+    let timeout = s.get_seconds("archive-get-timeout", DEFAULT_GET_TIMEOUT)?;
+    let deadline = Instant::now() + timeout;
+    let repo = retry_transient(deadline, timeout, "opening the repository", || s.open_repo()).await?;
+    let prefetch = prefetch_settings(s, repo.config().wal_segment_size)?;
+    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    archive_get(&repo, name, dest, &GetOptions { prefetch, timeout: remaining }).await
+}
+
+/// A backup starts a new history: segments prefetched for an earlier recovery on
+/// this host (spool-path/<stanza>/in) are of no further use.
+pub fn clear_prefetch_spool(s: &crate::config::Settings) {
+    if let Some(p) = s.get("spool-path") {
+        let _ = std::fs::remove_dir_all(Path::new(&p).join(s.stanza()).join("in"));
+    }
 }
 
 /// Wait until segments `from..=to` of `timeline` are archived.
@@ -240,8 +381,11 @@ pub async fn archive_summary(repo: &Repository) -> Result<Vec<TimelineArchive>> 
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::repo::tests::test_repo;
+    use crate::storage::fault::FaultStorage;
 
     fn segment(repo: &Repository, segno: u64, fill: u8) -> Vec<u8> {
         let cfg = repo.config();
@@ -273,22 +417,104 @@ mod tests {
         assert!(matches!(archive_push(&repo, &p, 1).await, Err(Error::WalMismatch { .. })));
 
         let out = dir.path().join("RECOVERYXLOG");
-        assert!(archive_get(&repo, &name, &out, None).await.unwrap());
+        assert!(archive_get(&repo, &name, &out, &no_prefetch()).await.unwrap());
         assert_eq!(std::fs::read(&out).unwrap(), segment(&repo, 1, 1), "original content kept");
-        assert!(!archive_get(&repo, "000000010000000000000009", &out, None).await.unwrap());
+        assert!(!archive_get(&repo, "000000010000000000000009", &out, &no_prefetch()).await.unwrap());
 
-        let spool = Prefetch { spool: dir.path().join("spool"), segments: 3 };
-        assert!(archive_get(&repo, &name, &out, Some(&spool)).await.unwrap());
+        let spool = GetOptions {
+            prefetch: Some(Prefetch { spool: dir.path().join("spool"), segments: 3 }),
+            timeout: Duration::from_secs(5),
+        };
+        let spool_dir = dir.path().join("spool");
+        assert!(archive_get(&repo, &name, &out, &spool).await.unwrap());
         let second = segment_name(1, 2, repo.config().wal_segment_size);
-        assert!(spool.spool.join(&second).is_file(), "next segment prefetched");
-        assert!(archive_get(&repo, &second, &out, Some(&spool)).await.unwrap());
+        assert!(spooled(&spool_dir, &second).is_some(), "next segment prefetched");
+        assert!(archive_get(&repo, &second, &out, &spool).await.unwrap());
         assert_eq!(std::fs::read(&out).unwrap(), segment(&repo, 2, 2));
-        assert!(!spool.spool.join(&second).exists(), "served from the spool");
+        assert!(spooled(&spool_dir, &second).is_none(), "served from the spool");
+        // The end of the archive ends recovery: the spool goes.
+        assert!(!archive_get(&repo, &segment_name(1, 3, repo.config().wal_segment_size), &out, &spool).await.unwrap());
+        assert!(!spool_dir.exists(), "prefetch spool removed when the archive ends");
 
         let summary = archive_summary(&repo).await.unwrap();
         assert_eq!(summary.len(), 1);
         assert_eq!(summary[0].segments, 3);
         assert_eq!(summary[0].gaps, vec!["000000010000000000000003-000000010000000000000004".to_string()]);
+    }
+
+    fn no_prefetch() -> GetOptions {
+        GetOptions { prefetch: None, timeout: Duration::from_secs(2) }
+    }
+
+    /// A repository over a fault-injecting store holding segments 1..=4.
+    async fn faulty_archive(dir: &Path) -> (Arc<FaultStorage>, Repository) {
+        let (mem, repo) = test_repo(true).await;
+        for segno in 1..=4u64 {
+            let p = dir.join(segment_name(1, segno, repo.config().wal_segment_size));
+            std::fs::write(&p, segment(&repo, segno, segno as u8)).unwrap();
+            archive_push(&repo, &p, 1).await.unwrap();
+        }
+        let fault = Arc::new(FaultStorage::new(mem));
+        let repo = Repository::open(fault.clone(), "main", Some(&crate::repo::Secret::new("pw"))).await.unwrap();
+        (fault, repo)
+    }
+
+    /// Regression (issue 10, defect 2): with a later segment corrupt in the
+    /// repository, fetching an earlier intact one failed because its prefetch failed,
+    /// and any failure below 126 let PostgreSQL end recovery early. Now only the
+    /// requested segment decides, and damage is an error (stop), never "absent".
+    #[tokio::test(flavor = "multi_thread")]
+    async fn only_the_requested_segment_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fault, repo) = faulty_archive(dir.path()).await;
+        let seg = |n| segment_name(1, n, repo.config().wal_segment_size);
+        fault.inject(crate::storage::fault::Fault::CorruptReads { prefix: wal_key(1, &seg(3)) });
+        let opts = GetOptions {
+            prefetch: Some(Prefetch { spool: dir.path().join("spool"), segments: 4 }),
+            timeout: Duration::from_secs(2),
+        };
+        let out = dir.path().join("RECOVERYXLOG");
+        assert!(archive_get(&repo, &seg(1), &out, &opts).await.unwrap(), "segment 1 is intact");
+        assert!(archive_get(&repo, &seg(2), &out, &opts).await.unwrap());
+        assert_eq!(std::fs::read(&out).unwrap(), segment(&repo, 2, 2));
+        let err = archive_get(&repo, &seg(3), &out, &opts).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&seg(3)), "names the segment: {err}");
+        // A spooled copy that was altered on disk is not served: fetched again.
+        fault.heal_reads();
+        assert!(archive_get(&repo, &seg(1), &out, &opts).await.unwrap());
+        let (path, _) = spooled(&dir.path().join("spool"), &seg(2)).expect("segment 2 prefetched");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(archive_get(&repo, &seg(2), &out, &opts).await.unwrap());
+        assert_eq!(std::fs::read(&out).unwrap(), segment(&repo, 2, 2), "the archive's copy, not the altered one");
+    }
+
+    /// A storage outage is retried up to the timeout, then an error (stop recovery),
+    /// never "not in the archive".
+    #[tokio::test(flavor = "multi_thread")]
+    async fn outage_is_retried_then_fails_without_claiming_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fault, repo) = faulty_archive(dir.path()).await;
+        let seg1 = segment_name(1, 1, repo.config().wal_segment_size);
+        fault.inject(crate::storage::fault::Fault::FailReads {
+            prefix: WAL_PREFIX.into(),
+            kind: StorageErrorKind::Transient,
+        });
+        let out = dir.path().join("RECOVERYXLOG");
+        let started = Instant::now();
+        let err = archive_get(&repo, &seg1, &out, &no_prefetch()).await.unwrap_err();
+        assert!(matches!(err, Error::StorageUnavailable { .. }), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(1500), "retried for the timeout");
+        assert!(!out.exists());
+        // The store comes back within the timeout: delivered.
+        let healer = fault.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            healer.heal_reads();
+        });
+        assert!(archive_get(&repo, &seg1, &out, &no_prefetch()).await.unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread")]

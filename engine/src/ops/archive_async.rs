@@ -11,7 +11,7 @@
 //!   fill the disk; every drop is logged as an error and listed in `dropped.log`,
 //!   `check` fails while that file exists and `info` shows the gap.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -102,7 +102,7 @@ impl Spool {
                     "{what}: {name} was DROPPED and is not archived (archive-push-queue-full = drop); point-in-time recovery across it is impossible: take a new full backup once the repository keeps up, then remove {}",
                     self.dropped_log().display()
                 );
-                let mut f = OpenOptions::new()
+                let mut f = fsutil::private_file()
                     .create(true)
                     .append(true)
                     .open(self.dropped_log())
@@ -121,8 +121,11 @@ impl Spool {
 /// An exclusive, non-blocking flock on the drainer lock; None if someone holds it.
 fn try_lock(spool: &Spool) -> Result<Option<File>> {
     let path = spool.root.join("drain.lock");
-    let f =
-        OpenOptions::new().create(true).append(true).open(&path).ctx(|| format!("cannot open {}", path.display()))?;
+    let f = fsutil::private_file()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .ctx(|| format!("cannot open {}", path.display()))?;
     // SAFETY: flock on a file descriptor we own.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     Ok((rc == 0).then_some(f))
@@ -134,7 +137,7 @@ fn spawn_drainer(spool: &Spool) -> Result<()> {
         None => return Ok(()), // a drainer is running; it drains until the queue is empty
         Some(lock) => drop(lock),
     }
-    let log = OpenOptions::new()
+    let log = fsutil::private_file()
         .create(true)
         .append(true)
         .open(spool.root.join("drain.log"))

@@ -8,6 +8,7 @@
 //! ```
 
 use super::version;
+use crate::pg::lsn::Lsn;
 
 pub const LONG_HEADER_LEN: usize = 40;
 const XLP_LONG_HEADER: u16 = 0x0002;
@@ -151,12 +152,77 @@ pub fn validate_segment(
     if h.seg_size != seg_size || h.block_size != WAL_BLOCK_SIZE {
         return Err(format!("its segment size is {} (stanza: {seg_size}) and block size {}", h.seg_size, h.block_size));
     }
-    if matches!(file, WalFile::Segment { .. }) && data.len() as u64 != seg_size as u64 {
+    // A .partial is the whole segment file renamed at a timeline switch (zeros after
+    // the switch point): it has the segment's size too.
+    if data.len() as u64 != seg_size as u64 {
         return Err(format!("it is {} bytes, a segment is {seg_size}", data.len()));
     }
     let segno = file.segno(seg_size).expect("segment-like");
     if h.pageaddr != segno * seg_size as u64 {
         return Err(format!("its first page is for address {:X}, not for this file name: it was renamed", h.pageaddr));
+    }
+    Ok(())
+}
+
+/// Largest timeline history file accepted (PostgreSQL writes a line per switch).
+const MAX_HISTORY_LEN: usize = 1 << 20;
+/// Largest backup history file accepted (a dozen short lines).
+const MAX_BACKUP_HISTORY_LEN: usize = 64 << 10;
+
+/// Check a `TTTTTTTT.history` file: lines `parentTLI <tab> switch LSN <tab> reason`
+/// (comments and blank lines allowed), parents increasing and below `timeline`,
+/// switch points not going back.
+pub fn validate_history(timeline: u32, data: &[u8]) -> Result<(), String> {
+    if data.len() > MAX_HISTORY_LEN {
+        return Err(format!("it is {} bytes, more than a timeline history holds", data.len()));
+    }
+    let text = std::str::from_utf8(data).map_err(|_| "it is not text: not a timeline history file".to_string())?;
+    let (mut last_parent, mut last_lsn, mut entries) = (0u32, Lsn(0), 0);
+    for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let parent: u32 = fields
+            .next()
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| format!("line {n} does not start with a timeline number"))?;
+        let lsn: Lsn = fields.next().ok_or_else(|| format!("line {n} has no switch point"))?.parse()?;
+        if parent >= timeline || parent <= last_parent || lsn < last_lsn {
+            return Err(format!(
+                "line {n} names timeline {parent} at {lsn}: parents must rise, stay below {timeline}, and switch points must not go back"
+            ));
+        }
+        (last_parent, last_lsn, entries) = (parent, lsn, entries + 1);
+    }
+    if entries == 0 {
+        return Err("it names no parent timeline".into());
+    }
+    Ok(())
+}
+
+/// Check a `<segment>.<offset>.backup` file: text whose START WAL LOCATION is the
+/// place its name gives.
+pub fn validate_backup_history(file: &WalFile, data: &[u8], seg_size: u32) -> Result<(), String> {
+    let WalFile::BackupHistory { timeline, offset, .. } = *file else {
+        return Err("not a backup history file name".into());
+    };
+    if data.len() > MAX_BACKUP_HISTORY_LEN {
+        return Err(format!("it is {} bytes, more than a backup history file holds", data.len()));
+    }
+    let text = std::str::from_utf8(data).map_err(|_| "it is not text: not a backup history file".to_string())?;
+    let start = text
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or_else(|| "it has no START WAL LOCATION line".to_string())?;
+    let lsn: Lsn = start.parse()?;
+    let segno = file.segno(seg_size).expect("segment-like");
+    if lsn.0 / seg_size as u64 != segno || lsn.0 % seg_size as u64 != offset as u64 {
+        return Err(format!("it starts at {lsn}, not at the place its name gives (timeline {timeline})"));
+    }
+    if !text.lines().any(|l| l.starts_with("STOP WAL LOCATION: ")) {
+        return Err("it has no STOP WAL LOCATION line".into());
     }
     Ok(())
 }
@@ -226,5 +292,30 @@ mod tests {
         let e = validate_segment(&f, &good[..1000], 42, 17, SEG).unwrap_err();
         assert!(e.contains("1000 bytes"), "{e}");
         assert!(validate_segment(&f, b"short", 42, 17, SEG).is_err());
+    }
+
+    /// Regression (issue 10, defect 7): garbage `.history` files and 100-byte
+    /// `.partial` files were archived without a look.
+    #[test]
+    fn history_backup_and_partial_files_are_validated() {
+        assert_eq!(
+            validate_history(3, b"1\t0/3000000\tno recovery target specified\n\n2\t0/5000000\tbefore 2026\n"),
+            Ok(())
+        );
+        assert_eq!(validate_history(2, b"# comment\n1\t0/3000000\treason\n"), Ok(()));
+        for bad in [&b"garbage"[..], b"", b"2\t0/3000000\tx\n", b"1\tzz\tx\n", b"1\t0/5\n1\t0/6\n", b"\xff\xfe"] {
+            assert!(validate_history(2, bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let f = WalFile::parse("000000010000000000000003.00000028.backup").unwrap();
+        let good = b"START WAL LOCATION: 0/3000028 (file 000000010000000000000003)\nSTOP WAL LOCATION: 0/3000100 (file 000000010000000000000003)\n";
+        assert_eq!(validate_backup_history(&f, good, SEG), Ok(()));
+        let moved = b"START WAL LOCATION: 0/4000028 (file 000000010000000000000004)\nSTOP WAL LOCATION: 0/4000100\n";
+        assert!(validate_backup_history(&f, moved, SEG).is_err());
+        assert!(validate_backup_history(&f, b"hello", SEG).is_err());
+        let partial = WalFile::parse("000000010000000000000005.partial").unwrap();
+        let mut data = segment(42, 5, 0xD116);
+        assert_eq!(validate_segment(&partial, &data, 42, 17, SEG), Ok(()));
+        data.truncate(100);
+        assert!(validate_segment(&partial, &data, 42, 17, SEG).is_err(), "a 100-byte .partial is refused");
     }
 }

@@ -37,6 +37,39 @@ pub fn pack_key(pack_id: &str) -> String {
 pub fn index_key(index_id: &str) -> String {
     format!("{INDEX_PREFIX}{index_id}")
 }
+/// Stanza names: 1–64 characters of `[A-Za-z0-9._-]`, starting with a letter or
+/// digit (repository-format.md §2). A stanza is a directory or key prefix: anything
+/// else could address storage outside the repository.
+pub fn check_stanza_name(name: &str) -> Result<(), String> {
+    check_name(name, 64, b"._-").map_err(|why| {
+        format!(
+            "stanza name {name:?} {why}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    })
+}
+
+/// Backup labels: 1–80 characters of `[A-Za-z0-9_-]`, starting with a letter or digit
+/// (pgcairn writes `YYYYMMDD-HHMMSSF` and `<full>_YYYYMMDD-HHMMSSD|I`).
+pub fn check_label(label: &str) -> Result<(), String> {
+    check_name(label, 80, b"_-").map_err(|why| {
+        format!("backup label {label:?} {why}: labels look like 20260101-120000F; `pgcairn info` lists them")
+    })
+}
+
+fn check_name(name: &str, max: usize, punct: &[u8]) -> Result<(), &'static str> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > max {
+        return Err("has the wrong length");
+    }
+    if !bytes[0].is_ascii_alphanumeric() {
+        return Err("does not start with a letter or digit");
+    }
+    if !bytes.iter().all(|b| b.is_ascii_alphanumeric() || punct.contains(b)) {
+        return Err("holds a character that is not allowed");
+    }
+    Ok(())
+}
+
 /// The moment a backup label was taken (`YYYYMMDD-HHMMSS`): the part before its type
 /// letter. Full labels are `<ts>F`, diff and incr labels `<full label>_<ts>D|I`.
 pub fn label_timestamp(label: &str) -> &str {

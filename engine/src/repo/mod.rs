@@ -98,6 +98,7 @@ impl Repository {
             Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {}
             Err(e) => return Err(e),
         }
+        check_stanza_name(stanza).map_err(Error::Config)?;
         if opts.block_size < 8192 || !opts.block_size.is_multiple_of(8192) {
             return Err(Error::Config(format!(
                 "block size {} is not a multiple of the 8 KiB PostgreSQL page: use e.g. 131072",
@@ -368,6 +369,7 @@ impl Repository {
     }
 
     pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
+        check_label(label).map_err(Error::Config)?;
         let m: Manifest = self.get_meta(&manifest_key(label)).await.map_err(|e| match e.storage_kind() {
             Some(StorageErrorKind::NotFound) => {
                 Error::BackupNotFound { stanza: self.config.stanza.clone(), label: label.to_string() }

@@ -44,6 +44,15 @@ pub async fn run(s: &dyn Storage) {
     );
     assert!(s.list("zz/").await.unwrap().is_empty(), "list of an absent prefix is empty");
 
+    // keys that could leave the root are refused before any I/O
+    for bad in ["../escaped", "/abs", "a/../b", "a//b", "a/./b", "", "a/b c", "a\\b"] {
+        let err = s.put_new(bad, Bytes::from_static(b"x")).await.unwrap_err();
+        assert_eq!(err.storage_kind(), Some(StorageErrorKind::Permanent), "put {bad:?}: {err}");
+        assert!(s.get(bad).await.is_err(), "get {bad:?}");
+        assert!(s.delete(bad).await.is_err(), "delete {bad:?}");
+    }
+    assert!(s.list("../").await.is_err(), "list ../");
+
     // delete, idempotent
     s.delete("a/c").await.unwrap();
     s.delete("a/c").await.unwrap();

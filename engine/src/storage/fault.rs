@@ -1,4 +1,4 @@
-//! Fault injection wrapper for tests: fails puts, or corrupts what gets return.
+//! Fault injection wrapper for tests: fails puts or reads, or corrupts what gets return.
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -14,6 +14,8 @@ pub enum Fault {
     FailPuts { count: u32, kind: StorageErrorKind },
     /// Every read of keys starting with `prefix` has one byte flipped.
     CorruptReads { prefix: String },
+    /// Every read of keys starting with `prefix` fails with `kind` (an outage).
+    FailReads { prefix: String, kind: StorageErrorKind },
 }
 
 #[derive(Debug)]
@@ -21,17 +23,37 @@ pub struct FaultStorage {
     inner: DynStorage,
     failing_puts: Mutex<(u32, StorageErrorKind)>,
     corrupt_prefix: Mutex<Option<String>>,
+    failing_reads: Mutex<Option<(String, StorageErrorKind)>>,
 }
 
 impl FaultStorage {
     pub fn new(inner: DynStorage) -> Self {
-        Self { inner, failing_puts: Mutex::new((0, StorageErrorKind::Transient)), corrupt_prefix: Mutex::new(None) }
+        Self {
+            inner,
+            failing_puts: Mutex::new((0, StorageErrorKind::Transient)),
+            corrupt_prefix: Mutex::new(None),
+            failing_reads: Mutex::new(None),
+        }
     }
 
     pub fn inject(&self, fault: Fault) {
         match fault {
             Fault::FailPuts { count, kind } => *self.failing_puts.lock().unwrap() = (count, kind),
             Fault::CorruptReads { prefix } => *self.corrupt_prefix.lock().unwrap() = Some(prefix),
+            Fault::FailReads { prefix, kind } => *self.failing_reads.lock().unwrap() = Some((prefix, kind)),
+        }
+    }
+
+    /// Lift every read fault.
+    pub fn heal_reads(&self) {
+        *self.corrupt_prefix.lock().unwrap() = None;
+        *self.failing_reads.lock().unwrap() = None;
+    }
+
+    fn read_fault(&self, key: &str) -> Result<()> {
+        match &*self.failing_reads.lock().unwrap() {
+            Some((p, kind)) if key.starts_with(p.as_str()) => Err(storage_error("get", key, *kind, "injected fault")),
+            _ => Ok(()),
         }
     }
 
@@ -68,10 +90,12 @@ impl Storage for FaultStorage {
         self.inner.put_new(key, data).await
     }
     async fn get(&self, key: &str) -> Result<Bytes> {
+        self.read_fault(key)?;
         let d = self.inner.get(key).await?;
         Ok(self.maybe_corrupt(key, d))
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        self.read_fault(key)?;
         let d = self.inner.get_range(key, range).await?;
         Ok(self.maybe_corrupt(key, d))
     }

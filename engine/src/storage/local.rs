@@ -2,7 +2,7 @@
 //! LocalFileSystem because that one does not fsync; every write here goes through
 //! [`crate::fsutil`] (temp → fsync → link → fsync directory).
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,11 @@ use bytes::Bytes;
 use super::{storage_error, ObjectInfo, Storage};
 use crate::error::{Result, StorageErrorKind};
 use crate::fsutil;
+
+/// Temp files of writes in progress, below the root: never listed (the name starts
+/// with a dot), never mistaken for an object, swept of dead writers' leftovers on
+/// every put (fsutil::sweep_stale_temps).
+const TMP_DIR: &str = ".tmp";
 
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
@@ -22,8 +27,9 @@ impl LocalStorage {
         Self { root }
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.root.join(key)
+    fn path(&self, op: &'static str, key: &str) -> Result<PathBuf> {
+        super::check_key(op, key, false)?;
+        Ok(self.root.join(key))
     }
 }
 
@@ -71,25 +77,31 @@ impl Storage for LocalStorage {
     }
 
     async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
-        let path = self.path(key);
+        let path = self.path("put", key)?;
+        let tmp_dir = self.root.join(TMP_DIR);
         let key = key.to_string();
         blocking(move || {
+            let io = |e| map_io("put", &key, e);
             if let Some(parent) = path.parent() {
-                fsutil::create_dir_all_durable(parent).map_err(|e| map_io("put", &key, e))?;
+                fsutil::create_dir_all_durable(parent).map_err(io)?;
             }
-            fsutil::write_file(&path, &data, fsutil::Commit::CreateOnly).map_err(|e| map_io("put", &key, e))
+            fsutil::create_dir_all_durable(&tmp_dir).map_err(io)?;
+            fsutil::sweep_stale_temps(&tmp_dir);
+            let mut f = fsutil::DurableFile::create_in(&tmp_dir, &path).map_err(io)?;
+            f.file().write_all(&data).map_err(io)?;
+            f.commit(fsutil::Commit::CreateOnly).map_err(io)
         })
         .await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
-        let path = self.path(key);
+        let path = self.path("get", key)?;
         let key = key.to_string();
         blocking(move || std::fs::read(&path).map(Bytes::from).map_err(|e| map_io("get", &key, e))).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        let path = self.path(key);
+        let path = self.path("get", key)?;
         let key = key.to_string();
         blocking(move || {
             let mut f = std::fs::File::open(&path).map_err(|e| map_io("get", &key, e))?;
@@ -111,6 +123,7 @@ impl Storage for LocalStorage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        super::check_key("list", prefix, true)?;
         let root = self.root.clone();
         let prefix = prefix.to_string();
         blocking(move || {
@@ -129,7 +142,7 @@ impl Storage for LocalStorage {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let path = self.path(key);
+        let path = self.path("delete", key)?;
         let key = key.to_string();
         blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => fsutil::sync_parent_dir(&path).map_err(|e| map_io("delete", &key, e)),

@@ -32,6 +32,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
+        super::check_key("put", key, false)?;
         let mut map = self.objects.lock().unwrap();
         if map.contains_key(key) {
             return Err(storage_error("put", key, StorageErrorKind::AlreadyExists, "object exists"));
@@ -41,6 +42,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
+        super::check_key("get", key, false)?;
         self.objects
             .lock()
             .unwrap()
@@ -58,6 +60,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        super::check_key("list", prefix, true)?;
         Ok(self
             .objects
             .lock()
@@ -69,6 +72,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
+        super::check_key("delete", key, false)?;
         self.objects.lock().unwrap().remove(key);
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! The storage seam: one small trait every backend implements.
 //!
 //! # Contract
-//! * Keys are relative, `/`-separated, ASCII (`[A-Za-z0-9._-]` segments); a backend
-//!   maps them below its root (a directory, or a bucket prefix).
+//! * Keys are relative, `/`-separated, ASCII (`[A-Za-z0-9._-]` segments, never `.` or
+//!   `..`); a backend maps them below its root (a directory, or a bucket prefix) and
+//!   refuses any other key with a permanent error ([`check_key`]) before touching it.
 //! * [`Storage::put_new`] is create-only: if an object exists under the key it fails
 //!   with [`StorageErrorKind::AlreadyExists`] and leaves the existing object untouched.
 //!   It returns `Ok` only once the object is durable (local: fsync of file and
@@ -54,6 +55,32 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
 pub type DynStorage = Arc<dyn Storage>;
 
+/// Refuse a key outside the contract (an absolute path, a `.` or `..` segment, an
+/// empty segment, characters outside `[A-Za-z0-9._-]`) before it reaches a backend:
+/// a name from outside must never address anything beyond the stanza's root.
+/// A list prefix may be empty or end with `/`.
+pub fn check_key(op: &'static str, key: &str, prefix: bool) -> Result<()> {
+    let body = if prefix { key.strip_suffix('/').unwrap_or(key) } else { key };
+    if prefix && body.is_empty() {
+        return Ok(());
+    }
+    let bad_segment = |seg: &str| {
+        seg.is_empty()
+            || seg == "."
+            || seg == ".."
+            || !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    if body.split('/').any(bad_segment) {
+        return Err(storage_error(
+            op,
+            key,
+            StorageErrorKind::Permanent,
+            "not a valid object key (relative, `/`-separated segments of [A-Za-z0-9._-], no `.` or `..`)",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn storage_error(op: &'static str, key: &str, kind: StorageErrorKind, detail: impl Into<String>) -> Error {
     Error::Storage { op, key: key.to_string(), kind, detail: detail.into() }
 }
@@ -96,6 +123,7 @@ impl RepoLocation {
 
     /// Open the backend rooted at this location plus `sub` (the stanza), with retries.
     pub fn open(&self, sub: &str, s3: &s3::S3Settings) -> Result<DynStorage> {
+        check_key("open", sub, false)?;
         let inner: DynStorage = match self {
             RepoLocation::Local(root) => Arc::new(local::LocalStorage::new(root.join(sub))),
             RepoLocation::S3 { bucket, prefix } => {

@@ -62,7 +62,12 @@ impl S3Storage {
         Ok(Self { store: Arc::new(store), bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() })
     }
 
-    fn path(&self, key: &str) -> OsPath {
+    fn path(&self, op: &'static str, key: &str) -> Result<OsPath> {
+        super::check_key(op, key, false)?;
+        Ok(self.dir(key))
+    }
+
+    fn dir(&self, key: &str) -> OsPath {
         if self.prefix.is_empty() {
             OsPath::from(key)
         } else {
@@ -94,18 +99,21 @@ impl Storage for S3Storage {
 
     async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        self.store.put_opts(&self.path(key), PutPayload::from(data), opts).await.map_err(|e| map_err("put", key, e))?;
+        self.store
+            .put_opts(&self.path("put", key)?, PutPayload::from(data), opts)
+            .await
+            .map_err(|e| map_err("put", key, e))?;
         Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
-        let r = self.store.get(&self.path(key)).await.map_err(|e| map_err("get", key, e))?;
+        let r = self.store.get(&self.path("get", key)?).await.map_err(|e| map_err("get", key, e))?;
         r.bytes().await.map_err(|e| map_err("get", key, e))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let want = range.end - range.start;
-        let data = self.store.get_range(&self.path(key), range).await.map_err(|e| map_err("get", key, e))?;
+        let data = self.store.get_range(&self.path("get", key)?, range).await.map_err(|e| map_err("get", key, e))?;
         if data.len() as u64 != want {
             return Err(storage_error(
                 "get",
@@ -118,13 +126,14 @@ impl Storage for S3Storage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        super::check_key("list", prefix, true)?;
         // object_store lists by path segments; list the directory part, filter the rest.
         let dir = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
             None => "",
         };
         let root = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
-        let list_path = self.path(dir);
+        let list_path = self.dir(dir);
         let metas: Vec<_> =
             self.store.list(Some(&list_path)).try_collect().await.map_err(|e| map_err("list", prefix, e))?;
         let mut out: Vec<ObjectInfo> = metas
@@ -140,7 +149,7 @@ impl Storage for S3Storage {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        match self.store.delete(&self.path(key)).await {
+        match self.store.delete(&self.path("delete", key)?).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(map_err("delete", key, e)),
