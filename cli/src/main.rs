@@ -424,8 +424,14 @@ fn human(bytes: u64) -> String {
 
 fn print_info(r: &ops::InfoReport) {
     println!("stanza: {}", r.stanza);
-    let enc = if r.encrypted { "encrypted" } else { "unencrypted" };
-    println!("    repository: {} (format {}, {enc})", r.repo, r.format_version);
+    println!("    repository: {} (format {})", r.repo, r.format_version);
+    if r.encrypted {
+        println!("    encryption: aes-256-gcm");
+    } else {
+        println!(
+            "    encryption: NONE: created with --no-encryption; whoever can read the storage can read every backup"
+        );
+    }
     println!(
         "    system identifier: {}, PostgreSQL {}.{}",
         r.system_identifier,
@@ -447,25 +453,39 @@ fn print_info(r: &ops::InfoReport) {
         println!("    no backups: take one with `pgcairn --stanza={} backup`", r.stanza);
     }
     for b in &r.backups {
-        println!();
-        println!("    {} backup: {}", b.backup_type, b.label);
-        if let Some(parent) = &b.parent {
-            println!("        based on: {parent}");
-        }
-        println!("        timestamp start/stop: {} / {}", b.start_time, b.stop_time);
-        let wal = match (&b.wal_start, &b.wal_stop) {
-            _ if b.wal_included => "wal included in the backup".to_string(),
-            (Some(s), Some(e)) => format!("wal archived {s} - {e}"),
-            _ => String::new(),
-        };
-        println!("        lsn start/stop: {} / {} (timeline {}), {wal}", b.start_lsn, b.stop_lsn, b.timeline);
-        println!(
-            "        database size: {}, files: {}, new in repository: {}",
-            human(b.size),
-            b.files,
-            human(b.stored_new)
-        );
+        print_backup(b);
     }
+}
+
+fn print_backup(b: &ops::BackupInfo) {
+    println!();
+    let Some(d) = &b.details else {
+        println!("    DAMAGED backup: {}", b.label);
+        println!("        {}", b.problem.as_deref().unwrap_or("its manifest cannot be read"));
+        return;
+    };
+    println!("    {} backup: {}", d.backup_type, b.label);
+    match b.status {
+        ops::BackupStatus::Ok => {}
+        ops::BackupStatus::Damaged => println!("        DAMAGED: {}", b.problem.as_deref().unwrap_or("")),
+        ops::BackupStatus::NotRestorable => println!("        NOT RESTORABLE: {}", b.problem.as_deref().unwrap_or("")),
+    }
+    if let Some(parent) = &d.parent {
+        println!("        based on: {parent}");
+    }
+    println!("        timestamp start/stop: {} / {}", d.start_time, d.stop_time);
+    let wal = match (&d.wal_start, &d.wal_stop) {
+        _ if d.wal_included => "wal included in the backup".to_string(),
+        (Some(s), Some(e)) => format!("wal archived {s} - {e}"),
+        _ => String::new(),
+    };
+    println!("        lsn start/stop: {} / {} (timeline {}), {wal}", d.start_lsn, d.stop_lsn, d.timeline);
+    println!(
+        "        database size: {}, files: {}, new in repository: {}",
+        human(d.size),
+        d.files,
+        human(d.stored_new)
+    );
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {

@@ -339,23 +339,63 @@ pub struct TimelineArchive {
     pub history: bool,
 }
 
-pub async fn archive_summary(repo: &Repository) -> Result<Vec<TimelineArchive>> {
+/// The archive's segments by timeline (segment numbers), and the timelines that
+/// have a history file.
+#[derive(Debug, Default)]
+pub struct ArchivedSegments {
+    segments: BTreeMap<u32, std::collections::BTreeSet<u64>>,
+    history: std::collections::BTreeSet<u32>,
+}
+
+/// List the WAL archive once.
+pub async fn archived_segments(repo: &Repository) -> Result<ArchivedSegments> {
     let seg_size = repo.config().wal_segment_size;
-    let mut by_tli: BTreeMap<u32, (Vec<u64>, bool)> = BTreeMap::new();
+    let mut out = ArchivedSegments::default();
     for o in repo.storage().list(WAL_PREFIX).await? {
         let Some(name) = o.key.rsplit('/').next() else { continue };
         match WalFile::parse(name) {
             Some(f @ WalFile::Segment { timeline, .. }) => {
-                by_tli.entry(timeline).or_default().0.push(f.segno(seg_size).unwrap())
+                out.segments.entry(timeline).or_default().extend(f.segno(seg_size));
             }
-            Some(WalFile::History { timeline }) => by_tli.entry(timeline).or_default().1 = true,
+            Some(WalFile::History { timeline }) => {
+                out.history.insert(timeline);
+            }
             _ => {}
         }
     }
-    Ok(by_tli
+    Ok(out)
+}
+
+/// The first segment a backup needs to become consistent that the archive lacks,
+/// as a sentence; None when it carries its WAL or the archive has it all.
+pub fn missing_wal(m: &crate::repo::format::Manifest, archived: &ArchivedSegments, seg_size: u32) -> Option<String> {
+    if m.wal_included {
+        return None;
+    }
+    let parse = |n: &Option<String>| n.as_deref().and_then(WalFile::parse);
+    let (Some(start), Some(stop)) = (parse(&m.wal_start), parse(&m.wal_stop)) else {
+        return Some("its manifest names no WAL range".into());
+    };
+    let (from, to) = (start.segno(seg_size)?, stop.segno(seg_size)?);
+    let timeline = start.timeline();
+    let have = archived.segments.get(&timeline);
+    let first_missing = (from..=to).find(|n| !have.is_some_and(|s| s.contains(n)))?;
+    Some(format!(
+        "WAL segment {} is not in the archive (the backup needs {} to {} to become consistent)",
+        segment_name(timeline, first_missing, seg_size),
+        m.wal_start.as_deref().unwrap_or("?"),
+        m.wal_stop.as_deref().unwrap_or("?")
+    ))
+}
+
+pub fn archive_summary(archived: &ArchivedSegments, seg_size: u32) -> Vec<TimelineArchive> {
+    let timelines: std::collections::BTreeSet<u32> =
+        archived.segments.keys().chain(archived.history.iter()).copied().collect();
+    timelines
         .into_iter()
-        .map(|(timeline, (mut segs, history))| {
-            segs.sort_unstable();
+        .map(|timeline| {
+            let segs: Vec<u64> =
+                archived.segments.get(&timeline).map(|s| s.iter().copied().collect()).unwrap_or_default();
             let gaps = segs
                 .windows(2)
                 .filter(|w| w[1] > w[0] + 1)
@@ -373,10 +413,10 @@ pub async fn archive_summary(repo: &Repository) -> Result<Vec<TimelineArchive>> 
                 last: segs.last().map(|s| segment_name(timeline, *s, seg_size)),
                 segments: segs.len() as u64,
                 gaps,
-                history,
+                history: archived.history.contains(&timeline),
             }
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -436,7 +476,7 @@ mod tests {
         assert!(!archive_get(&repo, &segment_name(1, 3, repo.config().wal_segment_size), &out, &spool).await.unwrap());
         assert!(!spool_dir.exists(), "prefetch spool removed when the archive ends");
 
-        let summary = archive_summary(&repo).await.unwrap();
+        let summary = archive_summary(&archived_segments(&repo).await.unwrap(), repo.config().wal_segment_size);
         assert_eq!(summary.len(), 1);
         assert_eq!(summary[0].segments, 3);
         assert_eq!(summary[0].gaps, vec!["000000010000000000000003-000000010000000000000004".to_string()]);

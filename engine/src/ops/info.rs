@@ -1,14 +1,37 @@
-//! info: the stanza's repository and its backup sets.
+//! info: the stanza's repository and its backup sets. One damaged backup never
+//! hides the others: it is listed with what is wrong with it.
 
 use serde::Serialize;
 
-use crate::error::Result;
-use crate::repo::format::{Encryption, FileKind};
+use crate::error::{Error, Result};
+use crate::ops::archive::{archive_summary, archived_segments, missing_wal, TimelineArchive};
+use crate::repo::format::{Encryption, FileKind, Manifest};
 use crate::repo::Repository;
+
+/// Whether a backup can be restored, as far as info can tell without reading blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupStatus {
+    Ok,
+    /// Its manifest or block list cannot be read: it cannot be restored.
+    Damaged,
+    /// Its objects are there but WAL it needs to become consistent is not archived.
+    NotRestorable,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupInfo {
     pub label: String,
+    pub status: BackupStatus,
+    /// What is wrong, for a backup that is not `ok`.
+    pub problem: Option<String>,
+    /// What its manifest says; absent when the manifest cannot be read.
+    #[serde(flatten)]
+    pub details: Option<BackupDetails>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupDetails {
     #[serde(rename = "type")]
     pub backup_type: String,
     /// The backup a diff or incr was compared with.
@@ -37,31 +60,15 @@ pub struct InfoReport {
     pub pg_version: u32,
     pub block_size: u32,
     pub backups: Vec<BackupInfo>,
-    pub archive: Vec<crate::ops::archive::TimelineArchive>,
+    pub archive: Vec<TimelineArchive>,
 }
 
 pub async fn info(repo: &Repository) -> Result<InfoReport> {
     let cfg = repo.config();
+    let archived = archived_segments(repo).await?;
     let mut backups = Vec::new();
     for label in repo.list_backups().await? {
-        let m = repo.load_manifest(&label).await?;
-        backups.push(BackupInfo {
-            label: m.label,
-            backup_type: m.backup_type,
-            parent: m.parent,
-            start_time: m.start_time,
-            stop_time: m.stop_time,
-            start_lsn: m.start_lsn,
-            stop_lsn: m.stop_lsn,
-            timeline: m.timeline,
-            pg_version: m.pg_version,
-            size: m.size,
-            stored_new: m.stored_new,
-            files: m.files.iter().filter(|f| f.kind == FileKind::File).count(),
-            wal_included: m.wal_included,
-            wal_start: m.wal_start,
-            wal_stop: m.wal_stop,
-        });
+        backups.push(backup_info(repo, label, &archived).await?);
     }
     Ok(InfoReport {
         stanza: cfg.stanza.clone(),
@@ -72,6 +79,55 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
         pg_version: cfg.pg_version,
         block_size: cfg.block_size,
         backups,
-        archive: crate::ops::archive::archive_summary(repo).await?,
+        archive: archive_summary(&archived, cfg.wal_segment_size),
     })
+}
+
+/// One backup's line: damage of its own objects is reported, not returned; only
+/// trouble reaching the storage at all fails `info`.
+async fn backup_info(
+    repo: &Repository,
+    label: String,
+    archived: &crate::ops::archive::ArchivedSegments,
+) -> Result<BackupInfo> {
+    let damaged = |problem: String| BackupInfo {
+        label: label.clone(),
+        status: BackupStatus::Damaged,
+        problem: Some(problem),
+        details: None,
+    };
+    let m = match repo.load_manifest(&label).await {
+        Ok(m) => m,
+        Err(e @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. } | Error::BackupNotFound { .. })) => {
+            return Ok(damaged(e.to_string()))
+        }
+        Err(e) => return Err(e),
+    };
+    let (status, problem) = if let Some(missing) = repo.missing_backup_objects(&m).await? {
+        (BackupStatus::Damaged, Some(missing))
+    } else if let Some(gap) = missing_wal(&m, archived, repo.config().wal_segment_size) {
+        (BackupStatus::NotRestorable, Some(gap))
+    } else {
+        (BackupStatus::Ok, None)
+    };
+    Ok(BackupInfo { label, status, problem, details: Some(details(m)) })
+}
+
+fn details(m: Manifest) -> BackupDetails {
+    BackupDetails {
+        files: m.files.iter().filter(|f| f.kind == FileKind::File).count(),
+        backup_type: m.backup_type,
+        parent: m.parent,
+        start_time: m.start_time,
+        stop_time: m.stop_time,
+        start_lsn: m.start_lsn,
+        stop_lsn: m.stop_lsn,
+        timeline: m.timeline,
+        pg_version: m.pg_version,
+        size: m.size,
+        stored_new: m.stored_new,
+        wal_included: m.wal_included,
+        wal_start: m.wal_start,
+        wal_stop: m.wal_stop,
+    }
 }

@@ -10,11 +10,11 @@ pub mod lineage;
 pub mod restore;
 pub mod stanza;
 
-pub use archive::{archive_get, archive_push, archive_summary, PushOutcome, TimelineArchive};
+pub use archive::{archive_get, archive_push, archive_summary, GetOptions, PushOutcome, TimelineArchive};
 pub use archive_async::archive_push_configured;
 pub use backup::{backup, BackupRequest, BackupSummary};
 pub use check::{check, CheckReport, CheckRequest};
-pub use info::{info, BackupInfo, InfoReport};
+pub use info::{info, BackupDetails, BackupInfo, BackupStatus, InfoReport};
 pub use lineage::BackupType;
 pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary};
 pub use stanza::{stanza_create, StanzaCreateRequest};

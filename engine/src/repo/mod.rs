@@ -368,6 +368,24 @@ impl Repository {
         Ok(labels)
     }
 
+    /// Why a visible backup's own objects are not all there (manifest aside, which
+    /// [`Repository::load_manifest`] authenticates): its `backup_manifest` and every
+    /// block list part the manifest implies. One listing; no part is decrypted.
+    pub async fn missing_backup_objects(&self, m: &Manifest) -> Result<Option<String>> {
+        let prefix = format!("{BACKUP_PREFIX}{}/", m.label);
+        let present: std::collections::HashSet<String> =
+            self.storage.list(&prefix).await?.into_iter().map(|o| o.key).collect();
+        let parts = m.blocks.div_ceil(m.blocks_per_part.max(1) as u64) as u32;
+        let wanted = std::iter::once(server_manifest_key(&m.label))
+            .chain((0..parts).map(|n| blocklist::block_part_key(&m.label, n)));
+        for key in wanted {
+            if !present.contains(&key) {
+                return Ok(Some(format!("{key} is missing")));
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
         check_label(label).map_err(Error::Config)?;
         let m: Manifest = self.get_meta(&manifest_key(label)).await.map_err(|e| match e.storage_kind() {

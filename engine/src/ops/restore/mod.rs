@@ -124,6 +124,23 @@ async fn compare_all(
     Ok(actions)
 }
 
+/// Refuse, before anything is written, a backup whose own objects or WAL are not
+/// all there: PostgreSQL could not start on it (`info` marks it the same way).
+async fn check_restorable(repo: &Repository, m: &Manifest) -> Result<()> {
+    let problem = match repo.missing_backup_objects(m).await? {
+        Some(p) => Some(p),
+        None if m.wal_included => None,
+        None => {
+            let archived = crate::ops::archive::archived_segments(repo).await?;
+            crate::ops::archive::missing_wal(m, &archived, repo.config().wal_segment_size)
+        }
+    };
+    match problem {
+        None => Ok(()),
+        Some(detail) => Err(Error::Corrupt { what: format!("backup {}", m.label), detail }),
+    }
+}
+
 fn escape_tablespace_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len());
     for c in p.chars() {
@@ -144,6 +161,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
         }
     };
     let manifest = repo.load_manifest(&label).await?;
+    check_restorable(repo, &manifest).await?;
     if req.recovery.target == RecoveryTarget::None && !manifest.wal_included {
         return Err(Error::Config(format!(
             "backup {label} does not carry its WAL (it relies on the archive from {} to {}): --type=none cannot make it consistent; use --type=immediate",
