@@ -165,7 +165,36 @@ impl Cluster {
     /// its postgresql.auto.conf). When root, the directory and its tablespace directories
     /// are chowned to `postgres` first. Drop removes them too if they lie under the test root.
     pub fn start_restored(version: PgVersion, data_dir: &Path) -> Cluster {
-        let mut cluster = Cluster {
+        let mut cluster = Self::prepare_restored(version, data_dir);
+        let auto_conf = data_dir.join("postgresql.auto.conf");
+        cluster.start_retrying_port(&auto_conf);
+        cluster
+    }
+
+    /// Like `start_restored` for a server expected to stop by itself during recovery
+    /// (recovery aborted): whether pg_ctl saw it come up is not asserted. Use
+    /// `wait_stopped` and `server_log` to see what happened.
+    pub fn launch_restored(version: PgVersion, data_dir: &Path) -> Cluster {
+        let cluster = Self::prepare_restored(version, data_dir);
+        let _ = cluster.try_start();
+        cluster
+    }
+
+    /// Waits until the server has exited on its own (no postmaster.pid left).
+    pub fn wait_stopped(&self, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.data_dir.join("postmaster.pid").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server still running after {timeout:?}:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    fn prepare_restored(version: PgVersion, data_dir: &Path) -> Cluster {
+        let cluster = Cluster {
             version,
             dir: unique_dir(&format!("r{}", version.major())),
             data_dir: data_dir.to_path_buf(),
@@ -192,7 +221,6 @@ impl Cluster {
         for target in &cluster.tablespace_dirs {
             chown_to_postgres(target);
         }
-        cluster.start_retrying_port(&auto_conf);
         cluster
     }
 
