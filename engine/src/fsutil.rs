@@ -151,6 +151,17 @@ fn hostname() -> String {
     }
 }
 
+/// Write `data` to `dest` durably through a temp file in `tmp_dir` (created if
+/// needed, on the same filesystem as `dest`), first sweeping the temp files that
+/// killed writers left there: what a kill -9 leaves never outlives the next write.
+pub fn write_file_via(tmp_dir: &Path, dest: &Path, data: &[u8], mode: Commit) -> io::Result<()> {
+    create_dir_all_durable(tmp_dir)?;
+    sweep_stale_temps(tmp_dir);
+    let mut f = DurableFile::create_in(tmp_dir, dest)?;
+    f.file().write_all(data)?;
+    f.commit(mode)
+}
+
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -203,11 +203,6 @@ async fn prefetch_following(repo: &Repository, p: &Prefetch, file: WalFile) {
     };
     let seg_size = repo.config().wal_segment_size;
     let tmp = p.spool.join(".tmp");
-    if let Err(e) = fsutil::create_dir_all_durable(&tmp) {
-        tracing::warn!("cannot create prefetch spool {}: {e}; not prefetching", p.spool.display());
-        return;
-    }
-    fsutil::sweep_stale_temps(&tmp);
     prune_spool(&p.spool, &segment_name(timeline, segno, seg_size));
     let names: Vec<String> = (1..=p.segments as u64)
         .map(|i| segment_name(timeline, segno + i, seg_size))
@@ -219,11 +214,7 @@ async fn prefetch_following(repo: &Repository, p: &Prefetch, file: WalFile) {
             Some(Ok(Some(data))) => {
                 let id = hex::encode(repo.wal_content_id(&data).0);
                 let dest = p.spool.join(format!("{n}.{id}"));
-                let write = tokio::task::block_in_place(|| {
-                    let mut f = fsutil::DurableFile::create_in(&tmp, &dest)?;
-                    std::io::Write::write_all(f.file(), &data)?;
-                    f.commit(Commit::Replace)
-                });
+                let write = tokio::task::block_in_place(|| fsutil::write_file_via(&tmp, &dest, &data, Commit::Replace));
                 if let Err(e) = write {
                     tracing::warn!("cannot prefetch {n} into {}: {e}", p.spool.display());
                 }

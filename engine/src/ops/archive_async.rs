@@ -90,7 +90,10 @@ impl Spool {
             }
         }
         let dest = self.out().join(&name);
-        fsutil::write_file(&dest, &data, Commit::Replace).ctx(|| format!("cannot queue {}", dest.display()))
+        // The temp file lives outside out/: a killed enqueue must neither count
+        // against the queue bound nor stay behind (swept by the next enqueue).
+        fsutil::write_file_via(&self.root.join(".tmp"), &dest, &data, Commit::Replace)
+            .ctx(|| format!("cannot queue {}", dest.display()))
     }
 
     fn queue_full(&self, s: &Settings, name: &str, queued: u64, max: u64) -> Result<()> {

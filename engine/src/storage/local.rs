@@ -2,7 +2,7 @@
 //! LocalFileSystem because that one does not fsync; every write here goes through
 //! [`crate::fsutil`] (temp → fsync → link → fsync directory).
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -85,11 +85,7 @@ impl Storage for LocalStorage {
             if let Some(parent) = path.parent() {
                 fsutil::create_dir_all_durable(parent).map_err(io)?;
             }
-            fsutil::create_dir_all_durable(&tmp_dir).map_err(io)?;
-            fsutil::sweep_stale_temps(&tmp_dir);
-            let mut f = fsutil::DurableFile::create_in(&tmp_dir, &path).map_err(io)?;
-            f.file().write_all(&data).map_err(io)?;
-            f.commit(fsutil::Commit::CreateOnly).map_err(io)
+            fsutil::write_file_via(&tmp_dir, &path, &data, fsutil::Commit::CreateOnly).map_err(io)
         })
         .await
     }
