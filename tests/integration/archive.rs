@@ -283,8 +283,22 @@ fn killed_archive_push_is_retried_cleanly() {
     }
     let o = a.push(&segment);
     assert!(o.status.success(), "retry after kill -9 failed: {}", String::from_utf8_lossy(&o.stderr));
-    // (Temp files of killed writes start with '.'; readers never see them.)
     assert_eq!(a.archived_names().iter().filter(|n| **n == name).count(), 1, "exactly one object for the segment");
+    // Regression (issue 10, defect 7): killed pushes left `.<segment>.pgcairn-tmp.*`
+    // files in wal/ that nothing removed. Temp files now live in .tmp/, named by
+    // their writer, and the next push removes those of dead writers.
+    let wal_dir = a.repo.path().join("main/wal/00000001");
+    let dotfiles: Vec<_> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(dotfiles.is_empty(), "temp files in {}: {dotfiles:?}", wal_dir.display());
+    let tmp = a.repo.path().join("main/.tmp");
+    let left: Vec<_> =
+        std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "temp files of killed pushes left in {}: {left:?}", tmp.display());
     let dest = TestDir::new("get");
     assert!(a.get(&name, &dest.path().join("x")).status.success());
     assert!(std::fs::read(dest.path().join("x")).unwrap() == std::fs::read(&segment).unwrap());

@@ -5,6 +5,7 @@
 mod archive;
 mod cli;
 mod errors;
+mod hardening;
 mod incremental;
 mod roundtrip;
 mod s3_storage;
