@@ -19,6 +19,9 @@ pub mod progress;
 pub mod repo;
 pub mod storage;
 
+#[cfg(test)]
+mod hostile_input;
+
 pub use error::{Error, Result};
 
 /// Keep glibc's malloc from holding on to freed memory, so peak RSS follows what is

@@ -59,6 +59,11 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// Largest backend message accepted. BASE_BACKUP's CopyData pieces and every reply
+/// to our queries are far smaller; a larger length is a broken or hostile peer and
+/// must not decide how much memory we reserve.
+const MAX_MESSAGE_LEN: usize = 64 << 20;
+
 /// Fields of an ErrorResponse or NoticeResponse.
 #[derive(Debug, Clone, Default)]
 pub struct ServerMessage {
@@ -100,8 +105,10 @@ pub fn parse_data_row(mut body: &[u8]) -> Result<Row, String> {
     if body.len() < 2 {
         return Err("short DataRow".into());
     }
-    let n = body.get_i16() as usize;
-    let mut row = Vec::with_capacity(n);
+    // The count is an Int16 the server chose: never size an allocation by it
+    // (a negative one became a huge usize); every column takes at least 4 bytes.
+    let n = body.get_u16() as usize;
+    let mut row = Vec::with_capacity(n.min(body.len() / 4));
     for _ in 0..n {
         if body.len() < 4 {
             return Err("short DataRow".into());
@@ -203,7 +210,7 @@ impl ReplicationConnection {
         loop {
             if self.rbuf.len() >= 5 {
                 let len = u32::from_be_bytes(self.rbuf[1..5].try_into().unwrap()) as usize;
-                if len < 4 {
+                if !(4..=MAX_MESSAGE_LEN).contains(&len) {
                     return Err(self.protocol(format!("message length {len} is invalid")));
                 }
                 if self.rbuf.len() > len {

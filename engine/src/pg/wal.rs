@@ -32,7 +32,9 @@ fn hex8(s: &str) -> Option<u32> {
 }
 
 fn parse_segment(s: &str) -> Option<(u32, u32, u32)> {
-    if s.len() != 24 {
+    // ASCII first: slicing a 24-byte name with multi-byte characters at 8 and 16
+    // panicked (found by the hostile-input property test).
+    if s.len() != 24 || !s.is_ascii() {
         return None;
     }
     Some((hex8(&s[0..8])?, hex8(&s[8..16])?, hex8(&s[16..24])?))
@@ -262,6 +264,8 @@ mod tests {
         assert_eq!(WalFile::parse("00000001000000000000000g"), None);
         assert_eq!(WalFile::parse("00000001000000000000000a"), None, "PostgreSQL writes upper case");
         assert_eq!(WalFile::parse("RECOVERYXLOG"), None);
+        // Regression: 24 bytes with a multi-byte character across byte 8 panicked.
+        assert_eq!(WalFile::parse("🕴'w=𞸹<𐔠𝪡𐤿"), None);
         assert_eq!(segment_name(1, 0x1_0000_0003, SEG), "000000010100000000000003");
         assert_eq!(segment_name(2, 0x1FF, SEG), "0000000200000001000000FF");
     }

@@ -43,6 +43,19 @@ pub fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Decompress one or more concatenated zstd frames of unknown total size, refusing
+/// more than `limit` bytes of output: in an unencrypted stanza nothing authenticates
+/// the input, and a small frame can claim gigabytes.
+pub fn decompress_bounded(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(data)?.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::other(format!("decompresses to more than {limit} bytes")));
+    }
+    Ok(out)
+}
+
 /// Compress, then seal with the chunk id as associated data.
 pub fn seal_block(cipher: &Cipher, level: i32, id: &ChunkId, data: &[u8]) -> Vec<u8> {
     cipher.seal(&id.0, &compress(level, data))

@@ -62,6 +62,10 @@ const MAX_KDF_M_COST: u32 = 4 << 20;
 const MAX_KDF_T_COST: u32 = 64;
 const MAX_KDF_P_COST: u32 = 64;
 
+/// Largest plaintext of a metadata object (a manifest of millions of files stays far
+/// below): a bound on what a forged frame in an unencrypted stanza can make us allocate.
+const MAX_METADATA_LEN: u64 = 4 << 30;
+
 /// Every chunk the index objects list, and where it lives.
 pub type ChunkIndex = HashMap<ChunkId, BlockLocation>;
 
@@ -270,7 +274,7 @@ impl Repository {
             .meta
             .open(meta_aad(key).as_bytes(), &sealed)
             .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: e.to_string() })?;
-        zstd::stream::decode_all(&compressed[..])
+        blob::decompress_bounded(&compressed, MAX_METADATA_LEN)
             .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: format!("zstd: {e}") })
     }
 
@@ -478,7 +482,7 @@ fn meta_aad(key: &str) -> String {
     format!("{AAD_METADATA_PREFIX}{key}")
 }
 
-fn parse_config(location: &str, raw: &[u8]) -> Result<RepoConfig> {
+pub(crate) fn parse_config(location: &str, raw: &[u8]) -> Result<RepoConfig> {
     let corrupt = |detail: String| Error::Corrupt { what: format!("repository config in {location}"), detail };
     // Read the version before anything else so a future format is refused by
     // version, not by a confusing parse error.

@@ -63,7 +63,9 @@ impl Repository {
             .wal_cipher()
             .open(wal_aad(key).as_bytes(), &object[WAL_HEADER_LEN..])
             .map_err(|e| corrupt(e.to_string()))?;
-        let data = zstd::stream::decode_all(&compressed[..]).map_err(|e| corrupt(format!("zstd: {e}")))?;
+        // No archived file is larger than a segment (history and backup files are small).
+        let limit = self.config().wal_segment_size as u64;
+        let data = blob::decompress_bounded(&compressed, limit).map_err(|e| corrupt(format!("zstd: {e}")))?;
         if self.wal_content_id(&data) != id {
             return Err(corrupt("content does not match its id".into()));
         }

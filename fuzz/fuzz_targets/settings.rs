@@ -1,0 +1,12 @@
+//! Text from the command line, the environment and the config file.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|text: &str| {
+    let _ = pgcairn::pg::ConnParams::resolve_with(text, &|_| None);
+    let _ = pgcairn::storage::RepoLocation::parse(text);
+    let _ = pgcairn::config::ConfigFile::parse(text, std::path::Path::new("fuzz.toml"));
+    let _ = text.parse::<pgcairn::pg::lsn::Lsn>();
+    let _ = pgcairn::repo::format::check_stanza_name(text);
+    let _ = pgcairn::storage::check_key("get", text, false);
+});
