@@ -40,6 +40,10 @@ export PGCAIRN_REPO="$DEMO/repo" PGCAIRN_STANZA=demo PGCAIRN_PG="host=$DEMO port
 export PGCAIRN_REPO_PASSPHRASE="demo passphrase, use a long random one in production"
 echo "== pgcairn stanza-create"
 "$PGCAIRN" stanza-create
+# restore_command (pgcairn archive-get) runs as the server's user, without our
+# environment: it unlocks the repository with a key file it can read.
+"$PGCAIRN" key-file --output="$DEMO/demo.key"
+export PGCAIRN_REPO_KEY_FILE="$DEMO/demo.key"
 echo "== pgcairn backup (pgbench writing meanwhile)"
 "$PGBIN/pgbench" -h "$DEMO" -p "$P1" -U postgres -n -c 2 -T 5 postgres >/dev/null 2>&1 &
 sleep 1
@@ -53,7 +57,9 @@ echo "== pgcairn info"
 "$PGCAIRN" info
 echo "== pgcairn restore (the newest backup: the diff) into $DEMO/restored"
 "$PGCAIRN" restore --pg-data="$DEMO/restored"
-[ "$(id -u)" = 0 ] && chown -R postgres "$DEMO/restored"
+# Everything pgcairn creates is private (0600/0700): the server's user must own the
+# repository and key file to read WAL from it during recovery.
+[ "$(id -u)" = 0 ] && chown -R postgres "$DEMO/restored" "$DEMO/repo" "$DEMO/demo.key"
 printf "port=%s\n" "$P2" >>"$DEMO/restored/postgresql.auto.conf"
 as_pg "$PGBIN/pg_ctl" -D "$DEMO/restored" -l "$DEMO/restored.log" -w start >/dev/null
 verify() {

@@ -327,6 +327,9 @@ fn unencrypted_repository_only_on_request() {
     let target = TestDir::new("restore");
     let data = target.path().join("data");
     p.ok(&["restore", &format!("--pg-data={}", data.display()), &format!("--set={label}")]);
+    // restore_command runs as the server's user: it must be able to read the
+    // repository, which pgcairn creates 0700 (an unreadable one stops recovery).
+    crate::support::chown_to_postgres(repo.path());
     let restored = Cluster::start_restored(PgVersion::V15, &data);
     assert_eq!(restored.psql("SELECT count(*) FROM pg_database WHERE datname = 'postgres'"), "1");
 }

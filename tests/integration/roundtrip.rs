@@ -103,6 +103,10 @@ fn roundtrip(version: PgVersion) {
             let key = key_dir.path().join("repo.key");
             p.ok(&["key-file", &format!("--output={}", key.display())]);
             crate::support::chown_to_postgres(&key);
+            // restore_command runs as the server's user and must read the repository
+            // (created 0700): an unreadable one now stops recovery (exit 200) instead
+            // of passing for the end of the archive.
+            crate::support::chown_to_postgres(local_repo.path());
             args.push(format!("--repo-key-file={}", key.display()));
         } else {
             args.push("--type=none".into());
@@ -134,6 +138,11 @@ fn rand_u64() -> u64 {
 #[test]
 fn roundtrip_pg15() {
     roundtrip(PgVersion::V15);
+}
+
+#[test]
+fn roundtrip_pg16() {
+    roundtrip(PgVersion::V16);
 }
 
 #[test]
