@@ -1,6 +1,6 @@
 //! The storage conformance suite against a real S3-compatible server.
 
-use pgcairn::repo::Secret;
+use pgcairn::crypto::Secret;
 use pgcairn::storage::s3::{S3Settings, S3Storage};
 use pgcairn::storage::Storage;
 

@@ -15,6 +15,29 @@ use rand::RngCore;
 use sha2::Sha256;
 
 pub const KEY_LEN: usize = 32;
+
+/// A secret string (passphrase, password): never printed, wiped from memory when
+/// dropped.
+#[derive(Clone)]
+pub struct Secret(zeroize::Zeroizing<String>);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(zeroize::Zeroizing::new(s.into()))
+    }
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Key material that is wiped from memory when dropped.
+pub type KeyBytes = zeroize::Zeroizing<[u8; KEY_LEN]>;
 pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 
@@ -45,12 +68,12 @@ pub enum CryptoError {
 }
 
 /// Derive a key-encryption key from a passphrase.
-pub fn derive_kek(passphrase: &[u8], salt: &[u8], kdf: KeySlotKdf) -> Result<[u8; KEY_LEN], CryptoError> {
+pub fn derive_kek(passphrase: &[u8], salt: &[u8], kdf: KeySlotKdf) -> Result<KeyBytes, CryptoError> {
     let params = argon2::Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(KEY_LEN))
         .map_err(|e| CryptoError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let mut out = [0u8; KEY_LEN];
-    argon.hash_password_into(passphrase, salt, &mut out).map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    let mut out = KeyBytes::new([0u8; KEY_LEN]);
+    argon.hash_password_into(passphrase, salt, &mut *out).map_err(|e| CryptoError::Kdf(e.to_string()))?;
     Ok(out)
 }
 
@@ -61,10 +84,10 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// HKDF-SHA256 expansion of the master key for one purpose.
-pub fn derive_subkey(master: &[u8; KEY_LEN], info: &[u8]) -> [u8; KEY_LEN] {
+pub fn derive_subkey(master: &[u8; KEY_LEN], info: &[u8]) -> KeyBytes {
     let hk = Hkdf::<Sha256>::new(Some(b"pgcairn v1"), master);
-    let mut out = [0u8; KEY_LEN];
-    hk.expand(info, &mut out).expect("32 bytes is a valid HKDF-SHA256 length");
+    let mut out = KeyBytes::new([0u8; KEY_LEN]);
+    hk.expand(info, &mut *out).expect("32 bytes is a valid HKDF-SHA256 length");
     out
 }
 

@@ -486,7 +486,7 @@ mod tests {
             archive_push(&repo, &p, 1).await.unwrap();
         }
         let fault = Arc::new(FaultStorage::new(mem));
-        let repo = Repository::open(fault.clone(), "main", Some(&crate::repo::Secret::new("pw"))).await.unwrap();
+        let repo = Repository::open(fault.clone(), "main", Some(&crate::crypto::Secret::new("pw"))).await.unwrap();
         (fault, repo)
     }
 

@@ -1,12 +1,13 @@
 //! stanza-create: connect to the cluster, record its identity, initialise the repository.
 
 use crate::crypto::KeySlotKdf;
+use crate::crypto::Secret;
 use crate::error::{Error, Result};
 use crate::pg::replication::SystemInfo;
 use crate::pg::version;
 use crate::pg::{ConnParams, ReplicationConnection};
 use crate::repo::format::RepoConfig;
-use crate::repo::{CreateOptions, Repository, Secret, DEFAULT_BLOCK_SIZE, DEFAULT_PACK_SIZE};
+use crate::repo::{CreateOptions, Repository, DEFAULT_BLOCK_SIZE, DEFAULT_PACK_SIZE};
 use crate::storage::DynStorage;
 
 #[derive(Debug, Clone)]

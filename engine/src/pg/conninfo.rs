@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::crypto::Secret;
 use crate::error::{Error, Result};
-use crate::repo::Secret;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {

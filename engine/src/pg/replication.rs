@@ -59,6 +59,22 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// A memory-unit GUC as SHOW prints it (`16MB`, `1GB`, `8192`; units are powers of
+/// 1024, as in PostgreSQL's GUC_UNIT_BYTE settings).
+fn parse_guc_bytes(v: &str) -> Option<u64> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
 /// Largest backend message accepted. BASE_BACKUP's CopyData pieces and every reply
 /// to our queries are far smaller; a larger length is a broken or hostile peer and
 /// must not decide how much memory we reserve.
@@ -407,7 +423,7 @@ impl ReplicationConnection {
     /// wal_segment_size in bytes ("16MB" → 16777216).
     pub async fn wal_segment_size(&mut self) -> Result<u32> {
         let v = self.show("wal_segment_size").await?;
-        crate::config::parse_size(&v)
+        parse_guc_bytes(&v)
             .and_then(|s| u32::try_from(s).ok())
             .ok_or_else(|| self.protocol(format!("cannot parse wal_segment_size {v:?}")))
     }
@@ -437,5 +453,28 @@ pub fn log_notice(m: &ServerMessage) {
         tracing::warn!("server warning: {}", m.message);
     } else {
         tracing::info!("server {}: {}", m.severity.to_lowercase(), m.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guc_sizes_as_show_prints_them() {
+        assert_eq!(parse_guc_bytes("16MB"), Some(16 << 20));
+        assert_eq!(parse_guc_bytes("1GB"), Some(1 << 30));
+        assert_eq!(parse_guc_bytes("8192"), Some(8192));
+        assert_eq!(parse_guc_bytes("64kB"), Some(64 << 10));
+        assert_eq!(parse_guc_bytes("16MiB"), None);
+        assert_eq!(parse_guc_bytes("MB"), None);
+    }
+
+    /// Regression: a DataRow whose Int16 column count was negative became a huge
+    /// usize that sized `Vec::with_capacity` (found reviewing the decoders).
+    #[test]
+    fn negative_column_count_is_an_error_not_an_allocation() {
+        let body = [0xff, 0xff, 0, 0, 0, 1, b'x'];
+        assert!(parse_data_row(&body).is_err());
     }
 }

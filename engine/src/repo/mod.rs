@@ -14,7 +14,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::crypto::{self, Cipher, KeySlotKdf, KEY_LEN};
+use crate::crypto::{self, Cipher, KeyBytes, KeySlotKdf, KEY_LEN};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::storage::DynStorage;
 use blocklist::{BlockLocation, BlockPart, DeltaBase, PackRef};
@@ -22,24 +22,7 @@ use format::*;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// A secret string (passphrase). Never printed.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::crypto::Secret;
 
 /// Choices fixed at stanza-create.
 #[derive(Debug, Clone)]
@@ -72,8 +55,9 @@ pub type ChunkIndex = HashMap<ChunkId, BlockLocation>;
 pub struct Repository {
     storage: DynStorage,
     config: RepoConfig,
-    master: [u8; KEY_LEN],
-    chunk_key: [u8; KEY_LEN],
+    /// Wiped from memory when the handle is dropped, like every key derived here.
+    master: KeyBytes,
+    chunk_key: KeyBytes,
     meta: Cipher,
 }
 
@@ -207,7 +191,7 @@ impl Repository {
     pub fn write_key_file(&self, path: &std::path::Path) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::PermissionsExt;
-        let kf = KeyFile { repository_id: self.config.repository_id.clone(), master_key: B64.encode(self.master) };
+        let kf = KeyFile { repository_id: self.config.repository_id.clone(), master_key: B64.encode(&self.master[..]) };
         let ctx = |e: std::io::Error| Error::io(format!("cannot write key file {}", path.display()), e);
         let mut f = crate::fsutil::DurableFile::create(path).map_err(ctx)?;
         f.file().set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(ctx)?;
@@ -231,7 +215,7 @@ impl Repository {
 
     fn with_master(storage: DynStorage, config: RepoConfig, master: [u8; KEY_LEN]) -> Self {
         let chunk_key = crypto::derive_subkey(&master, INFO_CHUNK_ID);
-        let mut repo = Self { storage, config, master, chunk_key, meta: Cipher::Plain };
+        let mut repo = Self { storage, config, master: KeyBytes::new(master), chunk_key, meta: Cipher::Plain };
         repo.meta = repo.purpose_cipher(INFO_METADATA);
         repo
     }
@@ -245,7 +229,7 @@ impl Repository {
     pub fn location(&self) -> String {
         self.storage.location()
     }
-    pub fn chunk_key(&self) -> &[u8; KEY_LEN] {
+    pub(crate) fn chunk_key(&self) -> &[u8; KEY_LEN] {
         &self.chunk_key
     }
 
@@ -353,7 +337,7 @@ impl Repository {
     /// backup whose blocks it reuses).
     pub fn data_ciphers(&self) -> DataCiphers {
         DataCiphers {
-            master: (self.config.encryption == Encryption::Aes256Gcm).then_some(self.master),
+            master: (self.config.encryption == Encryption::Aes256Gcm).then(|| self.master.clone()),
             made: Default::default(),
         }
     }
@@ -411,7 +395,7 @@ impl Repository {
 
 /// See [`Repository::data_ciphers`].
 pub struct DataCiphers {
-    master: Option<[u8; KEY_LEN]>,
+    master: Option<KeyBytes>,
     made: std::sync::Mutex<HashMap<[u8; 16], Arc<Cipher>>>,
 }
 

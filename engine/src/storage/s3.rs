@@ -22,7 +22,7 @@ use crate::error::{Error, Result, StorageErrorKind};
 pub struct S3Settings {
     pub endpoint: Option<String>,
     pub region: Option<String>,
-    pub credentials: Option<(String, crate::repo::Secret)>,
+    pub credentials: Option<(String, crate::crypto::Secret)>,
 }
 
 #[derive(Debug)]
