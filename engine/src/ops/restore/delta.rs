@@ -33,18 +33,10 @@ pub(super) enum Action {
 }
 
 /// A non-empty delta target must look like what it will be overwritten with: a data
-/// directory (PG_VERSION) or a tablespace directory (a `PG_<major>_<catalog>` entry).
-/// A mistyped --pg-data or --tablespace-map must not wipe an unrelated directory.
+/// directory or a tablespace directory. A mistyped --pg-data or --tablespace-map
+/// must not wipe an unrelated directory.
 pub(super) fn check_target(dir: &Path, tablespace: bool) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format!("cannot read restore target {}", dir.display()), e)),
-    };
-    let names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into()).collect();
-    let looks_right =
-        if tablespace { names.iter().any(|n| n.starts_with("PG_")) } else { names.iter().any(|n| n == "PG_VERSION") };
-    if names.is_empty() || looks_right {
+    if crate::pg::datadir::looks_like_postgres(dir, tablespace)? {
         return Ok(());
     }
     let what = if tablespace { "a PG_<version> directory" } else { "PG_VERSION" };

@@ -2,10 +2,14 @@
 //! data directory, fetching only the blocks that differ (see `delta`). Ranged reads of
 //! the packs, decrypt + decompress + verify on rayon, new files written temp → fsync →
 //! rename, tablespace links, modes, and pg_control last.
+//!
+//! Four phases: [`plan`] (which backup, where each file goes; nothing touched),
+//! [`prepare`] (targets checked, a delta compared, directories made), [`execute`]
+//! (files fetched and written, pg_control last), [`finalize`] (tablespaces, links,
+//! modes, recovery settings).
 
 mod delta;
 mod fetch;
-mod recovery;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -16,17 +20,15 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, Commit};
+use crate::pg::datadir::{self, PG_CONTROL, TABLESPACE_MAP};
+use crate::pg::recovery::write_recovery;
+pub use crate::pg::recovery::{Recovery, RecoveryTarget};
 use crate::progress::Progress;
 use crate::repo::blocklist::{block_count, BlockListReader, BLOCKS_PER_PART};
 use crate::repo::format::*;
 use crate::repo::Repository;
 use delta::{Action, Compared};
 use fetch::{Ctx, FileJob, PARALLEL_FILES};
-use recovery::write_recovery;
-pub use recovery::{Recovery, RecoveryTarget};
-
-/// Written last, so PostgreSQL cannot start on a partial restore.
-const PG_CONTROL: &str = "global/pg_control";
 
 pub struct RestoreRequest {
     pub target: PathBuf,
@@ -52,21 +54,278 @@ pub struct RestoreSummary {
     pub seconds: f64,
 }
 
-/// Refuse a directory a live postmaster uses (a stale postmaster.pid is fine).
-fn check_not_running(dir: &Path) -> Result<()> {
-    let pid_file = dir.join("postmaster.pid");
-    if let Ok(text) = std::fs::read_to_string(&pid_file) {
-        if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) {
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            if pid > 0 && unsafe { libc::kill(pid, 0) } == 0 {
-                return Err(Error::RestoreTarget {
-                    path: dir.to_path_buf(),
-                    reason: format!("PostgreSQL (pid {pid}) is running in it: stop it, then restore"),
-                });
+/// What a restore will do, decided before anything is touched.
+struct Plan {
+    label: String,
+    manifest: Manifest,
+    /// Tablespace OID → the directory it is restored into.
+    ts_dirs: HashMap<u32, PathBuf>,
+    /// Every regular file but tablespace_map, with where its blocks start.
+    jobs: Vec<FileJob>,
+}
+
+impl Plan {
+    fn dest_of(&self, target: &Path, f: &FileEntry) -> PathBuf {
+        match f.tablespace {
+            None => target.join(&f.path),
+            Some(oid) => self.ts_dirs[&oid].join(&f.path),
+        }
+    }
+
+    /// The restore target and every tablespace directory, with whether it is one.
+    fn roots<'a>(&'a self, target: &'a PathBuf) -> impl Iterator<Item = (&'a PathBuf, Option<u32>)> {
+        std::iter::once((target, None)).chain(self.ts_dirs.iter().map(|(oid, d)| (d, Some(*oid))))
+    }
+}
+
+pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreSummary> {
+    let started = std::time::Instant::now();
+    let mut plan = plan(repo, req).await?;
+    let block_list = BlockListReader::new(repo, &plan.manifest, PARALLEL_FILES);
+    let actions = prepare(repo, req, &plan, &block_list).await?;
+    let unchanged = actions.iter().filter(|a| **a == Action::Keep).count();
+    let ctx = Arc::new(Ctx {
+        repo_storage: repo.storage().clone(),
+        chunk_key: *repo.chunk_key(),
+        ciphers: repo.data_ciphers(),
+        blocks: block_list,
+        label: plan.label.clone(),
+        progress: req.progress.clone(),
+    });
+    let jobs = std::mem::take(&mut plan.jobs);
+    let files = jobs.len();
+    let bytes_fetched = execute(req, &plan, ctx, jobs, actions).await?;
+    finalize(req, &plan)?;
+    Ok(RestoreSummary {
+        files,
+        bytes: plan.manifest.size,
+        label: plan.label,
+        files_unchanged: unchanged,
+        bytes_fetched,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Which backup, and where each of its files goes. Refuses a backup that cannot be
+/// restored before anything is written.
+async fn plan(repo: &Repository, req: &RestoreRequest) -> Result<Plan> {
+    let label = match &req.set {
+        Some(l) => l.clone(),
+        None => {
+            repo.list_backups().await?.pop().ok_or_else(|| Error::NoBackups { stanza: repo.config().stanza.clone() })?
+        }
+    };
+    let manifest = repo.load_manifest(&label).await?;
+    check_restorable(repo, &manifest).await?;
+    if req.recovery.target == RecoveryTarget::None && !manifest.wal_included {
+        return Err(Error::Config(format!(
+            "backup {label} does not carry its WAL (it relies on the archive from {} to {}): --type=none cannot make it consistent; use --type=immediate",
+            manifest.wal_start.as_deref().unwrap_or("?"),
+            manifest.wal_stop.as_deref().unwrap_or("?")
+        )));
+    }
+    let ts_dirs = manifest
+        .tablespaces
+        .iter()
+        .map(|t| (t.oid, req.tablespace_map.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
+        .collect();
+    let mut plan = Plan { label, manifest, ts_dirs, jobs: Vec::new() };
+    let mut next = 0u64;
+    for f in plan.manifest.files.iter().filter(|f| f.kind == FileKind::File) {
+        let count = block_count(f.size, plan.manifest.block_size);
+        if !(f.tablespace.is_none() && f.path == TABLESPACE_MAP) {
+            plan.jobs.push(FileJob { entry: f.clone(), dest: plan.dest_of(&req.target, f), first: next, count });
+        }
+        next += count;
+    }
+    if next != plan.manifest.blocks {
+        return Err(Error::Corrupt {
+            what: format!("backup {}", plan.label),
+            detail: format!("its files have {next} blocks, its block list {}", plan.manifest.blocks),
+        });
+    }
+    Ok(plan)
+}
+
+/// Check the targets, decide what each file needs (a delta compares what is on
+/// disk), clear what a delta must not leave, and make the directories.
+async fn prepare(
+    repo: &Repository,
+    req: &RestoreRequest,
+    plan: &Plan,
+    block_list: &BlockListReader<'_>,
+) -> Result<Vec<Action>> {
+    datadir::check_not_running(&req.target)?;
+    for (dir, oid) in plan.roots(&req.target) {
+        if req.delta {
+            delta::check_target(dir, oid.is_some())?;
+        } else {
+            check_empty_target(dir)?;
+        }
+    }
+    let mut actions = if req.delta {
+        req.progress.begin(&format!("delta restore {}: compare", plan.label), Some(plan.manifest.size));
+        let actions = compare_all(&plan.jobs, block_list, plan.manifest.block_size as u64, repo, &req.progress).await?;
+        req.progress.finish();
+        actions
+    } else {
+        block_list.check().await?;
+        vec![Action::Write; plan.jobs.len()]
+    };
+    let pg_control = req.target.join(PG_CONTROL);
+    if actions.iter().any(|a| *a != Action::Keep) {
+        // pg_control goes first and comes back last (see execute).
+        for (a, job) in actions.iter_mut().zip(&plan.jobs) {
+            if job.dest == pg_control {
+                *a = Action::Write;
             }
+        }
+        if req.delta {
+            remove_pg_control(&pg_control, &req.target)?;
+        }
+    }
+    if req.delta {
+        let mut removed = 0;
+        for (root, oid) in plan.roots(&req.target) {
+            let keep = delta::listed(plan.manifest.files.iter().filter(|f| f.tablespace == oid));
+            removed += delta::remove_extras(root, &keep)?;
+        }
+        tracing::info!("delta restore: removed {removed} files and directories the backup does not have");
+    }
+    make_directories(req, plan)?;
+    Ok(actions)
+}
+
+/// From here until the restore completes PostgreSQL must not start on a mix of old
+/// and new files: without pg_control it refuses to.
+fn remove_pg_control(pg_control: &Path, target: &Path) -> Result<()> {
+    match std::fs::remove_file(pg_control) {
+        Ok(()) => fsutil::sync_parent_dir(pg_control).ctx(|| format!("cannot fsync {}", target.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("cannot remove {}", pg_control.display()), e)),
+    }
+}
+
+fn make_directories(req: &RestoreRequest, plan: &Plan) -> Result<()> {
+    let mkdir = |d: &Path| fsutil::create_dir_all_durable(d).ctx(|| format!("cannot create directory {}", d.display()));
+    mkdir(&req.target)?;
+    std::fs::set_permissions(&req.target, std::fs::Permissions::from_mode(0o700))
+        .ctx(|| format!("cannot set mode of {}", req.target.display()))?;
+    for dir in plan.ts_dirs.values() {
+        mkdir(dir)?;
+    }
+    for f in plan.manifest.files.iter().filter(|f| f.kind == FileKind::Dir) {
+        mkdir(&plan.dest_of(&req.target, f))?;
+    }
+    // Parents of files whose directory entry the archive did not carry.
+    for f in plan.manifest.files.iter().filter(|f| f.kind == FileKind::File) {
+        if let Some(p) = plan.dest_of(&req.target, f).parent() {
+            mkdir(p)?;
         }
     }
     Ok(())
+}
+
+/// Fetch and write every file that needs it, pg_control last. Returns the bytes
+/// fetched.
+async fn execute(
+    req: &RestoreRequest,
+    plan: &Plan,
+    ctx: Arc<Ctx<'_>>,
+    jobs: Vec<FileJob>,
+    actions: Vec<Action>,
+) -> Result<u64> {
+    let block_size = plan.manifest.block_size as u64;
+    let fetch_bytes: u64 = jobs
+        .iter()
+        .zip(&actions)
+        .map(|(job, a)| match a {
+            Action::Keep => 0,
+            Action::Write => job.entry.size,
+            Action::Patch(list) => list.iter().map(|&b| block_size.min(job.entry.size - b as u64 * block_size)).sum(),
+        })
+        .sum();
+    req.progress.begin(&format!("restore {}", plan.label), Some(fetch_bytes));
+    let run = |job: FileJob, action: Action| {
+        let ctx = ctx.clone();
+        async move {
+            match action {
+                Action::Keep => std::fs::set_permissions(&job.dest, std::fs::Permissions::from_mode(job.entry.mode))
+                    .ctx(|| format!("cannot set mode of {}", job.dest.display())),
+                Action::Patch(list) => ctx.patch_file(job, block_size, list).await,
+                Action::Write => ctx.restore_file(job).await,
+            }
+        }
+    };
+    // pg_control last: until it is in place PostgreSQL cannot start on a partial restore.
+    let pg_control = req.target.join(PG_CONTROL);
+    let (last, rest): (Vec<_>, Vec<_>) = jobs.into_iter().zip(actions).partition(|(job, _)| job.dest == pg_control);
+    let mut restored = futures::stream::iter(rest.into_iter().map(|(f, a)| run(f, a)))
+        .buffer_unordered(PARALLEL_FILES)
+        .try_collect::<Vec<()>>()
+        .await;
+    if restored.is_ok() {
+        for (f, a) in last {
+            restored = run(f, a).await.map(|()| Vec::new());
+        }
+    }
+    if restored.is_err() {
+        // The operator will retry; say what stands in the way.
+        let hint = if req.delta {
+            "run the same restore with --delta again"
+        } else {
+            "remove that directory (and restored tablespace directories) before restoring again, or rerun with --delta"
+        };
+        tracing::error!("restore of backup {} into {} stopped part-way: {hint}", plan.label, req.target.display());
+    }
+    restored?;
+    req.progress.finish();
+    Ok(fetch_bytes)
+}
+
+/// Tablespace map and links, symlinks, directory modes, recovery settings; every
+/// directory fsynced.
+fn finalize(req: &RestoreRequest, plan: &Plan) -> Result<()> {
+    link_tablespaces(req, plan)?;
+    for f in plan.manifest.files.iter().filter(|f| f.kind == FileKind::Symlink) {
+        let dest = plan.dest_of(&req.target, f);
+        if dest.symlink_metadata().is_ok() {
+            continue; // a tablespace link made above
+        }
+        let target = f.link.clone().unwrap_or_default();
+        std::os::unix::fs::symlink(&target, &dest).ctx(|| format!("cannot create link {}", dest.display()))?;
+    }
+    // Directory modes last (a 0500 directory would block writes into it), then
+    // fsync every directory so the new entries are durable.
+    for f in plan.manifest.files.iter().filter(|f| f.kind == FileKind::Dir).rev() {
+        let d = plan.dest_of(&req.target, f);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(f.mode))
+            .ctx(|| format!("cannot set mode of {}", d.display()))?;
+        fsutil::sync_dir(&d).ctx(|| format!("cannot fsync {}", d.display()))?;
+    }
+    if req.recovery.target != RecoveryTarget::None {
+        write_recovery(&req.target, &plan.label, &req.recovery)?;
+    }
+    fsutil::sync_dir(&req.target).ctx(|| format!("cannot fsync {}", req.target.display()))
+}
+
+/// A tablespace_map naming the (possibly remapped) locations, which PostgreSQL turns
+/// into pg_tblspc links at startup, and the links themselves.
+fn link_tablespaces(req: &RestoreRequest, plan: &Plan) -> Result<()> {
+    if plan.ts_dirs.is_empty() {
+        return Ok(());
+    }
+    for (oid, dir) in &plan.ts_dirs {
+        let link = datadir::tablespace_link(&req.target, *oid);
+        if let Some(parent) = link.parent() {
+            fsutil::create_dir_all_durable(parent).ctx(|| format!("cannot create directory {}", parent.display()))?;
+        }
+        std::os::unix::fs::symlink(dir, &link).ctx(|| format!("cannot create tablespace link {}", link.display()))?;
+    }
+    let locations: Vec<(u32, &Path)> = plan.ts_dirs.iter().map(|(oid, d)| (*oid, d.as_path())).collect();
+    let map_path = req.target.join(TABLESPACE_MAP);
+    fsutil::write_file(&map_path, datadir::tablespace_map(&locations).as_bytes(), Commit::Replace)
+        .ctx(|| "cannot write tablespace_map".to_string())
 }
 
 /// Refuse a target that holds anything.
@@ -141,232 +400,6 @@ async fn check_restorable(repo: &Repository, m: &Manifest) -> Result<()> {
     }
 }
 
-fn escape_tablespace_path(p: &str) -> String {
-    let mut out = String::with_capacity(p.len());
-    for c in p.chars() {
-        if matches!(c, '\\' | '\n' | '\r') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreSummary> {
-    let started = std::time::Instant::now();
-    let label = match &req.set {
-        Some(l) => l.clone(),
-        None => {
-            repo.list_backups().await?.pop().ok_or_else(|| Error::NoBackups { stanza: repo.config().stanza.clone() })?
-        }
-    };
-    let manifest = repo.load_manifest(&label).await?;
-    check_restorable(repo, &manifest).await?;
-    if req.recovery.target == RecoveryTarget::None && !manifest.wal_included {
-        return Err(Error::Config(format!(
-            "backup {label} does not carry its WAL (it relies on the archive from {} to {}): --type=none cannot make it consistent; use --type=immediate",
-            manifest.wal_start.as_deref().unwrap_or("?"),
-            manifest.wal_stop.as_deref().unwrap_or("?")
-        )));
-    }
-
-    // Where each tablespace goes; every target must be empty (or, with --delta, a
-    // PostgreSQL directory that is not in use).
-    let ts_dirs: HashMap<u32, PathBuf> = manifest
-        .tablespaces
-        .iter()
-        .map(|t| (t.oid, req.tablespace_map.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
-        .collect();
-    check_not_running(&req.target)?;
-    for (dir, tablespace) in std::iter::once((&req.target, false)).chain(ts_dirs.values().map(|d| (d, true))) {
-        if req.delta {
-            delta::check_target(dir, tablespace)?;
-        } else {
-            check_empty_target(dir)?;
-        }
-    }
-    let dest_of = |f: &FileEntry| -> PathBuf {
-        match f.tablespace {
-            None => req.target.join(&f.path),
-            Some(oid) => ts_dirs[&oid].join(&f.path),
-        }
-    };
-    // Every regular file and where its blocks start in the block list.
-    let mut jobs = Vec::new();
-    let mut next = 0u64;
-    for f in manifest.files.iter().filter(|f| f.kind == FileKind::File) {
-        let count = block_count(f.size, manifest.block_size);
-        if !(f.tablespace.is_none() && f.path == "tablespace_map") {
-            jobs.push(FileJob { entry: f.clone(), dest: dest_of(f), first: next, count });
-        }
-        next += count;
-    }
-    if next != manifest.blocks {
-        return Err(Error::Corrupt {
-            what: format!("backup {label}"),
-            detail: format!("its files have {next} blocks, its block list {}", manifest.blocks),
-        });
-    }
-    let block_list = BlockListReader::new(repo, &manifest, PARALLEL_FILES);
-    let mut actions = if req.delta {
-        req.progress.begin(&format!("delta restore {label}: compare"), Some(manifest.size));
-        let actions = compare_all(&jobs, &block_list, manifest.block_size as u64, repo, &req.progress).await?;
-        req.progress.finish();
-        actions
-    } else {
-        block_list.check().await?;
-        vec![Action::Write; jobs.len()]
-    };
-    let pg_control = req.target.join(PG_CONTROL);
-    let changes = actions.iter().any(|a| *a != Action::Keep);
-    if changes {
-        // pg_control goes first and comes back last (see below).
-        for (a, job) in actions.iter_mut().zip(&jobs) {
-            if job.dest == pg_control {
-                *a = Action::Write;
-            }
-        }
-    }
-    let block_size = manifest.block_size as u64;
-    let fetch_bytes: u64 = jobs
-        .iter()
-        .zip(&actions)
-        .map(|(job, a)| match a {
-            Action::Keep => 0,
-            Action::Write => job.entry.size,
-            Action::Patch(list) => list.iter().map(|&b| block_size.min(job.entry.size - b as u64 * block_size)).sum(),
-        })
-        .sum();
-    let ctx = Arc::new(Ctx {
-        repo_storage: repo.storage().clone(),
-        chunk_key: *repo.chunk_key(),
-        ciphers: repo.data_ciphers(),
-        blocks: block_list,
-        label: label.clone(),
-        progress: req.progress.clone(),
-    });
-
-    if req.delta && changes {
-        // From here until the restore completes PostgreSQL must not start on a mix of
-        // old and new files: without pg_control it refuses to.
-        match std::fs::remove_file(&pg_control) {
-            Ok(()) => fsutil::sync_parent_dir(&pg_control).ctx(|| format!("cannot fsync {}", req.target.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot remove {}", pg_control.display()), e)),
-        }
-    }
-    if req.delta {
-        let mut removed = 0;
-        for (root, oid) in std::iter::once((&req.target, None)).chain(ts_dirs.iter().map(|(o, d)| (d, Some(*o)))) {
-            let keep = delta::listed(manifest.files.iter().filter(|f| f.tablespace == oid));
-            removed += delta::remove_extras(root, &keep)?;
-        }
-        tracing::info!("delta restore: removed {removed} files and directories the backup does not have");
-    }
-
-    let mkdir = |d: &Path| fsutil::create_dir_all_durable(d).ctx(|| format!("cannot create directory {}", d.display()));
-    mkdir(&req.target)?;
-    std::fs::set_permissions(&req.target, std::fs::Permissions::from_mode(0o700))
-        .ctx(|| format!("cannot set mode of {}", req.target.display()))?;
-    for dir in ts_dirs.values() {
-        mkdir(dir)?;
-    }
-    for f in manifest.files.iter().filter(|f| f.kind == FileKind::Dir) {
-        mkdir(&dest_of(f))?;
-    }
-    // Parents of files whose directory entry the archive did not carry.
-    for f in manifest.files.iter().filter(|f| f.kind == FileKind::File) {
-        if let Some(p) = dest_of(f).parent() {
-            mkdir(p)?;
-        }
-    }
-
-    req.progress.begin(&format!("restore {label}"), Some(fetch_bytes));
-    let unchanged = actions.iter().filter(|a| **a == Action::Keep).count();
-    let file_count = jobs.len();
-    let run = |job: FileJob, action: Action| {
-        let ctx = ctx.clone();
-        async move {
-            match action {
-                Action::Keep => std::fs::set_permissions(&job.dest, std::fs::Permissions::from_mode(job.entry.mode))
-                    .ctx(|| format!("cannot set mode of {}", job.dest.display())),
-                Action::Patch(list) => ctx.patch_file(job, block_size, list).await,
-                Action::Write => ctx.restore_file(job).await,
-            }
-        }
-    };
-    // pg_control last: until it is in place PostgreSQL cannot start on a partial restore.
-    let (last, rest): (Vec<_>, Vec<_>) = jobs.into_iter().zip(actions).partition(|(job, _)| job.dest == pg_control);
-    let mut restored = futures::stream::iter(rest.into_iter().map(|(f, a)| run(f, a)))
-        .buffer_unordered(PARALLEL_FILES)
-        .try_collect::<Vec<()>>()
-        .await;
-    if restored.is_ok() {
-        for (f, a) in last {
-            restored = run(f, a).await.map(|()| Vec::new());
-        }
-    }
-    if restored.is_err() {
-        // The operator will retry; say what stands in the way.
-        let hint = if req.delta {
-            "run the same restore with --delta again"
-        } else {
-            "remove that directory (and restored tablespace directories) before restoring again, or rerun with --delta"
-        };
-        tracing::error!("restore of backup {label} into {} stopped part-way: {hint}", req.target.display());
-    }
-    restored?;
-    req.progress.finish();
-
-    // Tablespaces: a tablespace_map naming the (possibly remapped) locations, which
-    // PostgreSQL turns into pg_tblspc links at startup, and the links themselves.
-    if !ts_dirs.is_empty() {
-        let mut map = String::new();
-        let mut oids: Vec<_> = ts_dirs.keys().copied().collect();
-        oids.sort();
-        for oid in oids {
-            let dir = &ts_dirs[&oid];
-            map.push_str(&format!("{oid} {}\n", escape_tablespace_path(&dir.to_string_lossy())));
-            let link = req.target.join("pg_tblspc").join(oid.to_string());
-            mkdir(link.parent().unwrap())?;
-            std::os::unix::fs::symlink(dir, &link)
-                .ctx(|| format!("cannot create tablespace link {}", link.display()))?;
-        }
-        fsutil::write_file(&req.target.join("tablespace_map"), map.as_bytes(), Commit::Replace)
-            .ctx(|| "cannot write tablespace_map".to_string())?;
-        std::fs::set_permissions(req.target.join("tablespace_map"), std::fs::Permissions::from_mode(0o600))
-            .ctx(|| "cannot set mode of tablespace_map".to_string())?;
-    }
-    for f in manifest.files.iter().filter(|f| f.kind == FileKind::Symlink) {
-        let dest = dest_of(f);
-        if dest.symlink_metadata().is_ok() {
-            continue; // a tablespace link made above
-        }
-        let target = f.link.clone().unwrap_or_default();
-        std::os::unix::fs::symlink(&target, &dest).ctx(|| format!("cannot create link {}", dest.display()))?;
-    }
-    // Directory modes last (a 0500 directory would block writes into it), then
-    // fsync every directory so the new entries are durable.
-    for f in manifest.files.iter().filter(|f| f.kind == FileKind::Dir).rev() {
-        let d = dest_of(f);
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(f.mode))
-            .ctx(|| format!("cannot set mode of {}", d.display()))?;
-        fsutil::sync_dir(&d).ctx(|| format!("cannot fsync {}", d.display()))?;
-    }
-    if req.recovery.target != RecoveryTarget::None {
-        write_recovery(&req.target, &label, &req.recovery)?;
-    }
-    fsutil::sync_dir(&req.target).ctx(|| format!("cannot fsync {}", req.target.display()))?;
-    Ok(RestoreSummary {
-        label,
-        files: file_count,
-        bytes: manifest.size,
-        files_unchanged: unchanged,
-        bytes_fetched: fetch_bytes,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,19 +412,5 @@ mod tests {
         std::fs::write(dir.path().join("PG_VERSION"), "17").unwrap();
         let err = check_empty_target(dir.path()).unwrap_err();
         assert!(err.to_string().contains("is not empty"), "{err}");
-    }
-
-    #[test]
-    fn names_a_running_postmaster() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("postmaster.pid"), format!("{}\n/data\n", std::process::id())).unwrap();
-        let err = check_not_running(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("is running in it"), "{err}");
-    }
-
-    #[test]
-    fn escapes_tablespace_paths() {
-        assert_eq!(escape_tablespace_path("/a b/c"), "/a b/c");
-        assert_eq!(escape_tablespace_path("/a\\b\nc"), "/a\\\\b\\\nc");
     }
 }
