@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::ops::archive::wait_for_segments;
 use crate::ops::stanza::identify_stanza_cluster;
+use crate::pg::archiving::{ArchivingSettings, SQL_IN_RECOVERY, SQL_RESTORE_POINT, SQL_SWITCH_WAL};
 use crate::pg::wal::WalFile;
 use crate::pg::{ConnParams, ReplicationConnection};
 use crate::repo::Repository;
@@ -34,30 +35,10 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
     let target = conn.target().to_string();
     let sys = identify_stanza_cluster(&mut conn, cfg).await?;
-    let wal_level = conn.show("wal_level").await?;
-    let archive_mode = conn.show("archive_mode").await?;
-    let archive_command = conn.show("archive_command").await?;
+    let archiving = ArchivingSettings::read(&mut conn).await?;
     conn.close().await;
-    let wanted = format!("archive_command = 'pgcairn-archive-push --stanza={stanza} %p'");
-    if wal_level == "minimal" {
-        return Err(Error::Config(format!(
-            "{target}: wal_level is minimal: set wal_level = replica and restart PostgreSQL"
-        )));
-    }
-    if archive_mode == "off" {
-        return Err(Error::Config(format!(
-            "{target}: archive_mode is off: set archive_mode = on and {wanted}, then restart PostgreSQL"
-        )));
-    }
-    if !archive_command.contains("pgcairn") {
-        return Err(Error::Config(format!(
-            "{target}: archive_command is '{archive_command}', which does not call pgcairn: set {wanted} and reload PostgreSQL"
-        )));
-    }
-    if archive_command.contains("--stanza=") && !archive_command.contains(&format!("--stanza={stanza} ")) {
-        return Err(Error::Config(format!(
-            "{target}: archive_command '{archive_command}' archives to another stanza than {stanza}: set {wanted} and reload PostgreSQL"
-        )));
+    if let Some(problem) = archiving.problem(stanza) {
+        return Err(Error::Config(format!("{target}: {problem}")));
     }
 
     // Force a segment switch (after a restore point, so there is something to switch).
@@ -80,13 +61,12 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
             )),
         }
     };
-    let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(sql_error)?.get(0);
+    let in_recovery: bool = client.query_one(SQL_IN_RECOVERY, &[]).await.map_err(sql_error)?.get(0);
     if in_recovery {
         return Err(Error::Config(format!("{target} is a standby: run check against the primary")));
     }
-    client.query_one("SELECT pg_create_restore_point('pgcairn archive check')", &[]).await.map_err(sql_error)?;
-    let segment: String =
-        client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await.map_err(sql_error)?.get(0);
+    client.query_one(SQL_RESTORE_POINT, &[]).await.map_err(sql_error)?;
+    let segment: String = client.query_one(SQL_SWITCH_WAL, &[]).await.map_err(sql_error)?.get(0);
     let file = WalFile::parse(&segment).ok_or_else(|| Error::Other(format!("unexpected wal file name {segment}")))?;
     let segno = file.segno(cfg.wal_segment_size).expect("segment");
     wait_for_segments(repo, file.timeline(), segno, segno, req.timeout).await?;
@@ -95,7 +75,7 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
     }
     Ok(CheckReport {
         system_identifier: sys.system_identifier,
-        archive_command,
+        archive_command: archiving.archive_command,
         segment,
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -3,6 +3,7 @@
 //! LSNs and per-major-version constants. No other module knows PostgreSQL's files
 //! or byte formats.
 
+pub mod archiving;
 pub mod basebackup;
 pub mod conninfo;
 pub mod datadir;

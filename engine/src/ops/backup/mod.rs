@@ -24,9 +24,10 @@ use crate::ops::archive;
 use crate::ops::dedup::{ParentBlocks, RecentChunks};
 use crate::ops::lineage::{self, BackupType};
 use crate::ops::stanza::identify_stanza_cluster;
+use crate::pg::archiving::ArchivingSettings;
 use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
 use crate::pg::tar::{EntryKind, TarItem, TarReader};
-use crate::pg::{wal, ConnParams, ReplicationConnection};
+use crate::pg::{wal, ConnParams, Lsn, ReplicationConnection};
 use crate::progress::Progress;
 use crate::repo::blob;
 use crate::repo::blocklist::{BlockLocation, BlockPart, DeltaBase, BLOCKS_PER_PART};
@@ -60,13 +61,6 @@ pub struct BackupRequest {
     /// Carry the WAL in the backup even when archiving is on (self-contained set).
     pub archive_copy: bool,
     pub archive_timeout: std::time::Duration,
-}
-
-/// Whether the cluster archives WAL (then a backup can rely on the archive).
-async fn archiving_enabled(conn: &mut ReplicationConnection) -> Result<bool> {
-    let mode = conn.show("archive_mode").await?;
-    let command = conn.show("archive_command").await?;
-    Ok((mode == "on" || mode == "always") && !command.is_empty() && command != "(disabled)")
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -394,17 +388,93 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let started = Instant::now();
     let start_time = chrono::Utc::now();
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
-    let cfg = repo.config().clone();
-    let sys = identify_stanza_cluster(&mut conn, &cfg).await?;
+    let sys = identify_stanza_cluster(&mut conn, repo.config()).await?;
     let pg_version = conn.server_version_num();
-    let include_wal = req.archive_copy || !archiving_enabled(&mut conn).await?;
+    let include_wal = req.archive_copy || !ArchivingSettings::read(&mut conn).await?.archives();
     let existing = repo.list_backups().await?;
     let lineage = lineage::choose(repo, req.backup_type, &existing, pg_version).await?;
     let label = lineage.new_label(&existing).await;
     let parent_blocks = lineage.parent.as_ref().map(|p| ParentBlocks::new(repo, p));
     let mut b = Builder::new(repo, &label, req.compress_level, parent_blocks, req.progress.clone());
-    let parent = lineage.parent.map(|p| p.label);
+    let streamed = stream_base_backup(&mut conn, req, &label, include_wal, &mut b).await?;
+    conn.close().await;
+    b.finish().await?;
+    req.progress.finish();
 
+    let seg_size = repo.config().wal_segment_size;
+    let wal_range = streamed.wal_range(seg_size);
+    if !include_wal && req.archive_check {
+        let (first, last) = wal_range;
+        archive::wait_for_segments(repo, streamed.timeline, first, last, req.archive_timeout).await?;
+    }
+    // Write order is the visibility rule: packs → index → block list (all done) →
+    // server manifest → manifest.
+    repo.put_meta_bytes(&server_manifest_key(&label), &streamed.server_manifest).await?;
+    let size = b.files.iter().filter(|f| f.kind == FileKind::File).map(|f| f.size).sum();
+    let wal_name = |segno| (!include_wal).then(|| wal::segment_name(streamed.timeline, segno, seg_size));
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        label: label.clone(),
+        backup_type: lineage.backup_type.as_str().into(),
+        parent: lineage.parent.map(|p| p.label),
+        start_time: start_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        stop_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        start_lsn: streamed.start_lsn.to_string(),
+        stop_lsn: streamed.stop_lsn.to_string(),
+        timeline: streamed.timeline,
+        system_identifier: sys.system_identifier,
+        pg_version,
+        block_size: repo.config().block_size,
+        wal_included: include_wal,
+        wal_start: wal_name(wal_range.0),
+        wal_stop: wal_name(wal_range.1),
+        backup_label: String::from_utf8_lossy(&b.backup_label).into_owned(),
+        tablespaces: streamed.tablespaces,
+        size,
+        stored_new: b.stored_new,
+        indexes: std::mem::take(&mut b.indexes),
+        files: std::mem::take(&mut b.files),
+        blocks: b.blocks,
+        blocks_per_part: BLOCKS_PER_PART,
+    };
+    repo.put_meta(&manifest_key(&label), &manifest).await?;
+    Ok(BackupSummary {
+        label,
+        backup_type: lineage.backup_type,
+        parent: manifest.parent,
+        size,
+        stored_new: manifest.stored_new,
+        files: manifest.files.len(),
+        start_lsn: manifest.start_lsn,
+        stop_lsn: manifest.stop_lsn,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What BASE_BACKUP told us besides the files (which went into the Builder).
+struct Streamed {
+    start_lsn: Lsn,
+    stop_lsn: Lsn,
+    timeline: u32,
+    tablespaces: Vec<Tablespace>,
+    server_manifest: Vec<u8>,
+}
+
+impl Streamed {
+    /// The first and last WAL segment the backup needs to become consistent.
+    fn wal_range(&self, seg_size: u32) -> (u64, u64) {
+        (wal::segno_of(self.start_lsn.0, seg_size), wal::segno_of(self.stop_lsn.0.saturating_sub(1), seg_size))
+    }
+}
+
+/// Run BASE_BACKUP and feed its tar streams to `b`, file by file.
+async fn stream_base_backup(
+    conn: &mut ReplicationConnection,
+    req: &BackupRequest,
+    label: &str,
+    include_wal: bool,
+    b: &mut Builder<'_>,
+) -> Result<Streamed> {
     let opts = BaseBackupOptions {
         label: format!("pgcairn {label}"),
         fast_checkpoint: req.fast_checkpoint,
@@ -416,24 +486,18 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         progress: req.estimate_size,
     };
     let target = conn.target().to_string();
-    let mut stream = BaseBackupStream::start(&mut conn, &opts).await?;
-    let (mut start, mut stop) = (None, None);
-    let mut tablespaces = Vec::new();
-    let mut server_manifest = Vec::new();
-    let mut tar = TarReader::new();
-    let mut items = Vec::new();
     let tar_error =
         |d: String| Error::Protocol { target: target.clone(), detail: format!("BASE_BACKUP tar stream: {d}") };
+    let mut stream = BaseBackupStream::start(conn, &opts).await?;
+    let (mut start, mut stop, mut tablespaces, mut server_manifest) = (None, None, Vec::new(), Vec::new());
+    let (mut tar, mut items) = (TarReader::new(), Vec::new());
     loop {
         match stream.next().await? {
             BackupEvent::Start { lsn, timeline } => start = Some((lsn, timeline)),
             BackupEvent::Tablespaces(list) => {
-                let total = list.iter().map(|t| t.size).sum::<Option<u64>>();
-                req.progress.begin(&format!("backup {label}"), total);
-                tablespaces = list
-                    .into_iter()
-                    .filter_map(|t| Some(Tablespace { oid: t.oid?, location: t.location? }))
-                    .collect::<Vec<_>>();
+                req.progress.begin(&format!("backup {label}"), list.iter().map(|t| t.size).sum::<Option<u64>>());
+                tablespaces =
+                    list.into_iter().filter_map(|t| Some(Tablespace { oid: t.oid?, location: t.location? })).collect();
             }
             BackupEvent::ArchiveStart { name, location } => {
                 tar.finish().map_err(tar_error)?;
@@ -462,8 +526,6 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         }
     }
     tar.finish().map_err(tar_error)?;
-    drop(stream);
-    conn.close().await;
     let (Some((start_lsn, timeline)), Some((stop_lsn, _))) = (start, stop) else {
         return Err(Error::Protocol { target, detail: "BASE_BACKUP ended without start and stop positions".into() });
     };
@@ -473,56 +535,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
             detail: "BASE_BACKUP sent no backup_label or no backup manifest".into(),
         });
     }
-    b.finish().await?;
-    req.progress.finish();
-    let seg_size = cfg.wal_segment_size;
-    let (first_seg, last_seg) =
-        (wal::segno_of(start_lsn.0, seg_size), wal::segno_of(stop_lsn.0.saturating_sub(1), seg_size));
-    if !include_wal && req.archive_check {
-        archive::wait_for_segments(repo, timeline, first_seg, last_seg, req.archive_timeout).await?;
-    }
-
-    // Write order is the visibility rule: packs → index → block list (all done) →
-    // server manifest → manifest.
-    repo.put_meta_bytes(&server_manifest_key(&label), &server_manifest).await?;
-    let size = b.files.iter().filter(|f| f.kind == FileKind::File).map(|f| f.size).sum();
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        label: label.clone(),
-        backup_type: lineage.backup_type.as_str().into(),
-        parent: parent.clone(),
-        start_time: start_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        stop_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        start_lsn: start_lsn.to_string(),
-        stop_lsn: stop_lsn.to_string(),
-        timeline,
-        system_identifier: sys.system_identifier,
-        pg_version,
-        block_size: cfg.block_size,
-        wal_included: include_wal,
-        wal_start: (!include_wal).then(|| wal::segment_name(timeline, first_seg, seg_size)),
-        wal_stop: (!include_wal).then(|| wal::segment_name(timeline, last_seg, seg_size)),
-        backup_label: String::from_utf8_lossy(&b.backup_label).into_owned(),
-        tablespaces,
-        size,
-        stored_new: b.stored_new,
-        indexes: std::mem::take(&mut b.indexes),
-        files: std::mem::take(&mut b.files),
-        blocks: b.blocks,
-        blocks_per_part: BLOCKS_PER_PART,
-    };
-    repo.put_meta(&manifest_key(&label), &manifest).await?;
-    Ok(BackupSummary {
-        label,
-        backup_type: lineage.backup_type,
-        parent,
-        size,
-        stored_new: manifest.stored_new,
-        files: manifest.files.len(),
-        start_lsn: manifest.start_lsn,
-        stop_lsn: manifest.stop_lsn,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(Streamed { start_lsn, stop_lsn, timeline, tablespaces, server_manifest })
 }
 
 #[cfg(test)]
