@@ -22,6 +22,20 @@ impl FromStr for Lsn {
     }
 }
 
+/// Serialised in PostgreSQL's text form (`"16/B374D848"`), as manifests store it.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +52,14 @@ mod tests {
         #[test]
         fn round_trip(v in any::<u64>()) {
             prop_assert_eq!(Lsn(v).to_string().parse::<Lsn>().unwrap(), Lsn(v));
+            let json = serde_json::to_string(&Lsn(v)).unwrap();
+            prop_assert_eq!(serde_json::from_str::<Lsn>(&json).unwrap(), Lsn(v));
         }
+    }
+
+    #[test]
+    fn serialised_as_text() {
+        assert_eq!(serde_json::to_string(&Lsn(0x1_0000_00FF)).unwrap(), "\"1/FF\"");
+        assert!(serde_json::from_str::<Lsn>("\"zz\"").is_err());
     }
 }

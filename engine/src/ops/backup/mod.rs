@@ -72,8 +72,8 @@ pub struct BackupSummary {
     pub size: u64,
     pub stored_new: u64,
     pub files: usize,
-    pub start_lsn: String,
-    pub stop_lsn: String,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
     pub seconds: f64,
 }
 
@@ -419,8 +419,8 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         parent: lineage.parent.map(|p| p.label),
         start_time: start_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         stop_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        start_lsn: streamed.start_lsn.to_string(),
-        stop_lsn: streamed.stop_lsn.to_string(),
+        start_lsn: streamed.start_lsn,
+        stop_lsn: streamed.stop_lsn,
         timeline: streamed.timeline,
         system_identifier: sys.system_identifier,
         pg_version,
