@@ -1,6 +1,7 @@
 //! The repository: format v1 objects over a [`Storage`](crate::storage::Storage).
 //! Only this module knows the repository's byte formats.
 
+pub mod backup_writer;
 pub mod blob;
 pub mod blocklist;
 pub mod format;
@@ -331,6 +332,11 @@ impl Repository {
         let key = blocklist::block_part_key(label, n);
         let plain = self.get_meta_bytes(&key).await?;
         BlockPart::decode(&plain).map_err(|detail| Error::Corrupt { what: format!("repository object {key}"), detail })
+    }
+
+    /// Reads packs by place (restore; a diff or incr reading its parent's blobs).
+    pub fn pack_reader(&self) -> pack::PackReader {
+        pack::PackReader::new(self.storage.clone())
     }
 
     /// Data ciphers by key id, derived once each (restore meets the key ids of every

@@ -1,9 +1,51 @@
-//! Pack writer: blobs appended behind a small header until the target size.
+//! Packs: the writer appends blobs behind a small header until the target size; the
+//! reader fetches byte ranges of stored packs by their place.
+
+use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::blocklist::{BlockLocation, DeltaBase, PackRef};
-use super::format::{ChunkId, IndexBase, IndexBlob, IndexPack, PACK_HEADER_LEN, PACK_KEY_ID_LEN, PACK_MAGIC};
+use super::format::{pack_key, ChunkId, IndexBase, IndexBlob, IndexPack, PACK_HEADER_LEN, PACK_KEY_ID_LEN, PACK_MAGIC};
+use crate::error::{Error, StorageErrorKind};
+use crate::storage::DynStorage;
+
+/// Ranged reads of stored packs. A pack that is missing or that the storage refuses
+/// to read is damage ([`PackFault::Damaged`], for the caller to name what it
+/// damages), never "absent"; transient trouble stays an error to retry.
+#[derive(Clone, Debug)]
+pub struct PackReader {
+    storage: DynStorage,
+}
+
+#[derive(Debug)]
+pub enum PackFault {
+    /// The pack is missing or unreadable: what it holds is lost. The text names it.
+    Damaged(String),
+    /// Anything else (a transient storage error, already retried).
+    Other(Error),
+}
+
+impl PackReader {
+    pub(crate) fn new(storage: DynStorage) -> Self {
+        Self { storage }
+    }
+
+    /// Bytes `range` of `pack`.
+    pub async fn read(&self, pack: &PackRef, range: Range<u64>) -> Result<Bytes, PackFault> {
+        let key = pack_key(&pack.hex_id());
+        self.storage.get_range(&key, range).await.map_err(|e| match e.storage_kind() {
+            Some(StorageErrorKind::NotFound) => PackFault::Damaged(format!("pack {key} is missing")),
+            Some(StorageErrorKind::Permanent) => PackFault::Damaged(format!("pack {key}: {e}")),
+            _ => PackFault::Other(e),
+        })
+    }
+
+    /// How messages name a pack: its object key.
+    pub fn name(pack: &PackRef) -> String {
+        pack_key(&pack.hex_id())
+    }
+}
 
 pub struct PackWriter {
     /// Random, chosen up front so a blob's location is known when it is added.

@@ -15,10 +15,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
-use crate::crypto;
 use crate::error::{Error, Result};
 use crate::ops::archive;
 use crate::ops::dedup::{ParentBlocks, RecentChunks};
@@ -29,10 +26,10 @@ use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
 use crate::pg::tar::{EntryKind, TarItem, TarReader};
 use crate::pg::{wal, ConnParams, Lsn, ReplicationConnection};
 use crate::progress::Progress;
+use crate::repo::backup_writer::BackupWriter;
 use crate::repo::blob;
-use crate::repo::blocklist::{BlockLocation, BlockPart, DeltaBase, BLOCKS_PER_PART};
+use crate::repo::blocklist::{BlockLocation, DeltaBase};
 use crate::repo::format::*;
-use crate::repo::pack::PackWriter;
 use crate::repo::Repository;
 use worker::{process_batch, BatchTask, BlockCtx, BlockDone, BlockPlace, Outcome, PendingBlock};
 
@@ -41,10 +38,6 @@ mod worker;
 const IN_FLIGHT_BLOCKS: usize = 256;
 /// Blocks per worker task (512 KiB at the default block size).
 const BATCH_BLOCKS: usize = 16;
-const PARALLEL_UPLOADS: usize = 4;
-/// Index entries kept in memory before they are written out as an index object, so
-/// memory does not grow with the number of new blocks (~150 B of JSON each).
-const INDEX_FLUSH_BLOBS: usize = 32 * 1024;
 /// Recent chunks remembered for dedup within a backup, per generation (~100 B each).
 const RECENT_CHUNKS: usize = 32 * 1024;
 
@@ -77,40 +70,24 @@ pub struct BackupSummary {
     pub seconds: f64,
 }
 
-/// Everything that changes while the stream is consumed.
+/// Cuts the streamed files into blocks, hands them to the workers in batches, and
+/// passes what they return to the repository's backup writer.
 struct Builder<'r> {
-    repo: &'r Repository,
     block_size: usize,
     workers: Arc<BlockCtx>,
-    key_id: [u8; PACK_KEY_ID_LEN],
-    label: String,
+    writer: BackupWriter<'r>,
     parent: Option<ParentBlocks<'r>>,
     /// The current file's blocks in the parent's block list (first, count).
     parent_file: Option<(u64, u64)>,
     /// Blocks of the current file submitted so far.
     file_blocks: u64,
-    /// The block list part being filled, and parts written.
-    part: BlockPart,
-    parts: u32,
-    blocks: u64,
     in_flight: FuturesOrdered<BatchTask>,
     in_flight_blocks: usize,
     /// Blocks waiting to be handed to a worker as one batch.
     pending: Vec<PendingBlock>,
     /// The current file's path, shared by its blocks' tasks.
     current_path: Arc<str>,
-    pack: PackWriter,
-    uploads: JoinSet<Result<()>>,
-    upload_slots: Arc<Semaphore>,
-    /// Uploaded or uploading packs not yet listed in an index object.
-    packs: Vec<IndexPack>,
-    unindexed_blobs: usize,
-    index_flush_blobs: usize,
-    pack_size: u64,
-    /// Index objects this backup wrote.
-    indexes: Vec<String>,
     files: Vec<FileEntry>,
-    stored_new: u64,
     // current file
     tablespace: Option<u32>,
     current: Option<usize>,
@@ -129,47 +106,32 @@ impl<'r> Builder<'r> {
         parent: Option<ParentBlocks<'r>>,
         progress: Arc<dyn Progress>,
     ) -> Self {
-        let cfg = repo.config();
-        let key_id = crypto::random_bytes::<PACK_KEY_ID_LEN>();
-        let ciphers = repo.data_ciphers();
+        let block_size = repo.config().block_size as usize;
+        let writer = BackupWriter::new(repo, label);
         let workers = BlockCtx {
             chunk_key: *repo.chunk_key(),
             level,
-            cipher: ciphers.get(&key_id),
-            ciphers,
-            storage: repo.storage().clone(),
+            cipher: writer.cipher(),
+            ciphers: repo.data_ciphers(),
+            packs: repo.pack_reader(),
             recent: Arc::new(Mutex::new(RecentChunks::new(RECENT_CHUNKS))),
             parent_label: parent.as_ref().map(|p| p.label().to_string()).unwrap_or_default(),
         };
         Builder {
-            repo,
-            block_size: cfg.block_size as usize,
+            block_size,
             workers: Arc::new(workers),
-            key_id,
-            label: label.to_string(),
+            writer,
             parent,
             parent_file: None,
             file_blocks: 0,
-            part: BlockPart::default(),
-            parts: 0,
-            blocks: 0,
             in_flight: FuturesOrdered::new(),
             in_flight_blocks: 0,
             pending: Vec::with_capacity(BATCH_BLOCKS),
             current_path: Arc::from(""),
-            pack: PackWriter::new(key_id, cfg.pack_size as usize),
-            uploads: JoinSet::new(),
-            upload_slots: Arc::new(Semaphore::new(PARALLEL_UPLOADS)),
-            packs: Vec::new(),
-            unindexed_blobs: 0,
-            index_flush_blobs: INDEX_FLUSH_BLOBS,
-            pack_size: cfg.pack_size,
-            indexes: Vec::new(),
             files: Vec::new(),
-            stored_new: 0,
             tablespace: None,
             current: None,
-            buf: BytesMut::with_capacity(cfg.block_size as usize),
+            buf: BytesMut::with_capacity(block_size),
             crc: 0,
             capture_label: false,
             backup_label: Vec::new(),
@@ -230,12 +192,7 @@ impl<'r> Builder<'r> {
                 self.store(id, done.raw_len, &sealed, None).await?
             }
         };
-        self.part.push(id, &loc);
-        self.blocks += 1;
-        if self.part.len() >= BLOCKS_PER_PART as usize {
-            self.write_part().await?;
-        }
-        Ok(())
+        self.writer.add_block(id, &loc).await
     }
 
     async fn store(
@@ -245,48 +202,9 @@ impl<'r> Builder<'r> {
         sealed: &[u8],
         base: Option<DeltaBase>,
     ) -> Result<BlockLocation> {
-        self.stored_new += sealed.len() as u64;
-        let loc = self.pack.add(id, raw_len, sealed, base);
+        let loc = self.writer.add_blob(id, raw_len, sealed, base).await?;
         self.workers.recent.lock().unwrap().stored(id, loc);
-        if self.pack.len() as u64 >= self.pack_size {
-            self.flush_pack().await?;
-            if self.unindexed_blobs >= self.index_flush_blobs {
-                self.write_index().await?;
-            }
-        }
         Ok(loc)
-    }
-
-    /// Block list parts may name packs still uploading: only the manifest, written
-    /// after every upload, makes them reachable.
-    async fn write_part(&mut self) -> Result<()> {
-        if !self.part.is_empty() {
-            self.repo.put_block_part(&self.label, self.parts, &std::mem::take(&mut self.part)).await?;
-            self.parts += 1;
-        }
-        Ok(())
-    }
-
-    async fn flush_pack(&mut self) -> Result<()> {
-        if self.pack.is_empty() {
-            return Ok(());
-        }
-        let full = std::mem::replace(&mut self.pack, PackWriter::new(self.key_id, self.pack_size as usize));
-        let (bytes, record) = full.finish();
-        let key = pack_key(&record.id);
-        self.unindexed_blobs += record.blobs.len();
-        self.packs.push(record);
-        // Reap finished uploads so errors surface early and the set stays small.
-        while let Some(r) = self.uploads.try_join_next() {
-            r.map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
-        }
-        let permit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
-        let storage = self.repo.storage().clone();
-        self.uploads.spawn(async move {
-            let _permit = permit;
-            storage.put_new(&key, bytes).await
-        });
-        Ok(())
     }
 
     async fn tar_item(&mut self, item: TarItem) -> Result<()> {
@@ -354,33 +272,14 @@ impl<'r> Builder<'r> {
         Ok(())
     }
 
-    /// Drain the pipeline, upload the last pack and wait for every upload.
-    /// Wait for every upload, then list the uploaded packs in a new index object:
-    /// an index only ever names durable packs.
-    async fn write_index(&mut self) -> Result<()> {
-        while let Some(r) = self.uploads.join_next().await {
-            r.map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
-        }
-        if self.packs.is_empty() {
-            return Ok(());
-        }
-        let id = hex::encode(crypto::random_bytes::<32>());
-        self.repo.put_meta(&index_key(&id), &IndexFile { packs: std::mem::take(&mut self.packs) }).await?;
-        self.indexes.push(id);
-        self.unindexed_blobs = 0;
-        Ok(())
-    }
-
-    /// Drain the pipeline, upload the last pack, index everything, write the last
-    /// block list part.
+    /// Drain the pipeline; then every blob, pack, index and block list part of the
+    /// backup is durable.
     async fn finish(&mut self) -> Result<()> {
         self.spawn_batch().await?;
         while !self.in_flight.is_empty() {
             self.complete_batch().await?;
         }
-        self.flush_pack().await?;
-        self.write_index().await?;
-        self.write_part().await
+        self.writer.finish_data().await
     }
 }
 
@@ -407,9 +306,6 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         let (first, last) = wal_range;
         archive::wait_for_segments(repo, streamed.timeline, first, last, req.archive_timeout).await?;
     }
-    // Write order is the visibility rule: packs → index → block list (all done) →
-    // server manifest → manifest.
-    repo.put_meta_bytes(&server_manifest_key(&label), &streamed.server_manifest).await?;
     let size = b.files.iter().filter(|f| f.kind == FileKind::File).map(|f| f.size).sum();
     let wal_name = |segno| (!include_wal).then(|| wal::segment_name(streamed.timeline, segno, seg_size));
     let manifest = Manifest {
@@ -431,13 +327,15 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
         backup_label: String::from_utf8_lossy(&b.backup_label).into_owned(),
         tablespaces: streamed.tablespaces,
         size,
-        stored_new: b.stored_new,
-        indexes: std::mem::take(&mut b.indexes),
+        stored_new: 0,
+        indexes: Vec::new(),
         files: std::mem::take(&mut b.files),
-        blocks: b.blocks,
-        blocks_per_part: BLOCKS_PER_PART,
+        blocks: 0,
+        blocks_per_part: 0,
     };
-    repo.put_meta(&manifest_key(&label), &manifest).await?;
+    // The writer's commit keeps the visibility rule: everything else durable, then
+    // the server's manifest, then the manifest.
+    let manifest = b.writer.commit(&streamed.server_manifest, manifest).await?;
     Ok(BackupSummary {
         label,
         backup_type: lineage.backup_type,
@@ -543,6 +441,7 @@ mod tests {
     use super::*;
     use crate::pg::tar::{EntryKind, TarEntry};
     use crate::progress::NoProgress;
+    use crate::repo::blocklist::BLOCKS_PER_PART;
     use crate::repo::tests::test_repo;
 
     async fn write_file(b: &mut Builder<'_>, path: &str, blocks: &[Vec<u8>]) {
@@ -580,7 +479,7 @@ mod tests {
         let parent_blocks = ParentBlocks::new(&repo, &parent);
         let mut diff = Builder::new(&repo, "D", 3, Some(parent_blocks), Arc::new(NoProgress));
         write_file(&mut diff, "base/1/1", &new).await;
-        assert!(diff.stored_new < 2 * 200, "two deltas stored {} bytes", diff.stored_new);
+        assert!(diff.writer.stored_new() < 2 * 200, "two deltas stored {} bytes", diff.writer.stored_new());
 
         let (before, after) =
             (repo.load_block_part("F", 0).await.unwrap(), repo.load_block_part("D", 0).await.unwrap());
@@ -605,8 +504,7 @@ mod tests {
     async fn indexes_are_written_as_packs_complete() {
         let (mem, repo) = test_repo(true).await;
         let mut b = Builder::new(&repo, "L", 1, None, Arc::new(NoProgress));
-        b.index_flush_blobs = 8;
-        b.pack_size = 128 * 1024;
+        b.writer.set_limits_for_tests(128 * 1024, 8);
         let block = repo.config().block_size as usize;
         let blocks: Vec<Vec<u8>> = (0..120).map(|_| (0..block).map(|_| rand::random::<u8>()).collect()).collect();
         let size = (blocks.len() * block * 2) as u64;
@@ -619,8 +517,9 @@ mod tests {
         b.tar_item(TarItem::EntryEnd).await.unwrap();
         b.finish().await.unwrap();
 
-        assert!(b.indexes.len() > 1, "one index per flush, got {}", b.indexes.len());
-        assert_eq!((b.blocks, b.parts), (240, 1));
+        let (indexes, entries, parts) = b.writer.counts_for_tests();
+        assert!(indexes > 1, "one index per flush, got {indexes}");
+        assert_eq!((entries, parts), (240, 1));
         let index = repo.load_index().await.unwrap();
         assert_eq!(index.len(), 120, "each distinct block stored once");
         let part = repo.load_block_part("L", 0).await.unwrap();

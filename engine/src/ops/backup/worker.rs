@@ -13,7 +13,8 @@ use crate::ops::dedup::RecentChunks;
 use crate::ops::on_rayon;
 use crate::repo::blob;
 use crate::repo::blocklist::{BlockLocation, DeltaBase};
-use crate::repo::format::{pack_key, ChunkId};
+use crate::repo::format::ChunkId;
+use crate::repo::pack::{PackFault, PackReader};
 use crate::repo::DataCiphers;
 
 pub(super) struct BlockDone {
@@ -38,7 +39,7 @@ pub(super) struct BlockCtx {
     pub cipher: Arc<Cipher>,
     /// To open the parent's blobs, sealed with other packs' keys.
     pub ciphers: DataCiphers,
-    pub storage: crate::storage::DynStorage,
+    pub packs: PackReader,
     pub recent: Arc<Mutex<RecentChunks>>,
     pub parent_label: String,
 }
@@ -75,21 +76,17 @@ impl std::future::Future for BatchTask {
 
 /// Read the parent's blob that a changed block's delta is compressed against.
 async fn fetch_base(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace) -> Result<Bytes> {
-    let key = pack_key(&base.pack.hex_id());
     let range = base.offset..base.offset + base.length as u64;
-    ctx.storage.get_range(&key, range).await.map_err(|e| match e.storage_kind() {
-        Some(crate::error::StorageErrorKind::NotFound) => {
-            parent_damaged(ctx, base, place, "the pack is missing".into())
-        }
-        Some(crate::error::StorageErrorKind::Permanent) => parent_damaged(ctx, base, place, e.to_string()),
-        _ => e,
+    ctx.packs.read(&base.pack, range).await.map_err(|fault| match fault {
+        PackFault::Damaged(detail) => parent_damaged(ctx, base, place, detail),
+        PackFault::Other(e) => e,
     })
 }
 
 fn parent_damaged(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace, detail: String) -> Error {
     Error::ParentCorrupt {
         what: format!("{} block {} of parent backup {}", place.path, place.block, ctx.parent_label),
-        detail: format!("{detail} (pack {}, chunk {})", pack_key(&base.pack.hex_id()), base.id),
+        detail: format!("{detail} (pack {}, chunk {})", PackReader::name(&base.pack), base.id),
     }
 }
 

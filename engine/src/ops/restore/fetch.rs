@@ -10,12 +10,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::error::{Error, IoContext, Result, StorageErrorKind};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{Commit, DurableFile};
 use crate::progress::Progress;
 use crate::repo::blob;
 use crate::repo::blocklist::{BlockListReader, BlockLocation, DeltaBase, PackRef};
 use crate::repo::format::*;
+use crate::repo::pack::{PackFault, PackReader};
 use crate::repo::DataCiphers;
 
 pub(super) const PARALLEL_FILES: usize = 4;
@@ -52,7 +53,7 @@ pub(super) struct FileJob {
 }
 
 pub(super) struct Ctx<'r> {
-    pub repo_storage: crate::storage::DynStorage,
+    pub packs: PackReader,
     pub chunk_key: [u8; 32],
     pub ciphers: DataCiphers,
     pub blocks: BlockListReader<'r>,
@@ -96,14 +97,11 @@ impl Ctx<'_> {
 
     /// A ranged read of a pack; a missing or unreadable pack is a corrupt block `n`.
     async fn read_pack(&self, pack: PackRef, range: std::ops::Range<u64>, path: &str, n: usize) -> Result<Bytes> {
-        let key = pack_key(&pack.hex_id());
-        let what = || format!("backup {} file {path} block {n}", self.label);
-        self.repo_storage.get_range(&key, range).await.map_err(|e| match e.storage_kind() {
-            Some(StorageErrorKind::NotFound) => {
-                Error::Corrupt { what: what(), detail: format!("pack {key} is missing") }
+        self.packs.read(&pack, range).await.map_err(|fault| match fault {
+            PackFault::Damaged(detail) => {
+                Error::Corrupt { what: format!("backup {} file {path} block {n}", self.label), detail }
             }
-            Some(StorageErrorKind::Permanent) => Error::Corrupt { what: what(), detail: format!("pack {key}: {e}") },
-            _ => e,
+            PackFault::Other(e) => e,
         })
     }
 
@@ -150,7 +148,7 @@ impl Ctx<'_> {
 
     async fn fetch_run(self: &Arc<Self>, path: &str, run: Run) -> Result<Vec<(usize, Bytes)>> {
         let what = |n: usize| format!("backup {} file {path} block {n}", self.label);
-        let key = pack_key(&run.pack.hex_id());
+        let key = PackReader::name(&run.pack);
         let bytes = self.read_pack(run.pack, run.start..run.end, path, run.blocks[0].0).await?;
         let bases = self.fetch_bases(path, &run).await?;
         let base_ciphers: Vec<_> = run.blocks.iter().map(|b| b.4.map(|b| self.ciphers.get(&b.pack.key_id))).collect();
@@ -166,7 +164,7 @@ impl Ctx<'_> {
                         let raw_base = b.raw_length as usize;
                         let plain =
                             blob::open_block(base_cipher, &chunk_key, &b.id, sealed_base, raw_base).map_err(|e| {
-                                (*n, format!("its delta base {}: {e} (pack {})", b.id, pack_key(&b.pack.hex_id())))
+                                (*n, format!("its delta base {}: {e} (pack {})", b.id, PackReader::name(&b.pack)))
                             })?;
                         blob::open_delta_block(&cipher, &chunk_key, id, (&b.id, &plain), sealed, *raw as usize)
                     }

@@ -85,7 +85,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
     let actions = prepare(repo, req, &plan, &block_list).await?;
     let unchanged = actions.iter().filter(|a| **a == Action::Keep).count();
     let ctx = Arc::new(Ctx {
-        repo_storage: repo.storage().clone(),
+        packs: repo.pack_reader(),
         chunk_key: *repo.chunk_key(),
         ciphers: repo.data_ciphers(),
         blocks: block_list,
