@@ -370,11 +370,11 @@ impl Repository {
         let present: std::collections::HashSet<String> =
             self.storage.list(&prefix).await?.into_iter().map(|o| o.key).collect();
         let parts = m.blocks.div_ceil(m.blocks_per_part.max(1) as u64) as u32;
-        let wanted = std::iter::once(server_manifest_key(&m.label))
-            .chain((0..parts).map(|n| blocklist::block_part_key(&m.label, n)));
-        for key in wanted {
+        let wanted = std::iter::once(("server manifest", server_manifest_key(&m.label)))
+            .chain((0..parts).map(|n| ("block list part", blocklist::block_part_key(&m.label, n))));
+        for (what, key) in wanted {
             if !present.contains(&key) {
-                return Ok(Some(format!("{key} is missing")));
+                return Ok(Some(format!("its {what} {key} is missing")));
             }
         }
         Ok(None)
