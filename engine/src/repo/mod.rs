@@ -1,27 +1,33 @@
-//! The repository: format v1 objects over a [`Storage`](crate::storage::Storage).
-//! Only this module knows the repository's byte formats.
+//! The repository: the objects of docs/repository-format.md over a
+//! [`Storage`](crate::storage::Storage). Only this module knows their byte formats.
+//! Opening and the authenticated config live here; key material in `keys`, sealed
+//! metadata in `meta`, the chunk index in `index`, the backup list in `catalog`,
+//! writing a backup in `backup_writer`, packs in `pack`, WAL objects in `wal`.
 
 pub mod backup_writer;
 pub mod blob;
 pub mod blocklist;
+mod catalog;
 pub mod format;
+mod index;
+mod keys;
+mod meta;
 pub mod pack;
 pub mod wal;
+
+pub use index::ChunkIndex;
+use keys::{claims_unencrypted, config_mac, key_check, make_slot, try_slot, KeyFile, B64};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use serde::{de::DeserializeOwned, Serialize};
 
 use crate::crypto::{self, Cipher, KeyBytes, KeySlotKdf, KEY_LEN};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::storage::DynStorage;
-use blocklist::{BlockLocation, BlockPart, DeltaBase, PackRef};
 use format::*;
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 pub use crate::crypto::Secret;
 
@@ -41,18 +47,6 @@ pub struct CreateOptions {
 pub const DEFAULT_BLOCK_SIZE: u32 = 32 * 1024;
 pub const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
 
-/// Largest Argon2id costs a key slot may ask for (§3.2): 4 GiB, 64 passes, 64 lanes.
-const MAX_KDF_M_COST: u32 = 4 << 20;
-const MAX_KDF_T_COST: u32 = 64;
-const MAX_KDF_P_COST: u32 = 64;
-
-/// Largest plaintext of a metadata object (a manifest of millions of files stays far
-/// below): a bound on what a forged frame in an unencrypted stanza can make us allocate.
-const MAX_METADATA_LEN: u64 = 4 << 30;
-
-/// Every chunk the index objects list, and where it lives.
-pub type ChunkIndex = HashMap<ChunkId, BlockLocation>;
-
 pub struct Repository {
     storage: DynStorage,
     config: RepoConfig,
@@ -68,7 +62,7 @@ impl std::fmt::Debug for Repository {
     }
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
@@ -188,18 +182,6 @@ impl Repository {
         Self::with_verified_master(storage, config, master)
     }
 
-    /// Write the unwrapped master key to `path` (create-only, mode 0600).
-    pub fn write_key_file(&self, path: &std::path::Path) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::PermissionsExt;
-        let kf = KeyFile { repository_id: self.config.repository_id.clone(), master_key: B64.encode(&self.master[..]) };
-        let ctx = |e: std::io::Error| Error::io(format!("cannot write key file {}", path.display()), e);
-        let mut f = crate::fsutil::DurableFile::create(path).map_err(ctx)?;
-        f.file().set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(ctx)?;
-        f.file().write_all(&serde_json::to_vec_pretty(&kf).expect("serialisable")).map_err(ctx)?;
-        f.commit(crate::fsutil::Commit::CreateOnly).map_err(ctx)
-    }
-
     /// The master key opened a slot (or matched a key file): now it must also
     /// authenticate the config, or someone changed how data is written (§3.4).
     fn with_verified_master(storage: DynStorage, config: RepoConfig, master: [u8; KEY_LEN]) -> Result<Self> {
@@ -242,98 +224,6 @@ impl Repository {
         }
     }
 
-    /// Write a metadata object: JSON → zstd → sealed with the object key as AAD.
-    pub async fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
-        let json = serde_json::to_vec(value).expect("metadata is serialisable");
-        self.put_meta_bytes(key, &json).await
-    }
-
-    pub async fn put_meta_bytes(&self, key: &str, plain: &[u8]) -> Result<()> {
-        let sealed = self.meta.seal(meta_aad(key).as_bytes(), &blob::compress(3, plain));
-        self.storage.put_new(key, Bytes::from(sealed)).await
-    }
-
-    pub async fn get_meta_bytes(&self, key: &str) -> Result<Vec<u8>> {
-        let sealed = self.storage.get(key).await?;
-        let compressed = self
-            .meta
-            .open(meta_aad(key).as_bytes(), &sealed)
-            .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: e.to_string() })?;
-        blob::decompress_bounded(&compressed, MAX_METADATA_LEN)
-            .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: format!("zstd: {e}") })
-    }
-
-    pub async fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
-        let plain = self.get_meta_bytes(key).await?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| Error::Corrupt { what: format!("repository object {key}"), detail: e.to_string() })
-    }
-
-    /// Every chunk the repository holds, from all index objects. Restore does not
-    /// need it (block lists carry locations); it is for checks and tools, and holds
-    /// every blob in memory.
-    pub async fn load_index(&self) -> Result<ChunkIndex> {
-        let mut map = ChunkIndex::new();
-        // Whole blobs by place, to complete the deltas' bases: (pack id, offset) → blob.
-        let mut whole: HashMap<([u8; 32], u64), DeltaBase> = HashMap::new();
-        let mut deltas = Vec::new();
-        for info in self.storage.list(INDEX_PREFIX).await? {
-            let file: IndexFile = self.get_meta(&info.key).await?;
-            let bad = |e: hex::FromHexError| Error::Corrupt {
-                what: format!("index {}", info.key),
-                detail: format!("bad pack or key id: {e}"),
-            };
-            for p in file.packs {
-                let mut pack = PackRef { id: [0; 32], key_id: [0; 16] };
-                hex::decode_to_slice(&p.id, &mut pack.id).map_err(bad)?;
-                hex::decode_to_slice(&p.key_id, &mut pack.key_id).map_err(bad)?;
-                for b in p.blobs {
-                    let loc = BlockLocation {
-                        pack,
-                        offset: b.offset,
-                        length: b.length,
-                        raw_length: b.raw_length,
-                        base: None,
-                    };
-                    match b.base {
-                        None => {
-                            let blob = loc.delta_base(b.id);
-                            whole.insert((pack.id, b.offset), blob);
-                            map.insert(b.id, loc);
-                        }
-                        Some(base) => {
-                            let mut base_pack = [0; 32];
-                            hex::decode_to_slice(&base.pack, &mut base_pack).map_err(bad)?;
-                            deltas.push((b.id, loc, base_pack, base.offset, info.key.clone()));
-                        }
-                    }
-                }
-            }
-        }
-        for (id, mut loc, base_pack, offset, key) in deltas {
-            let base = *whole.get(&(base_pack, offset)).ok_or_else(|| Error::Corrupt {
-                what: format!("index {key}"),
-                detail: format!(
-                    "delta {id} names a base at offset {offset} of pack {} that no index lists",
-                    hex::encode(base_pack)
-                ),
-            })?;
-            loc.base = Some(base);
-            map.insert(id, loc);
-        }
-        Ok(map)
-    }
-
-    pub async fn put_block_part(&self, label: &str, n: u32, part: &BlockPart) -> Result<()> {
-        self.put_meta_bytes(&blocklist::block_part_key(label, n), &part.encode()).await
-    }
-
-    pub async fn load_block_part(&self, label: &str, n: u32) -> Result<BlockPart> {
-        let key = blocklist::block_part_key(label, n);
-        let plain = self.get_meta_bytes(&key).await?;
-        BlockPart::decode(&plain).map_err(|detail| Error::Corrupt { what: format!("repository object {key}"), detail })
-    }
-
     /// Reads packs by place (restore; a diff or incr reading its parent's blobs).
     pub fn pack_reader(&self) -> pack::PackReader {
         pack::PackReader::new(self.storage.clone())
@@ -346,56 +236,6 @@ impl Repository {
             master: (self.config.encryption == Encryption::Aes256Gcm).then(|| self.master.clone()),
             made: Default::default(),
         }
-    }
-
-    /// Labels of every visible backup (those whose manifest exists), oldest first
-    /// (by the time in the label, so a diff sorts after a later full it does not belong to).
-    pub async fn list_backups(&self) -> Result<Vec<String>> {
-        let mut labels: Vec<String> = self
-            .storage
-            .list(BACKUP_PREFIX)
-            .await?
-            .into_iter()
-            .filter_map(|o| o.key.strip_prefix(BACKUP_PREFIX)?.strip_suffix("/manifest").map(str::to_string))
-            .collect();
-        labels.sort_by(|a, b| label_timestamp(a).cmp(label_timestamp(b)).then(a.cmp(b)));
-        Ok(labels)
-    }
-
-    /// Why a visible backup's own objects are not all there (manifest aside, which
-    /// [`Repository::load_manifest`] authenticates): its `backup_manifest` and every
-    /// block list part the manifest implies. One listing; no part is decrypted.
-    pub async fn missing_backup_objects(&self, m: &Manifest) -> Result<Option<String>> {
-        let prefix = format!("{BACKUP_PREFIX}{}/", m.label);
-        let present: std::collections::HashSet<String> =
-            self.storage.list(&prefix).await?.into_iter().map(|o| o.key).collect();
-        let parts = m.blocks.div_ceil(m.blocks_per_part.max(1) as u64) as u32;
-        let wanted = std::iter::once(("server manifest", server_manifest_key(&m.label)))
-            .chain((0..parts).map(|n| ("block list part", blocklist::block_part_key(&m.label, n))));
-        for (what, key) in wanted {
-            if !present.contains(&key) {
-                return Ok(Some(format!("its {what} {key} is missing")));
-            }
-        }
-        Ok(None)
-    }
-
-    pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
-        check_label(label).map_err(Error::Config)?;
-        let m: Manifest = self.get_meta(&manifest_key(label)).await.map_err(|e| match e.storage_kind() {
-            Some(StorageErrorKind::NotFound) => {
-                Error::BackupNotFound { stanza: self.config.stanza.clone(), label: label.to_string() }
-            }
-            _ => e,
-        })?;
-        if m.format_version != FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                location: format!("backup {label} in {}", self.location()),
-                found: m.format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        Ok(m)
     }
 }
 
@@ -419,23 +259,6 @@ impl DataCiphers {
     }
 }
 
-/// `config_mac` (§3.4): keyed BLAKE3 over every other field of the config.
-fn config_mac(master: &[u8; KEY_LEN], config: &RepoConfig) -> String {
-    let key = crypto::derive_subkey(master, INFO_CONFIG_MAC);
-    blake3::keyed_hash(&key, config.mac_input().as_bytes()).to_hex().to_string()
-}
-
-/// An unencrypted config met with key material: the only honest reading is that
-/// the storage's owner may have switched encryption off.
-fn claims_unencrypted(location: &str, material: &str) -> Error {
-    Error::ConfigTampered {
-        object: format!("{location}/{CONFIG_KEY}"),
-        detail: format!(
-            "it says the stanza is unencrypted, but {material} was given, so it was meant to be encrypted; if it was really created with --no-encryption, unset the passphrase"
-        ),
-    }
-}
-
 /// Read and parse `config`, refusing a config written for another stanza.
 async fn read_config(storage: &DynStorage, stanza: &str) -> Result<RepoConfig> {
     let location = storage.location();
@@ -456,22 +279,6 @@ async fn read_config(storage: &DynStorage, stanza: &str) -> Result<RepoConfig> {
     Ok(config)
 }
 
-fn key_check(master: &[u8; KEY_LEN], repository_id: &str) -> String {
-    let key = crypto::derive_subkey(master, INFO_KEY_CHECK);
-    blake3::keyed_hash(&key, repository_id.as_bytes()).to_hex().to_string()
-}
-
-/// The key file: the unwrapped master key, for hot paths (see docs/config.md).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct KeyFile {
-    repository_id: String,
-    master_key: String,
-}
-
-fn meta_aad(key: &str) -> String {
-    format!("{AAD_METADATA_PREFIX}{key}")
-}
-
 pub(crate) fn parse_config(location: &str, raw: &[u8]) -> Result<RepoConfig> {
     let corrupt = |detail: String| Error::Corrupt { what: format!("repository config in {location}"), detail };
     // Read the version before anything else so a future format is refused by
@@ -486,66 +293,6 @@ pub(crate) fn parse_config(location: &str, raw: &[u8]) -> Result<RepoConfig> {
         });
     }
     serde_json::from_value(v).map_err(|e| corrupt(e.to_string()))
-}
-
-async fn make_slot(pass: &Secret, kdf: KeySlotKdf, repository_id: &str, master: &[u8; KEY_LEN]) -> Result<KeySlot> {
-    let salt = crypto::random_bytes::<16>();
-    let pass = pass.clone();
-    let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, kdf))
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?
-        .map_err(|e| Error::Config(format!("cannot derive the key from the passphrase: {e}")))?;
-    let aad = format!("{AAD_KEYSLOT_PREFIX}{repository_id}");
-    let sealed = Cipher::aes(&kek).seal(aad.as_bytes(), master);
-    Ok(KeySlot {
-        kdf: "argon2id".into(),
-        kdf_params: Some(kdf),
-        salt: B64.encode(salt),
-        key: B64.encode(sealed),
-        created: now_rfc3339(),
-    })
-}
-
-async fn try_slot(
-    slot: &KeySlot,
-    passphrase: Option<&Secret>,
-    config: &RepoConfig,
-    location: &str,
-) -> Result<Option<[u8; KEY_LEN]>> {
-    let corrupt = |d: String| Error::Corrupt { what: format!("key slot in {location}"), detail: d };
-    let decode = |s: &str| B64.decode(s).map_err(|e| corrupt(e.to_string()));
-    match slot.kdf.as_str() {
-        "none" => {
-            if config.encryption != Encryption::None {
-                return Err(corrupt("plain key slot in an encrypted repository".into()));
-            }
-            Ok(Some(decode(&slot.key)?.try_into().map_err(|_| corrupt("bad key length".into()))?))
-        }
-        "argon2id" => {
-            let pass = passphrase.ok_or_else(|| Error::PassphraseMissing { location: location.to_string() })?.clone();
-            let params = slot.kdf_params.ok_or_else(|| corrupt("argon2id slot without parameters".into()))?;
-            // The slot is plaintext: costs past any sane setting would let whoever
-            // writes the storage exhaust this host's memory or time.
-            if params.m_cost > MAX_KDF_M_COST || params.t_cost > MAX_KDF_T_COST || params.p_cost > MAX_KDF_P_COST {
-                return Err(corrupt(format!(
-                    "argon2id costs m={} KiB t={} p={} exceed the limits ({MAX_KDF_M_COST} KiB, {MAX_KDF_T_COST}, {MAX_KDF_P_COST})",
-                    params.m_cost, params.t_cost, params.p_cost
-                )));
-            }
-            let salt = decode(&slot.salt)?;
-            let sealed = decode(&slot.key)?;
-            let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, params))
-                .await
-                .map_err(|e| Error::Other(e.to_string()))?
-                .map_err(|e| corrupt(e.to_string()))?;
-            let aad = format!("{AAD_KEYSLOT_PREFIX}{}", config.repository_id);
-            match Cipher::aes(&kek).open(aad.as_bytes(), &sealed) {
-                Ok(master) => Ok(Some(master.try_into().map_err(|_| corrupt("bad key length".into()))?)),
-                Err(_) => Ok(None),
-            }
-        }
-        other => Err(corrupt(format!("unknown kdf {other}"))),
-    }
 }
 
 #[cfg(test)]

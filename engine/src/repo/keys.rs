@@ -1,0 +1,125 @@
+//! Key material: key slots (a passphrase wraps the master key), key files (the
+//! unwrapped key, for the per-segment hot path), and the values that prove a key
+//! belongs to a repository and that its config was not altered (§3.3, §3.4).
+
+use base64::Engine as _;
+
+use super::format::*;
+use super::{now_rfc3339, Repository};
+use crate::crypto::{self, Cipher, KeySlotKdf, Secret, KEY_LEN};
+use crate::error::{Error, Result};
+
+pub(super) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Largest Argon2id costs a key slot may ask for (§3.2): 4 GiB, 64 passes, 64 lanes.
+pub(super) const MAX_KDF_M_COST: u32 = 4 << 20;
+pub(super) const MAX_KDF_T_COST: u32 = 64;
+pub(super) const MAX_KDF_P_COST: u32 = 64;
+
+impl Repository {
+    /// Write the unwrapped master key to `path` (create-only, mode 0600).
+    pub fn write_key_file(&self, path: &std::path::Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let kf = KeyFile { repository_id: self.config.repository_id.clone(), master_key: B64.encode(&self.master[..]) };
+        let ctx = |e: std::io::Error| Error::io(format!("cannot write key file {}", path.display()), e);
+        let mut f = crate::fsutil::DurableFile::create(path).map_err(ctx)?;
+        f.file().set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(ctx)?;
+        f.file().write_all(&serde_json::to_vec_pretty(&kf).expect("serialisable")).map_err(ctx)?;
+        f.commit(crate::fsutil::Commit::CreateOnly).map_err(ctx)
+    }
+}
+
+/// `config_mac` (§3.4): keyed BLAKE3 over every other field of the config.
+pub(super) fn config_mac(master: &[u8; KEY_LEN], config: &RepoConfig) -> String {
+    let key = crypto::derive_subkey(master, INFO_CONFIG_MAC);
+    blake3::keyed_hash(&key, config.mac_input().as_bytes()).to_hex().to_string()
+}
+
+/// An unencrypted config met with key material: the only honest reading is that
+/// the storage's owner may have switched encryption off.
+pub(super) fn claims_unencrypted(location: &str, material: &str) -> Error {
+    Error::ConfigTampered {
+        object: format!("{location}/{CONFIG_KEY}"),
+        detail: format!(
+            "it says the stanza is unencrypted, but {material} was given, so it was meant to be encrypted; if it was really created with --no-encryption, unset the passphrase"
+        ),
+    }
+}
+
+pub(super) fn key_check(master: &[u8; KEY_LEN], repository_id: &str) -> String {
+    let key = crypto::derive_subkey(master, INFO_KEY_CHECK);
+    blake3::keyed_hash(&key, repository_id.as_bytes()).to_hex().to_string()
+}
+
+/// The key file: the unwrapped master key, for hot paths (see docs/config.md).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct KeyFile {
+    pub repository_id: String,
+    pub master_key: String,
+}
+
+pub(super) async fn make_slot(
+    pass: &Secret,
+    kdf: KeySlotKdf,
+    repository_id: &str,
+    master: &[u8; KEY_LEN],
+) -> Result<KeySlot> {
+    let salt = crypto::random_bytes::<16>();
+    let pass = pass.clone();
+    let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, kdf))
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(|e| Error::Config(format!("cannot derive the key from the passphrase: {e}")))?;
+    let aad = format!("{AAD_KEYSLOT_PREFIX}{repository_id}");
+    let sealed = Cipher::aes(&kek).seal(aad.as_bytes(), master);
+    Ok(KeySlot {
+        kdf: "argon2id".into(),
+        kdf_params: Some(kdf),
+        salt: B64.encode(salt),
+        key: B64.encode(sealed),
+        created: now_rfc3339(),
+    })
+}
+
+pub(super) async fn try_slot(
+    slot: &KeySlot,
+    passphrase: Option<&Secret>,
+    config: &RepoConfig,
+    location: &str,
+) -> Result<Option<[u8; KEY_LEN]>> {
+    let corrupt = |d: String| Error::Corrupt { what: format!("key slot in {location}"), detail: d };
+    let decode = |s: &str| B64.decode(s).map_err(|e| corrupt(e.to_string()));
+    match slot.kdf.as_str() {
+        "none" => {
+            if config.encryption != Encryption::None {
+                return Err(corrupt("plain key slot in an encrypted repository".into()));
+            }
+            Ok(Some(decode(&slot.key)?.try_into().map_err(|_| corrupt("bad key length".into()))?))
+        }
+        "argon2id" => {
+            let pass = passphrase.ok_or_else(|| Error::PassphraseMissing { location: location.to_string() })?.clone();
+            let params = slot.kdf_params.ok_or_else(|| corrupt("argon2id slot without parameters".into()))?;
+            // The slot is plaintext: costs past any sane setting would let whoever
+            // writes the storage exhaust this host's memory or time.
+            if params.m_cost > MAX_KDF_M_COST || params.t_cost > MAX_KDF_T_COST || params.p_cost > MAX_KDF_P_COST {
+                return Err(corrupt(format!(
+                    "argon2id costs m={} KiB t={} p={} exceed the limits ({MAX_KDF_M_COST} KiB, {MAX_KDF_T_COST}, {MAX_KDF_P_COST})",
+                    params.m_cost, params.t_cost, params.p_cost
+                )));
+            }
+            let salt = decode(&slot.salt)?;
+            let sealed = decode(&slot.key)?;
+            let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, params))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?
+                .map_err(|e| corrupt(e.to_string()))?;
+            let aad = format!("{AAD_KEYSLOT_PREFIX}{}", config.repository_id);
+            match Cipher::aes(&kek).open(aad.as_bytes(), &sealed) {
+                Ok(master) => Ok(Some(master.try_into().map_err(|_| corrupt("bad key length".into()))?)),
+                Err(_) => Ok(None),
+            }
+        }
+        other => Err(corrupt(format!("unknown kdf {other}"))),
+    }
+}
