@@ -129,27 +129,28 @@ impl Error {
         Error::Io { context: context.into(), source }
     }
 
-    /// The process exit code for this error (documented in docs/config.md). Never
-    /// above 125: PostgreSQL treats archive/restore_command codes above that as fatal.
+    /// The process exit code for this error: one of [`EXIT_CODES`], the table
+    /// docs/config.md shows (a test holds the two together). Never above 125:
+    /// PostgreSQL treats archive_command codes above that as fatal.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => 3,
+            Error::Config(_) => exit::CONFIG,
             Error::RepoNotInitialised { .. }
             | Error::RepoAlreadyInitialised { .. }
-            | Error::UnsupportedFormat { .. } => 4,
-            Error::WrongPassphrase { .. } | Error::PassphraseMissing { .. } => 5,
-            Error::Connect { .. } | Error::AuthRejected { .. } => 6,
-            Error::Server { .. } | Error::ChecksumFailure { .. } | Error::Protocol { .. } => 7,
+            | Error::UnsupportedFormat { .. } => exit::REPO_STATE,
+            Error::WrongPassphrase { .. } | Error::PassphraseMissing { .. } => exit::PASSPHRASE,
+            Error::Connect { .. } | Error::AuthRejected { .. } => exit::CONNECT,
+            Error::Server { .. } | Error::ChecksumFailure { .. } | Error::Protocol { .. } => exit::SERVER,
             Error::Corrupt { .. }
             | Error::ParentCorrupt { .. }
             | Error::ConfigTampered { .. }
             | Error::BackupNotFound { .. }
-            | Error::NoBackups { .. } => 8,
-            Error::RestoreTarget { .. } => 9,
-            Error::Storage { .. } | Error::StorageUnavailable { .. } => 10,
-            Error::WalRefused { .. } | Error::WalMismatch { .. } => 11,
-            Error::ArchiveTimeout { .. } => 12,
-            Error::Io { .. } | Error::Other(_) => 1,
+            | Error::NoBackups { .. } => exit::DAMAGED,
+            Error::RestoreTarget { .. } => exit::RESTORE_TARGET,
+            Error::Storage { .. } | Error::StorageUnavailable { .. } => exit::STORAGE,
+            Error::WalRefused { .. } | Error::WalMismatch { .. } => exit::WAL_REFUSED,
+            Error::ArchiveTimeout { .. } => exit::ARCHIVE_TIMEOUT,
+            Error::Io { .. } | Error::Other(_) => exit::LOCAL,
         }
     }
 
@@ -161,6 +162,42 @@ impl Error {
     }
 }
 
+/// Exit codes, one per kind of failure an operator acts on differently.
+pub mod exit {
+    pub const LOCAL: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const CONFIG: u8 = 3;
+    pub const REPO_STATE: u8 = 4;
+    pub const PASSPHRASE: u8 = 5;
+    pub const CONNECT: u8 = 6;
+    pub const SERVER: u8 = 7;
+    pub const DAMAGED: u8 = 8;
+    pub const RESTORE_TARGET: u8 = 9;
+    pub const STORAGE: u8 = 10;
+    pub const WAL_REFUSED: u8 = 11;
+    pub const ARCHIVE_TIMEOUT: u8 = 12;
+    /// `archive-get` only, for every failure but "not in the archive" (1): above
+    /// 125, so PostgreSQL stops recovery instead of ending it early.
+    pub const STOP_RECOVERY: u8 = 200;
+}
+
+/// Every exit code of the general table with what it means, as docs/config.md
+/// shows it (0 and archive-get's own statuses are documented separately).
+pub const EXIT_CODES: &[(u8, &str)] = &[
+    (exit::LOCAL, "local I/O or internal error"),
+    (exit::USAGE, "command-line usage error"),
+    (exit::CONFIG, "configuration error"),
+    (exit::REPO_STATE, "repository not initialised, already initialised, or of an unsupported format version"),
+    (exit::PASSPHRASE, "wrong or missing repository passphrase"),
+    (exit::CONNECT, "cannot connect to PostgreSQL, or it refused the connection"),
+    (exit::SERVER, "PostgreSQL reported an error during the backup"),
+    (exit::DAMAGED, "a backup set is missing, or an object it needs is missing or corrupt"),
+    (exit::RESTORE_TARGET, "restore target refused"),
+    (exit::STORAGE, "storage error"),
+    (exit::WAL_REFUSED, "WAL refused"),
+    (exit::ARCHIVE_TIMEOUT, "WAL did not reach the archive within `archive-timeout`"),
+];
+
 /// Adds a context line to `std::io::Result`s.
 pub trait IoContext<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
@@ -169,5 +206,36 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|source| Error::Io { context: context(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/config.md's exit code table and [`EXIT_CODES`] say the same: every code
+    /// in both, each documented meaning starting with the table's words.
+    #[test]
+    fn exit_code_table_matches_the_docs() {
+        let docs = include_str!("../../docs/config.md");
+        let section = docs.split("## Exit codes").nth(1).expect("docs/config.md has an Exit codes section");
+        let rows: Vec<(u8, &str)> = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| code"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let mut cells = l.trim_matches('|').split('|').map(str::trim);
+                Some((cells.next()?.parse().ok()?, cells.next()?))
+            })
+            .filter(|(code, _)| *code != 0)
+            .collect();
+        assert_eq!(rows.len(), EXIT_CODES.len(), "{rows:?}");
+        for ((code, meaning), (doc_code, doc_meaning)) in EXIT_CODES.iter().zip(&rows) {
+            assert_eq!(code, doc_code);
+            assert!(doc_meaning.starts_with(meaning), "code {code}: docs say {doc_meaning:?}, the table {meaning:?}");
+        }
+        assert!(EXIT_CODES.iter().all(|(code, _)| *code <= 125), "archive_command needs codes up to 125");
+        assert!(docs.contains(&format!("| {} |", exit::STOP_RECOVERY)), "archive-get's stop status is documented");
     }
 }
