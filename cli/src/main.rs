@@ -1,124 +1,36 @@
-//! `pgcairn`: parse arguments, call one engine operation, map its error to a
-//! message and an exit code. Settings resolution lives in `pgcairn::config`.
+//! `pgcairn`: parse arguments, resolve the settings (pgcairn_cli::settings), call one
+//! engine operation, map its error to a message and an exit code.
 
 mod progress;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use pgcairn::config::Settings;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use pgcairn::crypto::KeySlotKdf;
 use pgcairn::ops::{self, Recovery, RecoveryTarget};
 use pgcairn::progress::{NoProgress, Progress};
 use pgcairn::Error;
+use pgcairn_cli::settings::typed::{self, Common};
+use pgcairn_cli::settings::{args, resolve, Cmd, Flags, Resolved};
 
+/// The settings (flags, also PGCAIRN_<NAME> and config-file keys) are added to this
+/// from the settings table: see docs/config.md.
 #[derive(Parser, Debug)]
-#[command(name = "pgcairn", version, about = "Physical backup and point-in-time restore for PostgreSQL")]
+#[command(
+    name = "pgcairn",
+    version,
+    about = "Physical backup and point-in-time restore for PostgreSQL",
+    after_help = "Each setting is also PGCAIRN_<NAME> or a config-file key; `pgcairn COMMAND --help` lists a command's settings. \
+                  The repository passphrase comes from PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file, never a flag."
+)]
 struct Cli {
-    #[command(flatten)]
-    global: Global,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Settings; each also PGCAIRN_<NAME> or a config-file key (docs/config.md).
-#[derive(Args, Debug)]
-struct Global {
-    /// Config file (TOML). Default /etc/pgcairn/pgcairn.toml when it exists.
-    #[arg(long, global = true)]
-    config: Option<String>,
-    /// The cluster's backup configuration name.
-    #[arg(long, global = true)]
-    stanza: Option<String>,
-    /// Repository: /path, file:///path or s3://bucket/prefix.
-    #[arg(long, global = true)]
-    repo: Option<String>,
-    /// PostgreSQL connection string (libpq syntax or URI); PG* variables and ~/.pgpass apply.
-    #[arg(long, global = true)]
-    pg: Option<String>,
-    /// Data directory to restore into.
-    #[arg(long = "pg-data", global = true)]
-    pg_data: Option<String>,
-    /// File holding the repository passphrase (or set PGCAIRN_REPO_PASSPHRASE).
-    #[arg(long = "repo-passphrase-file", global = true)]
-    repo_passphrase_file: Option<String>,
-    /// Key file (from `key-file`): unlocks without the passphrase's key derivation.
-    #[arg(long = "repo-key-file", global = true)]
-    repo_key_file: Option<String>,
-    #[arg(long = "repo-s3-endpoint", global = true)]
-    repo_s3_endpoint: Option<String>,
-    #[arg(long = "repo-s3-region", global = true)]
-    repo_s3_region: Option<String>,
-    /// zstd level for new blocks and WAL (default 3).
-    #[arg(long = "compress-level", global = true)]
-    compress_level: Option<String>,
-    #[arg(long = "compress-level-wal", global = true)]
-    compress_level_wal: Option<String>,
-    /// Immediate checkpoint instead of a spread one.
-    #[arg(long = "start-fast", global = true, num_args = 0..=1, default_missing_value = "true")]
-    start_fast: Option<String>,
-    /// Wait until a backup's WAL is archived (default true).
-    #[arg(long = "archive-check", global = true, num_args = 0..=1, default_missing_value = "true")]
-    archive_check: Option<String>,
-    /// Store the WAL in the backup even when archiving is on (default false).
-    #[arg(long = "archive-copy", global = true, num_args = 0..=1, default_missing_value = "true")]
-    archive_copy: Option<String>,
-    /// Seconds to wait for WAL to reach the archive (default 60).
-    #[arg(long = "archive-timeout", global = true)]
-    archive_timeout: Option<String>,
-    #[arg(long = "archive-async", global = true, num_args = 0..=1, default_missing_value = "true")]
-    archive_async: Option<String>,
-    #[arg(long = "spool-path", global = true)]
-    spool_path: Option<String>,
-    #[arg(long = "archive-push-queue-max", global = true)]
-    archive_push_queue_max: Option<String>,
-    #[arg(long = "archive-push-queue-full", global = true)]
-    archive_push_queue_full: Option<String>,
-    /// Bytes of WAL archive-get fetches ahead (default 128MiB; 0 turns prefetch off).
-    #[arg(long = "archive-get-queue-max", global = true)]
-    archive_get_queue_max: Option<String>,
-    /// Seconds archive-get retries an unreachable repository before it stops recovery (default 60).
-    #[arg(long = "archive-get-timeout", global = true)]
-    archive_get_timeout: Option<String>,
-    /// error, warn (default), info, debug; RUST_LOG overrides.
-    #[arg(long = "log-level", global = true)]
-    log_level: Option<String>,
-}
-
-impl Global {
-    /// The flags given, as setting name → value.
-    fn flags(&self) -> BTreeMap<String, String> {
-        let pairs = [
-            ("config", &self.config),
-            ("stanza", &self.stanza),
-            ("repo", &self.repo),
-            ("pg", &self.pg),
-            ("pg-data", &self.pg_data),
-            ("repo-passphrase-file", &self.repo_passphrase_file),
-            ("repo-key-file", &self.repo_key_file),
-            ("repo-s3-endpoint", &self.repo_s3_endpoint),
-            ("repo-s3-region", &self.repo_s3_region),
-            ("compress-level", &self.compress_level),
-            ("compress-level-wal", &self.compress_level_wal),
-            ("start-fast", &self.start_fast),
-            ("archive-check", &self.archive_check),
-            ("archive-copy", &self.archive_copy),
-            ("archive-timeout", &self.archive_timeout),
-            ("archive-async", &self.archive_async),
-            ("spool-path", &self.spool_path),
-            ("archive-push-queue-max", &self.archive_push_queue_max),
-            ("archive-push-queue-full", &self.archive_push_queue_full),
-            ("archive-get-queue-max", &self.archive_get_queue_max),
-            ("archive-get-timeout", &self.archive_get_timeout),
-            ("log-level", &self.log_level),
-        ];
-        pairs.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v))).collect()
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,20 +75,45 @@ enum Command {
     },
     /// Show the repository, its backup sets and its WAL archive.
     Info {
+        /// text for people, json for scripts.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
     /// Check that archiving works: settings, then a forced WAL switch reaching the repository.
     Check,
     /// Archive one WAL file (archive_command = 'pgcairn-archive-push %p').
-    ArchivePush { path: PathBuf },
+    ArchivePush {
+        /// The WAL file (%p).
+        path: PathBuf,
+    },
     /// Fetch one WAL file (restore_command = 'pgcairn archive-get %f "%p"'); exit 1 if absent.
-    ArchiveGet { name: String, destination: PathBuf },
+    ArchiveGet {
+        /// The WAL file's name (%f).
+        name: String,
+        /// Where to write it (%p).
+        destination: PathBuf,
+    },
     /// Write the repository key to a file (mode 0600) for archive-push/archive-get.
     KeyFile {
+        /// The key file to create (must not exist).
         #[arg(long)]
         output: PathBuf,
     },
+}
+
+impl Command {
+    fn cmd(&self) -> Cmd {
+        match self {
+            Command::StanzaCreate { .. } => Cmd::StanzaCreate,
+            Command::Backup { .. } => Cmd::Backup,
+            Command::Restore { .. } => Cmd::Restore,
+            Command::Info { .. } => Cmd::Info,
+            Command::Check => Cmd::Check,
+            Command::ArchivePush { .. } => Cmd::ArchivePush,
+            Command::ArchiveGet { .. } => Cmd::ArchiveGet,
+            Command::KeyFile { .. } => Cmd::KeyFile,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -217,12 +154,12 @@ fn progress() -> Arc<dyn Progress> {
     }
 }
 
-/// restore_command for a restored cluster: this binary, with the settings that
-/// found the repository, quoted for /bin/sh.
-fn restore_command(s: &Settings) -> Result<String> {
+/// restore_command for a restored cluster: this binary, with the settings the
+/// table forwards to archive-get, quoted for /bin/sh.
+fn restore_command(forwarded: &[String]) -> Result<String> {
     let exe = std::env::current_exe()?;
     let mut words = vec![exe.display().to_string()];
-    words.extend(s.forwarded_flags());
+    words.extend(forwarded.iter().cloned());
     let quoted: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
     Ok(format!("{} archive-get %f \"%p\"", quoted.join(" ")))
 }
@@ -247,7 +184,8 @@ fn parse_tablespace_map(items: &[String]) -> Result<HashMap<u32, PathBuf>> {
 }
 
 fn recovery(
-    s: &Settings,
+    common: &Common,
+    settings: &typed::Restore,
     t: TargetType,
     target: &Option<String>,
     action: &Option<String>,
@@ -270,134 +208,58 @@ fn recovery(
     }
     // PGCAIRN_REPO_PASSPHRASE does not reach PostgreSQL's restore_command; only a
     // key file or passphrase file named in the forwarded settings does.
-    if target != RecoveryTarget::None && s.get("repo-key-file").is_none() && s.get("repo-passphrase-file").is_none() {
+    if target != RecoveryTarget::None && common.key_file.is_none() && common.passphrase_file.is_none() {
         tracing::warn!("restore_command will need the repository key: set repo-key-file (or repo-passphrase-file) where PostgreSQL can read it");
     }
-    Ok(Recovery { target, action: action.clone(), timeline: timeline.clone(), restore_command: restore_command(s)? })
+    let restore_command = restore_command(&settings.forwarded)?;
+    Ok(Recovery { target, action: action.clone(), timeline: timeline.clone(), restore_command })
 }
 
-async fn run(command: &Command, s: &Settings) -> Result<ExitCode> {
+async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCode> {
     match command {
         Command::StanzaCreate { no_encryption, block_size } => {
-            let passphrase = s.passphrase()?;
-            if !no_encryption && passphrase.is_none() {
-                bail!("an encrypted repository needs a passphrase: set PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file (or pass --no-encryption to store data unencrypted)");
-            }
-            let req = ops::StanzaCreateRequest {
-                stanza: s.stanza().to_string(),
-                pg: s.pg()?,
-                encrypted: !no_encryption,
-                passphrase,
-                block_size: *block_size,
-                kdf: KeySlotKdf::default(),
-            };
-            let repo = ops::stanza_create(s.storage()?, &req).await?;
-            println!(
-                "stanza {} created in {} (system identifier {}, {})",
-                s.stanza(),
-                repo.location(),
-                repo.config().system_identifier,
-                if *no_encryption { "unencrypted" } else { "encrypted" }
-            );
+            stanza_create(r, common, *no_encryption, *block_size).await?
         }
-        Command::Backup { backup_type } => {
-            let repo = s.open_repo().await?;
-            let req = ops::BackupRequest {
-                pg: s.pg()?,
-                backup_type: match backup_type {
-                    BackupType::Full => ops::BackupType::Full,
-                    BackupType::Diff => ops::BackupType::Diff,
-                    BackupType::Incr => ops::BackupType::Incr,
-                },
-                fast_checkpoint: s.get_bool("start-fast", false)?,
-                compress_level: s.compress_level()?,
-                estimate_size: std::io::stderr().is_terminal(),
-                progress: progress(),
-                archive_check: s.get_bool("archive-check", true)?,
-                archive_copy: s.get_bool("archive-copy", false)?,
-                archive_timeout: s.archive_timeout()?,
-            };
-            let sum = ops::backup(&repo, &req).await?;
-            ops::archive::clear_prefetch_spool(s);
-            let based_on = sum.parent.as_deref().map(|p| format!(" (on {p})")).unwrap_or_default();
-            println!(
-                "{} backup {}{based_on} done: {} in {} files, {} new in the repository, wal {}..{}, {:.1}s",
-                sum.backup_type.as_str(),
-                sum.label,
-                human(sum.size),
-                sum.files,
-                human(sum.stored_new),
-                sum.start_lsn,
-                sum.stop_lsn,
-                sum.seconds
-            );
-            println!("{}", sum.label);
-        }
+        Command::Backup { backup_type } => backup(r, common, *backup_type).await?,
         Command::Restore { set, target_type, target, target_action, target_timeline, tablespace_map, delta } => {
-            let target_dir =
-                s.get("pg-data").ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
-            let recovery = recovery(s, *target_type, target, target_action, target_timeline)?;
-            let repo = s.open_repo().await?;
+            let settings = typed::Restore::from(r)?;
+            let target_dir = settings
+                .pg_data
+                .clone()
+                .ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
+            let recovery = recovery(common, &settings, *target_type, target, target_action, target_timeline)?;
             let req = ops::RestoreRequest {
-                target: PathBuf::from(&target_dir),
+                target: target_dir,
                 set: set.clone(),
                 tablespace_map: parse_tablespace_map(tablespace_map)?,
                 progress: progress(),
                 recovery,
                 delta: *delta,
             };
-            let sum = ops::restore(&repo, &req).await?;
-            let delta_note = if *delta {
-                format!(" ({} files unchanged, {} fetched)", sum.files_unchanged, human(sum.bytes_fetched))
-            } else {
-                String::new()
-            };
-            println!(
-                "restored backup {} into {target_dir}: {} in {} files{delta_note}, {:.1}s; start PostgreSQL on it to finish recovery",
-                sum.label,
-                human(sum.bytes),
-                sum.files,
-                sum.seconds
-            );
+            restore(common, &req).await?
         }
         Command::Info { output } => {
-            let repo = s.open_repo().await?;
-            let report = ops::info(&repo).await?;
+            let report = ops::info(&common.access()?.open().await?).await?;
             if *output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print_info(&report);
             }
         }
-        Command::Check => {
-            let repo = s.open_repo().await?;
-            let req = ops::CheckRequest {
-                pg: s.pg()?,
-                timeout: s.archive_timeout()?,
-                spool_problems: ops::archive_async::spool_problems(s)?,
-            };
-            let r = ops::check(&repo, &req).await?;
-            println!(
-                "check ok: stanza {} (system {}), archive_command '{}', wal segment {} reached the repository in {:.1}s",
-                s.stanza(),
-                r.system_identifier,
-                r.archive_command,
-                r.segment,
-                r.seconds
-            );
-        }
+        Command::Check => check(r, common).await?,
         Command::ArchivePush { path } => {
-            ops::archive_push_configured(s, path).await?;
+            let req = typed::push_request(r, common, &[Cmd::ArchivePush.name()])?;
+            ops::run_archive_push(&req, path).await?;
         }
         Command::ArchiveGet { name, destination } => {
-            if !ops::archive::archive_get_configured(s, name, destination).await? {
+            let req = typed::get_request(r, common)?;
+            if !ops::run_archive_get(&req, name, destination).await? {
                 // Not an error: recovery asks past the end of the archive by design.
                 return Ok(ExitCode::from(1));
             }
         }
         Command::KeyFile { output } => {
-            let repo = s.open_repo().await?;
-            repo.write_key_file(output)?;
+            common.access()?.open().await?.write_key_file(output)?;
             println!(
                 "key file {} written (mode 0600): give it to the database's OS user and set repo-key-file; anyone who can read it can read every backup",
                 output.display()
@@ -405,6 +267,102 @@ async fn run(command: &Command, s: &Settings) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn stanza_create(r: &Resolved, common: &Common, no_encryption: bool, block_size: Option<u32>) -> Result<()> {
+    let settings = typed::StanzaCreate::from(r)?;
+    let passphrase = common.passphrase()?;
+    if !no_encryption && passphrase.is_none() {
+        bail!("an encrypted repository needs a passphrase: set PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file (or pass --no-encryption to store data unencrypted)");
+    }
+    let req = ops::StanzaCreateRequest {
+        stanza: common.stanza.clone(),
+        pg: settings.pg,
+        encrypted: !no_encryption,
+        passphrase,
+        block_size,
+        kdf: KeySlotKdf::default(),
+    };
+    let repo = ops::stanza_create(common.storage()?, &req).await?;
+    println!(
+        "stanza {} created in {} (system identifier {}, {})",
+        common.stanza,
+        repo.location(),
+        repo.config().system_identifier,
+        if no_encryption { "unencrypted" } else { "encrypted" }
+    );
+    Ok(())
+}
+
+async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Result<()> {
+    let settings = typed::Backup::from(r)?;
+    let repo = common.access()?.open().await?;
+    let req = ops::BackupRequest {
+        pg: settings.pg.clone(),
+        backup_type: match backup_type {
+            BackupType::Full => ops::BackupType::Full,
+            BackupType::Diff => ops::BackupType::Diff,
+            BackupType::Incr => ops::BackupType::Incr,
+        },
+        fast_checkpoint: settings.start_fast,
+        compress_level: settings.compress_level,
+        estimate_size: std::io::stderr().is_terminal(),
+        progress: progress(),
+        archive_check: settings.archive_check,
+        archive_copy: settings.archive_copy,
+        archive_timeout: settings.archive_timeout,
+    };
+    let sum = ops::backup(&repo, &req).await?;
+    typed::clear_prefetch(&settings, common);
+    let based_on = sum.parent.as_deref().map(|p| format!(" (on {p})")).unwrap_or_default();
+    println!(
+        "{} backup {}{based_on} done: {} in {} files, {} new in the repository, wal {}..{}, {:.1}s",
+        sum.backup_type.as_str(),
+        sum.label,
+        human(sum.size),
+        sum.files,
+        human(sum.stored_new),
+        sum.start_lsn,
+        sum.stop_lsn,
+        sum.seconds
+    );
+    println!("{}", sum.label);
+    Ok(())
+}
+
+async fn restore(common: &Common, req: &ops::RestoreRequest) -> Result<()> {
+    let repo = common.access()?.open().await?;
+    let sum = ops::restore(&repo, req).await?;
+    let delta_note = if req.delta {
+        format!(" ({} files unchanged, {} fetched)", sum.files_unchanged, human(sum.bytes_fetched))
+    } else {
+        String::new()
+    };
+    println!(
+        "restored backup {} into {}: {} in {} files{delta_note}, {:.1}s; start PostgreSQL on it to finish recovery",
+        sum.label,
+        req.target.display(),
+        human(sum.bytes),
+        sum.files,
+        sum.seconds
+    );
+    Ok(())
+}
+
+async fn check(r: &Resolved, common: &Common) -> Result<()> {
+    let settings = typed::Check::from(r)?;
+    let repo = common.access()?.open().await?;
+    let spool_problems = match &settings.spool_path {
+        Some(spool) => ops::archive_async::spool_problems(spool, &common.stanza)?,
+        None => Vec::new(),
+    };
+    let req = ops::CheckRequest { pg: settings.pg, timeout: settings.archive_timeout, spool_problems };
+    let report = ops::check(&repo, &req).await?;
+    println!(
+        "check ok: stanza {} (system {}), archive_command '{}', wal segment {} reached the repository in {:.1}s",
+        common.stanza, report.system_identifier, report.archive_command, report.segment, report.seconds
+    );
+    Ok(())
 }
 
 fn human(bytes: u64) -> String {
@@ -524,6 +482,16 @@ fn archive_get_failure(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(ARCHIVE_GET_STOP_RECOVERY)
 }
 
+/// The derived commands plus the settings from the table; returns the command and
+/// the settings given as flags.
+fn parse_args() -> Result<(Command, Flags), clap::Error> {
+    let matches = args::with_settings(Cli::command()).try_get_matches()?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let sub = matches.subcommand().map_or(&matches, |(_, m)| m);
+    let flags = args::given(cli.command.cmd(), sub);
+    Ok((cli.command, flags))
+}
+
 fn main() -> ExitCode {
     pgcairn::limit_malloc_retention();
     pgcairn::fsutil::private_umask();
@@ -531,20 +499,15 @@ fn main() -> ExitCode {
     if archive_get {
         stop_recovery_on_panic();
     }
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (command, flags) = match parse_args() {
+        Ok(parsed) => parsed,
         Err(e) if archive_get && e.use_stderr() => {
             let _ = e.print();
             return ExitCode::from(ARCHIVE_GET_STOP_RECOVERY);
         }
         Err(e) => e.exit(),
     };
-    init_logging(&cli.global.flags());
-    let result = Settings::load(cli.global.flags()).map_err(anyhow::Error::from).and_then(|settings| {
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        rt.block_on(run(&cli.command, &settings))
-    });
-    match result {
+    match start(&command, flags) {
         Ok(code) => code,
         Err(e) if archive_get => archive_get_failure(&e),
         Err(e) => {
@@ -554,12 +517,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(flags: &BTreeMap<String, String>) {
-    let level = flags
-        .get("log-level")
-        .cloned()
-        .or_else(|| std::env::var("PGCAIRN_LOG_LEVEL").ok())
-        .unwrap_or_else(|| "warn".into());
+/// Resolve every setting the command uses (a bad one stops it here), then run it.
+fn start(command: &Command, flags: Flags) -> Result<ExitCode> {
+    let resolved = resolve(command.cmd(), &flags, &pgcairn_cli::settings::process_env)?;
+    let common = Common::from(&resolved)?;
+    init_logging(common.log_level);
+    for line in resolved.describe() {
+        tracing::debug!("setting {line}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(command, &resolved, &common))
+}
+
+fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)

@@ -9,7 +9,6 @@
 //! the repository format; [`crypto`] keys and AEAD; [`storage`] the object-store
 //! seam; [`ops`] composes them.
 
-pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod fsutil;

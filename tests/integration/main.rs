@@ -9,4 +9,5 @@ mod hardening;
 mod incremental;
 mod roundtrip;
 mod s3_storage;
+mod settings;
 mod support;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::crypto::Secret;
 use crate::error::{Error, IoContext, Result, StorageErrorKind};
 use crate::fsutil::{self, Commit};
 use crate::pg::version;
@@ -15,6 +16,7 @@ use crate::pg::wal::{segment_name, validate_backup_history, validate_history, va
 use crate::repo::format::WAL_PREFIX;
 use crate::repo::wal::{object_content_id, wal_key, WAL_HEADER_LEN};
 use crate::repo::Repository;
+use crate::storage::{s3::S3Settings, DynStorage, RepoLocation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -98,8 +100,6 @@ pub struct GetOptions {
     pub timeout: Duration,
 }
 
-/// Default `archive-get-timeout`: long enough to ride out a restarting object store.
-pub const DEFAULT_GET_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most time between two tries of a transient failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -252,20 +252,16 @@ fn prune_spool(spool: &Path, current: &str) {
 
 /// archive-get's prefetch: into `spool-path`/<stanza>/in, or, when run by PostgreSQL
 /// (whose restore_command runs in the data directory), pg_wal/pgcairn-prefetch. As
-/// many segments as fit in `archive-get-queue-max` (default 128 MiB).
-pub fn prefetch_settings(s: &crate::config::Settings, seg_size: u32) -> Result<Option<Prefetch>> {
-    let bytes = s.get_size("archive-get-queue-max", 128 << 20)?;
-    let segments = (bytes / seg_size as u64) as usize;
-    let spool = match prefetch_spool(s) {
-        Some(p) => p,
-        None => return Ok(None),
-    };
-    Ok((segments > 0).then_some(Prefetch { spool, segments }))
+/// many segments as fit in `queue_max` bytes (`archive-get-queue-max`).
+pub fn prefetch_settings(spool_path: Option<&Path>, stanza: &str, queue_max: u64, seg_size: u32) -> Option<Prefetch> {
+    let segments = (queue_max / seg_size as u64) as usize;
+    let spool = prefetch_spool(spool_path, stanza)?;
+    (segments > 0).then_some(Prefetch { spool, segments })
 }
 
-fn prefetch_spool(s: &crate::config::Settings) -> Option<PathBuf> {
-    match s.get("spool-path") {
-        Some(p) => Some(Path::new(&p).join(s.stanza()).join("in")),
+fn prefetch_spool(spool_path: Option<&Path>, stanza: &str) -> Option<PathBuf> {
+    match spool_path {
+        Some(p) => Some(p.join(stanza).join("in")),
         None if Path::new("PG_VERSION").is_file() && Path::new("pg_wal").is_dir() => {
             Some(PathBuf::from("pg_wal/pgcairn-prefetch"))
         }
@@ -273,23 +269,66 @@ fn prefetch_spool(s: &crate::config::Settings) -> Option<PathBuf> {
     }
 }
 
-/// `pgcairn archive-get` as restore_command runs it: open the repository (riding out
-/// a storage outage up to `archive-get-timeout`) and fetch.
-pub async fn archive_get_configured(s: &crate::config::Settings, name: &str, dest: &Path) -> Result<bool> {
-    let timeout = s.get_seconds("archive-get-timeout", DEFAULT_GET_TIMEOUT)?;
-    let deadline = Instant::now() + timeout;
-    let repo = retry_transient(deadline, timeout, "opening the repository", || s.open_repo()).await?;
-    let prefetch = prefetch_settings(s, repo.config().wal_segment_size)?;
+/// How to reach and unlock a stanza's repository, for operations that open it
+/// themselves (archive-get riding out an outage, the async drainer). The caller
+/// resolves it from its settings.
+#[derive(Debug, Clone)]
+pub struct RepoAccess {
+    pub location: RepoLocation,
+    pub stanza: String,
+    pub s3: S3Settings,
+    pub unlock: Unlock,
+}
+
+#[derive(Debug, Clone)]
+pub enum Unlock {
+    /// A key file from `pgcairn key-file`: no key derivation (the per-segment hot path).
+    KeyFile(PathBuf),
+    /// The passphrase; None for an unencrypted stanza.
+    Passphrase(Option<Secret>),
+}
+
+impl RepoAccess {
+    pub fn storage(&self) -> Result<DynStorage> {
+        self.location.open(&self.stanza, &self.s3)
+    }
+
+    pub async fn open(&self) -> Result<Repository> {
+        let storage = self.storage()?;
+        match &self.unlock {
+            Unlock::KeyFile(path) => Repository::open_with_key_file(storage, &self.stanza, path).await,
+            Unlock::Passphrase(p) => Repository::open(storage, &self.stanza, p.as_ref()).await,
+        }
+    }
+}
+
+/// `pgcairn archive-get` as restore_command runs it.
+#[derive(Debug, Clone)]
+pub struct GetRequest {
+    pub repo: RepoAccess,
+    /// `archive-get-timeout`: how long to ride out a repository that cannot be reached.
+    pub timeout: Duration,
+    /// `spool-path`: where prefetched segments go (see [`prefetch_settings`]).
+    pub spool_path: Option<PathBuf>,
+    /// `archive-get-queue-max`: bytes of WAL to fetch ahead; 0 turns prefetch off.
+    pub queue_max: u64,
+}
+
+/// Open the repository (riding out a storage outage up to the timeout) and fetch;
+/// the result as [`archive_get`]'s.
+pub async fn run_archive_get(req: &GetRequest, name: &str, dest: &Path) -> Result<bool> {
+    let deadline = Instant::now() + req.timeout;
+    let repo = retry_transient(deadline, req.timeout, "opening the repository", || req.repo.open()).await?;
+    let seg_size = repo.config().wal_segment_size;
+    let prefetch = prefetch_settings(req.spool_path.as_deref(), &req.repo.stanza, req.queue_max, seg_size);
     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
     archive_get(&repo, name, dest, &GetOptions { prefetch, timeout: remaining }).await
 }
 
 /// A backup starts a new history: segments prefetched for an earlier recovery on
 /// this host (spool-path/<stanza>/in) are of no further use.
-pub fn clear_prefetch_spool(s: &crate::config::Settings) {
-    if let Some(p) = s.get("spool-path") {
-        let _ = std::fs::remove_dir_all(Path::new(&p).join(s.stanza()).join("in"));
-    }
+pub fn clear_prefetch_spool(spool_path: &Path, stanza: &str) {
+    let _ = std::fs::remove_dir_all(spool_path.join(stanza).join("in"));
 }
 
 /// Wait until segments `from..=to` of `timeline` are archived.

@@ -1,6 +1,6 @@
 //! Asynchronous archive-push. archive_command returns once the segment is durably
-//! queued in the spool directory; a detached drainer process (the same binary, the
-//! same arguments, `PGCAIRN_ARCHIVE_DRAIN=1`) pushes queued segments in parallel and
+//! queued in the spool directory; a detached drainer process (the same binary with the
+//! settings the caller forwards, `PGCAIRN_ARCHIVE_DRAIN=1`) pushes queued segments in parallel and
 //! exits when the queue is empty. One drainer at a time (flock on `drain.lock`).
 //!
 //! `archive-push-queue-max` bounds the queue. When a segment would exceed it,
@@ -11,6 +11,7 @@
 //!   fill the disk; every drop is logged as an error and listed in `dropped.log`,
 //!   `check` fails while that file exists and `info` shows the gap.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
@@ -20,29 +21,62 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::config::Settings;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, Commit};
-use crate::ops::archive::{archive_push, store_wal, validate_wal_file};
+use crate::ops::archive::{archive_push, store_wal, validate_wal_file, RepoAccess};
 use crate::repo::Repository;
 
 const DRAIN_ENV: &str = "PGCAIRN_ARCHIVE_DRAIN";
 const PARALLEL_PUSHES: usize = 4;
 
-/// The one entry point of `archive_command`, for both binaries: sync or async as configured.
-pub async fn archive_push_configured(s: &Settings, path: &Path) -> Result<()> {
-    let level = s.compress_level_wal()?;
-    if !s.get_bool("archive-async", false)? {
-        let repo = s.open_repo().await?;
-        archive_push(&repo, path, level).await?;
+/// archive_command's work, as the caller's settings say: push now, or queue.
+#[derive(Debug, Clone)]
+pub struct PushRequest {
+    pub repo: RepoAccess,
+    /// zstd level for WAL (`compress-level-wal`).
+    pub level: i32,
+    /// `archive-async`: queue instead of pushing.
+    pub queue: Option<AsyncQueue>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AsyncQueue {
+    /// `spool-path`; the queue is `<spool>/<stanza>/out`.
+    pub spool_path: PathBuf,
+    /// `archive-push-queue-max`: None for unbounded.
+    pub max: Option<u64>,
+    /// `archive-push-queue-full`.
+    pub full: QueueFull,
+    pub drainer: Drainer,
+}
+
+/// What to do with a segment that does not fit in the queue (module comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueFull {
+    Fail,
+    Drop,
+}
+
+/// The command line of a drainer: this program with the settings that found the
+/// repository; the WAL path is appended (the drainer ignores it).
+#[derive(Debug, Clone)]
+pub struct Drainer {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+/// The one entry point of `archive_command`, for both binaries: sync or async as requested.
+pub async fn run_archive_push(req: &PushRequest, path: &Path) -> Result<()> {
+    let Some(queue) = &req.queue else {
+        archive_push(&req.repo.open().await?, path, req.level).await?;
         return Ok(());
-    }
-    let spool = Spool::new(s)?;
+    };
+    let spool = Spool::new(&queue.spool_path, &req.repo.stanza)?;
     if std::env::var_os(DRAIN_ENV).is_some() {
-        return drain(s, &spool, level).await;
+        return drain(&req.repo, &spool, req.level).await;
     }
-    spool.enqueue(s, path)?;
-    spawn_drainer(&spool)
+    spool.enqueue(queue, path)?;
+    spawn_drainer(&spool, &queue.drainer, path)
 }
 
 pub struct Spool {
@@ -50,11 +84,8 @@ pub struct Spool {
 }
 
 impl Spool {
-    pub fn new(s: &Settings) -> Result<Self> {
-        let base = s.get("spool-path").ok_or_else(|| {
-            Error::Config("archive-async needs spool-path: a local directory the database's OS user can write".into())
-        })?;
-        let root = Path::new(&base).join(s.stanza());
+    pub fn new(spool_path: &Path, stanza: &str) -> Result<Self> {
+        let root = spool_path.join(stanza);
         for d in [root.join("out"), root.join("error")] {
             fsutil::create_dir_all_durable(&d).ctx(|| format!("cannot create spool directory {}", d.display()))?;
         }
@@ -78,15 +109,13 @@ impl Spool {
         Ok(total)
     }
 
-    fn enqueue(&self, s: &Settings, path: &Path) -> Result<()> {
+    fn enqueue(&self, queue: &AsyncQueue, path: &Path) -> Result<()> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let data = std::fs::read(path).ctx(|| format!("cannot read {}", path.display()))?;
-        if let Some(max) = s.get("archive-push-queue-max") {
-            let max = crate::config::parse_size(&max)
-                .ok_or_else(|| Error::Config(format!("archive-push-queue-max={max} is not a size")))?;
+        if let Some(max) = queue.max {
             let queued = self.queued_bytes()?;
             if queued + data.len() as u64 > max {
-                return self.queue_full(s, &name, queued, max);
+                return self.queue_full(queue.full, &name, queued, max);
             }
         }
         let dest = self.out().join(&name);
@@ -96,11 +125,11 @@ impl Spool {
             .ctx(|| format!("cannot queue {}", dest.display()))
     }
 
-    fn queue_full(&self, s: &Settings, name: &str, queued: u64, max: u64) -> Result<()> {
+    fn queue_full(&self, full: QueueFull, name: &str, queued: u64, max: u64) -> Result<()> {
         let what =
             format!("archive-push queue {} holds {queued} bytes (archive-push-queue-max {max})", self.out().display());
-        match s.get("archive-push-queue-full").as_deref().unwrap_or("fail") {
-            "drop" => {
+        match full {
+            QueueFull::Drop => {
                 tracing::error!(
                     "{what}: {name} was DROPPED and is not archived (archive-push-queue-full = drop); point-in-time recovery across it is impossible: take a new full backup once the repository keeps up, then remove {}",
                     self.dropped_log().display()
@@ -113,10 +142,9 @@ impl Spool {
                 writeln!(f, "{} {name}", chrono::Utc::now().to_rfc3339()).ctx(|| "cannot write dropped.log".into())?;
                 f.sync_all().ctx(|| "cannot fsync dropped.log".into())
             }
-            "fail" => Err(Error::Config(format!(
+            QueueFull::Fail => Err(Error::Config(format!(
                 "{what}: {name} not queued; PostgreSQL keeps it and retries. The repository is not keeping up: check it, or raise archive-push-queue-max"
             ))),
-            other => Err(Error::Config(format!("archive-push-queue-full={other}: use fail or drop"))),
         }
     }
 }
@@ -134,8 +162,8 @@ fn try_lock(spool: &Spool) -> Result<Option<File>> {
     Ok((rc == 0).then_some(f))
 }
 
-/// Start a detached drainer unless one runs. It re-runs this very command line.
-fn spawn_drainer(spool: &Spool) -> Result<()> {
+/// Start a detached drainer unless one runs.
+fn spawn_drainer(spool: &Spool, drainer: &Drainer, path: &Path) -> Result<()> {
     match try_lock(spool)? {
         None => return Ok(()), // a drainer is running; it drains until the queue is empty
         Some(lock) => drop(lock),
@@ -145,11 +173,9 @@ fn spawn_drainer(spool: &Spool) -> Result<()> {
         .append(true)
         .open(spool.root.join("drain.log"))
         .ctx(|| "cannot open drain.log".into())?;
-    let mut args = std::env::args_os();
-    let exe = std::env::current_exe().ctx(|| "cannot find the running executable".into())?;
-    args.next();
-    std::process::Command::new(exe)
-        .args(args)
+    std::process::Command::new(&drainer.program)
+        .args(&drainer.args)
+        .arg(path)
         .env(DRAIN_ENV, "1")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().ctx(|| "drain.log".into())?)
@@ -161,9 +187,9 @@ fn spawn_drainer(spool: &Spool) -> Result<()> {
     Ok(())
 }
 
-async fn drain(s: &Settings, spool: &Spool, level: i32) -> Result<()> {
+async fn drain(access: &RepoAccess, spool: &Spool, level: i32) -> Result<()> {
     let Some(mut lock) = try_lock(spool)? else { return Ok(()) };
-    let repo = s.open_repo().await?;
+    let repo = access.open().await?;
     loop {
         let mut names: Vec<String> = std::fs::read_dir(spool.out())
             .ctx(|| "cannot list the spool".into())?
@@ -221,12 +247,9 @@ async fn push_queued(repo: &Repository, spool: &Spool, name: &str, level: i32) -
     }
 }
 
-/// Problems of the async queue an operator must know about (for `check`).
-pub fn spool_problems(s: &Settings) -> Result<Vec<String>> {
-    if !s.get_bool("archive-async", false)? {
-        return Ok(Vec::new());
-    }
-    let spool = Spool::new(s)?;
+/// Problems of the async queue in `spool_path` an operator must know about (for `check`).
+pub fn spool_problems(spool_path: &Path, stanza: &str) -> Result<Vec<String>> {
+    let spool = Spool::new(spool_path, stanza)?;
     let mut out = Vec::new();
     if let Ok(text) = std::fs::read_to_string(spool.dropped_log()) {
         let n = text.lines().count();

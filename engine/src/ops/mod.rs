@@ -10,8 +10,11 @@ pub mod lineage;
 pub mod restore;
 pub mod stanza;
 
-pub use archive::{archive_get, archive_push, archive_summary, GetOptions, PushOutcome, TimelineArchive};
-pub use archive_async::archive_push_configured;
+pub use archive::{
+    archive_get, archive_push, archive_summary, run_archive_get, GetOptions, GetRequest, PushOutcome, RepoAccess,
+    TimelineArchive, Unlock,
+};
+pub use archive_async::{run_archive_push, AsyncQueue, Drainer, PushRequest, QueueFull};
 pub use backup::{backup, BackupRequest, BackupSummary};
 pub use check::{check, CheckReport, CheckRequest};
 pub use info::{info, BackupDetails, BackupInfo, BackupStatus, InfoReport};

@@ -1,0 +1,355 @@
+//! The settings table: the one place a setting is spelled. Clap's arguments, the
+//! config-file keys, the environment variables, forwarding to child processes and
+//! the help text all come from it; docs/config.md is tested against it.
+
+use std::fmt;
+
+/// The subcommands, as settings see them (`pgcairn-archive-push` is `ArchivePush`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cmd {
+    StanzaCreate,
+    Backup,
+    Restore,
+    Info,
+    Check,
+    ArchivePush,
+    ArchiveGet,
+    KeyFile,
+}
+
+impl Cmd {
+    pub const ALL: [Cmd; 8] = [
+        Cmd::StanzaCreate,
+        Cmd::Backup,
+        Cmd::Restore,
+        Cmd::Info,
+        Cmd::Check,
+        Cmd::ArchivePush,
+        Cmd::ArchiveGet,
+        Cmd::KeyFile,
+    ];
+
+    /// The subcommand's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cmd::StanzaCreate => "stanza-create",
+            Cmd::Backup => "backup",
+            Cmd::Restore => "restore",
+            Cmd::Info => "info",
+            Cmd::Check => "check",
+            Cmd::ArchivePush => "archive-push",
+            Cmd::ArchiveGet => "archive-get",
+            Cmd::KeyFile => "key-file",
+        }
+    }
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a value is parsed (once, at start-up; see `kind.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    /// Never printed, never forwarded.
+    Secret,
+    Path,
+    /// `true`/`false`, `on`/`off`, `yes`/`no`, `1`/`0`; a bare flag means true.
+    Bool,
+    /// Bytes, with an optional KiB/MiB/GiB suffix.
+    Size,
+    /// A whole number of seconds.
+    Seconds,
+    /// A zstd level: 1 to 19, or -1 to -7.
+    Zstd,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    /// A stanza name (it becomes a directory or key prefix).
+    Stanza,
+    /// A repository location: a path, file:///path or s3://bucket/prefix.
+    Repo,
+}
+
+/// Which commands take a setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Locates the stanza and its repository: every command, also before the subcommand.
+    Global,
+    Only(&'static [Cmd]),
+}
+
+/// Where a value may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sources {
+    pub flag: bool,
+    pub env: bool,
+    pub file: bool,
+}
+
+const ANY: Sources = Sources { flag: true, env: true, file: true };
+
+/// Whether a child pgcairn (restore_command, the async drainer) gets the value as a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    Never,
+    /// When it came from a flag or the environment; config-file values reach the
+    /// child through the same config file.
+    Given,
+    /// Always (the stanza: the child must not guess it).
+    Always,
+}
+
+#[derive(Debug)]
+pub struct Setting {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The value when none is given (parsed like any other; None: unset).
+    pub default: Option<&'static str>,
+    pub scope: Scope,
+    pub sources: Sources,
+    pub forward: Forward,
+    pub help: &'static str,
+}
+
+impl Setting {
+    pub fn applies_to(&self, cmd: Cmd) -> bool {
+        match self.scope {
+            Scope::Global => true,
+            Scope::Only(cmds) => cmds.contains(&cmd),
+        }
+    }
+
+    pub fn is_global(&self) -> bool {
+        self.scope == Scope::Global
+    }
+
+    /// `PGCAIRN_` + the name in upper case, `-` → `_`.
+    pub fn env(&self) -> String {
+        format!("PGCAIRN_{}", self.name.to_uppercase().replace('-', "_"))
+    }
+}
+
+/// The setting called `name`.
+pub fn setting(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+use Cmd::*;
+use Forward::{Always, Given, Never};
+
+const GLOBAL: Scope = Scope::Global;
+const WITH_PG: Scope = Scope::Only(&[StanzaCreate, Backup, Check]);
+
+/// Every setting. Order: global ones first, then by command; help and docs follow it.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "config",
+        kind: Kind::Path,
+        default: None,
+        scope: GLOBAL,
+        sources: Sources { flag: true, env: true, file: false },
+        forward: Given,
+        help: "config file (TOML); /etc/pgcairn/pgcairn.toml when it exists",
+    },
+    Setting {
+        name: "stanza",
+        kind: Kind::Stanza,
+        default: None,
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Always,
+        help: "the cluster's backup configuration: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+    },
+    Setting {
+        name: "repo",
+        kind: Kind::Repo,
+        default: None,
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Given,
+        help: "repository: an absolute path, file:///path or s3://bucket/prefix",
+    },
+    Setting {
+        name: "repo-passphrase",
+        kind: Kind::Secret,
+        default: None,
+        scope: GLOBAL,
+        sources: Sources { flag: false, env: true, file: false },
+        forward: Never,
+        help: "repository passphrase: only from the environment, never a flag or the config file (or use repo-passphrase-file)",
+    },
+    Setting {
+        name: "repo-passphrase-file",
+        kind: Kind::Path,
+        default: None,
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Given,
+        help: "file holding the repository passphrase (mode 0600; trailing newline ignored)",
+    },
+    Setting {
+        name: "repo-key-file",
+        kind: Kind::Path,
+        default: None,
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Given,
+        help: "key file written by `pgcairn key-file`: unlocks without the passphrase's key derivation",
+    },
+    Setting {
+        name: "repo-s3-endpoint",
+        kind: Kind::Text,
+        default: None,
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Given,
+        help: "S3 endpoint URL for non-AWS servers (default AWS_ENDPOINT_URL)",
+    },
+    Setting {
+        name: "repo-s3-region",
+        kind: Kind::Text,
+        default: None,
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Given,
+        help: "S3 region (default AWS_REGION, else us-east-1)",
+    },
+    Setting {
+        name: "log-level",
+        kind: Kind::Choice(&["error", "warn", "info", "debug", "trace"]),
+        default: Some("warn"),
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Given,
+        help: "what to log on stderr: error, warn, info, debug or trace; RUST_LOG overrides",
+    },
+    Setting {
+        name: "pg",
+        kind: Kind::Text,
+        default: None,
+        scope: WITH_PG,
+        sources: ANY,
+        forward: Never,
+        help: "PostgreSQL connection string (libpq syntax or URI); PG* variables and ~/.pgpass apply",
+    },
+    Setting {
+        name: "pg-data",
+        kind: Kind::Path,
+        default: None,
+        scope: Scope::Only(&[Restore]),
+        sources: ANY,
+        forward: Never,
+        help: "directory to restore into: empty or absent, or (with --delta) a stopped data directory",
+    },
+    Setting {
+        name: "compress-level",
+        kind: Kind::Zstd,
+        default: Some("3"),
+        scope: Scope::Only(&[Backup]),
+        sources: ANY,
+        forward: Never,
+        help: "zstd level for new blocks",
+    },
+    Setting {
+        name: "start-fast",
+        kind: Kind::Bool,
+        default: Some("false"),
+        scope: Scope::Only(&[Backup]),
+        sources: ANY,
+        forward: Never,
+        help: "request an immediate checkpoint instead of a spread one",
+    },
+    Setting {
+        name: "archive-check",
+        kind: Kind::Bool,
+        default: Some("true"),
+        scope: Scope::Only(&[Backup]),
+        sources: ANY,
+        forward: Never,
+        help: "when the cluster archives, wait until the backup's WAL is in the repository",
+    },
+    Setting {
+        name: "archive-copy",
+        kind: Kind::Bool,
+        default: Some("false"),
+        scope: Scope::Only(&[Backup]),
+        sources: ANY,
+        forward: Never,
+        help: "store the WAL inside the backup even when the cluster archives",
+    },
+    Setting {
+        name: "archive-timeout",
+        kind: Kind::Seconds,
+        default: Some("60"),
+        scope: Scope::Only(&[Backup, Check]),
+        sources: ANY,
+        forward: Never,
+        help: "seconds to wait for WAL to reach the repository",
+    },
+    Setting {
+        name: "archive-async",
+        kind: Kind::Bool,
+        default: Some("false"),
+        scope: Scope::Only(&[ArchivePush, Check]),
+        sources: ANY,
+        forward: Given,
+        help: "queue segments in spool-path and return; a background drainer uploads them",
+    },
+    Setting {
+        name: "spool-path",
+        kind: Kind::Path,
+        default: None,
+        scope: Scope::Only(&[Backup, Restore, Check, ArchivePush, ArchiveGet]),
+        sources: ANY,
+        forward: Given,
+        help: "local directory for the async archive queue and archive-get's prefetch",
+    },
+    Setting {
+        name: "compress-level-wal",
+        kind: Kind::Zstd,
+        default: Some("1"),
+        scope: Scope::Only(&[ArchivePush]),
+        sources: ANY,
+        forward: Given,
+        help: "zstd level for archived WAL",
+    },
+    Setting {
+        name: "archive-push-queue-max",
+        kind: Kind::Size,
+        default: None,
+        scope: Scope::Only(&[ArchivePush]),
+        sources: ANY,
+        forward: Never,
+        help: "largest async archive queue, e.g. 1GiB (default unbounded)",
+    },
+    Setting {
+        name: "archive-push-queue-full",
+        kind: Kind::Choice(&["fail", "drop"]),
+        default: Some("fail"),
+        scope: Scope::Only(&[ArchivePush]),
+        sources: ANY,
+        forward: Never,
+        help: "beyond archive-push-queue-max: fail (PostgreSQL retries) or drop (the segment is NOT archived)",
+    },
+    Setting {
+        name: "archive-get-queue-max",
+        kind: Kind::Size,
+        default: Some("128MiB"),
+        scope: Scope::Only(&[Restore, ArchiveGet]),
+        sources: ANY,
+        forward: Given,
+        help: "how much WAL archive-get fetches ahead; 0 turns prefetch off",
+    },
+    Setting {
+        name: "archive-get-timeout",
+        kind: Kind::Seconds,
+        default: Some("60"),
+        scope: Scope::Only(&[Restore, ArchiveGet]),
+        sources: ANY,
+        forward: Given,
+        help: "seconds archive-get retries an unreachable repository before it stops recovery",
+    },
+];

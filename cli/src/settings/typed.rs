@@ -1,0 +1,196 @@
+//! Typed settings per command, built from a [`Resolved`] at start-up, and the
+//! engine requests built from them. Nothing here reads a setting by name after this.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgcairn::crypto::Secret;
+use pgcairn::ops::{AsyncQueue, Drainer, GetRequest, PushRequest, QueueFull, RepoAccess, Unlock};
+use pgcairn::pg::ConnParams;
+use pgcairn::storage::{s3::S3Settings, DynStorage, RepoLocation};
+use pgcairn::{Error, Result};
+
+use super::resolve::Resolved;
+use super::table::Cmd;
+
+/// What every command has: the stanza and how to reach and unlock its repository.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub stanza: String,
+    pub log_level: &'static str,
+    pub repo: RepoLocation,
+    pub s3: S3Settings,
+    pub key_file: Option<PathBuf>,
+    pub passphrase_file: Option<PathBuf>,
+    passphrase_env: Option<Secret>,
+}
+
+impl Common {
+    pub fn from(r: &Resolved) -> Result<Self> {
+        Ok(Self {
+            stanza: r.get("stanza")?,
+            log_level: r.get("log-level")?,
+            repo: r.get("repo")?,
+            s3: S3Settings {
+                endpoint: r.opt("repo-s3-endpoint")?,
+                region: r.opt("repo-s3-region")?,
+                credentials: None,
+            },
+            key_file: r.opt("repo-key-file")?,
+            passphrase_file: r.opt("repo-passphrase-file")?,
+            passphrase_env: r.opt("repo-passphrase")?,
+        })
+    }
+
+    pub fn storage(&self) -> Result<DynStorage> {
+        self.repo.open(&self.stanza, &self.s3)
+    }
+
+    /// The passphrase from PGCAIRN_REPO_PASSPHRASE, else repo-passphrase-file.
+    pub fn passphrase(&self) -> Result<Option<Secret>> {
+        if let Some(p) = &self.passphrase_env {
+            return Ok(Some(p.clone()));
+        }
+        let Some(file) = &self.passphrase_file else { return Ok(None) };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Error::Config(format!("cannot read repo-passphrase-file {}: {e}", file.display())))?;
+        let pass = text.trim_end_matches(['\n', '\r']);
+        if pass.is_empty() {
+            return Err(Error::Config(format!(
+                "repo-passphrase-file {} is empty: write the passphrase into it",
+                file.display()
+            )));
+        }
+        Ok(Some(Secret::new(pass)))
+    }
+
+    /// With repo-key-file when set (no key derivation), else with the passphrase.
+    pub fn access(&self) -> Result<RepoAccess> {
+        let unlock = match &self.key_file {
+            Some(k) => Unlock::KeyFile(k.clone()),
+            None => Unlock::Passphrase(self.passphrase()?),
+        };
+        Ok(RepoAccess { location: self.repo.clone(), stanza: self.stanza.clone(), s3: self.s3.clone(), unlock })
+    }
+}
+
+/// `pg`, resolved with PG* variables and libpq's defaults.
+fn pg(r: &Resolved) -> Result<ConnParams> {
+    ConnParams::resolve(&r.opt::<String>("pg")?.unwrap_or_default())
+}
+
+#[derive(Debug, Clone)]
+pub struct StanzaCreate {
+    pub pg: ConnParams,
+}
+
+impl StanzaCreate {
+    pub fn from(r: &Resolved) -> Result<Self> {
+        Ok(Self { pg: pg(r)? })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub pg: ConnParams,
+    pub start_fast: bool,
+    pub compress_level: i32,
+    pub archive_check: bool,
+    pub archive_copy: bool,
+    pub archive_timeout: Duration,
+    pub spool_path: Option<PathBuf>,
+}
+
+impl Backup {
+    pub fn from(r: &Resolved) -> Result<Self> {
+        Ok(Self {
+            pg: pg(r)?,
+            start_fast: r.get("start-fast")?,
+            compress_level: r.get("compress-level")?,
+            archive_check: r.get("archive-check")?,
+            archive_copy: r.get("archive-copy")?,
+            archive_timeout: r.get("archive-timeout")?,
+            spool_path: r.opt("spool-path")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Restore {
+    pub pg_data: Option<PathBuf>,
+    /// The flags restore_command (`pgcairn archive-get`) gets, as the table says.
+    pub forwarded: Vec<String>,
+}
+
+impl Restore {
+    pub fn from(r: &Resolved) -> Result<Self> {
+        Ok(Self { pg_data: r.opt("pg-data")?, forwarded: r.forwarded(Cmd::ArchiveGet) })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub pg: ConnParams,
+    pub archive_timeout: Duration,
+    /// The async archive spool to look into (archive-async = true).
+    pub spool_path: Option<PathBuf>,
+}
+
+impl Check {
+    pub fn from(r: &Resolved) -> Result<Self> {
+        Ok(Self { pg: pg(r)?, archive_timeout: r.get("archive-timeout")?, spool_path: async_spool(r)? })
+    }
+}
+
+/// spool-path when archive-async is on (then it is required).
+fn async_spool(r: &Resolved) -> Result<Option<PathBuf>> {
+    if !r.get::<bool>("archive-async")? {
+        return Ok(None);
+    }
+    let spool = r.opt("spool-path")?.ok_or_else(|| {
+        Error::Config("archive-async needs spool-path: a local directory the database's OS user can write".into())
+    })?;
+    Ok(Some(spool))
+}
+
+/// archive-push's request. `drainer_args`: what precedes the settings on a drainer's
+/// command line (`archive-push` for `pgcairn`, nothing for `pgcairn-archive-push`).
+pub fn push_request(r: &Resolved, common: &Common, drainer_args: &[&str]) -> Result<PushRequest> {
+    let queue = match async_spool(r)? {
+        None => None,
+        Some(spool_path) => {
+            let program =
+                std::env::current_exe().map_err(|e| Error::io("cannot find the running executable".to_string(), e))?;
+            let mut args: Vec<OsString> = drainer_args.iter().map(OsString::from).collect();
+            args.extend(r.forwarded(Cmd::ArchivePush).into_iter().map(OsString::from));
+            Some(AsyncQueue {
+                spool_path,
+                max: r.opt("archive-push-queue-max")?,
+                full: if r.get::<&str>("archive-push-queue-full")? == "drop" {
+                    QueueFull::Drop
+                } else {
+                    QueueFull::Fail
+                },
+                drainer: Drainer { program, args },
+            })
+        }
+    };
+    Ok(PushRequest { repo: common.access()?, level: r.get("compress-level-wal")?, queue })
+}
+
+pub fn get_request(r: &Resolved, common: &Common) -> Result<GetRequest> {
+    Ok(GetRequest {
+        repo: common.access()?,
+        timeout: r.get("archive-get-timeout")?,
+        spool_path: r.opt("spool-path")?,
+        queue_max: r.get("archive-get-queue-max")?,
+    })
+}
+
+/// backup's prefetch clean-up: the spool of this stanza's earlier recoveries.
+pub fn clear_prefetch(b: &Backup, common: &Common) {
+    if let Some(p) = &b.spool_path {
+        pgcairn::ops::archive::clear_prefetch_spool(Path::new(p), &common.stanza);
+    }
+}
