@@ -22,9 +22,14 @@
 //! every backend (memory and local in unit tests, S3 against a real server in the
 //! integration tests).
 
+// Test doubles and the contract's checks: for unit tests, and for the integration
+// tests through the `testing` feature; never in a release binary.
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
 pub mod fault;
 pub mod local;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod retry;
 pub mod s3;
