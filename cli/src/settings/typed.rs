@@ -2,7 +2,7 @@
 //! engine requests built from them. Nothing here reads a setting by name after this.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pgcairn::crypto::Secret;
@@ -191,6 +191,6 @@ pub fn get_request(r: &Resolved, common: &Common) -> Result<GetRequest> {
 /// backup's prefetch clean-up: the spool of this stanza's earlier recoveries.
 pub fn clear_prefetch(b: &Backup, common: &Common) {
     if let Some(p) = &b.spool_path {
-        pgcairn::ops::archive::clear_prefetch_spool(Path::new(p), &common.stanza);
+        pgcairn::ops::archive::clear_prefetch_spool(p, &common.stanza);
     }
 }
