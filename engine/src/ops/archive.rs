@@ -9,21 +9,13 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::crypto::Secret;
-use crate::error::{Error, IoContext, Result, StorageErrorKind};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, Commit};
 use crate::pg::version;
 use crate::pg::wal::{segment_name, validate_backup_history, validate_history, validate_segment, WalFile};
-use crate::repo::format::WAL_PREFIX;
-use crate::repo::wal::{object_content_id, wal_key, WAL_HEADER_LEN};
+pub use crate::repo::wal::PushOutcome;
 use crate::repo::Repository;
 use crate::storage::{s3::S3Settings, DynStorage, RepoLocation};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushOutcome {
-    Stored,
-    /// The same content was already archived (PostgreSQL retried after a crash).
-    AlreadyArchived,
-}
 
 fn file_name(path: &Path) -> Result<String> {
     path.file_name()
@@ -68,21 +60,11 @@ fn map_file(path: &Path) -> Result<memmap2::Mmap> {
 }
 
 pub async fn store_wal(repo: &Repository, name: &str, file: WalFile, data: &[u8], level: i32) -> Result<PushOutcome> {
-    let key = wal_key(file.timeline(), name);
-    let (id, object) = tokio::task::block_in_place(|| repo.encode_wal(&key, data, level));
-    match repo.storage().put_new(&key, object).await {
-        Ok(()) => Ok(PushOutcome::Stored),
-        Err(e) if e.storage_kind() == Some(StorageErrorKind::AlreadyExists) => {
-            let head = repo.storage().get_range(&key, 0..WAL_HEADER_LEN as u64).await?;
-            if object_content_id(&head) == Some(id) {
-                tracing::warn!("{name} is already archived with identical content; nothing to do");
-                Ok(PushOutcome::AlreadyArchived)
-            } else {
-                Err(Error::WalMismatch { name: name.to_string(), location: repo.location() })
-            }
-        }
-        Err(e) => Err(e),
+    let outcome = repo.put_wal(file.timeline(), name, data, level).await?;
+    if outcome == PushOutcome::AlreadyArchived {
+        tracing::warn!("{name} is already archived with identical content; nothing to do");
     }
+    Ok(outcome)
 }
 
 /// Where archive-get keeps segments fetched ahead, and how many.
@@ -228,12 +210,9 @@ async fn prefetch_following(repo: &Repository, p: &Prefetch, file: WalFile) {
 const PARALLEL_PREFETCH: usize = 8;
 
 async fn fetch(repo: &Repository, name: &str) -> Result<Option<Vec<u8>>> {
-    let Some(file) = WalFile::parse(name) else { return Ok(None) };
-    let key = wal_key(file.timeline(), name);
-    match repo.storage().get(&key).await {
-        Ok(object) => Ok(Some(tokio::task::block_in_place(|| repo.decode_wal(&key, &object))?)),
-        Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(None),
-        Err(e) => Err(e),
+    match WalFile::parse(name) {
+        Some(file) => repo.get_wal(file.timeline(), name).await,
+        None => Ok(None),
     }
 }
 
@@ -337,21 +316,11 @@ pub async fn wait_for_segments(repo: &Repository, timeline: u32, from: u64, to: 
     let deadline = Instant::now() + timeout;
     for segno in from..=to {
         let name = segment_name(timeline, segno, seg_size);
-        let key = wal_key(timeline, &name);
-        loop {
-            match repo.storage().get_range(&key, 0..WAL_HEADER_LEN as u64).await {
-                Ok(_) => break,
-                Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {
-                    if Instant::now() >= deadline {
-                        return Err(Error::ArchiveTimeout {
-                            what: format!("wal segment {name}"),
-                            seconds: timeout.as_secs(),
-                        });
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e),
+        while !repo.wal_exists(timeline, &name).await? {
+            if Instant::now() >= deadline {
+                return Err(Error::ArchiveTimeout { what: format!("wal segment {name}"), seconds: timeout.as_secs() });
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     Ok(())
@@ -381,9 +350,8 @@ pub struct ArchivedSegments {
 pub async fn archived_segments(repo: &Repository) -> Result<ArchivedSegments> {
     let seg_size = repo.config().wal_segment_size;
     let mut out = ArchivedSegments::default();
-    for o in repo.storage().list(WAL_PREFIX).await? {
-        let Some(name) = o.key.rsplit('/').next() else { continue };
-        match WalFile::parse(name) {
+    for name in repo.list_wal().await? {
+        match WalFile::parse(&name) {
             Some(f @ WalFile::Segment { timeline, .. }) => {
                 out.segments.entry(timeline).or_default().extend(f.segno(seg_size));
             }
@@ -454,7 +422,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::error::StorageErrorKind;
+    use crate::repo::format::WAL_PREFIX;
     use crate::repo::tests::test_repo;
+    use crate::repo::wal::wal_key;
     use crate::storage::fault::FaultStorage;
 
     fn segment(repo: &Repository, segno: u64, fill: u8) -> Vec<u8> {

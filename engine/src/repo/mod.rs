@@ -203,7 +203,7 @@ impl Repository {
         repo
     }
 
-    pub fn storage(&self) -> &DynStorage {
+    pub(crate) fn storage(&self) -> &DynStorage {
         &self.storage
     }
     pub fn config(&self) -> &RepoConfig {

@@ -11,14 +11,22 @@ use rayon::prelude::*;
 
 use super::format::{ChunkId, INFO_WAL, WAL_MAGIC, WAL_PREFIX};
 use super::{blob, Repository};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageErrorKind};
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    Stored,
+    /// The same content was already archived (PostgreSQL retried after a crash).
+    AlreadyArchived,
+}
 
 pub const WAL_HEADER_LEN: usize = WAL_MAGIC.len() + 32;
 /// Compressed in independent 1 MiB frames so a 16 MiB segment uses every core.
 const FRAME: usize = 1 << 20;
 
 /// `wal/<timeline>/<file name>`.
-pub fn wal_key(timeline: u32, name: &str) -> String {
+pub(crate) fn wal_key(timeline: u32, name: &str) -> String {
     format!("{WAL_PREFIX}{timeline:08X}/{name}")
 }
 
@@ -70,6 +78,56 @@ impl Repository {
             return Err(corrupt("content does not match its id".into()));
         }
         Ok(data)
+    }
+}
+
+/// The WAL archive: one object per file, found by name (§6.4). Callers validate
+/// what they push (pg::wal); these methods own the keys, the encoding and the
+/// create-only rule.
+impl Repository {
+    /// Store WAL file `name` of `timeline`; durable when this returns. A second push
+    /// of the same content succeeds without writing; different content is refused
+    /// and the archived copy kept.
+    pub async fn put_wal(&self, timeline: u32, name: &str, data: &[u8], level: i32) -> Result<PushOutcome> {
+        let key = wal_key(timeline, name);
+        let (id, object) = tokio::task::block_in_place(|| self.encode_wal(&key, data, level));
+        match self.storage().put_new(&key, object).await {
+            Ok(()) => Ok(PushOutcome::Stored),
+            Err(e) if e.storage_kind() == Some(StorageErrorKind::AlreadyExists) => {
+                let head = self.storage().get_range(&key, 0..WAL_HEADER_LEN as u64).await?;
+                if object_content_id(&head) == Some(id) {
+                    Ok(PushOutcome::AlreadyArchived)
+                } else {
+                    Err(Error::WalMismatch { name: name.to_string(), location: self.location() })
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The archived file, verified; None when it is not in the archive.
+    pub async fn get_wal(&self, timeline: u32, name: &str) -> Result<Option<Vec<u8>>> {
+        let key = wal_key(timeline, name);
+        match self.storage().get(&key).await {
+            Ok(object) => Ok(Some(tokio::task::block_in_place(|| self.decode_wal(&key, &object))?)),
+            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the file is archived (one ranged read of its header).
+    pub async fn wal_exists(&self, timeline: u32, name: &str) -> Result<bool> {
+        match self.storage().get_range(&wal_key(timeline, name), 0..WAL_HEADER_LEN as u64).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The names of every archived file (a listing: it may miss what was just pushed).
+    pub async fn list_wal(&self) -> Result<Vec<String>> {
+        let objects = self.storage().list(WAL_PREFIX).await?;
+        Ok(objects.into_iter().filter_map(|o| o.key.rsplit('/').next().map(str::to_string)).collect())
     }
 }
 

@@ -29,7 +29,7 @@ use crate::progress::Progress;
 use crate::repo::backup_writer::BackupWriter;
 use crate::repo::blob;
 use crate::repo::blocklist::{BlockLocation, DeltaBase};
-use crate::repo::format::*;
+use crate::repo::format::{ChunkId, FileEntry, FileKind, Manifest, Tablespace, FORMAT_VERSION};
 use crate::repo::Repository;
 use worker::{process_batch, BatchTask, BlockCtx, BlockDone, BlockPlace, Outcome, PendingBlock};
 
@@ -528,7 +528,7 @@ mod tests {
             let (id, loc) = part.get(i);
             assert_eq!(id, blob::chunk_id(repo.chunk_key(), &blocks[i % 120]));
             assert_eq!(index[&id], loc);
-            let key = pack_key(&loc.pack.hex_id());
+            let key = crate::repo::pack::PackReader::name(&loc.pack);
             assert!(crate::storage::Storage::get(&*mem, &key).await.is_ok(), "index names a pack that is not stored");
         }
     }

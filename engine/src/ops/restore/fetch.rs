@@ -15,7 +15,7 @@ use crate::fsutil::{Commit, DurableFile};
 use crate::progress::Progress;
 use crate::repo::blob;
 use crate::repo::blocklist::{BlockListReader, BlockLocation, DeltaBase, PackRef};
-use crate::repo::format::*;
+use crate::repo::format::{ChunkId, FileEntry};
 use crate::repo::pack::{PackFault, PackReader};
 use crate::repo::DataCiphers;
 

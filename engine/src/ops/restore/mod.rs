@@ -25,7 +25,7 @@ use crate::pg::recovery::write_recovery;
 pub use crate::pg::recovery::{Recovery, RecoveryTarget};
 use crate::progress::Progress;
 use crate::repo::blocklist::{block_count, BlockListReader, BLOCKS_PER_PART};
-use crate::repo::format::*;
+use crate::repo::format::{FileEntry, FileKind, Manifest};
 use crate::repo::Repository;
 use delta::{Action, Compared};
 use fetch::{Ctx, FileJob, PARALLEL_FILES};
