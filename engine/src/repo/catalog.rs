@@ -21,6 +21,21 @@ impl Repository {
         Ok(labels)
     }
 
+    /// Every label that names any object: visible backups and the leftovers of
+    /// interrupted ones (block list parts written before a kill). A new label must
+    /// differ from all of them, or its create-only writes would meet the leftovers.
+    pub async fn labels_in_use(&self) -> Result<Vec<String>> {
+        let mut labels: Vec<String> = self
+            .storage
+            .list(BACKUP_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|o| Some(o.key.strip_prefix(BACKUP_PREFIX)?.split('/').next()?.to_string()))
+            .collect();
+        labels.dedup();
+        Ok(labels)
+    }
+
     /// Why a visible backup's own objects are not all there (manifest aside, which
     /// [`Repository::load_manifest`] authenticates): its `backup_manifest` and every
     /// block list part the manifest implies. One listing; no part is decrypted.
@@ -55,5 +70,22 @@ impl Repository {
             });
         }
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::repo::blocklist::BlockPart;
+    use crate::repo::tests::test_repo;
+
+    /// Regression (issue 10's fault matrix): a backup killed after writing a block
+    /// list part left its label in use without a manifest; the next backup in the
+    /// same second chose the same label and failed with "File exists".
+    #[tokio::test]
+    async fn leftovers_of_killed_backups_keep_their_label() {
+        let (_mem, repo) = test_repo(false).await;
+        repo.put_block_part("20260101-000000F", 0, &BlockPart::default()).await.unwrap();
+        assert!(repo.list_backups().await.unwrap().is_empty(), "not visible");
+        assert_eq!(repo.labels_in_use().await.unwrap(), vec!["20260101-000000F".to_string()]);
     }
 }

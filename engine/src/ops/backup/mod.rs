@@ -292,7 +292,9 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let include_wal = req.archive_copy || !ArchivingSettings::read(&mut conn).await?.archives();
     let existing = repo.list_backups().await?;
     let lineage = lineage::choose(repo, req.backup_type, &existing, pg_version).await?;
-    let label = lineage.new_label(&existing).await;
+    // Not only the visible backups: a killed one may have left block list parts
+    // under a label of this very second (found by the kill -9 fault matrix).
+    let label = lineage.new_label(&repo.labels_in_use().await?).await;
     let parent_blocks = lineage.parent.as_ref().map(|p| ParentBlocks::new(repo, p));
     let mut b = Builder::new(repo, &label, req.compress_level, parent_blocks, req.progress.clone());
     let streamed = stream_base_backup(&mut conn, req, &label, include_wal, &mut b).await?;
