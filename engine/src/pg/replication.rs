@@ -263,61 +263,7 @@ impl ReplicationConnection {
         loop {
             let f = self.read_frame().await?;
             match f.tag {
-                b'R' => {
-                    let mut body = f.body.clone();
-                    if body.len() < 4 {
-                        return Err(self.protocol("short authentication message"));
-                    }
-                    match body.get_i32() {
-                        0 => {}
-                        3 => {
-                            let pw = self.password(p)?;
-                            frontend::password_message(pw.as_bytes(), &mut self.wbuf)
-                                .map_err(|e| self.protocol(e.to_string()))?;
-                            self.flush().await?;
-                        }
-                        5 => {
-                            let salt: [u8; 4] = body
-                                .get(..4)
-                                .and_then(|s| s.try_into().ok())
-                                .ok_or_else(|| self.protocol("short md5 salt"))?;
-                            let pw = self.password(p)?;
-                            let hash =
-                                postgres_protocol::authentication::md5_hash(p.user.as_bytes(), pw.as_bytes(), salt);
-                            frontend::password_message(hash.as_bytes(), &mut self.wbuf)
-                                .map_err(|e| self.protocol(e.to_string()))?;
-                            self.flush().await?;
-                        }
-                        10 => {
-                            let mechs: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
-                            if !mechs.iter().any(|m| *m == b"SCRAM-SHA-256") {
-                                return Err(
-                                    self.protocol("server offers no SASL mechanism pgcairn supports (SCRAM-SHA-256)")
-                                );
-                            }
-                            let pw = self.password(p)?;
-                            let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)
-                                .map_err(|e| self.protocol(e.to_string()))?;
-                            scram = Some(s);
-                            self.flush().await?;
-                        }
-                        11 => {
-                            let s = scram.as_mut().ok_or_else(|| self.protocol("SASL continue without start"))?;
-                            s.update(&body).map_err(|e| self.protocol(format!("SCRAM: {e}")))?;
-                            let msg = s.message().to_vec();
-                            frontend::sasl_response(&msg, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
-                            self.flush().await?;
-                        }
-                        12 => {
-                            let s = scram.as_mut().ok_or_else(|| self.protocol("SASL final without start"))?;
-                            s.finish(&body).map_err(|e| {
-                                self.protocol(format!("the server's SCRAM signature does not verify: {e}"))
-                            })?;
-                        }
-                        other => return Err(self.protocol(format!("unsupported authentication request {other}"))),
-                    }
-                }
+                b'R' => self.authenticate(p, f.body, &mut scram).await?,
                 b'S' => {
                     let mut parts = f.body.split(|b| *b == 0);
                     if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
@@ -331,6 +277,59 @@ impl ReplicationConnection {
                 other => return Err(self.protocol(format!("unexpected message {:?} during startup", other as char))),
             }
         }
+        self.check_server_version()
+    }
+
+    /// Answer one authentication request: cleartext or md5 password, or a step of
+    /// SCRAM-SHA-256 (whose state lives in `scram` across messages).
+    async fn authenticate(&mut self, p: &ConnParams, mut body: Bytes, scram: &mut Option<ScramSha256>) -> Result<()> {
+        if body.len() < 4 {
+            return Err(self.protocol("short authentication message"));
+        }
+        match body.get_i32() {
+            0 => return Ok(()),
+            3 => {
+                let pw = self.password(p)?;
+                frontend::password_message(pw.as_bytes(), &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
+            }
+            5 => {
+                let salt: [u8; 4] =
+                    body.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| self.protocol("short md5 salt"))?;
+                let pw = self.password(p)?;
+                let hash = postgres_protocol::authentication::md5_hash(p.user.as_bytes(), pw.as_bytes(), salt);
+                frontend::password_message(hash.as_bytes(), &mut self.wbuf)
+                    .map_err(|e| self.protocol(e.to_string()))?;
+            }
+            10 => {
+                let mechs: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
+                if !mechs.iter().any(|m| *m == b"SCRAM-SHA-256") {
+                    return Err(self.protocol("server offers no SASL mechanism pgcairn supports (SCRAM-SHA-256)"));
+                }
+                let pw = self.password(p)?;
+                let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)
+                    .map_err(|e| self.protocol(e.to_string()))?;
+                *scram = Some(s);
+            }
+            11 => {
+                let s = scram.as_mut().ok_or_else(|| self.protocol("SASL continue without start"))?;
+                s.update(&body).map_err(|e| self.protocol(format!("SCRAM: {e}")))?;
+                let msg = s.message().to_vec();
+                frontend::sasl_response(&msg, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
+            }
+            12 => {
+                let s = scram.as_mut().ok_or_else(|| self.protocol("SASL final without start"))?;
+                s.finish(&body)
+                    .map_err(|e| self.protocol(format!("the server's SCRAM signature does not verify: {e}")))?;
+                return Ok(());
+            }
+            other => return Err(self.protocol(format!("unsupported authentication request {other}"))),
+        }
+        self.flush().await
+    }
+
+    /// Refuse a server outside the majors pgcairn knows (their WAL and files differ).
+    fn check_server_version(&mut self) -> Result<()> {
         let version = self.params.get("server_version").cloned().unwrap_or_default();
         self.server_version_num = version::parse_server_version(&version)
             .ok_or_else(|| self.protocol(format!("cannot parse server_version {version:?}")))?;
