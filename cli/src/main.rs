@@ -1,6 +1,7 @@
 //! `pgcairn`: parse arguments, resolve the settings (pgcairn_cli::settings), call one
 //! engine operation, map its error to a message and an exit code.
 
+mod output;
 mod progress;
 
 use std::collections::HashMap;
@@ -243,7 +244,7 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             if *output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print_info(&report);
+                output::print_info(&report);
             }
         }
         Command::Check => check(r, common).await?,
@@ -319,9 +320,9 @@ async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Resul
         "{} backup {}{based_on} done: {} in {} files, {} new in the repository, wal {}..{}, {:.1}s",
         sum.backup_type.as_str(),
         sum.label,
-        human(sum.size),
+        output::human(sum.size),
         sum.files,
-        human(sum.stored_new),
+        output::human(sum.stored_new),
         sum.start_lsn,
         sum.stop_lsn,
         sum.seconds
@@ -334,7 +335,7 @@ async fn restore(common: &Common, req: &ops::RestoreRequest) -> Result<()> {
     let repo = common.access()?.open().await?;
     let sum = ops::restore(&repo, req).await?;
     let delta_note = if req.delta {
-        format!(" ({} files unchanged, {} fetched)", sum.files_unchanged, human(sum.bytes_fetched))
+        format!(" ({} files unchanged, {} fetched)", sum.files_unchanged, output::human(sum.bytes_fetched))
     } else {
         String::new()
     };
@@ -342,7 +343,7 @@ async fn restore(common: &Common, req: &ops::RestoreRequest) -> Result<()> {
         "restored backup {} into {}: {} in {} files{delta_note}, {:.1}s; start PostgreSQL on it to finish recovery",
         sum.label,
         req.target.display(),
-        human(sum.bytes),
+        output::human(sum.bytes),
         sum.files,
         sum.seconds
     );
@@ -365,95 +366,14 @@ async fn check(r: &Resolved, common: &Common) -> Result<()> {
     Ok(())
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-fn print_info(r: &ops::InfoReport) {
-    println!("stanza: {}", r.stanza);
-    println!("    repository: {} (format {})", r.repo, r.format_version);
-    if r.encrypted {
-        println!("    encryption: aes-256-gcm");
-    } else {
-        println!(
-            "    encryption: NONE: created with --no-encryption; whoever can read the storage can read every backup"
-        );
-    }
-    println!(
-        "    system identifier: {}, PostgreSQL {}.{}",
-        r.system_identifier,
-        r.pg_version / 10000,
-        r.pg_version % 10000
-    );
-    if r.archive.is_empty() {
-        println!("    wal archive: empty");
-    }
-    for a in &r.archive {
-        let range = match (&a.first, &a.last) {
-            (Some(f), Some(l)) => format!("{f} - {l} ({} segments)", a.segments),
-            _ => "history only".into(),
-        };
-        let gaps = if a.gaps.is_empty() { "no gaps".to_string() } else { format!("GAPS: {}", a.gaps.join(", ")) };
-        println!("    wal archive, timeline {}: {range}, {gaps}", a.timeline);
-    }
-    if r.backups.is_empty() {
-        println!("    no backups: take one with `pgcairn --stanza={} backup`", r.stanza);
-    }
-    for b in &r.backups {
-        print_backup(b);
-    }
-}
-
-fn print_backup(b: &ops::BackupInfo) {
-    println!();
-    let Some(d) = &b.details else {
-        println!("    DAMAGED backup: {}", b.label);
-        println!("        {}", b.problem.as_deref().unwrap_or("its manifest cannot be read"));
-        return;
-    };
-    println!("    {} backup: {}", d.backup_type, b.label);
-    match b.status {
-        ops::BackupStatus::Ok => {}
-        ops::BackupStatus::Damaged => println!("        DAMAGED: {}", b.problem.as_deref().unwrap_or("")),
-        ops::BackupStatus::NotRestorable => println!("        NOT RESTORABLE: {}", b.problem.as_deref().unwrap_or("")),
-    }
-    if let Some(parent) = &d.parent {
-        println!("        based on: {parent}");
-    }
-    println!("        timestamp start/stop: {} / {}", d.start_time, d.stop_time);
-    let wal = match (&d.wal_start, &d.wal_stop) {
-        _ if d.wal_included => "wal included in the backup".to_string(),
-        (Some(s), Some(e)) => format!("wal archived {s} - {e}"),
-        _ => String::new(),
-    };
-    println!("        lsn start/stop: {} / {} (timeline {}), {wal}", d.start_lsn, d.stop_lsn, d.timeline);
-    println!(
-        "        database size: {}, files: {}, new in repository: {}",
-        human(d.size),
-        d.files,
-        human(d.stored_new)
-    );
-}
-
 fn exit_code(e: &anyhow::Error) -> u8 {
-    e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(3)
+    e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(pgcairn::error::exit::CONFIG)
 }
 
 /// archive-get's exit status for every failure but "not in the archive" (1). Any
 /// status above 125 makes PostgreSQL abort recovery instead of taking the segment as
 /// absent and ending recovery early (promoting without the rest of the WAL).
-const ARCHIVE_GET_STOP_RECOVERY: u8 = 200;
+const ARCHIVE_GET_STOP_RECOVERY: u8 = pgcairn::error::exit::STOP_RECOVERY;
 
 /// Whether this run is archive-get (decided from argv, before or without parsing).
 fn is_archive_get() -> bool {
