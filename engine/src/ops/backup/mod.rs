@@ -23,7 +23,7 @@ use crate::ops::lineage::{self, BackupType};
 use crate::ops::stanza::identify_stanza_cluster;
 use crate::pg::archiving::ArchivingSettings;
 use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
-use crate::pg::tar::{EntryKind, TarItem, TarReader};
+use crate::pg::tar::{EntryKind, TarEntry, TarItem, TarReader};
 use crate::pg::{wal, ConnParams, Lsn, ReplicationConnection};
 use crate::progress::Progress;
 use crate::repo::backup_writer::BackupWriter;
@@ -209,55 +209,8 @@ impl<'r> Builder<'r> {
 
     async fn tar_item(&mut self, item: TarItem) -> Result<()> {
         match item {
-            TarItem::Entry(e) => {
-                let kind = match e.kind {
-                    EntryKind::File => FileKind::File,
-                    EntryKind::Dir => FileKind::Dir,
-                    EntryKind::Symlink => FileKind::Symlink,
-                };
-                self.capture_label = self.tablespace.is_none() && e.path == "backup_label";
-                self.parent_file = match (&self.parent, kind) {
-                    (Some(p), FileKind::File) => p.file(self.tablespace, &e.path),
-                    _ => None,
-                };
-                self.file_blocks = 0;
-                self.current_path = Arc::from(match self.tablespace {
-                    Some(oid) => format!("pg_tblspc/{oid}/{}", e.path),
-                    None => e.path.clone(),
-                });
-                self.files.push(FileEntry {
-                    path: e.path,
-                    tablespace: self.tablespace,
-                    kind,
-                    mode: e.mode,
-                    size: e.size,
-                    mtime: e.mtime,
-                    link: e.link,
-                    crc32c: (kind == FileKind::File).then_some(0),
-                });
-                self.current = Some(self.files.len() - 1);
-                self.buf.clear();
-                self.crc = 0;
-            }
-            TarItem::Data(d) => {
-                debug_assert!(self.current.is_some(), "data follows an entry");
-                self.crc = crc32c::crc32c_append(self.crc, &d);
-                if self.capture_label {
-                    self.backup_label.extend_from_slice(&d);
-                }
-                if self.buf.is_empty() && d.len() == self.block_size {
-                    return self.submit(d).await;
-                }
-                let mut d = d;
-                while !d.is_empty() {
-                    let take = (self.block_size - self.buf.len()).min(d.len());
-                    self.buf.extend_from_slice(&d.split_to(take));
-                    if self.buf.len() == self.block_size {
-                        let block = self.buf.split().freeze();
-                        self.submit(block).await?;
-                    }
-                }
-            }
+            TarItem::Entry(e) => self.start_entry(e),
+            TarItem::Data(d) => self.file_data(d).await?,
             TarItem::EntryEnd => {
                 let file = self.current.take().expect("end follows an entry");
                 if !self.buf.is_empty() {
@@ -267,6 +220,59 @@ impl<'r> Builder<'r> {
                 if self.files[file].kind == FileKind::File {
                     self.files[file].crc32c = Some(self.crc);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A new entry of the archive: its file entry, and where its blocks were in the parent.
+    fn start_entry(&mut self, e: TarEntry) {
+        let kind = match e.kind {
+            EntryKind::File => FileKind::File,
+            EntryKind::Dir => FileKind::Dir,
+            EntryKind::Symlink => FileKind::Symlink,
+        };
+        self.capture_label = self.tablespace.is_none() && e.path == "backup_label";
+        self.parent_file = match (&self.parent, kind) {
+            (Some(p), FileKind::File) => p.file(self.tablespace, &e.path),
+            _ => None,
+        };
+        self.file_blocks = 0;
+        self.current_path = Arc::from(match self.tablespace {
+            Some(oid) => format!("pg_tblspc/{oid}/{}", e.path),
+            None => e.path.clone(),
+        });
+        self.files.push(FileEntry {
+            path: e.path,
+            tablespace: self.tablespace,
+            kind,
+            mode: e.mode,
+            size: e.size,
+            mtime: e.mtime,
+            link: e.link,
+            crc32c: (kind == FileKind::File).then_some(0),
+        });
+        self.current = Some(self.files.len() - 1);
+        self.buf.clear();
+        self.crc = 0;
+    }
+
+    /// The current file's bytes, cut into blocks (a whole-block piece goes as it is).
+    async fn file_data(&mut self, mut d: Bytes) -> Result<()> {
+        debug_assert!(self.current.is_some(), "data follows an entry");
+        self.crc = crc32c::crc32c_append(self.crc, &d);
+        if self.capture_label {
+            self.backup_label.extend_from_slice(&d);
+        }
+        if self.buf.is_empty() && d.len() == self.block_size {
+            return self.submit(d).await;
+        }
+        while !d.is_empty() {
+            let take = (self.block_size - self.buf.len()).min(d.len());
+            self.buf.extend_from_slice(&d.split_to(take));
+            if self.buf.len() == self.block_size {
+                let block = self.buf.split().freeze();
+                self.submit(block).await?;
             }
         }
         Ok(())
