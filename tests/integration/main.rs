@@ -1,10 +1,11 @@
-//! The one integration-test binary: real PostgreSQL clusters (15 from Debian, 17
-//! and 18 from the npm package), a real S3-compatible server (s3s-fs), and the
+//! The one integration-test binary: real PostgreSQL clusters (15 from Debian, 16,
+//! 17 and 18 from the npm package), a real S3-compatible server (s3s-fs), and the
 //! built `pgcairn` binary. See tests/integration/support for the harness.
 
 mod archive;
 mod cli;
 mod errors;
+mod faults;
 mod hardening;
 mod incremental;
 mod roundtrip;

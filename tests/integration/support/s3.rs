@@ -91,6 +91,45 @@ impl S3Server {
             .unwrap_or_default()
     }
 
+    /// SIGKILL the server, as a crash mid-request would; `restart` brings it back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start s3s-fs again on the same port, serving the same directory (after `kill`).
+    /// Retried briefly: the port can take a moment to become free again.
+    pub fn restart(&mut self) {
+        let program = find_s3s_fs();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        for _ in 0..50 {
+            let log =
+                std::fs::OpenOptions::new().append(true).open(self.base.join("s3s-fs.log")).expect("open s3s-fs.log");
+            self.child = Command::new(&program)
+                .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+                .arg(self.dir())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup s3s-fs.log"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot restart {}: {e}", program.display()));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    break; // most likely the port is not free yet: try again
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.kill();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("s3s-fs did not come back on {addr}:\n{}", self.log());
+    }
+
     fn wait_until_listening(&mut self) {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let deadline = Instant::now() + Duration::from_secs(30);
