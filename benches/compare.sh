@@ -98,7 +98,7 @@ as_pg "$PGBIN/pg_ctl" -D "$W/data" -l "$W/server.log" -w start >>"$LOG"
 
 # ---------------------------------------------------------------- the tools
 PASS="benchmark passphrase: not a secret"
-CAIRN=(env "PGCAIRN_REPO_PASSPHRASE=$PASS" "$W/bin/pgcairn" "--stanza=$STANZA" "--pg=$CONN")
+CAIRN=(env "PGCAIRN_REPO_PASSPHRASE=$PASS" "$W/bin/pgcairn" "--stanza=$STANZA")
 cat >"$W/pgbackrest.conf" <<EOF
 [global]
 repo1-cipher-type=aes-256-cbc
@@ -164,8 +164,8 @@ run_full() { # TOOL DATASET
     sql CHECKPOINT >/dev/null
     case $1 in
     cairn)
-        as_pg "${CAIRN[@]}" "--repo=$repo" stanza-create >>"$LOG" 2>&1
-        timed "full.$2.cairn" "${CAIRN[@]}" "--repo=$repo" backup --start-fast ;;
+        as_pg "${CAIRN[@]}" "--repo=$repo" stanza-create "--pg=$CONN" >>"$LOG" 2>&1
+        timed "full.$2.cairn" "${CAIRN[@]}" "--repo=$repo" backup --start-fast "--pg=$CONN" ;;
     br)
         as_pg "${BR[@]}" "--repo1-path=$repo" stanza-create >>"$LOG" 2>&1
         timed "full.$2.br" "${BR[@]}" "--repo1-path=$repo" backup --type=full ;;
@@ -252,7 +252,7 @@ step() { # KEY PGBACKREST_TYPE FIRST_TOOL
     for t in $3; do
         sql CHECKPOINT >/dev/null
         case $t in
-        cairn) timed "$1.cairn" "${CAIRN[@]}" "--repo=$W/repo-cairn-pgbench" backup --start-fast "--type=$2" ;;
+        cairn) timed "$1.cairn" "${CAIRN[@]}" "--repo=$W/repo-cairn-pgbench" backup --start-fast "--type=$2" "--pg=$CONN" ;;
         br) timed "$1.br" "${BR[@]}" "--repo1-path=$W/repo-br-pgbench" backup "--type=$2" ;;
         esac
     done
@@ -289,7 +289,7 @@ push_run() { # TOOL RUN
     fresh_dir "$repo"
     case $1 in
     cairn | cairn-async)
-        as_pg "${CAIRN[@]}" "--repo=$repo" stanza-create >>"$LOG" 2>&1
+        as_pg "${CAIRN[@]}" "--repo=$repo" stanza-create "--pg=$CONN" >>"$LOG" 2>&1
         as_pg "${CAIRN[@]}" "--repo=$repo" key-file "--output=$repo.key" >>"$LOG" 2>&1
         local cmd=("$W/bin/pgcairn-archive-push" "--stanza=$STANZA" "--repo=$repo" "--repo-key-file=$repo.key")
         if [ "$1" = cairn ]; then
