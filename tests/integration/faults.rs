@@ -68,26 +68,37 @@ fn seed() -> u64 {
     })
 }
 
-/// xorshift64*: small, deterministic per seed, no crate needed.
-struct Rng(u64);
+/// xorshift64*: small, deterministic per seed, no crate needed. One per test, which also
+/// reports the test's kill points and time.
+struct Rng {
+    state: u64,
+    test: &'static str,
+    started: Instant,
+}
 
 impl Rng {
     /// The run's seed mixed with the test's name, so a test draws the same delays
     /// whatever order the tests run in.
-    fn for_test(name: &str) -> Rng {
-        eprintln!("faults::{name}: seed {0} (PGCAIRN_FAULT_SEED={0} replays it)", seed());
+    fn for_test(test: &'static str) -> Rng {
+        eprintln!("faults::{test}: seed {0} (PGCAIRN_FAULT_SEED={0} replays it)", seed());
         let mut h = seed() ^ 0x9e37_79b9_7f4a_7c15;
-        for b in name.bytes() {
+        for b in test.bytes() {
             h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }
-        Rng(h | 1)
+        Rng { state: h | 1, test, started: Instant::now() }
+    }
+
+    /// The test made the kill points it was planned with (KILL_POINTS counts on them).
+    fn finish(&self, kills: usize, planned: usize) {
+        eprintln!("faults::{}: {kills} kill points, {:.1?}", self.test, self.started.elapsed());
+        assert_eq!(kills, planned, "kill points of {}", self.test);
     }
 
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
     /// Uniform in 0..=max.
@@ -489,7 +500,7 @@ fn backup_killed_full_and_incr() {
         attribute(&r, &before, &done, &fp, &mut expected);
     }
     read_back(&r, &mut rng, &expected, &[&a.cluster.data_dir().join("pg_wal")], &archived_by_postgres(&a.cluster));
-    eprintln!("faults::backup_killed_full_and_incr: {kills} kill points");
+    rng.finish(kills, 2 * BACKUP_KILLS);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -520,7 +531,8 @@ fn kill_restores(
             if killed {
                 return;
             }
-            assert!(out.status.success(), "restore (delta: {delta}) failed ({}):\n{}", out.status, stderr(out));
+            let what = if delta { "restore --delta over what killed restores left" } else { "restore" };
+            assert!(out.status.success(), "{what} failed ({}):\n{}", out.status, stderr(out));
             if !delta {
                 std::fs::remove_dir_all(data).unwrap();
             }
@@ -582,7 +594,7 @@ fn restore_and_delta_restore_killed() {
     }
     let expected = sets.into_iter().collect();
     read_back(&r, &mut rng, &expected, &[&a.cluster.data_dir().join("pg_wal")], &BTreeSet::new());
-    eprintln!("faults::restore_and_delta_restore_killed: {kills} kill points");
+    rng.finish(kills, 5 * RESTORE_ROUNDS);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -899,7 +911,7 @@ fn archive_push_and_get_killed() {
     kills += drain_killed(&mut rng, &q, push_typical);
     kills += get_killed_then_recover(&mut rng, &r, segs.path(), &names, &base, &fp_end);
     read_back(&r, &mut rng, &expected, &[segs.path()], &pushed);
-    eprintln!("faults::archive_push_and_get_killed: {kills} kill points");
+    rng.finish(kills, PUSH_KILLS + ENQUEUE_KILLS + DRAIN_KILLS + GET_KILLS);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -960,6 +972,14 @@ impl Down {
         if self.what == "archive-get" {
             // Recovery would take 1..=125 for the end of the archive and promote early.
             assert!(code.is_some_and(|c| c > 125), "archive-get with the S3 server down: {status}:\n{err}");
+            // Regression: each attempt was one S3 request with the client's own retries,
+            // and the deadline was checked only between attempts: --archive-get-timeout=5
+            // took 15 to 20 s. Now the deadline bounds every attempt.
+            assert!(
+                since.elapsed() < Duration::from_secs(15),
+                "archive-get-timeout=5 not honoured: {:.1?}",
+                since.elapsed()
+            );
         } else {
             assert!(
                 code.is_some_and(|c| (1..=125).contains(&c) && c != 101),
@@ -1051,7 +1071,8 @@ fn s3_server_killed_mid_backup() {
     let (backup, since) = backup_losing_its_server(&mut rng, &mut s3, p, &args, typical, logs.path(), &mut done);
     kills += 1;
     let [push, get] = started_while_down(&r, &segs.path().join(&names[0]), logs.path());
-    for down in [backup, push, get] {
+    // archive-get first: it started with the server's death, so the time seen is its own.
+    for down in [get, push, backup] {
         down.fails(since);
     }
     s3.restart();
@@ -1060,15 +1081,15 @@ fn s3_server_killed_mid_backup() {
         assert!(out.status.success(), "archive-push of {name} to S3 after the restart failed:\n{}", stderr(&out));
         pushed.insert(name.clone());
     }
-    done.insert(backup_label(&p.run(&args)));
     attribute(&r, &before, &done, &fp, &mut expected);
+    // A new backup works: an incr, on whatever the failed one left.
     write_round(&cluster, 1);
     let fp = fingerprint(&cluster);
     let before = r.labels();
     let done = BTreeSet::from([backup_label(&p.run(&["backup", "--start-fast", "--type=incr", &pg]))]);
     attribute(&r, &before, &done, &fp, &mut expected);
     read_back(&r, &mut rng, &expected, &[segs.path()], &pushed);
-    eprintln!("faults::s3_server_killed_mid_backup: {kills} kill points");
+    rng.finish(kills, S3_BACKUP_KILLS + S3_PUSH_KILLS + 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1199,4 +1220,5 @@ fn repository_disk_full() {
     let mut expected = BTreeMap::new();
     attribute(&r, &BTreeSet::new(), &done, &fp, &mut expected);
     read_back(&r, &mut rng, &expected, &[segs.path()], &pushed);
+    rng.finish(0, 0);
 }

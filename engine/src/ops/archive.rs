@@ -127,15 +127,18 @@ where
     Fut: std::future::Future<Output = Result<T>>,
 {
     let mut delay = Duration::from_millis(250);
+    let unavailable =
+        |last: String| Error::StorageUnavailable { what: what.to_string(), seconds: timeout.as_secs(), last };
     loop {
-        match op().await {
+        // One attempt may itself retry for long (the S3 client does): the deadline
+        // bounds the attempt too, not only the pauses between attempts (the fault
+        // matrix saw 20 s for a 1 s timeout).
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = tokio::time::timeout(left, op()).await.map_err(|_| unavailable("no answer in time".into()))?;
+        match attempt {
             Err(e) if e.is_transient() => {
                 if Instant::now() + delay >= deadline {
-                    return Err(Error::StorageUnavailable {
-                        what: what.to_string(),
-                        seconds: timeout.as_secs(),
-                        last: e.to_string(),
-                    });
+                    return Err(unavailable(e.to_string()));
                 }
                 tracing::warn!("{what}: {e}; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;

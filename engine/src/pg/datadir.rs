@@ -29,7 +29,8 @@ pub fn check_not_running(dir: &Path) -> Result<()> {
 
 /// Whether a non-empty directory looks like what a delta restore would overwrite: a
 /// data directory (PG_VERSION) or a tablespace directory (a `PG_<major>_<catalog>`
-/// entry). Empty or absent directories are fine too.
+/// entry). Empty or absent directories are fine too, and so is a tree of directories
+/// and pgcairn temp files only: what a restore killed before its first file leaves.
 pub fn looks_like_postgres(dir: &Path, tablespace: bool) -> Result<bool> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -38,7 +39,16 @@ pub fn looks_like_postgres(dir: &Path, tablespace: bool) -> Result<bool> {
     };
     let names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into()).collect();
     let marker = |n: &String| if tablespace { n.starts_with("PG_") } else { n == "PG_VERSION" };
-    Ok(names.is_empty() || names.iter().any(marker))
+    Ok(names.iter().any(marker) || !holds_files(dir))
+}
+
+/// Whether anything but directories and pgcairn temp files lies below `dir`.
+fn holds_files(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return true };
+    entries.flatten().any(|e| match e.file_type() {
+        Ok(t) if t.is_dir() => holds_files(&e.path()),
+        _ => !e.file_name().to_string_lossy().contains(".pgcairn-tmp."),
+    })
 }
 
 /// Where the link of tablespace `oid` lives in a data directory.
@@ -89,6 +99,11 @@ mod tests {
     fn recognises_postgres_directories() {
         let dir = tempfile::tempdir().unwrap();
         assert!(looks_like_postgres(dir.path(), false).unwrap(), "empty");
+        // Regression (fault matrix): a restore killed before its first file left
+        // directories and a temp file; both restore and --delta refused to go on.
+        std::fs::create_dir_all(dir.path().join("base/1")).unwrap();
+        std::fs::write(dir.path().join("base/1/.1259.pgcairn-tmp.77.0000abcd"), b"x").unwrap();
+        assert!(looks_like_postgres(dir.path(), false).unwrap(), "only what a killed restore leaves");
         std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
         assert!(!looks_like_postgres(dir.path(), false).unwrap());
         std::fs::write(dir.path().join("PG_VERSION"), b"17").unwrap();
