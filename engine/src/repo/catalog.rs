@@ -7,15 +7,20 @@ use super::Repository;
 use crate::error::{Error, Result, StorageErrorKind};
 
 impl Repository {
+    /// Keys below `backup/`, without that prefix, sorted (one listing).
+    async fn backup_objects(&self) -> Result<Vec<String>> {
+        let objects = self.storage.list(BACKUP_PREFIX).await?;
+        Ok(objects.into_iter().filter_map(|o| Some(o.key.strip_prefix(BACKUP_PREFIX)?.to_string())).collect())
+    }
+
     /// Labels of every visible backup (those whose manifest exists), oldest first
     /// (by the time in the label, so a diff sorts after a later full it does not belong to).
     pub async fn list_backups(&self) -> Result<Vec<String>> {
         let mut labels: Vec<String> = self
-            .storage
-            .list(BACKUP_PREFIX)
+            .backup_objects()
             .await?
             .into_iter()
-            .filter_map(|o| o.key.strip_prefix(BACKUP_PREFIX)?.strip_suffix("/manifest").map(str::to_string))
+            .filter_map(|k| k.strip_suffix("/manifest").map(str::to_string))
             .collect();
         labels.sort_by(|a, b| label_timestamp(a).cmp(label_timestamp(b)).then(a.cmp(b)));
         Ok(labels)
@@ -25,13 +30,8 @@ impl Repository {
     /// interrupted ones (block list parts written before a kill). A new label must
     /// differ from all of them, or its create-only writes would meet the leftovers.
     pub async fn labels_in_use(&self) -> Result<Vec<String>> {
-        let mut labels: Vec<String> = self
-            .storage
-            .list(BACKUP_PREFIX)
-            .await?
-            .into_iter()
-            .filter_map(|o| Some(o.key.strip_prefix(BACKUP_PREFIX)?.split('/').next()?.to_string()))
-            .collect();
+        let mut labels: Vec<String> =
+            self.backup_objects().await?.iter().filter_map(|k| k.split('/').next().map(str::to_string)).collect();
         labels.dedup();
         Ok(labels)
     }
