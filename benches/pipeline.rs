@@ -1,7 +1,7 @@
 //! Micro benchmarks of the block pipeline, one core, 32 KiB blocks (the default).
 //!
-//!   cargo bench -p pgcairn-engine --bench pipeline
-//!   PGCAIRN_BENCH_DATA=/path/to/relation/file cargo bench -p pgcairn-engine --bench pipeline
+//!   cargo bench -p pgcairn-engine --features testing --bench pipeline
+//!   PGCAIRN_BENCH_DATA=/path/to/relation/file cargo bench -p pgcairn-engine --features testing --bench pipeline
 //!
 //! Backup side: keyed BLAKE3, zstd 1 and 3, AES-256-GCM, and the whole per-block path
 //! (hash + compress + seal + append to a pack). Restore side: open + decompress +
@@ -15,15 +15,18 @@
 //! table's relation file, `SELECT pg_relation_filepath('pgbench_accounts')`), else
 //! synthetic heap-like pages that zstd shrinks about 2x.
 
+// Test code: a failed unwrap is a failed test, and nothing here is an API.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, missing_docs)]
+
 use std::hint::black_box;
 use std::io::Read;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pgcairn::crypto::{random_bytes, Cipher};
-use pgcairn::repo::blob::{chunk_id, compress, open_block, open_delta_block, seal_block, seal_changed_block};
-use pgcairn::repo::format::ChunkId;
-use pgcairn::repo::pack::PackWriter;
+use pgcairn::testing::{
+    chunk_id, compress, open_block, open_delta_block, random_bytes, seal_block, seal_changed_block, ChunkId, Cipher,
+    PackWriter,
+};
 use rand::{Rng, SeedableRng};
 
 const BLOCK: usize = 32 * 1024;

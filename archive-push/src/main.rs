@@ -91,12 +91,12 @@ fn push(flags: Flags, path: &std::path::Path) -> pgcairn::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| pgcairn::Error::io("cannot start the runtime", e))?;
-    rt.block_on(pgcairn::ops::run_archive_push(&req, path))
+    rt.block_on(pgcairn::run_archive_push(&req, path))
 }
 
 fn main() -> ExitCode {
     pgcairn::limit_malloc_retention();
-    pgcairn::fsutil::private_umask();
+    pgcairn::private_umask();
     let (flags, path) = match parse_args(std::env::args_os().skip(1)) {
         Ok(Parsed::Push(flags, path)) => (flags, path),
         Ok(Parsed::Help) => {

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use pgcairn::crypto::KeySlotKdf;
-use pgcairn::ops::{self, Recovery, RecoveryTarget};
-use pgcairn::progress::{NoProgress, Progress};
 use pgcairn::Error;
+use pgcairn::KeySlotKdf;
+use pgcairn::{NoProgress, Progress};
+use pgcairn::{Recovery, RecoveryTarget};
 use pgcairn_cli::settings::typed::{self, Common};
 use pgcairn_cli::settings::{args, resolve, Cmd, Flags, Resolved};
 
@@ -229,7 +229,7 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
                 .clone()
                 .ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
             let recovery = recovery(common, &settings, *target_type, target, target_action, target_timeline)?;
-            let req = ops::RestoreRequest {
+            let req = pgcairn::RestoreRequest {
                 target: target_dir,
                 set: set.clone(),
                 tablespace_map: parse_tablespace_map(tablespace_map)?,
@@ -240,7 +240,7 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             restore(common, &req).await?
         }
         Command::Info { output } => {
-            let report = ops::info(&common.access()?.open().await?).await?;
+            let report = pgcairn::info(&common.access()?.open().await?).await?;
             if *output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -250,11 +250,11 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         Command::Check => check(r, common).await?,
         Command::ArchivePush { path } => {
             let req = typed::push_request(r, common, &[Cmd::ArchivePush.name()])?;
-            ops::run_archive_push(&req, path).await?;
+            pgcairn::run_archive_push(&req, path).await?;
         }
         Command::ArchiveGet { name, destination } => {
             let req = typed::get_request(r, common)?;
-            if !ops::run_archive_get(&req, name, destination).await? {
+            if !pgcairn::run_archive_get(&req, name, destination).await? {
                 // Not an error: recovery asks past the end of the archive by design.
                 return Ok(ExitCode::from(1));
             }
@@ -276,7 +276,7 @@ async fn stanza_create(r: &Resolved, common: &Common, no_encryption: bool, block
     if !no_encryption && passphrase.is_none() {
         bail!("an encrypted repository needs a passphrase: set PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file (or pass --no-encryption to store data unencrypted)");
     }
-    let req = ops::StanzaCreateRequest {
+    let req = pgcairn::StanzaCreateRequest {
         stanza: common.stanza.clone(),
         pg: settings.pg,
         encrypted: !no_encryption,
@@ -284,7 +284,7 @@ async fn stanza_create(r: &Resolved, common: &Common, no_encryption: bool, block
         block_size,
         kdf: KeySlotKdf::default(),
     };
-    let repo = ops::stanza_create(common.storage()?, &req).await?;
+    let repo = pgcairn::stanza_create(common.storage()?, &req).await?;
     println!(
         "stanza {} created in {} (system identifier {}, {})",
         common.stanza,
@@ -298,12 +298,12 @@ async fn stanza_create(r: &Resolved, common: &Common, no_encryption: bool, block
 async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Result<()> {
     let settings = typed::Backup::from(r)?;
     let repo = common.access()?.open().await?;
-    let req = ops::BackupRequest {
+    let req = pgcairn::BackupRequest {
         pg: settings.pg.clone(),
         backup_type: match backup_type {
-            BackupType::Full => ops::BackupType::Full,
-            BackupType::Diff => ops::BackupType::Diff,
-            BackupType::Incr => ops::BackupType::Incr,
+            BackupType::Full => pgcairn::BackupType::Full,
+            BackupType::Diff => pgcairn::BackupType::Diff,
+            BackupType::Incr => pgcairn::BackupType::Incr,
         },
         fast_checkpoint: settings.start_fast,
         compress_level: settings.compress_level,
@@ -313,7 +313,7 @@ async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Resul
         archive_copy: settings.archive_copy,
         archive_timeout: settings.archive_timeout,
     };
-    let sum = ops::backup(&repo, &req).await?;
+    let sum = pgcairn::backup(&repo, &req).await?;
     typed::clear_prefetch(&settings, common);
     let based_on = sum.parent.as_deref().map(|p| format!(" (on {p})")).unwrap_or_default();
     println!(
@@ -331,9 +331,9 @@ async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Resul
     Ok(())
 }
 
-async fn restore(common: &Common, req: &ops::RestoreRequest) -> Result<()> {
+async fn restore(common: &Common, req: &pgcairn::RestoreRequest) -> Result<()> {
     let repo = common.access()?.open().await?;
-    let sum = ops::restore(&repo, req).await?;
+    let sum = pgcairn::restore(&repo, req).await?;
     let delta_note = if req.delta {
         format!(" ({} files unchanged, {} fetched)", sum.files_unchanged, output::human(sum.bytes_fetched))
     } else {
@@ -354,11 +354,11 @@ async fn check(r: &Resolved, common: &Common) -> Result<()> {
     let settings = typed::Check::from(r)?;
     let repo = common.access()?.open().await?;
     let spool_problems = match &settings.spool_path {
-        Some(spool) => ops::archive_async::spool_problems(spool, &common.stanza)?,
+        Some(spool) => pgcairn::spool_problems(spool, &common.stanza)?,
         None => Vec::new(),
     };
-    let req = ops::CheckRequest { pg: settings.pg, timeout: settings.archive_timeout, spool_problems };
-    let report = ops::check(&repo, &req).await?;
+    let req = pgcairn::CheckRequest { pg: settings.pg, timeout: settings.archive_timeout, spool_problems };
+    let report = pgcairn::check(&repo, &req).await?;
     println!(
         "check ok: stanza {} (system {}), archive_command '{}', wal segment {} reached the repository in {:.1}s",
         common.stanza, report.system_identifier, report.archive_command, report.segment, report.seconds
@@ -367,13 +367,13 @@ async fn check(r: &Resolved, common: &Common) -> Result<()> {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
-    e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(pgcairn::error::exit::CONFIG)
+    e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(pgcairn::exit::CONFIG)
 }
 
 /// archive-get's exit status for every failure but "not in the archive" (1). Any
 /// status above 125 makes PostgreSQL abort recovery instead of taking the segment as
 /// absent and ending recovery early (promoting without the rest of the WAL).
-const ARCHIVE_GET_STOP_RECOVERY: u8 = pgcairn::error::exit::STOP_RECOVERY;
+const ARCHIVE_GET_STOP_RECOVERY: u8 = pgcairn::exit::STOP_RECOVERY;
 
 /// Whether this run is archive-get (decided from argv, before or without parsing).
 fn is_archive_get() -> bool {
@@ -414,7 +414,7 @@ fn parse_args() -> Result<(Command, Flags), clap::Error> {
 
 fn main() -> ExitCode {
     pgcairn::limit_malloc_retention();
-    pgcairn::fsutil::private_umask();
+    pgcairn::private_umask();
     let archive_get = is_archive_get();
     if archive_get {
         stop_recovery_on_panic();

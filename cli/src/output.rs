@@ -1,8 +1,6 @@
 //! How results read on a terminal: sizes, and info's text report (JSON comes
 //! straight from the engine's serialisable reports).
 
-use pgcairn::ops;
-
 pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
@@ -18,7 +16,7 @@ pub(crate) fn human(bytes: u64) -> String {
     }
 }
 
-pub(crate) fn print_info(r: &ops::InfoReport) {
+pub(crate) fn print_info(r: &pgcairn::InfoReport) {
     println!("stanza: {}", r.stanza);
     println!("    repository: {} (format {})", r.repo, r.format_version);
     if r.encrypted {
@@ -53,7 +51,7 @@ pub(crate) fn print_info(r: &ops::InfoReport) {
     }
 }
 
-fn print_backup(b: &ops::BackupInfo) {
+fn print_backup(b: &pgcairn::BackupInfo) {
     println!();
     let Some(d) = &b.details else {
         println!("    DAMAGED backup: {}", b.label);
@@ -62,9 +60,11 @@ fn print_backup(b: &ops::BackupInfo) {
     };
     println!("    {} backup: {}", d.backup_type, b.label);
     match b.status {
-        ops::BackupStatus::Ok => {}
-        ops::BackupStatus::Damaged => println!("        DAMAGED: {}", b.problem.as_deref().unwrap_or("")),
-        ops::BackupStatus::NotRestorable => println!("        NOT RESTORABLE: {}", b.problem.as_deref().unwrap_or("")),
+        pgcairn::BackupStatus::Ok => {}
+        pgcairn::BackupStatus::Damaged => println!("        DAMAGED: {}", b.problem.as_deref().unwrap_or("")),
+        pgcairn::BackupStatus::NotRestorable => {
+            println!("        NOT RESTORABLE: {}", b.problem.as_deref().unwrap_or(""))
+        }
     }
     if let Some(parent) = &d.parent {
         println!("        based on: {parent}");

@@ -1,12 +1,12 @@
 //! Progress bar on a terminal (bytes, rate, ETA); nothing otherwise.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pgcairn::progress::Progress;
+use pgcairn::Progress;
 
-pub struct Bar(ProgressBar);
+pub(crate) struct Bar(ProgressBar);
 
 impl Bar {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         Bar(bar)
     }

@@ -4,6 +4,11 @@
 //!   exit code and may wrap it in `anyhow`, the engine never does.
 //! * Every message is lowercase, names the object it is about (stanza, backup label,
 //!   file, repository key, server) and, where the operator can act, ends with a hint.
+//!   Input the operator must fix is [`Error::Misconfigured`]: a [`Misconfig`] kind,
+//!   the problem, and a hint, rendered one way (`<problem>; hint: <what to do>`).
+//! * Errors are logged where they are handled (the binaries print them once), never
+//!   where they are propagated.
+//! * A bug is [`Error::Internal`], never a panic on outside input.
 //! * Every error is either *transient* (retrying the same operation later may succeed:
 //!   network faults, throttling, a server that is starting up) or *permanent* (retrying
 //!   cannot help: wrong passphrase, corrupt object, bad configuration). Storage
@@ -13,22 +18,54 @@
 
 use std::path::PathBuf;
 
+/// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What kind of storage failure happened; decides retry and the operator's hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageErrorKind {
+    /// The object does not exist.
     NotFound,
+    /// A create-only write found an object under the key.
     AlreadyExists,
+    /// Retrying later may succeed (network fault, throttling, server error).
     Transient,
+    /// Retrying cannot help (permissions, a refused key, a bad request).
     Permanent,
 }
 
+/// What the operator has to fix when the input cannot work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misconfig {
+    /// A setting is missing, malformed or conflicts with another (flag, environment,
+    /// config file, key or passphrase file).
+    Setting,
+    /// The PostgreSQL server is not set up for what was asked (archiving off, a
+    /// standby, an unsupported version or connection option).
+    Server,
+    /// The server is not the cluster the stanza belongs to (system identifier or
+    /// major version differ).
+    WrongCluster,
+    /// A configured limit was reached (the async archive queue is full).
+    ResourceLimit,
+    /// The request cannot work with this backup or input (e.g. a restore type that
+    /// the chosen backup cannot satisfy, a WAL path that is not a file).
+    Request,
+}
+
+/// Everything that can go wrong in the engine; see the module docs for the policy.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Configuration or command-line input that cannot work.
-    #[error("{0}")]
-    Config(String),
+    /// Input that cannot work: what is wrong, and what to do about it.
+    #[error("{problem}; hint: {hint}")]
+    Misconfigured {
+        /// Which kind of input is at fault.
+        kind: Misconfig,
+        /// What is wrong, naming the setting, file or server.
+        problem: String,
+        /// What the operator should do.
+        hint: String,
+    },
 
     #[error("repository {location} is not initialised: run `pgcairn --stanza={stanza} stanza-create` first, or check the `repo` and `stanza` settings")]
     RepoNotInitialised { location: String, stanza: String },
@@ -107,8 +144,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("{0}")]
-    Other(String),
+    /// A bug: an invariant of pgcairn's own code did not hold.
+    #[error("internal error: {0}; this is a bug in pgcairn: please report it with the command and its log")]
+    Internal(String),
 }
 
 impl Error {
@@ -125,6 +163,17 @@ impl Error {
         }
     }
 
+    /// Input that cannot work, of the given kind.
+    pub fn misconfigured(kind: Misconfig, problem: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Misconfigured { kind, problem: problem.into(), hint: hint.into() }
+    }
+
+    /// A setting that is missing, malformed or conflicting.
+    pub fn setting(problem: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::misconfigured(Misconfig::Setting, problem, hint)
+    }
+
+    /// A local I/O failure with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io { context: context.into(), source }
     }
@@ -134,7 +183,7 @@ impl Error {
     /// PostgreSQL treats archive_command codes above that as fatal.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => exit::CONFIG,
+            Error::Misconfigured { .. } => exit::CONFIG,
             Error::RepoNotInitialised { .. }
             | Error::RepoAlreadyInitialised { .. }
             | Error::UnsupportedFormat { .. } => exit::REPO_STATE,
@@ -150,10 +199,11 @@ impl Error {
             Error::Storage { .. } | Error::StorageUnavailable { .. } => exit::STORAGE,
             Error::WalRefused { .. } | Error::WalMismatch { .. } => exit::WAL_REFUSED,
             Error::ArchiveTimeout { .. } => exit::ARCHIVE_TIMEOUT,
-            Error::Io { .. } | Error::Other(_) => exit::LOCAL,
+            Error::Io { .. } | Error::Internal(_) => exit::LOCAL,
         }
     }
 
+    /// The storage failure's kind, if this is a storage error.
     pub fn storage_kind(&self) -> Option<StorageErrorKind> {
         match self {
             Error::Storage { kind, .. } => Some(*kind),
@@ -199,7 +249,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
 ];
 
 /// Adds a context line to `std::io::Result`s.
-pub trait IoContext<T> {
+pub(crate) trait IoContext<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
 }
 

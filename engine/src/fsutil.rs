@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// How the finished temp file takes its final name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Commit {
+pub(crate) enum Commit {
     /// Replace whatever is at the destination.
     Replace,
     /// Fail with `AlreadyExists` if the destination exists (atomic, via link(2)).
@@ -19,14 +19,14 @@ pub enum Commit {
 
 /// A file being written under a temporary name next to its destination. Dropped
 /// without [`DurableFile::commit`], the temp file is removed.
-pub struct DurableFile {
+pub(crate) struct DurableFile {
     tmp: PathBuf,
     dest: PathBuf,
     file: Option<File>,
 }
 
 impl DurableFile {
-    pub fn create(dest: &Path) -> io::Result<Self> {
+    pub(crate) fn create(dest: &Path) -> io::Result<Self> {
         let name = dest.file_name().ok_or_else(|| io::Error::other("destination has no file name"))?;
         let tmp = dest.with_file_name(format!(
             ".{}.pgcairn-tmp.{}.{:08x}",
@@ -39,7 +39,7 @@ impl DurableFile {
 
     /// Like [`DurableFile::create`], with the temp file in `tmp_dir` (same filesystem
     /// as `dest`) under a name [`sweep_stale_temps`] can attribute to its writer.
-    pub fn create_in(tmp_dir: &Path, dest: &Path) -> io::Result<Self> {
+    pub(crate) fn create_in(tmp_dir: &Path, dest: &Path) -> io::Result<Self> {
         let tmp = tmp_dir.join(format!("{}.{:08x}.{}", std::process::id(), rand::random::<u32>(), hostname()));
         Self::open(tmp, dest)
     }
@@ -49,12 +49,12 @@ impl DurableFile {
         Ok(Self { tmp, dest: dest.to_path_buf(), file: Some(file) })
     }
 
-    pub fn file(&mut self) -> &mut File {
+    pub(crate) fn file(&mut self) -> &mut File {
         self.file.as_mut().expect("file is open until commit")
     }
 
     /// fsync the data, move it into place, fsync the directory.
-    pub fn commit(mut self, mode: Commit) -> io::Result<()> {
+    pub(crate) fn commit(mut self, mode: Commit) -> io::Result<()> {
         let file = self.file.take().expect("commit once");
         file.sync_all()?;
         drop(file);
@@ -78,12 +78,12 @@ impl Drop for DurableFile {
 }
 
 /// Mode of every file pgcairn creates.
-pub const PRIVATE_FILE: u32 = 0o600;
+pub(crate) const PRIVATE_FILE: u32 = 0o600;
 /// Mode of every directory pgcairn creates.
-pub const PRIVATE_DIR: u32 = 0o700;
+pub(crate) const PRIVATE_DIR: u32 = 0o700;
 
 /// OpenOptions that create files 0600 (the umask can only take bits away).
-pub fn private_file() -> OpenOptions {
+pub(crate) fn private_file() -> OpenOptions {
     let mut o = OpenOptions::new();
     o.mode(PRIVATE_FILE);
     o
@@ -99,7 +99,7 @@ pub fn private_umask() {
 }
 
 /// Write `data` to `dest` durably.
-pub fn write_file(dest: &Path, data: &[u8], mode: Commit) -> io::Result<()> {
+pub(crate) fn write_file(dest: &Path, data: &[u8], mode: Commit) -> io::Result<()> {
     let mut f = DurableFile::create(dest)?;
     f.file().write_all(data)?;
     f.commit(mode)
@@ -112,7 +112,7 @@ const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 
 /// processes on this host (a writer killed with -9) and any older than a day (a
 /// writer on another host sharing the directory). Best effort: a file that cannot
 /// be removed now is tried again by the next sweep. Returns how many were removed.
-pub fn sweep_stale_temps(tmp_dir: &Path) -> usize {
+pub(crate) fn sweep_stale_temps(tmp_dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(tmp_dir) else { return 0 };
     let host = hostname();
     let mut removed = 0;
@@ -154,7 +154,7 @@ fn hostname() -> String {
 /// Write `data` to `dest` durably through a temp file in `tmp_dir` (created if
 /// needed, on the same filesystem as `dest`), first sweeping the temp files that
 /// killed writers left there: what a kill -9 leaves never outlives the next write.
-pub fn write_file_via(tmp_dir: &Path, dest: &Path, data: &[u8], mode: Commit) -> io::Result<()> {
+pub(crate) fn write_file_via(tmp_dir: &Path, dest: &Path, data: &[u8], mode: Commit) -> io::Result<()> {
     create_dir_all_durable(tmp_dir)?;
     sweep_stale_temps(tmp_dir);
     let mut f = DurableFile::create_in(tmp_dir, dest)?;
@@ -162,11 +162,11 @@ pub fn write_file_via(tmp_dir: &Path, dest: &Path, data: &[u8], mode: Commit) ->
     f.commit(mode)
 }
 
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-pub fn sync_parent_dir(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_parent_dir(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
         _ => sync_dir(Path::new(".")),
@@ -175,7 +175,7 @@ pub fn sync_parent_dir(path: &Path) -> io::Result<()> {
 
 /// Create `dir` and any missing parents, fsyncing each parent that gained an entry
 /// so the new directories survive a crash.
-pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }

@@ -1,27 +1,63 @@
 //! pgcairn engine: physical backup and restore of PostgreSQL clusters into a
 //! content-addressed, compressed and encrypted repository.
 //!
-//! Public API: [`ops`] (one function per operation), the request/summary types
-//! they take and return, [`storage::RepoLocation`] to open a repository's storage,
-//! [`repo::Repository`] to open or create a stanza, and [`Error`].
+//! The public API is the `pub use` list below and nothing else: one function per
+//! operation with its request and summary types, [`RepoLocation`] to reach a
+//! repository's storage, [`Repository`] to open or create a stanza, and [`Error`]
+//! with its exit-code table. Everything else is crate-private, so the repository
+//! format, keys and the PostgreSQL protocol can change without breaking callers.
+//! The `testing` feature adds [`testing`]: decoders and codecs for the fuzz
+//! targets and benchmarks, and the storage test doubles with the conformance suite.
 //!
-//! Module map: [`pg`] knows PostgreSQL (protocol, tar, versions); [`repo`] knows
-//! the repository format; [`crypto`] keys and AEAD; [`storage`] the object-store
-//! seam; [`ops`] composes them.
+//! Module map (docs/architecture.md has the reasons): `pg` knows PostgreSQL
+//! (protocol, tar, WAL, data directory, recovery settings); `repo` owns the
+//! repository format (keys, sealed metadata, index, catalog, packs, WAL archive);
+//! `crypto` keys and AEAD; `storage` the object-store seam; `ops` composes them.
 
-pub mod crypto;
-pub mod error;
-pub mod fsutil;
-pub mod ops;
-pub mod pg;
-pub mod progress;
-pub mod repo;
-pub mod storage;
+mod crypto;
+mod error;
+mod fsutil;
+mod ops;
+mod pg;
+mod progress;
+mod repo;
+mod storage;
 
 #[cfg(test)]
 mod hostile_input;
 
-pub use error::{Error, Result};
+pub use crypto::{KeySlotKdf, Secret};
+pub use error::{exit, Error, Misconfig, Result, StorageErrorKind, EXIT_CODES};
+pub use fsutil::private_umask;
+pub use ops::archive::clear_prefetch_spool;
+pub use ops::archive_async::spool_problems;
+pub use ops::{
+    backup, check, info, restore, run_archive_get, run_archive_push, stanza_create, AsyncQueue, BackupDetails,
+    BackupInfo, BackupRequest, BackupStatus, BackupSummary, BackupType, CheckReport, CheckRequest, Drainer, GetRequest,
+    InfoReport, PushRequest, QueueFull, Recovery, RecoveryTarget, RepoAccess, RestoreRequest, RestoreSummary,
+    StanzaCreateRequest, Unlock,
+};
+pub use pg::{ConnParams, Lsn};
+pub use progress::{NoProgress, Progress};
+pub use repo::format::{check_stanza_name, FORMAT_VERSION};
+pub use repo::Repository;
+pub use storage::{s3::S3Settings, DynStorage, ObjectInfo, RepoLocation, Storage};
+
+/// Internals for fuzz targets, benchmarks and integration tests: decoders of
+/// outside bytes, the block codec, and the storage test doubles. Not a stable API.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::crypto::{random_bytes, Cipher};
+    pub use crate::pg::replication::{parse_data_row, ServerMessage};
+    pub use crate::pg::tar::TarReader;
+    pub use crate::pg::wal::{validate_backup_history, validate_history, validate_segment, WalFile};
+    pub use crate::repo::blob::{chunk_id, compress, open_block, open_delta_block, seal_block, seal_changed_block};
+    pub use crate::repo::blocklist::BlockPart;
+    pub use crate::repo::format::ChunkId;
+    pub use crate::repo::pack::PackWriter;
+    pub use crate::storage::s3::S3Storage;
+    pub use crate::storage::{check_key, conformance, fault, memory};
+}
 
 /// Keep glibc's malloc from holding on to freed memory, so peak RSS follows what is
 /// in use (benches/memory.sh, 17.5 GiB cluster). Arenas: one per core instead of

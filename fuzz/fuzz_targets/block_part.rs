@@ -1,7 +1,7 @@
 //! Block list parts as decrypted from the repository.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pgcairn::repo::blocklist::BlockPart;
+use pgcairn::testing::BlockPart;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(part) = BlockPart::decode(data) {

@@ -1,7 +1,7 @@
 //! Backend protocol messages a hostile server could send: DataRow, ErrorResponse.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pgcairn::pg::replication::{parse_data_row, ServerMessage};
+use pgcairn::testing::{parse_data_row, ServerMessage};
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_data_row(data);

@@ -1,7 +1,7 @@
 //! BASE_BACKUP's tar stream, cut into pieces where the first byte says.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pgcairn::pg::tar::TarReader;
+use pgcairn::testing::TarReader;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&piece, rest)) = data.split_first() else { return };

@@ -1,7 +1,7 @@
 //! WAL files as archive-push validates them: segments, history and backup files.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pgcairn::pg::wal::{validate_backup_history, validate_history, validate_segment, WalFile};
+use pgcairn::testing::{validate_backup_history, validate_history, validate_segment, WalFile};
 
 fuzz_target!(|data: &[u8]| {
     let split = data.len().min(40);

@@ -125,7 +125,7 @@ fn repository_state_errors() {
     // A repository written by a future pgcairn is refused by version, and left alone.
     let config = f.repo.path().join("main/config");
     let original = std::fs::read_to_string(&config).unwrap();
-    let current = format!("\"format_version\": {}", pgcairn::repo::format::FORMAT_VERSION);
+    let current = format!("\"format_version\": {}", pgcairn::FORMAT_VERSION);
     assert!(original.contains(&current), "{original}");
     std::fs::write(&config, original.replace(&current, "\"format_version\": 99")).unwrap();
     let (code, err) = f.p.fails(&["info"]);

@@ -2,6 +2,9 @@
 //! 17 and 18 from the npm package), a real S3-compatible server (s3s-fs), and the
 //! built `pgcairn` binary. See tests/integration/support for the harness.
 
+// Test code: a failed unwrap is a failed test, and nothing here is an API.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, missing_docs)]
+
 mod archive;
 mod cli;
 mod errors;

@@ -1,8 +1,9 @@
 //! The storage conformance suite against a real S3-compatible server.
 
-use pgcairn::crypto::Secret;
-use pgcairn::storage::s3::{S3Settings, S3Storage};
-use pgcairn::storage::Storage;
+use pgcairn::testing::S3Storage;
+use pgcairn::S3Settings;
+use pgcairn::Secret;
+use pgcairn::Storage;
 
 use crate::support::S3Server;
 
@@ -18,7 +19,7 @@ fn settings(s3: &S3Server) -> S3Settings {
 async fn s3_backend_meets_the_storage_contract() {
     let s3 = S3Server::start();
     let storage = S3Storage::new(s3.bucket(), "conformance/prefix", &settings(&s3)).unwrap();
-    pgcairn::storage::conformance::run(&storage).await;
+    pgcairn::testing::conformance::run(&storage).await;
     // Keys land under the prefix, as files the server stores.
     assert!(s3.dir().join(s3.bucket()).join("conformance/prefix/a/b/obj1").is_file());
 }
@@ -31,7 +32,7 @@ async fn s3_wrong_credentials_are_a_permanent_error() {
     let storage = S3Storage::new(s3.bucket(), "x", &bad).unwrap();
     let err = storage.get("config").await.unwrap_err();
     assert!(err.to_string().contains("config"), "{err}");
-    assert_ne!(err.storage_kind(), Some(pgcairn::error::StorageErrorKind::NotFound), "{err}");
+    assert_ne!(err.storage_kind(), Some(pgcairn::StorageErrorKind::NotFound), "{err}");
 }
 
 /// Sequential create-only semantics hold on s3s-fs (checked in the suite above);

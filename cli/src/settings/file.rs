@@ -25,8 +25,8 @@ pub enum Place {
     Stanza(String),
 }
 
-fn bad(path: &Path, what: String) -> Error {
-    Error::Config(format!("config {}: {what}", path.display()))
+fn bad(path: &Path, what: String, hint: &str) -> Error {
+    Error::setting(format!("config {}: {what}", path.display()), hint)
 }
 
 fn scalar(key: &str, v: &toml::Value, path: &Path) -> Result<String> {
@@ -37,7 +37,8 @@ fn scalar(key: &str, v: &toml::Value, path: &Path) -> Result<String> {
         other => {
             return Err(bad(
                 path,
-                format!("key {key} has a {} value; use a string, number or boolean", other.type_str()),
+                format!("key {key} has a {} value", other.type_str()),
+                "use a string, number or boolean",
             ))
         }
     })
@@ -47,10 +48,10 @@ fn check_key(key: &str, path: &Path) -> Result<()> {
     match setting(key) {
         Some(s) if s.sources.file => Ok(()),
         // The passphrase, --config: the table says they are never read from a file.
-        Some(s) => Err(bad(path, format!("{key} is never read from the config file: {}", s.help))),
+        Some(s) => Err(bad(path, format!("{key} is never read from the config file"), s.help)),
         None => {
             let known: Vec<&str> = super::table::SETTINGS.iter().filter(|s| s.sources.file).map(|s| s.name).collect();
-            Err(bad(path, format!("unknown key {key}; known keys: {}", known.join(", "))))
+            Err(bad(path, format!("unknown key {key}"), &format!("known keys: {}", known.join(", "))))
         }
     }
 }
@@ -73,20 +74,25 @@ impl ConfigFile {
             None => return Ok(Self::default()),
         };
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::Config(format!("cannot read config file {}: {e}; check --config / PGCAIRN_CONFIG", path.display()))
+            Error::setting(
+                format!("cannot read config file {}: {e}", path.display()),
+                "check --config / PGCAIRN_CONFIG",
+            )
         })?;
         Self::parse(&text, &path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let mut doc: toml::Table = toml::from_str(text)
-            .map_err(|e| Error::Config(format!("config {} is not valid TOML: {e}", path.display())))?;
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| {
+            bad(path, format!("is not valid TOML: {e}"), "fix the syntax; docs/config.md has an example")
+        })?;
         let mut cfg = ConfigFile { path: path.to_path_buf(), ..Default::default() };
         // `stanza` is a name at the top level, a table of per-stanza tables otherwise.
         if let Some(toml::Value::Table(stanzas)) = doc.get("stanza") {
             for (name, t) in stanzas.clone() {
                 let toml::Value::Table(t) = t else {
-                    return Err(bad(path, format!("[stanza.{name}] must be a table")));
+                    let hint = "write per-stanza settings as [stanza.NAME] tables";
+                    return Err(bad(path, format!("[stanza.{name}] is not a table"), hint));
                 };
                 cfg.stanzas.insert(name, table(t, path)?);
             }

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgcairn::crypto::Secret;
-use pgcairn::storage::RepoLocation;
+use pgcairn::RepoLocation;
+use pgcairn::Secret;
 
 use super::table::Kind;
 
@@ -43,7 +43,7 @@ pub fn parse(kind: Kind, text: &str) -> Result<Value, String> {
             words.iter().find(|w| **w == text).copied().ok_or_else(|| format!("is not one of {}", words.join(", ")))?,
         ),
         Kind::Stanza => {
-            pgcairn::repo::format::check_stanza_name(text)?;
+            pgcairn::check_stanza_name(text).map_err(|e| e.to_string())?;
             Value::Stanza(text.to_string())
         }
         Kind::Repo => Value::Repo(RepoLocation::parse(text).map_err(|e| e.to_string())?),

@@ -65,7 +65,10 @@ pub fn process_env(name: &str) -> Option<String> {
 /// its parser to settings `cmd` takes as flags.
 pub fn resolve(cmd: Cmd, flags: &[(&'static Setting, String)], env: Env) -> Result<Resolved> {
     if let Some((s, _)) = flags.iter().find(|(s, _)| !s.sources.flag || !s.applies_to(cmd)) {
-        return Err(Error::Config(format!("{cmd} does not take --{}", s.name)));
+        return Err(Error::setting(
+            format!("{cmd} does not take --{}", s.name),
+            format!("`pgcairn {cmd} --help` lists its settings"),
+        ));
     }
     let flag = |s: &Setting| flags.iter().rev().find(|(f, _)| f.name == s.name).map(|(_, v)| v.clone());
     let env_value = |s: &Setting| s.sources.env.then(|| env(&s.env())).flatten().filter(|v| !v.is_empty());
@@ -88,8 +91,9 @@ pub fn resolve(cmd: Cmd, flags: &[(&'static Setting, String)], env: Env) -> Resu
     // The stanza picks the config file's table, so it comes from the top level only.
     let stanza = known("stanza")?;
     let (raw, source) = given(stanza).or_else(|| from_file(stanza, None)).ok_or_else(|| {
-        Error::Config(
-            "no stanza given: pass --stanza=NAME, set PGCAIRN_STANZA, or `stanza = \"NAME\"` in the config file".into(),
+        Error::setting(
+            "no stanza given",
+            "pass --stanza=NAME, set PGCAIRN_STANZA, or `stanza = \"NAME\"` in the config file",
         )
     })?;
     r.insert(stanza, raw.clone(), source)?;
@@ -105,12 +109,13 @@ pub fn resolve(cmd: Cmd, flags: &[(&'static Setting, String)], env: Env) -> Resu
 
 /// A setting the code names (the table's tests make sure each exists).
 pub(super) fn known(name: &str) -> Result<&'static Setting> {
-    setting(name).ok_or_else(|| Error::Other(format!("internal: no setting {name} in the table")))
+    setting(name).ok_or_else(|| Error::Internal(format!("no setting {name} in the table")))
 }
 
 impl Resolved {
     fn insert(&mut self, s: &'static Setting, raw: String, source: Source) -> Result<()> {
-        let value = parse(s.kind, &raw).map_err(|why| Error::Config(format!("{}: {why}", source.describe(s, &raw))))?;
+        let value = parse(s.kind, &raw)
+            .map_err(|why| Error::setting(format!("{}: {why}", source.describe(s, &raw)), s.help))?;
         // A secret stays in its zeroized Secret only.
         let raw = if s.kind == Kind::Secret { "***".to_string() } else { raw };
         self.values.insert(s.name, Entry { value, raw, source });
@@ -128,13 +133,13 @@ impl Resolved {
     /// A setting's value, None when unset and without a default.
     pub fn opt<T: FromValue>(&self, name: &str) -> Result<Option<T>> {
         if !setting(name).is_some_and(|s| s.applies_to(self.cmd)) {
-            return Err(Error::Other(format!("internal: {} does not use setting {name}", self.cmd)));
+            return Err(Error::Internal(format!("{} does not use setting {name}", self.cmd)));
         }
         match self.values.get(name) {
             None => Ok(None),
             Some(e) => T::from_value(&e.value)
                 .map(Some)
-                .ok_or_else(|| Error::Other(format!("internal: setting {name} read as the wrong type"))),
+                .ok_or_else(|| Error::Internal(format!("setting {name} read as the wrong type"))),
         }
     }
 
@@ -142,9 +147,10 @@ impl Resolved {
     pub fn get<T: FromValue>(&self, name: &str) -> Result<T> {
         self.opt(name)?.ok_or_else(|| {
             let env = setting(name).map(Setting::env).unwrap_or_default();
-            Error::Config(format!(
-                "{name} is not set: pass --{name}, set {env}, or add `{name} = ...` to the config file"
-            ))
+            Error::setting(
+                format!("{name} is not set"),
+                format!("pass --{name}, set {env}, or add `{name} = ...` to the config file"),
+            )
         })
     }
 

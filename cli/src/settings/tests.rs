@@ -114,11 +114,11 @@ fn precedence_flag_env_stanza_table_top_default() {
     assert!(!r.get::<bool>("start-fast").unwrap(), "default");
     assert_eq!(r.entry_of("start-fast").unwrap().source, Source::Default);
     let other = run(Cmd::Backup, &[("stanza", "other")], &env[..2]).unwrap();
-    assert_eq!(other.get::<pgcairn::storage::RepoLocation>("repo").unwrap(), parse_repo("/top"));
+    assert_eq!(other.get::<pgcairn::RepoLocation>("repo").unwrap(), parse_repo("/top"));
 }
 
-fn parse_repo(s: &str) -> pgcairn::storage::RepoLocation {
-    pgcairn::storage::RepoLocation::parse(s).unwrap()
+fn parse_repo(s: &str) -> pgcairn::RepoLocation {
+    pgcairn::RepoLocation::parse(s).unwrap()
 }
 
 /// Regression (issue "Reshape the engine", item 2): values were parsed only when used,
@@ -224,7 +224,7 @@ fn async_push_needs_a_spool_and_forwards_to_its_drainer() {
     let r = run(Cmd::ArchivePush, &f, &[("PGCAIRN_ARCHIVE_PUSH_QUEUE_FULL", "drop")]).unwrap();
     let req = typed::push_request(&r, &common, &["archive-push"]).unwrap();
     let q = req.queue.unwrap();
-    assert_eq!((q.spool_path.as_path(), q.max, q.full), (Path::new("/s"), None, pgcairn::ops::QueueFull::Drop));
+    assert_eq!((q.spool_path.as_path(), q.max, q.full), (Path::new("/s"), None, pgcairn::QueueFull::Drop));
     let args: Vec<String> = q.drainer.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     assert_eq!(args, ["archive-push", "--stanza=main", "--repo=/r", "--archive-async=yes", "--spool-path=/s"]);
 }

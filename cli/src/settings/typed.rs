@@ -5,10 +5,10 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgcairn::crypto::Secret;
-use pgcairn::ops::{AsyncQueue, Drainer, GetRequest, PushRequest, QueueFull, RepoAccess, Unlock};
-use pgcairn::pg::ConnParams;
-use pgcairn::storage::{s3::S3Settings, DynStorage, RepoLocation};
+use pgcairn::ConnParams;
+use pgcairn::Secret;
+use pgcairn::{AsyncQueue, Drainer, GetRequest, PushRequest, QueueFull, RepoAccess, Unlock};
+use pgcairn::{DynStorage, RepoLocation, S3Settings};
 use pgcairn::{Error, Result};
 
 use super::resolve::Resolved;
@@ -53,14 +53,16 @@ impl Common {
             return Ok(Some(p.clone()));
         }
         let Some(file) = &self.passphrase_file else { return Ok(None) };
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| Error::Config(format!("cannot read repo-passphrase-file {}: {e}", file.display())))?;
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Error::setting(
+                format!("cannot read repo-passphrase-file {}: {e}", file.display()),
+                "check its path and that this OS user can read it",
+            )
+        })?;
         let pass = text.trim_end_matches(['\n', '\r']);
         if pass.is_empty() {
-            return Err(Error::Config(format!(
-                "repo-passphrase-file {} is empty: write the passphrase into it",
-                file.display()
-            )));
+            let problem = format!("repo-passphrase-file {} is empty", file.display());
+            return Err(Error::setting(problem, "write the passphrase into it"));
         }
         Ok(Some(Secret::new(pass)))
     }
@@ -149,7 +151,10 @@ fn async_spool(r: &Resolved) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     let spool = r.opt("spool-path")?.ok_or_else(|| {
-        Error::Config("archive-async needs spool-path: a local directory the database's OS user can write".into())
+        Error::setting(
+            "archive-async needs spool-path",
+            "set spool-path to a local directory the database's OS user can write",
+        )
     })?;
     Ok(Some(spool))
 }
@@ -191,6 +196,6 @@ pub fn get_request(r: &Resolved, common: &Common) -> Result<GetRequest> {
 /// backup's prefetch clean-up: the spool of this stanza's earlier recoveries.
 pub fn clear_prefetch(b: &Backup, common: &Common) {
     if let Some(p) = &b.spool_path {
-        pgcairn::ops::archive::clear_prefetch_spool(p, &common.stanza);
+        pgcairn::clear_prefetch_spool(p, &common.stanza);
     }
 }

@@ -14,7 +14,7 @@ use hkdf::Hkdf;
 use rand::RngCore;
 use sha2::Sha256;
 
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 
 /// A secret string (passphrase, password): never printed, wiped from memory when
 /// dropped.
@@ -37,9 +37,9 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Key material that is wiped from memory when dropped.
-pub type KeyBytes = zeroize::Zeroizing<[u8; KEY_LEN]>;
-pub const NONCE_LEN: usize = 12;
-pub const TAG_LEN: usize = 16;
+pub(crate) type KeyBytes = zeroize::Zeroizing<[u8; KEY_LEN]>;
+pub(crate) const NONCE_LEN: usize = 12;
+pub(crate) const TAG_LEN: usize = 16;
 
 /// Argon2id cost parameters, stored in each key slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -68,7 +68,7 @@ pub enum CryptoError {
 }
 
 /// Derive a key-encryption key from a passphrase.
-pub fn derive_kek(passphrase: &[u8], salt: &[u8], kdf: KeySlotKdf) -> Result<KeyBytes, CryptoError> {
+pub(crate) fn derive_kek(passphrase: &[u8], salt: &[u8], kdf: KeySlotKdf) -> Result<KeyBytes, CryptoError> {
     let params = argon2::Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(KEY_LEN))
         .map_err(|e| CryptoError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -84,7 +84,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// HKDF-SHA256 expansion of the master key for one purpose.
-pub fn derive_subkey(master: &[u8; KEY_LEN], info: &[u8]) -> KeyBytes {
+pub(crate) fn derive_subkey(master: &[u8; KEY_LEN], info: &[u8]) -> KeyBytes {
     let hk = Hkdf::<Sha256>::new(Some(b"pgcairn v1"), master);
     let mut out = KeyBytes::new([0u8; KEY_LEN]);
     hk.expand(info, &mut *out).expect("32 bytes is a valid HKDF-SHA256 length");

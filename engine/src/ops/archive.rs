@@ -9,22 +9,23 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::crypto::Secret;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Misconfig, Result};
 use crate::fsutil::{self, Commit};
 use crate::pg::version;
 use crate::pg::wal::{segment_name, validate_backup_history, validate_history, validate_segment, WalFile};
-pub use crate::repo::wal::PushOutcome;
+pub(crate) use crate::repo::wal::PushOutcome;
 use crate::repo::Repository;
 use crate::storage::{s3::S3Settings, DynStorage, RepoLocation};
 
 fn file_name(path: &Path) -> Result<String> {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::Config(format!("{} is not a file path: archive_command passes %p", path.display())))
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| {
+        let problem = format!("{} is not a file path", path.display());
+        Error::misconfigured(Misconfig::Request, problem, "archive_command must pass %p")
+    })
 }
 
 /// Check a WAL file belongs to this stanza's cluster (segments and partials).
-pub fn validate_wal_file(repo: &Repository, name: &str, data: &[u8]) -> Result<WalFile> {
+pub(crate) fn validate_wal_file(repo: &Repository, name: &str, data: &[u8]) -> Result<WalFile> {
     let refused = |reason: String| Error::WalRefused { name: name.to_string(), reason };
     let file = WalFile::parse(name)
         .ok_or_else(|| refused("the name is not a WAL segment, .partial, .history or .backup file".into()))?;
@@ -42,7 +43,7 @@ pub fn validate_wal_file(repo: &Repository, name: &str, data: &[u8]) -> Result<W
 }
 
 /// Archive one WAL file. Returns only once the object is durable; never overwrites.
-pub async fn archive_push(repo: &Repository, path: &Path, level: i32) -> Result<PushOutcome> {
+pub(crate) async fn archive_push(repo: &Repository, path: &Path, level: i32) -> Result<PushOutcome> {
     let name = file_name(path)?;
     let data = map_file(path)?;
     let file = validate_wal_file(repo, &name, &data)?;
@@ -59,7 +60,13 @@ fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::MmapOptions::new().populate().map(&f) }.ctx(|| format!("cannot read {}", path.display()))
 }
 
-pub async fn store_wal(repo: &Repository, name: &str, file: WalFile, data: &[u8], level: i32) -> Result<PushOutcome> {
+pub(crate) async fn store_wal(
+    repo: &Repository,
+    name: &str,
+    file: WalFile,
+    data: &[u8],
+    level: i32,
+) -> Result<PushOutcome> {
     let outcome = repo.put_wal(file.timeline(), name, data, level).await?;
     if outcome == PushOutcome::AlreadyArchived {
         tracing::warn!("{name} is already archived with identical content; nothing to do");
@@ -69,14 +76,14 @@ pub async fn store_wal(repo: &Repository, name: &str, file: WalFile, data: &[u8]
 
 /// Where archive-get keeps segments fetched ahead, and how many.
 #[derive(Debug, Clone)]
-pub struct Prefetch {
+pub(crate) struct Prefetch {
     pub spool: PathBuf,
     pub segments: usize,
 }
 
 /// How archive-get fetches: prefetching, and how long it rides out a storage outage.
 #[derive(Debug, Clone)]
-pub struct GetOptions {
+pub(crate) struct GetOptions {
     pub prefetch: Option<Prefetch>,
     /// `archive-get-timeout`: retry transient storage errors this long, then fail.
     pub timeout: Duration,
@@ -92,7 +99,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// object, storage still failing after `timeout` — which the caller must turn into
 /// an exit status that stops recovery. Only the requested file decides the outcome:
 /// prefetching the following segments into the spool is best effort, logged.
-pub async fn archive_get(repo: &Repository, name: &str, dest: &Path, opts: &GetOptions) -> Result<bool> {
+pub(crate) async fn archive_get(repo: &Repository, name: &str, dest: &Path, opts: &GetOptions) -> Result<bool> {
     let Some(file) = WalFile::parse(name) else { return Ok(false) };
     let prefetch = opts.prefetch.as_ref().filter(|_| matches!(file, WalFile::Segment { .. }));
     if let Some(p) = prefetch {
@@ -121,7 +128,7 @@ pub async fn archive_get(repo: &Repository, name: &str, dest: &Path, opts: &GetO
 
 /// Run `op` until it succeeds, fails for good, or `deadline` passes while it keeps
 /// failing transiently (then a [`Error::StorageUnavailable`] naming `what`).
-pub async fn retry_transient<T, F, Fut>(deadline: Instant, timeout: Duration, what: &str, mut op: F) -> Result<T>
+pub(crate) async fn retry_transient<T, F, Fut>(deadline: Instant, timeout: Duration, what: &str, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -235,7 +242,12 @@ fn prune_spool(spool: &Path, current: &str) {
 /// archive-get's prefetch: into `spool-path`/<stanza>/in, or, when run by PostgreSQL
 /// (whose restore_command runs in the data directory), pg_wal/pgcairn-prefetch. As
 /// many segments as fit in `queue_max` bytes (`archive-get-queue-max`).
-pub fn prefetch_settings(spool_path: Option<&Path>, stanza: &str, queue_max: u64, seg_size: u32) -> Option<Prefetch> {
+pub(crate) fn prefetch_settings(
+    spool_path: Option<&Path>,
+    stanza: &str,
+    queue_max: u64,
+    seg_size: u32,
+) -> Option<Prefetch> {
     let segments = (queue_max / seg_size as u64) as usize;
     let spool = prefetch_spool(spool_path, stanza)?;
     (segments > 0).then_some(Prefetch { spool, segments })
@@ -314,7 +326,13 @@ pub fn clear_prefetch_spool(spool_path: &Path, stanza: &str) {
 }
 
 /// Wait until segments `from..=to` of `timeline` are archived.
-pub async fn wait_for_segments(repo: &Repository, timeline: u32, from: u64, to: u64, timeout: Duration) -> Result<()> {
+pub(crate) async fn wait_for_segments(
+    repo: &Repository,
+    timeline: u32,
+    from: u64,
+    to: u64,
+    timeout: Duration,
+) -> Result<()> {
     let seg_size = repo.config().wal_segment_size;
     let deadline = Instant::now() + timeout;
     for segno in from..=to {
@@ -344,13 +362,13 @@ pub struct TimelineArchive {
 /// The archive's segments by timeline (segment numbers), and the timelines that
 /// have a history file.
 #[derive(Debug, Default)]
-pub struct ArchivedSegments {
+pub(crate) struct ArchivedSegments {
     segments: BTreeMap<u32, std::collections::BTreeSet<u64>>,
     history: std::collections::BTreeSet<u32>,
 }
 
 /// List the WAL archive once.
-pub async fn archived_segments(repo: &Repository) -> Result<ArchivedSegments> {
+pub(crate) async fn archived_segments(repo: &Repository) -> Result<ArchivedSegments> {
     let seg_size = repo.config().wal_segment_size;
     let mut out = ArchivedSegments::default();
     for name in repo.list_wal().await? {
@@ -369,7 +387,11 @@ pub async fn archived_segments(repo: &Repository) -> Result<ArchivedSegments> {
 
 /// The first segment a backup needs to become consistent that the archive lacks,
 /// as a sentence; None when it carries its WAL or the archive has it all.
-pub fn missing_wal(m: &crate::repo::format::Manifest, archived: &ArchivedSegments, seg_size: u32) -> Option<String> {
+pub(crate) fn missing_wal(
+    m: &crate::repo::format::Manifest,
+    archived: &ArchivedSegments,
+    seg_size: u32,
+) -> Option<String> {
     if m.wal_included {
         return None;
     }
@@ -389,7 +411,7 @@ pub fn missing_wal(m: &crate::repo::format::Manifest, archived: &ArchivedSegment
     ))
 }
 
-pub fn archive_summary(archived: &ArchivedSegments, seg_size: u32) -> Vec<TimelineArchive> {
+pub(crate) fn archive_summary(archived: &ArchivedSegments, seg_size: u32) -> Vec<TimelineArchive> {
     let timelines: std::collections::BTreeSet<u32> =
         archived.segments.keys().chain(archived.history.iter()).copied().collect();
     timelines

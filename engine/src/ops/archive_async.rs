@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Misconfig, Result};
 use crate::fsutil::{self, Commit};
 use crate::ops::archive::{archive_push, store_wal, validate_wal_file, RepoAccess};
 use crate::repo::Repository;
@@ -79,12 +79,12 @@ pub async fn run_archive_push(req: &PushRequest, path: &Path) -> Result<()> {
     spawn_drainer(&spool, &queue.drainer, path)
 }
 
-pub struct Spool {
+pub(crate) struct Spool {
     root: PathBuf,
 }
 
 impl Spool {
-    pub fn new(spool_path: &Path, stanza: &str) -> Result<Self> {
+    pub(crate) fn new(spool_path: &Path, stanza: &str) -> Result<Self> {
         let root = spool_path.join(stanza);
         for d in [root.join("out"), root.join("error")] {
             fsutil::create_dir_all_durable(&d).ctx(|| format!("cannot create spool directory {}", d.display()))?;
@@ -96,7 +96,7 @@ impl Spool {
         self.root.join("out")
     }
 
-    pub fn dropped_log(&self) -> PathBuf {
+    pub(crate) fn dropped_log(&self) -> PathBuf {
         self.root.join("dropped.log")
     }
 
@@ -142,9 +142,11 @@ impl Spool {
                 writeln!(f, "{} {name}", chrono::Utc::now().to_rfc3339()).ctx(|| "cannot write dropped.log".into())?;
                 f.sync_all().ctx(|| "cannot fsync dropped.log".into())
             }
-            QueueFull::Fail => Err(Error::Config(format!(
-                "{what}: {name} not queued; PostgreSQL keeps it and retries. The repository is not keeping up: check it, or raise archive-push-queue-max"
-            ))),
+            QueueFull::Fail => Err(Error::misconfigured(
+                Misconfig::ResourceLimit,
+                format!("{what}: {name} not queued; PostgreSQL keeps it and retries"),
+                "the repository is not keeping up: check it, or raise archive-push-queue-max",
+            )),
         }
     }
 }

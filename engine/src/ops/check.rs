@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Misconfig, Result};
 use crate::ops::archive::wait_for_segments;
 use crate::ops::stanza::identify_stanza_cluster;
 use crate::pg::archiving::{ArchivingSettings, SQL_IN_RECOVERY, SQL_RESTORE_POINT, SQL_SWITCH_WAL};
@@ -37,8 +37,8 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
     let sys = identify_stanza_cluster(&mut conn, cfg).await?;
     let archiving = ArchivingSettings::read(&mut conn).await?;
     conn.close().await;
-    if let Some(problem) = archiving.problem(stanza) {
-        return Err(Error::Config(format!("{target}: {problem}")));
+    if let Some((problem, hint)) = archiving.problem(stanza) {
+        return Err(Error::misconfigured(Misconfig::Server, format!("{target}: {problem}"), hint));
     }
 
     // Force a segment switch (after a restore point, so there is something to switch).
@@ -63,15 +63,19 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
     };
     let in_recovery: bool = client.query_one(SQL_IN_RECOVERY, &[]).await.map_err(sql_error)?.get(0);
     if in_recovery {
-        return Err(Error::Config(format!("{target} is a standby: run check against the primary")));
+        let problem = format!("{target} is a standby");
+        return Err(Error::misconfigured(Misconfig::Server, problem, "run check against the primary"));
     }
     client.query_one(SQL_RESTORE_POINT, &[]).await.map_err(sql_error)?;
     let segment: String = client.query_one(SQL_SWITCH_WAL, &[]).await.map_err(sql_error)?.get(0);
-    let file = WalFile::parse(&segment).ok_or_else(|| Error::Other(format!("unexpected wal file name {segment}")))?;
+    let file =
+        WalFile::parse(&segment).ok_or_else(|| Error::Internal(format!("unexpected wal file name {segment}")))?;
     let segno = file.segno(cfg.wal_segment_size).expect("segment");
     wait_for_segments(repo, file.timeline(), segno, segno, req.timeout).await?;
     if !req.spool_problems.is_empty() {
-        return Err(Error::Config(format!("archiving works, but {}", req.spool_problems.join("; "))));
+        let problem = format!("archiving works, but {}", req.spool_problems.join("; "));
+        let hint = "see the async spool's problems above; the archive-push log in the server log says more";
+        return Err(Error::misconfigured(Misconfig::Setting, problem, hint));
     }
     Ok(CheckReport {
         system_identifier: sys.system_identifier,

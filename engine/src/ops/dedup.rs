@@ -14,14 +14,14 @@ use crate::repo::Repository;
 const PARENT_PARTS_KEPT: usize = 3;
 
 /// The parent backup's block list, read part by part as the new backup reaches it.
-pub struct ParentBlocks<'r> {
+pub(super) struct ParentBlocks<'r> {
     list: BlockListReader<'r>,
     /// (tablespace, path) → (first block in the block list, block count).
     files: HashMap<(Option<u32>, String), (u64, u64)>,
 }
 
 impl<'r> ParentBlocks<'r> {
-    pub fn new(repo: &'r Repository, parent: &Manifest) -> Self {
+    pub(super) fn new(repo: &'r Repository, parent: &Manifest) -> Self {
         let mut files = HashMap::new();
         let mut next = 0;
         for f in parent.files.iter().filter(|f| f.kind == FileKind::File) {
@@ -32,17 +32,17 @@ impl<'r> ParentBlocks<'r> {
         ParentBlocks { list: BlockListReader::new(repo, parent, PARENT_PARTS_KEPT), files }
     }
 
-    pub fn label(&self) -> &str {
+    pub(super) fn label(&self) -> &str {
         self.list.label()
     }
 
     /// Where the parent's blocks of a file start, and how many it has.
-    pub fn file(&self, tablespace: Option<u32>, path: &str) -> Option<(u64, u64)> {
+    pub(super) fn file(&self, tablespace: Option<u32>, path: &str) -> Option<(u64, u64)> {
         self.files.get(&(tablespace, path.to_string())).copied()
     }
 
     /// Entry `n` of the parent's block list.
-    pub async fn block(&self, n: u64) -> Result<Option<(ChunkId, BlockLocation)>> {
+    pub(super) async fn block(&self, n: u64) -> Result<Option<(ChunkId, BlockLocation)>> {
         Ok(self.list.range(n, 1).await?.pop())
     }
 }
@@ -50,20 +50,20 @@ impl<'r> ParentBlocks<'r> {
 /// Chunk ids a backup stored (or is storing) lately. Two generations of at most
 /// `cap` entries: a hit moves an entry to the young one, a full young generation
 /// replaces the old one, so frequent blocks stay and memory stays bounded.
-pub struct RecentChunks {
+pub(super) struct RecentChunks {
     cap: usize,
     young: HashMap<ChunkId, Option<BlockLocation>>,
     old: HashMap<ChunkId, Option<BlockLocation>>,
 }
 
 impl RecentChunks {
-    pub fn new(cap: usize) -> Self {
+    pub(super) fn new(cap: usize) -> Self {
         RecentChunks { cap, young: HashMap::new(), old: HashMap::new() }
     }
 
     /// True when `id` is new here: the caller must store it (and then call `stored`).
     /// False when it is stored or being stored by an earlier block.
-    pub fn claim(&mut self, id: ChunkId) -> bool {
+    pub(super) fn claim(&mut self, id: ChunkId) -> bool {
         if self.young.contains_key(&id) {
             return false;
         }
@@ -78,11 +78,11 @@ impl RecentChunks {
         claimed
     }
 
-    pub fn location(&self, id: &ChunkId) -> Option<BlockLocation> {
+    pub(super) fn location(&self, id: &ChunkId) -> Option<BlockLocation> {
         self.young.get(id).or_else(|| self.old.get(id)).copied().flatten()
     }
 
-    pub fn stored(&mut self, id: ChunkId, loc: BlockLocation) {
+    pub(super) fn stored(&mut self, id: ChunkId, loc: BlockLocation) {
         match self.old.get_mut(&id) {
             Some(e) => *e = Some(loc),
             None => {

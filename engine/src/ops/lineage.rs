@@ -42,7 +42,7 @@ fn full_of(label: &str) -> &str {
 }
 
 /// What a new backup is based on.
-pub struct Lineage {
+pub(crate) struct Lineage {
     /// The type actually taken (a diff or incr without a usable parent becomes full).
     pub backup_type: BackupType,
     pub parent: Option<Manifest>,
@@ -50,7 +50,7 @@ pub struct Lineage {
 
 impl Lineage {
     /// A new label, unique in the stanza (waits for the next second if needed).
-    pub async fn new_label(&self, existing: &[String]) -> String {
+    pub(crate) async fn new_label(&self, existing: &[String]) -> String {
         loop {
             let ts = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
             if !existing.iter().any(|l| label_timestamp(l) == ts) {
@@ -67,7 +67,12 @@ impl Lineage {
 
 /// Pick the parent of a `wanted` backup among `labels` (oldest first). A parent from
 /// another PostgreSQL major version (after pg_upgrade) is not used.
-pub async fn choose(repo: &Repository, wanted: BackupType, labels: &[String], pg_version: u32) -> Result<Lineage> {
+pub(crate) async fn choose(
+    repo: &Repository,
+    wanted: BackupType,
+    labels: &[String],
+    pg_version: u32,
+) -> Result<Lineage> {
     let full = Lineage { backup_type: BackupType::Full, parent: None };
     let candidate = match wanted {
         BackupType::Full => return Ok(full),

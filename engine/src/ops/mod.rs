@@ -1,19 +1,16 @@
 //! Operations: one function each, composed from pg, repo and storage.
 
-pub mod archive;
-pub mod archive_async;
+pub(crate) mod archive;
+pub(crate) mod archive_async;
 pub mod backup;
 pub mod check;
 mod dedup;
 pub mod info;
-pub mod lineage;
+pub(crate) mod lineage;
 pub mod restore;
-pub mod stanza;
+pub(crate) mod stanza;
 
-pub use archive::{
-    archive_get, archive_push, archive_summary, run_archive_get, GetOptions, GetRequest, PushOutcome, RepoAccess,
-    TimelineArchive, Unlock,
-};
+pub use archive::{run_archive_get, GetRequest, RepoAccess, Unlock};
 pub use archive_async::{run_archive_push, AsyncQueue, Drainer, PushRequest, QueueFull};
 pub use backup::{backup, BackupRequest, BackupSummary};
 pub use check::{check, CheckReport, CheckRequest};
@@ -28,5 +25,5 @@ pub(crate) async fn on_rayon<T: Send + 'static>(work: impl FnOnce() -> T + Send 
     rayon::spawn(move || {
         let _ = tx.send(work());
     });
-    rx.await.map_err(|_| crate::Error::Other("block worker stopped".into()))
+    rx.await.map_err(|_| crate::Error::Internal("block worker stopped".into()))
 }

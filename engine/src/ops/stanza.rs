@@ -2,7 +2,7 @@
 
 use crate::crypto::KeySlotKdf;
 use crate::crypto::Secret;
-use crate::error::{Error, Result};
+use crate::error::{Error, Misconfig, Result};
 use crate::pg::replication::SystemInfo;
 use crate::pg::version;
 use crate::pg::{ConnParams, ReplicationConnection};
@@ -40,25 +40,28 @@ pub async fn stanza_create(storage: DynStorage, req: &StanzaCreateRequest) -> Re
 
 /// Check that `conn` reaches the cluster the stanza was created for (same system
 /// identifier, same major version).
-pub async fn identify_stanza_cluster(conn: &mut ReplicationConnection, cfg: &RepoConfig) -> Result<SystemInfo> {
+pub(crate) async fn identify_stanza_cluster(conn: &mut ReplicationConnection, cfg: &RepoConfig) -> Result<SystemInfo> {
     let sys = conn.identify_system().await?;
     if sys.system_identifier != cfg.system_identifier {
-        return Err(Error::Config(format!(
-            "{} has system identifier {} but stanza {} belongs to system {}: check the `pg` and `stanza` settings",
+        let problem = format!(
+            "{} has system identifier {} but stanza {} belongs to system {}",
             conn.target(),
             sys.system_identifier,
             cfg.stanza,
             cfg.system_identifier
-        )));
+        );
+        return Err(Error::misconfigured(Misconfig::WrongCluster, problem, "check the `pg` and `stanza` settings"));
     }
     let major = version::major_of(conn.server_version_num());
     if major != version::major_of(cfg.pg_version) {
-        return Err(Error::Config(format!(
-            "{} runs PostgreSQL {major} but stanza {} was created for PostgreSQL {}: a major upgrade needs a new stanza",
+        let problem = format!(
+            "{} runs PostgreSQL {major} but stanza {} was created for PostgreSQL {}",
             conn.target(),
             cfg.stanza,
             version::major_of(cfg.pg_version)
-        )));
+        );
+        let hint = "a major upgrade needs a new stanza: run stanza-create with a new --stanza";
+        return Err(Error::misconfigured(Misconfig::WrongCluster, problem, hint));
     }
     Ok(sys)
 }

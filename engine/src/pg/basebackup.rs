@@ -11,7 +11,7 @@ use super::replication::{log_notice, parse_data_row, ReplicationConnection, Row,
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
-pub struct BaseBackupOptions {
+pub(crate) struct BaseBackupOptions {
     pub label: String,
     pub fast_checkpoint: bool,
     /// Include the WAL needed for consistency in the main archive.
@@ -24,7 +24,7 @@ pub struct BaseBackupOptions {
 }
 
 impl BaseBackupOptions {
-    pub fn command(&self) -> String {
+    pub(crate) fn command(&self) -> String {
         let label = self.label.replace('\'', "''");
         let mut opts = vec![
             format!("LABEL '{label}'"),
@@ -48,7 +48,7 @@ impl BaseBackupOptions {
 }
 
 #[derive(Debug, Clone)]
-pub struct TablespaceInfo {
+pub(crate) struct TablespaceInfo {
     /// None for the main data directory.
     pub oid: Option<u32>,
     pub location: Option<String>,
@@ -57,7 +57,7 @@ pub struct TablespaceInfo {
 }
 
 #[derive(Debug)]
-pub enum BackupEvent {
+pub(crate) enum BackupEvent {
     Start {
         lsn: Lsn,
         timeline: u32,
@@ -69,7 +69,8 @@ pub enum BackupEvent {
         location: Option<String>,
     },
     ArchiveData(Bytes),
-    Progress(u64),
+    /// A progress report (ignored: pgcairn counts the bytes itself).
+    Progress,
     ManifestData(Bytes),
     End {
         lsn: Lsn,
@@ -79,7 +80,7 @@ pub enum BackupEvent {
 }
 
 /// Drives one BASE_BACKUP command; call [`BaseBackupStream::next`] until `Done`.
-pub struct BaseBackupStream<'a> {
+pub(crate) struct BaseBackupStream<'a> {
     conn: &'a mut ReplicationConnection,
     result_sets: usize,
     rows: Option<Vec<Row>>,
@@ -89,7 +90,7 @@ pub struct BaseBackupStream<'a> {
 }
 
 impl<'a> BaseBackupStream<'a> {
-    pub async fn start(conn: &'a mut ReplicationConnection, opts: &BaseBackupOptions) -> Result<Self> {
+    pub(crate) async fn start(conn: &'a mut ReplicationConnection, opts: &BaseBackupOptions) -> Result<Self> {
         conn.send_query(&opts.command()).await?;
         Ok(Self {
             conn,
@@ -105,7 +106,7 @@ impl<'a> BaseBackupStream<'a> {
         Error::Protocol { target: self.conn.target().to_string(), detail: d.into() }
     }
 
-    pub async fn next(&mut self) -> Result<BackupEvent> {
+    pub(crate) async fn next(&mut self) -> Result<BackupEvent> {
         if self.finished {
             return Ok(BackupEvent::Done);
         }
@@ -128,7 +129,7 @@ impl<'a> BaseBackupStream<'a> {
                             let location = (!loc.is_empty()).then_some(loc);
                             return Ok(BackupEvent::ArchiveStart { name, location });
                         }
-                        b'p' if body.len() >= 8 => return Ok(BackupEvent::Progress(body.get_i64() as u64)),
+                        b'p' if body.len() >= 8 => return Ok(BackupEvent::Progress),
                         b'm' => self.in_manifest = true,
                         other => return Err(self.protocol(format!("unknown CopyData type {:?}", other as char))),
                     }

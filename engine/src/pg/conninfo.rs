@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::crypto::Secret;
-use crate::error::{Error, Result};
+use crate::error::{Error, Misconfig, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -65,7 +65,10 @@ impl ConnParams {
 
     pub fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
         let cfg = tokio_postgres::Config::from_str(conninfo).map_err(|e| {
-            Error::Config(format!("invalid pg connection string: {e}; use libpq syntax, e.g. \"host=/var/run/postgresql port=5432 user=postgres\""))
+            Error::setting(
+                format!("invalid pg connection string: {e}"),
+                "use libpq syntax, e.g. \"host=/var/run/postgresql port=5432 user=postgres\"",
+            )
         })?;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => Host::Tcp(h.clone()),
@@ -79,7 +82,9 @@ impl ConnParams {
         let port = match cfg.get_ports().first() {
             Some(p) => *p,
             None => match env("PGPORT") {
-                Some(p) => p.parse().map_err(|_| Error::Config(format!("PGPORT={p} is not a port number")))?,
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| Error::setting(format!("PGPORT={p} is not a port number"), "set PGPORT to 1-65535"))?,
                 None => 5432,
             },
         };
@@ -88,7 +93,7 @@ impl ConnParams {
             .map(str::to_string)
             .or_else(|| env("PGUSER"))
             .or_else(os_user_name)
-            .ok_or_else(|| Error::Config("no PostgreSQL user: set user= in `pg` or PGUSER".into()))?;
+            .ok_or_else(|| Error::setting("no PostgreSQL user", "set user= in `pg` or PGUSER"))?;
         let dbname = cfg.get_dbname().map(str::to_string).or_else(|| env("PGDATABASE"));
         let mut password = cfg
             .get_password()
@@ -117,9 +122,11 @@ impl ConnParams {
             _ => sslmode,
         };
         if sslmode == "require" || sslmode == "verify-ca" || sslmode == "verify-full" {
-            return Err(Error::Config(format!(
-                "sslmode={sslmode} is not supported yet by pgcairn's replication client: connect over a Unix socket or a trusted network with sslmode=disable or prefer"
-            )));
+            return Err(Error::misconfigured(
+                Misconfig::Server,
+                format!("sslmode={sslmode} is not supported yet by pgcairn's replication client"),
+                "connect over a Unix socket or a trusted network with sslmode=disable or prefer",
+            ));
         }
         Ok(Self { host, port, user, dbname, password, application_name, connect_timeout, sslmode })
     }
@@ -149,7 +156,7 @@ fn os_user_name() -> Option<String> {
 /// Find a password in a pgpass file. Lines are host:port:database:user:password with
 /// `*` wildcards and `\` escapes. As in libpq, a Unix-socket host matches
 /// "localhost", and a file readable by group or others is ignored.
-pub fn pgpass_lookup(file: &Path, host: &Host, port: u16, database: &str, user: &str) -> Option<String> {
+pub(crate) fn pgpass_lookup(file: &Path, host: &Host, port: u16, database: &str, user: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(file).ok()?;
     if meta.permissions().mode() & 0o077 != 0 {

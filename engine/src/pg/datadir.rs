@@ -8,13 +8,13 @@ use crate::error::{Error, Result};
 
 /// Written last by a restore (and removed first by a delta restore): without it
 /// PostgreSQL refuses to start, so it never starts on a partial restore.
-pub const PG_CONTROL: &str = "global/pg_control";
+pub(crate) const PG_CONTROL: &str = "global/pg_control";
 /// The data directory's own tablespace map: regenerated at restore with the
 /// (possibly remapped) locations, so the backed-up one is never restored.
-pub const TABLESPACE_MAP: &str = "tablespace_map";
+pub(crate) const TABLESPACE_MAP: &str = "tablespace_map";
 
 /// Refuse a directory a live postmaster uses (a stale postmaster.pid is fine).
-pub fn check_not_running(dir: &Path) -> Result<()> {
+pub(crate) fn check_not_running(dir: &Path) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) else { return Ok(()) };
     let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else { return Ok(()) };
     // SAFETY: kill with signal 0 only checks that the process exists.
@@ -31,7 +31,7 @@ pub fn check_not_running(dir: &Path) -> Result<()> {
 /// data directory (PG_VERSION) or a tablespace directory (a `PG_<major>_<catalog>`
 /// entry). Empty or absent directories are fine too, and so is a tree of directories
 /// and pgcairn temp files only: what a restore killed before its first file leaves.
-pub fn looks_like_postgres(dir: &Path, tablespace: bool) -> Result<bool> {
+pub(crate) fn looks_like_postgres(dir: &Path, tablespace: bool) -> Result<bool> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
@@ -52,13 +52,13 @@ fn holds_files(dir: &Path) -> bool {
 }
 
 /// Where the link of tablespace `oid` lives in a data directory.
-pub fn tablespace_link(data_dir: &Path, oid: u32) -> PathBuf {
+pub(crate) fn tablespace_link(data_dir: &Path, oid: u32) -> PathBuf {
     data_dir.join("pg_tblspc").join(oid.to_string())
 }
 
 /// The text of `tablespace_map` for these (oid, location) pairs: one line each,
 /// backslash, CR and LF in paths escaped with a backslash as PostgreSQL reads them.
-pub fn tablespace_map(locations: &[(u32, &Path)]) -> String {
+pub(crate) fn tablespace_map(locations: &[(u32, &Path)]) -> String {
     let mut sorted = locations.to_vec();
     sorted.sort_by_key(|(oid, _)| *oid);
     sorted.iter().map(|(oid, dir)| format!("{oid} {}\n", escape_tablespace_path(&dir.to_string_lossy()))).collect()

@@ -3,17 +3,17 @@
 //! LSNs and per-major-version constants. No other module knows PostgreSQL's files
 //! or byte formats.
 
-pub mod archiving;
-pub mod basebackup;
-pub mod conninfo;
-pub mod datadir;
-pub mod lsn;
-pub mod recovery;
-pub mod replication;
-pub mod tar;
-pub mod version;
-pub mod wal;
+pub(crate) mod archiving;
+pub(crate) mod basebackup;
+pub(crate) mod conninfo;
+pub(crate) mod datadir;
+pub(crate) mod lsn;
+pub(crate) mod recovery;
+pub(crate) mod replication;
+pub(crate) mod tar;
+pub(crate) mod version;
+pub(crate) mod wal;
 
 pub use conninfo::ConnParams;
 pub use lsn::Lsn;
-pub use replication::ReplicationConnection;
+pub(crate) use replication::ReplicationConnection;

@@ -40,7 +40,7 @@ fn guc_quote(v: &str) -> String {
 
 /// Recovery settings appended to postgresql.auto.conf (where ALTER SYSTEM writes, and
 /// which wins over postgresql.conf) plus recovery.signal.
-pub fn write_recovery(target_dir: &Path, label: &str, r: &Recovery) -> Result<()> {
+pub(crate) fn write_recovery(target_dir: &Path, label: &str, r: &Recovery) -> Result<()> {
     let mut lines = vec![
         format!("\n# recovery settings written by pgcairn restore of backup {label}"),
         format!("restore_command = {}", guc_quote(&r.restore_command)),

@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::conninfo::{ConnParams, Host};
 use super::version;
-use crate::error::{Error, Result};
+use crate::error::{Error, Misconfig, Result};
 
 enum Stream {
     Tcp(TcpStream),
@@ -54,7 +54,7 @@ impl AsyncWrite for Stream {
 
 /// One backend message: its tag and body (without the length word).
 #[derive(Debug, Clone)]
-pub struct Frame {
+pub(crate) struct Frame {
     pub tag: u8,
     pub body: Bytes,
 }
@@ -115,7 +115,7 @@ impl ServerMessage {
 }
 
 /// Rows of one result set, text format; NULL is `None`.
-pub type Row = Vec<Option<String>>;
+pub(crate) type Row = Vec<Option<String>>;
 
 pub fn parse_data_row(mut body: &[u8]) -> Result<Row, String> {
     if body.len() < 2 {
@@ -146,13 +146,11 @@ pub fn parse_data_row(mut body: &[u8]) -> Result<Row, String> {
 
 /// Result of IDENTIFY_SYSTEM.
 #[derive(Debug, Clone)]
-pub struct SystemInfo {
+pub(crate) struct SystemInfo {
     pub system_identifier: u64,
-    pub timeline: u32,
-    pub xlogpos: String,
 }
 
-pub struct ReplicationConnection {
+pub(crate) struct ReplicationConnection {
     stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -162,7 +160,7 @@ pub struct ReplicationConnection {
 }
 
 impl ReplicationConnection {
-    pub async fn connect(p: &ConnParams) -> Result<Self> {
+    pub(crate) async fn connect(p: &ConnParams) -> Result<Self> {
         let target = p.target();
         let connect = async {
             match &p.host {
@@ -194,17 +192,13 @@ impl ReplicationConnection {
         Ok(conn)
     }
 
-    pub fn target(&self) -> &str {
+    pub(crate) fn target(&self) -> &str {
         &self.target
     }
 
     /// server_version_num, e.g. 170004.
-    pub fn server_version_num(&self) -> u32 {
+    pub(crate) fn server_version_num(&self) -> u32 {
         self.server_version_num
-    }
-
-    pub fn parameter(&self, name: &str) -> Option<&str> {
-        self.params.get(name).map(String::as_str)
     }
 
     fn protocol(&self, detail: impl Into<String>) -> Error {
@@ -222,7 +216,7 @@ impl ReplicationConnection {
 
     /// Read one whole backend message. The tag is peeked before parsing so tags
     /// that postgres-protocol's parser does not know ('W', 'v') pass through.
-    pub async fn read_frame(&mut self) -> Result<Frame> {
+    pub(crate) async fn read_frame(&mut self) -> Result<Frame> {
         loop {
             if self.rbuf.len() >= 5 {
                 let len = u32::from_be_bytes(self.rbuf[1..5].try_into().unwrap()) as usize;
@@ -335,12 +329,9 @@ impl ReplicationConnection {
             .ok_or_else(|| self.protocol(format!("cannot parse server_version {version:?}")))?;
         let major = version::major_of(self.server_version_num);
         if !(version::MIN_MAJOR..=version::MAX_MAJOR).contains(&major) {
-            return Err(Error::Config(format!(
-                "{} runs PostgreSQL {version}; pgcairn supports PostgreSQL {} to {}",
-                self.target,
-                version::MIN_MAJOR,
-                version::MAX_MAJOR
-            )));
+            let problem = format!("{} runs PostgreSQL {version}", self.target);
+            let hint = format!("pgcairn supports PostgreSQL {} to {}", version::MIN_MAJOR, version::MAX_MAJOR);
+            return Err(Error::misconfigured(Misconfig::Server, problem, hint));
         }
         Ok(())
     }
@@ -370,7 +361,7 @@ impl ReplicationConnection {
     }
 
     /// Turn an ErrorResponse received after startup into an error.
-    pub fn server_error(&self, m: ServerMessage) -> Error {
+    pub(crate) fn server_error(&self, m: ServerMessage) -> Error {
         let message = match m.detail {
             Some(d) => format!("{}: {d}", m.message),
             None => m.message,
@@ -379,13 +370,13 @@ impl ReplicationConnection {
     }
 
     /// Send a simple query without waiting for its result (for COPY streams).
-    pub async fn send_query(&mut self, sql: &str) -> Result<()> {
+    pub(crate) async fn send_query(&mut self, sql: &str) -> Result<()> {
         frontend::query(sql, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
         self.flush().await
     }
 
     /// Run a simple query; returns the rows of every result set.
-    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Row>>> {
+    pub(crate) async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Row>>> {
         self.send_query(sql).await?;
         let mut sets: Vec<Vec<Row>> = Vec::new();
         let mut error = None;
@@ -411,7 +402,7 @@ impl ReplicationConnection {
     }
 
     /// `SHOW name` (allowed on replication connections).
-    pub async fn show(&mut self, name: &str) -> Result<String> {
+    pub(crate) async fn show(&mut self, name: &str) -> Result<String> {
         let sets = self.simple_query(&format!("SHOW {name}")).await?;
         sets.first()
             .and_then(|s| s.first())
@@ -420,26 +411,22 @@ impl ReplicationConnection {
     }
 
     /// wal_segment_size in bytes ("16MB" → 16777216).
-    pub async fn wal_segment_size(&mut self) -> Result<u32> {
+    pub(crate) async fn wal_segment_size(&mut self) -> Result<u32> {
         let v = self.show("wal_segment_size").await?;
         parse_guc_bytes(&v)
             .and_then(|s| u32::try_from(s).ok())
             .ok_or_else(|| self.protocol(format!("cannot parse wal_segment_size {v:?}")))
     }
 
-    pub async fn identify_system(&mut self) -> Result<SystemInfo> {
+    pub(crate) async fn identify_system(&mut self) -> Result<SystemInfo> {
         let sets = self.simple_query("IDENTIFY_SYSTEM").await?;
         let row =
             sets.first().and_then(|s| s.first()).ok_or_else(|| self.protocol("IDENTIFY_SYSTEM returned no row"))?;
         let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-        Ok(SystemInfo {
-            system_identifier: field(0).parse().map_err(|_| self.protocol("bad systemid"))?,
-            timeline: field(1).parse().map_err(|_| self.protocol("bad timeline"))?,
-            xlogpos: field(2),
-        })
+        Ok(SystemInfo { system_identifier: field(0).parse().map_err(|_| self.protocol("bad systemid"))? })
     }
 
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         frontend::terminate(&mut self.wbuf);
         let _ = self.flush().await;
     }
@@ -447,7 +434,7 @@ impl ReplicationConnection {
 
 /// Server WARNINGs are the operator's business; NOTICEs (e.g. "WAL archiving is
 /// not enabled" when the backup carries its WAL anyway) only at info level.
-pub fn log_notice(m: &ServerMessage) {
+pub(crate) fn log_notice(m: &ServerMessage) {
     if m.severity == "WARNING" {
         tracing::warn!("server warning: {}", m.message);
     } else {

@@ -1,12 +1,12 @@
 //! Per-major-version knowledge. pgcairn supports PostgreSQL 15 to 18: 15 is the
 //! first release with the new BASE_BACKUP CopyData framing we rely on.
 
-pub const MIN_MAJOR: u32 = 15;
-pub const MAX_MAJOR: u32 = 18;
+pub(crate) const MIN_MAJOR: u32 = 15;
+pub(crate) const MAX_MAJOR: u32 = 18;
 
 /// Constants that differ between major versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MajorConstants {
+pub(crate) struct MajorConstants {
     pub major: u32,
     /// XLOG_PAGE_MAGIC: first two bytes of every WAL page header.
     pub wal_page_magic: u16,
@@ -21,13 +21,13 @@ const TABLE: [MajorConstants; 4] = [
     MajorConstants { major: 18, wal_page_magic: 0xD118, incremental_backup: true },
 ];
 
-pub fn constants(major: u32) -> Option<MajorConstants> {
+pub(crate) fn constants(major: u32) -> Option<MajorConstants> {
     TABLE.iter().copied().find(|c| c.major == major)
 }
 
 /// server_version_num (e.g. 170004) from the `server_version` parameter
 /// ("17.4", "15.18 (Debian 15.18-0+deb12u1)", "18beta1").
-pub fn parse_server_version(s: &str) -> Option<u32> {
+pub(crate) fn parse_server_version(s: &str) -> Option<u32> {
     let head: String = s.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
     let mut parts = head.split('.').filter(|p| !p.is_empty());
     let major: u32 = parts.next()?.parse().ok()?;
@@ -35,7 +35,7 @@ pub fn parse_server_version(s: &str) -> Option<u32> {
     Some(major * 10000 + minor)
 }
 
-pub fn major_of(version_num: u32) -> u32 {
+pub(crate) fn major_of(version_num: u32) -> u32 {
     version_num / 10000
 }
 

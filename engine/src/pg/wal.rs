@@ -10,7 +10,7 @@
 use super::version;
 use crate::pg::lsn::Lsn;
 
-pub const LONG_HEADER_LEN: usize = 40;
+pub(crate) const LONG_HEADER_LEN: usize = 40;
 const XLP_LONG_HEADER: u16 = 0x0002;
 const WAL_BLOCK_SIZE: u32 = 8192;
 
@@ -78,23 +78,23 @@ impl WalFile {
     }
 }
 
-pub fn segments_per_xlogid(seg_size: u32) -> u64 {
+pub(crate) fn segments_per_xlogid(seg_size: u32) -> u64 {
     0x1_0000_0000u64 / seg_size as u64
 }
 
 /// File name of segment `segno` on `timeline`.
-pub fn segment_name(timeline: u32, segno: u64, seg_size: u32) -> String {
+pub(crate) fn segment_name(timeline: u32, segno: u64, seg_size: u32) -> String {
     let per = segments_per_xlogid(seg_size);
     format!("{timeline:08X}{:08X}{:08X}", segno / per, segno % per)
 }
 
 /// The segment holding byte `lsn`.
-pub fn segno_of(lsn: u64, seg_size: u32) -> u64 {
+pub(crate) fn segno_of(lsn: u64, seg_size: u32) -> u64 {
     lsn / seg_size as u64
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LongHeader {
+pub(crate) struct LongHeader {
     pub magic: u16,
     pub info: u16,
     pub timeline: u32,
@@ -104,7 +104,7 @@ pub struct LongHeader {
     pub block_size: u32,
 }
 
-pub fn parse_long_header(data: &[u8]) -> Option<LongHeader> {
+pub(crate) fn parse_long_header(data: &[u8]) -> Option<LongHeader> {
     if data.len() < LONG_HEADER_LEN {
         return None;
     }

@@ -26,7 +26,7 @@ const PARALLEL_UPLOADS: usize = 4;
 /// memory does not grow with the number of new blocks (~150 B of JSON each).
 const INDEX_FLUSH_BLOBS: usize = 32 * 1024;
 
-pub struct BackupWriter<'r> {
+pub(crate) struct BackupWriter<'r> {
     repo: &'r Repository,
     label: String,
     /// The data key id of every pack this backup writes: one key per backup run.
@@ -49,7 +49,7 @@ pub struct BackupWriter<'r> {
 }
 
 impl<'r> BackupWriter<'r> {
-    pub fn new(repo: &'r Repository, label: &str) -> Self {
+    pub(crate) fn new(repo: &'r Repository, label: &str) -> Self {
         let key_id = crypto::random_bytes::<PACK_KEY_ID_LEN>();
         let pack_size = repo.config().pack_size;
         BackupWriter {
@@ -72,17 +72,18 @@ impl<'r> BackupWriter<'r> {
     }
 
     /// The cipher that seals this backup's new blobs.
-    pub fn cipher(&self) -> Arc<Cipher> {
+    pub(crate) fn cipher(&self) -> Arc<Cipher> {
         self.repo.data_ciphers().get(&self.key_id)
     }
 
     /// Bytes of blobs this backup added.
-    pub fn stored_new(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn stored_new(&self) -> u64 {
         self.stored_new
     }
 
     /// Store a sealed blob (a delta over `base` when set); returns where it lives.
-    pub async fn add_blob(
+    pub(crate) async fn add_blob(
         &mut self,
         id: ChunkId,
         raw_len: u32,
@@ -101,7 +102,7 @@ impl<'r> BackupWriter<'r> {
     }
 
     /// The next entry of the block list.
-    pub async fn add_block(&mut self, id: ChunkId, loc: &BlockLocation) -> Result<()> {
+    pub(crate) async fn add_block(&mut self, id: ChunkId, loc: &BlockLocation) -> Result<()> {
         self.part.push(id, loc);
         self.blocks += 1;
         if self.part.len() >= BLOCKS_PER_PART as usize {
@@ -131,7 +132,7 @@ impl<'r> BackupWriter<'r> {
         self.packs.push(record);
         // Reap finished uploads so errors surface early and the set stays small.
         while let Some(r) = self.uploads.try_join_next() {
-            r.map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
+            r.map_err(|e| Error::Internal(format!("upload task failed: {e}")))??;
         }
         let permit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
         let storage = self.repo.storage().clone();
@@ -146,7 +147,7 @@ impl<'r> BackupWriter<'r> {
     /// an index only ever names durable packs.
     async fn write_index(&mut self) -> Result<()> {
         while let Some(r) = self.uploads.join_next().await {
-            r.map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
+            r.map_err(|e| Error::Internal(format!("upload task failed: {e}")))??;
         }
         if self.packs.is_empty() {
             return Ok(());
@@ -160,7 +161,7 @@ impl<'r> BackupWriter<'r> {
 
     /// Upload the last pack, index everything, write the last block list part: after
     /// this every object the manifest will name is durable.
-    pub async fn finish_data(&mut self) -> Result<()> {
+    pub(crate) async fn finish_data(&mut self) -> Result<()> {
         self.flush_pack().await?;
         self.write_index().await?;
         self.write_part().await
@@ -169,7 +170,7 @@ impl<'r> BackupWriter<'r> {
     /// Make the backup visible: everything durable first, then the server's manifest,
     /// then `manifest` — completed with what only the writer knows (indexes, block
     /// count, bytes stored). Consuming the writer, this is the last write of a backup.
-    pub async fn commit(mut self, server_manifest: &[u8], mut manifest: Manifest) -> Result<Manifest> {
+    pub(crate) async fn commit(mut self, server_manifest: &[u8], mut manifest: Manifest) -> Result<Manifest> {
         self.finish_data().await?;
         self.repo.put_meta_bytes(&server_manifest_key(&self.label), server_manifest).await?;
         manifest.indexes = std::mem::take(&mut self.indexes);

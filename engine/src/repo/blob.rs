@@ -33,7 +33,7 @@ pub fn compress(level: i32, data: &[u8]) -> Vec<u8> {
     })
 }
 
-pub fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
@@ -46,7 +46,7 @@ pub fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
 /// Decompress one or more concatenated zstd frames of unknown total size, refusing
 /// more than `limit` bytes of output: in an unencrypted stanza nothing authenticates
 /// the input, and a small frame can claim gigabytes.
-pub fn decompress_bounded(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn decompress_bounded(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
     zstd::stream::read::Decoder::new(data)?.take(limit + 1).read_to_end(&mut out)?;
@@ -63,7 +63,7 @@ pub fn seal_block(cipher: &Cipher, level: i32, id: &ChunkId, data: &[u8]) -> Vec
 
 /// Compress `data` against `base` (zstd with `base` as a raw-content prefix); None if
 /// zstd refuses (the block is then stored whole).
-pub fn compress_delta(level: i32, base: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn compress_delta(level: i32, base: &[u8], data: &[u8]) -> Option<Vec<u8>> {
     let mut c = zstd::zstd_safe::CCtx::create();
     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
     c.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
@@ -73,7 +73,7 @@ pub fn compress_delta(level: i32, base: &[u8], data: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-pub fn decompress_delta(base: &[u8], data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) fn decompress_delta(base: &[u8], data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     let mut d = zstd::zstd_safe::DCtx::create();
     let mut out = Vec::with_capacity(raw_len);
     d.ref_prefix(base)

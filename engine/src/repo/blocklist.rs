@@ -26,21 +26,21 @@ use super::format::{ChunkId, Manifest, BACKUP_PREFIX, PACK_KEY_ID_LEN};
 use super::Repository;
 use crate::error::{Error, Result};
 
-pub const PART_MAGIC: &[u8; 8] = b"PGCBLKS2";
+pub(crate) const PART_MAGIC: &[u8; 8] = b"PGCBLKS2";
 /// 65536 blocks: 2 GiB of cluster at 32 KiB blocks; 56 B per block and 52 B per
 /// delta base, ~3.7 MB for a part of a full backup.
-pub const BLOCKS_PER_PART: u32 = 65536;
+pub(crate) const BLOCKS_PER_PART: u32 = 65536;
 const PACK_LEN: usize = 32 + PACK_KEY_ID_LEN;
 const BLOB_LEN: usize = 32 + 4 + 8 + 4 + 4;
 const BLOCK_LEN: usize = BLOB_LEN + 4;
 
 /// `backup/<label>/blocks/<n, 6 digits>`.
-pub fn block_part_key(label: &str, n: u32) -> String {
+pub(crate) fn block_part_key(label: &str, n: u32) -> String {
     format!("{BACKUP_PREFIX}{label}/blocks/{n:06}")
 }
 
 /// Blocks of a file of `size` bytes: one per started `block_size`.
-pub fn block_count(size: u64, block_size: u32) -> u64 {
+pub(crate) fn block_count(size: u64, block_size: u32) -> u64 {
     size.div_ceil(block_size as u64)
 }
 
@@ -221,7 +221,7 @@ fn take_blobs(r: &mut Reader, n: usize, packs: usize) -> Result<Vec<Blob>, Strin
 }
 
 /// Reads one backup's block list, keeping the `keep` parts used last.
-pub struct BlockListReader<'r> {
+pub(crate) struct BlockListReader<'r> {
     repo: &'r Repository,
     label: String,
     per_part: u64,
@@ -231,7 +231,7 @@ pub struct BlockListReader<'r> {
 }
 
 impl<'r> BlockListReader<'r> {
-    pub fn new(repo: &'r Repository, manifest: &Manifest, keep: usize) -> Self {
+    pub(crate) fn new(repo: &'r Repository, manifest: &Manifest, keep: usize) -> Self {
         BlockListReader {
             repo,
             label: manifest.label.clone(),
@@ -243,13 +243,13 @@ impl<'r> BlockListReader<'r> {
     }
 
     /// The backup whose block list this is.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.label
     }
 
     /// Read every part once (and keep none): a restore checks that its block list is
     /// complete and authentic before it writes anything.
-    pub async fn check(&self) -> Result<()> {
+    pub(crate) async fn check(&self) -> Result<()> {
         for no in 0..self.total.div_ceil(self.per_part) {
             self.load(no).await?;
         }
@@ -288,7 +288,7 @@ impl<'r> BlockListReader<'r> {
     }
 
     /// Entries `first..first + count` of the block list.
-    pub async fn range(&self, first: u64, count: u64) -> Result<Vec<(ChunkId, BlockLocation)>> {
+    pub(crate) async fn range(&self, first: u64, count: u64) -> Result<Vec<(ChunkId, BlockLocation)>> {
         let mut out = Vec::with_capacity(count as usize);
         let mut n = first;
         while n < first + count {

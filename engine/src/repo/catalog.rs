@@ -55,7 +55,7 @@ impl Repository {
     }
 
     pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
-        check_label(label).map_err(Error::Config)?;
+        check_label(label)?;
         let m: Manifest = self.get_meta(&manifest_key(label)).await.map_err(|e| match e.storage_kind() {
             Some(StorageErrorKind::NotFound) => {
                 Error::BackupNotFound { stanza: self.config.stanza.clone(), label: label.to_string() }

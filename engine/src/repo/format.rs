@@ -5,54 +5,59 @@ use serde::{Deserialize, Serialize};
 
 pub const FORMAT_VERSION: u32 = 4;
 
-pub const CONFIG_KEY: &str = "config";
+pub(crate) const CONFIG_KEY: &str = "config";
 
-pub const KEYS_PREFIX: &str = "keys/";
-pub const DATA_PREFIX: &str = "data/";
-pub const INDEX_PREFIX: &str = "index/";
-pub const BACKUP_PREFIX: &str = "backup/";
-pub const WAL_PREFIX: &str = "wal/";
+pub(crate) const KEYS_PREFIX: &str = "keys/";
+pub(crate) const DATA_PREFIX: &str = "data/";
+pub(crate) const INDEX_PREFIX: &str = "index/";
+pub(crate) const BACKUP_PREFIX: &str = "backup/";
+pub(crate) const WAL_PREFIX: &str = "wal/";
 /// First bytes of every WAL object.
-pub const WAL_MAGIC: &[u8; 8] = b"PGCWAL01";
+pub(crate) const WAL_MAGIC: &[u8; 8] = b"PGCWAL01";
 
 /// First bytes of every pack.
-pub const PACK_MAGIC: &[u8; 8] = b"PGCPACK1";
-pub const PACK_KEY_ID_LEN: usize = 16;
-pub const PACK_HEADER_LEN: usize = PACK_MAGIC.len() + PACK_KEY_ID_LEN;
+pub(crate) const PACK_MAGIC: &[u8; 8] = b"PGCPACK1";
+pub(crate) const PACK_KEY_ID_LEN: usize = 16;
+#[cfg(test)]
+pub(crate) const PACK_HEADER_LEN: usize = PACK_MAGIC.len() + PACK_KEY_ID_LEN;
 
 /// HKDF `info` strings for purpose keys.
-pub const INFO_CHUNK_ID: &[u8] = b"pgcairn chunk-id v1";
-pub const INFO_METADATA: &[u8] = b"pgcairn metadata v1";
-pub const INFO_WAL: &[u8] = b"pgcairn wal v1";
-pub const INFO_KEY_CHECK: &[u8] = b"pgcairn key-check v1";
-pub const INFO_CONFIG_MAC: &[u8] = b"pgcairn config-mac v1";
-pub const INFO_DATA_PREFIX: &[u8] = b"pgcairn data v1:";
+pub(crate) const INFO_CHUNK_ID: &[u8] = b"pgcairn chunk-id v1";
+pub(crate) const INFO_METADATA: &[u8] = b"pgcairn metadata v1";
+pub(crate) const INFO_WAL: &[u8] = b"pgcairn wal v1";
+pub(crate) const INFO_KEY_CHECK: &[u8] = b"pgcairn key-check v1";
+pub(crate) const INFO_CONFIG_MAC: &[u8] = b"pgcairn config-mac v1";
+pub(crate) const INFO_DATA_PREFIX: &[u8] = b"pgcairn data v1:";
 /// Associated-data prefixes.
-pub const AAD_KEYSLOT_PREFIX: &str = "pgcairn keyslot v1:";
-pub const AAD_METADATA_PREFIX: &str = "pgcairn metadata v1:";
+pub(crate) const AAD_KEYSLOT_PREFIX: &str = "pgcairn keyslot v1:";
+pub(crate) const AAD_METADATA_PREFIX: &str = "pgcairn metadata v1:";
 
-pub fn pack_key(pack_id: &str) -> String {
+pub(crate) fn pack_key(pack_id: &str) -> String {
     format!("{DATA_PREFIX}{}/{pack_id}", &pack_id[..2])
 }
-pub fn index_key(index_id: &str) -> String {
+pub(crate) fn index_key(index_id: &str) -> String {
     format!("{INDEX_PREFIX}{index_id}")
 }
 /// Stanza names: 1–64 characters of `[A-Za-z0-9._-]`, starting with a letter or
 /// digit (repository-format.md §2). A stanza is a directory or key prefix: anything
 /// else could address storage outside the repository.
-pub fn check_stanza_name(name: &str) -> Result<(), String> {
+pub fn check_stanza_name(name: &str) -> crate::Result<()> {
     check_name(name, 64, b"._-").map_err(|why| {
-        format!(
-            "stanza name {name:?} {why}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        crate::Error::setting(
+            format!("stanza name {name:?} {why}"),
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
         )
     })
 }
 
 /// Backup labels: 1–80 characters of `[A-Za-z0-9_-]`, starting with a letter or digit
 /// (pgcairn writes `YYYYMMDD-HHMMSSF` and `<full>_YYYYMMDD-HHMMSSD|I`).
-pub fn check_label(label: &str) -> Result<(), String> {
+pub(crate) fn check_label(label: &str) -> crate::Result<()> {
     check_name(label, 80, b"_-").map_err(|why| {
-        format!("backup label {label:?} {why}: labels look like 20260101-120000F; `pgcairn info` lists them")
+        crate::Error::setting(
+            format!("backup label {label:?} {why}"),
+            "labels look like 20260101-120000F; `pgcairn info` lists them",
+        )
     })
 }
 
@@ -72,14 +77,14 @@ fn check_name(name: &str, max: usize, punct: &[u8]) -> Result<(), &'static str> 
 
 /// The moment a backup label was taken (`YYYYMMDD-HHMMSS`): the part before its type
 /// letter. Full labels are `<ts>F`, diff and incr labels `<full label>_<ts>D|I`.
-pub fn label_timestamp(label: &str) -> &str {
+pub(crate) fn label_timestamp(label: &str) -> &str {
     let end = label.len().saturating_sub(1);
     label.get(end.saturating_sub(15)..end).unwrap_or(label)
 }
-pub fn manifest_key(label: &str) -> String {
+pub(crate) fn manifest_key(label: &str) -> String {
     format!("{BACKUP_PREFIX}{label}/manifest")
 }
-pub fn server_manifest_key(label: &str) -> String {
+pub(crate) fn server_manifest_key(label: &str) -> String {
     format!("{BACKUP_PREFIX}{label}/backup_manifest")
 }
 
@@ -150,7 +155,7 @@ impl RepoConfig {
 
 /// `keys/<slot-id>`: plaintext JSON wrapping the master key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeySlot {
+pub(crate) struct KeySlot {
     /// "argon2id", or "none" for an unencrypted repository.
     pub kdf: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -195,7 +200,7 @@ impl<'de> Deserialize<'de> for ChunkId {
 
 /// `index/<id>`: sealed metadata; where each chunk lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexFile {
+pub(crate) struct IndexFile {
     pub packs: Vec<IndexPack>,
 }
 

@@ -8,7 +8,7 @@ use super::Repository;
 use crate::error::{Error, Result};
 
 /// Every chunk the index objects list, and where it lives.
-pub type ChunkIndex = HashMap<ChunkId, BlockLocation>;
+pub(crate) type ChunkIndex = HashMap<ChunkId, BlockLocation>;
 
 impl Repository {
     /// Every chunk the repository holds, from all index objects. Restore does not

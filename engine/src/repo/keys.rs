@@ -69,8 +69,13 @@ pub(super) async fn make_slot(
     let pass = pass.clone();
     let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, kdf))
         .await
-        .map_err(|e| Error::Other(e.to_string()))?
-        .map_err(|e| Error::Config(format!("cannot derive the key from the passphrase: {e}")))?;
+        .map_err(|e| Error::Internal(format!("key derivation task failed: {e}")))?
+        .map_err(|e| {
+            Error::setting(
+                format!("cannot derive the key from the passphrase: {e}"),
+                "check the key slot cost settings",
+            )
+        })?;
     let aad = format!("{AAD_KEYSLOT_PREFIX}{repository_id}");
     let sealed = Cipher::aes(&kek).seal(aad.as_bytes(), master);
     Ok(KeySlot {
@@ -112,7 +117,7 @@ pub(super) async fn try_slot(
             let sealed = decode(&slot.key)?;
             let kek = tokio::task::spawn_blocking(move || crypto::derive_kek(pass.expose().as_bytes(), &salt, params))
                 .await
-                .map_err(|e| Error::Other(e.to_string()))?
+                .map_err(|e| Error::Internal(format!("key derivation task failed: {e}")))?
                 .map_err(|e| corrupt(e.to_string()))?;
             let aad = format!("{AAD_KEYSLOT_PREFIX}{}", config.repository_id);
             match Cipher::aes(&kek).open(aad.as_bytes(), &sealed) {

@@ -4,18 +4,17 @@
 //! metadata in `meta`, the chunk index in `index`, the backup list in `catalog`,
 //! writing a backup in `backup_writer`, packs in `pack`, WAL objects in `wal`.
 
-pub mod backup_writer;
-pub mod blob;
-pub mod blocklist;
+pub(crate) mod backup_writer;
+pub(crate) mod blob;
+pub(crate) mod blocklist;
 mod catalog;
-pub mod format;
+pub(crate) mod format;
 mod index;
 mod keys;
 mod meta;
-pub mod pack;
-pub mod wal;
+pub(crate) mod pack;
+pub(crate) mod wal;
 
-pub use index::ChunkIndex;
 use keys::{claims_unencrypted, config_mac, key_check, make_slot, try_slot, KeyFile, B64};
 
 use std::collections::HashMap;
@@ -29,7 +28,7 @@ use crate::error::{Error, Result, StorageErrorKind};
 use crate::storage::DynStorage;
 use format::*;
 
-pub use crate::crypto::Secret;
+pub(crate) use crate::crypto::Secret;
 
 /// Choices fixed at stanza-create.
 #[derive(Debug, Clone)]
@@ -44,8 +43,8 @@ pub struct CreateOptions {
 }
 
 /// Default block size: 32 KiB (4 pages), chosen by measurement (docs/benchmarks.md).
-pub const DEFAULT_BLOCK_SIZE: u32 = 32 * 1024;
-pub const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_BLOCK_SIZE: u32 = 32 * 1024;
+pub(crate) const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
 
 pub struct Repository {
     storage: DynStorage,
@@ -81,12 +80,10 @@ impl Repository {
             Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {}
             Err(e) => return Err(e),
         }
-        check_stanza_name(stanza).map_err(Error::Config)?;
+        check_stanza_name(stanza)?;
         if opts.block_size < 8192 || !opts.block_size.is_multiple_of(8192) {
-            return Err(Error::Config(format!(
-                "block size {} is not a multiple of the 8 KiB PostgreSQL page: use e.g. 131072",
-                opts.block_size
-            )));
+            let problem = format!("block size {} is not a multiple of the 8 KiB PostgreSQL page", opts.block_size);
+            return Err(Error::setting(problem, "use e.g. 131072"));
         }
         let repository_id = hex::encode(crypto::random_bytes::<16>());
         let master = crypto::random_bytes::<KEY_LEN>();
@@ -157,27 +154,29 @@ impl Repository {
         use std::os::unix::fs::PermissionsExt;
         let location = storage.location();
         let config = read_config(&storage, stanza).await?;
-        let bad = |detail: String| Error::Config(format!("key file {}: {detail}", path.display()));
-        let meta = std::fs::metadata(path)
-            .map_err(|e| bad(format!("{e}; create it with `pgcairn --stanza={stanza} key-file --output=PATH`")))?;
+        let create = format!("create it with `pgcairn --stanza={stanza} key-file --output=PATH`");
+        let other = "use the key file written for this repository, or repo-passphrase-file instead";
+        let bad = |detail: String, hint: &str| Error::setting(format!("key file {}: {detail}", path.display()), hint);
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string(), &create))?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(bad("is accessible by group or others: chmod 600 it (it unlocks every backup)".into()));
+            let hint = "chmod 600 it (it unlocks every backup)";
+            return Err(bad("is accessible by group or others".into(), hint));
         }
-        let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let kf: KeyFile = serde_json::from_slice(&text).map_err(|e| bad(format!("not a pgcairn key file ({e})")))?;
+        let text = std::fs::read(path).map_err(|e| bad(e.to_string(), &create))?;
+        let kf: KeyFile =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("not a pgcairn key file ({e})"), other))?;
         if kf.repository_id != config.repository_id {
-            return Err(bad(format!(
-                "belongs to repository {}, not to {location} ({})",
-                kf.repository_id, config.repository_id
-            )));
+            let detail =
+                format!("belongs to repository {}, not to {location} ({})", kf.repository_id, config.repository_id);
+            return Err(bad(detail, other));
         }
         let master: [u8; KEY_LEN] = B64
             .decode(&kf.master_key)
             .ok()
             .and_then(|k| k.try_into().ok())
-            .ok_or_else(|| bad("bad key encoding".into()))?;
+            .ok_or_else(|| bad("bad key encoding".into(), other))?;
         if key_check(&master, &config.repository_id) != config.key_check {
-            return Err(bad("its key does not open this repository".into()));
+            return Err(bad("its key does not open this repository".into(), other));
         }
         Self::with_verified_master(storage, config, master)
     }

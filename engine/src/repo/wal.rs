@@ -21,7 +21,7 @@ pub enum PushOutcome {
     AlreadyArchived,
 }
 
-pub const WAL_HEADER_LEN: usize = WAL_MAGIC.len() + 32;
+pub(crate) const WAL_HEADER_LEN: usize = WAL_MAGIC.len() + 32;
 /// Compressed in independent 1 MiB frames so a 16 MiB segment uses every core.
 const FRAME: usize = 1 << 20;
 
@@ -31,7 +31,7 @@ pub(crate) fn wal_key(timeline: u32, name: &str) -> String {
 }
 
 /// The content id stored in a WAL object's header.
-pub fn object_content_id(object: &[u8]) -> Option<ChunkId> {
+pub(crate) fn object_content_id(object: &[u8]) -> Option<ChunkId> {
     if object.len() < WAL_HEADER_LEN || &object[..WAL_MAGIC.len()] != WAL_MAGIC {
         return None;
     }

@@ -18,12 +18,12 @@ use crate::fsutil;
 const TMP_DIR: &str = ".tmp";
 
 #[derive(Debug, Clone)]
-pub struct LocalStorage {
+pub(crate) struct LocalStorage {
     root: PathBuf,
 }
 
 impl LocalStorage {
-    pub fn new(root: PathBuf) -> Self {
+    pub(crate) fn new(root: PathBuf) -> Self {
         Self { root }
     }
 
@@ -44,7 +44,7 @@ fn map_io(op: &'static str, key: &str, e: std::io::Error) -> crate::Error {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| crate::Error::Other(format!("blocking task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| crate::Error::Internal(format!("blocking task failed: {e}")))?
 }
 
 fn list_into(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {

@@ -28,11 +28,11 @@
 pub mod conformance;
 #[cfg(any(test, feature = "testing"))]
 pub mod fault;
-pub mod local;
+pub(crate) mod local;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
-pub mod retry;
-pub mod s3;
+pub(crate) mod retry;
+pub(crate) mod s3;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -103,25 +103,24 @@ impl RepoLocation {
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(Error::Config(format!("repo {s} names no bucket: use s3://BUCKET/PREFIX")));
+                return Err(Error::setting(format!("repo {s} names no bucket"), "use s3://BUCKET/PREFIX"));
             }
             return Ok(RepoLocation::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() });
         }
         let path = match s.strip_prefix("file://") {
             Some(p) => p,
             None if s.contains("://") => {
-                return Err(Error::Config(format!(
-                    "repo {s} has an unsupported scheme: use a path, file:///path or s3://bucket/prefix"
-                )))
+                let hint = "use a path, file:///path or s3://bucket/prefix";
+                return Err(Error::setting(format!("repo {s} has an unsupported scheme"), hint));
             }
             None => s,
         };
         if path.is_empty() {
-            return Err(Error::Config("repo is empty: set `repo` to a path or s3://bucket/prefix".into()));
+            return Err(Error::setting("repo is empty", "set `repo` to a path or s3://bucket/prefix"));
         }
         let path = std::path::PathBuf::from(path);
         if !path.is_absolute() {
-            return Err(Error::Config(format!("repo {s} is a relative path: use an absolute path")));
+            return Err(Error::setting(format!("repo {s} is a relative path"), "use an absolute path"));
         }
         Ok(RepoLocation::Local(path))
     }

@@ -11,18 +11,19 @@ use super::{DynStorage, ObjectInfo, Storage};
 use crate::error::{Result, StorageErrorKind};
 
 #[derive(Debug)]
-pub struct RetryStorage {
+pub(crate) struct RetryStorage {
     inner: DynStorage,
     attempts: u32,
     first_delay: Duration,
 }
 
 impl RetryStorage {
-    pub fn new(inner: DynStorage) -> Self {
+    pub(crate) fn new(inner: DynStorage) -> Self {
         Self { inner, attempts: 5, first_delay: Duration::from_millis(100) }
     }
 
-    pub fn with_policy(inner: DynStorage, attempts: u32, first_delay: Duration) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_policy(inner: DynStorage, attempts: u32, first_delay: Duration) -> Self {
         Self { inner, attempts: attempts.max(1), first_delay }
     }
 

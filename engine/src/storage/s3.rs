@@ -55,9 +55,10 @@ impl S3Storage {
             b = b.with_region("us-east-1");
         }
         let store = b.build().map_err(|e| {
-            Error::Config(format!(
-                "cannot set up s3 repository s3://{bucket}/{prefix}: {e}; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and, for a non-AWS server, AWS_ENDPOINT_URL"
-            ))
+            Error::setting(
+                format!("cannot set up s3 repository s3://{bucket}/{prefix}: {e}"),
+                "set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and, for a non-AWS server, AWS_ENDPOINT_URL",
+            )
         })?;
         Ok(Self { store: Arc::new(store), bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() })
     }

@@ -169,7 +169,7 @@ impl<'r> Builder<'r> {
         let Some(done) = self.in_flight.next().await else {
             return Ok(());
         };
-        let done = done.map_err(|e| Error::Other(format!("block task failed: {e}")))??;
+        let done = done.map_err(|e| Error::Internal(format!("block task failed: {e}")))??;
         self.in_flight_blocks -= done.len();
         for block in done {
             self.complete_one(block).await?;
@@ -425,7 +425,7 @@ async fn stream_base_backup(
                     b.tar_item(item).await?;
                 }
             }
-            BackupEvent::Progress(_) => {}
+            BackupEvent::Progress => {}
             BackupEvent::ManifestData(d) => server_manifest.extend_from_slice(&d),
             BackupEvent::End { lsn, timeline } => stop = Some((lsn, timeline)),
             BackupEvent::Done => break,

@@ -230,7 +230,7 @@ impl Ctx<'_> {
             let _ = writer.await;
             return Err(e);
         }
-        let (len, crc) = writer.await.map_err(|e| Error::Other(format!("writer task failed: {e}")))??;
+        let (len, crc) = writer.await.map_err(|e| Error::Internal(format!("writer task failed: {e}")))??;
         if len != entry.size || entry.crc32c.is_some_and(|c| c != crc) {
             return Err(Error::Corrupt {
                 what: format!("backup {} file {}", self.label, entry.path),
@@ -266,7 +266,7 @@ impl Ctx<'_> {
         });
         let blocks = changed.into_iter().map(|n| (n, located[n].0, located[n].1));
         let fetched = self.fetch_into(&entry.path, blocks, tx).await;
-        let written = writer.await.map_err(|e| Error::Other(format!("writer task failed: {e}")))?;
+        let written = writer.await.map_err(|e| Error::Internal(format!("writer task failed: {e}")))?;
         fetched.and(written)
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Misconfig, Result};
 use crate::fsutil::{self, Commit};
 use crate::pg::datadir::{self, PG_CONTROL, TABLESPACE_MAP};
 use crate::pg::recovery::write_recovery;
@@ -118,11 +118,12 @@ async fn plan(repo: &Repository, req: &RestoreRequest) -> Result<Plan> {
     let manifest = repo.load_manifest(&label).await?;
     check_restorable(repo, &manifest).await?;
     if req.recovery.target == RecoveryTarget::None && !manifest.wal_included {
-        return Err(Error::Config(format!(
-            "backup {label} does not carry its WAL (it relies on the archive from {} to {}): --type=none cannot make it consistent; use --type=immediate",
+        let problem = format!(
+            "backup {label} does not carry its WAL (it relies on the archive from {} to {}): --type=none cannot make it consistent",
             manifest.wal_start.as_deref().unwrap_or("?"),
             manifest.wal_stop.as_deref().unwrap_or("?")
-        )));
+        );
+        return Err(Error::misconfigured(Misconfig::Request, problem, "use --type=immediate"));
     }
     let ts_dirs = manifest
         .tablespaces
