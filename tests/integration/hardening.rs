@@ -131,12 +131,15 @@ fn damaged_backups_are_listed_and_refused() {
     a.switch_segments(1);
     a.wait_archived();
 
+    // info reads each backup's summary (format 5), restore its manifest: damage to
+    // either is named by the command that reads it.
+    flip_byte(&a.repo.path().join(format!("main/backup/{first}/summary")), 40);
     flip_byte(&a.repo.path().join(format!("main/backup/{first}/manifest")), 40);
     let info = info_json(&a.p);
     let backups = info["backups"].as_array().unwrap();
     assert_eq!(backups.len(), 3, "{info}");
     assert_eq!(backups[0]["status"], "damaged", "{info}");
-    assert!(backups[0]["problem"].as_str().unwrap().contains("manifest"), "{info}");
+    assert!(backups[0]["problem"].as_str().unwrap().contains(&format!("{first}/summary")), "{info}");
     assert_eq!(backups[1]["status"], "ok", "{info}");
 
     // The second backup's first WAL segment goes missing from the archive.

@@ -388,7 +388,7 @@ pub(crate) async fn archived_segments(repo: &Repository) -> Result<ArchivedSegme
 /// The first segment a backup needs to become consistent that the archive lacks,
 /// as a sentence; None when it carries its WAL or the archive has it all.
 pub(crate) fn missing_wal(
-    m: &crate::repo::format::Manifest,
+    m: &crate::repo::format::Summary,
     archived: &ArchivedSegments,
     seg_size: u32,
 ) -> Option<String> {

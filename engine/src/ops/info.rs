@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::ops::archive::{archive_summary, archived_segments, missing_wal, TimelineArchive};
-use crate::repo::format::{Encryption, FileKind, Manifest};
+use crate::repo::format::{Encryption, Summary};
 use crate::repo::Repository;
 
 /// Whether a backup can be restored, as far as info can tell without reading blocks.
@@ -44,7 +44,7 @@ pub struct BackupDetails {
     pub pg_version: u32,
     pub size: u64,
     pub stored_new: u64,
-    pub files: usize,
+    pub files: u64,
     pub wal_included: bool,
     pub wal_start: Option<String>,
     pub wal_stop: Option<String>,
@@ -96,7 +96,7 @@ async fn backup_info(
         problem: Some(problem),
         details: None,
     };
-    let m = match repo.load_manifest(&label).await {
+    let m = match repo.load_summary(&label).await {
         Ok(m) => m,
         Err(e @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. } | Error::BackupNotFound { .. })) => {
             return Ok(damaged(e.to_string()))
@@ -113,9 +113,9 @@ async fn backup_info(
     Ok(BackupInfo { label, status, problem, details: Some(details(m)) })
 }
 
-fn details(m: Manifest) -> BackupDetails {
+fn details(m: Summary) -> BackupDetails {
     BackupDetails {
-        files: m.files.iter().filter(|f| f.kind == FileKind::File).count(),
+        files: m.files,
         backup_type: m.backup_type,
         parent: m.parent,
         start_time: m.start_time,

@@ -2,7 +2,7 @@
 //! when complete (repository-format.md §8): blobs into packs, packs uploaded a few
 //! at a time, index objects naming only uploaded packs, block list parts, then —
 //! in [`BackupWriter::commit`], which consumes the writer — the server's
-//! `backup_manifest` and last the `manifest`.
+//! `backup_manifest`, the `summary` and last the `manifest`.
 //!
 //! Memory is bounded: one pack and one block list part are being filled, at most
 //! `PARALLEL_UPLOADS` packs are uploading, and index entries are flushed every
@@ -15,7 +15,10 @@ use tokio::task::JoinSet;
 
 use super::blocklist::{BlockLocation, BlockPart, DeltaBase, BLOCKS_PER_PART};
 use super::format::PACK_KEY_ID_LEN;
-use super::format::{index_key, manifest_key, pack_key, server_manifest_key, ChunkId, IndexFile, IndexPack, Manifest};
+use super::format::{
+    index_key, manifest_key, pack_key, server_manifest_key, summary_key, ChunkId, IndexFile, IndexPack, Manifest,
+    Summary,
+};
 use super::pack::PackWriter;
 use super::Repository;
 use crate::crypto::{self, Cipher};
@@ -168,7 +171,7 @@ impl<'r> BackupWriter<'r> {
     }
 
     /// Make the backup visible: everything durable first, then the server's manifest,
-    /// then `manifest` — completed with what only the writer knows (indexes, block
+    /// the summary, then `manifest` — completed with what only the writer knows (indexes, block
     /// count, bytes stored). Consuming the writer, this is the last write of a backup.
     pub(crate) async fn commit(mut self, server_manifest: &[u8], mut manifest: Manifest) -> Result<Manifest> {
         self.finish_data().await?;
@@ -177,6 +180,7 @@ impl<'r> BackupWriter<'r> {
         manifest.blocks = self.blocks;
         manifest.blocks_per_part = BLOCKS_PER_PART;
         manifest.stored_new = self.stored_new;
+        self.repo.put_meta(&summary_key(&self.label), &Summary::of(&manifest)).await?;
         self.repo.put_meta(&manifest_key(&self.label), &manifest).await?;
         Ok(manifest)
     }

@@ -36,10 +36,10 @@ impl Repository {
         Ok(labels)
     }
 
-    /// Why a visible backup's own objects are not all there (manifest aside, which
-    /// [`Repository::load_manifest`] authenticates): its `backup_manifest` and every
-    /// block list part the manifest implies. One listing; no part is decrypted.
-    pub async fn missing_backup_objects(&self, m: &Manifest) -> Result<Option<String>> {
+    /// Why a visible backup's own objects are not all there (manifest and summary
+    /// aside, which their loaders authenticate): its `backup_manifest` and every
+    /// block list part the summary implies. One listing; no part is decrypted.
+    pub(crate) async fn missing_backup_objects(&self, m: &Summary) -> Result<Option<String>> {
         let prefix = format!("{BACKUP_PREFIX}{}/", m.label);
         let present: std::collections::HashSet<String> =
             self.storage.list(&prefix).await?.into_iter().map(|o| o.key).collect();
@@ -54,29 +54,83 @@ impl Repository {
         Ok(None)
     }
 
-    pub async fn load_manifest(&self, label: &str) -> Result<Manifest> {
+    /// A backup's manifest: everything needed to restore it, authenticated.
+    pub(crate) async fn load_manifest(&self, label: &str) -> Result<Manifest> {
+        let m: Manifest = self.load_backup_object(label, &manifest_key(label)).await?;
+        self.check_backup_format(label, m.format_version)?;
+        Ok(m)
+    }
+
+    /// A backup's summary (§6.5): what the catalog knows of it without its file list.
+    /// A visible backup without one is damaged, not absent.
+    pub(crate) async fn load_summary(&self, label: &str) -> Result<Summary> {
+        let key = summary_key(label);
+        let s: Summary = self.load_backup_object(label, &key).await.map_err(|e| match e {
+            Error::BackupNotFound { .. } => Error::Corrupt { what: key.clone(), detail: "missing".into() },
+            e => e,
+        })?;
+        self.check_backup_format(label, s.format_version)?;
+        Ok(s)
+    }
+
+    async fn load_backup_object<T: serde::de::DeserializeOwned>(&self, label: &str, key: &str) -> Result<T> {
         check_label(label)?;
-        let m: Manifest = self.get_meta(&manifest_key(label)).await.map_err(|e| match e.storage_kind() {
+        self.get_meta(key).await.map_err(|e| match e.storage_kind() {
             Some(StorageErrorKind::NotFound) => {
                 Error::BackupNotFound { stanza: self.config.stanza.clone(), label: label.to_string() }
             }
             _ => e,
-        })?;
-        if m.format_version != FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                location: format!("backup {label} in {}", self.location()),
-                found: m.format_version,
-                supported: FORMAT_VERSION,
-            });
+        })
+    }
+
+    fn check_backup_format(&self, label: &str, found: u32) -> Result<()> {
+        if found == FORMAT_VERSION {
+            return Ok(());
         }
-        Ok(m)
+        Err(Error::UnsupportedFormat {
+            location: format!("backup {label} in {}", self.location()),
+            found,
+            supported: FORMAT_VERSION,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::error::Error;
     use crate::repo::blocklist::BlockPart;
+    use crate::repo::format::{summary_key, Summary, FORMAT_VERSION};
     use crate::repo::tests::test_repo;
+
+    fn summary(label: &str, format_version: u32) -> Summary {
+        serde_json::from_value(serde_json::json!({
+            "format_version": format_version, "label": label, "backup_type": "full",
+            "start_time": "2026-01-01T00:00:00Z", "stop_time": "2026-01-01T00:01:00Z",
+            "start_lsn": "0/2000028", "stop_lsn": "0/2000100", "timeline": 1, "pg_version": 170000,
+            "size": 1, "stored_new": 1, "files": 1, "wal_included": true, "blocks": 1, "blocks_per_part": 8,
+        }))
+        .unwrap()
+    }
+
+    /// A summary reads back as written; a missing one is damage named by its key,
+    /// never "no such backup"; another format version is refused.
+    #[tokio::test]
+    async fn summaries_are_authenticated_and_never_guessed() {
+        let (_mem, repo) = test_repo(false).await;
+        let label = "20260101-000000F";
+        let written = summary(label, FORMAT_VERSION);
+        repo.put_meta(&summary_key(label), &written).await.unwrap();
+        assert_eq!(repo.load_summary(label).await.unwrap(), written);
+
+        let missing = repo.load_summary("20260102-000000F").await.unwrap_err();
+        assert!(matches!(missing, Error::Corrupt { .. }), "{missing}");
+        assert!(missing.to_string().contains("20260102-000000F/summary"), "{missing}");
+
+        let old = "20260103-000000F";
+        repo.put_meta(&summary_key(old), &summary(old, FORMAT_VERSION - 1)).await.unwrap();
+        let refused = repo.load_summary(old).await.unwrap_err();
+        assert!(matches!(refused, Error::UnsupportedFormat { .. }), "{refused}");
+    }
 
     /// Regression (issue 10's fault matrix): a backup killed after writing a block
     /// list part left its label in use without a manifest; the next backup in the

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 pub(crate) const CONFIG_KEY: &str = "config";
 
@@ -83,6 +83,9 @@ pub(crate) fn label_timestamp(label: &str) -> &str {
 }
 pub(crate) fn manifest_key(label: &str) -> String {
     format!("{BACKUP_PREFIX}{label}/manifest")
+}
+pub(crate) fn summary_key(label: &str) -> String {
+    format!("{BACKUP_PREFIX}{label}/summary")
 }
 pub(crate) fn server_manifest_key(label: &str) -> String {
     format!("{BACKUP_PREFIX}{label}/backup_manifest")
@@ -306,6 +309,66 @@ pub struct Manifest {
     /// Entries in the block list (`backup/<label>/blocks/*`) and per part.
     pub blocks: u64,
     pub blocks_per_part: u32,
+}
+
+/// `backup/<label>/summary` (format 5): sealed metadata, a few hundred bytes, what
+/// the catalog needs about a backup (info, expiry, choosing a backup for a target)
+/// without decrypting its manifest, whose file list grows with the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Summary {
+    pub format_version: u32,
+    pub label: String,
+    /// "full", "diff" or "incr".
+    pub backup_type: String,
+    /// The backup whose blocks this one did not store again.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parent: Option<String>,
+    pub start_time: String,
+    pub stop_time: String,
+    pub start_lsn: crate::pg::Lsn,
+    pub stop_lsn: crate::pg::Lsn,
+    pub timeline: u32,
+    pub pg_version: u32,
+    /// Sum of regular file sizes.
+    pub size: u64,
+    /// Bytes of new pack data the backup wrote.
+    pub stored_new: u64,
+    /// Regular files in the backup.
+    pub files: u64,
+    pub wal_included: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub wal_start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub wal_stop: Option<String>,
+    /// Block list entries and entries per part: which parts must exist.
+    pub blocks: u64,
+    pub blocks_per_part: u32,
+}
+
+impl Summary {
+    /// The summary of a complete manifest (written with it, never edited).
+    pub(crate) fn of(m: &Manifest) -> Self {
+        Summary {
+            format_version: m.format_version,
+            label: m.label.clone(),
+            backup_type: m.backup_type.clone(),
+            parent: m.parent.clone(),
+            start_time: m.start_time.clone(),
+            stop_time: m.stop_time.clone(),
+            start_lsn: m.start_lsn,
+            stop_lsn: m.stop_lsn,
+            timeline: m.timeline,
+            pg_version: m.pg_version,
+            size: m.size,
+            stored_new: m.stored_new,
+            files: m.files.iter().filter(|f| f.kind == FileKind::File).count() as u64,
+            wal_included: m.wal_included,
+            wal_start: m.wal_start.clone(),
+            wal_stop: m.wal_stop.clone(),
+            blocks: m.blocks,
+            blocks_per_part: m.blocks_per_part,
+        }
+    }
 }
 
 #[cfg(test)]

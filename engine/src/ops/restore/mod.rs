@@ -25,7 +25,7 @@ use crate::pg::recovery::write_recovery;
 pub use crate::pg::recovery::{Recovery, RecoveryTarget};
 use crate::progress::Progress;
 use crate::repo::blocklist::{block_count, BlockListReader, BLOCKS_PER_PART};
-use crate::repo::format::{FileEntry, FileKind, Manifest};
+use crate::repo::format::{FileEntry, FileKind, Manifest, Summary};
 use crate::repo::Repository;
 use delta::{Action, Compared};
 use fetch::{Ctx, FileJob, PARALLEL_FILES};
@@ -387,6 +387,7 @@ async fn compare_all(
 /// Refuse, before anything is written, a backup whose own objects or WAL are not
 /// all there: PostgreSQL could not start on it (`info` marks it the same way).
 async fn check_restorable(repo: &Repository, m: &Manifest) -> Result<()> {
+    let m = &Summary::of(m);
     let problem = match repo.missing_backup_objects(m).await? {
         Some(p) => Some(p),
         None if m.wal_included => None,
