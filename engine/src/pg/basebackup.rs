@@ -114,24 +114,8 @@ impl<'a> BaseBackupStream<'a> {
             let f = self.conn.read_frame().await?;
             match f.tag {
                 b'd' => {
-                    let mut body = f.body;
-                    if body.is_empty() {
-                        return Err(self.protocol("empty CopyData"));
-                    }
-                    let kind = body.get_u8();
-                    match kind {
-                        b'd' if self.in_manifest => return Ok(BackupEvent::ManifestData(body)),
-                        b'd' => return Ok(BackupEvent::ArchiveData(body)),
-                        b'n' => {
-                            let mut parts = body.split(|b| *b == 0);
-                            let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-                            let loc = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-                            let location = (!loc.is_empty()).then_some(loc);
-                            return Ok(BackupEvent::ArchiveStart { name, location });
-                        }
-                        b'p' if body.len() >= 8 => return Ok(BackupEvent::Progress),
-                        b'm' => self.in_manifest = true,
-                        other => return Err(self.protocol(format!("unknown CopyData type {:?}", other as char))),
+                    if let Some(event) = self.copy_data(f.body)? {
+                        return Ok(event);
                     }
                 }
                 b'T' => self.rows = Some(Vec::new()),
@@ -172,6 +156,31 @@ impl<'a> BaseBackupStream<'a> {
                 other => return Err(self.protocol(format!("unexpected message {:?} in BASE_BACKUP", other as char))),
             }
         }
+    }
+
+    /// One CopyData message of the new-style (PostgreSQL 15+) BASE_BACKUP stream;
+    /// `None` for the one that only announces the manifest.
+    fn copy_data(&mut self, mut body: Bytes) -> Result<Option<BackupEvent>> {
+        if body.is_empty() {
+            return Err(self.protocol("empty CopyData"));
+        }
+        Ok(Some(match body.get_u8() {
+            b'd' if self.in_manifest => BackupEvent::ManifestData(body),
+            b'd' => BackupEvent::ArchiveData(body),
+            b'n' => {
+                let mut parts = body.split(|b| *b == 0);
+                let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let loc = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let location = (!loc.is_empty()).then_some(loc);
+                BackupEvent::ArchiveStart { name, location }
+            }
+            b'p' if body.len() >= 8 => BackupEvent::Progress,
+            b'm' => {
+                self.in_manifest = true;
+                return Ok(None);
+            }
+            other => return Err(self.protocol(format!("unknown CopyData type {:?}", other as char))),
+        }))
     }
 
     fn result_set(&self, rows: Vec<Row>) -> Result<BackupEvent> {

@@ -303,58 +303,84 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     let label = lineage.new_label(&repo.labels_in_use().await?).await;
     let parent_blocks = lineage.parent.as_ref().map(|p| ParentBlocks::new(repo, p));
     let mut b = Builder::new(repo, &label, req.compress_level, parent_blocks, req.progress.clone());
-    let streamed = stream_base_backup(&mut conn, req, &label, include_wal, &mut b).await?;
+    let mut streamed = stream_base_backup(&mut conn, req, &label, include_wal, &mut b).await?;
     conn.close().await;
     b.finish().await?;
     req.progress.finish();
 
-    let seg_size = repo.config().wal_segment_size;
-    let wal_range = streamed.wal_range(seg_size);
     if !include_wal && req.archive_check {
-        let (first, last) = wal_range;
+        let (first, last) = streamed.wal_range(repo.config().wal_segment_size);
         archive::wait_for_segments(repo, streamed.timeline, first, last, req.archive_timeout).await?;
     }
-    let size = b.files.iter().filter(|f| f.kind == FileKind::File).map(|f| f.size).sum();
-    let wal_name = |segno| (!include_wal).then(|| wal::segment_name(streamed.timeline, segno, seg_size));
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        label: label.clone(),
-        backup_type: lineage.backup_type.as_str().into(),
-        parent: lineage.parent.map(|p| p.label),
-        start_time: start_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        stop_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        start_lsn: streamed.start_lsn,
-        stop_lsn: streamed.stop_lsn,
-        timeline: streamed.timeline,
-        system_identifier: sys.system_identifier,
-        pg_version,
-        block_size: repo.config().block_size,
-        wal_included: include_wal,
-        wal_start: wal_name(wal_range.0),
-        wal_stop: wal_name(wal_range.1),
-        backup_label: String::from_utf8_lossy(&b.backup_label).into_owned(),
-        tablespaces: streamed.tablespaces,
-        size,
-        stored_new: 0,
-        indexes: Vec::new(),
-        files: std::mem::take(&mut b.files),
-        blocks: 0,
-        blocks_per_part: 0,
-    };
+    let head = ManifestHead { label, start_time, system_identifier: sys.system_identifier, pg_version, include_wal };
+    let server_manifest = std::mem::take(&mut streamed.server_manifest);
+    let manifest = head.manifest(repo, &lineage, streamed, std::mem::take(&mut b.files), &b.backup_label);
     // The writer's commit keeps the visibility rule: everything else durable, then
-    // the server's manifest, then the manifest.
-    let manifest = b.writer.commit(&streamed.server_manifest, manifest).await?;
+    // the server's manifest, the summary, then the manifest.
+    let manifest = b.writer.commit(&server_manifest, manifest).await?;
     Ok(BackupSummary {
-        label,
+        label: manifest.label.clone(),
         backup_type: lineage.backup_type,
         parent: manifest.parent,
-        size,
+        size: manifest.size,
         stored_new: manifest.stored_new,
-        files: manifest.files.len(),
+        files: manifest.files.iter().filter(|f| f.kind == FileKind::File).count(),
         start_lsn: manifest.start_lsn,
         stop_lsn: manifest.stop_lsn,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What a backup knows of itself before its files: the manifest's other fields.
+struct ManifestHead {
+    label: String,
+    start_time: chrono::DateTime<chrono::Utc>,
+    system_identifier: u64,
+    pg_version: u32,
+    include_wal: bool,
+}
+
+impl ManifestHead {
+    /// The manifest, but for what only the writer fills in at commit (indexes, block
+    /// counts, bytes stored).
+    fn manifest(
+        self,
+        repo: &Repository,
+        lineage: &lineage::Lineage,
+        streamed: Streamed,
+        files: Vec<FileEntry>,
+        backup_label: &[u8],
+    ) -> Manifest {
+        let seg_size = repo.config().wal_segment_size;
+        let (first, last) = streamed.wal_range(seg_size);
+        let wal_name = |segno| (!self.include_wal).then(|| wal::segment_name(streamed.timeline, segno, seg_size));
+        let rfc3339 = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        Manifest {
+            format_version: FORMAT_VERSION,
+            label: self.label,
+            backup_type: lineage.backup_type.as_str().into(),
+            parent: lineage.parent.as_ref().map(|p| p.label.clone()),
+            start_time: rfc3339(self.start_time),
+            stop_time: rfc3339(chrono::Utc::now()),
+            start_lsn: streamed.start_lsn,
+            stop_lsn: streamed.stop_lsn,
+            timeline: streamed.timeline,
+            system_identifier: self.system_identifier,
+            pg_version: self.pg_version,
+            block_size: repo.config().block_size,
+            wal_included: self.include_wal,
+            wal_start: wal_name(first),
+            wal_stop: wal_name(last),
+            backup_label: String::from_utf8_lossy(backup_label).into_owned(),
+            tablespaces: streamed.tablespaces,
+            size: files.iter().filter(|f| f.kind == FileKind::File).map(|f| f.size).sum(),
+            stored_new: 0,
+            indexes: Vec::new(),
+            files,
+            blocks: 0,
+            blocks_per_part: 0,
+        }
+    }
 }
 
 /// What BASE_BACKUP told us besides the files (which went into the Builder).
@@ -391,57 +417,89 @@ async fn stream_base_backup(
         verify_checksums: true,
         progress: req.estimate_size,
     };
-    let target = conn.target().to_string();
-    let tar_error =
-        |d: String| Error::Protocol { target: target.clone(), detail: format!("BASE_BACKUP tar stream: {d}") };
+    let mut state = StreamState { target: conn.target().to_string(), ..StreamState::default() };
     let mut stream = BaseBackupStream::start(conn, &opts).await?;
-    let (mut start, mut stop, mut tablespaces, mut server_manifest) = (None, None, Vec::new(), Vec::new());
-    let (mut tar, mut items) = (TarReader::new(), Vec::new());
     loop {
         match stream.next().await? {
-            BackupEvent::Start { lsn, timeline } => start = Some((lsn, timeline)),
+            BackupEvent::Done => break,
+            event => state.apply(event, req, label, b).await?,
+        }
+    }
+    state.finish(b)
+}
+
+/// The base backup stream between events: positions, tablespaces, the server's
+/// manifest so far, and the tar reader of the current archive.
+#[derive(Default)]
+struct StreamState {
+    target: String,
+    start: Option<(Lsn, u32)>,
+    stop: Option<Lsn>,
+    tablespaces: Vec<Tablespace>,
+    server_manifest: Vec<u8>,
+    tar: TarReader,
+    items: Vec<TarItem>,
+}
+
+impl StreamState {
+    fn tar_error(&self, detail: String) -> Error {
+        Error::Protocol { target: self.target.clone(), detail: format!("BASE_BACKUP tar stream: {detail}") }
+    }
+
+    async fn apply(&mut self, event: BackupEvent, req: &BackupRequest, label: &str, b: &mut Builder<'_>) -> Result<()> {
+        match event {
+            BackupEvent::Start { lsn, timeline } => self.start = Some((lsn, timeline)),
             BackupEvent::Tablespaces(list) => {
                 req.progress.begin(&format!("backup {label}"), list.iter().map(|t| t.size).sum::<Option<u64>>());
-                tablespaces =
+                self.tablespaces =
                     list.into_iter().filter_map(|t| Some(Tablespace { oid: t.oid?, location: t.location? })).collect();
             }
             BackupEvent::ArchiveStart { name, location } => {
-                tar.finish().map_err(tar_error)?;
-                tar = TarReader::new();
+                std::mem::take(&mut self.tar).finish().map_err(|d| self.tar_error(d))?;
                 b.tablespace = match location {
                     None => None,
                     Some(_) => Some(
-                        name.trim_end_matches(".tar").parse().map_err(|_| tar_error(format!("archive name {name}")))?,
+                        name.trim_end_matches(".tar")
+                            .parse()
+                            .map_err(|_| self.tar_error(format!("archive name {name}")))?,
                     ),
                 };
             }
             BackupEvent::ArchiveData(data) => {
-                tar.feed(data, &mut |item| -> std::result::Result<(), String> {
+                let items = &mut self.items;
+                let fed = self.tar.feed(data, &mut |item| -> std::result::Result<(), String> {
                     items.push(item);
                     Ok(())
-                })
-                .map_err(tar_error)?;
-                for item in items.drain(..) {
+                });
+                fed.map_err(|d| self.tar_error(d))?;
+                for item in self.items.drain(..) {
                     b.tar_item(item).await?;
                 }
             }
-            BackupEvent::Progress => {}
-            BackupEvent::ManifestData(d) => server_manifest.extend_from_slice(&d),
-            BackupEvent::End { lsn, timeline } => stop = Some((lsn, timeline)),
-            BackupEvent::Done => break,
+            BackupEvent::Progress | BackupEvent::Done => {}
+            BackupEvent::ManifestData(d) => self.server_manifest.extend_from_slice(&d),
+            BackupEvent::End { lsn, .. } => self.stop = Some(lsn),
         }
+        Ok(())
     }
-    tar.finish().map_err(tar_error)?;
-    let (Some((start_lsn, timeline)), Some((stop_lsn, _))) = (start, stop) else {
-        return Err(Error::Protocol { target, detail: "BASE_BACKUP ended without start and stop positions".into() });
-    };
-    if b.backup_label.is_empty() || server_manifest.is_empty() {
-        return Err(Error::Protocol {
-            target,
-            detail: "BASE_BACKUP sent no backup_label or no backup manifest".into(),
-        });
+
+    fn finish(mut self, b: &Builder<'_>) -> Result<Streamed> {
+        std::mem::take(&mut self.tar).finish().map_err(|d| self.tar_error(d))?;
+        let protocol = |detail: &str| Error::Protocol { target: self.target.clone(), detail: detail.into() };
+        let (Some((start_lsn, timeline)), Some(stop_lsn)) = (self.start, self.stop) else {
+            return Err(protocol("BASE_BACKUP ended without start and stop positions"));
+        };
+        if b.backup_label.is_empty() || self.server_manifest.is_empty() {
+            return Err(protocol("BASE_BACKUP sent no backup_label or no backup manifest"));
+        }
+        Ok(Streamed {
+            start_lsn,
+            stop_lsn,
+            timeline,
+            tablespaces: self.tablespaces,
+            server_manifest: self.server_manifest,
+        })
     }
-    Ok(Streamed { start_lsn, stop_lsn, timeline, tablespaces, server_manifest })
 }
 
 #[cfg(test)]

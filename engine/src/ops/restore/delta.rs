@@ -138,30 +138,8 @@ pub(super) fn compare(
     let differing: Vec<(usize, Vec<usize>)> = jobs
         .into_par_iter()
         .map(|(n, disk_len, first, end)| {
-            let Compared { dest, size, ids } = &files[n];
-            let start = first as u64 * block_size;
-            let want = (end as u64 * block_size).min(*size) - start;
-            // Mapped, not read: no copy of every byte into our memory. Never past the
-            // end of the file (a mapping beyond it faults); the target is not in use.
-            let got = want.min(disk_len.saturating_sub(start)) as usize;
-            let map = if got == 0 {
-                None
-            } else {
-                let f = File::open(dest).map_err(|e| Error::io(format!("cannot read {}", dest.display()), e))?;
-                // SAFETY: read-only mapping of a file no running PostgreSQL uses (checked).
-                let m = unsafe { memmap2::MmapOptions::new().offset(start).len(got).populate().map(&f) };
-                Some(m.map_err(|e| Error::io(format!("cannot read {}", dest.display()), e))?)
-            };
-            let buf: &[u8] = map.as_deref().unwrap_or(&[]);
-            progress.advance(want);
-            let changed = (first..end)
-                .filter(|&b| {
-                    let from = ((b - first) as u64 * block_size) as usize;
-                    let to = (from + block_size as usize).min(want as usize);
-                    to > got || blob::chunk_id(chunk_key, &buf[from..to]) != ids[b]
-                })
-                .collect();
-            Ok((n, changed))
+            let job = BlockRun { file: &files[n], disk_len, first, end, block_size };
+            Ok((n, job.changed_blocks(chunk_key, progress)?))
         })
         .collect::<Result<_>>()?;
     for (n, changed) in differing {
@@ -169,19 +147,63 @@ pub(super) fn compare(
             list.extend(changed);
         }
     }
-    for (n, action) in actions.iter_mut().enumerate() {
-        let file = &files[n];
-        if let Action::Patch(list) = action {
-            list.sort_unstable();
-            let len = std::fs::metadata(file.dest).map(|m| m.len()).unwrap_or(u64::MAX);
-            if !file.ids.is_empty() && list.len() == file.ids.len() {
-                *action = Action::Write;
-            } else if list.is_empty() && len == file.size {
-                *action = Action::Keep;
-            }
-        }
+    for (file, action) in files.iter().zip(actions.iter_mut()) {
+        settle(file, action);
     }
     Ok(actions)
+}
+
+/// A patch that changes every block is a rewrite; one that changes none, of a file
+/// of the right length, is a keep.
+fn settle(file: &Compared, action: &mut Action) {
+    if let Action::Patch(list) = action {
+        list.sort_unstable();
+        let len = std::fs::metadata(file.dest).map(|m| m.len()).unwrap_or(u64::MAX);
+        if !file.ids.is_empty() && list.len() == file.ids.len() {
+            *action = Action::Write;
+        } else if list.is_empty() && len == file.size {
+            *action = Action::Keep;
+        }
+    }
+}
+
+/// Blocks `first..end` of one existing file, compared in one job.
+struct BlockRun<'a> {
+    file: &'a Compared<'a>,
+    disk_len: u64,
+    first: usize,
+    end: usize,
+    block_size: u64,
+}
+
+impl BlockRun<'_> {
+    /// The blocks whose content on disk differs from the backup's (or is missing).
+    fn changed_blocks(&self, chunk_key: &[u8; 32], progress: &Arc<dyn Progress>) -> Result<Vec<usize>> {
+        let Compared { dest, size, ids } = self.file;
+        let (first, block_size) = (self.first, self.block_size);
+        let start = first as u64 * block_size;
+        let want = (self.end as u64 * block_size).min(*size) - start;
+        // Mapped, not read: no copy of every byte into our memory. Never past the
+        // end of the file (a mapping beyond it faults); the target is not in use.
+        let got = want.min(self.disk_len.saturating_sub(start)) as usize;
+        let map = if got == 0 {
+            None
+        } else {
+            let f = File::open(dest).map_err(|e| Error::io(format!("cannot read {}", dest.display()), e))?;
+            // SAFETY: read-only mapping of a file no running PostgreSQL uses (checked).
+            let m = unsafe { memmap2::MmapOptions::new().offset(start).len(got).populate().map(&f) };
+            Some(m.map_err(|e| Error::io(format!("cannot read {}", dest.display()), e))?)
+        };
+        let buf: &[u8] = map.as_deref().unwrap_or(&[]);
+        progress.advance(want);
+        Ok((first..self.end)
+            .filter(|&b| {
+                let from = ((b - first) as u64 * block_size) as usize;
+                let to = (from + block_size as usize).min(want as usize);
+                to > got || blob::chunk_id(chunk_key, &buf[from..to]) != ids[b]
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]
