@@ -12,6 +12,7 @@ use crate::repo::Repository;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackupStatus {
+    /// Its objects and the WAL it needs are there.
     Ok,
     /// Its manifest or block list cannot be read: it cannot be restored.
     Damaged,
@@ -19,50 +20,78 @@ pub enum BackupStatus {
     NotRestorable,
 }
 
+/// One backup as info lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupInfo {
+    /// The backup's label.
     pub label: String,
+    /// Whether it can be restored.
     pub status: BackupStatus,
     /// What is wrong, for a backup that is not `ok`.
     pub problem: Option<String>,
-    /// What its manifest says; absent when the manifest cannot be read.
+    /// What its summary says; absent when the summary cannot be read.
     #[serde(flatten)]
     pub details: Option<BackupDetails>,
 }
 
+/// A backup's summary (repository-format.md §6.6).
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupDetails {
+    /// "full", "diff" or "incr".
     #[serde(rename = "type")]
     pub backup_type: String,
     /// The backup a diff or incr was compared with.
     pub parent: Option<String>,
+    /// When the backup started (RFC 3339, UTC).
     pub start_time: String,
+    /// When it was complete.
     pub stop_time: String,
+    /// Its start position in the WAL.
     pub start_lsn: crate::pg::Lsn,
+    /// The position recovery must reach to be consistent.
     pub stop_lsn: crate::pg::Lsn,
+    /// The timeline the backup was taken on.
     pub timeline: u32,
+    /// The server's `server_version_num`.
     pub pg_version: u32,
+    /// Bytes of regular files.
     pub size: u64,
+    /// Bytes of new pack data it wrote.
     pub stored_new: u64,
+    /// Regular files.
     pub files: u64,
+    /// It carries the WAL it needs to become consistent.
     pub wal_included: bool,
+    /// Otherwise, the first archived segment it needs.
     pub wal_start: Option<String>,
+    /// And the last.
     pub wal_stop: Option<String>,
 }
 
+/// The stanza as `info` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct InfoReport {
+    /// The stanza's name.
     pub stanza: String,
+    /// The repository's location (never with credentials).
     pub repo: String,
+    /// The stanza's repository format version.
     pub format_version: u32,
+    /// Whether data and metadata are encrypted.
     pub encrypted: bool,
+    /// The cluster the stanza belongs to.
     pub system_identifier: u64,
+    /// `server_version_num` at stanza-create.
     pub pg_version: u32,
+    /// Bytes per stored block.
     pub block_size: u32,
+    /// Every visible backup, oldest first.
     pub backups: Vec<BackupInfo>,
+    /// Archived WAL per timeline, with gaps.
     pub archive: Vec<TimelineArchive>,
 }
 
+/// List the stanza: its settings, every backup with its status, the WAL archive.
 pub async fn info(repo: &Repository) -> Result<InfoReport> {
     let cfg = repo.config();
     let archived = archived_segments(repo).await?;

@@ -12,13 +12,18 @@ use crate::repo::Repository;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+/// Which backup type, pgBackRest's three.
 pub enum BackupType {
+    /// Every block stored or reused from the repository, no parent.
     Full,
+    /// Blocks changed since the newest full.
     Diff,
+    /// Blocks changed since the newest backup of any type.
     Incr,
 }
 
 impl BackupType {
+    /// The name used in manifests, info and flags.
     pub fn as_str(self) -> &'static str {
         match self {
             BackupType::Full => "full",

@@ -72,9 +72,9 @@ pub(crate) enum BackupEvent {
     /// A progress report (ignored: pgcairn counts the bytes itself).
     Progress,
     ManifestData(Bytes),
+    /// The backup's stop position.
     End {
         lsn: Lsn,
-        timeline: u32,
     },
     Done,
 }
@@ -202,7 +202,7 @@ impl<'a> BaseBackupStream<'a> {
                     })
                     .collect(),
             )),
-            _ => lsn_row(&rows).map(|(lsn, timeline)| BackupEvent::End { lsn, timeline }),
+            _ => lsn_row(&rows).map(|(lsn, _)| BackupEvent::End { lsn }),
         }
     }
 

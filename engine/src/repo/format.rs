@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The repository format this pgcairn reads and writes (repository-format.md §10).
 pub const FORMAT_VERSION: u32 = 5;
 
 pub(crate) const CONFIG_KEY: &str = "config";
@@ -208,7 +209,7 @@ pub(crate) struct IndexFile {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexPack {
+pub(crate) struct IndexPack {
     /// 64 hex characters; the object is `data/<id[0..2]>/<id>`.
     pub id: String,
     /// Hex of the 16-byte data key id (also in the pack header).
@@ -218,7 +219,7 @@ pub struct IndexPack {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexBlob {
+pub(crate) struct IndexBlob {
     pub id: ChunkId,
     pub offset: u64,
     pub length: u32,
@@ -231,14 +232,14 @@ pub struct IndexBlob {
 /// A delta's base: the whole blob at `offset` in pack `pack` (64 hex characters). An
 /// index object lists that blob with its id and lengths, so they are not repeated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexBase {
+pub(crate) struct IndexBase {
     pub pack: String,
     pub offset: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FileKind {
+pub(crate) enum FileKind {
     File,
     Dir,
     Symlink,
@@ -246,7 +247,7 @@ pub enum FileKind {
 
 /// One file, directory or link of the backed-up cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileEntry {
+pub(crate) struct FileEntry {
     /// Path relative to the data directory, or to the tablespace directory.
     pub path: String,
     /// Tablespace OID, absent for the main data directory.
@@ -264,14 +265,14 @@ pub struct FileEntry {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tablespace {
+pub(crate) struct Tablespace {
     pub oid: u32,
     pub location: String,
 }
 
 /// `backup/<label>/manifest`: sealed metadata; everything needed to restore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub format_version: u32,
     pub label: String,
     /// "full", "diff" or "incr".

@@ -9,7 +9,7 @@
 //! are uploading, and dedup looks at one part of the parent's block list and a
 //! bounded cache of recent chunks. Only the file list grows (with the file count).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -41,11 +41,17 @@ const BATCH_BLOCKS: usize = 16;
 /// Recent chunks remembered for dedup within a backup, per generation (~100 B each).
 const RECENT_CHUNKS: usize = 32 * 1024;
 
+/// What `backup` takes: where the server is and how to back it up.
 pub struct BackupRequest {
+    /// The server to connect to (replication connection).
     pub pg: ConnParams,
+    /// The type asked for; see [`BackupSummary::backup_type`] for what was taken.
     pub backup_type: BackupType,
+    /// Ask for an immediate checkpoint instead of waiting for the next one.
     pub fast_checkpoint: bool,
+    /// zstd level of data blocks.
     pub compress_level: i32,
+    /// Where progress is reported.
     pub progress: Arc<dyn Progress>,
     /// Ask the server for a size estimate first (for an ETA).
     pub estimate_size: bool,
@@ -53,20 +59,30 @@ pub struct BackupRequest {
     pub archive_check: bool,
     /// Carry the WAL in the backup even when archiving is on (self-contained set).
     pub archive_copy: bool,
+    /// How long to wait for that WAL.
     pub archive_timeout: std::time::Duration,
 }
 
+/// What a backup did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BackupSummary {
+    /// The new backup's label.
     pub label: String,
     /// The type taken: a diff or incr without a usable parent becomes a full.
     pub backup_type: BackupType,
+    /// The backup a diff or incr was compared with.
     pub parent: Option<String>,
+    /// Bytes of regular files in the cluster.
     pub size: u64,
+    /// Bytes of new pack data written (after dedup, deltas and compression).
     pub stored_new: u64,
+    /// Regular files backed up.
     pub files: usize,
+    /// Where the backup started in the WAL (its checkpoint's redo position).
     pub start_lsn: Lsn,
+    /// Where it ended: recovery must replay at least to here.
     pub stop_lsn: Lsn,
+    /// Wall-clock duration.
     pub seconds: f64,
 }
 
@@ -180,7 +196,7 @@ impl<'r> Builder<'r> {
     async fn complete_one(&mut self, done: BlockDone) -> Result<()> {
         self.progress.advance(done.raw_len as u64);
         let id = done.id;
-        let stored = self.workers.recent.lock().unwrap().location(&id);
+        let stored = self.workers.recent.lock().unwrap_or_else(PoisonError::into_inner).location(&id);
         let loc = match (done.outcome, stored) {
             (Outcome::Parent(loc), _) => loc,
             (_, Some(loc)) => loc,
@@ -203,7 +219,7 @@ impl<'r> Builder<'r> {
         base: Option<DeltaBase>,
     ) -> Result<BlockLocation> {
         let loc = self.writer.add_blob(id, raw_len, sealed, base).await?;
-        self.workers.recent.lock().unwrap().stored(id, loc);
+        self.workers.recent.lock().unwrap_or_else(PoisonError::into_inner).stored(id, loc);
         Ok(loc)
     }
 
@@ -212,7 +228,8 @@ impl<'r> Builder<'r> {
             TarItem::Entry(e) => self.start_entry(e),
             TarItem::Data(d) => self.file_data(d).await?,
             TarItem::EntryEnd => {
-                let file = self.current.take().expect("end follows an entry");
+                let file =
+                    self.current.take().ok_or_else(|| Error::Internal("tar entry end without an entry".into()))?;
                 if !self.buf.is_empty() {
                     let block = self.buf.split().freeze();
                     self.submit(block).await?;
@@ -289,6 +306,8 @@ impl<'r> Builder<'r> {
     }
 }
 
+/// Take a backup of `req.pg` into `repo`: stream BASE_BACKUP, store its blocks, and
+/// make the backup visible only once everything it needs is durable.
 pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSummary> {
     let started = Instant::now();
     let start_time = chrono::Utc::now();
@@ -478,7 +497,7 @@ impl StreamState {
             }
             BackupEvent::Progress | BackupEvent::Done => {}
             BackupEvent::ManifestData(d) => self.server_manifest.extend_from_slice(&d),
-            BackupEvent::End { lsn, .. } => self.stop = Some(lsn),
+            BackupEvent::End { lsn } => self.stop = Some(lsn),
         }
         Ok(())
     }

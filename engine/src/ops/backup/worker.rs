@@ -2,7 +2,7 @@
 //! the parent's blob, an earlier one of this backup or a new blob holds it, read the
 //! parent's version of changed blocks and store those as deltas.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -107,7 +107,9 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
                 let raw_len = block.len() as u32;
                 let step = match at_parent {
                     Some((parent_id, loc)) if parent_id == id => Step::Done(Outcome::Parent(loc)),
-                    _ if !c.recent.lock().unwrap().claim(id) => Step::Done(Outcome::Repeat(block)),
+                    _ if !c.recent.lock().unwrap_or_else(PoisonError::into_inner).claim(id) => {
+                        Step::Done(Outcome::Repeat(block))
+                    }
                     Some((parent_id, loc)) => Step::Changed(block, loc.delta_base(parent_id)),
                     None => Step::Done(Outcome::New(blob::seal_block(&c.cipher, c.level, &id, &block), None)),
                 };

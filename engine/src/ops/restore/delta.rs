@@ -89,7 +89,11 @@ pub(super) fn remove_extras(root: &Path, keep: &HashMap<&str, FileKind>) -> Resu
             };
             let wanted = child.as_deref().and_then(|c| keep.get(c)).copied();
             match (kind, wanted) {
-                (Some(FileKind::Dir), Some(FileKind::Dir)) => walk(root, child.as_deref().unwrap(), keep, removed)?,
+                (Some(FileKind::Dir), Some(FileKind::Dir)) => {
+                    if let Some(c) = child.as_deref() {
+                        walk(root, c, keep, removed)?
+                    }
+                }
                 (Some(k), Some(w)) if k == w => {}
                 _ => {
                     let gone = if ft.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
