@@ -67,81 +67,230 @@ pub enum Error {
         hint: String,
     },
 
+    /// The stanza has no `config` object in the repository: stanza-create was not run.
     #[error("repository {location} is not initialised: run `pgcairn --stanza={stanza} stanza-create` first, or check the `repo` and `stanza` settings")]
-    RepoNotInitialised { location: String, stanza: String },
+    RepoNotInitialised {
+        /// The repository's location, as the `repo` setting names it.
+        location: String,
+        /// The stanza that was looked for.
+        stanza: String,
+    },
 
+    /// stanza-create found the stanza already created.
     #[error("repository {location} is already initialised for stanza {stanza}: nothing was changed")]
-    RepoAlreadyInitialised { location: String, stanza: String },
+    RepoAlreadyInitialised {
+        /// The repository's location, as the `repo` setting names it.
+        location: String,
+        /// The stanza that already exists.
+        stanza: String,
+    },
 
+    /// The stanza was written in a format version this build cannot read.
     #[error("repository {location} has format version {found}, this pgcairn reads version {supported} only: use a pgcairn release that supports format {found}")]
-    UnsupportedFormat { location: String, found: u32, supported: u32 },
+    UnsupportedFormat {
+        /// The repository's location, as the `repo` setting names it.
+        location: String,
+        /// The format version the repository's `config` records.
+        found: u32,
+        /// The only format version this build reads.
+        supported: u32,
+    },
 
+    /// No key slot of the stanza opens with the given passphrase.
     #[error("wrong passphrase for repository {location}: no key slot opens with it; check PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file")]
-    WrongPassphrase { location: String },
+    WrongPassphrase {
+        /// The repository's location, as the `repo` setting names it.
+        location: String,
+    },
 
+    /// The stanza is encrypted and no passphrase was configured.
     #[error("repository {location} is encrypted and no passphrase was given: set PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file")]
-    PassphraseMissing { location: String },
+    PassphraseMissing {
+        /// The repository's location, as the `repo` setting names it.
+        location: String,
+    },
 
     /// An object is missing, unreadable or fails authentication/verification.
     #[error("{what} is corrupt or missing: {detail}; the repository storage lost or altered data: restore from another backup set (`pgcairn info` lists them) and check the storage")]
-    Corrupt { what: String, detail: String },
+    Corrupt {
+        /// The object, naming backup, file or key (e.g. "backup <label> file <path> block <n>").
+        what: String,
+        /// What the check found.
+        detail: String,
+    },
 
     /// The repository's `config` does not authenticate under its own key.
     #[error("repository object {object} fails authentication: {detail}. Someone who can write the storage may have altered it (for instance to switch encryption off); nothing was read or written: put back the original config object, and check who can write the storage")]
-    ConfigTampered { object: String, detail: String },
+    ConfigTampered {
+        /// The storage key of the `config` object.
+        object: String,
+        /// Why authentication failed.
+        detail: String,
+    },
 
     /// A diff or incr could not read its parent's version of a changed block.
     #[error("{what} is corrupt or missing: {detail}; a diff or incr reads its parent's version of every changed block: take a full backup (--type=full) and check the repository storage")]
-    ParentCorrupt { what: String, detail: String },
+    ParentCorrupt {
+        /// The parent's object, naming backup, file or block.
+        what: String,
+        /// What the check found.
+        detail: String,
+    },
 
+    /// One storage request failed.
     #[error("storage {op} of {key} failed: {detail}")]
-    Storage { op: &'static str, key: String, kind: StorageErrorKind, detail: String },
+    Storage {
+        /// The request: "put", "get", "list", "delete"...
+        op: &'static str,
+        /// The object key (or prefix) the request was for.
+        key: String,
+        /// Whether retrying can help, and whether the object was missing or present.
+        kind: StorageErrorKind,
+        /// The backend's own message.
+        detail: String,
+    },
 
+    /// The PostgreSQL server could not be reached, or the connection broke.
     #[error("cannot connect to {target}: {detail}; check that PostgreSQL is running and the `pg` connection settings (host, port)")]
-    Connect { target: String, detail: String },
+    Connect {
+        /// The server, as "server <host>:<port> (user <user>)".
+        target: String,
+        /// The socket error, or the timeout.
+        detail: String,
+    },
 
+    /// The server refused to authenticate the replication connection.
     #[error("{target} refused the replication connection: {detail}; {hint}")]
-    AuthRejected { target: String, detail: String, hint: String },
+    AuthRejected {
+        /// The server, as "server <host>:<port> (user <user>)".
+        target: String,
+        /// The server's message.
+        detail: String,
+        /// What to check (password, pg_hba.conf, replication privilege).
+        hint: String,
+    },
 
     /// An error reported by the PostgreSQL server.
     #[error("{target} reported: {message} (sqlstate {code}){}", hint.as_ref().map(|h| format!("; hint: {h}")).unwrap_or_default())]
-    Server { target: String, code: String, message: String, hint: Option<String> },
+    Server {
+        /// The server, as "server <host>:<port> (user <user>)".
+        target: String,
+        /// The SQLSTATE code.
+        code: String,
+        /// The server's primary message.
+        message: String,
+        /// The server's hint, when it sent one.
+        hint: Option<String>,
+    },
 
+    /// The server reported page checksum failures while streaming the base backup.
     #[error("data checksum verification failed on {target} in: {}; the cluster has corrupt pages: investigate with pg_amcheck / pg_checksums before relying on this cluster", files.join(", "))]
-    ChecksumFailure { target: String, files: Vec<String> },
+    ChecksumFailure {
+        /// The server, as "server <host>:<port> (user <user>)".
+        target: String,
+        /// The files with failures, as the server named them.
+        files: Vec<String>,
+    },
 
+    /// The server sent something the replication protocol does not allow here.
     #[error("protocol error talking to {target}: {detail}")]
-    Protocol { target: String, detail: String },
+    Protocol {
+        /// The server, as "server <host>:<port> (user <user>)".
+        target: String,
+        /// What was unexpected.
+        detail: String,
+    },
 
+    /// The restore's target directory cannot be restored into.
     #[error("restore target {}: {reason}", path.display())]
-    RestoreTarget { path: PathBuf, reason: String },
+    RestoreTarget {
+        /// The directory (or file in it) refused.
+        path: PathBuf,
+        /// Why, with what to do.
+        reason: String,
+    },
 
+    /// The requested backup set is not in the stanza.
     #[error(
         "backup set {label} not found in stanza {stanza}: run `pgcairn --stanza={stanza} info` to list backup sets"
     )]
-    BackupNotFound { stanza: String, label: String },
+    BackupNotFound {
+        /// The stanza searched.
+        stanza: String,
+        /// The backup label asked for.
+        label: String,
+    },
 
+    /// The stanza has no backup set to restore or build on.
     #[error("no backup set in stanza {stanza}: take one with `pgcairn --stanza={stanza} backup`")]
-    NoBackups { stanza: String },
+    NoBackups {
+        /// The stanza searched.
+        stanza: String,
+    },
 
+    /// archive-push refused a WAL file before storing anything.
     #[error("{name} refused: {reason}; nothing was archived")]
-    WalRefused { name: String, reason: String },
+    WalRefused {
+        /// The WAL file's name.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
 
+    /// A WAL file of that name is already archived with different content.
     #[error("{name} is already archived in {location} with different content; the archived copy was kept. Two clusters archiving into one stanza, or a restored cluster archiving into its origin's stanza, cause this: give each cluster its own stanza")]
-    WalMismatch { name: String, location: String },
+    WalMismatch {
+        /// The WAL file's name.
+        name: String,
+        /// The repository's location, as the `repo` setting names it.
+        location: String,
+    },
 
+    /// A WAL file the operation waits for was not archived in time.
     #[error("{what} did not reach the archive within {seconds}s: check archive_command and the server log (pg_stat_archiver shows failures), or run `pgcairn check`")]
-    ArchiveTimeout { what: String, seconds: u64 },
+    ArchiveTimeout {
+        /// The WAL file waited for.
+        what: String,
+        /// How long it was waited for, in seconds (`archive-timeout`).
+        seconds: u64,
+    },
 
     /// Storage kept failing transiently for the whole time allowed.
     #[error("{what}: the repository storage kept failing for {seconds}s; last error: {last}")]
-    StorageUnavailable { what: String, seconds: u64, last: String },
+    StorageUnavailable {
+        /// What was being done.
+        what: String,
+        /// How long it was retried, in seconds.
+        seconds: u64,
+        /// The last transient error's message.
+        last: String,
+    },
 
+    /// A local file system operation failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, naming the path.
         context: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// Another backup, expire or stanza-delete holds the stanza lock.
+    #[error("stanza {stanza} is locked by {command}{} (pid {pid} on {host}, since {started}); nothing was done; hint: wait for it to finish, or check that process; a lock whose holder died is taken over automatically (same host: at once; another host: after 5 minutes without a heartbeat)", label.as_ref().map(|l| format!(" of backup {l}")).unwrap_or_default())]
+    Locked {
+        /// The stanza.
+        stanza: String,
+        /// The holder's command.
+        command: String,
+        /// The holder's host.
+        host: String,
+        /// The holder's process id.
+        pid: i32,
+        /// The backup the holder is taking, once known.
+        label: Option<String>,
+        /// When the holder took the lock (RFC 3339).
+        started: String,
     },
 
     /// A bug: an invariant of pgcairn's own code did not hold.
@@ -199,6 +348,7 @@ impl Error {
             Error::Storage { .. } | Error::StorageUnavailable { .. } => exit::STORAGE,
             Error::WalRefused { .. } | Error::WalMismatch { .. } => exit::WAL_REFUSED,
             Error::ArchiveTimeout { .. } => exit::ARCHIVE_TIMEOUT,
+            Error::Locked { .. } => exit::LOCKED,
             Error::Io { .. } | Error::Internal(_) => exit::LOCAL,
         }
     }
@@ -214,18 +364,32 @@ impl Error {
 
 /// Exit codes, one per kind of failure an operator acts on differently.
 pub mod exit {
+    /// A local I/O failure, or a bug (`Error::Io`, `Error::Internal`).
     pub const LOCAL: u8 = 1;
+    /// The command line could not be parsed (the binaries' own; no `Error` maps to it).
     pub const USAGE: u8 = 2;
+    /// Input the operator must fix (`Error::Misconfigured`).
     pub const CONFIG: u8 = 3;
+    /// The stanza is not initialised, already initialised, or of an unsupported format.
     pub const REPO_STATE: u8 = 4;
+    /// The repository passphrase is wrong or missing.
     pub const PASSPHRASE: u8 = 5;
+    /// PostgreSQL could not be reached or refused the connection.
     pub const CONNECT: u8 = 6;
+    /// PostgreSQL reported an error, a checksum failure or broke the protocol.
     pub const SERVER: u8 = 7;
+    /// A backup set is missing, or an object it needs is missing or corrupt.
     pub const DAMAGED: u8 = 8;
+    /// The restore target directory was refused.
     pub const RESTORE_TARGET: u8 = 9;
+    /// The repository storage failed, or stayed unavailable.
     pub const STORAGE: u8 = 10;
+    /// A WAL file was refused or conflicts with the archived copy.
     pub const WAL_REFUSED: u8 = 11;
+    /// WAL did not reach the archive within `archive-timeout`.
     pub const ARCHIVE_TIMEOUT: u8 = 12;
+    /// The stanza lock is held by another backup, expire or stanza-delete.
+    pub const LOCKED: u8 = 13;
     /// `archive-get` only, for every failure but "not in the archive" (1): above
     /// 125, so PostgreSQL stops recovery instead of ending it early.
     pub const STOP_RECOVERY: u8 = 200;
@@ -246,6 +410,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     (exit::STORAGE, "storage error"),
     (exit::WAL_REFUSED, "WAL refused"),
     (exit::ARCHIVE_TIMEOUT, "WAL did not reach the archive within `archive-timeout`"),
+    (exit::LOCKED, "the stanza is locked by another backup, expire or stanza-delete"),
 ];
 
 /// Adds a context line to `std::io::Result`s.

@@ -130,7 +130,7 @@ pub(crate) fn sweep_stale_temps(tmp_dir: &Path) -> usize {
     removed
 }
 
-fn process_alive(pid: i32) -> bool {
+pub(crate) fn process_alive(pid: i32) -> bool {
     if pid <= 0 || pid as u32 == std::process::id() {
         return pid > 0;
     }
@@ -140,7 +140,7 @@ fn process_alive(pid: i32) -> bool {
 }
 
 /// This host's name (for temp file names); "localhost" if it cannot be read.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

@@ -10,11 +10,12 @@ use crate::error::Result;
 use crate::repo::format::{label_timestamp, Manifest};
 use crate::repo::Repository;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 /// Which backup type, pgBackRest's three.
 pub enum BackupType {
     /// Every block stored or reused from the repository, no parent.
+    #[default]
     Full,
     /// Blocks changed since the newest full.
     Diff,

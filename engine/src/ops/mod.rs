@@ -5,6 +5,7 @@ pub(crate) mod archive_async;
 pub mod backup;
 pub mod check;
 mod dedup;
+pub mod expire;
 pub mod info;
 pub(crate) mod lineage;
 pub mod restore;

@@ -107,7 +107,7 @@ mod tests {
             "format_version": format_version, "label": label, "backup_type": "full",
             "start_time": "2026-01-01T00:00:00Z", "stop_time": "2026-01-01T00:01:00Z",
             "start_lsn": "0/2000028", "stop_lsn": "0/2000100", "timeline": 1, "pg_version": 170000,
-            "size": 1, "stored_new": 1, "files": 1, "wal_included": true, "blocks": 1, "blocks_per_part": 8,
+            "size": 1, "stored_new": 1, "files": 1, "wal_included": true, "blocks": 1, "blocks_per_part": 8, "indexes": [],
         }))
         .unwrap()
     }

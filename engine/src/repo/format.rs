@@ -344,6 +344,9 @@ pub(crate) struct Summary {
     /// Block list entries and entries per part: which parts must exist.
     pub blocks: u64,
     pub blocks_per_part: u32,
+    /// The index objects the backup wrote, which list every pack it wrote: what
+    /// expiry deletes with it (§8.2), even once its manifest is gone.
+    pub indexes: Vec<String>,
 }
 
 impl Summary {
@@ -368,6 +371,7 @@ impl Summary {
             wal_stop: m.wal_stop.clone(),
             blocks: m.blocks,
             blocks_per_part: m.blocks_per_part,
+            indexes: m.indexes.clone(),
         }
     }
 }

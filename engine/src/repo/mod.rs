@@ -9,8 +9,10 @@ pub(crate) mod blob;
 pub(crate) mod blocklist;
 mod catalog;
 pub(crate) mod format;
+pub(crate) mod gc;
 mod index;
 mod keys;
+pub(crate) mod lock;
 mod meta;
 pub(crate) mod pack;
 pub(crate) mod wal;
@@ -46,7 +48,13 @@ pub struct CreateOptions {
 pub(crate) const DEFAULT_BLOCK_SIZE: u32 = 32 * 1024;
 pub(crate) const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
 
-pub struct Repository {
+/// An open stanza of a repository: a cheap handle (clones share one state), the
+/// only reader and writer of the repository format.
+#[derive(Clone)]
+pub struct Repository(Arc<RepoState>);
+
+/// What an open stanza holds; reached through [`Repository`]'s `Deref`.
+pub struct RepoState {
     storage: DynStorage,
     config: RepoConfig,
     /// Wiped from memory when the handle is dropped, like every key derived here.
@@ -55,9 +63,24 @@ pub struct Repository {
     meta: Cipher,
 }
 
+impl std::ops::Deref for Repository {
+    type Target = RepoState;
+    fn deref(&self) -> &RepoState {
+        &self.0
+    }
+}
+
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repository").field("location", &self.storage.location()).field("config", &self.config).finish()
+    }
+}
+
+/// The cipher of one purpose (metadata, data): none for an unencrypted stanza.
+fn purpose_cipher(encryption: Encryption, master: &[u8; KEY_LEN], info: &[u8]) -> Cipher {
+    match encryption {
+        Encryption::None => Cipher::Plain,
+        Encryption::Aes256Gcm => Cipher::aes(&crypto::derive_subkey(master, info)),
     }
 }
 
@@ -197,9 +220,8 @@ impl Repository {
 
     fn with_master(storage: DynStorage, config: RepoConfig, master: [u8; KEY_LEN]) -> Self {
         let chunk_key = crypto::derive_subkey(&master, INFO_CHUNK_ID);
-        let mut repo = Self { storage, config, master: KeyBytes::new(master), chunk_key, meta: Cipher::Plain };
-        repo.meta = repo.purpose_cipher(INFO_METADATA);
-        repo
+        let meta = purpose_cipher(config.encryption, &master, INFO_METADATA);
+        Self(Arc::new(RepoState { storage, config, master: KeyBytes::new(master), chunk_key, meta }))
     }
 
     pub(crate) fn storage(&self) -> &DynStorage {
@@ -217,10 +239,7 @@ impl Repository {
 
     /// The AEAD for one purpose (`info`), or none in an unencrypted stanza.
     fn purpose_cipher(&self, info: &[u8]) -> Cipher {
-        match self.config.encryption {
-            Encryption::None => Cipher::Plain,
-            Encryption::Aes256Gcm => Cipher::aes(&crypto::derive_subkey(&self.master, info)),
-        }
+        purpose_cipher(self.config.encryption, &self.master, info)
     }
 
     /// Reads packs by place (restore; a diff or incr reading its parent's blobs).

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::format::{ChunkId, INFO_WAL, WAL_MAGIC, WAL_PREFIX};
 use super::{blob, Repository};
 use crate::error::{Error, Result, StorageErrorKind};
+use crate::pg::wal::WalFile;
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +123,22 @@ impl Repository {
             Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Delete archived WAL files by name (expiry), a few at a time.
+    pub(crate) async fn delete_wal(&self, names: &[(String, u64)]) -> Result<super::gc::Deleted> {
+        let mut keys = Vec::with_capacity(names.len());
+        for (name, size) in names {
+            let file = WalFile::parse(name).ok_or_else(|| Error::Internal(format!("{name} is not a WAL file name")))?;
+            keys.push((wal_key(file.timeline(), name), *size));
+        }
+        self.delete_all(keys.into_iter()).await
+    }
+
+    /// Every archived file's name and size.
+    pub(crate) async fn list_wal_sized(&self) -> Result<Vec<(String, u64)>> {
+        let objects = self.storage().list(WAL_PREFIX).await?;
+        Ok(objects.into_iter().filter_map(|o| Some((o.key.rsplit('/').next()?.to_string(), o.size))).collect())
     }
 
     /// The names of every archived file (a listing: it may miss what was just pushed).

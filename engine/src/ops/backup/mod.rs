@@ -30,6 +30,7 @@ use crate::repo::backup_writer::BackupWriter;
 use crate::repo::blob;
 use crate::repo::blocklist::{BlockLocation, DeltaBase};
 use crate::repo::format::{ChunkId, FileEntry, FileKind, Manifest, Tablespace, FORMAT_VERSION};
+use crate::repo::lock::StanzaLock;
 use crate::repo::Repository;
 use worker::{process_batch, BatchTask, BlockCtx, BlockDone, BlockPlace, Outcome, PendingBlock};
 
@@ -309,6 +310,13 @@ impl<'r> Builder<'r> {
 /// Take a backup of `req.pg` into `repo`: stream BASE_BACKUP, store its blocks, and
 /// make the backup visible only once everything it needs is durable.
 pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSummary> {
+    // Under the stanza lock: one backup at a time, and never during expire.
+    let lock = StanzaLock::acquire(repo, "backup").await?;
+    let result = take_backup(repo, req, &lock).await;
+    lock.release_after(result).await
+}
+
+async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) -> Result<BackupSummary> {
     let started = Instant::now();
     let start_time = chrono::Utc::now();
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
@@ -320,6 +328,7 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     // Not only the visible backups: a killed one may have left block list parts
     // under a label of this very second (found by the kill -9 fault matrix).
     let label = lineage.new_label(&repo.labels_in_use().await?).await;
+    lock.set_label(&label);
     let parent_blocks = lineage.parent.as_ref().map(|p| ParentBlocks::new(repo, p));
     let mut b = Builder::new(repo, &label, req.compress_level, parent_blocks, req.progress.clone());
     let mut streamed = stream_base_backup(&mut conn, req, &label, include_wal, &mut b).await?;

@@ -1,0 +1,267 @@
+//! expire: apply the retention policy (or `--set`) under the stanza lock — plan,
+//! say what goes and why, then delete in the order repository-format.md §8.2 fixes.
+
+mod policy;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use policy::{Candidate, Reason};
+pub use policy::{FullRetention, RetentionPolicy};
+
+use crate::error::{Error, Result};
+use crate::ops::info::{info, BackupStatus, InfoReport};
+use crate::ops::lineage::BackupType;
+use crate::pg::wal::WalFile;
+use crate::repo::gc::Deleted;
+use crate::repo::lock::StanzaLock;
+use crate::repo::Repository;
+
+/// What `expire` takes.
+#[derive(Debug, Clone, Default)]
+pub struct ExpireRequest {
+    /// The retention policy (unset: nothing is expired by policy).
+    pub policy: RetentionPolicy,
+    /// Expire this backup (and the backups that depend on it) instead of applying
+    /// the policy to backups; WAL still follows what is kept.
+    pub set: Option<String>,
+    /// Plan and report, delete nothing.
+    pub dry_run: bool,
+}
+
+/// One backup's fate.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpireDecision {
+    /// The backup's label.
+    pub label: String,
+    /// "full", "diff", "incr", or "unknown" when its summary cannot be read.
+    #[serde(rename = "type")]
+    pub backup_type: String,
+    /// Expired (or, with dry-run, would be).
+    pub expired: bool,
+    /// The rule that keeps it, when kept.
+    pub kept_by: Option<String>,
+}
+
+/// The WAL expired on one timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalExpiry {
+    /// The timeline.
+    pub timeline: u32,
+    /// The first file removed.
+    pub first: String,
+    /// The last file removed.
+    pub last: String,
+    /// How many files.
+    pub files: u64,
+}
+
+/// What expire did (or would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpireReport {
+    /// Nothing was deleted: a plan only.
+    pub dry_run: bool,
+    /// Whether a retention policy was set (without one, only `--set` expires backups).
+    pub policy_set: bool,
+    /// Every backup, oldest first.
+    pub backups: Vec<ExpireDecision>,
+    /// WAL removed, per timeline.
+    pub wal: Vec<WalExpiry>,
+    /// Objects deleted (backups, their packs and index objects, WAL, leftovers).
+    pub deleted_objects: u64,
+    /// Bytes those objects held.
+    pub deleted_bytes: u64,
+    /// Deletes that failed (object and why); the next expire retries them.
+    pub failures: Vec<String>,
+}
+
+/// Apply the retention policy to `repo` under the stanza lock.
+pub async fn expire(repo: &Repository, req: &ExpireRequest) -> Result<ExpireReport> {
+    req.policy.validate()?;
+    let lock = StanzaLock::acquire(repo, "expire").await?;
+    let result = expire_locked(repo, req).await;
+    lock.release_after(result).await
+}
+
+/// Expire with the lock already held (by expire, or by backup after its commit).
+pub(crate) async fn expire_locked(repo: &Repository, req: &ExpireRequest) -> Result<ExpireReport> {
+    let report = info(repo).await?;
+    let plan = Plan::new(repo, &report, req).await?;
+    let mut out = plan.report(req);
+    if !req.dry_run {
+        plan.execute(repo, &mut out).await;
+    }
+    Ok(out)
+}
+
+/// What will go: backups (with why the others stay) and WAL files.
+struct Plan {
+    labels: Vec<String>,
+    types: Vec<String>,
+    reasons: Vec<Reason>,
+    wal: Vec<(String, u64)>,
+}
+
+impl Plan {
+    async fn new(repo: &Repository, report: &InfoReport, req: &ExpireRequest) -> Result<Plan> {
+        let (candidates, unreadable) = candidates(report);
+        let reasons = match &req.set {
+            Some(label) => expire_set(&candidates, label)?,
+            None if req.policy.is_set() => policy::decide(&req.policy, &candidates, chrono::Utc::now())?,
+            None => vec![Some("no retention policy set".into()); candidates.len()],
+        };
+        let kept: Vec<&Candidate> =
+            candidates.iter().zip(&reasons).filter(|(_, r)| r.is_some()).map(|(c, _)| c).collect();
+        let seg_size = repo.config().wal_segment_size;
+        // With no policy and no --set nothing goes, WAL included.
+        let wal = if req.set.is_none() && !req.policy.is_set() {
+            Vec::new()
+        } else {
+            let names = repo.list_wal_sized().await?;
+            let sizes: HashMap<String, u64> = names.iter().cloned().collect();
+            let all: Vec<String> = names.into_iter().map(|(n, _)| n).collect();
+            let window = policy::window_start(&req.policy, &kept);
+            let mut gone = policy::wal_to_delete(&all, &kept, window, seg_size);
+            gone.sort();
+            gone.into_iter().map(|n| (n.clone(), sizes.get(&n).copied().unwrap_or(0))).collect()
+        };
+        let mut labels: Vec<String> = candidates.iter().map(|c| c.label.clone()).collect();
+        let mut types: Vec<String> = candidates.iter().map(|c| c.kind.as_str().to_string()).collect();
+        let mut reasons = reasons;
+        for label in unreadable {
+            labels.push(label);
+            types.push("unknown".into());
+            reasons.push(Some("its summary cannot be read: never expired unread (run verify)".into()));
+        }
+        Ok(Plan { labels, types, reasons, wal })
+    }
+
+    fn report(&self, req: &ExpireRequest) -> ExpireReport {
+        let backups = (0..self.labels.len())
+            .map(|i| ExpireDecision {
+                label: self.labels[i].clone(),
+                backup_type: self.types[i].clone(),
+                expired: self.reasons[i].is_none(),
+                kept_by: self.reasons[i].clone(),
+            })
+            .collect();
+        ExpireReport {
+            dry_run: req.dry_run,
+            policy_set: req.policy.is_set(),
+            backups,
+            wal: wal_ranges(&self.wal),
+            deleted_objects: 0,
+            deleted_bytes: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Newest expired backup first (a child goes before its parent), then what
+    /// killed backups and interrupted expires left, then the WAL. A failure is
+    /// recorded and the rest goes on: what failed stays consistent and is retried.
+    async fn execute(&self, repo: &Repository, out: &mut ExpireReport) {
+        let mut deleted = Deleted::default();
+        let mut record = |r: Result<Deleted>, what: &str, out: &mut ExpireReport| match r {
+            Ok(d) => deleted += d,
+            Err(e) => out.failures.push(format!("{what}: {e}")),
+        };
+        for (label, reason) in self.labels.iter().zip(&self.reasons).rev() {
+            if reason.is_none() {
+                tracing::info!("expiring backup {label}");
+                record(repo.delete_backup(label).await, &format!("backup {label}"), out);
+            }
+        }
+        match leftover_labels(repo).await {
+            Ok(labels) => {
+                for label in labels {
+                    record(repo.delete_backup_leftovers(&label).await, &format!("leftovers of {label}"), out);
+                }
+            }
+            Err(e) => out.failures.push(format!("listing leftovers: {e}")),
+        }
+        record(repo.delete_wal(&self.wal).await, "WAL", out);
+        out.deleted_objects = deleted.objects;
+        out.deleted_bytes = deleted.bytes;
+    }
+}
+
+/// The policy's view of each backup with a readable summary, and the labels of
+/// those without one.
+fn candidates(report: &InfoReport) -> (Vec<Candidate>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut unreadable = Vec::new();
+    for b in &report.backups {
+        let Some(d) = &b.details else {
+            unreadable.push(b.label.clone());
+            continue;
+        };
+        let kind = match d.backup_type.as_str() {
+            "diff" => BackupType::Diff,
+            "incr" => BackupType::Incr,
+            _ => BackupType::Full,
+        };
+        let stop_time =
+            chrono::DateTime::parse_from_rfc3339(&d.stop_time).map_or_else(|_| chrono::Utc::now(), |t| t.to_utc());
+        out.push(Candidate {
+            label: b.label.clone(),
+            kind,
+            parent: d.parent.clone(),
+            stop_time,
+            start_lsn: d.start_lsn,
+            stop_lsn: d.stop_lsn,
+            timeline: d.timeline,
+            usable: b.status == BackupStatus::Ok,
+        });
+    }
+    (out, unreadable)
+}
+
+/// `--set=LABEL`: that backup and every backup that depends on it; never the newest.
+fn expire_set(backups: &[Candidate], label: &str) -> Result<Vec<Reason>> {
+    let Some(target) = backups.iter().position(|b| b.label == label) else {
+        let listed = backups.iter().map(|b| b.label.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(Error::misconfigured(
+            crate::error::Misconfig::Request,
+            format!("--set={label}: no such backup"),
+            format!("backups: {listed}"),
+        ));
+    };
+    let mut doomed: HashSet<&str> = HashSet::from([label]);
+    for b in &backups[target..] {
+        if b.parent.as_deref().is_some_and(|p| doomed.contains(p)) {
+            doomed.insert(&b.label);
+        }
+    }
+    if backups.last().is_some_and(|newest| doomed.contains(newest.label.as_str())) {
+        let problem = format!("--set={label} would expire the newest backup");
+        let hint = "take a new backup first; the newest backup is never expired";
+        return Err(Error::misconfigured(crate::error::Misconfig::Request, problem, hint));
+    }
+    Ok(backups.iter().map(|b| (!doomed.contains(b.label.as_str())).then(|| format!("not --set={label}"))).collect())
+}
+
+/// Labels with objects but no manifest.
+async fn leftover_labels(repo: &Repository) -> Result<Vec<String>> {
+    let visible: HashSet<String> = repo.list_backups().await?.into_iter().collect();
+    Ok(repo.labels_in_use().await?.into_iter().filter(|l| !visible.contains(l)).collect())
+}
+
+fn wal_ranges(files: &[(String, u64)]) -> Vec<WalExpiry> {
+    let mut per: BTreeMap<u32, WalExpiry> = BTreeMap::new();
+    for (name, _) in files {
+        let Some(f) = WalFile::parse(name) else { continue };
+        let e = per.entry(f.timeline()).or_insert_with(|| WalExpiry {
+            timeline: f.timeline(),
+            first: name.clone(),
+            last: name.clone(),
+            files: 0,
+        });
+        e.files += 1;
+        e.last.clone_from(name);
+    }
+    per.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,101 @@
+//! Deleting, in the order repository-format.md §8.2 fixes, so that a crash or a
+//! refused delete at any point leaves a repository every reader accepts and the
+//! next expire can finish the job.
+//!
+//! A backup goes: `manifest` first (it disappears at once), then the packs its
+//! summary's index objects list and those index objects, then its block list parts
+//! and `backup_manifest`, and its `summary` last — the summary is how a later run
+//! finds the packs of a backup whose manifest is already gone. Only packs written
+//! by the backup itself are deleted: a kept backup keeps its whole chain, and only
+//! descendants ever name an ancestor's packs, so no kept backup names them.
+
+use futures::{StreamExt, TryStreamExt};
+
+use super::format::*;
+use super::Repository;
+use crate::error::{Error, Result, StorageErrorKind};
+
+/// Deletes in flight at once (S3 deletes are one request each).
+const PARALLEL_DELETES: usize = 16;
+
+/// What a deletion removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Deleted {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Deleted {
+    fn add_assign(&mut self, other: Deleted) {
+        self.objects += other.objects;
+        self.bytes += other.bytes;
+    }
+}
+
+impl Repository {
+    /// Delete one object; an object already gone counts as deleted (a retry of an
+    /// interrupted expire meets those).
+    async fn delete_object(&self, key: &str, size: u64) -> Result<Deleted> {
+        match self.storage.delete(key).await {
+            Ok(()) => Ok(Deleted { objects: 1, bytes: size }),
+            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(Deleted::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Expire a visible backup: its manifest first, then everything else of it.
+    pub(crate) async fn delete_backup(&self, label: &str) -> Result<Deleted> {
+        check_label(label)?;
+        let mut deleted = self.delete_object(&manifest_key(label), 0).await?;
+        deleted += self.delete_backup_leftovers(label).await?;
+        Ok(deleted)
+    }
+
+    /// Delete what is left of a backup without a manifest: one being expired when a
+    /// previous expire stopped, or one killed before it committed. Its packs are
+    /// found through its summary; a backup killed before writing one leaves packs
+    /// that this cannot find (they are never read: no index a backup names lists them).
+    pub(crate) async fn delete_backup_leftovers(&self, label: &str) -> Result<Deleted> {
+        check_label(label)?;
+        let mut deleted = Deleted::default();
+        let summary_key = summary_key(label);
+        let summary: Option<Summary> = match self.get_meta(&summary_key).await {
+            Ok(s) => Some(s),
+            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        for index in summary.iter().flat_map(|s| s.indexes.iter()) {
+            deleted += self.delete_index_and_packs(index).await?;
+        }
+        let prefix = format!("{BACKUP_PREFIX}{label}/");
+        let objects = self.storage.list(&prefix).await?;
+        let others = objects.iter().filter(|o| o.key != summary_key && o.key != manifest_key(label));
+        deleted += self.delete_all(others.map(|o| (o.key.clone(), o.size))).await?;
+        deleted += self.delete_object(&summary_key, 0).await?;
+        Ok(deleted)
+    }
+
+    /// The packs an index object lists, then the index object itself.
+    async fn delete_index_and_packs(&self, index: &str) -> Result<Deleted> {
+        let key = index_key(index);
+        let file: IndexFile = match self.get_meta(&key).await {
+            Ok(f) => f,
+            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => return Ok(Deleted::default()),
+            Err(e) => return Err(e),
+        };
+        let mut deleted = self.delete_all(file.packs.iter().map(|p| (pack_key(&p.id), p.size))).await?;
+        deleted += self.delete_object(&key, 0).await?;
+        Ok(deleted)
+    }
+
+    /// Delete `objects` (key, size), a few at a time; the first failure stops it.
+    pub(crate) async fn delete_all(&self, objects: impl Iterator<Item = (String, u64)>) -> Result<Deleted> {
+        futures::stream::iter(objects.map(|(key, size)| async move { self.delete_object(&key, size).await }))
+            .buffer_unordered(PARALLEL_DELETES)
+            .try_fold(Deleted::default(), |mut sum, d| async move {
+                sum += d;
+                Ok::<_, Error>(sum)
+            })
+            .await
+    }
+}

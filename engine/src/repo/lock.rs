@@ -1,0 +1,293 @@
+//! The stanza lock (repository-format.md §8.1): backup, expire and stanza-delete of
+//! one stanza exclude each other, on any storage, with nothing but create-only
+//! writes, reads, listings and deletes (S3 has no locks).
+//!
+//! `lock/holder` names the holder (owner id, host, pid, command, start); while it
+//! runs, the holder writes `lock/beat-<owner>-<unix seconds>` every
+//! [`HEARTBEAT`] and deletes the previous one. A holder is stale when its process is
+//! gone (same host) or its newest heartbeat is older than its `stale_after`; a
+//! contender then removes the stale lock and tries again. Both objects are sealed
+//! metadata: a lock is authenticated like everything else read back.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::Repository;
+use crate::error::{Error, Result, StorageErrorKind};
+
+const HOLDER_KEY: &str = "lock/holder";
+const BEAT_PREFIX: &str = "lock/beat-";
+/// How often a holder proves it is alive.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(30);
+/// How long without a heartbeat makes a holder stale: ten missed beats, which also
+/// absorbs clock skew between hosts of a few minutes.
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(300);
+
+/// `lock/holder`'s payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LockHolder {
+    /// Random id of this holding (beats carry it).
+    pub owner: String,
+    pub host: String,
+    pub pid: i32,
+    /// The command that holds it: "backup", "expire", "stanza-delete".
+    pub command: String,
+    /// Unix seconds when it was taken.
+    pub started: u64,
+    /// Seconds without a heartbeat after which the holder counts as gone.
+    pub stale_after: u64,
+}
+
+/// A heartbeat's payload: what the holder is doing now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Beat {
+    /// The backup label, once chosen.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    label: Option<String>,
+}
+
+/// A held lock. Callers pass the result of their work to
+/// [`StanzaLock::release_after`], so it is released on every path; if the process
+/// dies instead, the lock goes stale.
+pub(crate) struct StanzaLock {
+    repo: Repository,
+    holder: LockHolder,
+    label: Arc<Mutex<Option<String>>>,
+    beats: JoinHandle<()>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn beat_key(owner: &str, secs: u64) -> String {
+    format!("{BEAT_PREFIX}{owner}-{secs:012}")
+}
+
+/// (owner, seconds) of a heartbeat key.
+fn parse_beat(key: &str) -> Option<(&str, u64)> {
+    let (owner, secs) = key.strip_prefix(BEAT_PREFIX)?.rsplit_once('-')?;
+    Some((owner, secs.parse().ok()?))
+}
+
+impl StanzaLock {
+    /// Take the lock, or fail with [`Error::Locked`] naming the live holder.
+    pub(crate) async fn acquire(repo: &Repository, command: &str) -> Result<Self> {
+        let stale_after = STALE_AFTER;
+        let holder = LockHolder {
+            owner: hex::encode(crate::crypto::random_bytes::<8>()),
+            host: crate::fsutil::hostname(),
+            pid: std::process::id() as i32,
+            command: command.to_string(),
+            started: unix_now(),
+            stale_after: stale_after.as_secs(),
+        };
+        // Two rounds: the second after removing a stale holder (or one that let go).
+        for _ in 0..2 {
+            match repo.put_meta(HOLDER_KEY, &holder).await {
+                Ok(()) => return Ok(Self::started(repo, holder).await),
+                Err(e) if e.storage_kind() == Some(StorageErrorKind::AlreadyExists) => {}
+                Err(e) => return Err(e),
+            }
+            let Some(other) = read_holder(repo).await? else { continue };
+            let last_beat = newest_beat(repo, &other).await?;
+            match staleness(&other, &last_beat) {
+                Some(why) => {
+                    tracing::warn!(
+                        "stanza {}: removing the stale lock of {} (pid {} on {}): {why}",
+                        repo.config().stanza,
+                        other.command,
+                        other.pid,
+                        other.host
+                    );
+                    remove_lock(repo, &other.owner).await?;
+                }
+                None => return Err(locked_error(repo, other, last_beat).await),
+            }
+        }
+        Err(Error::Internal("the stanza lock changed hands twice while being taken".into()))
+    }
+
+    async fn started(repo: &Repository, holder: LockHolder) -> Self {
+        let label = Arc::new(Mutex::new(None::<String>));
+        let beats = tokio::spawn(heartbeats(repo.clone(), holder.owner.clone(), label.clone()));
+        StanzaLock { repo: repo.clone(), holder, label, beats }
+    }
+
+    /// Say which backup the holder is taking (shown to anyone the lock refuses).
+    pub(crate) fn set_label(&self, label: &str) {
+        *self.label.lock().unwrap_or_else(PoisonError::into_inner) = Some(label.to_string());
+    }
+
+    /// Release the lock and hand back `result` (a failed release only matters when
+    /// the work itself succeeded: the lock then goes stale on its own).
+    pub(crate) async fn release_after<T>(self, result: Result<T>) -> Result<T> {
+        let released = self.release().await;
+        let value = result?;
+        released.map(|()| value)
+    }
+
+    /// Stop the heartbeats and remove the lock.
+    pub(crate) async fn release(self) -> Result<()> {
+        self.beats.abort();
+        let _ = self.beats.await;
+        remove_lock(&self.repo, &self.holder.owner).await
+    }
+}
+
+/// Write a heartbeat now and every [`HEARTBEAT`], removing the one before.
+async fn heartbeats(repo: Repository, owner: String, label: Arc<Mutex<Option<String>>>) {
+    let mut previous: Option<String> = None;
+    loop {
+        let beat = Beat { label: label.lock().unwrap_or_else(PoisonError::into_inner).clone() };
+        let key = beat_key(&owner, unix_now());
+        if previous.as_deref() != Some(key.as_str()) {
+            match repo.put_meta(&key, &beat).await {
+                Ok(()) => {
+                    if let Some(old) = previous.replace(key) {
+                        let _ = repo.storage().delete(&old).await;
+                    }
+                }
+                Err(e) => tracing::warn!("stanza lock heartbeat not written: {e}"),
+            }
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+async fn read_holder(repo: &Repository) -> Result<Option<LockHolder>> {
+    match repo.get_meta::<LockHolder>(HOLDER_KEY).await {
+        Ok(h) => Ok(Some(h)),
+        Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The newest heartbeat of `holder`: (unix seconds, key).
+async fn newest_beat(repo: &Repository, holder: &LockHolder) -> Result<Option<(u64, String)>> {
+    let listed = repo.storage().list(BEAT_PREFIX).await?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|o| {
+            let (owner, secs) = parse_beat(&o.key)?;
+            (owner == holder.owner).then_some((secs, o.key.clone()))
+        })
+        .max())
+}
+
+/// Why `holder` no longer holds the lock, or `None` while it may be alive.
+fn staleness(holder: &LockHolder, last_beat: &Option<(u64, String)>) -> Option<String> {
+    if holder.host == crate::fsutil::hostname() && !crate::fsutil::process_alive(holder.pid) {
+        return Some("its process is gone".into());
+    }
+    let alive_at = last_beat.as_ref().map_or(holder.started, |(secs, _)| (*secs).max(holder.started));
+    let silent = unix_now().saturating_sub(alive_at);
+    (silent > holder.stale_after).then(|| format!("no heartbeat for {silent} s"))
+}
+
+/// Remove `owner`'s heartbeats, then its holder object (only if it is still theirs).
+async fn remove_lock(repo: &Repository, owner: &str) -> Result<()> {
+    for o in repo.storage().list(BEAT_PREFIX).await? {
+        if parse_beat(&o.key).is_some_and(|(o_owner, _)| o_owner == owner) {
+            delete_if_present(repo, &o.key).await?;
+        }
+    }
+    if read_holder(repo).await?.is_some_and(|h| h.owner == owner) {
+        delete_if_present(repo, HOLDER_KEY).await?;
+    }
+    Ok(())
+}
+
+async fn delete_if_present(repo: &Repository, key: &str) -> Result<()> {
+    match repo.storage().delete(key).await {
+        Err(e) if e.storage_kind() != Some(StorageErrorKind::NotFound) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn locked_error(repo: &Repository, holder: LockHolder, last_beat: Option<(u64, String)>) -> Error {
+    let label = match &last_beat {
+        Some((_, key)) => repo.get_meta::<Beat>(key).await.ok().and_then(|b| b.label),
+        None => None,
+    };
+    let started = chrono::DateTime::from_timestamp(holder.started as i64, 0)
+        .map_or_else(|| holder.started.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    Error::Locked {
+        stanza: repo.config().stanza.clone(),
+        command: holder.command,
+        host: holder.host,
+        pid: holder.pid,
+        label,
+        started,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::tests::test_repo;
+    use crate::storage::Storage;
+
+    /// A second taker is refused with the holder's details; after release the lock
+    /// is free again, and nothing of the first holding is left.
+    #[tokio::test]
+    async fn excludes_then_releases() {
+        let (mem, repo) = test_repo(false).await;
+        let first = StanzaLock::acquire(&repo, "backup").await.unwrap();
+        first.set_label("20260101-000000F");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = StanzaLock::acquire(&repo, "expire").await.err().unwrap();
+        let text = refused.to_string();
+        assert!(matches!(refused, Error::Locked { .. }), "{text}");
+        assert!(text.contains("backup") && text.contains(&std::process::id().to_string()), "{text}");
+        first.release().await.unwrap();
+        let left = mem.list("lock/").await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
+        StanzaLock::acquire(&repo, "expire").await.unwrap().release().await.unwrap();
+    }
+
+    /// A holder on another host that stopped beating is taken over after its
+    /// stale_after; one that beats is not.
+    #[tokio::test]
+    async fn a_silent_holder_on_another_host_goes_stale() {
+        let (_mem, repo) = test_repo(false).await;
+        let old = unix_now() - 1000;
+        let holder = LockHolder {
+            owner: "feedfeedfeedfeed".into(),
+            host: "elsewhere.example".into(),
+            pid: 1,
+            command: "backup".into(),
+            started: old,
+            stale_after: 300,
+        };
+        repo.put_meta(HOLDER_KEY, &holder).await.unwrap();
+        repo.put_meta(&beat_key(&holder.owner, unix_now()), &Beat::default()).await.unwrap();
+        assert!(matches!(StanzaLock::acquire(&repo, "expire").await, Err(Error::Locked { .. })));
+
+        remove_lock(&repo, &holder.owner).await.unwrap();
+        repo.put_meta(HOLDER_KEY, &holder).await.unwrap();
+        repo.put_meta(&beat_key(&holder.owner, old + 10), &Beat::default()).await.unwrap();
+        let taken = StanzaLock::acquire(&repo, "expire").await.unwrap();
+        assert_eq!(read_holder(&repo).await.unwrap().unwrap().command, "expire");
+        taken.release().await.unwrap();
+    }
+
+    /// Same host, process gone (kill -9): stale at once.
+    #[tokio::test]
+    async fn a_dead_local_holder_is_stale_at_once() {
+        let (_mem, repo) = test_repo(false).await;
+        let holder = LockHolder {
+            owner: "0123456789abcdef".into(),
+            host: crate::fsutil::hostname(),
+            pid: i32::MAX - 1,
+            command: "backup".into(),
+            started: unix_now(),
+            stale_after: 300,
+        };
+        repo.put_meta(HOLDER_KEY, &holder).await.unwrap();
+        StanzaLock::acquire(&repo, "backup").await.unwrap().release().await.unwrap();
+    }
+}
