@@ -100,6 +100,24 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Remove the backups and WAL the retention policy no longer keeps (says what and why first).
+    Expire {
+        /// Expire this backup and the backups that depend on it (never the newest).
+        #[arg(long)]
+        set: Option<String>,
+        /// Print the plan, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// text for people, json for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete the stanza: every backup and WAL file in it (needs --force).
+    StanzaDelete {
+        /// Really delete it.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 impl Command {
@@ -113,6 +131,8 @@ impl Command {
             Command::ArchivePush { .. } => Cmd::ArchivePush,
             Command::ArchiveGet { .. } => Cmd::ArchiveGet,
             Command::KeyFile { .. } => Cmd::KeyFile,
+            Command::Expire { .. } => Cmd::Expire,
+            Command::StanzaDelete { .. } => Cmd::StanzaDelete,
         }
     }
 }
@@ -259,6 +279,8 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Expire { set, dry_run, output } => return expire(r, common, set, *dry_run, *output).await,
+        Command::StanzaDelete { force } => stanza_delete(r, common, *force).await?,
         Command::KeyFile { output } => {
             common.access()?.open().await?.write_key_file(output)?;
             println!(
@@ -312,6 +334,7 @@ async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Resul
         archive_check: settings.archive_check,
         archive_copy: settings.archive_copy,
         archive_timeout: settings.archive_timeout,
+        expire: settings.expire.clone(),
     };
     let sum = pgcairn::backup(&repo, &req).await?;
     typed::clear_prefetch(&settings, common);
@@ -328,6 +351,48 @@ async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Resul
         sum.seconds
     );
     println!("{}", sum.label);
+    if let Some(report) = &sum.expire {
+        output::print_expire(report);
+    }
+    if let Some(e) = &sum.expire_error {
+        eprintln!(
+            "warning: the backup succeeded, but expiring by the retention policy failed: {e}; run `pgcairn expire`"
+        );
+    }
+    Ok(())
+}
+
+async fn expire(r: &Resolved, common: &Common, set: &Option<String>, dry_run: bool, out: Output) -> Result<ExitCode> {
+    let req = pgcairn::ExpireRequest { policy: typed::retention(r)?, set: set.clone(), dry_run };
+    let report = pgcairn::expire(&common.access()?.open().await?, &req).await?;
+    if out == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        output::print_expire(&report);
+    }
+    // Deletes that failed left a consistent repository; the next run retries them.
+    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(pgcairn::exit::STORAGE) })
+}
+
+async fn stanza_delete(r: &Resolved, common: &Common, force: bool) -> Result<()> {
+    let req = pgcairn::StanzaDeleteRequest { force, pg: typed::StanzaDelete::from(r)?.pg };
+    let report = match common.access()?.open().await {
+        Ok(repo) => pgcairn::stanza_delete(&repo, &req).await?,
+        // A stanza-delete that stopped after removing the config: finish it.
+        Err(Error::RepoNotInitialised { .. }) if force => {
+            pgcairn::stanza_delete_leftovers(common.storage()?, &common.stanza).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(w) = &report.still_archiving {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "stanza {} deleted: {} objects, {}",
+        common.stanza,
+        report.deleted_objects,
+        output::human(report.deleted_bytes)
+    );
     Ok(())
 }
 

@@ -16,6 +16,30 @@ pub(crate) fn human(bytes: u64) -> String {
     }
 }
 
+/// expire's plan or result: each backup's fate, the WAL removed, what failed.
+pub(crate) fn print_expire(r: &pgcairn::ExpireReport) {
+    if !r.policy_set && r.backups.iter().all(|b| !b.expired) {
+        println!("expire: no retention policy set (retention-full, retention-keep-*): nothing expired");
+        return;
+    }
+    let verb = if r.dry_run { "would expire" } else { "expired" };
+    for b in &r.backups {
+        match &b.kept_by {
+            None => println!("{verb} {} backup {}", b.backup_type, b.label),
+            Some(why) => println!("kept {} backup {}: {why}", b.backup_type, b.label),
+        }
+    }
+    for w in &r.wal {
+        println!("{verb} WAL on timeline {}: {} files, {} .. {}", w.timeline, w.files, w.first, w.last);
+    }
+    if !r.dry_run {
+        println!("expire: {} objects deleted, {}", r.deleted_objects, human(r.deleted_bytes));
+    }
+    for f in &r.failures {
+        eprintln!("could not delete {f}; the repository is consistent and the next expire retries it");
+    }
+}
+
 pub(crate) fn print_info(r: &pgcairn::InfoReport) {
     println!("stanza: {}", r.stanza);
     println!("    repository: {} (format {})", r.repo, r.format_version);

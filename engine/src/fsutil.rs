@@ -49,11 +49,16 @@ impl DurableFile {
         Ok(Self { tmp, dest: dest.to_path_buf(), file: Some(file) })
     }
 
+    // Invariant: `file` is Some from `open` until `commit`, which consumes the handle.
+    #[allow(clippy::expect_used)]
     pub(crate) fn file(&mut self) -> &mut File {
         self.file.as_mut().expect("file is open until commit")
     }
 
     /// fsync the data, move it into place, fsync the directory.
+    // Invariant: `file` is Some from `open` on, and this is the only place that takes
+    // it; `commit` consumes the handle, so it runs once.
+    #[allow(clippy::expect_used)]
     pub(crate) fn commit(mut self, mode: Commit) -> io::Result<()> {
         let file = self.file.take().expect("commit once");
         file.sync_all()?;

@@ -12,6 +12,7 @@ fn value_name(kind: Kind) -> &'static str {
         Kind::Bool => "BOOL",
         Kind::Size => "SIZE",
         Kind::Seconds => "SECONDS",
+        Kind::Count => "N",
         Kind::Zstd => "LEVEL",
         Kind::Choice(_) => "WORD",
         Kind::Stanza => "NAME",

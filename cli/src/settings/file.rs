@@ -137,7 +137,7 @@ mod tests {
         assert!(err("nope = 1").contains("unknown key nope"));
         assert!(err("[stanza.main]\nnope = 1").contains("unknown key nope"));
         assert!(err("repo = [1]").contains("array"));
-        assert!(err("[stanza]\nmain = 1").contains("must be a table"));
+        assert!(err("[stanza]\nmain = 1").contains("is not a table"));
     }
 
     proptest::proptest! {

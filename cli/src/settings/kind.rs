@@ -17,6 +17,7 @@ pub enum Value {
     Bool(bool),
     Size(u64),
     Seconds(Duration),
+    Count(u32),
     Zstd(i32),
     Choice(&'static str),
     Stanza(String),
@@ -35,6 +36,10 @@ pub fn parse(kind: Kind, text: &str) -> Result<Value, String> {
         Kind::Seconds => Value::Seconds(Duration::from_secs(
             text.trim().parse().map_err(|_| "is not a whole number of seconds".to_string())?,
         )),
+        Kind::Count => match text.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Value::Count(n),
+            _ => return Err("is not a count: use a whole number, 1 or more".into()),
+        },
         Kind::Zstd => match text.trim().parse::<i32>() {
             Ok(n) if (-7..=19).contains(&n) && n != 0 => Value::Zstd(n),
             _ => return Err("is not a zstd level: use 1 (fast) to 19 (small), or -1 to -7 (faster still)".into()),
@@ -98,6 +103,7 @@ from_value!(bool, Bool);
 from_value!(u64, Size);
 from_value!(Duration, Seconds);
 from_value!(i32, Zstd);
+from_value!(u32, Count);
 from_value!(&'static str, Choice);
 from_value!(RepoLocation, Repo);
 

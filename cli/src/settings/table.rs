@@ -15,10 +15,12 @@ pub enum Cmd {
     ArchivePush,
     ArchiveGet,
     KeyFile,
+    Expire,
+    StanzaDelete,
 }
 
 impl Cmd {
-    pub const ALL: [Cmd; 8] = [
+    pub const ALL: [Cmd; 10] = [
         Cmd::StanzaCreate,
         Cmd::Backup,
         Cmd::Restore,
@@ -27,6 +29,8 @@ impl Cmd {
         Cmd::ArchivePush,
         Cmd::ArchiveGet,
         Cmd::KeyFile,
+        Cmd::Expire,
+        Cmd::StanzaDelete,
     ];
 
     /// The subcommand's name on the command line.
@@ -40,6 +44,8 @@ impl Cmd {
             Cmd::ArchivePush => "archive-push",
             Cmd::ArchiveGet => "archive-get",
             Cmd::KeyFile => "key-file",
+            Cmd::Expire => "expire",
+            Cmd::StanzaDelete => "stanza-delete",
         }
     }
 }
@@ -63,6 +69,8 @@ pub enum Kind {
     Size,
     /// A whole number of seconds.
     Seconds,
+    /// A whole number, 1 or more.
+    Count,
     /// A zstd level: 1 to 19, or -1 to -7.
     Zstd,
     /// One of these words.
@@ -141,7 +149,9 @@ use Cmd::*;
 use Forward::{Always, Given, Never};
 
 const GLOBAL: Scope = Scope::Global;
-const WITH_PG: Scope = Scope::Only(&[StanzaCreate, Backup, Check]);
+const WITH_PG: Scope = Scope::Only(&[StanzaCreate, Backup, Check, StanzaDelete]);
+/// The retention policy: expire applies it, backup too (expire-auto), info shows it.
+const RETENTION: Scope = Scope::Only(&[Backup, Expire, Info]);
 
 /// Every setting. Order: global ones first, then by command; help and docs follow it.
 pub const SETTINGS: &[Setting] = &[
@@ -243,6 +253,105 @@ pub const SETTINGS: &[Setting] = &[
         sources: ANY,
         forward: Never,
         help: "directory to restore into: empty or absent, or (with --delta) a stopped data directory",
+    },
+    Setting {
+        name: "retention-full",
+        kind: Kind::Count,
+        default: None,
+        scope: RETENTION,
+        sources: ANY,
+        forward: Never,
+        help: "full backups to keep: a count, or days with retention-full-type = time (unset: keep all)",
+    },
+    Setting {
+        name: "retention-full-type",
+        kind: Kind::Choice(&["count", "time"]),
+        default: Some("count"),
+        scope: RETENTION,
+        sources: ANY,
+        forward: Never,
+        help: "count: the newest N fulls; time: the fulls needed to restore to any point of the last N days",
+    },
+    Setting {
+        name: "retention-diff",
+        kind: Kind::Count,
+        default: None,
+        scope: RETENTION,
+        sources: ANY,
+        forward: Never,
+        help: "differential backups to keep, of the kept fulls (unset: all of them); an incr goes with its parent",
+    },
+    Setting {
+        name: "retention-keep-daily",
+        kind: Kind::Count,
+        default: None,
+        scope: RETENTION,
+        sources: ANY,
+        forward: Never,
+        help: "also keep the newest backup of each of the last N days that have one",
+    },
+    Setting {
+        name: "retention-keep-weekly",
+        kind: Kind::Count,
+        default: None,
+        scope: RETENTION,
+        sources: ANY,
+        forward: Never,
+        help: "also keep the newest backup of each of the last N ISO weeks that have one",
+    },
+    Setting {
+        name: "retention-keep-monthly",
+        kind: Kind::Count,
+        default: None,
+        scope: RETENTION,
+        sources: ANY,
+        forward: Never,
+        help: "also keep the newest backup of each of the last N months that have one",
+    },
+    Setting {
+        name: "retention-keep-yearly",
+        kind: Kind::Count,
+        default: None,
+        scope: RETENTION,
+        sources: ANY,
+        forward: Never,
+        help: "also keep the newest backup of each of the last N years that have one",
+    },
+    Setting {
+        name: "retention-time-zone",
+        kind: Kind::Text,
+        default: Some("UTC"),
+        scope: RETENTION,
+        sources: ANY,
+        forward: Never,
+        help: "IANA time zone of the retention-keep-* calendar (e.g. Europe/Paris)",
+    },
+    Setting {
+        name: "retention-archive",
+        kind: Kind::Count,
+        default: None,
+        scope: RETENTION,
+        sources: ANY,
+        forward: Never,
+        help: "keep point-in-time WAL from the Nth newest kept backup of retention-archive-type on (unset: from the oldest kept backup); older kept backups keep only the WAL they need",
+    },
+    Setting {
+        name: "retention-archive-type",
+        kind: Kind::Choice(&["full", "diff", "incr"]),
+        default: Some("full"),
+        scope: RETENTION,
+        sources: ANY,
+        forward: Never,
+        help: "which backups retention-archive counts (diff counts fulls and diffs, incr all)",
+    },
+    Setting {
+        name: "expire-auto",
+        kind: Kind::Bool,
+        default: Some("true"),
+        scope: Scope::Only(&[Backup]),
+        sources: ANY,
+        forward: Never,
+        help: "expire by the retention policy after each successful backup, under the same lock",
     },
     Setting {
         name: "compress-level",

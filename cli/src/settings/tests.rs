@@ -186,6 +186,29 @@ fn forwarded_flags_come_from_the_table() {
     assert_eq!(r.forwarded(Cmd::ArchivePush), want);
 }
 
+/// The retention settings become a policy; a count of 0, a word that is no count
+/// and an unknown time zone are refused at start-up, naming the setting.
+#[test]
+fn retention_settings_are_checked_at_start_up() {
+    let gfs = [("PGCAIRN_RETENTION_KEEP_DAILY", "7"), ("PGCAIRN_RETENTION_KEEP_WEEKLY", "4")];
+    let p = typed::retention(&run(Cmd::Expire, BASE, &gfs).unwrap()).unwrap();
+    assert_eq!((p.keep_daily, p.keep_weekly, p.keep_monthly, p.time_zone.as_str()), (Some(7), Some(4), None, "UTC"));
+    assert!(p.is_set());
+    for (key, value) in
+        [("PGCAIRN_RETENTION_FULL", "0"), ("PGCAIRN_RETENTION_FULL", "two"), ("PGCAIRN_RETENTION_FULL_TYPE", "age")]
+    {
+        let err = run(Cmd::Expire, BASE, &[(key, value)]).unwrap_err().to_string();
+        assert!(err.contains(&format!("{key}={value}")), "{err}");
+    }
+    let bad_zone =
+        run(Cmd::Expire, BASE, &[("PGCAIRN_RETENTION_FULL", "2"), ("PGCAIRN_RETENTION_TIME_ZONE", "Moon/Base")]);
+    let err = typed::retention(&bad_zone.unwrap()).unwrap_err().to_string();
+    assert!(err.contains("Moon/Base"), "{err}");
+    assert!(
+        run(Cmd::Restore, BASE, &[]).is_ok() && setting("retention-full").is_some_and(|s| !s.applies_to(Cmd::Restore))
+    );
+}
+
 /// Every command's typed settings build from the table (no setting read that the
 /// command does not resolve, none read as the wrong type).
 #[test]
@@ -202,6 +225,8 @@ fn every_command_builds_its_typed_settings() {
             Cmd::Check => drop(typed::Check::from(&r).unwrap()),
             Cmd::ArchivePush => drop(typed::push_request(&r, &common, &[]).unwrap()),
             Cmd::ArchiveGet => drop(typed::get_request(&r, &common).unwrap()),
+            Cmd::Expire => drop(typed::retention(&r).unwrap()),
+            Cmd::StanzaDelete => drop(typed::StanzaDelete::from(&r).unwrap()),
             Cmd::Info | Cmd::KeyFile => {}
         }
     }

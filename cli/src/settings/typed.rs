@@ -82,6 +82,20 @@ fn pg(r: &Resolved) -> Result<ConnParams> {
     ConnParams::resolve(&r.opt::<String>("pg")?.unwrap_or_default())
 }
 
+/// stanza-delete's settings: the cluster only when `pg` is set (it may be gone).
+#[derive(Debug, Clone)]
+pub struct StanzaDelete {
+    /// Where to ask whether the cluster still archives into the stanza.
+    pub pg: Option<ConnParams>,
+}
+
+impl StanzaDelete {
+    /// Read from the resolved settings.
+    pub fn from(r: &Resolved) -> Result<Self> {
+        Ok(Self { pg: r.opt::<String>("pg")?.map(|s| ConnParams::resolve(&s)).transpose()? })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StanzaCreate {
     pub pg: ConnParams,
@@ -102,6 +116,8 @@ pub struct Backup {
     pub archive_copy: bool,
     pub archive_timeout: Duration,
     pub spool_path: Option<PathBuf>,
+    /// Expire after the backup (expire-auto) by this policy.
+    pub expire: Option<pgcairn::ExpireRequest>,
 }
 
 impl Backup {
@@ -114,8 +130,39 @@ impl Backup {
             archive_copy: r.get("archive-copy")?,
             archive_timeout: r.get("archive-timeout")?,
             spool_path: r.opt("spool-path")?,
+            expire: match r.get::<bool>("expire-auto")? {
+                true => Some(pgcairn::ExpireRequest { policy: retention(r)?, set: None, dry_run: false }),
+                false => None,
+            },
         })
     }
+}
+
+/// The retention policy the retention-* settings describe (checked here, at start-up).
+pub fn retention(r: &Resolved) -> Result<pgcairn::RetentionPolicy> {
+    let full_type = match r.get::<&'static str>("retention-full-type")? {
+        "time" => pgcairn::FullRetention::Time,
+        _ => pgcairn::FullRetention::Count,
+    };
+    let archive_type = match r.get::<&'static str>("retention-archive-type")? {
+        "diff" => pgcairn::BackupType::Diff,
+        "incr" => pgcairn::BackupType::Incr,
+        _ => pgcairn::BackupType::Full,
+    };
+    let policy = pgcairn::RetentionPolicy {
+        full: r.opt("retention-full")?,
+        full_type,
+        diff: r.opt("retention-diff")?,
+        keep_daily: r.opt("retention-keep-daily")?,
+        keep_weekly: r.opt("retention-keep-weekly")?,
+        keep_monthly: r.opt("retention-keep-monthly")?,
+        keep_yearly: r.opt("retention-keep-yearly")?,
+        time_zone: r.get("retention-time-zone")?,
+        archive: r.opt("retention-archive")?,
+        archive_type,
+    };
+    policy.check()?;
+    Ok(policy)
 }
 
 #[derive(Debug, Clone)]

@@ -22,6 +22,7 @@ pub(crate) const KEY_LEN: usize = 32;
 pub struct Secret(zeroize::Zeroizing<String>);
 
 impl Secret {
+    /// Wraps a secret string.
     pub fn new(s: impl Into<String>) -> Self {
         Secret(zeroize::Zeroizing::new(s.into()))
     }
@@ -46,7 +47,9 @@ pub(crate) const TAG_LEN: usize = 16;
 pub struct KeySlotKdf {
     /// Memory in KiB.
     pub m_cost: u32,
+    /// Number of passes over the memory.
     pub t_cost: u32,
+    /// Degree of parallelism (lanes).
     pub p_cost: u32,
 }
 
@@ -59,10 +62,13 @@ impl Default for KeySlotKdf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
+    /// The tag did not verify: wrong key or name, or altered bytes.
     #[error("authentication failed (wrong key, or the bytes were altered)")]
     Authentication,
+    /// Fewer bytes than a nonce and a tag; the length in bytes.
     #[error("sealed blob is too short ({0} bytes)")]
     Truncated(usize),
+    /// Argon2 refused the cost parameters or inputs; its message.
     #[error("key derivation failed: {0}")]
     Kdf(String),
 }
@@ -77,6 +83,7 @@ pub(crate) fn derive_kek(passphrase: &[u8], salt: &[u8], kdf: KeySlotKdf) -> Res
     Ok(out)
 }
 
+/// `N` bytes from the thread's cryptographically secure generator (salts, nonces, keys).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     rand::thread_rng().fill_bytes(&mut b);
@@ -84,6 +91,8 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// HKDF-SHA256 expansion of the master key for one purpose.
+// Invariant: HKDF-SHA256 expands to at most 255 * 32 bytes; KEY_LEN is 32.
+#[allow(clippy::expect_used)]
 pub(crate) fn derive_subkey(master: &[u8; KEY_LEN], info: &[u8]) -> KeyBytes {
     let hk = Hkdf::<Sha256>::new(Some(b"pgcairn v1"), master);
     let mut out = KeyBytes::new([0u8; KEY_LEN]);
@@ -95,7 +104,9 @@ pub(crate) fn derive_subkey(master: &[u8; KEY_LEN], info: &[u8]) -> KeyBytes {
 /// with `--no-encryption`.
 #[derive(Clone)]
 pub enum Cipher {
+    /// AES-256-GCM under one key; sealed blobs carry nonce and tag.
     Aes(Box<Aes256Gcm>),
+    /// No encryption: seal and open copy the bytes unchanged.
     Plain,
 }
 
@@ -109,6 +120,7 @@ impl std::fmt::Debug for Cipher {
 }
 
 impl Cipher {
+    /// An AES-256-GCM cipher under `key`.
     pub fn aes(key: &[u8; KEY_LEN]) -> Self {
         Cipher::Aes(Box::new(Aes256Gcm::new(key.into())))
     }
@@ -121,6 +133,10 @@ impl Cipher {
         }
     }
 
+    /// Encrypts and authenticates `plaintext` bound to `aad` (the blob's name), under a fresh random nonce.
+    // Invariant: AES-GCM refuses only plaintexts over 64 GiB; blobs and metadata are
+    // in-memory buffers of a few MiB at most.
+    #[allow(clippy::expect_used)]
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         match self {
             Cipher::Plain => plaintext.to_vec(),
@@ -137,6 +153,7 @@ impl Cipher {
         }
     }
 
+    /// Decrypts a sealed blob, failing unless it authenticates under this key and `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         match self {
             Cipher::Plain => Ok(sealed.to_vec()),

@@ -268,12 +268,17 @@ fn prefetch_spool(spool_path: Option<&Path>, stanza: &str) -> Option<PathBuf> {
 /// resolves it from its settings.
 #[derive(Debug, Clone)]
 pub struct RepoAccess {
+    /// Where the repository lives (`repo`).
     pub location: RepoLocation,
+    /// The stanza, below the repository's root.
     pub stanza: String,
+    /// S3 overrides, used when `location` is in S3.
     pub s3: S3Settings,
+    /// How to obtain the stanza's master key.
     pub unlock: Unlock,
 }
 
+/// How to unlock a stanza: a key file, or a passphrase.
 #[derive(Debug, Clone)]
 pub enum Unlock {
     /// A key file from `pgcairn key-file`: no key derivation (the per-segment hot path).
@@ -283,10 +288,12 @@ pub enum Unlock {
 }
 
 impl RepoAccess {
+    /// The stanza's storage (with retries), without opening the repository.
     pub fn storage(&self) -> Result<DynStorage> {
         self.location.open(&self.stanza, &self.s3)
     }
 
+    /// Opens the stanza, unlocking it as `unlock` says.
     pub async fn open(&self) -> Result<Repository> {
         let storage = self.storage()?;
         match &self.unlock {
@@ -299,6 +306,7 @@ impl RepoAccess {
 /// `pgcairn archive-get` as restore_command runs it.
 #[derive(Debug, Clone)]
 pub struct GetRequest {
+    /// The stanza to fetch from.
     pub repo: RepoAccess,
     /// `archive-get-timeout`: how long to ride out a repository that cannot be reached.
     pub timeout: Duration,

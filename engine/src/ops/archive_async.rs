@@ -32,6 +32,7 @@ const PARALLEL_PUSHES: usize = 4;
 /// archive_command's work, as the caller's settings say: push now, or queue.
 #[derive(Debug, Clone)]
 pub struct PushRequest {
+    /// The stanza to archive into.
     pub repo: RepoAccess,
     /// zstd level for WAL (`compress-level-wal`).
     pub level: i32,
@@ -39,6 +40,7 @@ pub struct PushRequest {
     pub queue: Option<AsyncQueue>,
 }
 
+/// Settings of the asynchronous archive queue (`archive-async`).
 #[derive(Debug, Clone)]
 pub struct AsyncQueue {
     /// `spool-path`; the queue is `<spool>/<stanza>/out`.
@@ -47,13 +49,16 @@ pub struct AsyncQueue {
     pub max: Option<u64>,
     /// `archive-push-queue-full`.
     pub full: QueueFull,
+    /// How to start a drainer process when none is running.
     pub drainer: Drainer,
 }
 
 /// What to do with a segment that does not fit in the queue (module comment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueFull {
+    /// archive_command fails; PostgreSQL keeps the segment and retries.
     Fail,
+    /// The segment is not archived, logged and listed in `dropped.log`; archive_command succeeds.
     Drop,
 }
 
@@ -61,7 +66,9 @@ pub enum QueueFull {
 /// repository; the WAL path is appended (the drainer ignores it).
 #[derive(Debug, Clone)]
 pub struct Drainer {
+    /// The executable to run (normally this program's own path).
     pub program: PathBuf,
+    /// Its arguments: the settings that found the repository, before the WAL path.
     pub args: Vec<OsString>,
 }
 

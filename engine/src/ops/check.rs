@@ -11,23 +11,32 @@ use crate::pg::wal::WalFile;
 use crate::pg::{ConnParams, ReplicationConnection};
 use crate::repo::Repository;
 
+/// What `check` needs besides the repository.
 #[derive(Debug, Clone)]
 pub struct CheckRequest {
+    /// The PostgreSQL server whose archiving is checked.
     pub pg: ConnParams,
+    /// How long to wait for the switched segment to reach the repository (`archive-timeout`).
     pub timeout: Duration,
     /// Problems of the local async archive queue (see archive_async::spool_problems).
     pub spool_problems: Vec<String>,
 }
 
+/// What a successful check found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CheckReport {
+    /// The cluster's system identifier, the stanza's.
     pub system_identifier: u64,
+    /// The server's archive_command setting.
     pub archive_command: String,
     /// The segment the check switched to and found in the repository.
     pub segment: String,
+    /// How long the whole check took, in seconds.
     pub seconds: f64,
 }
 
+/// Checks that the server archives into this stanza: the cluster is the stanza's,
+/// archiving is set up, and a freshly switched segment reaches the repository in time.
 pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport> {
     let started = Instant::now();
     let cfg = repo.config();
@@ -70,7 +79,9 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
     let segment: String = client.query_one(SQL_SWITCH_WAL, &[]).await.map_err(sql_error)?.get(0);
     let file =
         WalFile::parse(&segment).ok_or_else(|| Error::Internal(format!("unexpected wal file name {segment}")))?;
-    let segno = file.segno(cfg.wal_segment_size).expect("segment");
+    let segno = file
+        .segno(cfg.wal_segment_size)
+        .ok_or_else(|| Error::Internal(format!("unexpected wal file name {segment}")))?;
     wait_for_segments(repo, file.timeline(), segno, segno, req.timeout).await?;
     if !req.spool_problems.is_empty() {
         let problem = format!("archiving works, but {}", req.spool_problems.join("; "));

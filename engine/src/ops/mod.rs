@@ -15,6 +15,10 @@ pub use archive::{run_archive_get, GetRequest, RepoAccess, Unlock};
 pub use archive_async::{run_archive_push, AsyncQueue, Drainer, PushRequest, QueueFull};
 pub use backup::{backup, BackupRequest, BackupSummary};
 pub use check::{check, CheckReport, CheckRequest};
+pub use expire::{
+    expire, stanza_delete, stanza_delete_leftovers, ExpireDecision, ExpireReport, ExpireRequest, FullRetention,
+    RetentionPolicy, StanzaDeleteReport, StanzaDeleteRequest, WalExpiry,
+};
 pub use info::{info, BackupDetails, BackupInfo, BackupStatus, InfoReport};
 pub use lineage::BackupType;
 pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary};

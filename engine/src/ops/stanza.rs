@@ -10,16 +10,24 @@ use crate::repo::format::RepoConfig;
 use crate::repo::{CreateOptions, Repository, DEFAULT_BLOCK_SIZE, DEFAULT_PACK_SIZE};
 use crate::storage::DynStorage;
 
+/// What `stanza-create` needs besides the stanza's storage.
 #[derive(Debug, Clone)]
 pub struct StanzaCreateRequest {
+    /// The stanza's name, recorded in its config.
     pub stanza: String,
+    /// The cluster whose identity (system identifier, version, WAL segment size) is recorded.
     pub pg: ConnParams,
+    /// Encrypt the stanza; false only with `--no-encryption`.
     pub encrypted: bool,
+    /// The passphrase of the first key slot; required when `encrypted`.
     pub passphrase: Option<Secret>,
+    /// Block size in bytes, a multiple of 8 KiB; None: the default (32 KiB).
     pub block_size: Option<u32>,
+    /// Argon2id costs of the key slot.
     pub kdf: KeySlotKdf,
 }
 
+/// Creates the stanza for the cluster `req.pg` reaches; fails if it already exists.
 pub async fn stanza_create(storage: DynStorage, req: &StanzaCreateRequest) -> Result<Repository> {
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
     let sys = conn.identify_system().await?;

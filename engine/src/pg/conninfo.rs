@@ -24,15 +24,24 @@ impl std::fmt::Display for Host {
     }
 }
 
+/// How to reach the PostgreSQL server: the `pg` setting resolved as libpq would.
 #[derive(Debug, Clone)]
 pub struct ConnParams {
+    /// A TCP host name or address, or a Unix socket directory (default: the local socket).
     pub host: Host,
+    /// TCP port, or the number in the socket's file name (default 5432).
     pub port: u16,
+    /// The role to connect as (default: PGUSER, else the OS user).
     pub user: String,
+    /// The database for SQL connections; None: `postgres`.
     pub dbname: Option<String>,
+    /// From the connection string, PGPASSWORD or the password file; None: none found.
     pub password: Option<Secret>,
+    /// Shown in pg_stat_activity (default `pgcairn`).
     pub application_name: String,
+    /// How long to wait for the connection to open (default 30 s).
     pub connect_timeout: Duration,
+    /// libpq's sslmode; only modes that allow plain connections are accepted.
     pub sslmode: String,
 }
 
@@ -63,6 +72,7 @@ impl ConnParams {
         Self::resolve_with(conninfo, &|k| std::env::var(k).ok())
     }
 
+    /// Resolve `conninfo` with `env` standing for the process environment.
     pub fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
         let cfg = tokio_postgres::Config::from_str(conninfo).map_err(|e| {
             Error::setting(
@@ -189,6 +199,8 @@ pub(crate) fn pgpass_lookup(file: &Path, host: &Host, port: u16, database: &str,
     None
 }
 
+// Invariant: `out` starts with one field and only grows, so it has a last one.
+#[allow(clippy::expect_used)]
 fn split_pgpass(line: &str) -> Vec<String> {
     let mut out = vec![String::new()];
     let mut chars = line.chars();
@@ -196,11 +208,11 @@ fn split_pgpass(line: &str) -> Vec<String> {
         match c {
             '\\' => {
                 if let Some(n) = chars.next() {
-                    out.last_mut().unwrap().push(n);
+                    out.last_mut().expect("never empty").push(n);
                 }
             }
             ':' => out.push(String::new()),
-            c => out.last_mut().unwrap().push(c),
+            c => out.last_mut().expect("never empty").push(c),
         }
     }
     out

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// A position in the write-ahead log: a byte offset into the WAL stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Lsn(pub u64);
 

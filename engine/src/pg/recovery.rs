@@ -14,16 +14,22 @@ pub enum RecoveryTarget {
     EndOfArchive,
     /// Stop as soon as the backup is consistent.
     Immediate,
+    /// Stop at a time (recovery_target_time), in PostgreSQL's timestamp syntax.
     Time(String),
+    /// Stop at an LSN (recovery_target_lsn), e.g. `16/B374D848`.
     Lsn(String),
+    /// Stop at a named restore point (recovery_target_name).
     Name(String),
+    /// Stop at a transaction id (recovery_target_xid).
     Xid(String),
     /// Write no recovery settings (only for sets that carry their WAL).
     None,
 }
 
+/// The recovery settings a restore writes into postgresql.auto.conf.
 #[derive(Debug, Clone)]
 pub struct Recovery {
+    /// Where replay stops.
     pub target: RecoveryTarget,
     /// recovery_target_action: pause, promote or shutdown.
     pub action: Option<String>,

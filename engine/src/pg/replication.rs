@@ -83,14 +83,20 @@ const MAX_MESSAGE_LEN: usize = 64 << 20;
 /// Fields of an ErrorResponse or NoticeResponse.
 #[derive(Debug, Clone, Default)]
 pub struct ServerMessage {
+    /// ERROR, FATAL, WARNING, NOTICE...: the non-localised `V` field, else `S`.
     pub severity: String,
+    /// The SQLSTATE code (`C`).
     pub code: String,
+    /// The primary message (`M`).
     pub message: String,
+    /// The secondary message (`D`), when sent.
     pub detail: Option<String>,
+    /// The server's suggestion (`H`), when sent.
     pub hint: Option<String>,
 }
 
 impl ServerMessage {
+    /// Decodes a message body; fields missing or malformed are left empty, never an error.
     pub fn parse(mut body: &[u8]) -> Self {
         let mut m = ServerMessage::default();
         while let Some((&field, rest)) = body.split_first() {
@@ -117,6 +123,7 @@ impl ServerMessage {
 /// Rows of one result set, text format; NULL is `None`.
 pub(crate) type Row = Vec<Option<String>>;
 
+/// Decodes a DataRow message body into its columns; an error says how it is malformed.
 pub fn parse_data_row(mut body: &[u8]) -> Result<Row, String> {
     if body.len() < 2 {
         return Err("short DataRow".into());
@@ -219,7 +226,9 @@ impl ReplicationConnection {
     pub(crate) async fn read_frame(&mut self) -> Result<Frame> {
         loop {
             if self.rbuf.len() >= 5 {
-                let len = u32::from_be_bytes(self.rbuf[1..5].try_into().unwrap()) as usize;
+                // Invariant: a 4-byte range of a buffer checked to hold at least 5 bytes.
+                #[allow(clippy::expect_used)]
+                let len = u32::from_be_bytes(self.rbuf[1..5].try_into().expect("4 bytes")) as usize;
                 if !(4..=MAX_MESSAGE_LEN).contains(&len) {
                     return Err(self.protocol(format!("message length {len} is invalid")));
                 }

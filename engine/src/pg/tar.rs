@@ -30,6 +30,7 @@ pub enum TarItem {
     EntryEnd,
 }
 
+/// Incremental decoder of a tar stream fed in pieces of any size.
 #[derive(Debug, Default)]
 pub struct TarReader {
     header: Vec<u8>,
@@ -41,6 +42,7 @@ pub struct TarReader {
 const BLOCK: usize = 512;
 
 impl TarReader {
+    /// A reader at the start of an archive.
     pub fn new() -> Self {
         Self::default()
     }

@@ -14,16 +14,43 @@ pub(crate) const LONG_HEADER_LEN: usize = 40;
 const XLP_LONG_HEADER: u16 = 0x0002;
 const WAL_BLOCK_SIZE: u32 = 8192;
 
+/// A file PostgreSQL archives, by its name; fields are the name's hex parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum WalFile {
     /// `TTTTTTTTXXXXXXXXYYYYYYYY`
-    Segment { timeline: u32, log: u32, seg: u32 },
+    Segment {
+        /// `TTTTTTTT`: the timeline.
+        timeline: u32,
+        /// `XXXXXXXX`: the high 32 bits of the segment's start LSN.
+        log: u32,
+        /// `YYYYYYYY`: the segment within `log`.
+        seg: u32,
+    },
     /// A segment cut short at a timeline switch: `<segment>.partial`
-    Partial { timeline: u32, log: u32, seg: u32 },
+    Partial {
+        /// The timeline that was switched away from.
+        timeline: u32,
+        /// The high 32 bits of the segment's start LSN.
+        log: u32,
+        /// The segment within `log`.
+        seg: u32,
+    },
     /// `TTTTTTTT.history`
-    History { timeline: u32 },
+    History {
+        /// The timeline whose history (parents and switch points) the file lists.
+        timeline: u32,
+    },
     /// Backup history file: `<segment>.XXXXXXXX.backup`
-    BackupHistory { timeline: u32, log: u32, seg: u32, offset: u32 },
+    BackupHistory {
+        /// The timeline of the segment the backup started in.
+        timeline: u32,
+        /// The high 32 bits of that segment's start LSN.
+        log: u32,
+        /// That segment within `log`.
+        seg: u32,
+        /// `XXXXXXXX`: the backup's start offset in that segment, in bytes.
+        offset: u32,
+    },
 }
 
 fn hex8(s: &str) -> Option<u32> {
@@ -41,6 +68,7 @@ fn parse_segment(s: &str) -> Option<(u32, u32, u32)> {
 }
 
 impl WalFile {
+    /// The file a name denotes; None for any other name (upper-case hex only).
     pub fn parse(name: &str) -> Option<Self> {
         if let Some(t) = name.strip_suffix(".history") {
             return Some(WalFile::History { timeline: hex8(t)? });
@@ -58,6 +86,7 @@ impl WalFile {
         Some(WalFile::Segment { timeline, log, seg })
     }
 
+    /// The timeline the name carries.
     pub fn timeline(&self) -> u32 {
         match *self {
             WalFile::Segment { timeline, .. }
@@ -104,13 +133,16 @@ pub(crate) struct LongHeader {
     pub block_size: u32,
 }
 
+// Invariant: each slice taken has exactly the length of the integer read from it,
+// and every offset read ends within the LONG_HEADER_LEN bytes checked first.
+#[allow(clippy::expect_used)]
 pub(crate) fn parse_long_header(data: &[u8]) -> Option<LongHeader> {
     if data.len() < LONG_HEADER_LEN {
         return None;
     }
-    let u16_at = |o: usize| u16::from_le_bytes(data[o..o + 2].try_into().unwrap());
-    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap());
+    let u16_at = |o: usize| u16::from_le_bytes(data[o..o + 2].try_into().expect("2-byte slice"));
+    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().expect("4-byte slice"));
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().expect("8-byte slice"));
     Some(LongHeader {
         magic: u16_at(0),
         info: u16_at(2),
@@ -159,7 +191,7 @@ pub fn validate_segment(
     if data.len() as u64 != seg_size as u64 {
         return Err(format!("it is {} bytes, a segment is {seg_size}", data.len()));
     }
-    let segno = file.segno(seg_size).expect("segment-like");
+    let segno = file.segno(seg_size).ok_or_else(|| "not a segment file name".to_string())?;
     if h.pageaddr != segno * seg_size as u64 {
         return Err(format!("its first page is for address {:X}, not for this file name: it was renamed", h.pageaddr));
     }
@@ -219,7 +251,7 @@ pub fn validate_backup_history(file: &WalFile, data: &[u8], seg_size: u32) -> Re
         .and_then(|rest| rest.split_whitespace().next())
         .ok_or_else(|| "it has no START WAL LOCATION line".to_string())?;
     let lsn: Lsn = start.parse()?;
-    let segno = file.segno(seg_size).expect("segment-like");
+    let segno = file.segno(seg_size).ok_or_else(|| "not a backup history file name".to_string())?;
     if lsn.0 / seg_size as u64 != segno || lsn.0 % seg_size as u64 != offset as u64 {
         return Err(format!("it starts at {lsn}, not at the place its name gives (timeline {timeline})"));
     }

@@ -137,7 +137,12 @@ impl<'r> BackupWriter<'r> {
         while let Some(r) = self.uploads.try_join_next() {
             r.map_err(|e| Error::Internal(format!("upload task failed: {e}")))??;
         }
-        let permit = self.upload_slots.clone().acquire_owned().await.expect("semaphore never closed");
+        let permit = self
+            .upload_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Internal(format!("upload semaphore closed: {e}")))?;
         let storage = self.repo.storage().clone();
         self.uploads.spawn(async move {
             let _permit = permit;

@@ -23,23 +23,30 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
+/// zstd at `level` of one block, with this thread's cached compressor.
+// Invariant: zstd clamps an out-of-range level rather than refusing it, bulk
+// compression into a buffer of compressBound bytes cannot run out of room, and the
+// cached compressor is set just above.
+#[allow(clippy::expect_used)]
 pub fn compress(level: i32, data: &[u8]) -> Vec<u8> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().map(|(l, _)| *l) != Some(level) {
             *c = Some((level, zstd::bulk::Compressor::new(level).expect("valid zstd level")));
         }
-        c.as_mut().unwrap().1.compress(data).expect("zstd compression of an in-memory buffer")
+        c.as_mut().expect("set above").1.compress(data).expect("zstd compression of an in-memory buffer")
     })
 }
 
+// Invariant: the cached decompressor is set just above when missing.
+#[allow(clippy::expect_used)]
 pub(crate) fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
             *d = Some(zstd::bulk::Decompressor::new()?);
         }
-        d.as_mut().unwrap().decompress(data, raw_len)
+        d.as_mut().expect("set above").decompress(data, raw_len)
     })
 }
 

@@ -98,6 +98,7 @@ type Blob = (ChunkId, u32, u64, u32, u32);
 /// One part, decoded.
 #[derive(Debug, Default, Clone)]
 pub struct BlockPart {
+    /// The packs this part's blobs live in, numbered by position.
     pub packs: Vec<PackRef>,
     /// Each block's blob and its base (0: none; n: `bases[n - 1]`).
     blocks: Vec<(Blob, u32)>,
@@ -106,10 +107,12 @@ pub struct BlockPart {
 }
 
 impl BlockPart {
+    /// Number of blocks in the part.
     pub fn len(&self) -> usize {
         self.blocks.len()
     }
 
+    /// Whether the part has no block.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()
     }
@@ -123,6 +126,7 @@ impl BlockPart {
         n
     }
 
+    /// Appends the next block: its chunk id and where its blob (and base) live.
     pub fn push(&mut self, id: ChunkId, loc: &BlockLocation) {
         let base = match loc.base {
             None => 0,
@@ -136,6 +140,7 @@ impl BlockPart {
         self.blocks.push(((id, pack, loc.offset, loc.length, loc.raw_length), base));
     }
 
+    /// Block `i` of the part; panics if `i` is not below [`BlockPart::len`].
     pub fn get(&self, i: usize) -> (ChunkId, BlockLocation) {
         let ((id, pack, offset, length, raw_length), base) = self.blocks[i];
         let base = (base > 0).then(|| {
@@ -145,6 +150,7 @@ impl BlockPart {
         (id, BlockLocation { pack: self.packs[pack as usize], offset, length, raw_length, base })
     }
 
+    /// The part's bytes, as the module docs lay them out (before sealing).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             20 + self.packs.len() * PACK_LEN + self.blocks.len() * BLOCK_LEN + self.bases.len() * BLOB_LEN,
@@ -163,6 +169,10 @@ impl BlockPart {
         out
     }
 
+    /// Parses a part's bytes, checking sizes and that every pack and base number it
+    /// names exists; the error says what is wrong.
+    // Invariant: `take(n)` returns exactly n bytes, so each fixed-size conversion fits.
+    #[allow(clippy::expect_used)]
     pub fn decode(data: &[u8]) -> Result<Self, String> {
         let mut r = Reader(data);
         if r.take(8)? != PART_MAGIC {
@@ -174,8 +184,8 @@ impl BlockPart {
         }
         let mut part = BlockPart::default();
         for _ in 0..packs {
-            let id = r.take(32)?.try_into().unwrap();
-            let key_id = r.take(PACK_KEY_ID_LEN)?.try_into().unwrap();
+            let id = r.take(32)?.try_into().expect("32 bytes");
+            let key_id = r.take(PACK_KEY_ID_LEN)?.try_into().expect("PACK_KEY_ID_LEN bytes");
             part.packs.push(PackRef { id, key_id });
         }
         let block_blobs = take_blobs(&mut r, blocks, packs)?;
@@ -199,10 +209,13 @@ fn put_blobs<'a>(out: &mut Vec<u8>, blobs: impl Iterator<Item = &'a Blob> + Clon
     blobs.for_each(|b| out.extend_from_slice(&b.4.to_le_bytes()));
 }
 
+// Invariant: each column holds exactly n entries of its width (`take` returns exactly
+// the bytes asked for), and i < n, so each fixed-size slice conversion fits.
+#[allow(clippy::expect_used)]
 fn take_blobs(r: &mut Reader, n: usize, packs: usize) -> Result<Vec<Blob>, String> {
     let ids = r.take(32 * n)?;
     let (pack_nos, offsets, lengths, raws) = (r.take(4 * n)?, r.take(8 * n)?, r.take(4 * n)?, r.take(4 * n)?);
-    let u32_at = |col: &[u8], i: usize| u32::from_le_bytes(col[4 * i..4 * i + 4].try_into().unwrap());
+    let u32_at = |col: &[u8], i: usize| u32::from_le_bytes(col[4 * i..4 * i + 4].try_into().expect("4 bytes"));
     (0..n)
         .map(|i| {
             let pack = u32_at(pack_nos, i);
@@ -210,9 +223,9 @@ fn take_blobs(r: &mut Reader, n: usize, packs: usize) -> Result<Vec<Blob>, Strin
                 return Err(format!("block names pack {pack} of {packs}"));
             }
             Ok((
-                ChunkId(ids[32 * i..32 * i + 32].try_into().unwrap()),
+                ChunkId(ids[32 * i..32 * i + 32].try_into().expect("32 bytes")),
                 pack,
-                u64::from_le_bytes(offsets[8 * i..8 * i + 8].try_into().unwrap()),
+                u64::from_le_bytes(offsets[8 * i..8 * i + 8].try_into().expect("8 bytes")),
                 u32_at(lengths, i),
                 u32_at(raws, i),
             ))
@@ -313,8 +326,10 @@ impl<'a> Reader<'a> {
         self.0 = rest;
         Ok(head)
     }
+    // Invariant: `take(4)` returns exactly 4 bytes.
+    #[allow(clippy::expect_used)]
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 }
 

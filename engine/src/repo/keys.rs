@@ -25,7 +25,9 @@ impl Repository {
         let ctx = |e: std::io::Error| Error::io(format!("cannot write key file {}", path.display()), e);
         let mut f = crate::fsutil::DurableFile::create(path).map_err(ctx)?;
         f.file().set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(ctx)?;
-        f.file().write_all(&serde_json::to_vec_pretty(&kf).expect("serialisable")).map_err(ctx)?;
+        let json =
+            serde_json::to_vec_pretty(&kf).map_err(|e| Error::Internal(format!("key file not serialisable: {e}")))?;
+        f.file().write_all(&json).map_err(ctx)?;
         f.commit(crate::fsutil::Commit::CreateOnly).map_err(ctx)
     }
 }

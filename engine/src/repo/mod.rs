@@ -141,12 +141,14 @@ impl Repository {
         };
         let config = RepoConfig { config_mac: config_mac(&master, &config), ..config };
         let slot_key = format!("{KEYS_PREFIX}{}", hex::encode(crypto::random_bytes::<8>()));
-        storage.put_new(&slot_key, Bytes::from(serde_json::to_vec_pretty(&slot).expect("serialisable"))).await?;
+        let slot_json = serde_json::to_vec_pretty(&slot)
+            .map_err(|e| Error::Internal(format!("{slot_key} not serialisable: {e}")))?;
+        storage.put_new(&slot_key, Bytes::from(slot_json)).await?;
         let repo = Self::with_master(storage, config, master);
 
-        repo.storage
-            .put_new(CONFIG_KEY, Bytes::from(serde_json::to_vec_pretty(&repo.config).expect("serialisable")))
-            .await?;
+        let config_json = serde_json::to_vec_pretty(&repo.config)
+            .map_err(|e| Error::Internal(format!("{CONFIG_KEY} not serialisable: {e}")))?;
+        repo.storage.put_new(CONFIG_KEY, Bytes::from(config_json)).await?;
         Ok(repo)
     }
 
@@ -208,7 +210,8 @@ impl Repository {
     /// authenticate the config, or someone changed how data is written (§3.4).
     fn with_verified_master(storage: DynStorage, config: RepoConfig, master: [u8; KEY_LEN]) -> Result<Self> {
         let expected = blake3::Hash::from_hex(&config.config_mac).ok();
-        let actual = blake3::Hash::from_hex(config_mac(&master, &config)).expect("hex of a hash");
+        let actual = blake3::Hash::from_hex(config_mac(&master, &config))
+            .map_err(|e| Error::Internal(format!("config_mac is not the hex of a hash: {e}")))?;
         if expected != Some(actual) {
             return Err(Error::ConfigTampered {
                 object: format!("{}/{CONFIG_KEY}", storage.location()),
@@ -227,9 +230,11 @@ impl Repository {
     pub(crate) fn storage(&self) -> &DynStorage {
         &self.storage
     }
+    /// The stanza's config: identity of its cluster, format and encryption settings.
     pub fn config(&self) -> &RepoConfig {
         &self.config
     }
+    /// Where the stanza lives, for messages (never contains secrets).
     pub fn location(&self) -> String {
         self.storage.location()
     }
@@ -264,8 +269,11 @@ pub struct DataCiphers {
 }
 
 impl DataCiphers {
+    // Invariant: the lock is held only to look up or insert a cipher, code that
+    // cannot panic, so it is never poisoned.
+    #[allow(clippy::expect_used)]
     pub fn get(&self, key_id: &[u8; 16]) -> Arc<Cipher> {
-        let mut made = self.made.lock().unwrap();
+        let mut made = self.made.lock().expect("cipher cache lock poisoned");
         made.entry(*key_id)
             .or_insert_with(|| {
                 Arc::new(match &self.master {

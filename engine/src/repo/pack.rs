@@ -47,6 +47,8 @@ impl PackReader {
     }
 }
 
+/// Builds one pack in memory: sealed blobs appended after the header, with the
+/// index record of each.
 pub struct PackWriter {
     /// Random, chosen up front so a blob's location is known when it is added.
     id: [u8; 32],
@@ -56,6 +58,8 @@ pub struct PackWriter {
 }
 
 impl PackWriter {
+    /// An empty pack (just its header) under a new random id, for blobs sealed with
+    /// data key `key_id`; `capacity` is the expected size in bytes.
     pub fn new(key_id: [u8; PACK_KEY_ID_LEN], capacity: usize) -> Self {
         let mut buf = BytesMut::with_capacity(capacity + 1024 * 1024);
         buf.put_slice(PACK_MAGIC);
@@ -79,10 +83,12 @@ impl PackWriter {
         loc
     }
 
+    /// The pack's size so far in bytes, header included.
     pub fn len(&self) -> usize {
         self.buf.len()
     }
 
+    /// Whether no blob was added yet.
     pub fn is_empty(&self) -> bool {
         self.blobs.is_empty()
     }
@@ -94,6 +100,7 @@ impl PackWriter {
         (self.buf.freeze(), IndexPack { id, key_id: hex::encode(self.key_id), size, blobs: self.blobs })
     }
 
+    /// The id of the data key the pack's blobs are sealed with.
     pub fn key_id(&self) -> [u8; PACK_KEY_ID_LEN] {
         self.key_id
     }

@@ -44,6 +44,8 @@ impl Repository {
         self.purpose_cipher(INFO_WAL)
     }
 
+    /// Keyed BLAKE3 of a WAL file's contents, kept in its object's header: verifies a
+    /// read and recognises a re-push of the same file.
     pub fn wal_content_id(&self, data: &[u8]) -> ChunkId {
         let mut h = blake3::Hasher::new_keyed(self.chunk_key());
         h.update_rayon(data);

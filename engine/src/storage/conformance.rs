@@ -1,5 +1,8 @@
 //! The storage contract as executable checks; run against every backend.
 
+// Test code, like the test doubles: the checks panic on a violation by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::Bytes;
 
 use super::Storage;

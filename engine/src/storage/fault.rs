@@ -1,5 +1,8 @@
 //! Fault injection wrapper for tests: fails puts or reads, or corrupts what gets return.
 
+// A test double: a poisoned lock means a test already panicked.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -8,16 +11,31 @@ use bytes::Bytes;
 use super::{storage_error, DynStorage, ObjectInfo, Storage};
 use crate::error::{Result, StorageErrorKind};
 
+/// A fault to inject; each replaces the previous fault of its kind.
 #[derive(Debug, Clone)]
 pub enum Fault {
     /// The next `count` puts fail with `kind` (and store nothing).
-    FailPuts { count: u32, kind: StorageErrorKind },
+    FailPuts {
+        /// How many puts fail.
+        count: u32,
+        /// The storage error they fail with.
+        kind: StorageErrorKind,
+    },
     /// Every read of keys starting with `prefix` has one byte flipped.
-    CorruptReads { prefix: String },
+    CorruptReads {
+        /// Keys whose reads are corrupted start with this.
+        prefix: String,
+    },
     /// Every read of keys starting with `prefix` fails with `kind` (an outage).
-    FailReads { prefix: String, kind: StorageErrorKind },
+    FailReads {
+        /// Keys whose reads fail start with this.
+        prefix: String,
+        /// The storage error they fail with.
+        kind: StorageErrorKind,
+    },
 }
 
+/// A storage that passes everything to `inner` except the faults injected.
 #[derive(Debug)]
 pub struct FaultStorage {
     inner: DynStorage,
@@ -27,6 +45,7 @@ pub struct FaultStorage {
 }
 
 impl FaultStorage {
+    /// Wraps `inner`, with no fault yet.
     pub fn new(inner: DynStorage) -> Self {
         Self {
             inner,
@@ -36,6 +55,7 @@ impl FaultStorage {
         }
     }
 
+    /// Starts `fault`.
     pub fn inject(&self, fault: Fault) {
         match fault {
             Fault::FailPuts { count, kind } => *self.failing_puts.lock().unwrap() = (count, kind),
@@ -57,6 +77,7 @@ impl FaultStorage {
         }
     }
 
+    /// How many of the injected put failures are still to come.
     pub fn remaining_put_faults(&self) -> u32 {
         self.failing_puts.lock().unwrap().0
     }

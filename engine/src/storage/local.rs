@@ -47,6 +47,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f).await.map_err(|e| crate::Error::Internal(format!("blocking task failed: {e}")))?
 }
 
+// Invariant: `dir` is `root` joined with checked relative segments, and every
+// entry's path is `dir` joined with its name, so it always starts with `root`.
+#[allow(clippy::expect_used)]
 fn list_into(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,

@@ -1,5 +1,8 @@
 //! In-memory backend for unit tests only.
 
+// A test double: a poisoned lock means a test already panicked.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -9,12 +12,14 @@ use bytes::Bytes;
 use super::{storage_error, ObjectInfo, Storage};
 use crate::error::{Result, StorageErrorKind};
 
+/// A [`Storage`] holding its objects in a map, lost when dropped.
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
     objects: Mutex<BTreeMap<String, Bytes>>,
 }
 
 impl MemoryStorage {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }

@@ -41,23 +41,33 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result, StorageErrorKind};
 
+/// One object found by [`Storage::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// The object's full key, relative to the backend's root.
     pub key: String,
+    /// The object's size in bytes.
     pub size: u64,
 }
 
+/// An object store rooted at a stanza; the contract is in the module docs.
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Human-readable location of the root, for messages (never contains secrets).
     fn location(&self) -> String;
+    /// Writes a new object, durably; fails with `AlreadyExists` if the key is taken.
     async fn put_new(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Reads a whole object; `NotFound` if it is missing.
     async fn get(&self, key: &str) -> Result<Bytes>;
+    /// Reads the bytes `range` of an object; a range past its end is an error.
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+    /// Every object under `prefix` (recursively), sorted by key, with sizes.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Removes an object: the only change to an object once written.
     async fn delete(&self, key: &str) -> Result<()>;
 }
 
+/// A shared, type-erased storage backend.
 pub type DynStorage = Arc<dyn Storage>;
 
 /// Refuse a key outside the contract (an absolute path, a `.` or `..` segment, an
@@ -93,8 +103,15 @@ pub(crate) fn storage_error(op: &'static str, key: &str, kind: StorageErrorKind,
 /// Where a repository lives: parsed from the `repo` setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoLocation {
+    /// A directory on a local (or mounted) file system: an absolute path.
     Local(std::path::PathBuf),
-    S3 { bucket: String, prefix: String },
+    /// An S3 (or compatible) bucket.
+    S3 {
+        /// The bucket's name.
+        bucket: String,
+        /// The key prefix in the bucket, without leading or trailing `/`; may be empty.
+        prefix: String,
+    },
 }
 
 impl RepoLocation {

@@ -20,11 +20,15 @@ use crate::error::{Error, Result, StorageErrorKind};
 /// are secrets); library callers may pass them here.
 #[derive(Debug, Clone, Default)]
 pub struct S3Settings {
+    /// The server's URL; None: AWS_ENDPOINT_URL or AWS_ENDPOINT, else AWS itself.
     pub endpoint: Option<String>,
+    /// The region; None: AWS_REGION or AWS_DEFAULT_REGION, else us-east-1.
     pub region: Option<String>,
+    /// Access key id and secret access key; None: from the environment.
     pub credentials: Option<(String, crate::crypto::Secret)>,
 }
 
+/// A [`Storage`] in an S3 bucket, below a key prefix.
 #[derive(Debug)]
 pub struct S3Storage {
     store: Arc<dyn ObjectStore>,
@@ -33,6 +37,7 @@ pub struct S3Storage {
 }
 
 impl S3Storage {
+    /// A backend for `bucket` below `prefix`; fails on settings object_store refuses.
     pub fn new(bucket: &str, prefix: &str, settings: &S3Settings) -> Result<Self> {
         let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
         let endpoint = settings

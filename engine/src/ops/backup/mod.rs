@@ -62,6 +62,8 @@ pub struct BackupRequest {
     pub archive_copy: bool,
     /// How long to wait for that WAL.
     pub archive_timeout: std::time::Duration,
+    /// Expire after a successful backup, under the same lock (`expire-auto`).
+    pub expire: Option<crate::ops::expire::ExpireRequest>,
 }
 
 /// What a backup did.
@@ -85,6 +87,10 @@ pub struct BackupSummary {
     pub stop_lsn: Lsn,
     /// Wall-clock duration.
     pub seconds: f64,
+    /// What the expire after the backup did, when one ran.
+    pub expire: Option<crate::ops::expire::ExpireReport>,
+    /// Why that expire failed (the backup itself succeeded).
+    pub expire_error: Option<String>,
 }
 
 /// Cuts the streamed files into blocks, hands them to the workers in batches, and
@@ -312,7 +318,15 @@ impl<'r> Builder<'r> {
 pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSummary> {
     // Under the stanza lock: one backup at a time, and never during expire.
     let lock = StanzaLock::acquire(repo, "backup").await?;
-    let result = take_backup(repo, req, &lock).await;
+    let mut result = take_backup(repo, req, &lock).await;
+    if let (Ok(summary), Some(x)) = (&mut result, &req.expire) {
+        if x.policy.is_set() {
+            match crate::ops::expire::expire_locked(repo, x).await {
+                Ok(report) => summary.expire = Some(report),
+                Err(e) => summary.expire_error = Some(e.to_string()),
+            }
+        }
+    }
     lock.release_after(result).await
 }
 
@@ -356,6 +370,8 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
         start_lsn: manifest.start_lsn,
         stop_lsn: manifest.stop_lsn,
         seconds: started.elapsed().as_secs_f64(),
+        expire: None,
+        expire_error: None,
     })
 }
 

@@ -2,6 +2,7 @@
 //! say what goes and why, then delete in the order repository-format.md §8.2 fixes.
 
 mod policy;
+mod stanza_delete;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -9,6 +10,7 @@ use serde::Serialize;
 
 use policy::{Candidate, Reason};
 pub use policy::{FullRetention, RetentionPolicy};
+pub use stanza_delete::{stanza_delete, stanza_delete_leftovers, StanzaDeleteReport, StanzaDeleteRequest};
 
 use crate::error::{Error, Result};
 use crate::ops::info::{info, BackupStatus, InfoReport};

@@ -80,7 +80,12 @@ impl RetentionPolicy {
         ]
     }
 
-    /// Refuse a policy that cannot mean what it says, before anything is read.
+    /// Refuse a policy that cannot mean what it says (a count of 0, retention-diff
+    /// alone, an unknown time zone), before anything is read.
+    pub fn check(&self) -> Result<()> {
+        self.validate().map(|_| ())
+    }
+
     pub(crate) fn validate(&self) -> Result<chrono_tz::Tz> {
         let counts =
             [("retention-full", self.full), ("retention-diff", self.diff), ("retention-archive", self.archive)];

@@ -30,27 +30,36 @@ use crate::repo::Repository;
 use delta::{Action, Compared};
 use fetch::{Ctx, FileJob, PARALLEL_FILES};
 
+/// What to restore, where, and how recovery should proceed.
 pub struct RestoreRequest {
+    /// The data directory to restore into: empty or new, or existing with `delta`.
     pub target: PathBuf,
     /// Backup label; the newest when None.
     pub set: Option<String>,
     /// Tablespace OID → directory; unmapped tablespaces go to their original location.
     pub tablespace_map: HashMap<u32, PathBuf>,
+    /// Told how many bytes are restored as they are written.
     pub progress: Arc<dyn Progress>,
+    /// The recovery settings written for PostgreSQL.
     pub recovery: Recovery,
     /// Restore over an existing data directory, rewriting only what differs.
     pub delta: bool,
 }
 
+/// What a restore did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RestoreSummary {
+    /// The backup set restored.
     pub label: String,
+    /// Regular files restored (tablespace_map aside).
     pub files: usize,
+    /// The backup's size: the sum of its regular files' sizes.
     pub bytes: u64,
     /// Files a delta restore found identical and left alone.
     pub files_unchanged: usize,
     /// Restored bytes fetched from the repository.
     pub bytes_fetched: u64,
+    /// How long the restore took, in seconds.
     pub seconds: f64,
 }
 
@@ -78,6 +87,9 @@ impl Plan {
     }
 }
 
+/// Restores a backup set: plan, prepare the target, fetch and write the files, then
+/// tablespaces, modes and recovery settings. Refuses before writing anything when the
+/// backup or the target cannot work.
 pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreSummary> {
     let started = std::time::Instant::now();
     let mut plan = plan(repo, req).await?;
