@@ -136,7 +136,7 @@ fn bench(c: &mut Criterion) {
                 let blob = seal_block(&cipher, level, &id, block);
                 pack.add(id, BLOCK as u32, &blob, None);
                 if pack.len() >= PACK_SIZE {
-                    black_box(std::mem::replace(&mut pack, PackWriter::new([7; 16], PACK_SIZE)).finish());
+                    black_box(std::mem::replace(&mut pack, PackWriter::new([7; 16], PACK_SIZE)).into_bytes());
                 }
             })
         });

@@ -306,7 +306,17 @@ async fn stanza_create(r: &Resolved, common: &Common, no_encryption: bool, block
         block_size,
         kdf: KeySlotKdf::default(),
     };
-    let repo = pgcairn::stanza_create(common.storage()?, &req).await?;
+    let done = pgcairn::stanza_create(common.storage()?, &req).await?;
+    let repo = done.repo;
+    if !done.created {
+        println!(
+            "stanza {} already exists in {} for this cluster (system identifier {}): nothing changed",
+            common.stanza,
+            repo.location(),
+            repo.config().system_identifier
+        );
+        return Ok(());
+    }
     println!(
         "stanza {} created in {} (system identifier {}, {})",
         common.stanza,

@@ -13,6 +13,8 @@ impl Bar {
 }
 
 impl Progress for Bar {
+    // Invariant: both templates are constants in indicatif's template syntax.
+    #[allow(clippy::expect_used)]
     fn begin(&self, what: &str, total: Option<u64>) {
         let style = match total {
             Some(t) => {

@@ -34,6 +34,24 @@ pub enum StorageErrorKind {
     Permanent,
 }
 
+/// Who holds the stanza lock (boxed in [`Error::Locked`] to keep `Error` small).
+#[derive(Debug, thiserror::Error)]
+#[error("stanza {stanza} is locked by {command}{} (pid {pid} on {host}, since {started}); nothing was done; hint: wait for it to finish, or check that process; a lock whose holder died is taken over automatically (same host: at once; another host: after 5 minutes without a heartbeat)", label.as_ref().map(|l| format!(" of backup {l}")).unwrap_or_default())]
+pub struct LockedBy {
+    /// The stanza.
+    pub stanza: String,
+    /// The holder's command.
+    pub command: String,
+    /// The holder's host.
+    pub host: String,
+    /// The holder's process id.
+    pub pid: i32,
+    /// The backup the holder is taking, once known.
+    pub label: Option<String>,
+    /// When the holder took the lock (RFC 3339).
+    pub started: String,
+}
+
 /// What the operator has to fix when the input cannot work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Misconfig {
@@ -277,21 +295,8 @@ pub enum Error {
     },
 
     /// Another backup, expire or stanza-delete holds the stanza lock.
-    #[error("stanza {stanza} is locked by {command}{} (pid {pid} on {host}, since {started}); nothing was done; hint: wait for it to finish, or check that process; a lock whose holder died is taken over automatically (same host: at once; another host: after 5 minutes without a heartbeat)", label.as_ref().map(|l| format!(" of backup {l}")).unwrap_or_default())]
-    Locked {
-        /// The stanza.
-        stanza: String,
-        /// The holder's command.
-        command: String,
-        /// The holder's host.
-        host: String,
-        /// The holder's process id.
-        pid: i32,
-        /// The backup the holder is taking, once known.
-        label: Option<String>,
-        /// When the holder took the lock (RFC 3339).
-        started: String,
-    },
+    #[error("{0}")]
+    Locked(Box<LockedBy>),
 
     /// A bug: an invariant of pgcairn's own code did not hold.
     #[error("internal error: {0}; this is a bug in pgcairn: please report it with the command and its log")]
@@ -348,7 +353,7 @@ impl Error {
             Error::Storage { .. } | Error::StorageUnavailable { .. } => exit::STORAGE,
             Error::WalRefused { .. } | Error::WalMismatch { .. } => exit::WAL_REFUSED,
             Error::ArchiveTimeout { .. } => exit::ARCHIVE_TIMEOUT,
-            Error::Locked { .. } => exit::LOCKED,
+            Error::Locked(_) => exit::LOCKED,
             Error::Io { .. } | Error::Internal(_) => exit::LOCAL,
         }
     }

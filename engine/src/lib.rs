@@ -27,7 +27,7 @@ mod storage;
 mod hostile_input;
 
 pub use crypto::{KeySlotKdf, Secret};
-pub use error::{exit, Error, Misconfig, Result, StorageErrorKind, EXIT_CODES};
+pub use error::{exit, Error, LockedBy, Misconfig, Result, StorageErrorKind, EXIT_CODES};
 pub use fsutil::private_umask;
 pub use ops::archive::clear_prefetch_spool;
 pub use ops::archive_async::spool_problems;
@@ -36,7 +36,8 @@ pub use ops::{
     stanza_delete_leftovers, AsyncQueue, BackupDetails, BackupInfo, BackupRequest, BackupStatus, BackupSummary,
     BackupType, CheckReport, CheckRequest, Drainer, ExpireDecision, ExpireReport, ExpireRequest, FullRetention,
     GetRequest, InfoReport, PushRequest, QueueFull, Recovery, RecoveryTarget, RepoAccess, RestoreRequest,
-    RestoreSummary, RetentionPolicy, StanzaCreateRequest, StanzaDeleteReport, StanzaDeleteRequest, Unlock, WalExpiry,
+    RestoreSummary, RetentionPolicy, StanzaCreateRequest, StanzaCreated, StanzaDeleteReport, StanzaDeleteRequest,
+    Unlock, WalExpiry,
 };
 pub use pg::{ConnParams, Lsn};
 pub use progress::{NoProgress, Progress};

@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod hardening;
 mod incremental;
+mod lifecycle;
 mod roundtrip;
 mod s3_storage;
 mod settings;

@@ -9,10 +9,13 @@ use pgcairn::{Error, Result};
 
 use super::table::setting;
 
+/// The config file read when neither `--config` nor PGCAIRN_CONFIG names one, if it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/pgcairn/pgcairn.toml";
 
+/// A loaded config file: its keys checked, its values still text.
 #[derive(Debug, Default)]
 pub struct ConfigFile {
+    /// Where it was read from; empty when there is no config file.
     pub path: PathBuf,
     top: BTreeMap<String, String>,
     stanzas: BTreeMap<String, BTreeMap<String, String>>,
@@ -21,7 +24,9 @@ pub struct ConfigFile {
 /// Where in the file a value was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Place {
+    /// The top level.
     Top,
+    /// The `[stanza.NAME]` table of this stanza.
     Stanza(String),
 }
 
@@ -82,6 +87,7 @@ impl ConfigFile {
         Self::parse(&text, &path)
     }
 
+    /// Parse `text`, read from `path` (named in errors); unknown keys are refused.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| {
             bad(path, format!("is not valid TOML: {e}"), "fix the syntax; docs/config.md has an example")

@@ -11,16 +11,27 @@ use super::table::Kind;
 /// A parsed value.
 #[derive(Debug, Clone)]
 pub enum Value {
+    /// A [`Kind::Text`] value.
     Text(String),
+    /// A [`Kind::Secret`] value.
     Secret(Secret),
+    /// A [`Kind::Path`] value.
     Path(PathBuf),
+    /// A [`Kind::Bool`] value.
     Bool(bool),
+    /// A [`Kind::Size`] value, in bytes.
     Size(u64),
+    /// A [`Kind::Seconds`] value.
     Seconds(Duration),
+    /// A [`Kind::Count`] value, 1 or more.
     Count(u32),
+    /// A [`Kind::Zstd`] level.
     Zstd(i32),
+    /// The word of a [`Kind::Choice`], as the table spells it.
     Choice(&'static str),
+    /// A [`Kind::Stanza`] name, checked.
     Stanza(String),
+    /// A [`Kind::Repo`] location.
     Repo(RepoLocation),
 }
 
@@ -81,6 +92,7 @@ fn parse_bool(text: &str) -> Option<bool> {
 
 /// Typed access to a [`Value`] (see `Resolved::get`).
 pub trait FromValue: Sized {
+    /// The value as `Self`; None when it is of another kind.
     fn from_value(v: &Value) -> Option<Self>;
 }
 

@@ -15,9 +15,18 @@ use super::table::{setting, Cmd, Forward, Kind, Setting, SETTINGS};
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// A command-line flag.
     Flag,
+    /// A PGCAIRN_* environment variable.
     Env,
-    File { path: PathBuf, place: Place },
+    /// The config file.
+    File {
+        /// The config file's path.
+        path: PathBuf,
+        /// Its top level or a stanza's table.
+        place: Place,
+    },
+    /// The settings table's default.
     Default,
 }
 
@@ -37,10 +46,14 @@ impl Source {
     }
 }
 
+/// One resolved setting.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The parsed value.
     pub value: Value,
+    /// The text it was parsed from; `***` for a secret.
     pub raw: String,
+    /// Where the text came from.
     pub source: Source,
 }
 
@@ -57,6 +70,7 @@ pub type Flags = Vec<(&'static Setting, String)>;
 /// The environment, as a function so tests need not touch the process's.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// The process's environment variable `name`, if set and valid Unicode: the [`Env`] of a real run.
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
@@ -122,10 +136,12 @@ impl Resolved {
         Ok(())
     }
 
+    /// The command the settings were resolved for.
     pub fn cmd(&self) -> Cmd {
         self.cmd
     }
 
+    /// The setting `name` as resolved; None when unset and without a default.
     pub fn entry_of(&self, name: &str) -> Option<&Entry> {
         self.values.get(name)
     }

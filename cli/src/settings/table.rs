@@ -7,19 +7,30 @@ use std::fmt;
 /// The subcommands, as settings see them (`pgcairn-archive-push` is `ArchivePush`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Cmd {
+    /// `stanza-create`: initialise the stanza in the repository.
     StanzaCreate,
+    /// `backup`: take a backup over a replication connection.
     Backup,
+    /// `restore`: restore a backup set and set up recovery.
     Restore,
+    /// `info`: show the repository, its backup sets and its WAL archive.
     Info,
+    /// `check`: check that archiving works.
     Check,
+    /// `archive-push`: archive one WAL file (archive_command).
     ArchivePush,
+    /// `archive-get`: fetch one WAL file (restore_command).
     ArchiveGet,
+    /// `key-file`: write the repository key to a file.
     KeyFile,
+    /// `expire`: remove what the retention policy no longer keeps.
     Expire,
+    /// `stanza-delete`: delete the stanza, every backup and WAL file in it.
     StanzaDelete,
 }
 
 impl Cmd {
+    /// Every subcommand, in help order.
     pub const ALL: [Cmd; 10] = [
         Cmd::StanzaCreate,
         Cmd::Backup,
@@ -59,9 +70,11 @@ impl fmt::Display for Cmd {
 /// How a value is parsed (once, at start-up; see `kind.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Any text, taken as given.
     Text,
     /// Never printed, never forwarded.
     Secret,
+    /// A file or directory path, not empty.
     Path,
     /// `true`/`false`, `on`/`off`, `yes`/`no`, `1`/`0`; a bare flag means true.
     Bool,
@@ -86,14 +99,18 @@ pub enum Kind {
 pub enum Scope {
     /// Locates the stanza and its repository: every command, also before the subcommand.
     Global,
+    /// These commands only.
     Only(&'static [Cmd]),
 }
 
 /// Where a value may come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sources {
+    /// A command-line flag, `--name=value`.
     pub flag: bool,
+    /// The environment variable `PGCAIRN_<NAME>`.
     pub env: bool,
+    /// A key of the config file.
     pub file: bool,
 }
 
@@ -102,6 +119,7 @@ const ANY: Sources = Sources { flag: true, env: true, file: true };
 /// Whether a child pgcairn (restore_command, the async drainer) gets the value as a flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forward {
+    /// Never (secrets, settings the child does not use).
     Never,
     /// When it came from a flag or the environment; config-file values reach the
     /// child through the same config file.
@@ -110,19 +128,27 @@ pub enum Forward {
     Always,
 }
 
+/// One setting: its name, how it is parsed, where it may come from and who takes it.
 #[derive(Debug)]
 pub struct Setting {
+    /// The flag's and the config-file key's name (`compress-level`).
     pub name: &'static str,
+    /// How its value is parsed.
     pub kind: Kind,
     /// The value when none is given (parsed like any other; None: unset).
     pub default: Option<&'static str>,
+    /// Which commands take it.
     pub scope: Scope,
+    /// Where its value may come from.
     pub sources: Sources,
+    /// Whether a child pgcairn gets it as a flag.
     pub forward: Forward,
+    /// The setting's line in `--help`.
     pub help: &'static str,
 }
 
 impl Setting {
+    /// Whether `cmd` takes this setting.
     pub fn applies_to(&self, cmd: Cmd) -> bool {
         match self.scope {
             Scope::Global => true,
@@ -130,6 +156,7 @@ impl Setting {
         }
     }
 
+    /// Whether every command takes it (it locates the stanza and its repository).
     pub fn is_global(&self) -> bool {
         self.scope == Scope::Global
     }

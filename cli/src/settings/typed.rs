@@ -17,16 +17,23 @@ use super::table::Cmd;
 /// What every command has: the stanza and how to reach and unlock its repository.
 #[derive(Debug, Clone)]
 pub struct Common {
+    /// The stanza (`stanza`).
     pub stanza: String,
+    /// What to log on stderr (`log-level`): error, warn, info, debug or trace.
     pub log_level: &'static str,
+    /// The repository (`repo`).
     pub repo: RepoLocation,
+    /// S3 endpoint and region overrides; credentials come from the environment only.
     pub s3: S3Settings,
+    /// `repo-key-file`: unlocks without key derivation; None: use the passphrase.
     pub key_file: Option<PathBuf>,
+    /// `repo-passphrase-file`, read when PGCAIRN_REPO_PASSPHRASE is not set.
     pub passphrase_file: Option<PathBuf>,
     passphrase_env: Option<Secret>,
 }
 
 impl Common {
+    /// Read from the resolved settings.
     pub fn from(r: &Resolved) -> Result<Self> {
         Ok(Self {
             stanza: r.get("stanza")?,
@@ -43,6 +50,7 @@ impl Common {
         })
     }
 
+    /// The stanza's storage, without opening the repository.
     pub fn storage(&self) -> Result<DynStorage> {
         self.repo.open(&self.stanza, &self.s3)
     }
@@ -96,31 +104,43 @@ impl StanzaDelete {
     }
 }
 
+/// stanza-create's settings.
 #[derive(Debug, Clone)]
 pub struct StanzaCreate {
+    /// The cluster whose identity the stanza records.
     pub pg: ConnParams,
 }
 
 impl StanzaCreate {
+    /// Read from the resolved settings.
     pub fn from(r: &Resolved) -> Result<Self> {
         Ok(Self { pg: pg(r)? })
     }
 }
 
+/// backup's settings.
 #[derive(Debug, Clone)]
 pub struct Backup {
+    /// The cluster to back up.
     pub pg: ConnParams,
+    /// `start-fast`: an immediate checkpoint instead of a spread one.
     pub start_fast: bool,
+    /// `compress-level`: zstd level for new blocks.
     pub compress_level: i32,
+    /// `archive-check`: when the cluster archives, wait for the backup's WAL in the repository.
     pub archive_check: bool,
+    /// `archive-copy`: store the WAL inside the backup even when the cluster archives.
     pub archive_copy: bool,
+    /// `archive-timeout`: how long to wait for WAL to reach the repository.
     pub archive_timeout: Duration,
+    /// `spool-path`: its prefetched segments are cleared after the backup.
     pub spool_path: Option<PathBuf>,
     /// Expire after the backup (expire-auto) by this policy.
     pub expire: Option<pgcairn::ExpireRequest>,
 }
 
 impl Backup {
+    /// Read from the resolved settings (the retention policy checked when expire-auto is on).
     pub fn from(r: &Resolved) -> Result<Self> {
         Ok(Self {
             pg: pg(r)?,
@@ -165,28 +185,35 @@ pub fn retention(r: &Resolved) -> Result<pgcairn::RetentionPolicy> {
     Ok(policy)
 }
 
+/// restore's settings.
 #[derive(Debug, Clone)]
 pub struct Restore {
+    /// `pg-data`: the directory to restore into (restore refuses to run without it).
     pub pg_data: Option<PathBuf>,
     /// The flags restore_command (`pgcairn archive-get`) gets, as the table says.
     pub forwarded: Vec<String>,
 }
 
 impl Restore {
+    /// Read from the resolved settings.
     pub fn from(r: &Resolved) -> Result<Self> {
         Ok(Self { pg_data: r.opt("pg-data")?, forwarded: r.forwarded(Cmd::ArchiveGet) })
     }
 }
 
+/// check's settings.
 #[derive(Debug, Clone)]
 pub struct Check {
+    /// The cluster whose archiving is checked.
     pub pg: ConnParams,
+    /// `archive-timeout`: how long to wait for the switched segment.
     pub archive_timeout: Duration,
     /// The async archive spool to look into (archive-async = true).
     pub spool_path: Option<PathBuf>,
 }
 
 impl Check {
+    /// Read from the resolved settings; spool-path is required when archive-async is on.
     pub fn from(r: &Resolved) -> Result<Self> {
         Ok(Self { pg: pg(r)?, archive_timeout: r.get("archive-timeout")?, spool_path: async_spool(r)? })
     }
@@ -231,6 +258,7 @@ pub fn push_request(r: &Resolved, common: &Common, drainer_args: &[&str]) -> Res
     Ok(PushRequest { repo: common.access()?, level: r.get("compress-level-wal")?, queue })
 }
 
+/// archive-get's request.
 pub fn get_request(r: &Resolved, common: &Common) -> Result<GetRequest> {
     Ok(GetRequest {
         repo: common.access()?,

@@ -68,7 +68,7 @@ pub enum QueueFull {
 pub struct Drainer {
     /// The executable to run (normally this program's own path).
     pub program: PathBuf,
-    /// Its arguments: the settings that found the repository, before the WAL path.
+    /// Its arguments: the subcommand, if any, and the forwarded settings; the WAL path is appended.
     pub args: Vec<OsString>,
 }
 

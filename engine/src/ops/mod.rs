@@ -22,7 +22,7 @@ pub use expire::{
 pub use info::{info, BackupDetails, BackupInfo, BackupStatus, InfoReport};
 pub use lineage::BackupType;
 pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary};
-pub use stanza::{stanza_create, StanzaCreateRequest};
+pub use stanza::{stanza_create, StanzaCreateRequest, StanzaCreated};
 
 /// Run CPU work on rayon and await its result without holding a tokio thread.
 pub(crate) async fn on_rayon<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> crate::Result<T> {

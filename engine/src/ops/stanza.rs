@@ -27,8 +27,19 @@ pub struct StanzaCreateRequest {
     pub kdf: KeySlotKdf,
 }
 
-/// Creates the stanza for the cluster `req.pg` reaches; fails if it already exists.
-pub async fn stanza_create(storage: DynStorage, req: &StanzaCreateRequest) -> Result<Repository> {
+/// What stanza-create did.
+#[derive(Debug)]
+pub struct StanzaCreated {
+    /// The stanza, open.
+    pub repo: Repository,
+    /// False when it already existed for this very cluster (nothing was changed).
+    pub created: bool,
+}
+
+/// Creates the stanza for the cluster `req.pg` reaches. Run again for the same
+/// cluster it changes nothing and succeeds, as pgBackRest's does; for another
+/// cluster it is refused.
+pub async fn stanza_create(storage: DynStorage, req: &StanzaCreateRequest) -> Result<StanzaCreated> {
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
     let sys = conn.identify_system().await?;
     let pg_version = conn.server_version_num();
@@ -43,7 +54,34 @@ pub async fn stanza_create(storage: DynStorage, req: &StanzaCreateRequest) -> Re
         pg_version,
         wal_segment_size,
     };
-    Repository::create(storage, &req.stanza, req.passphrase.as_ref(), opts).await
+    match Repository::create(storage.clone(), &req.stanza, req.passphrase.as_ref(), opts).await {
+        Err(Error::RepoAlreadyInitialised { .. }) => {
+            let passphrase = if req.encrypted { req.passphrase.as_ref() } else { None };
+            let repo = Repository::open(storage, &req.stanza, passphrase).await?;
+            same_cluster(&repo, sys.system_identifier, pg_version)?;
+            Ok(StanzaCreated { repo, created: false })
+        }
+        created => Ok(StanzaCreated { repo: created?, created: true }),
+    }
+}
+
+/// The stanza `repo` belongs to the cluster with this identity.
+fn same_cluster(repo: &Repository, system_identifier: u64, pg_version: u32) -> Result<()> {
+    let cfg = repo.config();
+    if cfg.system_identifier == system_identifier && version::major_of(cfg.pg_version) == version::major_of(pg_version)
+    {
+        return Ok(());
+    }
+    let problem = format!(
+        "stanza {} in {} belongs to system {} (PostgreSQL {}), not to this cluster (system {system_identifier}, PostgreSQL {})",
+        cfg.stanza,
+        repo.location(),
+        cfg.system_identifier,
+        version::major_of(cfg.pg_version),
+        version::major_of(pg_version)
+    );
+    let hint = "give this cluster its own --stanza, or remove the old stanza with stanza-delete --force";
+    Err(Error::misconfigured(Misconfig::WrongCluster, problem, hint))
 }
 
 /// Check that `conn` reaches the cluster the stanza was created for (same system

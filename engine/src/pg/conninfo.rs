@@ -27,9 +27,9 @@ impl std::fmt::Display for Host {
 /// How to reach the PostgreSQL server: the `pg` setting resolved as libpq would.
 #[derive(Debug, Clone)]
 pub struct ConnParams {
-    /// A TCP host name or address, or a Unix socket directory (default: the local socket).
+    /// A TCP host name or address, or a Unix socket directory (default: PGHOST, else the local socket).
     pub host: Host,
-    /// TCP port, or the number in the socket's file name (default 5432).
+    /// TCP port, or the number in the socket's file name (default: PGPORT, else 5432).
     pub port: u16,
     /// The role to connect as (default: PGUSER, else the OS user).
     pub user: String,
@@ -37,9 +37,9 @@ pub struct ConnParams {
     pub dbname: Option<String>,
     /// From the connection string, PGPASSWORD or the password file; None: none found.
     pub password: Option<Secret>,
-    /// Shown in pg_stat_activity (default `pgcairn`).
+    /// Shown in pg_stat_activity (default: PGAPPNAME, else `pgcairn`).
     pub application_name: String,
-    /// How long to wait for the connection to open (default 30 s).
+    /// How long to wait for the connection to open (default: PGCONNECT_TIMEOUT, else 30 s).
     pub connect_timeout: Duration,
     /// libpq's sslmode; only modes that allow plain connections are accepted.
     pub sslmode: String,

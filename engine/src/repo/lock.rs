@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::Repository;
-use crate::error::{Error, Result, StorageErrorKind};
+use crate::error::{Error, LockedBy, Result, StorageErrorKind};
 
 const HOLDER_KEY: &str = "lock/holder";
 const BEAT_PREFIX: &str = "lock/beat-";
@@ -215,14 +215,14 @@ async fn locked_error(repo: &Repository, holder: LockHolder, last_beat: Option<(
     };
     let started = chrono::DateTime::from_timestamp(holder.started as i64, 0)
         .map_or_else(|| holder.started.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    Error::Locked {
+    Error::Locked(Box::new(LockedBy {
         stanza: repo.config().stanza.clone(),
         command: holder.command,
         host: holder.host,
         pid: holder.pid,
         label,
         started,
-    }
+    }))
 }
 
 #[cfg(test)]
@@ -241,7 +241,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let refused = StanzaLock::acquire(&repo, "expire").await.err().unwrap();
         let text = refused.to_string();
-        assert!(matches!(refused, Error::Locked { .. }), "{text}");
+        assert!(matches!(refused, Error::Locked(_)), "{text}");
         assert!(text.contains("backup") && text.contains(&std::process::id().to_string()), "{text}");
         first.release().await.unwrap();
         let left = mem.list("lock/").await.unwrap();
@@ -265,7 +265,7 @@ mod tests {
         };
         repo.put_meta(HOLDER_KEY, &holder).await.unwrap();
         repo.put_meta(&beat_key(&holder.owner, unix_now()), &Beat::default()).await.unwrap();
-        assert!(matches!(StanzaLock::acquire(&repo, "expire").await, Err(Error::Locked { .. })));
+        assert!(matches!(StanzaLock::acquire(&repo, "expire").await, Err(Error::Locked(_))));
 
         remove_lock(&repo, &holder.owner).await.unwrap();
         repo.put_meta(HOLDER_KEY, &holder).await.unwrap();

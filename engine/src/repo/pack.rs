@@ -94,15 +94,15 @@ impl PackWriter {
     }
 
     /// The pack's bytes and its index record.
-    pub fn finish(self) -> (Bytes, IndexPack) {
+    pub(crate) fn finish(self) -> (Bytes, IndexPack) {
         let id = hex::encode(self.id);
         let size = self.buf.len() as u64;
         (self.buf.freeze(), IndexPack { id, key_id: hex::encode(self.key_id), size, blobs: self.blobs })
     }
 
-    /// The id of the data key the pack's blobs are sealed with.
-    pub fn key_id(&self) -> [u8; PACK_KEY_ID_LEN] {
-        self.key_id
+    /// The pack's bytes alone (benchmarks).
+    pub fn into_bytes(self) -> Bytes {
+        self.finish().0
     }
 }
 

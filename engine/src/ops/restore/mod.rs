@@ -51,7 +51,7 @@ pub struct RestoreRequest {
 pub struct RestoreSummary {
     /// The backup set restored.
     pub label: String,
-    /// Regular files restored (tablespace_map aside).
+    /// Regular files of the backup set, tablespace_map aside (with `delta`, unchanged ones too).
     pub files: usize,
     /// The backup's size: the sum of its regular files' sizes.
     pub bytes: u64,

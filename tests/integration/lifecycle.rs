@@ -1,0 +1,275 @@
+//! Repository lifecycle against a real cluster: the stanza lock, expire by a retention
+//! policy over real chains (what goes, what stays, that what stays restores and that
+//! point-in-time recovery from the oldest kept backup still reaches the newest data),
+//! expire killed mid-way and finished by the next run, and stanza-delete.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::archive::Archiving;
+use crate::cli::{wait_promoted, Pgcairn};
+use crate::support::{chown_to_postgres, free_port, Cluster, PgVersion, TestDir};
+
+fn info_json(p: &Pgcairn) -> serde_json::Value {
+    serde_json::from_str(&p.ok(&["info", "--output=json"])).expect("info prints JSON")
+}
+
+fn labels(p: &Pgcairn) -> Vec<String> {
+    let info = info_json(p);
+    info["backups"].as_array().unwrap().iter().map(|b| b["label"].as_str().unwrap().to_string()).collect()
+}
+
+/// Bytes of every file below `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_size(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn rows(c: &Cluster) -> String {
+    c.psql("SELECT count(*) || ':' || coalesce(max(n), 0) FROM marks")
+}
+
+fn mark(c: &Cluster, n: u32) {
+    c.psql(&format!(
+        "CREATE TABLE IF NOT EXISTS marks (n int); INSERT INTO marks SELECT {n} FROM generate_series(1, 1000);"
+    ));
+}
+
+/// Restore `label` (PITR to the end of the archive) and return its row fingerprint.
+fn restore_rows(a: &Archiving, label: &str, target: &[&str]) -> String {
+    let dir = TestDir::new("lifecycle-restore");
+    let data = dir.path().join("data");
+    chown_to_postgres(a.repo.path()); // restore_command runs as postgres
+    let set = format!("--set={label}");
+    let pg_data = format!("--pg-data={}", data.display());
+    let key = format!("--repo-key-file={}", a.key.display());
+    let mut args = vec!["restore", set.as_str(), pg_data.as_str(), key.as_str()];
+    args.extend_from_slice(target);
+    a.p.ok(&args);
+    let mut auto = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.auto.conf")).unwrap();
+    auto.write_all(b"\narchive_mode = off\n").unwrap();
+    let c = Cluster::start_restored(a.cluster.version(), &data);
+    wait_promoted(&c);
+    rows(&c)
+}
+
+/// A listener that accepts connections and never answers: a backup pointed at it
+/// holds the stanza lock while it waits for the server.
+fn silent_server() -> (TcpListener, u16) {
+    let port = free_port();
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    (l, port)
+}
+
+fn wait_for(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{what}: {} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 12: two backups started together clashed on one label ("File exists") and
+/// nothing stopped expire from running under a backup. Now the second backup (and an
+/// expire) is refused with exit 13 naming the running one, writes nothing, and the
+/// lock dies with its holder: after kill -9 the next backup takes it over at once.
+#[test]
+fn the_stanza_lock_excludes_and_dies_with_its_holder() {
+    let a = Archiving::new(PgVersion::V15, "");
+    mark(&a.cluster, 1);
+    let first = a.p.backup(&a.cluster.conninfo());
+    let (_listener, port) = silent_server();
+    let mut holder: Child =
+        a.p.cmd(&["backup", &format!("--pg=host=127.0.0.1 port={port} user=postgres connect_timeout=60")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    wait_for(&a.repo.path().join("main/lock/holder"), "the first backup's lock");
+    let before = dir_size(&a.repo.path().join("main/backup"));
+
+    let (code, err) = a.p.fails(&["backup", "--start-fast", &format!("--pg={}", a.cluster.conninfo())]);
+    assert_eq!(code, 13, "{err}");
+    assert!(err.contains("locked by backup") && err.contains(&format!("pid {}", holder.id())), "{err}");
+    let (code, err) = a.p.fails(&["expire", "--retention-full=1"]);
+    assert_eq!(code, 13, "{err}");
+    assert_eq!(dir_size(&a.repo.path().join("main/backup")), before, "a refused command wrote");
+    assert_eq!(labels(&a.p), std::slice::from_ref(&first));
+
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let second = a.p.backup(&a.cluster.conninfo());
+    assert_ne!(second, first);
+    assert_eq!(labels(&a.p), [first, second]);
+    assert!(!a.repo.path().join("main/lock/holder").exists(), "the lock outlived its backup");
+}
+
+/// Chains full → diff → incr → full → diff → full under retention-full=2: the first
+/// chain goes (dry-run first changes nothing), the repository shrinks by what expire
+/// says it deleted, WAL before the oldest kept backup goes, every kept backup restores
+/// with its own data, and PITR from the oldest kept backup reaches the newest row.
+/// Then a calendar policy, expire-auto after a backup, and --set.
+#[test]
+fn expire_keeps_whole_chains_and_frees_space() {
+    let a = Archiving::new(PgVersion::V15, "");
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    let mut taken = Vec::new();
+    for (n, kind) in ["full", "diff", "incr", "full", "diff", "full"].iter().enumerate() {
+        mark(&a.cluster, n as u32 + 1);
+        a.switch_segments(2);
+        let out = a.p.ok(&["backup", "--start-fast", &format!("--type={kind}"), &pg]);
+        taken.push((out.lines().last().unwrap().trim().to_string(), rows(&a.cluster)));
+    }
+    mark(&a.cluster, 99);
+    let newest_rows = rows(&a.cluster);
+    a.switch_segments(1);
+    a.wait_archived();
+    let all: Vec<String> = taken.iter().map(|(l, _)| l.clone()).collect();
+    assert_eq!(labels(&a.p), all);
+    let oldest_wal = a.archived_names()[0].clone();
+
+    let plan = a.p.ok(&["expire", "--dry-run", "--retention-full=2"]);
+    assert!(plan.contains(&format!("would expire full backup {}", all[0])), "{plan}");
+    assert!(plan.contains(&format!("kept full backup {}: retention-full=2", all[3])), "{plan}");
+    assert_eq!(labels(&a.p), all, "dry-run deleted");
+
+    let size_before = dir_size(a.repo.path());
+    let report: serde_json::Value =
+        serde_json::from_str(&a.p.ok(&["expire", "--retention-full=2", "--output=json"])).unwrap();
+    let expired: Vec<&str> = report["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["expired"] == true)
+        .map(|b| b["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(expired, &all[..3], "{report}");
+    assert_eq!(labels(&a.p), &all[3..]);
+    let deleted = report["deleted_bytes"].as_u64().unwrap();
+    let size_after = dir_size(a.repo.path());
+    assert!(deleted > 0 && size_after + deleted / 2 <= size_before, "{size_before} → {size_after}, said {deleted}");
+    assert!(!a.archived_names().contains(&oldest_wal), "WAL before the oldest kept backup stayed");
+    assert!(report["wal"][0]["files"].as_u64().unwrap() > 0, "{report}");
+    let info = info_json(&a.p);
+    assert!(info["backups"].as_array().unwrap().iter().all(|b| b["status"] == "ok"), "{info}");
+
+    for (label, want) in &taken[3..] {
+        assert_eq!(&restore_rows(&a, label, &["--type=immediate", "--target-action=promote"]), want, "{label}");
+    }
+    assert_eq!(restore_rows(&a, &all[3], &[]), newest_rows, "PITR from the oldest kept backup");
+
+    // All on one day: one daily keeps the newest backup (and nothing else it needs).
+    a.p.ok(&["expire", "--retention-keep-daily=1"]);
+    assert_eq!(labels(&a.p), &all[5..]);
+
+    // expire-auto: a backup with a policy expires what the policy no longer keeps.
+    let out = a.p.ok(&["backup", "--start-fast", "--type=full", "--retention-full=1", &pg]);
+    assert!(out.contains(&format!("expired full backup {}", all[5])), "{out}");
+    assert_eq!(labels(&a.p).len(), 1, "{out}");
+
+    // --set: refused for the newest backup, nothing deleted.
+    let newest = labels(&a.p)[0].clone();
+    let (code, err) = a.p.fails(&["expire", &format!("--set={newest}")]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("newest"), "{err}");
+    assert_eq!(labels(&a.p), [newest]);
+}
+
+/// kill -9 of expire at random points, then expire again: every state it leaves is
+/// one every reader accepts (info lists only whole backups), the next run finishes
+/// the job, and what the policy keeps restores.
+#[test]
+fn expire_killed_midway_is_finished_by_the_next_run() {
+    let a = Archiving::new(PgVersion::V15, "");
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    a.cluster.pgbench(&["-i", "-s", "3", "-q"]);
+    let mut all = Vec::new();
+    for kind in ["full", "incr", "full", "incr", "full"] {
+        a.cluster.pgbench(&["-n", "-t", "200"]);
+        let out = a.p.ok(&["backup", "--start-fast", &format!("--type={kind}"), &pg]);
+        all.push(out.lines().last().unwrap().trim().to_string());
+    }
+    a.switch_segments(1);
+    a.wait_archived();
+    let mut kills = 0;
+    for delay_ms in [5u64, 20, 40, 80, 160] {
+        let mut child =
+            a.p.cmd(&["expire", "--retention-full=1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            kills += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        // Whatever is listed is whole: info reads every listed backup's summary.
+        let info = info_json(&a.p);
+        for b in info["backups"].as_array().unwrap() {
+            assert_eq!(b["status"], "ok", "after a kill at {delay_ms} ms: {info}");
+        }
+    }
+    println!("expire killed mid-way {kills} times");
+    a.p.ok(&["expire", "--retention-full=1"]);
+    assert_eq!(labels(&a.p), &all[4..]);
+    // Local storage leaves empty directories; no file of an expired backup is left.
+    let leftovers: Vec<_> = std::fs::read_dir(a.repo.path().join("main/backup"))
+        .unwrap()
+        .flatten()
+        .filter(|e| dir_size(&e.path()) > 0)
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    let fp = a.cluster.psql("SELECT sum(abalance) FROM pgbench_accounts");
+    let dir = TestDir::new("after-kills");
+    let data = dir.path().join("data");
+    chown_to_postgres(a.repo.path());
+    a.p.ok(&["restore", &format!("--pg-data={}", data.display()), &format!("--repo-key-file={}", a.key.display())]);
+    let c = Cluster::start_restored(a.cluster.version(), &data);
+    wait_promoted(&c);
+    assert_eq!(c.psql("SELECT sum(abalance) FROM pgbench_accounts"), fp);
+}
+
+/// stanza-delete needs --force, names the cluster that still archives into the
+/// stanza, and leaves nothing; a crash after its first step is finished by a rerun.
+#[test]
+fn stanza_delete_needs_force_and_removes_everything() {
+    let a = Archiving::new(PgVersion::V15, "");
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    a.p.backup(&a.cluster.conninfo());
+    let (code, err) = a.p.fails(&["stanza-delete", &pg]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("--force") && err.contains("still archives into it"), "{err}");
+    assert_eq!(labels(&a.p).len(), 1, "refused, yet deleted");
+
+    // Stopped right after removing the config (the first step): a rerun finishes.
+    std::fs::remove_file(a.repo.path().join("main/config")).unwrap();
+    let out = a.p.ok(&["stanza-delete", "--force"]);
+    assert!(out.contains("stanza main deleted"), "{out}");
+    assert_eq!(dir_size(&a.repo.path().join("main")), 0);
+    let (code, _) = a.p.fails(&["info"]);
+    assert_eq!(code, 4);
+    // stanza-create works again on the same cluster, and again as a no-op; another
+    // cluster is refused.
+    a.p.ok(&["stanza-create", &pg]);
+    // The archiver backs off a minute after failures; this backup carries its WAL.
+    a.p.ok(&["backup", "--start-fast", "--archive-copy", &pg]);
+    assert!(a.p.ok(&["stanza-create", &pg]).contains("nothing changed"));
+    let other = Cluster::init(PgVersion::V15);
+    let (code, err) = a.p.fails(&["stanza-create", &format!("--pg={}", other.conninfo())]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("belongs to system"), "{err}");
+
+    // The whole path: config first, then everything, then the lock.
+    let out = a.p.ok(&["stanza-delete", "--force", &pg]);
+    assert!(out.contains("stanza main deleted"), "{out}");
+    assert_eq!(dir_size(&a.repo.path().join("main")), 0);
+}
