@@ -1,7 +1,7 @@
 //! Micro benchmarks of the block pipeline, one core, 32 KiB blocks (the default).
 //!
-//!   cargo bench -p pgcairn-engine --features testing --bench pipeline
-//!   PGCAIRN_BENCH_DATA=/path/to/relation/file cargo bench -p pgcairn-engine --features testing --bench pipeline
+//!   cargo bench -p pgcairn-engine --bench pipeline
+//!   PGCAIRN_BENCH_DATA=/path/to/relation/file cargo bench -p pgcairn-engine --bench pipeline
 //!
 //! Backup side: keyed BLAKE3, zstd 1 and 3, AES-256-GCM, and the whole per-block path
 //! (hash + compress + seal + append to a pack). Restore side: open + decompress +

@@ -46,8 +46,9 @@ pub use repo::Repository;
 pub use storage::{s3::S3Settings, DynStorage, ObjectInfo, RepoLocation, Storage};
 
 /// Internals for fuzz targets, benchmarks and integration tests: decoders of
-/// outside bytes, the block codec, and the storage test doubles. Not a stable API.
-#[cfg(feature = "testing")]
+/// outside bytes and the block codec, and with the `testing` feature the storage
+/// test doubles and the conformance suite. Hidden, and not a stable API.
+#[doc(hidden)]
 pub mod testing {
     pub use crate::crypto::{random_bytes, Cipher};
     pub use crate::pg::replication::{parse_data_row, ServerMessage};
@@ -57,8 +58,10 @@ pub mod testing {
     pub use crate::repo::blocklist::BlockPart;
     pub use crate::repo::format::ChunkId;
     pub use crate::repo::pack::PackWriter;
+    pub use crate::storage::check_key;
     pub use crate::storage::s3::S3Storage;
-    pub use crate::storage::{check_key, conformance, fault, memory};
+    #[cfg(feature = "testing")]
+    pub use crate::storage::{conformance, fault, memory};
 }
 
 /// Keep glibc's malloc from holding on to freed memory, so peak RSS follows what is
