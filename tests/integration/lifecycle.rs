@@ -260,7 +260,9 @@ fn stanza_delete_needs_force_and_removes_everything() {
     // stanza-create works again on the same cluster, and again as a no-op; another
     // cluster is refused.
     a.p.ok(&["stanza-create", &pg]);
-    // The archiver backs off a minute after failures; this backup carries its WAL.
+    // Regression: archive_command now fails (its key file belongs to the deleted
+    // stanza), and an --archive-copy backup let the server wait for its archiver,
+    // forever. It carries its WAL, so it must finish without the archive.
     a.p.ok(&["backup", "--start-fast", "--archive-copy", &pg]);
     assert!(a.p.ok(&["stanza-create", &pg]).contains("nothing changed"));
     let other = Cluster::init(PgVersion::V15);

@@ -455,9 +455,11 @@ async fn stream_base_backup(
         label: format!("pgcairn {label}"),
         fast_checkpoint: req.fast_checkpoint,
         wal: include_wal,
-        // Without WAL the server would wait, unbounded, for its archiving; we check
-        // the archive ourselves, with a timeout and a clear message.
-        wait_for_archive: include_wal,
+        // Never let the server wait, unbounded, for its archiver: a backup that needs
+        // the archive checks it itself (archive-check, with a timeout and a clear
+        // message), and one that carries its WAL does not need it. Waiting hung an
+        // --archive-copy backup forever while archive_command was failing.
+        wait_for_archive: false,
         verify_checksums: true,
         progress: req.estimate_size,
     };
