@@ -260,7 +260,8 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             restore(common, &req).await?
         }
         Command::Info { output } => {
-            let report = pgcairn::info(&common.access()?.open().await?).await?;
+            let policy = typed::retention(r)?;
+            let report = pgcairn::info_with_retention(&common.access()?.open().await?, &policy).await?;
             if *output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

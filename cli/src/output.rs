@@ -56,6 +56,11 @@ pub(crate) fn print_info(r: &pgcairn::InfoReport) {
         r.pg_version / 10000,
         r.pg_version % 10000
     );
+    println!("    repository size: {}", human(r.repo_size));
+    match &r.retention_policy {
+        Some(p) => println!("    retention: {p}"),
+        None => println!("    retention: none set: nothing is ever expired (see retention-full, retention-keep-*)"),
+    }
     if r.archive.is_empty() {
         println!("    wal archive: empty");
     }
@@ -92,6 +97,12 @@ fn print_backup(b: &pgcairn::BackupInfo) {
     }
     if let Some(parent) = &d.parent {
         println!("        based on: {parent}");
+    }
+    if let Some(note) = &b.note {
+        println!("        note: {note}");
+    }
+    if let Some(retention) = &b.retention {
+        println!("        retention: {retention}");
     }
     println!("        timestamp start/stop: {} / {}", d.start_time, d.stop_time);
     let wal = match (&d.wal_start, &d.wal_stop) {

@@ -169,6 +169,18 @@ fn expire_keeps_whole_chains_and_frees_space() {
     }
     assert_eq!(restore_rows(&a, &all[3], &[]), newest_rows, "PITR from the oldest kept backup");
 
+    // info shows the policy in force and what keeps each backup.
+    let info: serde_json::Value =
+        serde_json::from_str(&a.p.ok(&["info", "--output=json", "--retention-full=2"])).unwrap();
+    assert_eq!(info["retention_policy"], "retention-full=2", "{info}");
+    assert!(info["repo_size"].as_u64().unwrap() > 0, "{info}");
+    let why: Vec<&str> = info["backups"].as_array().unwrap().iter().map(|b| b["retention"].as_str().unwrap()).collect();
+    assert_eq!(
+        why,
+        ["kept: retention-full=2", "kept: retention-full (with its full)", "kept: newest backup"],
+        "{info}"
+    );
+
     // All on one day: one daily keeps the newest backup (and nothing else it needs).
     a.p.ok(&["expire", "--retention-keep-daily=1"]);
     assert_eq!(labels(&a.p), &all[5..]);

@@ -29,6 +29,14 @@ pub struct BackupInfo {
     pub status: BackupStatus,
     /// What is wrong, for a backup that is not `ok`.
     pub problem: Option<String>,
+    /// Something the operator should know that does not stop a restore (its parent
+    /// is gone: it still restores, its block list names every block).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// What the retention policy does with it: "kept: <rule>" or "expires at the next
+    /// expire"; absent without a policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
     /// What its summary says; absent when the summary cannot be read.
     #[serde(flatten)]
     pub details: Option<BackupDetails>,
@@ -85,6 +93,11 @@ pub struct InfoReport {
     pub pg_version: u32,
     /// Bytes per stored block.
     pub block_size: u32,
+    /// Bytes of every object of the stanza (one listing).
+    pub repo_size: u64,
+    /// The retention policy in force, when one is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_policy: Option<String>,
     /// Every visible backup, oldest first.
     pub backups: Vec<BackupInfo>,
     /// Archived WAL per timeline, with gaps.
@@ -99,6 +112,8 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
     for label in repo.list_backups().await? {
         backups.push(backup_info(repo, label, &archived).await?);
     }
+    note_missing_parents(&mut backups);
+    let repo_size = repo.storage().list("").await?.iter().map(|o| o.size).sum();
     Ok(InfoReport {
         stanza: cfg.stanza.clone(),
         repo: repo.location(),
@@ -107,9 +122,26 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
         system_identifier: cfg.system_identifier,
         pg_version: cfg.pg_version,
         block_size: cfg.block_size,
+        repo_size,
+        retention_policy: None,
         backups,
         archive: archive_summary(&archived, cfg.wal_segment_size),
     })
+}
+
+/// A diff or incr whose parent is no longer listed still restores (its block list
+/// locates every block), but the operator deserves to know.
+fn note_missing_parents(backups: &mut [BackupInfo]) {
+    let labels: std::collections::HashSet<String> = backups.iter().map(|b| b.label.clone()).collect();
+    for b in backups.iter_mut() {
+        if let Some(parent) = b.details.as_ref().and_then(|d| d.parent.as_ref()) {
+            if !labels.contains(parent) {
+                b.note = Some(format!(
+                    "its parent {parent} is gone (expired or deleted); it still restores on its own, its block list names every block"
+                ));
+            }
+        }
+    }
 }
 
 /// One backup's line: damage of its own objects is reported, not returned; only
@@ -123,6 +155,8 @@ async fn backup_info(
         label: label.clone(),
         status: BackupStatus::Damaged,
         problem: Some(problem),
+        note: None,
+        retention: None,
         details: None,
     };
     let m = match repo.load_summary(&label).await {
@@ -139,7 +173,7 @@ async fn backup_info(
     } else {
         (BackupStatus::Ok, None)
     };
-    Ok(BackupInfo { label, status, problem, details: Some(details(m)) })
+    Ok(BackupInfo { label, status, problem, note: None, retention: None, details: Some(details(m)) })
 }
 
 fn details(m: Summary) -> BackupDetails {
@@ -158,5 +192,47 @@ fn details(m: Summary) -> BackupDetails {
         wal_included: m.wal_included,
         wal_start: m.wal_start,
         wal_stop: m.wal_stop,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(label: &str, parent: Option<&str>) -> BackupInfo {
+        let details = BackupDetails {
+            backup_type: if parent.is_some() { "diff" } else { "full" }.into(),
+            parent: parent.map(str::to_string),
+            start_time: String::new(),
+            stop_time: String::new(),
+            start_lsn: crate::pg::Lsn(0),
+            stop_lsn: crate::pg::Lsn(0),
+            timeline: 1,
+            pg_version: 170000,
+            size: 0,
+            stored_new: 0,
+            files: 0,
+            wal_included: true,
+            wal_start: None,
+            wal_stop: None,
+        };
+        BackupInfo {
+            label: label.into(),
+            status: BackupStatus::Ok,
+            problem: None,
+            note: None,
+            retention: None,
+            details: Some(details),
+        }
+    }
+
+    /// Issue 12: with a full's directory removed by hand, info listed its diff as
+    /// "based on" a backup that no longer existed, without a word. Now it says so.
+    #[test]
+    fn a_gone_parent_is_named() {
+        let mut backups = vec![listed("F2", None), listed("F1_D", Some("F1")), listed("F2_D", Some("F2"))];
+        note_missing_parents(&mut backups);
+        assert!(backups[1].note.as_deref().is_some_and(|n| n.contains("its parent F1 is gone")));
+        assert!(backups[0].note.is_none() && backups[2].note.is_none());
     }
 }

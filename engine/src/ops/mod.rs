@@ -16,8 +16,8 @@ pub use archive_async::{run_archive_push, AsyncQueue, Drainer, PushRequest, Queu
 pub use backup::{backup, BackupRequest, BackupSummary};
 pub use check::{check, CheckReport, CheckRequest};
 pub use expire::{
-    expire, stanza_delete, stanza_delete_leftovers, ExpireDecision, ExpireReport, ExpireRequest, FullRetention,
-    RetentionPolicy, StanzaDeleteReport, StanzaDeleteRequest, WalExpiry,
+    expire, info_with_retention, stanza_delete, stanza_delete_leftovers, ExpireDecision, ExpireReport, ExpireRequest,
+    FullRetention, RetentionPolicy, StanzaDeleteReport, StanzaDeleteRequest, WalExpiry,
 };
 pub use info::{info, BackupDetails, BackupInfo, BackupStatus, InfoReport};
 pub use lineage::BackupType;

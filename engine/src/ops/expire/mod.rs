@@ -78,6 +78,26 @@ pub struct ExpireReport {
     pub failures: Vec<String>,
 }
 
+/// `info`, with what the retention policy does with each backup.
+pub async fn info_with_retention(repo: &Repository, policy: &RetentionPolicy) -> Result<InfoReport> {
+    let mut report = info(repo).await?;
+    if !policy.is_set() {
+        return Ok(report);
+    }
+    let (candidates, _) = candidates(&report);
+    let reasons = policy::decide(policy, &candidates, chrono::Utc::now())?;
+    let by_label: HashMap<&str, &Reason> = candidates.iter().map(|c| c.label.as_str()).zip(&reasons).collect();
+    for b in &mut report.backups {
+        b.retention = Some(match by_label.get(b.label.as_str()) {
+            Some(Some(rule)) => format!("kept: {rule}"),
+            Some(None) => "expires at the next expire".into(),
+            None => "kept: its summary cannot be read".into(),
+        });
+    }
+    report.retention_policy = Some(policy.describe());
+    Ok(report)
+}
+
 /// Apply the retention policy to `repo` under the stanza lock.
 pub async fn expire(repo: &Repository, req: &ExpireRequest) -> Result<ExpireReport> {
     req.policy.validate()?;

@@ -71,6 +71,24 @@ impl RetentionPolicy {
             || [self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly].iter().any(Option::is_some)
     }
 
+    /// The rules that are set, as settings (`retention-full=2, retention-keep-daily=7`).
+    pub fn describe(&self) -> String {
+        let full = self.full.map(|n| match self.full_type {
+            FullRetention::Count => format!("retention-full={n}"),
+            FullRetention::Time => format!("retention-full={n} days"),
+        });
+        let diff = self.diff.map(|n| format!("retention-diff={n}"));
+        let tiers = self.tiers().into_iter().filter_map(|(name, n, _)| n.map(|n| format!("{name}={n}")));
+        let archive = self.archive.map(|n| format!("retention-archive={n} ({})", self.archive_type.as_str()));
+        let rules: Vec<String> = full.into_iter().chain(diff).chain(tiers).chain(archive).collect();
+        let zone = if self.keep_daily.or(self.keep_weekly).or(self.keep_monthly).or(self.keep_yearly).is_some() {
+            format!(" in {}", self.time_zone)
+        } else {
+            String::new()
+        };
+        format!("{}{zone}", rules.join(", "))
+    }
+
     fn tiers(&self) -> [(&'static str, Option<u32>, Period); 4] {
         [
             ("retention-keep-daily", self.keep_daily, Period::Day),
