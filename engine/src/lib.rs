@@ -58,6 +58,7 @@ pub mod testing {
     pub use crate::repo::blocklist::BlockPart;
     pub use crate::repo::format::ChunkId;
     pub use crate::repo::pack::PackWriter;
+    pub use crate::repo::synthetic::synthetic_repository;
     pub use crate::storage::check_key;
     pub use crate::storage::s3::S3Storage;
     #[cfg(feature = "testing")]

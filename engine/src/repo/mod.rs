@@ -15,6 +15,7 @@ mod keys;
 pub(crate) mod lock;
 mod meta;
 pub(crate) mod pack;
+pub(crate) mod synthetic;
 pub(crate) mod wal;
 
 use keys::{claims_unencrypted, config_mac, key_check, make_slot, try_slot, KeyFile, B64};

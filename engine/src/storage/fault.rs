@@ -33,6 +33,11 @@ pub enum Fault {
         /// The storage error they fail with.
         kind: StorageErrorKind,
     },
+    /// Deletes of keys starting with `prefix` fail permanently (S3 Object Lock).
+    RefuseDeletes {
+        /// Keys whose deletes fail start with this.
+        prefix: String,
+    },
 }
 
 /// A storage that passes everything to `inner` except the faults injected.
@@ -42,6 +47,7 @@ pub struct FaultStorage {
     failing_puts: Mutex<(u32, StorageErrorKind)>,
     corrupt_prefix: Mutex<Option<String>>,
     failing_reads: Mutex<Option<(String, StorageErrorKind)>>,
+    refused_deletes: Mutex<Option<String>>,
 }
 
 impl FaultStorage {
@@ -52,6 +58,7 @@ impl FaultStorage {
             failing_puts: Mutex::new((0, StorageErrorKind::Transient)),
             corrupt_prefix: Mutex::new(None),
             failing_reads: Mutex::new(None),
+            refused_deletes: Mutex::new(None),
         }
     }
 
@@ -61,7 +68,13 @@ impl FaultStorage {
             Fault::FailPuts { count, kind } => *self.failing_puts.lock().unwrap() = (count, kind),
             Fault::CorruptReads { prefix } => *self.corrupt_prefix.lock().unwrap() = Some(prefix),
             Fault::FailReads { prefix, kind } => *self.failing_reads.lock().unwrap() = Some((prefix, kind)),
+            Fault::RefuseDeletes { prefix } => *self.refused_deletes.lock().unwrap() = Some(prefix),
         }
+    }
+
+    /// Let deletes through again.
+    pub fn allow_deletes(&self) {
+        *self.refused_deletes.lock().unwrap() = None;
     }
 
     /// Lift every read fault.
@@ -124,6 +137,9 @@ impl Storage for FaultStorage {
         self.inner.list(prefix).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
+        if self.refused_deletes.lock().unwrap().as_deref().is_some_and(|p| key.starts_with(p)) {
+            return Err(storage_error("delete", key, StorageErrorKind::Permanent, "Access Denied (object locked)"));
+        }
         self.inner.delete(key).await
     }
 }

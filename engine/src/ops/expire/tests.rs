@@ -227,3 +227,34 @@ fn wal_before_the_window_goes_except_what_kept_backups_need() {
     let gone = wal_to_delete(&names, &[&later], Some(lsn(20)), SEG);
     assert!(gone.contains(&"00000002.history".to_string()), "no kept backup on or before timeline 2");
 }
+
+/// Issue 12, immutable buckets: deletes refused (S3 Object Lock) are reported by
+/// object, the repository stays one every reader accepts, and the next expire, once
+/// deletes work, finishes the job: no pack of an expired backup is left.
+#[tokio::test]
+async fn refused_deletes_are_reported_and_finished_later() {
+    use crate::storage::fault::{Fault, FaultStorage};
+    use crate::storage::memory::MemoryStorage;
+    use crate::storage::Storage;
+    let mem = std::sync::Arc::new(MemoryStorage::new());
+    let faulty = std::sync::Arc::new(FaultStorage::new(mem.clone()));
+    let repo = crate::repo::synthetic::synthetic_repository(faulty.clone(), 6, 2, 3, 64).await.unwrap();
+    let policy = RetentionPolicy { full: Some(1), ..policy() };
+    let req = ExpireRequest { policy, set: None, dry_run: false };
+
+    faulty.inject(Fault::RefuseDeletes { prefix: "data/".into() });
+    let report = expire(&repo, &req).await.unwrap();
+    assert!(!report.failures.is_empty() && report.failures.iter().all(|f| f.contains("data/")), "{report:?}");
+    let listed = crate::ops::info::info(&repo).await.unwrap();
+    assert_eq!(listed.backups.len(), 2, "the expired backups are gone from view");
+    assert!(listed.backups.iter().all(|b| b.status == BackupStatus::Ok));
+    assert_eq!(mem.list("data/").await.unwrap().len(), 6 * 3, "no pack was deleted");
+
+    faulty.allow_deletes();
+    let report = expire(&repo, &req).await.unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(mem.list("data/").await.unwrap().len(), 2 * 3, "only the kept chain's packs stay");
+    let full = &listed.backups[0].label;
+    assert!(mem.list("backup/").await.unwrap().iter().all(|o| o.key.contains(full.as_str())));
+    assert!(mem.list("lock/").await.unwrap().is_empty(), "the lock was released");
+}
