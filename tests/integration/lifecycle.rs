@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::archive::Archiving;
 use crate::cli::{wait_promoted, Pgcairn};
-use crate::support::{chown_to_postgres, free_port, Cluster, PgVersion, TestDir};
+use crate::support::{chown_to_postgres, free_port, Cluster, PgVersion, S3Server, TestDir};
 
 fn info_json(p: &Pgcairn) -> serde_json::Value {
     serde_json::from_str(&p.ok(&["info", "--output=json"])).expect("info prints JSON")
@@ -34,6 +34,16 @@ fn dir_size(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Whether a file whose path ends with `suffix` is below `dir`.
+fn has_file_ending(dir: &Path, suffix: &str) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let path = e.path();
+            path.to_string_lossy().ends_with(suffix) || (path.is_dir() && has_file_ending(&path, suffix))
+        })
+    })
 }
 
 fn rows(c: &Cluster) -> String {
@@ -286,4 +296,119 @@ fn stanza_delete_needs_force_and_removes_everything() {
     let out = a.p.ok(&["stanza-delete", "--force", &pg]);
     assert!(out.contains("stanza main deleted"), "{out}");
     assert_eq!(dir_size(&a.repo.path().join("main")), 0);
+}
+
+/// The same lifecycle on S3 (s3s-fs), where there are no locks: the lock object
+/// excludes an expire while a backup holds it, expire deletes through the S3 API
+/// (the bucket shrinks), and the kept backup restores.
+#[test]
+fn expire_and_lock_on_s3() {
+    let cluster = Cluster::init(PgVersion::V15);
+    let s3 = S3Server::start();
+    let p = Pgcairn::s3(&s3, "lifecycle");
+    let pg = format!("--pg={}", cluster.conninfo());
+    p.ok(&["stanza-create", &pg]);
+    let mut all = Vec::new();
+    for (n, kind) in ["full", "full", "incr", "full"].iter().enumerate() {
+        mark(&cluster, n as u32 + 1);
+        let out = p.ok(&["backup", "--start-fast", &format!("--type={kind}"), &pg]);
+        all.push(out.lines().last().unwrap().trim().to_string());
+    }
+    let want = rows(&cluster);
+
+    let (_listener, port) = silent_server();
+    let mut holder = p
+        .cmd(&["backup", &format!("--pg=host=127.0.0.1 port={port} user=postgres connect_timeout=60")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !has_file_ending(&s3.dir(), "lock/holder") {
+        assert!(Instant::now() < deadline, "the backup never took the lock on S3");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, err) = p.fails(&["expire", "--retention-full=1"]);
+    assert_eq!(code, 13, "{err}");
+    assert!(err.contains(&format!("pid {}", holder.id())), "{err}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+
+    let before = dir_size(&s3.dir());
+    let out = p.ok(&["expire", "--retention-full=1"]);
+    assert!(out.contains(&format!("expired full backup {}", all[0])), "{out}");
+    assert_eq!(labels(&p), &all[3..]);
+    assert!(dir_size(&s3.dir()) < before, "the bucket did not shrink");
+
+    let dir = TestDir::new("s3-expire-restore");
+    let data = dir.path().join("data");
+    p.ok(&["restore", &format!("--pg-data={}", data.display()), "--type=none"]);
+    let c = Cluster::start_restored(PgVersion::V15, &data);
+    wait_promoted(&c);
+    assert_eq!(rows(&c), want);
+}
+
+/// Expire in a loop while diff and incr backups and pgbench (archiving through
+/// archive-push) run: every command either works or is refused by the lock (13),
+/// nothing else; afterwards every listed backup is whole, and PITR from the oldest
+/// kept backup reaches the primary's final state.
+#[test]
+fn expire_runs_safely_beside_backups_and_archiving() {
+    let a = Archiving::new(PgVersion::V15, "");
+    a.cluster.pgbench(&["-i", "-s", "2", "-q"]);
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    a.p.backup(&a.cluster.conninfo());
+    let mut bench = a.cluster.pgbench_background(&["-n", "-c", "2", "-T", "25"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let expirer = {
+        let (p, stop) = (a.p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut done, mut locked) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = p.run(&["expire", "--retention-full=1", "--retention-diff=1"]);
+                match out.status.code() {
+                    Some(0) => done += 1,
+                    Some(13) => locked += 1,
+                    other => panic!("expire exited {other:?}: {}", String::from_utf8_lossy(&out.stderr)),
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            (done, locked)
+        })
+    };
+    for kind in ["diff", "incr", "diff", "incr", "full", "incr"] {
+        loop {
+            let out = a.p.run(&["backup", "--start-fast", &format!("--type={kind}"), &pg]);
+            match out.status.code() {
+                Some(0) => break,
+                Some(13) => std::thread::sleep(Duration::from_millis(200)),
+                other => panic!("backup exited {other:?}: {}", String::from_utf8_lossy(&out.stderr)),
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (done, locked) = expirer.join().unwrap();
+    println!("expire ran {done} times, refused by the lock {locked} times");
+    assert!(done > 0, "expire never ran");
+    bench.wait().unwrap();
+    let want = a.cluster.psql("SELECT sum(abalance) FROM pgbench_accounts");
+    a.switch_segments(1);
+    a.wait_archived();
+    a.p.ok(&["expire", "--retention-full=1", "--retention-diff=1"]);
+    let info = info_json(&a.p);
+    let backups = info["backups"].as_array().unwrap();
+    assert!(backups.iter().all(|b| b["status"] == "ok"), "{info}");
+    assert_eq!(backups[0]["type"], "full", "{info}");
+    let oldest = backups[0]["label"].as_str().unwrap().to_string();
+
+    let dir = TestDir::new("beside");
+    let data = dir.path().join("data");
+    chown_to_postgres(a.repo.path());
+    let key = format!("--repo-key-file={}", a.key.display());
+    a.p.ok(&["restore", &format!("--set={oldest}"), &format!("--pg-data={}", data.display()), &key]);
+    let mut auto = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.auto.conf")).unwrap();
+    auto.write_all(b"\narchive_mode = off\n").unwrap();
+    let c = Cluster::start_restored(a.cluster.version(), &data);
+    wait_promoted(&c);
+    assert_eq!(c.psql("SELECT sum(abalance) FROM pgbench_accounts"), want);
 }
