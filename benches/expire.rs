@@ -42,8 +42,7 @@ fn main() {
         let started = Instant::now();
         let req = ExpireRequest {
             policy: RetentionPolicy { full: Some(keep as u32), time_zone: "UTC".into(), ..Default::default() },
-            set: None,
-            dry_run: false,
+            ..Default::default()
         };
         let report = pgcairn::expire(&repo, &req).await.unwrap();
         let secs = started.elapsed().as_secs_f64();

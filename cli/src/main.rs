@@ -374,7 +374,7 @@ async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Resul
 }
 
 async fn expire(r: &Resolved, common: &Common, set: &Option<String>, dry_run: bool, out: Output) -> Result<ExitCode> {
-    let req = pgcairn::ExpireRequest { policy: typed::retention(r)?, set: set.clone(), dry_run };
+    let req = typed::expire_request(r, set.clone(), dry_run)?;
     let report = pgcairn::expire(&common.access()?.open().await?, &req).await?;
     if out == Output::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);

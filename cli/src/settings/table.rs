@@ -372,6 +372,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "which backups retention-archive counts (diff counts fulls and diffs, incr all)",
     },
     Setting {
+        name: "repo-gc-grace",
+        kind: Kind::Seconds,
+        default: Some("86400"),
+        scope: Scope::Only(&[Backup, Expire]),
+        sources: ANY,
+        forward: Never,
+        help: "seconds before expire collects what a killed backup left (it might still be running elsewhere)",
+    },
+    Setting {
         name: "expire-auto",
         kind: Kind::Bool,
         default: Some("true"),

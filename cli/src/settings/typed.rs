@@ -151,11 +151,16 @@ impl Backup {
             archive_timeout: r.get("archive-timeout")?,
             spool_path: r.opt("spool-path")?,
             expire: match r.get::<bool>("expire-auto")? {
-                true => Some(pgcairn::ExpireRequest { policy: retention(r)?, set: None, dry_run: false }),
+                true => Some(expire_request(r, None, false)?),
                 false => None,
             },
         })
     }
+}
+
+/// expire's request: the policy, `--set`, `--dry-run` and the GC grace period.
+pub fn expire_request(r: &Resolved, set: Option<String>, dry_run: bool) -> Result<pgcairn::ExpireRequest> {
+    Ok(pgcairn::ExpireRequest { policy: retention(r)?, set, dry_run, gc_grace: r.get("repo-gc-grace")? })
 }
 
 /// The retention policy the retention-* settings describe (checked here, at start-up).

@@ -85,6 +85,10 @@ pub(crate) fn label_timestamp(label: &str) -> &str {
 pub(crate) fn manifest_key(label: &str) -> String {
     format!("{BACKUP_PREFIX}{label}/manifest")
 }
+/// The first object a backup writes (§6.7): a killed backup's label is found by it.
+pub(crate) fn started_key(label: &str) -> String {
+    format!("{BACKUP_PREFIX}{label}/started")
+}
 pub(crate) fn summary_key(label: &str) -> String {
     format!("{BACKUP_PREFIX}{label}/summary")
 }

@@ -9,6 +9,9 @@
 //! by the backup itself are deleted: a kept backup keeps its whole chain, and only
 //! descendants ever name an ancestor's packs, so no kept backup names them.
 
+use std::collections::HashSet;
+use std::time::Duration;
+
 use futures::{StreamExt, TryStreamExt};
 
 use super::format::*;
@@ -75,6 +78,58 @@ impl Repository {
         Ok(deleted)
     }
 
+    /// Record that backup `label` started: its first object, so that whatever a kill
+    /// leaves of it, expire finds the label (§6.7).
+    pub(crate) async fn mark_backup_started(&self, label: &str) -> Result<()> {
+        let marker = serde_json::json!({ "host": crate::fsutil::hostname(), "pid": std::process::id() });
+        self.put_meta(&started_key(label), &marker).await
+    }
+
+    /// Whether a label without a manifest has its summary (then its packs are known).
+    pub(crate) async fn has_summary(&self, label: &str) -> Result<bool> {
+        let key = summary_key(label);
+        Ok(self.storage.list(&key).await?.iter().any(|o| o.key == key))
+    }
+
+    /// How long ago the newest object of `label` was written; None if a backend
+    /// cannot say (then it is never collected).
+    pub(crate) async fn label_age(&self, label: &str) -> Result<Option<Duration>> {
+        let objects = self.storage.list(&format!("{BACKUP_PREFIX}{label}/")).await?;
+        let newest = objects.iter().map(|o| o.modified).try_fold(0u64, |acc, m| m.map(|m| acc.max(m)));
+        Ok(newest.map(|t| Duration::from_secs(unix_now().saturating_sub(t))))
+    }
+
+    /// Packs and index objects no visible backup names and older than `grace`: what
+    /// backups killed before their summary existed left (§8.2). Reads every index
+    /// object the visible backups name, so expire runs it only after such a kill.
+    pub(crate) async fn collect_unreferenced(&self, grace: Duration) -> Result<Deleted> {
+        let mut named: HashSet<String> = HashSet::new();
+        for label in self.list_backups().await? {
+            named.extend(self.load_summary(&label).await?.indexes);
+        }
+        let old = |o: &crate::storage::ObjectInfo| {
+            o.modified.is_some_and(|t| unix_now().saturating_sub(t) >= grace.as_secs())
+        };
+        let mut referenced_packs: HashSet<String> = HashSet::new();
+        for id in &named {
+            let file: IndexFile = self.get_meta(&index_key(id)).await?;
+            referenced_packs.extend(file.packs.into_iter().map(|p| p.id));
+        }
+        let packs = self.storage.list(DATA_PREFIX).await?;
+        let unreferenced = packs.iter().filter(|o| {
+            let id = o.key.rsplit('/').next().unwrap_or_default();
+            old(o) && !referenced_packs.contains(id)
+        });
+        let mut deleted = self.delete_all(unreferenced.map(|o| (o.key.clone(), o.size))).await?;
+        let indexes = self.storage.list(INDEX_PREFIX).await?;
+        let unnamed = indexes.iter().filter(|o| {
+            let id = o.key.strip_prefix(INDEX_PREFIX).unwrap_or_default();
+            old(o) && !named.contains(id)
+        });
+        deleted += self.delete_all(unnamed.map(|o| (o.key.clone(), o.size))).await?;
+        Ok(deleted)
+    }
+
     /// The packs an index object lists, then the index object itself.
     async fn delete_index_and_packs(&self, index: &str) -> Result<Deleted> {
         let key = index_key(index);
@@ -98,4 +153,8 @@ impl Repository {
             })
             .await
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

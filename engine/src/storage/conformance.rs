@@ -46,6 +46,13 @@ pub async fn run(s: &dyn Storage) {
         "list a/"
     );
     assert!(s.list("zz/").await.unwrap().is_empty(), "list of an absent prefix is empty");
+    // Every backend says when an object was written (garbage collection's grace
+    // period needs it), within a day of this host's clock.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    for o in s.list("a/").await.unwrap() {
+        let written = o.modified.unwrap_or_else(|| panic!("{} has no modification time", o.key));
+        assert!(written.abs_diff(now) < 86_400, "{}: written at {written}, now {now}", o.key);
+    }
 
     // keys that could leave the root are refused before any I/O
     for bad in ["../escaped", "/abs", "a/../b", "a//b", "a/./b", "", "a/b c", "a\\b"] {

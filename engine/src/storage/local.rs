@@ -67,7 +67,9 @@ fn list_into(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Res
             list_into(root, &entry.path(), out)?;
         } else if ft.is_file() {
             let rel = entry.path().strip_prefix(root).expect("below root").to_string_lossy().into_owned();
-            out.push(ObjectInfo { key: rel, size: entry.metadata()?.len() });
+            let meta = entry.metadata()?;
+            let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            out.push(ObjectInfo { key: rel, size: meta.len(), modified: modified.map(|d| d.as_secs()) });
         }
     }
     Ok(())

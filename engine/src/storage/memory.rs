@@ -16,6 +16,8 @@ use crate::error::{Result, StorageErrorKind};
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
     objects: Mutex<BTreeMap<String, Bytes>>,
+    /// When each object was written (unix seconds); tests may backdate them.
+    modified: Mutex<BTreeMap<String, u64>>,
 }
 
 impl MemoryStorage {
@@ -27,6 +29,15 @@ impl MemoryStorage {
     /// Test hook: replace an object's bytes (simulates corruption at rest).
     pub fn overwrite(&self, key: &str, data: Bytes) {
         self.objects.lock().unwrap().insert(key.to_string(), data);
+    }
+
+    /// Make every object under `prefix` look `secs` seconds older (garbage collection tests).
+    pub fn backdate(&self, prefix: &str, secs: u64) {
+        for (k, t) in self.modified.lock().unwrap().iter_mut() {
+            if k.starts_with(prefix) {
+                *t = t.saturating_sub(secs);
+            }
+        }
     }
 }
 
@@ -43,6 +54,8 @@ impl Storage for MemoryStorage {
             return Err(storage_error("put", key, StorageErrorKind::AlreadyExists, "object exists"));
         }
         map.insert(key.to_string(), data);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.modified.lock().unwrap().insert(key.to_string(), now);
         Ok(())
     }
 
@@ -72,13 +85,18 @@ impl Storage for MemoryStorage {
             .unwrap()
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| ObjectInfo { key: k.clone(), size: v.len() as u64 })
+            .map(|(k, v)| ObjectInfo {
+                key: k.clone(),
+                size: v.len() as u64,
+                modified: self.modified.lock().unwrap().get(k).copied(),
+            })
             .collect())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         super::check_key("delete", key, false)?;
         self.objects.lock().unwrap().remove(key);
+        self.modified.lock().unwrap().remove(key);
         Ok(())
     }
 }

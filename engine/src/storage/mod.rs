@@ -13,7 +13,7 @@
 //!   [`StorageErrorKind::NotFound`]; a range past the end of the object is an error,
 //!   never a short read.
 //! * [`Storage::list`] returns every key under a prefix (recursively), sorted, with
-//!   sizes; it may be eventually consistent, so correctness never depends on a list
+//!   sizes and modification times; it may be eventually consistent, so correctness never depends on a list
 //!   seeing a just-written object: readers find objects by name.
 //! * Errors are classified transient or permanent; [`retry::RetryStorage`] retries the
 //!   transient ones.
@@ -48,6 +48,9 @@ pub struct ObjectInfo {
     pub key: String,
     /// The object's size in bytes.
     pub size: u64,
+    /// When it was written (unix seconds), where the backend says; garbage collection
+    /// never deletes an object whose age it does not know.
+    pub modified: Option<u64>,
 }
 
 /// An object store rooted at a stanza; the contract is in the module docs.

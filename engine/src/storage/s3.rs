@@ -147,7 +147,8 @@ impl Storage for S3Storage {
             .filter_map(|m| {
                 let full = m.location.to_string();
                 let key = full.strip_prefix(&root).unwrap_or(&full).to_string();
-                key.starts_with(prefix).then_some(ObjectInfo { key, size: m.size })
+                let modified = u64::try_from(m.last_modified.timestamp()).ok();
+                key.starts_with(prefix).then_some(ObjectInfo { key, size: m.size, modified })
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -343,6 +343,7 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
     // under a label of this very second (found by the kill -9 fault matrix).
     let label = lineage.new_label(&repo.labels_in_use().await?).await;
     lock.set_label(&label);
+    repo.mark_backup_started(&label).await?;
     let parent_blocks = lineage.parent.as_ref().map(|p| ParentBlocks::new(repo, p));
     let mut b = Builder::new(repo, &label, req.compress_level, parent_blocks, req.progress.clone());
     let mut streamed = stream_base_backup(&mut conn, req, &label, include_wal, &mut b).await?;

@@ -21,7 +21,7 @@ use crate::repo::lock::StanzaLock;
 use crate::repo::Repository;
 
 /// What `expire` takes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ExpireRequest {
     /// The retention policy (unset: nothing is expired by policy).
     pub policy: RetentionPolicy,
@@ -30,7 +30,19 @@ pub struct ExpireRequest {
     pub set: Option<String>,
     /// Plan and report, delete nothing.
     pub dry_run: bool,
+    /// What a killed backup left is collected only once it is this old
+    /// (`repo-gc-grace`): a backup still running elsewhere never loses a pack.
+    pub gc_grace: std::time::Duration,
 }
+
+impl Default for ExpireRequest {
+    fn default() -> Self {
+        Self { policy: RetentionPolicy::default(), set: None, dry_run: false, gc_grace: DEFAULT_GC_GRACE }
+    }
+}
+
+/// `repo-gc-grace`'s default: a day.
+pub const DEFAULT_GC_GRACE: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// One backup's fate.
 #[derive(Debug, Clone, Serialize)]
@@ -119,6 +131,7 @@ pub(crate) async fn expire_locked(repo: &Repository, req: &ExpireRequest) -> Res
 
 /// What will go: backups (with why the others stay) and WAL files.
 struct Plan {
+    gc_grace: std::time::Duration,
     labels: Vec<String>,
     types: Vec<String>,
     reasons: Vec<Reason>,
@@ -156,7 +169,7 @@ impl Plan {
             types.push("unknown".into());
             reasons.push(Some("its summary cannot be read: never expired unread (run verify)".into()));
         }
-        Ok(Plan { labels, types, reasons, wal })
+        Ok(Plan { gc_grace: req.gc_grace, labels, types, reasons, wal })
     }
 
     fn report(&self, req: &ExpireRequest) -> ExpireReport {
@@ -194,10 +207,18 @@ impl Plan {
                 record(repo.delete_backup(label).await, &format!("backup {label}"), out);
             }
         }
-        match leftover_labels(repo).await {
-            Ok(labels) => {
-                for label in labels {
+        match leftovers(repo, self.gc_grace).await {
+            Ok((finish, killed)) => {
+                for label in finish {
                     record(repo.delete_backup_leftovers(&label).await, &format!("leftovers of {label}"), out);
+                }
+                // Backups killed before their summary: their packs are found by a scan,
+                // and their label is removed only after it (a crash redoes the scan).
+                if !killed.is_empty() {
+                    record(repo.collect_unreferenced(self.gc_grace).await, "unreferenced packs", out);
+                    for label in killed {
+                        record(repo.delete_backup_leftovers(&label).await, &format!("leftovers of {label}"), out);
+                    }
                 }
             }
             Err(e) => out.failures.push(format!("listing leftovers: {e}")),
@@ -263,10 +284,19 @@ fn expire_set(backups: &[Candidate], label: &str) -> Result<Vec<Reason>> {
     Ok(backups.iter().map(|b| (!doomed.contains(b.label.as_str())).then(|| format!("not --set={label}"))).collect())
 }
 
-/// Labels with objects but no manifest.
-async fn leftover_labels(repo: &Repository) -> Result<Vec<String>> {
+/// Labels with objects but no manifest: (those with a summary, to finish; those of
+/// backups killed before it, old enough to collect). Younger ones are left alone.
+async fn leftovers(repo: &Repository, grace: std::time::Duration) -> Result<(Vec<String>, Vec<String>)> {
     let visible: HashSet<String> = repo.list_backups().await?.into_iter().collect();
-    Ok(repo.labels_in_use().await?.into_iter().filter(|l| !visible.contains(l)).collect())
+    let (mut finish, mut killed) = (Vec::new(), Vec::new());
+    for label in repo.labels_in_use().await?.into_iter().filter(|l| !visible.contains(l)) {
+        if repo.has_summary(&label).await? {
+            finish.push(label);
+        } else if repo.label_age(&label).await?.is_some_and(|age| age >= grace) {
+            killed.push(label);
+        }
+    }
+    Ok((finish, killed))
 }
 
 fn wal_ranges(files: &[(String, u64)]) -> Vec<WalExpiry> {

@@ -240,7 +240,7 @@ async fn refused_deletes_are_reported_and_finished_later() {
     let faulty = std::sync::Arc::new(FaultStorage::new(mem.clone()));
     let repo = crate::repo::synthetic::synthetic_repository(faulty.clone(), 6, 2, 3, 64).await.unwrap();
     let policy = RetentionPolicy { full: Some(1), ..policy() };
-    let req = ExpireRequest { policy, set: None, dry_run: false };
+    let req = ExpireRequest { policy, ..Default::default() };
 
     faulty.inject(Fault::RefuseDeletes { prefix: "data/".into() });
     let report = expire(&repo, &req).await.unwrap();
@@ -257,4 +257,42 @@ async fn refused_deletes_are_reported_and_finished_later() {
     let full = &listed.backups[0].label;
     assert!(mem.list("backup/").await.unwrap().iter().all(|o| o.key.contains(full.as_str())));
     assert!(mem.list("lock/").await.unwrap().is_empty(), "the lock was released");
+}
+
+/// Issue 12, leftovers: a backup killed before its summary leaves its marker, block
+/// list parts, packs and maybe an index object that no backup names. Younger than
+/// repo-gc-grace they stay (it might still be running elsewhere); older, expire
+/// collects them, and nothing a kept backup names.
+#[tokio::test]
+async fn a_killed_backup_is_collected_after_the_grace_period() {
+    use crate::repo::blocklist::BlockPart;
+    use crate::repo::format::{index_key, pack_key, IndexFile, IndexPack};
+    use crate::storage::memory::MemoryStorage;
+    use crate::storage::Storage;
+    let mem = std::sync::Arc::new(MemoryStorage::new());
+    let repo = crate::repo::synthetic::synthetic_repository(mem.clone(), 2, 2, 3, 64).await.unwrap();
+    let kept_packs = mem.list("data/").await.unwrap().len();
+    let killed = "20991231-000000F";
+    repo.mark_backup_started(killed).await.unwrap();
+    repo.put_block_part(killed, 0, &BlockPart::default()).await.unwrap();
+    let pack = |n: u8| IndexPack { id: hex::encode([n; 32]), key_id: "00".repeat(16), size: 64, blobs: Vec::new() };
+    for n in [1, 2] {
+        mem.put_new(&pack_key(&pack(n).id), bytes::Bytes::from_static(&[0; 64])).await.unwrap();
+    }
+    repo.put_meta(&index_key(&"ab".repeat(32)), &IndexFile { packs: vec![pack(1)] }).await.unwrap();
+    let req = ExpireRequest { policy: RetentionPolicy { full: Some(1), ..policy() }, ..Default::default() };
+
+    let report = expire(&repo, &req).await.unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(mem.list("data/").await.unwrap().len(), kept_packs + 2, "young leftovers were collected");
+    assert!(!mem.list(&format!("backup/{killed}/")).await.unwrap().is_empty());
+
+    mem.backdate("", 2 * 86_400);
+    let report = expire(&repo, &req).await.unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(mem.list("data/").await.unwrap().len(), kept_packs, "the killed backup's packs stay");
+    assert!(mem.list(&format!("backup/{killed}/")).await.unwrap().is_empty());
+    assert_eq!(mem.list("index/").await.unwrap().len(), 2, "the kept backups' index objects only");
+    let listed = crate::ops::info::info(&repo).await.unwrap();
+    assert!(listed.backups.iter().all(|b| b.status == BackupStatus::Ok), "{listed:?}");
 }
