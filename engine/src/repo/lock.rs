@@ -57,6 +57,7 @@ pub(crate) struct StanzaLock {
     holder: LockHolder,
     label: Arc<Mutex<Option<String>>>,
     beats: JoinHandle<()>,
+    stop_beats: tokio::sync::oneshot::Sender<()>,
 }
 
 fn unix_now() -> u64 {
@@ -113,8 +114,9 @@ impl StanzaLock {
 
     async fn started(repo: &Repository, holder: LockHolder) -> Self {
         let label = Arc::new(Mutex::new(None::<String>));
-        let beats = tokio::spawn(heartbeats(repo.clone(), holder.owner.clone(), label.clone()));
-        StanzaLock { repo: repo.clone(), holder, label, beats }
+        let (stop_beats, stop) = tokio::sync::oneshot::channel();
+        let beats = tokio::spawn(heartbeats(repo.clone(), holder.owner.clone(), label.clone(), stop));
+        StanzaLock { repo: repo.clone(), holder, label, beats, stop_beats }
     }
 
     /// Say which backup the holder is taking (shown to anyone the lock refuses).
@@ -132,14 +134,21 @@ impl StanzaLock {
 
     /// Stop the heartbeats and remove the lock.
     pub(crate) async fn release(self) -> Result<()> {
-        self.beats.abort();
+        // Stopped between beats, never aborted mid-write: an aborted write of a local
+        // object still lands (its blocking half runs on) after the beats were removed.
+        let _ = self.stop_beats.send(());
         let _ = self.beats.await;
         remove_lock(&self.repo, &self.holder.owner).await
     }
 }
 
 /// Write a heartbeat now and every [`HEARTBEAT`], removing the one before.
-async fn heartbeats(repo: Repository, owner: String, label: Arc<Mutex<Option<String>>>) {
+async fn heartbeats(
+    repo: Repository,
+    owner: String,
+    label: Arc<Mutex<Option<String>>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let mut previous: Option<String> = None;
     loop {
         let beat = Beat { label: label.lock().unwrap_or_else(PoisonError::into_inner).clone() };
@@ -154,7 +163,10 @@ async fn heartbeats(repo: Repository, owner: String, label: Arc<Mutex<Option<Str
                 Err(e) => tracing::warn!("stanza lock heartbeat not written: {e}"),
             }
         }
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = &mut stop => return,
+        }
     }
 }
 
@@ -247,6 +259,23 @@ mod tests {
         let left = mem.list("lock/").await.unwrap();
         assert!(left.is_empty(), "{left:?}");
         StanzaLock::acquire(&repo, "expire").await.unwrap().release().await.unwrap();
+    }
+
+    /// Regression (found by the stanza-delete integration test): release aborted the
+    /// heartbeat task mid-write; on local storage the write's blocking half still
+    /// landed a beat object after the beats were removed, so a released lock left
+    /// an object behind. Taken and released at once, many times: nothing is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn release_leaves_nothing_even_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = crate::storage::RepoLocation::Local(dir.path().to_path_buf());
+        let storage = location.open("main", &crate::storage::s3::S3Settings::default()).unwrap();
+        let repo = crate::repo::synthetic::synthetic_repository(storage.clone(), 0, 1, 0, 0).await.unwrap();
+        for _ in 0..30 {
+            StanzaLock::acquire(&repo, "backup").await.unwrap().release().await.unwrap();
+            let left = storage.list("lock/").await.unwrap();
+            assert!(left.is_empty(), "{left:?}");
+        }
     }
 
     /// A holder on another host that stopped beating is taken over after its
