@@ -386,7 +386,8 @@ async fn expire(r: &Resolved, common: &Common, set: &Option<String>, dry_run: bo
 }
 
 async fn stanza_delete(r: &Resolved, common: &Common, force: bool) -> Result<()> {
-    let req = pgcairn::StanzaDeleteRequest { force, pg: typed::StanzaDelete::from(r)?.pg };
+    let settings = typed::StanzaDelete::from(r)?;
+    let req = pgcairn::StanzaDeleteRequest { force, pg: settings.pg, spool_path: settings.spool_path };
     let report = match common.access()?.open().await {
         Ok(repo) => pgcairn::stanza_delete(&repo, &req).await?,
         // A stanza-delete that stopped after removing the config: finish it.

@@ -35,6 +35,9 @@ pub(crate) fn print_expire(r: &pgcairn::ExpireReport) {
     if !r.dry_run {
         println!("expire: {} objects deleted, {}", r.deleted_objects, human(r.deleted_bytes));
     }
+    for s in &r.spool_pruned {
+        println!("forgot async spool entry {s}: its WAL is expired");
+    }
     for f in &r.failures {
         eprintln!("could not delete {f}; the repository is consistent and the next expire retries it");
     }

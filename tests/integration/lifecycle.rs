@@ -292,10 +292,15 @@ fn stanza_delete_needs_force_and_removes_everything() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("belongs to system"), "{err}");
 
-    // The whole path: config first, then everything, then the lock.
-    let out = a.p.ok(&["stanza-delete", "--force", &pg]);
+    // The whole path: config first, then everything, then the lock; and this host's
+    // async spool of the stanza.
+    let spool = TestDir::new("spool");
+    std::fs::create_dir_all(spool.path().join("main/error")).unwrap();
+    let spool_flag = format!("--spool-path={}", spool.path().display());
+    let out = a.p.ok(&["stanza-delete", "--force", &pg, &spool_flag]);
     assert!(out.contains("stanza main deleted"), "{out}");
     assert_eq!(dir_size(&a.repo.path().join("main")), 0);
+    assert!(!spool.path().join("main").exists(), "the stanza's spool stayed");
 }
 
 /// The same lifecycle on S3 (s3s-fs), where there are no locks: the lock object

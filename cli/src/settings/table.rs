@@ -447,7 +447,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "spool-path",
         kind: Kind::Path,
         default: None,
-        scope: Scope::Only(&[Backup, Restore, Check, ArchivePush, ArchiveGet]),
+        scope: Scope::Only(&[Backup, Restore, Check, ArchivePush, ArchiveGet, Expire, StanzaDelete]),
         sources: ANY,
         forward: Given,
         help: "local directory for the async archive queue and archive-get's prefetch",

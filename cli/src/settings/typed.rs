@@ -95,12 +95,17 @@ fn pg(r: &Resolved) -> Result<ConnParams> {
 pub struct StanzaDelete {
     /// Where to ask whether the cluster still archives into the stanza.
     pub pg: Option<ConnParams>,
+    /// The async spool on this host, whose `<stanza>` directory goes too.
+    pub spool_path: Option<PathBuf>,
 }
 
 impl StanzaDelete {
     /// Read from the resolved settings.
     pub fn from(r: &Resolved) -> Result<Self> {
-        Ok(Self { pg: r.opt::<String>("pg")?.map(|s| ConnParams::resolve(&s)).transpose()? })
+        Ok(Self {
+            pg: r.opt::<String>("pg")?.map(|s| ConnParams::resolve(&s)).transpose()?,
+            spool_path: r.opt("spool-path")?,
+        })
     }
 }
 
@@ -160,7 +165,13 @@ impl Backup {
 
 /// expire's request: the policy, `--set`, `--dry-run` and the GC grace period.
 pub fn expire_request(r: &Resolved, set: Option<String>, dry_run: bool) -> Result<pgcairn::ExpireRequest> {
-    Ok(pgcairn::ExpireRequest { policy: retention(r)?, set, dry_run, gc_grace: r.get("repo-gc-grace")? })
+    Ok(pgcairn::ExpireRequest {
+        policy: retention(r)?,
+        set,
+        dry_run,
+        spool_path: r.opt("spool-path")?,
+        gc_grace: r.get("repo-gc-grace")?,
+    })
 }
 
 /// The retention policy the retention-* settings describe (checked here, at start-up).

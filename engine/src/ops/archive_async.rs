@@ -256,6 +256,48 @@ async fn push_queued(repo: &Repository, spool: &Spool, name: &str, level: i32) -
     }
 }
 
+/// WAL names the async spool of `stanza` still speaks of: segments parked in
+/// `error/` and those listed in `dropped.log` (none when there is no spool).
+pub(crate) fn spool_wal_names(spool_path: &Path, stanza: &str) -> Vec<String> {
+    let root = spool_path.join(stanza);
+    let parked = std::fs::read_dir(root.join("error"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let dropped = std::fs::read_to_string(root.join("dropped.log")).unwrap_or_default();
+    parked.into_iter().chain(dropped.lines().filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))).collect()
+}
+
+/// Forget spool state about WAL that expire made moot (`moot`: names wholly before
+/// the kept window): parked segments are removed and their `dropped.log` lines too,
+/// the log rewritten durably (removed when it ends up empty). Returns what went.
+pub(crate) fn prune_spool(spool_path: &Path, stanza: &str, moot: &[String]) -> Result<Vec<String>> {
+    let root = spool_path.join(stanza);
+    let mut gone = Vec::new();
+    for name in moot {
+        let parked = root.join("error").join(name);
+        if parked.exists() {
+            std::fs::remove_file(&parked).ctx(|| format!("cannot remove {}", parked.display()))?;
+            gone.push(format!("error/{name}"));
+        }
+    }
+    let log = root.join("dropped.log");
+    let Ok(text) = std::fs::read_to_string(&log) else { return Ok(gone) };
+    let is_moot = |l: &str| l.split_whitespace().nth(1).is_some_and(|n| moot.iter().any(|m| m == n));
+    let kept: Vec<&str> = text.lines().filter(|l| !is_moot(l)).collect();
+    if kept.len() == text.lines().count() {
+        return Ok(gone);
+    }
+    gone.extend(text.lines().filter(|l| is_moot(l)).map(|l| format!("dropped.log: {l}")));
+    if kept.is_empty() {
+        std::fs::remove_file(&log).ctx(|| format!("cannot remove {}", log.display()))?;
+    } else {
+        let body = kept.iter().map(|l| format!("{l}\n")).collect::<String>();
+        fsutil::write_file_via(&root.join(".tmp"), &log, body.as_bytes(), Commit::Replace)
+            .ctx(|| format!("cannot rewrite {}", log.display()))?;
+    }
+    Ok(gone)
+}
+
 /// Problems of the async queue in `spool_path` an operator must know about (for `check`).
 pub fn spool_problems(spool_path: &Path, stanza: &str) -> Result<Vec<String>> {
     let spool = Spool::new(spool_path, stanza)?;

@@ -25,10 +25,10 @@ pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSumm
 pub use stanza::{stanza_create, StanzaCreateRequest, StanzaCreated};
 
 /// Run CPU work on rayon and await its result without holding a tokio thread.
-pub(crate) async fn on_rayon<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> crate::Result<T> {
+pub(crate) async fn on_rayon<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> crate::error::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     rayon::spawn(move || {
         let _ = tx.send(work());
     });
-    rx.await.map_err(|_| crate::Error::Internal("block worker stopped".into()))
+    rx.await.map_err(|_| crate::error::Error::Internal("block worker stopped".into()))
 }

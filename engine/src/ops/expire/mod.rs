@@ -13,6 +13,7 @@ pub use policy::{FullRetention, RetentionPolicy};
 pub use stanza_delete::{stanza_delete, stanza_delete_leftovers, StanzaDeleteReport, StanzaDeleteRequest};
 
 use crate::error::{Error, Result};
+use crate::ops::archive_async;
 use crate::ops::info::{info, BackupStatus, InfoReport};
 use crate::ops::lineage::BackupType;
 use crate::pg::wal::WalFile;
@@ -30,6 +31,9 @@ pub struct ExpireRequest {
     pub set: Option<String>,
     /// Plan and report, delete nothing.
     pub dry_run: bool,
+    /// The async archive spool on this host, if any: its parked and dropped entries
+    /// about WAL before the kept window are forgotten with that WAL.
+    pub spool_path: Option<std::path::PathBuf>,
     /// What a killed backup left is collected only once it is this old
     /// (`repo-gc-grace`): a backup still running elsewhere never loses a pack.
     pub gc_grace: std::time::Duration,
@@ -37,7 +41,13 @@ pub struct ExpireRequest {
 
 impl Default for ExpireRequest {
     fn default() -> Self {
-        Self { policy: RetentionPolicy::default(), set: None, dry_run: false, gc_grace: DEFAULT_GC_GRACE }
+        Self {
+            policy: RetentionPolicy::default(),
+            set: None,
+            dry_run: false,
+            spool_path: None,
+            gc_grace: DEFAULT_GC_GRACE,
+        }
     }
 }
 
@@ -88,6 +98,8 @@ pub struct ExpireReport {
     pub deleted_bytes: u64,
     /// Deletes that failed (object and why); the next expire retries them.
     pub failures: Vec<String>,
+    /// Async spool entries (parked segments, dropped.log lines) about expired WAL.
+    pub spool_pruned: Vec<String>,
 }
 
 /// `info`, with what the retention policy does with each backup.
@@ -136,6 +148,8 @@ struct Plan {
     types: Vec<String>,
     reasons: Vec<Reason>,
     wal: Vec<(String, u64)>,
+    /// (spool path, the spool's WAL names wholly before the kept window).
+    spool: Option<(std::path::PathBuf, Vec<String>)>,
 }
 
 impl Plan {
@@ -150,6 +164,7 @@ impl Plan {
             candidates.iter().zip(&reasons).filter(|(_, r)| r.is_some()).map(|(c, _)| c).collect();
         let seg_size = repo.config().wal_segment_size;
         // With no policy and no --set nothing goes, WAL included.
+        let mut spool = None;
         let wal = if req.set.is_none() && !req.policy.is_set() {
             Vec::new()
         } else {
@@ -157,6 +172,10 @@ impl Plan {
             let sizes: HashMap<String, u64> = names.iter().cloned().collect();
             let all: Vec<String> = names.into_iter().map(|(n, _)| n).collect();
             let window = policy::window_start(&req.policy, &kept);
+            spool = req.spool_path.as_ref().map(|path| {
+                let names = archive_async::spool_wal_names(path, &repo.config().stanza);
+                (path.clone(), policy::wal_to_delete(&names, &kept, window, seg_size))
+            });
             let mut gone = policy::wal_to_delete(&all, &kept, window, seg_size);
             gone.sort();
             gone.into_iter().map(|n| (n.clone(), sizes.get(&n).copied().unwrap_or(0))).collect()
@@ -169,7 +188,7 @@ impl Plan {
             types.push("unknown".into());
             reasons.push(Some("its summary cannot be read: never expired unread (run verify)".into()));
         }
-        Ok(Plan { gc_grace: req.gc_grace, labels, types, reasons, wal })
+        Ok(Plan { gc_grace: req.gc_grace, labels, types, reasons, wal, spool })
     }
 
     fn report(&self, req: &ExpireRequest) -> ExpireReport {
@@ -189,6 +208,7 @@ impl Plan {
             deleted_objects: 0,
             deleted_bytes: 0,
             failures: Vec::new(),
+            spool_pruned: Vec::new(),
         }
     }
 
@@ -224,6 +244,12 @@ impl Plan {
             Err(e) => out.failures.push(format!("listing leftovers: {e}")),
         }
         record(repo.delete_wal(&self.wal).await, "WAL", out);
+        if let Some((path, moot)) = &self.spool {
+            match archive_async::prune_spool(path, &repo.config().stanza, moot) {
+                Ok(gone) => out.spool_pruned = gone,
+                Err(e) => out.failures.push(format!("async spool: {e}")),
+            }
+        }
         out.deleted_objects = deleted.objects;
         out.deleted_bytes = deleted.bytes;
     }

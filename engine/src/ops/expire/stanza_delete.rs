@@ -18,6 +18,8 @@ pub struct StanzaDeleteRequest {
     /// The cluster, if configured: a stanza it still archives into is named in the
     /// refusal (and in a warning when forced).
     pub pg: Option<ConnParams>,
+    /// The async archive spool on this host: `<spool>/<stanza>` is removed too.
+    pub spool_path: Option<std::path::PathBuf>,
 }
 
 /// What stanza-delete removed.
@@ -51,6 +53,15 @@ pub async fn stanza_delete(repo: &Repository, req: &StanzaDeleteRequest) -> Resu
     let lock = StanzaLock::acquire(repo, "stanza-delete").await?;
     let result = delete_everything(repo).await;
     let deleted = lock.release_after(result).await?;
+    if let Some(spool) = &req.spool_path {
+        let dir = spool.join(&repo.config().stanza);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("stanza deleted, but not its spool {}", dir.display()), e))
+            }
+            _ => {}
+        }
+    }
     Ok(StanzaDeleteReport { deleted_objects: deleted.objects, deleted_bytes: deleted.bytes, still_archiving })
 }
 

@@ -296,3 +296,34 @@ async fn a_killed_backup_is_collected_after_the_grace_period() {
     let listed = crate::ops::info::info(&repo).await.unwrap();
     assert!(listed.backups.iter().all(|b| b.status == BackupStatus::Ok), "{listed:?}");
 }
+
+/// Issue 12, async spool state: a segment parked in `error/` and a `dropped.log` line
+/// about WAL before the kept window mean nothing once that WAL is expired, and kept
+/// `check` failing forever; expire forgets them. Newer ones stay.
+#[tokio::test]
+async fn spool_entries_about_expired_wal_are_forgotten() {
+    use crate::storage::memory::MemoryStorage;
+    let mem = std::sync::Arc::new(MemoryStorage::new());
+    // Six backups starting at segments 1..=6; retention-full=1 keeps the last chain (5, 6).
+    let repo = crate::repo::synthetic::synthetic_repository(mem, 6, 2, 1, 16).await.unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let root = spool.path().join("main");
+    std::fs::create_dir_all(root.join("error")).unwrap();
+    let (old, new) = (seg(1, 2), seg(1, 9));
+    std::fs::write(root.join("error").join(&old), b"x").unwrap();
+    std::fs::write(root.join("error").join(&new), b"x").unwrap();
+    std::fs::write(root.join("dropped.log"), format!("2026-01-01T00:00:00Z {old}\n2026-01-02T00:00:00Z {new}\n"))
+        .unwrap();
+
+    let req = ExpireRequest {
+        policy: RetentionPolicy { full: Some(1), ..policy() },
+        spool_path: Some(spool.path().to_path_buf()),
+        ..Default::default()
+    };
+    let report = expire(&repo, &req).await.unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(report.spool_pruned.len(), 2, "{report:?}");
+    assert!(!root.join("error").join(&old).exists() && root.join("error").join(&new).exists());
+    let log = std::fs::read_to_string(root.join("dropped.log")).unwrap();
+    assert_eq!(log, format!("2026-01-02T00:00:00Z {new}\n"));
+}
