@@ -178,6 +178,18 @@ fn expire_keeps_whole_chains_and_frees_space() {
         assert_eq!(&restore_rows(&a, label, &["--type=immediate", "--target-action=promote"]), want, "{label}");
     }
     assert_eq!(restore_rows(&a, &all[3], &[]), newest_rows, "PITR from the oldest kept backup");
+    // A point before the oldest kept backup ended: a clear refusal, nothing written.
+    let dir = TestDir::new("too-early");
+    let data = dir.path().join("data");
+    let (code, err) = a.p.fails(&[
+        "restore",
+        &format!("--pg-data={}", data.display()),
+        "--type=time",
+        "--target=2000-01-01 00:00:00+00",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(&format!("before backup {}", all[3])) && err.contains("earliest point"), "{err}");
+    assert!(!data.exists(), "a refused restore wrote");
 
     // info shows the policy in force and what keeps each backup.
     let info: serde_json::Value =

@@ -7,6 +7,24 @@ use std::path::Path;
 use crate::error::{IoContext, Result};
 use crate::fsutil::{self, Commit};
 
+/// A recovery_target_time in the common spellings PostgreSQL accepts (RFC 3339,
+/// `YYYY-MM-DD HH:MM:SS[.frac][+HH[:MM]]`, a trailing ` UTC`); `None` when it is
+/// not one of them (PostgreSQL is then left to judge it).
+pub(crate) fn parse_target_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = text.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.to_utc());
+    }
+    let utc = text.strip_suffix(" UTC").or_else(|| text.strip_suffix("Z"));
+    if let Some(naive) = utc.and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").ok()) {
+        return Some(naive.and_utc());
+    }
+    ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"]
+        .iter()
+        .find_map(|f| chrono::DateTime::parse_from_str(text, f).ok())
+        .map(|t| t.to_utc())
+}
+
 /// Where recovery stops, as PostgreSQL's recovery_target* settings say it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecoveryTarget {
@@ -83,6 +101,22 @@ pub(crate) fn write_recovery(target_dir: &Path, label: &str, r: &Recovery) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_times_in_postgres_spellings() {
+        let want = chrono::DateTime::parse_from_rfc3339("2026-11-30T18:00:00Z").unwrap().to_utc();
+        for text in [
+            "2026-11-30T18:00:00Z",
+            "2026-11-30T19:00:00+01:00",
+            "2026-11-30 18:00:00+00",
+            "2026-11-30 20:00:00+02",
+            "2026-11-30 18:00:00 UTC",
+            "2026-11-30 18:00:00.000+00:00",
+        ] {
+            assert_eq!(parse_target_time(text), Some(want), "{text}");
+        }
+        assert_eq!(parse_target_time("yesterday"), None);
+    }
 
     #[test]
     fn recovery_settings_are_appended_and_quoted() {

@@ -121,12 +121,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
 /// Which backup, and where each of its files goes. Refuses a backup that cannot be
 /// restored before anything is written.
 async fn plan(repo: &Repository, req: &RestoreRequest) -> Result<Plan> {
-    let label = match &req.set {
-        Some(l) => l.clone(),
-        None => {
-            repo.list_backups().await?.pop().ok_or_else(|| Error::NoBackups { stanza: repo.config().stanza.clone() })?
-        }
-    };
+    let label = choose_backup(repo, req).await?;
     let manifest = repo.load_manifest(&label).await?;
     check_restorable(repo, &manifest).await?;
     if req.recovery.target == RecoveryTarget::None && !manifest.wal_included {
@@ -211,6 +206,50 @@ async fn prepare(
 
 /// From here until the restore completes PostgreSQL must not start on a mix of old
 /// and new files: without pg_control it refuses to.
+/// `--set`, or the newest backup that can reach a time or LSN target (one that
+/// finished before it), or the newest. A target before the chosen (or every) backup
+/// ended is refused: PostgreSQL would not start on it.
+async fn choose_backup(repo: &Repository, req: &RestoreRequest) -> Result<String> {
+    let labels = repo.list_backups().await?;
+    let no_backups = || Error::NoBackups { stanza: repo.config().stanza.clone() };
+    let reaches = |s: &Summary| match &req.recovery.target {
+        RecoveryTarget::Time(t) => crate::pg::recovery::parse_target_time(t)
+            .is_none_or(|t| chrono::DateTime::parse_from_rfc3339(&s.stop_time).is_ok_and(|stop| stop.to_utc() <= t)),
+        RecoveryTarget::Lsn(l) => l.parse::<crate::pg::Lsn>().map_or(true, |l| s.stop_lsn <= l),
+        _ => true,
+    };
+    let unreachable = |s: &Summary, hint: String| {
+        let problem = format!(
+            "recovery target {:?} is before backup {} ended ({}, {}): recovery from it cannot stop there",
+            req.recovery.target, s.label, s.stop_time, s.stop_lsn
+        );
+        Error::misconfigured(Misconfig::Request, problem, hint)
+    };
+    if let Some(label) = &req.set {
+        let checked = matches!(req.recovery.target, RecoveryTarget::Time(_) | RecoveryTarget::Lsn(_));
+        if !checked || !labels.contains(label) {
+            return Ok(label.clone()); // loading its manifest names a missing one
+        }
+        let s = repo.load_summary(label).await?;
+        if !reaches(&s) {
+            return Err(unreachable(&s, "choose an older backup with --set (`pgcairn info` lists them), or leave --set out to let restore choose".into()));
+        }
+        return Ok(label.clone());
+    }
+    let newest = labels.last().ok_or_else(no_backups)?;
+    for label in labels.iter().rev() {
+        if reaches(&repo.load_summary(label).await?) {
+            if label != newest {
+                tracing::warn!("restoring backup {label}: the newest one that ended before the recovery target");
+            }
+            return Ok(label.clone());
+        }
+    }
+    let oldest = repo.load_summary(&labels[0]).await?;
+    let hint = format!("the earliest point this stanza can restore to is the end of backup {}", oldest.label);
+    Err(unreachable(&oldest, hint))
+}
+
 fn remove_pg_control(pg_control: &Path, target: &Path) -> Result<()> {
     match std::fs::remove_file(pg_control) {
         Ok(()) => fsutil::sync_parent_dir(pg_control).ctx(|| format!("cannot fsync {}", target.display())),
