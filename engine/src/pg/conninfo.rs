@@ -45,6 +45,31 @@ pub struct ConnParams {
     pub sslmode: String,
 }
 
+/// The host: from the string, else PGHOST (a path is a socket directory), else the
+/// default socket directory.
+fn resolve_host(cfg: &tokio_postgres::Config, env: &dyn Fn(&str) -> Option<String>) -> Host {
+    match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => Host::Tcp(h.clone()),
+        Some(tokio_postgres::config::Host::Unix(p)) => Host::Unix(p.clone()),
+        None => match env("PGHOST") {
+            Some(h) if h.starts_with('/') => Host::Unix(PathBuf::from(h)),
+            Some(h) if !h.is_empty() => Host::Tcp(h),
+            _ => Host::Unix(default_socket_dir()),
+        },
+    }
+}
+
+/// The port: from the string, else PGPORT, else 5432.
+fn resolve_port(cfg: &tokio_postgres::Config, env: &dyn Fn(&str) -> Option<String>) -> Result<u16> {
+    match (cfg.get_ports().first(), env("PGPORT")) {
+        (Some(p), _) => Ok(*p),
+        (None, Some(p)) => {
+            p.parse().map_err(|_| Error::setting(format!("PGPORT={p} is not a port number"), "set PGPORT to 1-65535"))
+        }
+        (None, None) => Ok(5432),
+    }
+}
+
 impl ConnParams {
     /// The same server for an ordinary SQL connection (tokio-postgres), to the
     /// `dbname` given or `postgres`.
@@ -80,24 +105,8 @@ impl ConnParams {
                 "use libpq syntax, e.g. \"host=/var/run/postgresql port=5432 user=postgres\"",
             )
         })?;
-        let host = match cfg.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => Host::Tcp(h.clone()),
-            Some(tokio_postgres::config::Host::Unix(p)) => Host::Unix(p.clone()),
-            None => match env("PGHOST") {
-                Some(h) if h.starts_with('/') => Host::Unix(PathBuf::from(h)),
-                Some(h) if !h.is_empty() => Host::Tcp(h),
-                _ => Host::Unix(default_socket_dir()),
-            },
-        };
-        let port = match cfg.get_ports().first() {
-            Some(p) => *p,
-            None => match env("PGPORT") {
-                Some(p) => p
-                    .parse()
-                    .map_err(|_| Error::setting(format!("PGPORT={p} is not a port number"), "set PGPORT to 1-65535"))?,
-                None => 5432,
-            },
-        };
+        let host = resolve_host(&cfg, env);
+        let port = resolve_port(&cfg, env)?;
         let user = cfg
             .get_user()
             .map(str::to_string)
