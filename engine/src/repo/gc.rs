@@ -12,14 +12,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
-
 use super::format::*;
 use super::Repository;
-use crate::error::{Error, Result, StorageErrorKind};
+use crate::error::{Result, StorageErrorKind};
 
-/// Deletes in flight at once (S3 deletes are one request each).
-const PARALLEL_DELETES: usize = 16;
+/// Keys per bulk delete (S3's DeleteObjects takes up to 1000).
+const DELETE_BATCH: usize = 1000;
 
 /// What a deletion removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -143,15 +141,17 @@ impl Repository {
         Ok(deleted)
     }
 
-    /// Delete `objects` (key, size), a few at a time; the first failure stops it.
+    /// Delete `objects` (key, size) in batches (one bulk request each on S3); the
+    /// first failure stops it.
     pub(crate) async fn delete_all(&self, objects: impl Iterator<Item = (String, u64)>) -> Result<Deleted> {
-        futures::stream::iter(objects.map(|(key, size)| async move { self.delete_object(&key, size).await }))
-            .buffer_unordered(PARALLEL_DELETES)
-            .try_fold(Deleted::default(), |mut sum, d| async move {
-                sum += d;
-                Ok::<_, Error>(sum)
-            })
-            .await
+        let objects: Vec<(String, u64)> = objects.collect();
+        let mut deleted = Deleted::default();
+        for batch in objects.chunks(DELETE_BATCH) {
+            let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+            self.storage.delete_many(&keys).await?;
+            deleted += Deleted { objects: batch.len() as u64, bytes: batch.iter().map(|(_, s)| s).sum() };
+        }
+        Ok(deleted)
     }
 }
 

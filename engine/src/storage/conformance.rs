@@ -54,6 +54,15 @@ pub async fn run(s: &dyn Storage) {
         assert!(written.abs_diff(now) < 86_400, "{}: written at {written}, now {now}", o.key);
     }
 
+    // delete_many: several at once, a missing one is no error
+    for k in ["m/1", "m/2", "m/3"] {
+        s.put_new(k, Bytes::from_static(b"m")).await.unwrap();
+    }
+    let keys: Vec<String> = ["m/1", "m/2", "m/missing"].iter().map(|k| k.to_string()).collect();
+    s.delete_many(&keys).await.unwrap();
+    let left: Vec<String> = s.list("m/").await.unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(left, ["m/3"], "delete_many");
+
     // keys that could leave the root are refused before any I/O
     for bad in ["../escaped", "/abs", "a/../b", "a//b", "a/./b", "", "a/b c", "a\\b"] {
         let err = s.put_new(bad, Bytes::from_static(b"x")).await.unwrap_err();

@@ -41,6 +41,9 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result, StorageErrorKind};
 
+/// Deletes in flight at once where a backend has no bulk delete.
+const PARALLEL_DELETES: usize = 16;
+
 /// One object found by [`Storage::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -68,6 +71,20 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Removes an object: the only change to an object once written.
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Delete several objects (expire, stanza-delete); a missing one is no error.
+    /// Backends with a bulk API use it (S3: DeleteObjects, up to 1000 keys a
+    /// request); by default a few deletes run at a time. On failure some of `keys`
+    /// may be gone and the others not.
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        for chunk in keys.chunks(PARALLEL_DELETES) {
+            let mut deletes = Vec::with_capacity(chunk.len());
+            for key in chunk {
+                deletes.push(self.delete(key));
+            }
+            futures::future::try_join_all(deletes).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A shared, type-erased storage backend.

@@ -88,6 +88,9 @@ impl Storage for RetryStorage {
     async fn delete(&self, key: &str) -> Result<()> {
         self.run(&format!("delete of {key}"), || self.inner.delete(key)).await
     }
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        self.run(&format!("delete of {} objects", keys.len()), || self.inner.delete_many(keys)).await
+    }
 }
 
 #[cfg(test)]

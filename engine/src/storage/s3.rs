@@ -155,6 +155,20 @@ impl Storage for S3Storage {
         Ok(out)
     }
 
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        use futures::StreamExt;
+        let paths = keys.iter().map(|k| self.path("delete", k)).collect::<Result<Vec<_>>>()?;
+        let results: Vec<_> =
+            self.store.delete_stream(futures::stream::iter(paths.into_iter().map(Ok)).boxed()).collect().await;
+        for r in results {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(map_err("delete", &format!("{} keys", keys.len()), e)),
+            }
+        }
+        Ok(())
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         match self.store.delete(&self.path("delete", key)?).await {
             Ok(()) => Ok(()),
