@@ -76,12 +76,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// request); by default a few deletes run at a time. On failure some of `keys`
     /// may be gone and the others not.
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        for chunk in keys.chunks(PARALLEL_DELETES) {
-            let mut deletes = Vec::with_capacity(chunk.len());
-            for key in chunk {
-                deletes.push(self.delete(key));
+        use futures::StreamExt;
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for key in keys {
+            if pending.len() >= PARALLEL_DELETES {
+                if let Some(done) = pending.next().await {
+                    done?;
+                }
             }
-            futures::future::try_join_all(deletes).await?;
+            pending.push(self.delete(key));
+        }
+        while let Some(done) = pending.next().await {
+            done?;
         }
         Ok(())
     }
