@@ -72,12 +72,11 @@ pub async fn stanza_delete_leftovers(storage: DynStorage, stanza: &str) -> Resul
     if objects.is_empty() {
         return Err(Error::RepoNotInitialised { location: storage.location(), stanza: stanza.into() });
     }
-    let mut deleted = crate::repo::gc::Deleted::default();
-    for o in objects {
-        storage.delete(&o.key).await?;
-        deleted += crate::repo::gc::Deleted { objects: 1, bytes: o.size };
-    }
-    Ok(StanzaDeleteReport { deleted_objects: deleted.objects, deleted_bytes: deleted.bytes, still_archiving: None })
+    // The bulk delete the repository's GC uses (no repository to call it through).
+    let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
+    storage.delete_many(&keys).await?;
+    let deleted_bytes = objects.iter().map(|o| o.size).sum();
+    Ok(StanzaDeleteReport { deleted_objects: keys.len() as u64, deleted_bytes, still_archiving: None })
 }
 
 /// `config` first: from then on archive-push and backup refuse the stanza.
