@@ -3,6 +3,7 @@
 
 mod output;
 mod progress;
+mod proof;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -15,7 +16,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use pgcairn::Error;
 use pgcairn::KeySlotKdf;
 use pgcairn::{NoProgress, Progress};
-use pgcairn::{Recovery, RecoveryTarget};
+use pgcairn::{Recovery, RecoveryTarget, TargetAction, TimelineTarget};
 use pgcairn_cli::settings::typed::{self, Common};
 use pgcairn_cli::settings::{args, resolve, Cmd, Flags, Resolved};
 
@@ -52,21 +53,8 @@ enum Command {
     },
     /// Restore a backup set into an empty directory (or --delta over a stopped one) and set up recovery.
     Restore {
-        /// Backup label (default: the newest).
-        #[arg(long)]
-        set: Option<String>,
-        /// Recovery target type.
-        #[arg(long = "type", value_enum, default_value = "default")]
-        target_type: TargetType,
-        /// Target for --type=time|lsn|name|xid.
-        #[arg(long)]
-        target: Option<String>,
-        /// What PostgreSQL does at the target: pause, promote or shutdown.
-        #[arg(long = "target-action")]
-        target_action: Option<String>,
-        /// recovery_target_timeline (e.g. latest, current, 2).
-        #[arg(long = "target-timeline")]
-        target_timeline: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
         /// Put tablespace OID into DIR instead of its original location (repeatable).
         #[arg(long = "tablespace-map", value_name = "OID=DIR")]
         tablespace_map: Vec<String>,
@@ -118,6 +106,29 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Read every object of the repository and check it: each backup restorable, the WAL archive continuous.
+    Verify {
+        /// Verify one backup and what it needs.
+        #[arg(long)]
+        set: Option<String>,
+        /// Read only this share of the packs (0 < F <= 1), chosen at random: a cheap routine check.
+        #[arg(long)]
+        sample: Option<f64>,
+        /// text for people, json for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Restore a backup into a temporary cluster, start it, run checks, remove it: prove it restores.
+    Drill {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Keep the temporary directory afterwards (to look into a failure).
+        #[arg(long = "drill-keep")]
+        keep: bool,
+        /// text for people, json for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 impl Command {
@@ -133,6 +144,8 @@ impl Command {
             Command::KeyFile { .. } => Cmd::KeyFile,
             Command::Expire { .. } => Cmd::Expire,
             Command::StanzaDelete { .. } => Cmd::StanzaDelete,
+            Command::Verify { .. } => Cmd::Verify,
+            Command::Drill { .. } => Cmd::Drill,
         }
     }
 }
@@ -145,6 +158,29 @@ enum BackupType {
     Diff,
     /// Stores the blocks changed since the newest backup of any type.
     Incr,
+}
+
+/// Which backup to restore and where recovery stops (restore and drill).
+#[derive(clap::Args, Debug)]
+struct TargetArgs {
+    /// Backup label (default: the newest backup that can reach the target).
+    #[arg(long)]
+    set: Option<String>,
+    /// Recovery target type.
+    #[arg(long = "type", value_enum, default_value = "default")]
+    target_type: TargetType,
+    /// Target for --type=time (with a zone: '2026-11-30 18:00:00+00'), lsn (16/B374D848), name or xid.
+    #[arg(long)]
+    target: Option<String>,
+    /// Stop just before the target instead of just after it (time, xid and lsn targets).
+    #[arg(long = "target-exclusive")]
+    target_exclusive: bool,
+    /// What PostgreSQL does at the target: pause (its default), promote or shutdown.
+    #[arg(long = "target-action")]
+    target_action: Option<String>,
+    /// recovery_target_timeline: latest (default), current, or a timeline number.
+    #[arg(long = "target-timeline")]
+    target_timeline: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -204,36 +240,20 @@ fn parse_tablespace_map(items: &[String]) -> Result<HashMap<u32, PathBuf>> {
         .collect()
 }
 
-fn recovery(
-    common: &Common,
-    settings: &typed::Restore,
-    t: TargetType,
-    target: &Option<String>,
-    action: &Option<String>,
-    timeline: &Option<String>,
-) -> Result<Recovery> {
-    let need = |kind: &str| target.clone().ok_or_else(|| anyhow!("--type={kind} needs --target"));
-    let target = match t {
-        TargetType::Default => RecoveryTarget::EndOfArchive,
-        TargetType::Immediate => RecoveryTarget::Immediate,
-        TargetType::Time => RecoveryTarget::Time(need("time")?),
-        TargetType::Lsn => RecoveryTarget::Lsn(need("lsn")?),
-        TargetType::Name => RecoveryTarget::Name(need("name")?),
-        TargetType::Xid => RecoveryTarget::Xid(need("xid")?),
-        TargetType::None => RecoveryTarget::None,
-    };
-    if let Some(a) = action {
-        if !["pause", "promote", "shutdown"].contains(&a.as_str()) {
-            bail!("--target-action={a}: use pause, promote or shutdown");
-        }
-    }
+fn recovery(common: &Common, forwarded: &[String], t: &TargetArgs) -> Result<Recovery> {
+    let kind = t.target_type.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+    let target = RecoveryTarget::parse(&kind, t.target.as_deref())?;
+    let action = t.target_action.as_deref().map(TargetAction::parse).transpose()?;
+    let timeline = t.target_timeline.as_deref().map(TimelineTarget::parse).transpose()?;
     // PGCAIRN_REPO_PASSPHRASE does not reach PostgreSQL's restore_command; only a
     // key file or passphrase file named in the forwarded settings does.
     if target != RecoveryTarget::None && common.key_file.is_none() && common.passphrase_file.is_none() {
         tracing::warn!("restore_command will need the repository key: set repo-key-file (or repo-passphrase-file) where PostgreSQL can read it");
     }
-    let restore_command = restore_command(&settings.forwarded)?;
-    Ok(Recovery { target, action: action.clone(), timeline: timeline.clone(), restore_command })
+    let restore_command = restore_command(forwarded)?;
+    let recovery = Recovery { target, exclusive: t.target_exclusive, action, timeline, restore_command };
+    recovery.check()?;
+    Ok(recovery)
 }
 
 async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCode> {
@@ -242,16 +262,16 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             stanza_create(r, common, *no_encryption, *block_size).await?
         }
         Command::Backup { backup_type } => backup(r, common, *backup_type).await?,
-        Command::Restore { set, target_type, target, target_action, target_timeline, tablespace_map, delta } => {
+        Command::Restore { target, tablespace_map, delta } => {
             let settings = typed::Restore::from(r)?;
             let target_dir = settings
                 .pg_data
                 .clone()
                 .ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
-            let recovery = recovery(common, &settings, *target_type, target, target_action, target_timeline)?;
+            let recovery = recovery(common, &settings.forwarded, target)?;
             let req = pgcairn::RestoreRequest {
                 target: target_dir,
-                set: set.clone(),
+                set: target.set.clone(),
                 tablespace_map: parse_tablespace_map(tablespace_map)?,
                 progress: progress(),
                 recovery,
@@ -282,6 +302,26 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         }
         Command::Expire { set, dry_run, output } => return expire(r, common, set, *dry_run, *output).await,
         Command::StanzaDelete { force } => stanza_delete(r, common, *force).await?,
+        Command::Verify { set, sample, output } => {
+            let req = pgcairn::VerifyRequest { set: set.clone(), sample: *sample, progress: progress() };
+            let report = pgcairn::verify(&common.access()?.open().await?, &req).await?;
+            return proof::print_verify(&report, *output == Output::Json);
+        }
+        Command::Drill { target, keep, output } => {
+            let settings = typed::Drill::from(r)?;
+            let req = pgcairn::DrillRequest {
+                set: target.set.clone(),
+                recovery: recovery(common, &settings.forwarded, target)?,
+                pg_bin: settings.pg_bin,
+                drill_path: settings.drill_path,
+                sql_file: settings.drill_sql,
+                timeout: settings.timeout,
+                keep: *keep,
+                progress: progress(),
+            };
+            let report = pgcairn::drill(&common.access()?.open().await?, &req).await?;
+            return proof::print_drill(&report, *output == Output::Json);
+        }
         Command::KeyFile { output } => {
             common.access()?.open().await?.write_key_file(output)?;
             println!(
@@ -416,6 +456,7 @@ async fn restore(common: &Common, req: &pgcairn::RestoreRequest) -> Result<()> {
     } else {
         String::new()
     };
+    println!("chose backup {}: {}", sum.label, sum.chosen_because);
     println!(
         "restored backup {} into {}: {} in {} files{delta_note}, {:.1}s; start PostgreSQL on it to finish recovery",
         sum.label,

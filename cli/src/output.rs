@@ -75,12 +75,49 @@ pub(crate) fn print_info(r: &pgcairn::InfoReport) {
         let gaps = if a.gaps.is_empty() { "no gaps".to_string() } else { format!("GAPS: {}", a.gaps.join(", ")) };
         println!("    wal archive, timeline {}: {range}, {gaps}", a.timeline);
     }
+    print_proofs(r);
     if r.backups.is_empty() {
         println!("    no backups: take one with `pgcairn --stanza={} backup`", r.stanza);
     }
     for b in &r.backups {
         print_backup(b);
     }
+}
+
+/// The last verify and drills: the proof that backups restore.
+fn print_proofs(r: &pgcairn::InfoReport) {
+    match &r.last_verify {
+        None => println!("    last verify: never (run `pgcairn verify` weekly)"),
+        Some(v) => {
+            let scope = match (&v.set, v.sample) {
+                (Some(s), _) => format!("backup {s}"),
+                (None, Some(f)) => format!("{:.0}% sample", f * 100.0),
+                (None, None) => "whole repository".into(),
+            };
+            let verdict = if v.ok { "ok".to_string() } else { format!("DAMAGE FOUND ({})", damaged_labels(v)) };
+            println!("    last verify: {} ({scope}, {:.0}s): {verdict}", v.started, v.seconds);
+        }
+    }
+    if r.last_drills.is_empty() {
+        println!("    last drill: never (run `pgcairn drill` monthly)");
+    }
+    for d in &r.last_drills {
+        let verdict =
+            if d.ok { "passed".to_string() } else { format!("FAILED: {}", d.failure.as_deref().unwrap_or("")) };
+        println!(
+            "    drill {}: backup {} to {}, RTO {:.0}s (restore {:.0}s, recovery {:.0}s, checks {:.0}s): {verdict}",
+            d.started, d.label, d.target, d.rto_seconds, d.restore_seconds, d.recovery_seconds, d.checks_seconds
+        );
+    }
+}
+
+fn damaged_labels(v: &pgcairn::VerifyReport) -> String {
+    let mut parts: Vec<String> = v.backups.iter().filter(|b| b.damage.is_some()).map(|b| b.label.clone()).collect();
+    let breaks = v.timelines.iter().filter(|t| !t.gaps.is_empty() || t.history.is_some()).count();
+    if breaks > 0 {
+        parts.push(format!("WAL of {breaks} timeline(s)"));
+    }
+    parts.join(", ")
 }
 
 fn print_backup(b: &pgcairn::BackupInfo) {

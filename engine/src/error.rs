@@ -395,6 +395,8 @@ pub mod exit {
     pub const ARCHIVE_TIMEOUT: u8 = 12;
     /// The stanza lock is held by another backup, expire or stanza-delete.
     pub const LOCKED: u8 = 13;
+    /// `drill` ran and the drilled cluster failed to recover or a check failed (no `Error` maps to it).
+    pub const DRILL_FAILED: u8 = 14;
     /// `archive-get` only, for every failure but "not in the archive" (1): above
     /// 125, so PostgreSQL stops recovery instead of ending it early.
     pub const STOP_RECOVERY: u8 = 200;
@@ -416,6 +418,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     (exit::WAL_REFUSED, "WAL refused"),
     (exit::ARCHIVE_TIMEOUT, "WAL did not reach the archive within `archive-timeout`"),
     (exit::LOCKED, "the stanza is locked by another backup, expire or stanza-delete"),
+    (exit::DRILL_FAILED, "a restore drill ran and failed"),
 ];
 
 /// Adds a context line to `std::io::Result`s.

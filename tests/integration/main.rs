@@ -12,6 +12,7 @@ mod faults;
 mod hardening;
 mod incremental;
 mod lifecycle;
+mod recoverability;
 mod roundtrip;
 mod s3_storage;
 mod settings;

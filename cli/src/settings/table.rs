@@ -27,11 +27,15 @@ pub enum Cmd {
     Expire,
     /// `stanza-delete`: delete the stanza, every backup and WAL file in it.
     StanzaDelete,
+    /// `verify`: read the repository and check every backup and the WAL archive.
+    Verify,
+    /// `drill`: restore a backup into a temporary cluster, start it, check it.
+    Drill,
 }
 
 impl Cmd {
     /// Every subcommand, in help order.
-    pub const ALL: [Cmd; 10] = [
+    pub const ALL: [Cmd; 12] = [
         Cmd::StanzaCreate,
         Cmd::Backup,
         Cmd::Restore,
@@ -42,6 +46,8 @@ impl Cmd {
         Cmd::KeyFile,
         Cmd::Expire,
         Cmd::StanzaDelete,
+        Cmd::Verify,
+        Cmd::Drill,
     ];
 
     /// The subcommand's name on the command line.
@@ -57,6 +63,8 @@ impl Cmd {
             Cmd::KeyFile => "key-file",
             Cmd::Expire => "expire",
             Cmd::StanzaDelete => "stanza-delete",
+            Cmd::Verify => "verify",
+            Cmd::Drill => "drill",
         }
     }
 }
@@ -280,6 +288,42 @@ pub const SETTINGS: &[Setting] = &[
         sources: ANY,
         forward: Never,
         help: "directory to restore into: empty or absent, or (with --delta) a stopped data directory",
+    },
+    Setting {
+        name: "pg-bin",
+        kind: Kind::Path,
+        default: None,
+        scope: Scope::Only(&[Drill]),
+        sources: ANY,
+        forward: Never,
+        help: "PostgreSQL bin directory for drills (default: found for the backup's major version in /usr/lib/postgresql/N/bin, /usr/pgsql-N/bin, PATH)",
+    },
+    Setting {
+        name: "drill-path",
+        kind: Kind::Path,
+        default: None,
+        scope: Scope::Only(&[Drill]),
+        sources: ANY,
+        forward: Never,
+        help: "directory under which a drill makes its temporary cluster (default: the system temp directory, TMPDIR)",
+    },
+    Setting {
+        name: "drill-sql",
+        kind: Kind::Path,
+        default: None,
+        scope: Scope::Only(&[Drill]),
+        sources: ANY,
+        forward: Never,
+        help: "SQL file run on the drilled cluster: every query in it must return true",
+    },
+    Setting {
+        name: "drill-timeout",
+        kind: Kind::Seconds,
+        default: Some("3600"),
+        scope: Scope::Only(&[Drill]),
+        sources: ANY,
+        forward: Never,
+        help: "seconds a drill waits for recovery to end before it fails",
     },
     Setting {
         name: "retention-full",

@@ -227,7 +227,8 @@ fn every_command_builds_its_typed_settings() {
             Cmd::ArchiveGet => drop(typed::get_request(&r, &common).unwrap()),
             Cmd::Expire => drop(typed::retention(&r).unwrap()),
             Cmd::StanzaDelete => drop(typed::StanzaDelete::from(&r).unwrap()),
-            Cmd::Info | Cmd::KeyFile => {}
+            Cmd::Drill => assert_eq!(typed::Drill::from(&r).unwrap().timeout, Duration::from_secs(3600)),
+            Cmd::Info | Cmd::KeyFile | Cmd::Verify => {}
         }
     }
     let b = typed::Backup::from(&run(Cmd::Backup, BASE, &[]).unwrap()).unwrap();

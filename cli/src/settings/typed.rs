@@ -217,6 +217,34 @@ impl Restore {
     }
 }
 
+/// drill's settings.
+#[derive(Debug, Clone)]
+pub struct Drill {
+    /// `pg-bin`: the PostgreSQL binaries to run the drill with.
+    pub pg_bin: Option<PathBuf>,
+    /// `drill-path`: where the temporary cluster is made.
+    pub drill_path: Option<PathBuf>,
+    /// `drill-sql`: the operator's checks.
+    pub drill_sql: Option<PathBuf>,
+    /// `drill-timeout`: how long recovery may take.
+    pub timeout: Duration,
+    /// The flags restore_command (`pgcairn archive-get`) gets, as the table says.
+    pub forwarded: Vec<String>,
+}
+
+impl Drill {
+    /// Read from the resolved settings.
+    pub fn from(r: &Resolved) -> Result<Self> {
+        Ok(Self {
+            pg_bin: r.opt("pg-bin")?,
+            drill_path: r.opt("drill-path")?,
+            drill_sql: r.opt("drill-sql")?,
+            timeout: r.get("drill-timeout")?,
+            forwarded: r.forwarded(Cmd::ArchiveGet),
+        })
+    }
+}
+
 /// check's settings.
 #[derive(Debug, Clone)]
 pub struct Check {

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::ops::archive::{archive_summary, archived_segments, missing_wal, TimelineArchive};
 use crate::repo::format::{Encryption, Summary};
+use crate::repo::results::ResultKind;
 use crate::repo::Repository;
 
 /// Whether a backup can be restored, as far as info can tell without reading blocks.
@@ -102,6 +103,26 @@ pub struct InfoReport {
     pub backups: Vec<BackupInfo>,
     /// Archived WAL per timeline, with gaps.
     pub archive: Vec<TimelineArchive>,
+    /// The last `pgcairn verify` run's result, if any was recorded.
+    pub last_verify: Option<crate::ops::verify::VerifyReport>,
+    /// The last restore drills, newest first (at most [`DRILLS_SHOWN`]).
+    pub last_drills: Vec<crate::ops::drill::DrillReport>,
+}
+
+/// Drills `info` shows.
+pub const DRILLS_SHOWN: usize = 3;
+
+/// The newest results of a kind; a damaged result object is reported in the log and
+/// skipped (it must not hide the backups).
+async fn latest<T: serde::de::DeserializeOwned>(repo: &Repository, kind: ResultKind, n: usize) -> Result<Vec<T>> {
+    match repo.latest_results(kind, n).await {
+        Ok(r) => Ok(r),
+        Err(e @ Error::Corrupt { .. }) => {
+            tracing::warn!("{e}: run verify or drill again to record a new result");
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// List the stanza: its settings, every backup with its status, the WAL archive.
@@ -126,6 +147,8 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
         retention_policy: None,
         backups,
         archive: archive_summary(&archived, cfg.wal_segment_size),
+        last_verify: latest(repo, ResultKind::Verify, 1).await?.into_iter().next(),
+        last_drills: latest(repo, ResultKind::Drill, DRILLS_SHOWN).await?,
     })
 }
 

@@ -5,24 +5,29 @@ pub(crate) mod archive_async;
 pub mod backup;
 pub mod check;
 mod dedup;
+pub mod drill;
 pub mod expire;
 pub mod info;
 pub(crate) mod lineage;
 pub mod restore;
 pub(crate) mod stanza;
+pub mod verify;
+pub(crate) mod wal_view;
 
 pub use archive::{run_archive_get, GetRequest, RepoAccess, Unlock};
 pub use archive_async::{run_archive_push, AsyncQueue, Drainer, PushRequest, QueueFull};
 pub use backup::{backup, BackupRequest, BackupSummary};
 pub use check::{check, CheckReport, CheckRequest};
+pub use drill::{drill, DrillReport, DrillRequest};
 pub use expire::{
     expire, info_with_retention, stanza_delete, stanza_delete_leftovers, ExpireDecision, ExpireReport, ExpireRequest,
     FullRetention, RetentionPolicy, StanzaDeleteReport, StanzaDeleteRequest, WalExpiry,
 };
 pub use info::{info, BackupDetails, BackupInfo, BackupStatus, InfoReport};
 pub use lineage::BackupType;
-pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary};
+pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary, TargetAction, TimelineTarget};
 pub use stanza::{stanza_create, StanzaCreateRequest, StanzaCreated};
+pub use verify::{verify, BackupVerdict, Damage, TimelineVerdict, VerifyReport, VerifyRequest, WalGap};
 
 /// Run CPU work on rayon and await its result without holding a tokio thread.
 pub(crate) async fn on_rayon<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> crate::error::Result<T> {

@@ -7,12 +7,14 @@ pub(crate) mod archiving;
 pub(crate) mod basebackup;
 pub(crate) mod conninfo;
 pub(crate) mod datadir;
+pub(crate) mod instance;
 pub(crate) mod lsn;
 pub(crate) mod recovery;
 pub(crate) mod replication;
 pub(crate) mod tar;
 pub(crate) mod version;
 pub(crate) mod wal;
+pub(crate) mod walrecords;
 
 pub use conninfo::ConnParams;
 pub use lsn::Lsn;

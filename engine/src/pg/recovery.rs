@@ -4,44 +4,232 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Misconfig, Result};
 use crate::fsutil::{self, Commit};
+use crate::pg::Lsn;
 
-/// A recovery_target_time in the common spellings PostgreSQL accepts (RFC 3339,
-/// `YYYY-MM-DD HH:MM:SS[.frac][+HH[:MM]]`, a trailing ` UTC`); `None` when it is
-/// not one of them (PostgreSQL is then left to judge it).
+/// A recovery_target_time in the spellings PostgreSQL accepts that carry a zone
+/// (RFC 3339, `YYYY-MM-DD HH:MM:SS[.frac]±HH[:MM]`, a trailing ` UTC` or `Z`); `None`
+/// otherwise. A time without a zone is refused: PostgreSQL would read it in the
+/// server's `timezone`, which the operator rarely has in mind at 3 a.m.
 pub(crate) fn parse_target_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     let text = text.trim();
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Some(t.to_utc());
     }
     let utc = text.strip_suffix(" UTC").or_else(|| text.strip_suffix("Z"));
-    if let Some(naive) = utc.and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").ok()) {
+    if let Some(naive) =
+        utc.and_then(|t| chrono::NaiveDateTime::parse_from_str(t.trim_end(), "%Y-%m-%d %H:%M:%S%.f").ok())
+    {
         return Some(naive.and_utc());
     }
-    ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"]
+    ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"]
         .iter()
         .find_map(|f| chrono::DateTime::parse_from_str(text, f).ok())
         .map(|t| t.to_utc())
 }
 
-/// Where recovery stops, as PostgreSQL's recovery_target* settings say it.
+/// Where recovery stops, as PostgreSQL's recovery_target* settings say it, parsed
+/// and checked (see [`RecoveryTarget::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecoveryTarget {
     /// Replay the whole archive, then promote.
     EndOfArchive,
     /// Stop as soon as the backup is consistent.
     Immediate,
-    /// Stop at a time (recovery_target_time), in PostgreSQL's timestamp syntax.
-    Time(String),
-    /// Stop at an LSN (recovery_target_lsn), e.g. `16/B374D848`.
-    Lsn(String),
+    /// Stop at a time (recovery_target_time).
+    Time(chrono::DateTime<chrono::Utc>),
+    /// Stop at an LSN (recovery_target_lsn).
+    Lsn(Lsn),
     /// Stop at a named restore point (recovery_target_name).
     Name(String),
-    /// Stop at a transaction id (recovery_target_xid).
-    Xid(String),
+    /// Stop at the end of a transaction (recovery_target_xid): 64-bit as
+    /// `txid_current()` shows it; PostgreSQL compares its low 32 bits.
+    Xid(u64),
     /// Write no recovery settings (only for sets that carry their WAL).
     None,
+}
+
+/// PostgreSQL's limit on restore point names (MAXFNAMELEN - 1).
+const MAX_RESTORE_POINT_NAME: usize = 63;
+/// The first transaction id PostgreSQL assigns to a transaction.
+const FIRST_NORMAL_XID: u64 = 3;
+
+fn bad_target(problem: String, hint: &str) -> Error {
+    Error::misconfigured(Misconfig::Request, problem, hint)
+}
+
+impl RecoveryTarget {
+    /// A target from `--type` (default, immediate, time, lsn, name, xid, none) and
+    /// `--target`, checked the way PostgreSQL would check it at startup — so that a
+    /// mistyped target is refused before a byte is restored, not after.
+    pub fn parse(kind: &str, text: Option<&str>) -> Result<RecoveryTarget> {
+        let takes_text = matches!(kind, "time" | "lsn" | "name" | "xid");
+        let text = match (takes_text, text) {
+            (true, None) => return Err(bad_target(format!("--type={kind} needs --target"), TARGET_HINT)),
+            (false, Some(t)) => {
+                return Err(bad_target(
+                    format!("--target={t} is given but --type={kind} takes no target"),
+                    "add --type=time, lsn, name or xid to say what the target is",
+                ))
+            }
+            (_, t) => t.unwrap_or_default(),
+        };
+        Ok(match kind {
+            "default" => RecoveryTarget::EndOfArchive,
+            "immediate" => RecoveryTarget::Immediate,
+            "none" => RecoveryTarget::None,
+            "time" => RecoveryTarget::Time(parse_target_time(text).ok_or_else(|| {
+                bad_target(
+                    format!("--target={text:?} is not a time with a zone"),
+                    "write it as YYYY-MM-DD HH:MM:SS+ZZ, e.g. '2026-11-30 18:00:00+00' (or RFC 3339)",
+                )
+            })?),
+            "lsn" => RecoveryTarget::Lsn(text.parse().map_err(|_| {
+                bad_target(
+                    format!("--target={text:?} is not an LSN"),
+                    "write it as PostgreSQL shows it, e.g. 16/B374D848",
+                )
+            })?),
+            "xid" => RecoveryTarget::Xid(parse_xid(text)?),
+            "name" => RecoveryTarget::Name(parse_name(text)?),
+            other => return Err(bad_target(format!("--type={other} is not a recovery target type"), TARGET_HINT)),
+        })
+    }
+
+    /// The target for messages, in the form PostgreSQL would log it.
+    pub fn describe(&self) -> String {
+        match self {
+            RecoveryTarget::EndOfArchive => "the end of the archived WAL".into(),
+            RecoveryTarget::Immediate => "the end of the backup (immediate)".into(),
+            RecoveryTarget::Time(t) => format!("time {}", guc_time(t)),
+            RecoveryTarget::Lsn(l) => format!("LSN {l}"),
+            RecoveryTarget::Name(n) => format!("restore point {n:?}"),
+            RecoveryTarget::Xid(x) => format!("transaction {x}"),
+            RecoveryTarget::None => "no recovery (WAL carried in the backup)".into(),
+        }
+    }
+
+    /// The setting and value written for PostgreSQL, if any.
+    fn setting(&self) -> Option<(&'static str, String)> {
+        match self {
+            RecoveryTarget::EndOfArchive | RecoveryTarget::None => None,
+            RecoveryTarget::Immediate => Some(("recovery_target", "immediate".into())),
+            RecoveryTarget::Time(t) => Some(("recovery_target_time", guc_time(t))),
+            RecoveryTarget::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
+            RecoveryTarget::Name(n) => Some(("recovery_target_name", n.clone())),
+            RecoveryTarget::Xid(x) => Some(("recovery_target_xid", x.to_string())),
+        }
+    }
+}
+
+const TARGET_HINT: &str =
+    "--type=time|lsn|name|xid with --target=VALUE, or --type=default|immediate|none without --target";
+
+/// A time as recovery_target_time, in UTC with an explicit zone.
+fn guc_time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+}
+
+fn parse_xid(text: &str) -> Result<u64> {
+    let xid: u64 = text.trim().parse().map_err(|_| {
+        bad_target(
+            format!("--target={text:?} is not a transaction id"),
+            "give the decimal id txid_current() or pg_current_xact_id() showed, e.g. 7421",
+        )
+    })?;
+    if xid & 0xffff_ffff < FIRST_NORMAL_XID {
+        return Err(bad_target(format!("--target={xid} is a reserved transaction id"), "no transaction ends there"));
+    }
+    Ok(xid)
+}
+
+fn parse_name(text: &str) -> Result<String> {
+    if text.is_empty() || text.len() > MAX_RESTORE_POINT_NAME {
+        return Err(bad_target(
+            format!("--target={text:?} cannot be a restore point name: it is {} bytes", text.len()),
+            "a name from pg_create_restore_point() has 1 to 63 bytes",
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// recovery_target_timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineTarget {
+    /// The newest timeline in the archive that descends from the backup's (PostgreSQL's default).
+    Latest,
+    /// The backup's own timeline.
+    Current,
+    /// A numbered timeline.
+    Id(u32),
+}
+
+impl TimelineTarget {
+    /// `latest`, `current` or a timeline number (decimal, or hex with 0x as PostgreSQL takes it).
+    pub fn parse(text: &str) -> Result<TimelineTarget> {
+        let bad = || {
+            bad_target(
+                format!("--target-timeline={text:?} is not a timeline"),
+                "use latest, current or a timeline number (the first 8 hex digits of a WAL file name, e.g. 2)",
+            )
+        };
+        match text.trim() {
+            "latest" => Ok(TimelineTarget::Latest),
+            "current" => Ok(TimelineTarget::Current),
+            t => {
+                let n = match t.strip_prefix("0x") {
+                    Some(hex) => u32::from_str_radix(hex, 16).map_err(|_| bad())?,
+                    None => t.parse().map_err(|_| bad())?,
+                };
+                if n == 0 {
+                    return Err(bad());
+                }
+                Ok(TimelineTarget::Id(n))
+            }
+        }
+    }
+
+    fn setting(self) -> String {
+        match self {
+            TimelineTarget::Latest => "latest".into(),
+            TimelineTarget::Current => "current".into(),
+            TimelineTarget::Id(n) => n.to_string(),
+        }
+    }
+}
+
+/// recovery_target_action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetAction {
+    /// Pause at the target (PostgreSQL's default with a target).
+    Pause,
+    /// End recovery and open for writes.
+    Promote,
+    /// Stop the server at the target.
+    Shutdown,
+}
+
+impl TargetAction {
+    /// `pause`, `promote` or `shutdown`.
+    pub fn parse(text: &str) -> Result<TargetAction> {
+        match text {
+            "pause" => Ok(TargetAction::Pause),
+            "promote" => Ok(TargetAction::Promote),
+            "shutdown" => Ok(TargetAction::Shutdown),
+            _ => {
+                Err(bad_target(format!("--target-action={text:?} is not an action"), "use pause, promote or shutdown"))
+            }
+        }
+    }
+
+    fn setting(self) -> &'static str {
+        match self {
+            TargetAction::Pause => "pause",
+            TargetAction::Promote => "promote",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// The recovery settings a restore writes into postgresql.auto.conf.
@@ -49,12 +237,43 @@ pub enum RecoveryTarget {
 pub struct Recovery {
     /// Where replay stops.
     pub target: RecoveryTarget,
-    /// recovery_target_action: pause, promote or shutdown.
-    pub action: Option<String>,
-    /// recovery_target_timeline, e.g. latest, current or a number.
-    pub timeline: Option<String>,
+    /// Stop just before the target instead of just after (recovery_target_inclusive = off).
+    pub exclusive: bool,
+    /// recovery_target_action.
+    pub action: Option<TargetAction>,
+    /// recovery_target_timeline.
+    pub timeline: Option<TimelineTarget>,
     /// The command PostgreSQL runs to fetch WAL: `pgcairn ... archive-get %f "%p"`.
     pub restore_command: String,
+}
+
+impl Recovery {
+    /// Refuse combinations PostgreSQL would ignore or reject: an exclusive target
+    /// that is not a time, xid or LSN; an action or timeline without replay.
+    pub fn check(&self) -> Result<()> {
+        let stops_at_point =
+            matches!(self.target, RecoveryTarget::Time(_) | RecoveryTarget::Xid(_) | RecoveryTarget::Lsn(_));
+        if self.exclusive && !stops_at_point {
+            return Err(bad_target(
+                format!("--target-exclusive does not apply to {}", self.target.describe()),
+                "use it with --type=time, xid or lsn",
+            ));
+        }
+        let has_target = !matches!(self.target, RecoveryTarget::EndOfArchive | RecoveryTarget::None);
+        if self.action.is_some() && !has_target {
+            return Err(bad_target(
+                "--target-action needs a recovery target".into(),
+                "add --type=immediate, time, lsn, name or xid (without a target recovery replays all WAL and promotes)",
+            ));
+        }
+        if self.timeline.is_some() && self.target == RecoveryTarget::None {
+            return Err(bad_target(
+                "--target-timeline needs recovery, and --type=none writes none".into(),
+                TARGET_HINT,
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A value in postgresql.conf syntax.
@@ -69,22 +288,17 @@ pub(crate) fn write_recovery(target_dir: &Path, label: &str, r: &Recovery) -> Re
         format!("\n# recovery settings written by pgcairn restore of backup {label}"),
         format!("restore_command = {}", guc_quote(&r.restore_command)),
     ];
-    let (key, value) = match &r.target {
-        RecoveryTarget::EndOfArchive | RecoveryTarget::None => (None, None),
-        RecoveryTarget::Immediate => (Some("recovery_target"), Some("immediate")),
-        RecoveryTarget::Time(t) => (Some("recovery_target_time"), Some(t.as_str())),
-        RecoveryTarget::Lsn(t) => (Some("recovery_target_lsn"), Some(t.as_str())),
-        RecoveryTarget::Name(t) => (Some("recovery_target_name"), Some(t.as_str())),
-        RecoveryTarget::Xid(t) => (Some("recovery_target_xid"), Some(t.as_str())),
-    };
-    if let (Some(k), Some(v)) = (key, value) {
-        lines.push(format!("{k} = {}", guc_quote(v)));
+    if let Some((k, v)) = r.target.setting() {
+        lines.push(format!("{k} = {}", guc_quote(&v)));
     }
-    if let Some(a) = &r.action {
-        lines.push(format!("recovery_target_action = {}", guc_quote(a)));
+    if r.exclusive {
+        lines.push("recovery_target_inclusive = off".into());
     }
-    if let Some(t) = &r.timeline {
-        lines.push(format!("recovery_target_timeline = {}", guc_quote(t)));
+    if let Some(a) = r.action {
+        lines.push(format!("recovery_target_action = {}", guc_quote(a.setting())));
+    }
+    if let Some(t) = r.timeline {
+        lines.push(format!("recovery_target_timeline = {}", guc_quote(&t.setting())));
     }
     let auto = target_dir.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
@@ -116,6 +330,49 @@ mod tests {
             assert_eq!(parse_target_time(text), Some(want), "{text}");
         }
         assert_eq!(parse_target_time("yesterday"), None);
+        assert_eq!(parse_target_time("2026-11-30 18:00:00"), None, "no zone");
+    }
+
+    #[test]
+    fn targets_are_checked_before_anything_is_written() {
+        let bad = [
+            ("time", Some("garbage")),
+            ("time", Some("2026-11-30 18:00:00")),
+            ("xid", Some("abc")),
+            ("xid", Some("-4")),
+            ("xid", Some("1")),
+            ("lsn", Some("zz")),
+            ("lsn", Some("0/")),
+            ("name", Some("")),
+            ("name", Some(&*"x".repeat(64))),
+            ("time", None),
+            ("default", Some("2026-11-30 18:00:00+00")),
+            ("immediate", Some("x")),
+            ("bogus", None),
+        ];
+        for (kind, text) in bad {
+            let err = RecoveryTarget::parse(kind, text).unwrap_err();
+            assert_eq!(err.exit_code(), crate::error::exit::CONFIG, "{kind} {text:?}: {err}");
+            assert!(err.to_string().contains("hint:"), "{err}");
+        }
+        assert_eq!(RecoveryTarget::parse("xid", Some("4294967299")).unwrap(), RecoveryTarget::Xid(4294967299));
+        assert_eq!(
+            RecoveryTarget::parse("lsn", Some("16/B374D848")).unwrap(),
+            RecoveryTarget::Lsn(Lsn(0x16_B374_D848))
+        );
+        assert_eq!(TimelineTarget::parse("0x1A").unwrap(), TimelineTarget::Id(26));
+        assert!(TimelineTarget::parse("newest").is_err() && TimelineTarget::parse("0").is_err());
+        assert!(TargetAction::parse("resume").is_err());
+        let r = |target, exclusive, action| Recovery {
+            target,
+            exclusive,
+            action,
+            timeline: None,
+            restore_command: String::new(),
+        };
+        assert!(r(RecoveryTarget::Name("a".into()), true, None).check().is_err());
+        assert!(r(RecoveryTarget::EndOfArchive, false, Some(TargetAction::Pause)).check().is_err());
+        r(RecoveryTarget::Xid(9), true, Some(TargetAction::Promote)).check().unwrap();
     }
 
     #[test]
@@ -124,7 +381,8 @@ mod tests {
         std::fs::write(dir.path().join("postgresql.auto.conf"), "work_mem = '4MB'\n").unwrap();
         let r = Recovery {
             target: RecoveryTarget::Name("before it's gone".into()),
-            action: Some("promote".into()),
+            exclusive: false,
+            action: Some(TargetAction::Promote),
             timeline: None,
             restore_command: "pgcairn --stanza=main archive-get %f \"%p\"".into(),
         };

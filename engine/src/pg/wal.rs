@@ -207,11 +207,17 @@ const MAX_BACKUP_HISTORY_LEN: usize = 64 << 10;
 /// (comments and blank lines allowed), parents increasing and below `timeline`,
 /// switch points not going back.
 pub fn validate_history(timeline: u32, data: &[u8]) -> Result<(), String> {
+    parse_history(timeline, data).map(|_| ())
+}
+
+/// The parents a history file lists, oldest first: (parent timeline, the LSN where
+/// the next timeline branched off it). Refuses what [`validate_history`] refuses.
+pub(crate) fn parse_history(timeline: u32, data: &[u8]) -> Result<Vec<(u32, Lsn)>, String> {
     if data.len() > MAX_HISTORY_LEN {
         return Err(format!("it is {} bytes, more than a timeline history holds", data.len()));
     }
     let text = std::str::from_utf8(data).map_err(|_| "it is not text: not a timeline history file".to_string())?;
-    let (mut last_parent, mut last_lsn, mut entries) = (0u32, Lsn(0), 0);
+    let mut entries: Vec<(u32, Lsn)> = Vec::new();
     for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -222,17 +228,18 @@ pub fn validate_history(timeline: u32, data: &[u8]) -> Result<(), String> {
             .and_then(|f| f.parse().ok())
             .ok_or_else(|| format!("line {n} does not start with a timeline number"))?;
         let lsn: Lsn = fields.next().ok_or_else(|| format!("line {n} has no switch point"))?.parse()?;
+        let (last_parent, last_lsn) = entries.last().copied().unwrap_or((0, Lsn(0)));
         if parent >= timeline || parent <= last_parent || lsn < last_lsn {
             return Err(format!(
                 "line {n} names timeline {parent} at {lsn}: parents must rise, stay below {timeline}, and switch points must not go back"
             ));
         }
-        (last_parent, last_lsn, entries) = (parent, lsn, entries + 1);
+        entries.push((parent, lsn));
     }
-    if entries == 0 {
+    if entries.is_empty() {
         return Err("it names no parent timeline".into());
     }
-    Ok(())
+    Ok(entries)
 }
 
 /// Check a `<segment>.<offset>.backup` file: text whose START WAL LOCATION is the

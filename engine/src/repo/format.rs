@@ -13,13 +13,14 @@ pub(crate) const DATA_PREFIX: &str = "data/";
 pub(crate) const INDEX_PREFIX: &str = "index/";
 pub(crate) const BACKUP_PREFIX: &str = "backup/";
 pub(crate) const WAL_PREFIX: &str = "wal/";
+/// Verify and drill results (§6.8).
+pub(crate) const RESULT_PREFIX: &str = "result/";
 /// First bytes of every WAL object.
 pub(crate) const WAL_MAGIC: &[u8; 8] = b"PGCWAL01";
 
 /// First bytes of every pack.
 pub(crate) const PACK_MAGIC: &[u8; 8] = b"PGCPACK1";
 pub(crate) const PACK_KEY_ID_LEN: usize = 16;
-#[cfg(test)]
 pub(crate) const PACK_HEADER_LEN: usize = PACK_MAGIC.len() + PACK_KEY_ID_LEN;
 
 /// HKDF `info` strings for purpose keys.

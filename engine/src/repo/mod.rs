@@ -15,6 +15,7 @@ mod keys;
 pub(crate) mod lock;
 mod meta;
 pub(crate) mod pack;
+pub(crate) mod results;
 pub(crate) mod synthetic;
 pub(crate) mod wal;
 

@@ -10,6 +10,9 @@
 
 mod delta;
 mod fetch;
+mod target;
+
+pub(crate) use target::{choose, Choice};
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -22,7 +25,7 @@ use crate::error::{Error, IoContext, Misconfig, Result};
 use crate::fsutil::{self, Commit};
 use crate::pg::datadir::{self, PG_CONTROL, TABLESPACE_MAP};
 use crate::pg::recovery::write_recovery;
-pub use crate::pg::recovery::{Recovery, RecoveryTarget};
+pub use crate::pg::recovery::{Recovery, RecoveryTarget, TargetAction, TimelineTarget};
 use crate::progress::Progress;
 use crate::repo::blocklist::{block_count, BlockListReader, BLOCKS_PER_PART};
 use crate::repo::format::{FileEntry, FileKind, Manifest, Summary};
@@ -51,6 +54,8 @@ pub struct RestoreRequest {
 pub struct RestoreSummary {
     /// The backup set restored.
     pub label: String,
+    /// Why that backup: `--set` or the newest that reaches the target, and how.
+    pub chosen_because: String,
     /// Regular files of the backup set, tablespace_map aside (with `delta`, unchanged ones too).
     pub files: usize,
     /// The backup's size: the sum of its regular files' sizes.
@@ -66,6 +71,7 @@ pub struct RestoreSummary {
 /// What a restore will do, decided before anything is touched.
 struct Plan {
     label: String,
+    chosen_because: String,
     manifest: Manifest,
     /// Tablespace OID → the directory it is restored into.
     ts_dirs: HashMap<u32, PathBuf>,
@@ -91,8 +97,15 @@ impl Plan {
 /// tablespaces, modes and recovery settings. Refuses before writing anything when the
 /// backup or the target cannot work.
 pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreSummary> {
+    req.recovery.check()?;
+    let choice = choose(repo, req.set.as_deref(), &req.recovery).await?;
+    restore_chosen(repo, req, choice).await
+}
+
+/// Restore the backup `choice` names (see [`choose`]).
+pub(crate) async fn restore_chosen(repo: &Repository, req: &RestoreRequest, choice: Choice) -> Result<RestoreSummary> {
     let started = std::time::Instant::now();
-    let mut plan = plan(repo, req).await?;
+    let mut plan = plan(repo, req, choice).await?;
     let block_list = BlockListReader::new(repo, &plan.manifest, PARALLEL_FILES);
     let actions = prepare(repo, req, &plan, &block_list).await?;
     let unchanged = actions.iter().filter(|a| **a == Action::Keep).count();
@@ -107,11 +120,13 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
     let jobs = std::mem::take(&mut plan.jobs);
     let files = jobs.len();
     let bytes_fetched = execute(req, &plan, ctx, jobs, actions).await?;
+    write_server_manifest(repo, req, &plan).await?;
     finalize(req, &plan)?;
     Ok(RestoreSummary {
         files,
         bytes: plan.manifest.size,
         label: plan.label,
+        chosen_because: plan.chosen_because,
         files_unchanged: unchanged,
         bytes_fetched,
         seconds: started.elapsed().as_secs_f64(),
@@ -120,8 +135,9 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
 
 /// Which backup, and where each of its files goes. Refuses a backup that cannot be
 /// restored before anything is written.
-async fn plan(repo: &Repository, req: &RestoreRequest) -> Result<Plan> {
-    let label = choose_backup(repo, req).await?;
+async fn plan(repo: &Repository, req: &RestoreRequest, choice: Choice) -> Result<Plan> {
+    let Choice { label, why } = choice;
+    tracing::info!("restoring backup {label}: {why}");
     let manifest = repo.load_manifest(&label).await?;
     check_restorable(repo, &manifest).await?;
     if req.recovery.target == RecoveryTarget::None && !manifest.wal_included {
@@ -137,7 +153,7 @@ async fn plan(repo: &Repository, req: &RestoreRequest) -> Result<Plan> {
         .iter()
         .map(|t| (t.oid, req.tablespace_map.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
         .collect();
-    let mut plan = Plan { label, manifest, ts_dirs, jobs: Vec::new() };
+    let mut plan = Plan { label, chosen_because: why, manifest, ts_dirs, jobs: Vec::new() };
     let mut next = 0u64;
     for f in plan.manifest.files.iter().filter(|f| f.kind == FileKind::File) {
         let count = block_count(f.size, plan.manifest.block_size);
@@ -202,52 +218,6 @@ async fn prepare(
     }
     make_directories(req, plan)?;
     Ok(actions)
-}
-
-/// From here until the restore completes PostgreSQL must not start on a mix of old
-/// and new files: without pg_control it refuses to.
-/// `--set`, or the newest backup that can reach a time or LSN target (one that
-/// finished before it), or the newest. A target before the chosen (or every) backup
-/// ended is refused: PostgreSQL would not start on it.
-async fn choose_backup(repo: &Repository, req: &RestoreRequest) -> Result<String> {
-    let labels = repo.list_backups().await?;
-    let no_backups = || Error::NoBackups { stanza: repo.config().stanza.clone() };
-    let reaches = |s: &Summary| match &req.recovery.target {
-        RecoveryTarget::Time(t) => crate::pg::recovery::parse_target_time(t)
-            .is_none_or(|t| chrono::DateTime::parse_from_rfc3339(&s.stop_time).is_ok_and(|stop| stop.to_utc() <= t)),
-        RecoveryTarget::Lsn(l) => l.parse::<crate::pg::Lsn>().map_or(true, |l| s.stop_lsn <= l),
-        _ => true,
-    };
-    let unreachable = |s: &Summary, hint: String| {
-        let problem = format!(
-            "recovery target {:?} is before backup {} ended ({}, {}): recovery from it cannot stop there",
-            req.recovery.target, s.label, s.stop_time, s.stop_lsn
-        );
-        Error::misconfigured(Misconfig::Request, problem, hint)
-    };
-    if let Some(label) = &req.set {
-        let checked = matches!(req.recovery.target, RecoveryTarget::Time(_) | RecoveryTarget::Lsn(_));
-        if !checked || !labels.contains(label) {
-            return Ok(label.clone()); // loading its manifest names a missing one
-        }
-        let s = repo.load_summary(label).await?;
-        if !reaches(&s) {
-            return Err(unreachable(&s, "choose an older backup with --set (`pgcairn info` lists them), or leave --set out to let restore choose".into()));
-        }
-        return Ok(label.clone());
-    }
-    let newest = labels.last().ok_or_else(no_backups)?;
-    for label in labels.iter().rev() {
-        if reaches(&repo.load_summary(label).await?) {
-            if label != newest {
-                tracing::warn!("restoring backup {label}: the newest one that ended before the recovery target");
-            }
-            return Ok(label.clone());
-        }
-    }
-    let oldest = repo.load_summary(&labels[0]).await?;
-    let hint = format!("the earliest point this stanza can restore to is the end of backup {}", oldest.label);
-    Err(unreachable(&oldest, hint))
 }
 
 fn remove_pg_control(pg_control: &Path, target: &Path) -> Result<()> {
@@ -361,10 +331,24 @@ fn finalize(req: &RestoreRequest, plan: &Plan) -> Result<()> {
     fsutil::sync_dir(&req.target).ctx(|| format!("cannot fsync {}", req.target.display()))
 }
 
+/// PostgreSQL's own `backup_manifest` for the backup, so that `pg_verifybackup`
+/// can check the restored directory independently of pgcairn (it skips the
+/// recovery settings restore adds: postgresql.auto.conf and recovery.signal).
+async fn write_server_manifest(repo: &Repository, req: &RestoreRequest, plan: &Plan) -> Result<()> {
+    let bytes = repo.get_meta_bytes(&crate::repo::format::server_manifest_key(&plan.label)).await?;
+    let path = req.target.join("backup_manifest");
+    fsutil::write_file(&path, &bytes, Commit::Replace).ctx(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .ctx(|| format!("cannot set mode of {}", path.display()))
+}
+
 /// A tablespace_map naming the (possibly remapped) locations, which PostgreSQL turns
 /// into pg_tblspc links at startup, and the links themselves.
 fn link_tablespaces(req: &RestoreRequest, plan: &Plan) -> Result<()> {
-    if plan.ts_dirs.is_empty() {
+    // PostgreSQL sends a tablespace_map (empty without tablespaces) and lists it in
+    // its backup_manifest: write one back so that pg_verifybackup finds it.
+    let had_map = plan.manifest.files.iter().any(|f| f.tablespace.is_none() && f.path == TABLESPACE_MAP);
+    if plan.ts_dirs.is_empty() && !had_map {
         return Ok(());
     }
     for (oid, dir) in &plan.ts_dirs {

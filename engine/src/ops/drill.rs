@@ -1,0 +1,301 @@
+//! `pgcairn drill`: prove a backup restores by restoring it. Restore (newest, `--set`
+//! or to a recovery target) into a temporary directory on this host with every
+//! tablespace under it, start PostgreSQL there privately (no TCP, a 0700 socket
+//! directory, `archive_mode = off`), wait until recovery ends (a drill promotes at
+//! its target), run `pg_amcheck --all --heapallindexed` and the operator's SQL
+//! checks, stop it and remove the directory. The RTO is reported split into
+//! restore, recovery and checks, and every drill that ran is recorded in the
+//! repository (§6.8) for `info` and monitoring.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Misconfig, Result};
+use crate::ops::restore::{choose, restore_chosen, Recovery, RecoveryTarget, RestoreRequest, TargetAction};
+use crate::pg::instance::{Binaries, Instance, OsUser};
+use crate::progress::Progress;
+use crate::repo::results::ResultKind;
+use crate::repo::Repository;
+
+/// Free space a drill wants beyond the backup's size (WAL replayed, new files).
+const SPACE_MARGIN: f64 = 1.10;
+
+/// What to drill.
+pub struct DrillRequest {
+    /// Backup label; the newest that reaches the target when None.
+    pub set: Option<String>,
+    /// Where recovery stops (its action is always promote: checks need an open server).
+    pub recovery: Recovery,
+    /// PostgreSQL bin directory; found for the backup's major version when None.
+    pub pg_bin: Option<PathBuf>,
+    /// Directory under which the temporary cluster is made (default: the system temp dir).
+    pub drill_path: Option<PathBuf>,
+    /// SQL whose every query must return true.
+    pub sql_file: Option<PathBuf>,
+    /// How long recovery may take.
+    pub timeout: Duration,
+    /// Keep the temporary directory (for a failed drill's post-mortem).
+    pub keep: bool,
+    /// Told how many bytes are restored.
+    pub progress: Arc<dyn Progress>,
+}
+
+/// A drill's outcome (stored as `result/drill/…`; `info` shows the last ones).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DrillReport {
+    /// When the drill started (RFC 3339 UTC).
+    pub started: String,
+    /// The backup restored and why it was chosen.
+    pub label: String,
+    /// Why that backup.
+    pub chosen_because: String,
+    /// The recovery target, as PostgreSQL would log it.
+    pub target: String,
+    /// True when the cluster recovered and every check passed.
+    pub ok: bool,
+    /// What failed, when something did.
+    pub failure: Option<String>,
+    /// Seconds spent restoring files, in recovery, and in checks; their sum is the RTO.
+    pub restore_seconds: f64,
+    /// Seconds from starting PostgreSQL until recovery ended.
+    pub recovery_seconds: f64,
+    /// Seconds the checks took.
+    pub checks_seconds: f64,
+    /// Restore + recovery + checks.
+    pub rto_seconds: f64,
+    /// Bytes of the restored cluster.
+    pub data_bytes: u64,
+    /// `passed`, `failed` or `skipped: <why>`.
+    pub amcheck: String,
+    /// SQL checks that returned true.
+    pub sql_checks_passed: u32,
+    /// The PostgreSQL binaries used.
+    pub pg_bin: String,
+}
+
+/// Run a restore drill and record it. Refusals before anything runs (no binaries,
+/// too little space, an unreadable SQL file) are errors and not recorded.
+pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport> {
+    let started = chrono::Utc::now();
+    let mut recovery = req.recovery.clone();
+    check_action(&mut recovery)?;
+    let sql = match &req.sql_file {
+        Some(f) => Some(std::fs::read_to_string(f).ctx(|| format!("cannot read --drill-sql file {}", f.display()))?),
+        None => None,
+    };
+    let choice = choose(repo, req.set.as_deref(), &recovery).await?;
+    let manifest = repo.load_manifest(&choice.label).await?;
+    let bins = Binaries::find(req.pg_bin.as_deref(), manifest.pg_version / 10000)?;
+    let user = OsUser::for_server()?;
+    let dir = TempCluster::create(req.drill_path.as_deref(), repo, &user, req.keep)?;
+    check_space(dir.path(), manifest.size)?;
+    let mut report = DrillReport {
+        started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        label: choice.label.clone(),
+        chosen_because: choice.why.clone(),
+        target: recovery.target.describe(),
+        ok: false,
+        failure: None,
+        restore_seconds: 0.0,
+        recovery_seconds: 0.0,
+        checks_seconds: 0.0,
+        rto_seconds: 0.0,
+        data_bytes: manifest.size,
+        amcheck: "not run".into(),
+        sql_checks_passed: 0,
+        pg_bin: bins.dir.display().to_string(),
+    };
+    let tablespaces =
+        manifest.tablespaces.iter().map(|t| (t.oid, dir.path().join("tablespaces").join(t.oid.to_string())));
+    let restore = RestoreRequest {
+        target: dir.path().join("data"),
+        set: Some(choice.label.clone()),
+        tablespace_map: tablespaces.collect::<HashMap<_, _>>(),
+        progress: req.progress.clone(),
+        recovery,
+        delta: false,
+    };
+    let instance = Instance {
+        bins,
+        data: restore.target.clone(),
+        socket_dir: dir.path().join("socket"),
+        log: dir.path().join("postgresql.log"),
+        user,
+    };
+    if let Err(e) = run(repo, req, &restore, choice, &instance, sql.as_deref(), &mut report).await {
+        report.failure = Some(e.to_string());
+    }
+    instance.stop().await;
+    report.ok = report.failure.is_none();
+    report.rto_seconds = report.restore_seconds + report.recovery_seconds + report.checks_seconds;
+    repo.put_result(ResultKind::Drill, &report).await?;
+    Ok(report)
+}
+
+/// A drill must end recovery to run its checks: promote at the target.
+fn check_action(recovery: &mut Recovery) -> Result<()> {
+    if matches!(recovery.action, Some(TargetAction::Pause | TargetAction::Shutdown)) {
+        return Err(Error::misconfigured(
+            Misconfig::Request,
+            "a drill promotes at its target so that its checks can run",
+            "leave --target-action out (or use promote)",
+        ));
+    }
+    if recovery.target == RecoveryTarget::None {
+        return Err(Error::misconfigured(
+            Misconfig::Request,
+            "a drill needs recovery, --type=none writes none",
+            "use --type=immediate",
+        ));
+    }
+    let has_target = !matches!(recovery.target, RecoveryTarget::EndOfArchive);
+    recovery.action = has_target.then_some(TargetAction::Promote);
+    Ok(())
+}
+
+/// Restore, start, wait, check; each phase timed into the report.
+async fn run(
+    repo: &Repository,
+    req: &DrillRequest,
+    restore: &RestoreRequest,
+    choice: crate::ops::restore::Choice,
+    instance: &Instance,
+    sql: Option<&str>,
+    report: &mut DrillReport,
+) -> Result<()> {
+    let clock = Instant::now();
+    restore_chosen(repo, restore, choice).await?;
+    report.restore_seconds = clock.elapsed().as_secs_f64();
+    let hba = instance.socket_dir.with_file_name("pg_hba.conf");
+    fsutil_mkdir(&instance.socket_dir)?;
+    instance.configure(&hba)?;
+    instance.user.own(instance.data.parent().unwrap_or(&instance.data))?;
+    let clock = Instant::now();
+    instance.start().await?;
+    instance.wait_recovered(req.timeout).await?;
+    report.recovery_seconds = clock.elapsed().as_secs_f64();
+    let clock = Instant::now();
+    let checked = checks(instance, sql, report).await;
+    report.checks_seconds = clock.elapsed().as_secs_f64();
+    checked
+}
+
+fn fsutil_mkdir(dir: &Path) -> Result<()> {
+    crate::fsutil::create_dir_all_durable(dir).ctx(|| format!("cannot create {}", dir.display()))
+}
+
+/// pg_amcheck where available, then the operator's SQL.
+async fn checks(instance: &Instance, sql: Option<&str>, report: &mut DrillReport) -> Result<()> {
+    report.amcheck = match instance.amcheck().await {
+        Ok(None) => "passed".into(),
+        Ok(Some(output)) => {
+            report.amcheck = "failed".into();
+            return Err(Error::Corrupt {
+                what: "the restored cluster".into(),
+                detail: format!("pg_amcheck found corruption:\n{output}"),
+            });
+        }
+        Err(why) => {
+            tracing::warn!("drill: pg_amcheck skipped: {why}");
+            format!("skipped: {why}")
+        }
+    };
+    let Some(sql) = sql else { return Ok(()) };
+    let client = instance.connect("postgres").await?;
+    let results = client.simple_query(sql).await.map_err(|e| {
+        Error::misconfigured(
+        Misconfig::Request,
+        format!("a --drill-sql statement failed: {e}"),
+        "each statement must run on the restored cluster; each query must return one row whose first column is true",
+    )
+    })?;
+    let mut query = 0u32;
+    for message in results {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+            query += 1;
+            if row.get(0) != Some("t") {
+                let value = row.get(0).unwrap_or("NULL");
+                return Err(Error::misconfigured(
+                    Misconfig::Request,
+                    format!("--drill-sql check {query} returned {value}, not true"),
+                    "the restored data differs from what the check expects: look at that query's result on the backup",
+                ));
+            }
+            report.sql_checks_passed = query;
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a drill that would fill the file system.
+fn check_space(dir: &Path, data_bytes: u64) -> Result<()> {
+    let need = (data_bytes as f64 * SPACE_MARGIN) as u64;
+    let free = free_bytes(dir)?;
+    if free < need {
+        return Err(Error::misconfigured(
+            Misconfig::ResourceLimit,
+            format!(
+                "{} has {} free, the drill needs about {} (the backup plus 10%)",
+                dir.display(),
+                gib(free),
+                gib(need)
+            ),
+            "free space there, or point --drill-path at a file system with room",
+        ));
+    }
+    Ok(())
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn free_bytes(dir: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Internal("path with NUL".into()))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: statvfs writes the struct when it returns 0; we read it only then.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(Error::io(format!("cannot read free space of {}", dir.display()), std::io::Error::last_os_error()));
+    }
+    // SAFETY: initialised by the successful statvfs above.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The drill's private directory (0700), removed when dropped unless kept.
+struct TempCluster {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempCluster {
+    fn create(parent: Option<&Path>, repo: &Repository, user: &OsUser, keep: bool) -> Result<TempCluster> {
+        let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let name =
+            format!("pgcairn-drill-{}-{}", repo.config().stanza, hex::encode(crate::crypto::random_bytes::<4>()));
+        let path = parent.join(name);
+        std::fs::create_dir(&path).ctx(|| format!("cannot create drill directory {}", path.display()))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .ctx(|| format!("cannot set mode of {}", path.display()))?;
+        user.own(&path)?;
+        Ok(TempCluster { path, keep })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempCluster {
+    fn drop(&mut self) {
+        if self.keep {
+            tracing::warn!("drill directory kept: {}", self.path.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!("cannot remove drill directory {}: {e}", self.path.display());
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! A PostgreSQL server pgcairn starts itself, for restore drills: binaries found for
+//! a major version, settings that keep it private (no TCP, a socket in a 0700
+//! directory, trust only there, `archive_mode = off` so a promoted drill never
+//! archives a new timeline into the production stanza), started as a non-root OS
+//! user, waited for until recovery ends, queried, stopped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Misconfig, Result};
+use crate::fsutil::{self, Commit};
+
+/// The OS user a server runs as when pgcairn runs as root (PostgreSQL refuses root).
+pub(crate) const SERVER_OS_USER: &str = "postgres";
+/// The port names the socket file only: the server listens on no TCP address.
+const DRILL_PORT: u16 = 5432;
+
+/// A directory holding `pg_ctl` and `postgres` of one major version.
+#[derive(Debug, Clone)]
+pub(crate) struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    /// `explicit` if given (its major version checked), else the first of the usual
+    /// places that holds this major version's server.
+    pub(crate) fn find(explicit: Option<&Path>, major: u32) -> Result<Binaries> {
+        if let Some(dir) = explicit {
+            return match server_major(dir) {
+                Some(m) if m == major => Ok(Binaries { dir: dir.to_path_buf() }),
+                Some(m) => Err(Error::setting(
+                    format!("--pg-bin {} holds PostgreSQL {m}, the backup is PostgreSQL {major}", dir.display()),
+                    format!("point --pg-bin at the bin directory of PostgreSQL {major}"),
+                )),
+                None => Err(Error::setting(
+                    format!("--pg-bin {} holds no runnable postgres", dir.display()),
+                    "point it at the directory holding pg_ctl and postgres",
+                )),
+            };
+        }
+        let mut candidates = vec![
+            PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+            PathBuf::from(format!("/usr/pgsql-{major}/bin")),
+            PathBuf::from(format!("/usr/local/pgsql-{major}/bin")),
+            PathBuf::from("/usr/local/pgsql/bin"),
+        ];
+        candidates.extend(std::env::var_os("PATH").iter().flat_map(std::env::split_paths));
+        candidates
+            .into_iter()
+            .find(|d| server_major(d) == Some(major))
+            .map(|dir| Binaries { dir })
+            .ok_or_else(|| {
+                Error::setting(
+                    format!("no PostgreSQL {major} server found (looked in /usr/lib/postgresql/{major}/bin, /usr/pgsql-{major}/bin, /usr/local/pgsql/bin and PATH)"),
+                    format!("install PostgreSQL {major}'s server package or give its bin directory with --pg-bin"),
+                )
+            })
+    }
+
+    pub(crate) fn bin(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// The major version `postgres --version` in `dir` reports.
+fn server_major(dir: &Path) -> Option<u32> {
+    let out = std::process::Command::new(dir.join("postgres")).arg("--version").stderr(Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().last()?;
+    version.split(['.', 'b', 'r', 'd']).next()?.parse().ok()
+}
+
+/// Who runs the server: ourselves, or [`SERVER_OS_USER`] when we are root.
+#[derive(Debug, Clone)]
+pub(crate) struct OsUser {
+    pub name: String,
+    /// uid and gid to switch to; None when we are not root.
+    pub ids: Option<(u32, u32)>,
+}
+
+impl OsUser {
+    pub(crate) fn for_server() -> Result<OsUser> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let name = std::env::var("USER").unwrap_or_else(|_| SERVER_OS_USER.into());
+            return Ok(OsUser { name, ids: None });
+        }
+        let ids = lookup_user(SERVER_OS_USER).ok_or_else(|| {
+            Error::misconfigured(
+                Misconfig::Server,
+                format!("running as root, and there is no OS user {SERVER_OS_USER} to run PostgreSQL as"),
+                "run the drill as the PostgreSQL OS user, or create that user",
+            )
+        })?;
+        Ok(OsUser { name: SERVER_OS_USER.into(), ids: Some(ids) })
+    }
+
+    fn command(&self, program: &Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        if let Some((uid, gid)) = self.ids {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.env_remove("PGPASSWORD").stdin(Stdio::null());
+        cmd
+    }
+
+    /// Give everything below `dir` to this user (files a root restore created).
+    pub(crate) fn own(&self, dir: &Path) -> Result<()> {
+        let Some((uid, gid)) = self.ids else { return Ok(()) };
+        let ctx = || format!("cannot hand {} to OS user {}", dir.display(), self.name);
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).ctx(ctx)?;
+        if dir.symlink_metadata().ctx(ctx)?.is_dir() {
+            for entry in std::fs::read_dir(dir).ctx(ctx)? {
+                self.own(&entry.ctx(ctx)?.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam returns a pointer into static storage or null; the ids are
+    // copied out at once and the pointer not kept.
+    unsafe {
+        let pw = libc::getpwnam(cname.as_ptr());
+        if pw.is_null() {
+            return None;
+        }
+        Some(((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+/// A server on a restored data directory, private to this run.
+pub(crate) struct Instance {
+    pub bins: Binaries,
+    pub data: PathBuf,
+    pub socket_dir: PathBuf,
+    pub log: PathBuf,
+    pub user: OsUser,
+}
+
+impl Instance {
+    /// Settings appended after restore's recovery settings (so they win): no TCP, a
+    /// private socket, trust on it only, no archiving, no replication, no TLS files.
+    pub(crate) fn configure(&self, hba: &Path) -> Result<()> {
+        let conf = self.data.join("postgresql.conf");
+        if !conf.exists() {
+            // Debian keeps postgresql.conf in /etc: the backup has none.
+            fsutil::write_file(
+                &conf,
+                b"# written by pgcairn drill: the backup had no postgresql.conf\n",
+                Commit::Replace,
+            )
+            .ctx(|| format!("cannot write {}", conf.display()))?;
+        }
+        fsutil::write_file(hba, b"local all all trust\n", Commit::Replace)
+            .ctx(|| format!("cannot write {}", hba.display()))?;
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "''"));
+        let settings = [
+            "\n# drill settings written by pgcairn drill".to_string(),
+            "listen_addresses = ''".into(),
+            format!("port = {DRILL_PORT}"),
+            format!("unix_socket_directories = {}", quote(&self.socket_dir)),
+            format!("hba_file = {}", quote(hba)),
+            "archive_mode = off".into(),
+            "primary_conninfo = ''".into(),
+            "ssl = off".into(),
+            "logging_collector = off".into(),
+            "external_pid_file = ''".into(),
+            "cluster_name = 'pgcairn-drill'".into(),
+            String::new(),
+        ];
+        let auto = self.data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(&settings.join("\n"));
+        fsutil::write_file(&auto, text.as_bytes(), Commit::Replace).ctx(|| format!("cannot write {}", auto.display()))
+    }
+
+    /// Start the server without waiting (recovery may take long; see `wait_recovered`).
+    pub(crate) async fn start(&self) -> Result<()> {
+        let status = self
+            .user
+            .command(&self.bins.bin("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-W", "start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .ctx(|| "cannot run pg_ctl".to_string())?;
+        if !status.status.success() {
+            return Err(self.failed("pg_ctl could not start PostgreSQL", &String::from_utf8_lossy(&status.stderr)));
+        }
+        Ok(())
+    }
+
+    /// Wait until the server accepts connections and is out of recovery; an error
+    /// with the end of its log when it stops or `timeout` passes first.
+    pub(crate) async fn wait_recovered(&self, timeout: Duration) -> Result<()> {
+        let begun = Instant::now();
+        let deadline = begun + timeout;
+        loop {
+            if let Ok(client) = self.connect("postgres").await {
+                let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await;
+                if matches!(row.map(|r| r.get::<_, bool>(0)), Ok(false)) {
+                    return Ok(());
+                }
+            } else if begun.elapsed() > Duration::from_secs(2) && !self.data.join("postmaster.pid").exists() {
+                return Err(self.failed("PostgreSQL stopped during recovery", ""));
+            }
+            if Instant::now() > deadline {
+                return Err(self.failed(&format!("recovery did not end within {} s", timeout.as_secs()), ""));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// A connection over the private socket as the cluster's bootstrap superuser
+    /// (the OS user's name, as initdb makes it by default).
+    pub(crate) async fn connect(&self, db: &str) -> Result<tokio_postgres::Client> {
+        let mut config = tokio_postgres::Config::new();
+        config.host_path(&self.socket_dir).port(DRILL_PORT).user(&self.user.name).dbname(db);
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(|e| Error::Connect {
+            target: format!("drill server on {}", self.socket_dir.display()),
+            detail: e.to_string(),
+        })?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// `pg_amcheck --all --heapallindexed`: Ok(None) passed, Ok(Some(output)) failed;
+    /// Err when pg_amcheck is not there.
+    pub(crate) async fn amcheck(&self) -> std::result::Result<Option<String>, String> {
+        let bin = self.bins.bin("pg_amcheck");
+        if !bin.exists() {
+            return Err(format!("{} not found", bin.display()));
+        }
+        let out = tokio::process::Command::new(bin)
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &DRILL_PORT.to_string(), "-U", &self.user.name])
+            .args(["--all", "--heapallindexed", "--install-missing", "--no-password"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run pg_amcheck: {e}"))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() {
+            Ok(None)
+        } else if text.contains("extension \"amcheck\" is not available") {
+            Err("the amcheck extension is not installed with this PostgreSQL".into())
+        } else {
+            Ok(Some(tail(&text, 20)))
+        }
+    }
+
+    /// Stop fast; immediate if that does not finish within a minute.
+    pub(crate) async fn stop(&self) {
+        for mode in ["fast", "immediate"] {
+            let done = self
+                .user
+                .command(&self.bins.bin("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", mode, "-w", "-t", "60", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            if done.is_ok_and(|s| s.success()) || !self.data.join("postmaster.pid").exists() {
+                return;
+            }
+        }
+    }
+
+    fn failed(&self, what: &str, detail: &str) -> Error {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        Error::misconfigured(
+            Misconfig::Server,
+            format!("{what}{detail}; the end of its log:\n{}", tail(&log, 15)),
+            "the log names the cause (a missing extension library, a setting this host cannot honour, WAL the archive lacks); rerun with --drill-keep to keep the directory",
+        )
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_debian_server_by_major_and_refuses_wrong_one() {
+        let found = Binaries::find(None, 15).unwrap();
+        assert!(found.bin("pg_ctl").exists(), "{found:?}");
+        let err = Binaries::find(Some(&found.dir), 17).unwrap_err();
+        assert!(err.to_string().contains("holds PostgreSQL 15"), "{err}");
+        let err = Binaries::find(Some(Path::new("/nonexistent")), 15).unwrap_err();
+        assert!(err.to_string().contains("no runnable postgres"), "{err}");
+        let err = Binaries::find(None, 9).unwrap_err();
+        assert!(err.to_string().contains("--pg-bin"), "{err}");
+    }
+}

@@ -1,0 +1,395 @@
+//! Issue 13, provable recoverability, against real clusters: restore chooses the
+//! backup that reaches a recovery target and refuses targets PostgreSQL could not
+//! reach (before writing anything); `verify` passes on a healthy repository and
+//! names each kind of damage with exit 8; `drill` restores, starts, checks and
+//! records, PostgreSQL 15 and 17, local and S3.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::archive::Archiving;
+use crate::cli::{wait_promoted, Pgcairn};
+use crate::support::{chown_to_postgres, run, Cluster, PgVersion, S3Server, TestDir};
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
+}
+
+/// Restore with `args` into a new directory (no --set unless given), start it and
+/// return (what restore printed, the started cluster).
+fn restore_and_start(a: &Archiving, dir: &TestDir, name: &str, args: &[&str]) -> (String, Cluster) {
+    let data = dir.path().join(name);
+    chown_to_postgres(a.repo.path()); // restore_command runs as postgres
+    let pg_data = format!("--pg-data={}", data.display());
+    let key = format!("--repo-key-file={}", a.key.display());
+    let mut all = vec!["restore", pg_data.as_str(), key.as_str(), "--target-action=promote"];
+    all.extend_from_slice(args);
+    let out = a.p.ok(&all);
+    assert!(data.join("backup_manifest").is_file(), "restore writes PostgreSQL's backup_manifest");
+    let verifybackup = a.cluster.version().bin("pg_verifybackup");
+    run(Command::new(verifybackup).arg("-n").arg(&data), "pg_verifybackup on the restored directory");
+    std::fs::write(data.join("postgresql.auto.conf"), {
+        let mut t = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+        t.push_str("\narchive_mode = off\n");
+        t
+    })
+    .unwrap();
+    let c = Cluster::start_restored(a.cluster.version(), &data);
+    wait_promoted(&c);
+    (out, c)
+}
+
+fn counts(c: &Cluster) -> String {
+    c.psql("SELECT count(*) FILTER (WHERE v = 'test') || '/' || count(*) FILTER (WHERE v = 'after') || '/' || count(*) FILTER (WHERE v = 'xid') FROM backup_test")
+}
+
+/// The seed ADR's drill, and every target kind: with no --set, restore takes the
+/// newest backup that can reach the target. Before issue 13 it always took the
+/// newest, exited 0, and PostgreSQL then refused to start ("recovery ended before
+/// configured recovery target was reached").
+#[test]
+fn restore_chooses_the_backup_that_reaches_the_target() {
+    let a = Archiving::new(PgVersion::V15, "");
+    let pg = a.cluster.conninfo();
+    a.cluster.psql("CREATE TABLE backup_test (v text)");
+    let older = a.p.backup(&pg);
+    a.cluster.psql("INSERT INTO backup_test SELECT 'test' FROM generate_series(1, 1000)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let noted = a.cluster.psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'");
+    std::thread::sleep(Duration::from_millis(1100));
+    a.cluster.psql("INSERT INTO backup_test SELECT 'after' FROM generate_series(1, 1000)");
+    a.cluster.psql("SELECT pg_create_restore_point('after-rows')");
+    let xid = a.cluster.psql("INSERT INTO backup_test VALUES ('xid') RETURNING txid_current()");
+    let newer = a.p.backup(&pg);
+    a.switch_segments(1);
+    a.wait_archived();
+    let dir = TestDir::new("targets");
+
+    let (out, c) = restore_and_start(&a, &dir, "time", &["--type=time", &format!("--target={noted}")]);
+    assert!(out.contains(&format!("chose backup {older}")), "{out}");
+    assert_eq!(counts(&c), "1000/0/0");
+    drop(c);
+    let (out, c) = restore_and_start(&a, &dir, "name", &["--type=name", "--target=after-rows"]);
+    assert!(out.contains(&format!("chose backup {older}")) && out.contains("restore point"), "{out}");
+    assert_eq!(counts(&c), "1000/1000/0");
+    drop(c);
+    let (out, c) = restore_and_start(&a, &dir, "xid", &["--type=xid", &format!("--target={xid}")]);
+    assert!(out.contains(&format!("chose backup {older}")), "{out}");
+    assert_eq!(counts(&c), "1000/1000/1");
+    drop(c);
+    let (out, c) =
+        restore_and_start(&a, &dir, "xid-excl", &["--type=xid", &format!("--target={xid}"), "--target-exclusive"]);
+    assert!(out.contains(&format!("chose backup {older}")), "{out}");
+    assert_eq!(counts(&c), "1000/1000/0", "exclusive stops before the transaction");
+    drop(c);
+
+    // Targets outside the archive's reach: refused, exit 3, nothing written.
+    let unreachable: &[(&[&str], &str)] = &[
+        (&["--type=time", "--target=2000-01-01 00:00:00+00"], "ended at"),
+        (&["--type=time", "--target=2099-01-01 00:00:00+00"], "before the target"),
+        (&["--type=lsn", "--target=FFFF/0"], "past the end of the archived WAL"),
+        (&["--type=name", "--target=never-made"], "no record of restore point"),
+        (&["--type=xid", "--target=99999999"], "no record of transaction"),
+        (&["--target-timeline=7"], "timeline 7 is not in the archive"),
+        (&["--type=time", &format!("--target={noted}"), &format!("--set={newer}")], "after the target"),
+    ];
+    for (args, says) in unreachable {
+        refused(&a, &dir, args, says);
+    }
+}
+
+/// Each invalid target form is refused before anything is written (exit 3). Before
+/// issue 13 they were written verbatim into postgresql.auto.conf and restore exited 0.
+#[test]
+fn invalid_targets_are_refused_before_anything_is_written() {
+    let a = Archiving::new(PgVersion::V15, "");
+    a.p.backup(&a.cluster.conninfo());
+    let dir = TestDir::new("bad-targets");
+    let invalid: &[(&[&str], &str)] = &[
+        (&["--type=time", "--target=garbage"], "not a time with a zone"),
+        (&["--type=time", "--target=2026-11-30 18:00:00"], "not a time with a zone"),
+        (&["--type=xid", "--target=abc"], "not a transaction id"),
+        (&["--type=lsn", "--target=zz"], "not an LSN"),
+        (&["--type=name", "--target="], "cannot be a restore point name"),
+        (&["--type=time"], "needs --target"),
+        (&["--target=2026-11-30 18:00:00+00"], "takes no target"),
+        (&["--type=name", "--target=x", "--target-exclusive"], "does not apply"),
+        (&["--target-action=promote"], "needs a recovery target"),
+        (&["--type=immediate", "--target-action=resume"], "not an action"),
+        (&["--target-timeline=newest"], "not a timeline"),
+    ];
+    for (args, says) in invalid {
+        refused(&a, &dir, args, says);
+    }
+}
+
+fn refused(a: &Archiving, dir: &TestDir, args: &[&str], says: &str) {
+    let data = dir.path().join("refused");
+    let pg_data = format!("--pg-data={}", data.display());
+    let mut all = vec!["restore", pg_data.as_str()];
+    all.extend_from_slice(args);
+    let (code, err) = a.p.fails(&all);
+    assert_eq!(code, 3, "{args:?}: {err}");
+    assert!(err.contains(says) && err.contains("hint:"), "{args:?} should say {says:?}: {err}");
+    assert!(!data.exists(), "{args:?}: restore wrote {}", data.display());
+}
+
+/// A copy of the repository to damage, with a pgcairn pointed at it.
+fn damaged_copy(a: &Archiving, dir: &TestDir, name: &str) -> (PathBuf, Pgcairn) {
+    let copy = dir.path().join(name);
+    run(Command::new("cp").arg("-a").arg(a.repo.path()).arg(&copy), "copy the repository");
+    let p = Pgcairn::local(&copy);
+    (copy, p)
+}
+
+/// The largest file below `dir` (a pack every backup of a small cluster needs).
+fn largest_file(dir: &Path) -> PathBuf {
+    let mut best = (0, PathBuf::new());
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let candidate = if p.is_dir() { largest_file(&p) } else { p };
+        let len = std::fs::metadata(&candidate).map(|m| m.len()).unwrap_or(0);
+        if len > best.0 {
+            best = (len, candidate);
+        }
+    }
+    best.1
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut data = std::fs::read(path).unwrap();
+    let i = (at as usize).min(data.len() - 1);
+    data[i] ^= 0x40;
+    std::fs::write(path, data).unwrap();
+}
+
+/// verify's JSON after a run expected to find damage (exit 8).
+fn verify_damaged(p: &Pgcairn, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["verify", "--output=json"];
+    all.extend_from_slice(args);
+    let out = p.run(&all);
+    assert_eq!(out.status.code(), Some(8), "verify should find damage: {}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v["ok"], false);
+    v
+}
+
+fn damage_of(v: &serde_json::Value, label: &str) -> String {
+    let b = v["backups"].as_array().unwrap().iter().find(|b| b["label"] == label).unwrap();
+    assert_eq!(b["status"], "damaged", "{b}");
+    b["damage"].to_string()
+}
+
+/// verify passes on a healthy repository and reports each kind of damage naming
+/// the backup or WAL range it breaks, with exit 8; `--sample` finds a damaged
+/// pack when it samples it; a missing history file is named with the backups
+/// that can no longer follow the timeline.
+#[test]
+fn verify_finds_each_kind_of_damage() {
+    let a = Archiving::new(PgVersion::V15, "");
+    let pg = a.cluster.conninfo();
+    a.cluster.pgbench(&["-i", "-s", "3"]);
+    let full = a.p.backup(&pg);
+    a.cluster.pgbench(&["-t", "300"]);
+    a.switch_segments(3);
+    let incr =
+        a.p.ok(&["backup", "--start-fast", "--type=incr", &format!("--pg={pg}")])
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string();
+    a.switch_segments(2);
+    a.wait_archived();
+
+    let healthy = json(&a.p.ok(&["verify", "--output=json"]));
+    assert_eq!(healthy["ok"], true, "{healthy}");
+    assert!(
+        healthy["blobs_checked"].as_u64().unwrap() > 100 && healthy["wal_files"].as_u64().unwrap() >= 5,
+        "{healthy}"
+    );
+    assert_eq!(healthy["packs_checked"], healthy["packs_listed"], "a full verify reads every pack");
+    let text = a.p.ok(&["info"]);
+    assert!(text.contains("last verify:") && text.contains(": ok"), "{text}");
+
+    let dir = TestDir::new("verify");
+    let (copy, p) = damaged_copy(&a, &dir, "flip");
+    let pack = largest_file(&copy.join("main/data"));
+    let pack_name = pack.file_name().unwrap().to_string_lossy().to_string();
+    flip_byte(&pack, 5000);
+    let v = verify_damaged(&p, &[]);
+    let d = damage_of(&v, &full);
+    assert!(d.contains(&pack_name) && d.contains("\"file\":"), "{d}");
+    let found = (0..20).any(|_| p.run(&["verify", "--sample=0.5"]).status.code() == Some(8));
+    assert!(found, "--sample=0.5 never sampled the damaged pack in 20 runs");
+    let sampled = json(&String::from_utf8_lossy(&p.run(&["verify", "--sample=0.01", "--output=json"]).stdout));
+    assert!(sampled["packs_checked"].as_u64() < sampled["packs_listed"].as_u64(), "{sampled}");
+
+    let (copy, p) = damaged_copy(&a, &dir, "truncate");
+    let pack = largest_file(&copy.join("main/data"));
+    let len = std::fs::metadata(&pack).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(len / 2).unwrap();
+    assert!(damage_of(&verify_damaged(&p, &[]), &full).contains("its index object says"));
+
+    let (copy, p) = damaged_copy(&a, &dir, "delete");
+    std::fs::remove_file(largest_file(&copy.join("main/data"))).unwrap();
+    assert!(damage_of(&verify_damaged(&p, &[]), &full).contains("is missing"));
+    assert!(damage_of(&verify_damaged(&p, &[&format!("--set={full}")]), &full).contains("is missing"));
+
+    let (copy, p) = damaged_copy(&a, &dir, "blocklist");
+    flip_byte(&copy.join(format!("main/backup/{incr}/blocks/000000")), 40);
+    let d = damage_of(&verify_damaged(&p, &[]), &incr);
+    assert!(d.contains(&format!("backup/{incr}/blocks/000000")), "{d}");
+
+    // A segment between the two backups: both restore, PITR across it is broken.
+    let (copy, p) = damaged_copy(&a, &dir, "wal");
+    let segs = wal_segments(&copy);
+    let middle = &segs[segs.len() / 2];
+    std::fs::remove_file(middle).unwrap();
+    let v = verify_damaged(&p, &[]);
+    let gaps = v["timelines"][0]["gaps"].to_string();
+    assert!(gaps.contains("no point-in-time recovery between"), "{v}");
+    let out = p.run(&["verify"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("GAP"), "text names the gap");
+
+    missing_history_is_damage(&a, &dir, &full);
+}
+
+/// Every archived segment file of timeline 1, in order.
+fn wal_segments(repo: &Path) -> Vec<PathBuf> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(repo.join("main/wal/00000001"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().len() == 24)
+        .collect();
+    segs.sort();
+    segs
+}
+
+/// Promote a restored copy with archiving into the same stanza (timeline 2), then
+/// remove 00000002.history from a copy of the repository.
+fn missing_history_is_damage(a: &Archiving, dir: &TestDir, full: &str) {
+    let data = dir.path().join("tl2");
+    chown_to_postgres(a.repo.path());
+    let key = format!("--repo-key-file={}", a.key.display());
+    a.p.ok(&["restore", &format!("--pg-data={}", data.display()), &key, "--type=immediate", "--target-action=promote"]);
+    let c = Cluster::start_restored(a.cluster.version(), &data);
+    wait_promoted(&c);
+    c.psql(&format!("ALTER SYSTEM SET archive_command = '{}'; SELECT pg_reload_conf();", a.archive_command("")));
+    c.psql("SELECT pg_switch_wal()");
+    let history = a.repo.path().join("main/wal/00000002/00000002.history");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !history.exists() {
+        assert!(std::time::Instant::now() < deadline, "timeline 2 never archived its history:\n{}", c.server_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(c);
+    let (copy, p) = damaged_copy(a, dir, "history");
+    std::fs::remove_file(copy.join("main/wal/00000002/00000002.history")).unwrap();
+    let v = verify_damaged(&p, &[]);
+    let t2 = v["timelines"].as_array().unwrap().iter().find(|t| t["timeline"] == 2).unwrap().clone();
+    let h = t2["history"].as_str().unwrap();
+    assert!(h.contains("00000002.history is missing") && h.contains(full), "{h}");
+}
+
+/// A drill on a healthy backup passes (pg_amcheck and the operator's SQL), fails
+/// with exit 14 when a check returns false, works to a point in time, removes its
+/// directory, and is recorded for `info`.
+fn drill_proves_a_backup_restores(version: PgVersion) {
+    let a = Archiving::new(version, "");
+    let pg = a.cluster.conninfo();
+    a.cluster.psql("CREATE TABLE drilled (n int); INSERT INTO drilled SELECT generate_series(1, 1000); CREATE INDEX ON drilled (n);");
+    a.p.backup(&pg);
+    std::thread::sleep(Duration::from_millis(1100));
+    let noted = a.cluster.psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'");
+    std::thread::sleep(Duration::from_millis(1100));
+    a.cluster.psql("INSERT INTO drilled SELECT generate_series(1, 500)");
+    a.switch_segments(1);
+    a.wait_archived();
+    chown_to_postgres(a.repo.path());
+
+    let dir = TestDir::new("drill");
+    chown_to_postgres(dir.path());
+    let sql = |name: &str, text: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        format!("--drill-sql={}", f.display())
+    };
+    let bin = format!("--pg-bin={}", version.bin_dir().display());
+    let path = format!("--drill-path={}", dir.path().display());
+    let key = format!("--repo-key-file={}", a.key.display());
+    let ok_sql = sql("ok.sql", "SELECT count(*) = 1500 FROM drilled;\nSELECT true;\n");
+    let report = json(&a.p.ok(&["drill", &bin, &path, &key, &ok_sql, "--output=json"]));
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["sql_checks_passed"], 2, "{report}");
+    let amcheck = report["amcheck"].as_str().unwrap();
+    assert!(amcheck == "passed" || (version != PgVersion::V15 && amcheck.starts_with("skipped")), "{report}");
+    assert!(report["rto_seconds"].as_f64().unwrap() >= report["restore_seconds"].as_f64().unwrap());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
+    assert!(leftovers.is_empty(), "the drill left its directory behind: {leftovers:?}");
+
+    let pitr_sql = sql("pitr.sql", "SELECT count(*) = 1000 FROM drilled;\n");
+    a.p.ok(&["drill", &bin, &path, &key, &pitr_sql, "--type=time", &format!("--target={noted}")]);
+
+    let bad_sql = sql("bad.sql", "SELECT true;\nSELECT count(*) = 7 FROM drilled;\n");
+    let out = a.p.run(&["drill", &bin, &path, &key, &bad_sql]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(14), "{text}");
+    assert!(text.contains("drill FAILED") && text.contains("check 2 returned f"), "{text}");
+
+    let info = json(&a.p.ok(&["info", "--output=json"]));
+    let drills = info["last_drills"].as_array().unwrap();
+    assert_eq!(drills.len(), 3, "{info}");
+    assert_eq!(
+        (drills[0]["ok"].clone(), drills[1]["ok"].clone(), drills[2]["ok"].clone()),
+        (false.into(), true.into(), true.into())
+    );
+    assert!(drills[1]["target"].as_str().unwrap().starts_with("time "), "{info}");
+    assert!(a.p.ok(&["info"]).contains("RTO"));
+}
+
+#[test]
+fn drill_proves_a_backup_restores_pg15() {
+    drill_proves_a_backup_restores(PgVersion::V15);
+}
+
+#[test]
+fn drill_proves_a_backup_restores_pg17() {
+    drill_proves_a_backup_restores(PgVersion::V17);
+}
+
+/// On S3: verify passes, then names a deleted pack; a drill restores from S3 (its
+/// restore_command reaching S3 with the drill's environment) and passes.
+#[test]
+fn verify_and_drill_on_s3() {
+    let cluster = Cluster::init(PgVersion::V17);
+    let s3 = S3Server::start();
+    let p = Pgcairn::s3(&s3, "proof");
+    let pg = format!("--pg={}", cluster.conninfo());
+    p.ok(&["stanza-create", &pg]);
+    cluster.psql("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 5000);");
+    let out = p.ok(&["backup", "--start-fast", &pg]);
+    let label = out.lines().last().unwrap().trim().to_string();
+    assert_eq!(json(&p.ok(&["verify", "--output=json"]))["ok"], true);
+
+    let dir = TestDir::new("s3-drill");
+    chown_to_postgres(dir.path());
+    let checks = dir.path().join("checks.sql");
+    std::fs::write(&checks, "SELECT count(*) = 5000 FROM t;\n").unwrap();
+    let report = json(&p.ok(&[
+        "drill",
+        &format!("--pg-bin={}", PgVersion::V17.bin_dir().display()),
+        &format!("--drill-path={}", dir.path().display()),
+        &format!("--drill-sql={}", checks.display()),
+        "--type=immediate",
+        "--output=json",
+    ]));
+    assert_eq!(report["ok"], true, "{report}");
+
+    let pack = largest_file(&s3.dir());
+    std::fs::remove_file(&pack).unwrap();
+    let v = verify_damaged(&p, &[]);
+    assert!(damage_of(&v, &label).contains("is missing"), "{v}");
+}
