@@ -242,11 +242,13 @@ fn verify_finds_each_kind_of_damage() {
     let d = damage_of(&verify_damaged(&p, &[]), &incr);
     assert!(d.contains(&format!("backup/{incr}/blocks/000000")), "{d}");
 
-    // A segment between the two backups: both restore, PITR across it is broken.
+    // The segment after the full backup's last: both backups restore, PITR across
+    // it is broken. (Segments before the oldest backup are no damage.)
     let (copy, p) = damaged_copy(&a, &dir, "wal");
-    let segs = wal_segments(&copy);
-    let middle = &segs[segs.len() / 2];
-    std::fs::remove_file(middle).unwrap();
+    let info = json(&a.p.ok(&["info", "--output=json"]));
+    let wal_stop = info["backups"][0]["wal_stop"].as_str().unwrap().to_string();
+    let next = wal_segments(&copy).into_iter().find(|s| s.file_name().unwrap().to_string_lossy().as_ref() > wal_stop.as_str());
+    std::fs::remove_file(next.expect("a segment after the full backup")).unwrap();
     let v = verify_damaged(&p, &[]);
     let gaps = v["timelines"][0]["gaps"].to_string();
     assert!(gaps.contains("no point-in-time recovery between"), "{v}");
@@ -279,10 +281,11 @@ fn missing_history_is_damage(a: &Archiving, dir: &TestDir, full: &str) {
     wait_promoted(&c);
     c.psql(&format!("ALTER SYSTEM SET archive_command = '{}'; SELECT pg_reload_conf();", a.archive_command("")));
     c.psql("SELECT pg_switch_wal()");
-    let history = a.repo.path().join("main/wal/00000002/00000002.history");
+    let timeline2 = a.repo.path().join("main/wal/00000002");
+    let archived = || std::fs::read_dir(&timeline2).map(|d| d.count()).unwrap_or(0);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !history.exists() {
-        assert!(std::time::Instant::now() < deadline, "timeline 2 never archived its history:\n{}", c.server_log());
+    while archived() < 2 {
+        assert!(std::time::Instant::now() < deadline, "timeline 2 never archived its history and a segment:\n{}", c.server_log());
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(c);
