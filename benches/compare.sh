@@ -225,11 +225,41 @@ measure_dataset() { # DATASET CHECK_QUERY
         done
     done
     verify_cairn_restore "$2" "$expected"
+    measure_verify "$ds"
     # Reference for restores: what the disk takes to copy the data directory and sync.
     fresh_dir "$W/floor"
     timed "floor.$ds" bash -c "tar -C '$W/data' --exclude=./pg_wal -cf - . | tar -C '$W/floor' -xf - && sync"
     rm -rf "$W/floor"
     rm -rf "$W/restore-cairn" "$W/restore-br" "$W/repo-pgbb-$ds"
+}
+
+# Archive the WAL of both tools' backups into their repositories (the cluster runs
+# without archive_mode; pgBackRest's verify checks a backup only against its WAL),
+# then verify each whole repository: one full backup and its WAL each.
+measure_verify() { # DATASET
+    local ds=$1 c b first current f
+    sql "SELECT pg_switch_wal()" >/dev/null
+    sql "CHECKPOINT" >/dev/null
+    c=$(as_pg "${CAIRN[@]}" "--repo=$W/repo-cairn-$ds" info --output=json | python3 -c 'import json,sys; print(json.load(sys.stdin)["backups"][0]["start_lsn"])')
+    c=$(sql "SELECT pg_walfile_name('$c')")
+    b=$(as_pg "${BR[@]}" "--repo1-path=$W/repo-br-$ds" info --output=json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["backup"][0]["archive"]["start"])')
+    first=$(printf '%s\n%s\n' "$c" "$b" | sort | head -1)
+    current=$(sql "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    for f in $(ls "$W/data/pg_wal" | grep -E '^[0-9A-F]{24}$' | sort); do
+        if [[ "$f" < "$first" || ! "$f" < "$current" ]]; then continue; fi
+        as_pg "$W/bin/pgcairn-archive-push" "--stanza=$STANZA" "--repo=$W/repo-cairn-$ds" "--repo-key-file=$W/key-$ds" \
+            "$W/data/pg_wal/$f" >>"$LOG" 2>&1
+        as_pg "${BR[@]}" "--repo1-path=$W/repo-br-$ds" archive-push "$W/data/pg_wal/$f" >>"$LOG" 2>&1
+    done
+    say "$ds: verify each whole repository (backup and its WAL)"
+    for r in $(seq "$REPEAT"); do
+        for t in $(order "$r" "cairn br"); do
+            case $t in
+            cairn) timed "verify.$ds.cairn" "${CAIRN[@]}" "--repo=$W/repo-cairn-$ds" "--repo-key-file=$W/key-$ds" verify ;;
+            br) timed "verify.$ds.br" "${BR[@]}" "--repo1-path=$W/repo-br-$ds" verify ;;
+            esac
+        done
+    done
 }
 
 # ---------------------------------------------------------------- 1. pgbench dataset
@@ -388,6 +418,10 @@ row() {
         row "delta restore over an unchanged copy, $ds: time" sec "delta.$ds.cairn.t" "delta.$ds.br.t" "" "delta-$ds"
         row "delta restore over an unchanged copy, $ds, pgcairn with a key file: time" sec "delta.$ds.cairn-key.t" "delta.$ds.br.t" "" "delta-key-$ds"
         row "delta restore, $ds: CPU (user+sys)" sec "delta.$ds.cairn.cpu" "delta.$ds.br.cpu"
+        row "verify whole repository, $ds: time (reference: pgcairn restore)" sec "verify.$ds.cairn.t" "verify.$ds.br.t" "restore.$ds.cairn.t" "verify-$ds"
+        row "verify, $ds: CPU (user+sys)" sec "verify.$ds.cairn.cpu" "verify.$ds.br.cpu"
+        row "verify, $ds: peak RSS" rss "verify.$ds.cairn.rss" "verify.$ds.br.rss"
+        echo "verify-vs-restore-$ds $(ratio "$(get "verify.$ds.cairn.t")" "$(get "restore.$ds.cairn.t")")" >>"$W/targets"
     done
     echo
     echo "Targets (pgcairn/pgBackRest, this run):"
@@ -400,13 +434,15 @@ row() {
         restore-*) limit=0.5 what="restore time (${name#restore-})" ;;
         delta-key-*) limit=0.5 what="delta restore time, key file (${name#delta-key-})" ;;
         delta-*) limit=0.5 what="delta restore time (${name#delta-})" ;;
+        verify-vs-restore-*) limit=1.0 what="pgcairn verify time / pgcairn restore time, reading more (${name#verify-vs-restore-})" ;;
+        verify-*) limit=0.5 what="verify time (${name#verify-})" ;;
         *) continue ;;
         esac
         awk -v v="$value" -v l="$limit" -v w="$what" 'BEGIN {printf "- %s: %s ≤ %s: %s\n", w, v, l, (v <= l) ? "met" : "NOT met"}'
     done <"$W/targets"
     
     maxrss=0
-    for k in full.pgbench.cairn.rss full.random.cairn.rss diff.cairn.rss incr.cairn.rss restore.pgbench.cairn.rss restore.random.cairn.rss delta.pgbench.cairn.rss delta.random.cairn.rss push.cairn.rss; do
+    for k in verify.pgbench.cairn.rss verify.random.cairn.rss full.pgbench.cairn.rss full.random.cairn.rss diff.cairn.rss incr.cairn.rss restore.pgbench.cairn.rss restore.random.cairn.rss delta.pgbench.cairn.rss delta.random.cairn.rss push.cairn.rss; do
         for v in ${R[$k]:-}; do
             if ((v > maxrss)); then maxrss=$v; fi
         done
