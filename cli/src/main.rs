@@ -262,23 +262,7 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             stanza_create(r, common, *no_encryption, *block_size).await?
         }
         Command::Backup { backup_type } => backup(r, common, *backup_type).await?,
-        Command::Restore { target, tablespace_map, delta } => {
-            let settings = typed::Restore::from(r)?;
-            let target_dir = settings
-                .pg_data
-                .clone()
-                .ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
-            let recovery = recovery(common, &settings.forwarded, target)?;
-            let req = pgcairn::RestoreRequest {
-                target: target_dir,
-                set: target.set.clone(),
-                tablespace_map: parse_tablespace_map(tablespace_map)?,
-                progress: progress(),
-                recovery,
-                delta: *delta,
-            };
-            restore(common, &req).await?
-        }
+        Command::Restore { target, tablespace_map, delta } => restore(r, common, target, tablespace_map, *delta).await?,
         Command::Info { output } => {
             let policy = typed::retention(r)?;
             let report = pgcairn::info_with_retention(&common.access()?.open().await?, &policy).await?;
@@ -307,21 +291,7 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             let report = pgcairn::verify(&common.access()?.open().await?, &req).await?;
             return proof::print_verify(&report, *output == Output::Json);
         }
-        Command::Drill { target, keep, output } => {
-            let settings = typed::Drill::from(r)?;
-            let req = pgcairn::DrillRequest {
-                set: target.set.clone(),
-                recovery: recovery(common, &settings.forwarded, target)?,
-                pg_bin: settings.pg_bin,
-                drill_path: settings.drill_path,
-                sql_file: settings.drill_sql,
-                timeout: settings.timeout,
-                keep: *keep,
-                progress: progress(),
-            };
-            let report = pgcairn::drill(&common.access()?.open().await?, &req).await?;
-            return proof::print_drill(&report, *output == Output::Json);
-        }
+        Command::Drill { target, keep, output } => return drill(r, common, target, *keep, *output).await,
         Command::KeyFile { output } => {
             common.access()?.open().await?.write_key_file(output)?;
             println!(
@@ -331,6 +301,22 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn drill(r: &Resolved, common: &Common, target: &TargetArgs, keep: bool, output: Output) -> Result<ExitCode> {
+    let settings = typed::Drill::from(r)?;
+    let req = pgcairn::DrillRequest {
+        set: target.set.clone(),
+        recovery: recovery(common, &settings.forwarded, target)?,
+        pg_bin: settings.pg_bin,
+        drill_path: settings.drill_path,
+        sql_file: settings.drill_sql,
+        timeout: settings.timeout,
+        keep,
+        progress: progress(),
+    };
+    let report = pgcairn::drill(&common.access()?.open().await?, &req).await?;
+    proof::print_drill(&report, output == Output::Json)
 }
 
 async fn stanza_create(r: &Resolved, common: &Common, no_encryption: bool, block_size: Option<u32>) -> Result<()> {
@@ -448,7 +434,18 @@ async fn stanza_delete(r: &Resolved, common: &Common, force: bool) -> Result<()>
     Ok(())
 }
 
-async fn restore(common: &Common, req: &pgcairn::RestoreRequest) -> Result<()> {
+async fn restore(r: &Resolved, common: &Common, target: &TargetArgs, tablespace_map: &[String], delta: bool) -> Result<()> {
+    let settings = typed::Restore::from(r)?;
+    let target_dir =
+        settings.pg_data.clone().ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
+    let req = &pgcairn::RestoreRequest {
+        target: target_dir,
+        set: target.set.clone(),
+        tablespace_map: parse_tablespace_map(tablespace_map)?,
+        progress: progress(),
+        recovery: recovery(common, &settings.forwarded, target)?,
+        delta,
+    };
     let repo = common.access()?.open().await?;
     let sum = pgcairn::restore(&repo, req).await?;
     let delta_note = if req.delta {

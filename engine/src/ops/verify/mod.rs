@@ -151,15 +151,7 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
     let view = WalView::load(repo).await?;
     let wal_names = wal_to_read(repo, &view, &summaries, &sampler, req.set.is_some()).await?;
     let walcheck = wal::read_all(repo, wal_names).await?;
-    for (verdict, b) in backups.iter_mut().filter(|v| v.damage.is_none()).filter_map(|v| {
-        let b = summaries.iter().find(|s| s.label == v.label)?;
-        Some((v, b))
-    }) {
-        if let Some((object, detail)) = wal::backup_wal_problem(b, &view, &walcheck) {
-            verdict.status = "damaged".into();
-            verdict.damage = Some(Damage { file: None, block: None, object: format!("WAL {object}"), detail });
-        }
-    }
+    note_wal_damage(&mut backups, &summaries, &view, &walcheck);
     let timelines = wal::timelines(&view, &walcheck, &summaries);
     let mut warnings: Vec<String> =
         checker.index.damaged.iter().map(|(k, why)| format!("index object {k}: {why}")).collect();
@@ -188,6 +180,17 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
     };
     repo.put_result(ResultKind::Verify, &report).await?;
     Ok(report)
+}
+
+/// A backup whose own WAL (start to stop) is missing or damaged cannot become consistent.
+fn note_wal_damage(backups: &mut [BackupVerdict], summaries: &[Summary], view: &WalView, walcheck: &wal::WalCheck) {
+    for verdict in backups.iter_mut().filter(|v| v.damage.is_none()) {
+        let Some(b) = summaries.iter().find(|s| s.label == verdict.label) else { continue };
+        if let Some((object, detail)) = wal::backup_wal_problem(b, view, walcheck) {
+            verdict.status = "damaged".into();
+            verdict.damage = Some(Damage { file: None, block: None, object: format!("WAL {object}"), detail });
+        }
+    }
 }
 
 async fn selected_labels(repo: &Repository, set: Option<&str>) -> Result<Vec<String>> {
