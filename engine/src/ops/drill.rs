@@ -133,7 +133,9 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
     // The report is printed whatever happens here: losing the RTO of a drill that ran
     // because the repository refused one small object would be worse.
     if let Err(e) = repo.put_result(ResultKind::Drill, &report).await {
-        tracing::error!("the drill could not be recorded in the repository, so info and monitoring will not show it: {e}");
+        tracing::error!(
+            "the drill could not be recorded in the repository, so info and monitoring will not show it: {e}"
+        );
     }
     Ok(report)
 }
@@ -301,5 +303,36 @@ impl Drop for TempCluster {
         } else if let Err(e) = std::fs::remove_dir_all(&self.path) {
             tracing::warn!("cannot remove drill directory {}: {e}", self.path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drill_that_would_fill_the_disk_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        check_space(dir.path(), 1 << 20).unwrap();
+        let err = check_space(dir.path(), u64::MAX / 2).unwrap_err();
+        assert!(matches!(err, Error::Misconfigured { kind: Misconfig::ResourceLimit, .. }), "{err}");
+        assert!(err.to_string().contains("--drill-path"), "{err}");
+    }
+
+    #[test]
+    fn a_drill_promotes_at_its_target() {
+        let mut r = Recovery {
+            target: RecoveryTarget::Immediate,
+            exclusive: false,
+            action: Some(TargetAction::Pause),
+            timeline: None,
+            restore_command: String::new(),
+        };
+        assert!(check_action(&mut r).is_err(), "pause would never end recovery");
+        r.action = None;
+        check_action(&mut r).unwrap();
+        assert_eq!(r.action, Some(TargetAction::Promote));
+        r.target = RecoveryTarget::None;
+        assert!(check_action(&mut r).is_err());
     }
 }

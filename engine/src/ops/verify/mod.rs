@@ -179,7 +179,9 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
         warnings,
     };
     if let Err(e) = repo.put_result(ResultKind::Verify, &report).await {
-        tracing::error!("the verify result could not be recorded in the repository, so info and monitoring will not show it: {e}");
+        tracing::error!(
+            "the verify result could not be recorded in the repository, so info and monitoring will not show it: {e}"
+        );
     }
     Ok(report)
 }
