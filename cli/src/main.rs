@@ -262,7 +262,9 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             stanza_create(r, common, *no_encryption, *block_size).await?
         }
         Command::Backup { backup_type } => backup(r, common, *backup_type).await?,
-        Command::Restore { target, tablespace_map, delta } => restore(r, common, target, tablespace_map, *delta).await?,
+        Command::Restore { target, tablespace_map, delta } => {
+            restore(r, common, target, tablespace_map, *delta).await?
+        }
         Command::Info { output } => {
             let policy = typed::retention(r)?;
             let report = pgcairn::info_with_retention(&common.access()?.open().await?, &policy).await?;
@@ -434,7 +436,13 @@ async fn stanza_delete(r: &Resolved, common: &Common, force: bool) -> Result<()>
     Ok(())
 }
 
-async fn restore(r: &Resolved, common: &Common, target: &TargetArgs, tablespace_map: &[String], delta: bool) -> Result<()> {
+async fn restore(
+    r: &Resolved,
+    common: &Common,
+    target: &TargetArgs,
+    tablespace_map: &[String],
+    delta: bool,
+) -> Result<()> {
     let settings = typed::Restore::from(r)?;
     let target_dir =
         settings.pg_data.clone().ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;

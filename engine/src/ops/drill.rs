@@ -80,6 +80,7 @@ pub struct DrillReport {
 pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport> {
     let started = chrono::Utc::now();
     let mut recovery = req.recovery.clone();
+    recovery.check()?;
     check_action(&mut recovery)?;
     let sql = match &req.sql_file {
         Some(f) => Some(std::fs::read_to_string(f).ctx(|| format!("cannot read --drill-sql file {}", f.display()))?),
@@ -89,24 +90,9 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
     let manifest = repo.load_manifest(&choice.label).await?;
     let bins = Binaries::find(req.pg_bin.as_deref(), manifest.pg_version / 10000)?;
     let user = OsUser::for_server()?;
-    let dir = TempCluster::create(req.drill_path.as_deref(), repo, &user, req.keep)?;
+    let mut dir = TempCluster::create(req.drill_path.as_deref(), repo, &user, req.keep)?;
     check_space(dir.path(), manifest.size)?;
-    let mut report = DrillReport {
-        started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        label: choice.label.clone(),
-        chosen_because: choice.why.clone(),
-        target: recovery.target.describe(),
-        ok: false,
-        failure: None,
-        restore_seconds: 0.0,
-        recovery_seconds: 0.0,
-        checks_seconds: 0.0,
-        rto_seconds: 0.0,
-        data_bytes: manifest.size,
-        amcheck: "not run".into(),
-        sql_checks_passed: 0,
-        pg_bin: bins.dir.display().to_string(),
-    };
+    let mut report = DrillReport::new(started, &choice, &recovery, manifest.size, &bins);
     let tablespaces =
         manifest.tablespaces.iter().map(|t| (t.oid, dir.path().join("tablespaces").join(t.oid.to_string())));
     let restore = RestoreRequest {
@@ -127,7 +113,10 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
     if let Err(e) = run(repo, req, &restore, choice, &instance, sql.as_deref(), &mut report).await {
         report.failure = Some(e.to_string());
     }
-    instance.stop().await;
+    if !instance.stop().await {
+        dir.keep_after_failed_stop();
+        report.failure.get_or_insert_with(|| "the drill server did not stop".into());
+    }
     report.ok = report.failure.is_none();
     report.rto_seconds = report.restore_seconds + report.recovery_seconds + report.checks_seconds;
     // The report is printed whatever happens here: losing the RTO of a drill that ran
@@ -138,6 +127,33 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
         );
     }
     Ok(report)
+}
+
+impl DrillReport {
+    fn new(
+        started: chrono::DateTime<chrono::Utc>,
+        choice: &crate::ops::restore::Choice,
+        recovery: &Recovery,
+        data_bytes: u64,
+        bins: &Binaries,
+    ) -> Self {
+        DrillReport {
+            started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            label: choice.label.clone(),
+            chosen_because: choice.why.clone(),
+            target: recovery.target.describe(),
+            ok: false,
+            failure: None,
+            restore_seconds: 0.0,
+            recovery_seconds: 0.0,
+            checks_seconds: 0.0,
+            rto_seconds: 0.0,
+            data_bytes,
+            amcheck: "not run".into(),
+            sql_checks_passed: 0,
+            pg_bin: bins.dir.display().to_string(),
+        }
+    }
 }
 
 /// A drill must end recovery to run its checks: promote at the target.
@@ -178,6 +194,7 @@ async fn run(
     fsutil_mkdir(&instance.socket_dir)?;
     instance.configure(&hba)?;
     instance.user.own(instance.data.parent().unwrap_or(&instance.data))?;
+    instance.check_private().await?;
     let clock = Instant::now();
     instance.start().await?;
     instance.wait_recovered(req.timeout).await?;
@@ -217,22 +234,44 @@ async fn checks(instance: &Instance, sql: Option<&str>, report: &mut DrillReport
         "each statement must run on the restored cluster; each query must return one row whose first column is true",
     )
     })?;
-    let mut query = 0u32;
+    let (mut query, mut rows) = (0u32, Vec::new());
     for message in results {
-        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
-            query += 1;
-            if row.get(0) != Some("t") {
-                let value = row.get(0).unwrap_or("NULL");
-                return Err(Error::misconfigured(
-                    Misconfig::Request,
-                    format!("--drill-sql check {query} returned {value}, not true"),
-                    "the restored data differs from what the check expects: look at that query's result on the backup",
-                ));
+        match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => rows.push(row.get(0).map(str::to_string)),
+            tokio_postgres::SimpleQueryMessage::CommandComplete(_) => {
+                query += 1;
+                match std::mem::take(&mut rows).as_slice() {
+                    [Some(t)] if t == "t" => report.sql_checks_passed += 1,
+                    [] if query_is_statement(sql, query) => {}
+                    other => return Err(sql_check_failed(query, other)),
+                }
             }
-            report.sql_checks_passed = query;
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// Whether statement `n` (1-based) of the file returns no rows by nature (SET,
+/// CREATE …): only queries (SELECT, WITH, VALUES, TABLE) must return true.
+fn query_is_statement(sql: &str, n: u32) -> bool {
+    let statement = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).nth(n as usize - 1).unwrap_or("");
+    let first = statement.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("--")).unwrap_or("");
+    let word = first.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    !matches!(word.as_str(), "SELECT" | "WITH" | "VALUES" | "TABLE")
+}
+
+fn sql_check_failed(query: u32, rows: &[Option<String>]) -> Error {
+    let got = match rows {
+        [] => "no row".to_string(),
+        [one] => one.clone().unwrap_or_else(|| "NULL".into()),
+        many => format!("{} rows", many.len()),
+    };
+    Error::misconfigured(
+        Misconfig::Request,
+        format!("--drill-sql check {query} returned {got}, not one row that is true"),
+        "the restored data differs from what the check expects: look at that query's result on the backup",
+    )
 }
 
 /// Refuse a drill that would fill the file system.
@@ -293,6 +332,13 @@ impl TempCluster {
 
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A server that may still run keeps its directory (removing it under a live
+    /// postmaster would be worse than leaving it).
+    fn keep_after_failed_stop(&mut self) {
+        tracing::error!("the drill server in {} did not stop: stop it with pg_ctl -D {}/data stop -m immediate, then remove the directory", self.path.display(), self.path.display());
+        self.keep = true;
     }
 }
 

@@ -155,7 +155,13 @@ impl WalView {
         if let Some(why) = self.damaged_histories.get(&tli) {
             return Err(format!("the history file of timeline {tli} is damaged: {why}"));
         }
-        let path = self.path(tli).ok_or_else(|| format!("the history file of timeline {tli} is not in the archive"))?;
+        // PostgreSQL reads only the target timeline's history, and a missing one on the
+        // backup's own timeline means "no parents": replay stays on it.
+        let own = || (tli == b.timeline).then(|| vec![Stretch { tli, begin: Lsn(0), end: None }]);
+        let path = self
+            .path(tli)
+            .or_else(own)
+            .ok_or_else(|| format!("the history file of timeline {tli} is not in the archive"))?;
         let on_path = path.iter().find(|s| s.tli == b.timeline);
         match on_path {
             None => Err(format!("timeline {tli} does not descend from timeline {}", b.timeline)),
@@ -184,18 +190,27 @@ fn list(timelines: &BTreeSet<u32>) -> String {
     }
 }
 
-/// What a scan of archived WAL found: the events of records that begin in the
-/// scanned range, and where the last complete record ended.
+/// What a scan of archived WAL found: the kept events of records that begin in the
+/// scanned range, where the last complete record ended, and the segment that stopped
+/// the scan early (missing or damaged): recovery could not pass it either.
 #[derive(Debug, Default)]
 pub(crate) struct Scanned {
     pub events: Vec<RecordEvent>,
     pub end_lsn: u64,
+    pub damaged: Option<(u64, String)>,
 }
 
-/// Read segments `from..=to` along `path` in order (a few fetched ahead) and decode
-/// their records. A segment that fails to read or decode ends the scan with an error
-/// naming it.
-pub(crate) async fn scan(repo: &Repository, view: &WalView, path: &[Stretch], from: u64, to: u64) -> Result<Scanned> {
+/// Read segments `from..=to` along `path` in order (a few fetched ahead), decode their
+/// records and keep the events `keep` wants (so memory holds matches, not every
+/// commit). A segment that cannot be read or decoded ends the scan; a storage error
+/// (retried already) fails it.
+pub(crate) async fn scan(
+    repo: &Repository,
+    view: &WalView,
+    path: &[Stretch],
+    (from, to): (u64, u64),
+    keep: impl Fn(&RecordEvent) -> bool,
+) -> Result<Scanned> {
     let fetches = (from..=to).map(|segno| {
         let (tli, name) = view.segment(path, segno);
         async move { (segno, name.clone(), repo.get_wal(tli, &name).await) }
@@ -204,14 +219,20 @@ pub(crate) async fn scan(repo: &Repository, view: &WalView, path: &[Stretch], fr
     let mut scanner = RecordScanner::new(view.seg_size);
     let mut out = Scanned::default();
     while let Some((segno, name, data)) = segments.next().await {
-        let data = data?.ok_or_else(|| Error::Corrupt {
-            what: format!("WAL segment {name}"),
-            detail: "it was listed in the archive but is gone".into(),
-        })?;
-        let events = scanner
-            .feed(segno, &data)
-            .map_err(|detail| Error::Corrupt { what: format!("WAL segment {name}"), detail })?;
-        out.events.extend(events);
+        let fed = match data {
+            Ok(Some(data)) => tokio::task::block_in_place(|| scanner.feed(segno, &data)),
+            Ok(None) => Err("it was listed in the archive but is gone".into()),
+            Err(Error::Corrupt { detail, .. }) => Err(detail),
+            Err(e) => return Err(e),
+        };
+        match fed {
+            Ok(events) => out.events.extend(events.into_iter().filter(|e| keep(e))),
+            Err(detail) => {
+                tracing::warn!("WAL segment {name} cannot be read ({detail}): recovery cannot pass it");
+                out.damaged = Some((segno, format!("WAL segment {name} is damaged ({detail})")));
+                break;
+            }
+        }
         out.end_lsn = scanner.end_lsn();
     }
     Ok(out)

@@ -170,12 +170,53 @@ impl Instance {
             "logging_collector = off".into(),
             "external_pid_file = ''".into(),
             "cluster_name = 'pgcairn-drill'".into(),
+            // Production commands that would reach outside the drill, or hang it.
+            "archive_cleanup_command = ''".into(),
+            "recovery_end_command = ''".into(),
+            "max_logical_replication_workers = 0".into(),
+            "synchronous_standby_names = ''".into(),
+            "huge_pages = try".into(),
             String::new(),
         ];
         let auto = self.data.join("postgresql.auto.conf");
         let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
         text.push_str(&settings.join("\n"));
         fsutil::write_file(&auto, text.as_bytes(), Commit::Replace).ctx(|| format!("cannot write {}", auto.display()))
+    }
+
+    /// Ask postgres itself (`-C`) what the settings that keep the drill private
+    /// resolve to: a restored postgresql.conf could set data_directory or include a
+    /// file that wins over postgresql.auto.conf. Refuses to start otherwise.
+    pub(crate) async fn check_private(&self) -> Result<()> {
+        let want = [
+            ("data_directory", self.data.display().to_string()),
+            ("listen_addresses", String::new()),
+            ("archive_mode", "off".to_string()),
+            ("unix_socket_directories", self.socket_dir.display().to_string()),
+            ("archive_cleanup_command", String::new()),
+        ];
+        for (name, value) in want {
+            let out = self
+                .user
+                .command(&self.bins.bin("postgres"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-C", name])
+                .output()
+                .await
+                .ctx(|| "cannot run postgres -C".to_string())?;
+            let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let same = got == value
+                || std::fs::canonicalize(&got).ok() == std::fs::canonicalize(&value).ok() && !got.is_empty();
+            if !out.status.success() || !same {
+                return Err(Error::misconfigured(
+                    Misconfig::Server,
+                    format!("the restored configuration sets {name} = {got:?} where the drill needs {value:?}; {}", String::from_utf8_lossy(&out.stderr).trim()),
+                    "the backup's postgresql.conf (or a file it includes) overrides the drill's settings: the drill does not start a server that could reach outside its directory",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Start the server without waiting (recovery may take long; see `wait_recovered`).
@@ -259,8 +300,9 @@ impl Instance {
         }
     }
 
-    /// Stop fast; immediate if that does not finish within a minute.
-    pub(crate) async fn stop(&self) {
+    /// Stop fast; immediate if that does not finish within a minute. False when the
+    /// server may still run (its directory must then be kept).
+    pub(crate) async fn stop(&self) -> bool {
         for mode in ["fast", "immediate"] {
             let done = self
                 .user
@@ -273,16 +315,17 @@ impl Instance {
                 .status()
                 .await;
             if done.is_ok_and(|s| s.success()) || !self.data.join("postmaster.pid").exists() {
-                return;
+                return true;
             }
         }
+        false
     }
 
     fn failed(&self, what: &str, detail: &str) -> Error {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         Error::misconfigured(
             Misconfig::Server,
-            format!("{what}{detail}; the end of its log:\n{}", tail(&log, 15)),
+            format!("{what}{}{detail}; the end of its log:\n{}", if detail.is_empty() { "" } else { ": " }, tail(&log, 15)),
             "the log names the cause (a missing extension library, a setting this host cannot honour, WAL the archive lacks); rerun with --drill-keep to keep the directory",
         )
     }

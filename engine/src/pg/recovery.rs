@@ -284,29 +284,49 @@ fn guc_quote(v: &str) -> String {
 /// Recovery settings appended to postgresql.auto.conf (where ALTER SYSTEM writes, and
 /// which wins over postgresql.conf) plus recovery.signal.
 pub(crate) fn write_recovery(target_dir: &Path, label: &str, r: &Recovery) -> Result<()> {
+    let auto = target_dir.join("postgresql.auto.conf");
+    let text = std::fs::read_to_string(&auto).unwrap_or_default();
+    write_settings(target_dir, &auto, text + &recovery_lines(label, r))
+}
+
+/// Every recovery setting, each written (empty when unused): the backup's own
+/// postgresql.auto.conf may carry settings of an earlier restore (a leftover
+/// recovery_target_name beside a new recovery_target_time is a FATAL "multiple
+/// recovery targets"; a leftover inclusive = off would move the stop point).
+fn recovery_lines(label: &str, r: &Recovery) -> String {
     let mut lines = vec![
         format!("\n# recovery settings written by pgcairn restore of backup {label}"),
         format!("restore_command = {}", guc_quote(&r.restore_command)),
     ];
-    if let Some((k, v)) = r.target.setting() {
-        lines.push(format!("{k} = {}", guc_quote(&v)));
+    // The unused ones first: PostgreSQL's assign hooks refuse a second target even
+    // when it is set to '' after the first.
+    let chosen = r.target.setting();
+    for key in [
+        "recovery_target",
+        "recovery_target_lsn",
+        "recovery_target_name",
+        "recovery_target_time",
+        "recovery_target_xid",
+    ] {
+        if chosen.as_ref().is_none_or(|(k, _)| *k != key) {
+            lines.push(format!("{key} = ''"));
+        }
     }
-    if r.exclusive {
-        lines.push("recovery_target_inclusive = off".into());
+    if let Some((key, value)) = &chosen {
+        lines.push(format!("{key} = {}", guc_quote(value)));
     }
-    if let Some(a) = r.action {
-        lines.push(format!("recovery_target_action = {}", guc_quote(a.setting())));
-    }
-    if let Some(t) = r.timeline {
-        lines.push(format!("recovery_target_timeline = {}", guc_quote(&t.setting())));
-    }
-    let auto = target_dir.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(&lines.join("\n"));
-    text.push('\n');
+    lines.push(format!("recovery_target_inclusive = {}", if r.exclusive { "off" } else { "on" }));
+    let action = r.action.unwrap_or(TargetAction::Pause);
+    lines.push(format!("recovery_target_action = {}", guc_quote(action.setting())));
+    let timeline = r.timeline.unwrap_or(TimelineTarget::Latest);
+    lines.push(format!("recovery_target_timeline = {}", guc_quote(&timeline.setting())));
+    lines.join("\n") + "\n"
+}
+
+fn write_settings(target_dir: &Path, auto: &Path, text: String) -> Result<()> {
     let ctx = || format!("cannot write recovery settings into {}", auto.display());
-    fsutil::write_file(&auto, text.as_bytes(), Commit::Replace).ctx(ctx)?;
-    std::fs::set_permissions(&auto, std::fs::Permissions::from_mode(0o600)).ctx(ctx)?;
+    fsutil::write_file(auto, text.as_bytes(), Commit::Replace).ctx(ctx)?;
+    std::fs::set_permissions(auto, std::fs::Permissions::from_mode(0o600)).ctx(ctx)?;
     let signal = target_dir.join("recovery.signal");
     fsutil::write_file(&signal, b"", Commit::Replace).ctx(|| format!("cannot write {}", signal.display()))?;
     std::fs::set_permissions(&signal, std::fs::Permissions::from_mode(0o600)).ctx(ctx)
@@ -391,6 +411,11 @@ mod tests {
         assert!(text.starts_with("work_mem = '4MB'\n"), "{text}");
         assert!(text.contains("restore_command = 'pgcairn --stanza=main archive-get %f \"%p\"'"), "{text}");
         assert!(text.contains("recovery_target_name = 'before it''s gone'"), "{text}");
+        assert!(
+            text.contains("recovery_target_time = ''") && text.contains("recovery_target_inclusive = on"),
+            "{text}"
+        );
+        assert!(text.contains("recovery_target_timeline = 'latest'"), "{text}");
         assert!(text.contains("recovery_target_action = 'promote'"), "{text}");
         assert!(dir.path().join("recovery.signal").is_file());
     }

@@ -38,18 +38,29 @@ impl Repository {
         let mut keys = self.result_keys(kind).await?;
         if keys.len() > RESULTS_KEPT {
             keys.truncate(keys.len() - RESULTS_KEPT);
-            self.storage().delete_many(&keys).await?;
+            if let Err(e) = self.storage().delete_many(&keys).await {
+                // The result is stored; old ones staying (Object Lock, no delete right) is harmless.
+                tracing::warn!("could not delete {} old {kind:?} results: {e}", keys.len());
+            }
         }
         Ok(key)
     }
 
-    /// The newest `n` results of a kind, newest first. A damaged result is an error
-    /// naming it (results are authenticated like every metadata object).
+    /// The newest `n` readable results of a kind, newest first. A damaged result is
+    /// reported in the log and skipped, never trusted (results are authenticated like
+    /// every metadata object).
     pub(crate) async fn latest_results<T: DeserializeOwned>(&self, kind: ResultKind, n: usize) -> Result<Vec<T>> {
         let keys = self.result_keys(kind).await?;
         let mut out = Vec::new();
-        for key in keys.iter().rev().take(n) {
-            out.push(self.get_meta(key).await?);
+        for key in keys.iter().rev() {
+            if out.len() == n {
+                break;
+            }
+            match self.get_meta(key).await {
+                Ok(r) => out.push(r),
+                Err(e @ crate::error::Error::Corrupt { .. }) => tracing::warn!("{e}: skipped"),
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }

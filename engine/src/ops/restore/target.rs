@@ -35,8 +35,11 @@ pub(crate) async fn choose(repo: &Repository, set: Option<&str>, recovery: &Reco
         }
     }
     let newest = labels.last().ok_or_else(|| Error::NoBackups { stanza: repo.config().stanza.clone() })?;
-    let wal_free = matches!(recovery.target, RecoveryTarget::None | RecoveryTarget::Immediate);
-    if wal_free && recovery.timeline.is_none() {
+    // Without a point to reach, the newest backup (or --set) is the answer; whether
+    // its own WAL is archived is checked when it is loaded (exit 8, naming the segment).
+    let no_point =
+        matches!(recovery.target, RecoveryTarget::None | RecoveryTarget::Immediate | RecoveryTarget::EndOfArchive);
+    if no_point && recovery.timeline.is_none() {
         let label = set.unwrap_or(newest).to_string();
         let why = if set.is_some() { "--set" } else { "the newest backup" };
         return Ok(Choice { label, why: why.into() });
@@ -67,6 +70,19 @@ pub(crate) async fn choose(repo: &Repository, set: Option<&str>, recovery: &Reco
 
 fn unreachable(recovery: &Recovery, with_set: bool, refusals: &[(String, String)]) -> Error {
     let target = recovery.target.describe();
+    // Every backup ended after the target: say where the stanza's reach begins.
+    if let Some((oldest, why)) =
+        refusals.last().filter(|_| refusals.iter().all(|(_, w)| w.ends_with("after the target")))
+    {
+        let problem = format!("{target} is before backup {oldest} ended ({why}): recovery from it cannot stop there");
+        let hint = if with_set {
+            "choose an older backup with --set (`pgcairn info` lists them), or leave --set out to let restore choose"
+                .to_string()
+        } else {
+            format!("the earliest point this stanza can restore to is the end of backup {oldest}")
+        };
+        return Error::misconfigured(Misconfig::Request, problem, hint);
+    }
     let reasons: Vec<String> = refusals.iter().map(|(l, why)| format!("backup {l}: {why}")).collect();
     let problem = if with_set {
         format!("the chosen backup cannot reach {target}: {}", reasons.join("; "))
@@ -110,8 +126,9 @@ impl Finder<'_> {
         // carries its own WAL.
         let first = segno_of(if b.wal_included { b.stop_lsn.0 } else { b.start_lsn.0 }, seg);
         let Some(last) = self.view.contiguous_end(&path, first) else {
-            if b.wal_included && self.recovery.target == RecoveryTarget::Immediate {
-                return Ok(Ok(format!("it carries its WAL (timeline {tli})")));
+            let no_point = matches!(self.recovery.target, RecoveryTarget::Immediate | RecoveryTarget::EndOfArchive);
+            if b.wal_included && no_point {
+                return Ok(Ok(format!("it carries its WAL; no WAL after it is archived (timeline {tli})")));
             }
             let (_, name) = self.view.segment(&path, first);
             return Ok(Err(format!("WAL segment {name}, which replay from it needs first, is not in the archive")));
@@ -139,7 +156,12 @@ impl Finder<'_> {
         if b.stop_lsn > l {
             return Ok(Err(format!("it ended at {}, after the target", b.stop_lsn)));
         }
-        let tail = scan(self.repo, self.view, path, last, last).await?;
+        let tail =
+            scan(self.repo, self.view, path, (last.saturating_sub(1).max(b_first(b, self.view)), last), |_| false)
+                .await?;
+        if let Some((_, why)) = tail.damaged.filter(|(d, _)| l.0 >= *d * self.view.seg_size as u64) {
+            return Ok(Err(format!("{why}: recovery cannot pass it to reach the target")));
+        }
         if l.0 >= tail.end_lsn {
             let end_lsn = crate::pg::Lsn(tail.end_lsn);
             return Ok(Err(format!("the target is past the end of the archived WAL ({end_lsn}; {end})")));
@@ -161,21 +183,10 @@ impl Finder<'_> {
         if stopped.map_or(true, |s| s > t) {
             return Ok(Err(format!("it ended at {}, after the target", b.stop_time)));
         }
-        let mut segno = last;
-        let latest = loop {
-            let found = scan(self.repo, self.view, path, segno, last).await?;
-            let times = found.events.iter().filter_map(|e| match e {
-                RecordEvent::XactEnd { lsn, time, .. } if *lsn >= b.stop_lsn.0 => Some(*time),
-                _ => None,
-            });
-            if let Some(latest) = times.max() {
-                break Some(latest);
-            }
-            if segno == first {
-                break None;
-            }
-            segno -= 1;
-        };
+        let (latest, damaged) = self.last_commit_time(b, path, (first, last)).await?;
+        if let (Some(why), false) = (&damaged, latest.is_some()) {
+            return Ok(Err(format!("{why}: no transaction ended after it before that ({end})")));
+        }
         let past = |x: chrono::DateTime<chrono::Utc>| if self.recovery.exclusive { x >= t } else { x > t };
         match latest {
             Some(x) if past(x) => Ok(Ok(format!("it ended at {}, before the target; {end}", b.stop_time))),
@@ -183,6 +194,43 @@ impl Finder<'_> {
                 "the last transaction in the archived WAL ended at {x}, before the target: recovery would end without reaching it ({end})"
             ))),
             None => Ok(Err(format!("no transaction ended in the archived WAL after it: recovery cannot stop at a time ({end})"))),
+        }
+    }
+
+    /// The time of the last transaction end after the backup, scanning back from
+    /// the end of the archive two segments at a time (linear, not quadratic); a
+    /// damaged segment ends the archive there, and is returned.
+    async fn last_commit_time(
+        &self,
+        b: &Summary,
+        path: &[Stretch],
+        (first, mut last): (u64, u64),
+    ) -> Result<(Option<chrono::DateTime<chrono::Utc>>, Option<String>)> {
+        let mut damaged = None;
+        let mut segno = last;
+        loop {
+            let is_commit = |e: &RecordEvent| matches!(e, RecordEvent::XactEnd { lsn, .. } if *lsn >= b.stop_lsn.0);
+            let found = scan(self.repo, self.view, path, (segno, (segno + 1).min(last)), is_commit).await?;
+            if let Some((d, why)) = found.damaged {
+                // The archive ends before a damaged segment: look before it.
+                damaged = Some(why);
+                (last, segno) = (d.saturating_sub(1).max(first), d.saturating_sub(1).max(first));
+                if d == first {
+                    return Ok((None, damaged));
+                }
+                continue;
+            }
+            let times = found.events.iter().filter_map(|e| match e {
+                RecordEvent::XactEnd { time, .. } => Some(*time),
+                RecordEvent::RestorePoint { .. } => None,
+            });
+            if let Some(latest) = times.max() {
+                return Ok((Some(latest), damaged));
+            }
+            if segno == first {
+                return Ok((None, damaged));
+            }
+            segno -= 1;
         }
     }
 
@@ -221,7 +269,7 @@ impl Finder<'_> {
             Some((t, from, mut events)) if t == tli && from <= last + 1 => {
                 if start < from {
                     // One segment of overlap completes a record that spans into `from`.
-                    let older = scan(self.repo, self.view, path, start, from.min(last)).await?;
+                    let older = scan(self.repo, self.view, path, (start, from.min(last)), |e| self.matches(e)).await?;
                     let known: std::collections::HashSet<u64> = events.iter().map(event_lsn).collect();
                     events.extend(older.events.into_iter().filter(|e| !known.contains(&event_lsn(e))));
                 }
@@ -229,7 +277,7 @@ impl Finder<'_> {
                 Ok(events)
             }
             _ => {
-                let found = scan(self.repo, self.view, path, start, last).await?;
+                let found = scan(self.repo, self.view, path, (start, last), |e| self.matches(e)).await?;
                 self.scanned = Some((tli, start, found.events.clone()));
                 Ok(found.events)
             }
@@ -243,6 +291,11 @@ impl Finder<'_> {
             _ => false,
         }
     }
+}
+
+/// The first segment replay from `b` reads from the archive.
+fn b_first(b: &Summary, view: &WalView) -> u64 {
+    segno_of(if b.wal_included { b.stop_lsn.0 } else { b.start_lsn.0 }, view.seg_size)
 }
 
 fn event_lsn(e: &RecordEvent) -> u64 {

@@ -127,16 +127,7 @@ pub struct WalGap {
 pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyReport> {
     let started = chrono::Utc::now();
     let clock = std::time::Instant::now();
-    if let Some(f) = req.sample {
-        if !(f > 0.0 && f <= 1.0) {
-            let problem = format!("--sample={f} is not a share of the packs");
-            return Err(Error::misconfigured(
-                crate::Misconfig::Request,
-                problem,
-                "give a fraction above 0 and at most 1, e.g. 0.05",
-            ));
-        }
-    }
+    check_sample(req.sample)?;
     let labels = selected_labels(repo, req.set.as_deref()).await?;
     let checker = PackChecker::new(repo, IndexCatalog::load(repo).await?);
     let sampler = Sampler::new(req.sample);
@@ -155,6 +146,7 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
     let timelines = wal::timelines(&view, &walcheck, &summaries);
     let mut warnings: Vec<String> =
         checker.index.damaged.iter().map(|(k, why)| format!("index object {k}: {why}")).collect();
+    warnings.extend(walcheck.damaged.iter().map(|(name, why)| format!("WAL file {name}: {why}")));
     if req.set.is_none() && req.sample.is_none() {
         warnings.extend(check_unreferenced(&checker).await?);
     }
@@ -184,6 +176,17 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
         );
     }
     Ok(report)
+}
+
+fn check_sample(sample: Option<f64>) -> Result<()> {
+    match sample {
+        Some(f) if !(f > 0.0 && f <= 1.0) => Err(Error::misconfigured(
+            crate::Misconfig::Request,
+            format!("--sample={f} is not a share of the packs"),
+            "give a fraction above 0 and at most 1, e.g. 0.05",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A backup whose own WAL (start to stop) is missing or damaged cannot become consistent.

@@ -93,7 +93,9 @@ pub(super) fn timelines(view: &WalView, check: &WalCheck, backups: &[Summary]) -
                 .filter(|s| *s >= oldest && !check.damaged.contains_key(&segment_name(tli, *s, seg)))
                 .collect();
             let runs = runs(&good);
-            let gaps = runs.windows(2).map(|w| gap(tli, w[0].1 + 1, w[1].0 - 1, seg, backups)).collect();
+            let mut gaps: Vec<WalGap> =
+                runs.windows(2).map(|w| gap(tli, w[0].1 + 1, w[1].0 - 1, seg, backups)).collect();
+            gaps.extend(damaged_tail(view, check, tli, runs.last().map(|r| r.1), backups));
             TimelineVerdict {
                 timeline: tli,
                 ranges: runs.iter().map(|(a, b)| (segment_name(tli, *a, seg), segment_name(tli, *b, seg))).collect(),
@@ -102,6 +104,23 @@ pub(super) fn timelines(view: &WalView, check: &WalCheck, backups: &[Summary]) -
             }
         })
         .collect()
+}
+
+/// Damaged segments after the last good one: the archive's end, which restores of
+/// the newest data need, is broken there.
+fn damaged_tail(
+    view: &WalView,
+    check: &WalCheck,
+    tli: u32,
+    last_good: Option<u64>,
+    backups: &[Summary],
+) -> Option<WalGap> {
+    let seg = view.seg_size;
+    let damaged =
+        view.segments.get(&tli)?.iter().copied().filter(|s| check.damaged.contains_key(&segment_name(tli, *s, seg)));
+    let last_damaged = damaged.filter(|s| last_good.is_none_or(|g| *s > g)).max()?;
+    let first = last_good.map_or(last_damaged, |g| g + 1);
+    Some(gap(tli, first, last_damaged, seg, backups))
 }
 
 /// Maximal runs of consecutive numbers.
@@ -131,28 +150,19 @@ fn gap(tli: u32, first: u64, last: u64, seg: u32, backups: &[Summary]) -> WalGap
     WalGap { first: segment_name(tli, first, seg), last: segment_name(tli, last, seg), breaks }
 }
 
-/// Why a timeline's history is wrong, if it is: timelines above 1 need their
-/// history file for recovery to follow them, and its parents must be known.
+/// Why a timeline's history is wrong, if it is: recovery from a backup on an earlier
+/// timeline follows timeline N only through N's history file. (Parents' files are not
+/// needed: PostgreSQL reads only the target timeline's, and expire removes older ones.)
 fn history_problem(view: &WalView, tli: u32, backups: &[Summary]) -> Option<String> {
-    if tli == 1 {
+    let earlier: Vec<&str> = backups.iter().filter(|b| b.timeline < tli).map(|b| b.label.as_str()).collect();
+    if tli == 1 || earlier.is_empty() {
         return None;
     }
-    let earlier: Vec<&str> = backups.iter().filter(|b| b.timeline < tli).map(|b| b.label.as_str()).collect();
-    let affected = if earlier.is_empty() {
-        String::new()
-    } else {
-        format!("; recovery from {} cannot follow it onto timeline {tli}", earlier.join(", "))
-    };
+    let affected = format!("; recovery from {} cannot follow it onto timeline {tli}", earlier.join(", "));
     if let Some(why) = view.damaged_histories.get(&tli) {
         return Some(format!("{tli:08X}.history is damaged: {why}{affected}"));
     }
-    let Some(parents) = view.histories.get(&tli) else {
-        return Some(format!("{tli:08X}.history is missing{affected}"));
-    };
-    let known = view.timelines();
-    parents.iter().find(|(p, _)| *p != 1 && !known.contains(p)).map(|(p, at)| {
-        format!("{tli:08X}.history names parent timeline {p} (at {at}), which the archive does not have")
-    })
+    (!view.histories.contains_key(&tli)).then(|| format!("{tli:08X}.history is missing{affected}"))
 }
 
 #[cfg(test)]
