@@ -365,6 +365,18 @@ mod tests {
         assert!(err.to_string().contains("--drill-path"), "{err}");
     }
 
+    /// Review of issue 13: checks were counted per row, so a query returning no row
+    /// passed silently and one returning three rows counted as three checks.
+    #[test]
+    fn only_queries_must_return_one_true_row() {
+        let sql = "SET work_mem = '64MB';\n-- a check\nSELECT true;\nWITH x AS (SELECT 1) SELECT false FROM x;";
+        assert!(query_is_statement(sql, 1));
+        assert!(!query_is_statement(sql, 2) && !query_is_statement(sql, 3));
+        assert!(sql_check_failed(2, &[]).to_string().contains("returned no row"));
+        let many = [Some("t".to_string()), Some("t".to_string())];
+        assert!(sql_check_failed(2, &many).to_string().contains("2 rows"));
+    }
+
     #[test]
     fn a_drill_promotes_at_its_target() {
         let mut r = Recovery {

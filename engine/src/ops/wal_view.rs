@@ -289,6 +289,14 @@ mod tests {
         let why = v.target_path(None, &b).unwrap_err();
         assert!(why.contains("branched off timeline 1"), "{why}");
         assert_eq!(v.target_path(Some(TimelineTarget::Current), &b).unwrap().0, 1);
+        // Review of issue 13: a stanza created on a long-promoted cluster (timeline 3)
+        // never archives 00000003.history; PostgreSQL reads a missing history of its
+        // own timeline as "no parents", so restores from it must not be refused.
+        let v3 = view(&[], &[(3, &[1, 2])]);
+        let mut b3 = b.clone();
+        b3.timeline = 3;
+        assert_eq!(v3.target_path(None, &b3).unwrap(), (3, vec![Stretch { tli: 3, begin: Lsn(0), end: None }]));
+        assert!(v3.target_path(Some(TimelineTarget::Id(4)), &b3).is_err());
         let why = v.target_path(Some(TimelineTarget::Id(7)), &b).unwrap_err();
         assert!(why.contains("timeline 7 is not in the archive (it has 1, 2)"), "{why}");
     }

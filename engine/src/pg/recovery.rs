@@ -395,6 +395,44 @@ mod tests {
         r(RecoveryTarget::Xid(9), true, Some(TargetAction::Promote)).check().unwrap();
     }
 
+    /// Review of issue 13: restore appended only the settings it used, after the
+    /// backup's own postgresql.auto.conf; a recovery_target_name left there by an
+    /// earlier restore beside a new time target is PostgreSQL's FATAL "multiple
+    /// recovery targets specified", a leftover inclusive = off moves the stop point.
+    /// Now every setting is written, the unused ones empty and first (PostgreSQL's
+    /// assign hooks refuse a second target even when it is set to '' after the first).
+    #[test]
+    fn every_recovery_setting_is_written_and_the_target_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let leftover =
+            "recovery_target_name = 'old'\nrecovery_target_inclusive = off\nrecovery_target_timeline = 'current'\n";
+        std::fs::write(dir.path().join("postgresql.auto.conf"), leftover).unwrap();
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-30T18:00:00Z").unwrap().to_utc();
+        let r = Recovery {
+            target: RecoveryTarget::Time(t),
+            exclusive: false,
+            action: None,
+            timeline: None,
+            restore_command: "x".into(),
+        };
+        write_recovery(dir.path(), "L", &r).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
+        let ours = text.split("# recovery settings written by pgcairn").nth(1).unwrap();
+        let lines: Vec<&str> = ours.lines().collect();
+        for unused in ["recovery_target ", "recovery_target_lsn", "recovery_target_name", "recovery_target_xid"] {
+            let i =
+                lines.iter().position(|l| l.starts_with(unused)).unwrap_or_else(|| panic!("{unused} missing: {ours}"));
+            assert!(lines[i].ends_with("= ''"), "{}", lines[i]);
+        }
+        let name = lines.iter().position(|l| l.starts_with("recovery_target_name")).unwrap();
+        let time = lines.iter().position(|l| l.starts_with("recovery_target_time")).unwrap();
+        assert!(time > name, "the target comes after every emptied one: {ours}");
+        assert!(
+            ours.contains("recovery_target_inclusive = on") && ours.contains("recovery_target_timeline = 'latest'")
+        );
+        assert!(ours.contains("recovery_target_action = 'pause'"), "{ours}");
+    }
+
     #[test]
     fn recovery_settings_are_appended_and_quoted() {
         let dir = tempfile::tempdir().unwrap();

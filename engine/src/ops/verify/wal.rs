@@ -175,4 +175,58 @@ mod tests {
         assert_eq!(runs(&set), vec![(1, 3), (5, 5), (8, 9)]);
         assert!(runs(&BTreeSet::new()).is_empty());
     }
+
+    fn summary(label: &str, timeline: u32, stop_segno: u64) -> Summary {
+        let seg = 16u64 << 20;
+        Summary {
+            format_version: 5,
+            label: label.into(),
+            backup_type: "full".into(),
+            parent: None,
+            start_time: String::new(),
+            stop_time: String::new(),
+            start_lsn: Lsn(stop_segno * seg),
+            stop_lsn: Lsn(stop_segno * seg + 100),
+            timeline,
+            pg_version: 170000,
+            size: 0,
+            stored_new: 0,
+            files: 0,
+            wal_included: true,
+            wal_start: None,
+            wal_stop: None,
+            blocks: 0,
+            blocks_per_part: 1,
+            indexes: Vec::new(),
+        }
+    }
+
+    /// Review of issue 13: damaged segments after the last good one made neither a
+    /// gap nor a failure (runs only counted gaps between runs), so verify said ok
+    /// while archive-get would stop recovery there; and after a routine expire
+    /// removed an old timeline's history, a parent check failed every verify.
+    #[test]
+    fn damage_at_the_end_of_the_archive_is_a_gap_and_old_histories_are_not_needed() {
+        let seg = 16u32 << 20;
+        let mut view = WalView { seg_size: seg, ..WalView::default() };
+        view.segments.insert(1, (1..=6).collect());
+        let mut check = WalCheck::default();
+        check.damaged.insert(segment_name(1, 5, seg), "authentication failed".into());
+        check.damaged.insert(segment_name(1, 6, seg), "authentication failed".into());
+        let backups = [summary("A", 1, 2)];
+        let t = timelines(&view, &check, &backups);
+        assert_eq!(t[0].gaps.len(), 1, "{t:?}");
+        assert_eq!(
+            (t[0].gaps[0].first.as_str(), t[0].gaps[0].last.as_str()),
+            (&*segment_name(1, 5, seg), &*segment_name(1, 6, seg))
+        );
+        // Timeline 3 names parent 2, whose history expire removed: not damage.
+        view.histories.insert(3, vec![(1, Lsn(1)), (2, Lsn(2))]);
+        assert_eq!(history_problem(&view, 3, &backups), None);
+        // A timeline above every backup's that has no history is (recovery from A
+        // cannot follow it); with no earlier backup it is not.
+        view.segments.insert(4, [7].into_iter().collect());
+        assert!(history_problem(&view, 4, &backups).is_some_and(|h| h.contains("missing") && h.contains('A')));
+        assert_eq!(history_problem(&view, 4, &[summary("B", 4, 7)]), None);
+    }
 }
