@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Misconfig, Result};
 use crate::ops::restore::{choose, restore_chosen, Recovery, RecoveryTarget, RestoreRequest, TargetAction};
-use crate::pg::instance::{Binaries, Instance, OsUser};
+use crate::pg::instance::{AmcheckFailure, Binaries, Instance, OsUser};
 use crate::progress::Progress;
 use crate::repo::results::ResultKind;
 use crate::repo::Repository;
 
-/// Free space a drill wants beyond the backup's size (WAL replayed, new files).
+/// Free space a drill wants beyond the backup's size (WAL replayed, new files)...
 const SPACE_MARGIN: f64 = 1.10;
+/// ... and at least this much besides (pg_wal can grow to max_wal_size during replay).
+const SPACE_FLOOR: u64 = 1 << 30;
 
 /// What to drill.
 pub struct DrillRequest {
@@ -110,7 +112,17 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
         log: dir.path().join("postgresql.log"),
         user,
     };
-    if let Err(e) = run(repo, req, &restore, choice, &instance, sql.as_deref(), &mut report).await {
+    // Interrupted (Ctrl-C, a scheduler's timeout), the drill still stops its server
+    // and removes its directory: a promoted copy of production must not outlive it.
+    let outcome = tokio::select! {
+        done = run(repo, req, &restore, choice, &instance, sql.as_deref(), &mut report) => done,
+        signal = interrupted() => Err(Error::misconfigured(
+            Misconfig::Request,
+            format!("the drill was interrupted by {signal}"),
+            "its server was stopped and its directory removed; run the drill again",
+        )),
+    };
+    if let Err(e) = outcome {
         report.failure = Some(e.to_string());
     }
     if !instance.stop().await {
@@ -119,14 +131,18 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
     }
     report.ok = report.failure.is_none();
     report.rto_seconds = report.restore_seconds + report.recovery_seconds + report.checks_seconds;
-    // The report is printed whatever happens here: losing the RTO of a drill that ran
-    // because the repository refused one small object would be worse.
-    if let Err(e) = repo.put_result(ResultKind::Drill, &report).await {
+    record(repo, &report).await;
+    Ok(report)
+}
+
+/// Store the report. It is printed whatever happens here: losing the RTO of a drill
+/// that ran because the repository refused one small object would be worse.
+async fn record(repo: &Repository, report: &DrillReport) {
+    if let Err(e) = repo.put_result(ResultKind::Drill, report).await {
         tracing::error!(
             "the drill could not be recorded in the repository, so info and monitoring will not show it: {e}"
         );
     }
-    Ok(report)
 }
 
 impl DrillReport {
@@ -153,6 +169,18 @@ impl DrillReport {
             sql_checks_passed: 0,
             pg_bin: bins.dir.display().to_string(),
         }
+    }
+}
+
+/// The first SIGINT or SIGTERM; never returns if neither can be watched.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
     }
 }
 
@@ -213,12 +241,20 @@ fn fsutil_mkdir(dir: &Path) -> Result<()> {
 async fn checks(instance: &Instance, sql: Option<&str>, report: &mut DrillReport) -> Result<()> {
     report.amcheck = match instance.amcheck().await {
         Ok(None) => "passed".into(),
-        Ok(Some(output)) => {
-            report.amcheck = "failed".into();
+        Ok(Some(AmcheckFailure::Corruption(output))) => {
+            report.amcheck = "failed: corruption".into();
             return Err(Error::Corrupt {
                 what: "the restored cluster".into(),
                 detail: format!("pg_amcheck found corruption:\n{output}"),
             });
+        }
+        Ok(Some(AmcheckFailure::DidNotComplete(output))) => {
+            report.amcheck = "failed: did not complete".into();
+            return Err(Error::misconfigured(
+                Misconfig::Server,
+                format!("pg_amcheck could not complete on the drilled cluster (no verdict on the data):\n{output}"),
+                "its output names the cause (a role the drill cannot use, memory); fix it and drill again",
+            ));
         }
         Err(why) => {
             tracing::warn!("drill: pg_amcheck skipped: {why}");
@@ -276,18 +312,18 @@ fn sql_check_failed(query: u32, rows: &[Option<String>]) -> Error {
 
 /// Refuse a drill that would fill the file system.
 fn check_space(dir: &Path, data_bytes: u64) -> Result<()> {
-    let need = (data_bytes as f64 * SPACE_MARGIN) as u64;
+    let need = ((data_bytes as f64 * SPACE_MARGIN) as u64).max(data_bytes.saturating_add(SPACE_FLOOR));
     let free = free_bytes(dir)?;
     if free < need {
         return Err(Error::misconfigured(
             Misconfig::ResourceLimit,
             format!(
-                "{} has {} free, the drill needs about {} (the backup plus 10%)",
+                "{} has {} free, the drill needs about {} (the backup plus 10%, at least 1 GiB more)",
                 dir.display(),
                 gib(free),
                 gib(need)
             ),
-            "free space there, or point --drill-path at a file system with room",
+            "free space there, or point --drill-path at a file system with room (not the production cluster's: a full disk there stops it)",
         ));
     }
     Ok(())

@@ -246,13 +246,25 @@ impl Instance {
         let begun = Instant::now();
         let deadline = begun + timeout;
         loop {
-            if let Ok(client) = self.connect("postgres").await {
-                let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await;
-                if matches!(row.map(|r| r.get::<_, bool>(0)), Ok(false)) {
-                    return Ok(());
+            match self.try_connect("postgres").await {
+                Ok(client) => {
+                    let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await;
+                    if matches!(row.map(|r| r.get::<_, bool>(0)), Ok(false)) {
+                        return Ok(());
+                    }
                 }
-            } else if begun.elapsed() > Duration::from_secs(2) && !self.data.join("postmaster.pid").exists() {
-                return Err(self.failed("PostgreSQL stopped during recovery", ""));
+                // The server answers but refuses the role or database: waiting cannot help.
+                Err(e) if e.as_db_error().is_some_and(|d| refuses_us(d.code())) => {
+                    return Err(Error::misconfigured(
+                        Misconfig::Server,
+                        format!("the drilled cluster refuses role {:?} or database postgres: {e}", self.user.name),
+                        "the drill connects as the role named like the OS user running the server (initdb's default superuser); a cluster whose bootstrap superuser or postgres database is named otherwise cannot be drilled yet",
+                    ));
+                }
+                Err(_) if begun.elapsed() > Duration::from_secs(2) && !self.data.join("postmaster.pid").exists() => {
+                    return Err(self.failed("PostgreSQL stopped during recovery", ""));
+                }
+                Err(_) => {}
             }
             if Instant::now() > deadline {
                 return Err(self.failed(&format!("recovery did not end within {} s", timeout.as_secs()), ""));
@@ -264,19 +276,24 @@ impl Instance {
     /// A connection over the private socket as the cluster's bootstrap superuser
     /// (the OS user's name, as initdb makes it by default).
     pub(crate) async fn connect(&self, db: &str) -> Result<tokio_postgres::Client> {
-        let mut config = tokio_postgres::Config::new();
-        config.host_path(&self.socket_dir).port(DRILL_PORT).user(&self.user.name).dbname(db);
-        let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(|e| Error::Connect {
+        self.try_connect(db).await.map_err(|e| Error::Connect {
             target: format!("drill server on {}", self.socket_dir.display()),
             detail: e.to_string(),
-        })?;
+        })
+    }
+
+    async fn try_connect(&self, db: &str) -> std::result::Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config.host_path(&self.socket_dir).port(DRILL_PORT).user(&self.user.name).dbname(db);
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         Ok(client)
     }
 
-    /// `pg_amcheck --all --heapallindexed`: Ok(None) passed, Ok(Some(output)) failed;
-    /// Err when pg_amcheck is not there.
-    pub(crate) async fn amcheck(&self) -> std::result::Result<Option<String>, String> {
+    /// `pg_amcheck --all --heapallindexed`: Ok(None) passed, Ok(Some(outcome)) failed
+    /// (corruption, exit 2, or pg_amcheck could not complete); Err when it cannot run
+    /// here (not installed, no amcheck extension).
+    pub(crate) async fn amcheck(&self) -> std::result::Result<Option<AmcheckFailure>, String> {
         let bin = self.bins.bin("pg_amcheck");
         if !bin.exists() {
             return Err(format!("{} not found", bin.display()));
@@ -295,8 +312,10 @@ impl Instance {
             Ok(None)
         } else if text.contains("extension \"amcheck\" is not available") {
             Err("the amcheck extension is not installed with this PostgreSQL".into())
+        } else if out.status.code() == Some(2) {
+            Ok(Some(AmcheckFailure::Corruption(tail(&text, 20))))
         } else {
-            Ok(Some(tail(&text, 20)))
+            Ok(Some(AmcheckFailure::DidNotComplete(tail(&text, 20))))
         }
     }
 
@@ -329,6 +348,21 @@ impl Instance {
             "the log names the cause (a missing extension library, a setting this host cannot honour, WAL the archive lacks); rerun with --drill-keep to keep the directory",
         )
     }
+}
+
+/// Why pg_amcheck did not pass: it found corruption (its exit status 2), or it
+/// could not complete (a connection or resource error: no verdict on the data).
+#[derive(Debug)]
+pub(crate) enum AmcheckFailure {
+    Corruption(String),
+    DidNotComplete(String),
+}
+
+/// Refusals that no amount of waiting for recovery changes.
+fn refuses_us(code: &tokio_postgres::error::SqlState) -> bool {
+    use tokio_postgres::error::SqlState;
+    [SqlState::INVALID_AUTHORIZATION_SPECIFICATION, SqlState::INVALID_CATALOG_NAME, SqlState::INVALID_PASSWORD]
+        .contains(code)
 }
 
 fn tail(text: &str, lines: usize) -> String {
