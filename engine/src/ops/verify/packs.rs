@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::error::StorageErrorKind;
 use crate::error::{Error, Result};
@@ -20,6 +21,10 @@ use crate::repo::format::{pack_key, ChunkId, IndexBlob, IndexFile, INDEX_PREFIX,
 use crate::repo::pack::PackFault;
 use crate::repo::{DataCiphers, Repository};
 
+/// Blobs opened per step (their delta bases are held for the step only).
+const BLOBS_PER_WINDOW: usize = 1024;
+/// Delta base reads in flight per pack.
+const BASE_READS: usize = 16;
 /// Decoded index objects kept (each lists up to ~32k blobs, a few MiB decoded).
 const INDEX_CACHE: usize = 8;
 
@@ -75,11 +80,18 @@ impl IndexCatalog {
     /// How the index lists `pack`; `None` when no index object does.
     pub(super) async fn listing(&self, repo: &Repository, pack: &[u8; 32]) -> Result<Option<Arc<PackListing>>> {
         let Some(key) = self.owner.get(pack) else { return Ok(None) };
-        let mut cache = self.cache.lock().await;
-        if let Some((_, l)) = cache.iter().find(|(k, _)| k == key) {
-            return Ok(l.get(pack).cloned());
-        }
+        {
+            let mut cache = self.cache.lock().await;
+            let hit = cache.iter().position(|(k, _)| k == key).and_then(|i| cache.remove(i));
+            if let Some(hit) = hit {
+                // Least recently used goes first: a hit moves to the back.
+                let found = hit.1.get(pack).cloned();
+                cache.push_back(hit);
+                return Ok(found);
+            }
+        } // not held while decoding: other pack checks go on meanwhile
         let listings = Arc::new(decode_index(repo, key).await?);
+        let mut cache = self.cache.lock().await;
         if cache.len() >= INDEX_CACHE {
             cache.pop_front();
         }
@@ -187,17 +199,36 @@ impl<'r> PackChecker<'r> {
             }
         };
         self.bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let bases = self.fetch_bases(&pack, &listing, &data).await?;
-        let ciphers = self.ciphers.get(&listing.key_id);
+        // A window of blobs at a time: the bases of a pack of small deltas would
+        // otherwise all be held at once.
+        for start in (0..listing.blobs.len()).step_by(BLOBS_PER_WINDOW) {
+            let window = start..(start + BLOBS_PER_WINDOW).min(listing.blobs.len());
+            self.check_window(&pack, &name, &listing, &data, window).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetch the window's delta bases (a few reads in flight), then open its blobs on rayon.
+    async fn check_window(
+        &self,
+        pack: &[u8; 32],
+        name: &str,
+        listing: &Arc<PackListing>,
+        data: &Bytes,
+        window: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let bases = self.fetch_bases(pack, &listing.blobs[window.clone()], data).await?;
+        let cipher = self.ciphers.get(&listing.key_id);
         let chunk_key = *self.repo.chunk_key();
         let base_ciphers: HashMap<[u8; 16], Arc<crate::crypto::Cipher>> =
             bases.values().filter_map(|b| b.as_ref().ok()).map(|b| (b.key_id, self.ciphers.get(&b.key_id))).collect();
-        let work = move || open_all(&ciphers, &base_ciphers, &chunk_key, &listing, &data, &bases);
+        let (listing, data) = (listing.clone(), data.clone());
+        let work = move || open_all(&cipher, &base_ciphers, &chunk_key, &listing.blobs[window], &data, &bases);
         let failures = crate::ops::on_rayon(work).await?;
         self.blobs.fetch_add(failures.1, std::sync::atomic::Ordering::Relaxed);
         let mut d = lock(&self.damage);
         for (offset, why) in failures.0 {
-            d.blobs.insert((pack, offset), format!("{name} at offset {offset}: {why}"));
+            d.blobs.insert((*pack, offset), format!("{name} at offset {offset}: {why}"));
         }
         Ok(())
     }
@@ -226,24 +257,15 @@ impl<'r> PackChecker<'r> {
 
     /// The sealed base blob of every delta in the pack, by the delta's offset: sliced
     /// from this pack or read from the base's (one ranged read each).
-    async fn fetch_bases(
-        &self,
-        pack: &[u8; 32],
-        listing: &PackListing,
-        data: &Bytes,
-    ) -> Result<HashMap<u64, BaseRead>> {
-        let mut out = HashMap::new();
-        for b in listing.blobs.iter() {
-            let Some(base) = &b.base else { continue };
+    async fn fetch_bases(&self, pack: &[u8; 32], blobs: &[IndexBlob], data: &Bytes) -> Result<HashMap<u64, BaseRead>> {
+        let reads = blobs.iter().filter_map(|b| Some((b.offset, b.base.as_ref()?))).map(|(offset, base)| async move {
             let mut base_pack = [0u8; 32];
             if hex::decode_to_slice(&base.pack, &mut base_pack).is_err() {
-                out.insert(b.offset, Err(format!("its base names pack {:?}, not a pack id", base.pack)));
-                continue;
+                return Ok((offset, Err(format!("its base names pack {:?}, not a pack id", base.pack))));
             }
-            let read = self.read_base(pack, data, base_pack, base.offset).await?;
-            out.insert(b.offset, read);
-        }
-        Ok(out)
+            Ok((offset, self.read_base(pack, data, base_pack, base.offset).await?))
+        });
+        futures::stream::iter(reads).buffer_unordered(BASE_READS).try_collect().await
     }
 
     async fn read_base(&self, pack: &[u8; 32], data: &Bytes, base_pack: [u8; 32], offset: u64) -> Result<BaseRead> {
@@ -304,18 +326,17 @@ pub(super) struct Base {
 
 type BaseRead = std::result::Result<Base, String>;
 
-/// Open every blob of a pack: (failures by offset, blobs opened).
+/// Open blobs of a pack: (failures by offset, blobs opened).
 fn open_all(
     cipher: &crate::crypto::Cipher,
     base_ciphers: &HashMap<[u8; 16], Arc<crate::crypto::Cipher>>,
     chunk_key: &[u8; 32],
-    listing: &PackListing,
+    blobs: &[IndexBlob],
     data: &Bytes,
     bases: &HashMap<u64, BaseRead>,
 ) -> (Vec<(u64, String)>, u64) {
     use rayon::prelude::*;
-    let failures: Vec<(u64, String)> = listing
-        .blobs
+    let failures: Vec<(u64, String)> = blobs
         .par_iter()
         .filter_map(|b| {
             let sealed = data.get(b.offset as usize..(b.offset + b.length as u64) as usize);
@@ -328,7 +349,7 @@ fn open_all(
             opened.err().map(|e| (b.offset, format!("blob {}: {e}", hex::encode(&b.id.0[..8]))))
         })
         .collect();
-    (failures, listing.blobs.len() as u64)
+    (failures, blobs.len() as u64)
 }
 
 fn open_delta(
