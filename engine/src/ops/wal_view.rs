@@ -37,6 +37,8 @@ pub(crate) struct WalView {
     pub histories: BTreeMap<u32, Vec<(u32, Lsn)>>,
     /// History files that are listed but could not be read: timeline → why.
     pub damaged_histories: BTreeMap<u32, String>,
+    /// Every archived file's name, as listed (verify reads them from here).
+    pub files: Vec<String>,
 }
 
 impl WalView {
@@ -45,8 +47,9 @@ impl WalView {
         let seg_size = repo.config().wal_segment_size;
         let mut view = WalView { seg_size, ..WalView::default() };
         let mut history_timelines = Vec::new();
-        for name in repo.list_wal().await? {
-            match WalFile::parse(&name) {
+        view.files = repo.list_wal().await?;
+        for name in &view.files {
+            match WalFile::parse(name) {
                 Some(f @ WalFile::Segment { timeline, .. }) => {
                     view.segments.entry(timeline).or_default().extend(f.segno(seg_size));
                 }
@@ -248,6 +251,7 @@ mod tests {
             segments: segments.iter().map(|(t, s)| (*t, s.iter().copied().collect())).collect(),
             histories: histories.iter().map(|(t, p)| (*t, p.iter().map(|(a, l)| (*a, Lsn(*l))).collect())).collect(),
             damaged_histories: BTreeMap::new(),
+            files: Vec::new(),
         }
     }
 
@@ -263,27 +267,7 @@ mod tests {
         assert_eq!(v.contiguous_end(&path, 5), None);
         assert_eq!(v.latest_from(1), 2);
         assert!(v.path(3).is_none());
-        let mut b = Summary {
-            format_version: 5,
-            label: "L".into(),
-            backup_type: "full".into(),
-            parent: None,
-            start_time: String::new(),
-            stop_time: String::new(),
-            start_lsn: Lsn(seg),
-            stop_lsn: Lsn(2 * seg),
-            timeline: 1,
-            pg_version: 170000,
-            size: 0,
-            stored_new: 0,
-            files: 0,
-            wal_included: false,
-            wal_start: None,
-            wal_stop: None,
-            blocks: 0,
-            blocks_per_part: 1,
-            indexes: Vec::new(),
-        };
+        let mut b = Summary::for_tests("L", 1, Lsn(seg), Lsn(2 * seg));
         assert_eq!(v.target_path(None, &b).unwrap().0, 2);
         b.stop_lsn = Lsn(4 * seg);
         let why = v.target_path(None, &b).unwrap_err();

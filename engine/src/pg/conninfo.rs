@@ -161,7 +161,8 @@ fn default_socket_dir() -> PathBuf {
     }
 }
 
-fn os_user_name() -> Option<String> {
+/// The effective OS user's name (libpq's default user).
+pub(crate) fn os_user_name() -> Option<String> {
     // SAFETY: getpwuid returns a pointer into static storage or null; we copy out at once.
     unsafe {
         let pw = libc::getpwuid(libc::geteuid());

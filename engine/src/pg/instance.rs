@@ -83,7 +83,8 @@ impl OsUser {
     pub(crate) fn for_server() -> Result<OsUser> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            let name = std::env::var("USER").unwrap_or_else(|_| SERVER_OS_USER.into());
+            // The passwd entry, not $USER (unset under cron).
+            let name = crate::pg::conninfo::os_user_name().unwrap_or_else(|| SERVER_OS_USER.into());
             return Ok(OsUser { name, ids: None });
         }
         let ids = lookup_user(SERVER_OS_USER).ok_or_else(|| {

@@ -354,6 +354,34 @@ pub(crate) struct Summary {
     pub indexes: Vec<String>,
 }
 
+#[cfg(test)]
+impl Summary {
+    /// A full backup's summary for unit tests: `label` on `timeline`, from `start` to `stop`.
+    pub(crate) fn for_tests(label: &str, timeline: u32, start: crate::pg::Lsn, stop: crate::pg::Lsn) -> Self {
+        Summary {
+            format_version: FORMAT_VERSION,
+            label: label.into(),
+            backup_type: "full".into(),
+            parent: None,
+            start_time: String::new(),
+            stop_time: String::new(),
+            start_lsn: start,
+            stop_lsn: stop,
+            timeline,
+            pg_version: 170000,
+            size: 0,
+            stored_new: 0,
+            files: 0,
+            wal_included: false,
+            wal_start: None,
+            wal_stop: None,
+            blocks: 0,
+            blocks_per_part: 1,
+            indexes: Vec::new(),
+        }
+    }
+}
+
 impl Summary {
     /// The summary of a complete manifest (written with it, never edited).
     pub(crate) fn of(m: &Manifest) -> Self {

@@ -140,7 +140,7 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
         summaries.extend(summary);
     }
     let view = WalView::load(repo).await?;
-    let wal_names = wal_to_read(repo, &view, &summaries, &sampler, req.set.is_some()).await?;
+    let wal_names = wal_to_read(&view, &summaries, &sampler, req.set.is_some());
     let walcheck = wal::read_all(repo, wal_names).await?;
     note_wal_damage(&mut backups, &summaries, &view, &walcheck);
     let timelines = wal::timelines(&view, &walcheck, &summaries);
@@ -368,13 +368,7 @@ async fn check_unreferenced(checker: &PackChecker<'_>) -> Result<Vec<String>> {
 
 /// Which WAL files to read: every one (or, with `--set`, the backup's own range and
 /// what follows it), each beyond what backups need only if sampled.
-async fn wal_to_read(
-    repo: &Repository,
-    view: &WalView,
-    backups: &[Summary],
-    sampler: &Sampler,
-    one_set: bool,
-) -> Result<Vec<(String, u64)>> {
+fn wal_to_read(view: &WalView, backups: &[Summary], sampler: &Sampler, one_set: bool) -> Vec<String> {
     let seg = view.seg_size;
     let needed = |name: &str| {
         let Some(file) = crate::pg::wal::WalFile::parse(name) else { return false };
@@ -390,12 +384,11 @@ async fn wal_to_read(
         let oldest = backups.iter().map(|b| crate::pg::wal::segno_of(b.start_lsn.0, seg)).min();
         !one_set || matches!((segno, oldest), (Some(s), Some(o)) if s >= o)
     };
-    Ok(repo
-        .list_wal_sized()
-        .await?
-        .into_iter()
-        .filter(|(name, _)| needed(name) || (after_oldest(name) && sampler.takes(name.as_bytes())))
-        .collect())
+    view.files
+        .iter()
+        .filter(|name| needed(name) || (after_oldest(name) && sampler.takes(name.as_bytes())))
+        .cloned()
+        .collect()
 }
 
 /// Maps a block number of the block list to its file and block within the file.

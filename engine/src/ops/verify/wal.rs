@@ -27,8 +27,8 @@ pub(super) struct WalCheck {
 }
 
 /// Read and validate `names` (all of the archive, or a sample plus what backups need).
-pub(super) async fn read_all(repo: &Repository, names: Vec<(String, u64)>) -> Result<WalCheck> {
-    let reads = names.into_iter().map(|(name, _)| async move {
+pub(super) async fn read_all(repo: &Repository, names: Vec<String>) -> Result<WalCheck> {
+    let reads = names.into_iter().map(|name| async move {
         let file = WalFile::parse(&name);
         let Some(file) = file else { return Ok((name, None, 0)) };
         let outcome = match repo.get_wal(file.timeline(), &name).await {
@@ -178,27 +178,9 @@ mod tests {
 
     fn summary(label: &str, timeline: u32, stop_segno: u64) -> Summary {
         let seg = 16u64 << 20;
-        Summary {
-            format_version: 5,
-            label: label.into(),
-            backup_type: "full".into(),
-            parent: None,
-            start_time: String::new(),
-            stop_time: String::new(),
-            start_lsn: Lsn(stop_segno * seg),
-            stop_lsn: Lsn(stop_segno * seg + 100),
-            timeline,
-            pg_version: 170000,
-            size: 0,
-            stored_new: 0,
-            files: 0,
-            wal_included: true,
-            wal_start: None,
-            wal_stop: None,
-            blocks: 0,
-            blocks_per_part: 1,
-            indexes: Vec::new(),
-        }
+        let mut s = Summary::for_tests(label, timeline, Lsn(stop_segno * seg), Lsn(stop_segno * seg + 100));
+        s.wal_included = true;
+        s
     }
 
     /// Review of issue 13: damaged segments after the last good one made neither a
