@@ -1,6 +1,6 @@
-//! `pgcairn-archive-push [--setting=value ...] %p`: PostgreSQL's archive_command.
-//! Minimal start-up: no argument framework (a loop over the settings table), a
-//! two-thread runtime, one call to the same engine function as `pgcairn archive-push`.
+//! `pgcairn-archive-push [SETTINGS] %p`: PostgreSQL's archive_command. The same
+//! settings and flag syntax as `pgcairn archive-push` (one clap parser, built from the
+//! settings table), a two-thread runtime, one call to the same engine function.
 //! Exit 0 only once the segment is durable (or, with archive-async, durably queued);
 //! exit codes stay below 126.
 
@@ -9,79 +9,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use pgcairn_cli::settings::typed::{self, Common};
-use pgcairn_cli::settings::{args, process_env, resolve, setting, Cmd, Flags, Setting, SETTINGS};
+use pgcairn_cli::settings::{args, process_env, resolve, Cmd, Flags};
 
-const USAGE: &str = "usage: pgcairn-archive-push [--SETTING=VALUE ...] WAL_PATH\n\
-                     set it as archive_command = 'pgcairn-archive-push --stanza=NAME %p'";
-
-enum Parsed {
-    Push(Flags, PathBuf),
-    Help,
-}
-
-/// The settings archive-push takes, one per line, from the table.
-fn help() -> String {
-    let lines: Vec<String> = SETTINGS
-        .iter()
-        .filter(|s| s.sources.flag && s.applies_to(Cmd::ArchivePush))
-        .map(|s| format!("  --{}\n          {}", s.name, args::help(s)))
-        .collect();
-    format!("{USAGE}\n\nsettings (also PGCAIRN_* variables and config-file keys):\n{}", lines.join("\n"))
-}
-
-/// `--key=value` (a boolean also bare `--key`) for a setting archive-push takes.
-fn flag(text: &str) -> Result<(&'static Setting, String), String> {
-    let kv = &text[2..];
-    let (key, value) = match kv.split_once('=') {
-        Some((k, v)) => (k, Some(v)),
-        None => (kv, None),
-    };
-    let s = match setting(key) {
-        Some(s) if s.sources.flag && s.applies_to(Cmd::ArchivePush) => s,
-        Some(s) if !s.sources.flag => return Err(format!("--{key} is not a flag: {}", s.help)),
-        Some(_) => return Err(format!("--{key} is not an archive-push setting")),
-        None => return Err(format!("unknown setting --{key}")),
-    };
-    match value {
-        Some(v) => Ok((s, v.to_string())),
-        None if s.kind == pgcairn_cli::settings::table::Kind::Bool => Ok((s, "true".into())),
-        None => Err(format!("{text}: use --{key}=VALUE")),
-    }
-}
-
-fn parse_args(args: impl Iterator<Item = OsString>) -> Result<Parsed, String> {
-    let mut flags: Flags = Vec::new();
-    let mut path = None;
-    for arg in args {
-        // A WAL path may be any bytes; settings must be UTF-8 (never a panic: a
-        // panic's exit status 101 would still be within archive_command's contract,
-        // but says nothing).
-        if arg.as_encoded_bytes().starts_with(b"--") {
-            let text = arg.to_str().ok_or_else(|| format!("{} is not valid UTF-8", arg.to_string_lossy()))?;
-            if text == "--help" {
-                return Ok(Parsed::Help);
-            }
-            let (s, v) = flag(text)?;
-            if flags.iter().any(|(f, _)| f.name == s.name) {
-                return Err(format!("--{} given twice", s.name));
-            }
-            flags.push((s, v));
-        } else if path.replace(PathBuf::from(&arg)).is_some() {
-            return Err("more than one WAL path given".into());
-        }
-    }
-    Ok(Parsed::Push(flags, path.ok_or("no WAL path given")?))
+/// The settings given and the WAL path; Err is clap's (help and version included).
+fn parse_args(argv: impl IntoIterator<Item = OsString>) -> Result<(Flags, PathBuf), clap::Error> {
+    let matches = args::archive_push_command().try_get_matches_from(argv)?;
+    let path = matches.get_one::<PathBuf>("wal").cloned().unwrap_or_default();
+    Ok((args::given(Cmd::ArchivePush, &matches), path))
 }
 
 fn push(flags: Flags, path: &std::path::Path) -> pgcairn::Result<()> {
     let resolved = resolve(Cmd::ArchivePush, &flags, &process_env)?;
     let common = Common::from(&resolved)?;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(false)
-        .with_env_filter(common.log_level)
-        .init();
+    pgcairn_cli::logging::init(&common.log())?;
     for line in resolved.describe() {
         tracing::debug!("setting {line}");
     }
@@ -97,16 +37,10 @@ fn push(flags: Flags, path: &std::path::Path) -> pgcairn::Result<()> {
 fn main() -> ExitCode {
     pgcairn::limit_malloc_retention();
     pgcairn::private_umask();
-    let (flags, path) = match parse_args(std::env::args_os().skip(1)) {
-        Ok(Parsed::Push(flags, path)) => (flags, path),
-        Ok(Parsed::Help) => {
-            println!("{}", help());
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("pgcairn-archive-push: error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    let (flags, path) = match parse_args(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        // --help and --version print and exit 0; a usage error exits 2 (< 126: PostgreSQL retries).
+        Err(e) => e.exit(),
     };
     match push(flags, &path) {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,10 +55,13 @@ fn main() -> ExitCode {
 mod tests {
     use std::os::unix::ffi::OsStringExt;
 
+    use clap::error::ErrorKind;
+    use pgcairn_cli::settings::SETTINGS;
+
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Parsed, String> {
-        parse_args(args.iter().map(OsString::from))
+    fn parse(args: &[&str]) -> Result<(Flags, PathBuf), clap::Error> {
+        parse_args(std::iter::once("pgcairn-archive-push").chain(args.iter().copied()).map(OsString::from))
     }
 
     /// Regression (issue 10, defect 6): a non-UTF-8 path argument panicked (exit 101)
@@ -132,36 +69,44 @@ mod tests {
     #[test]
     fn non_utf8_arguments_never_panic() {
         let path = OsString::from_vec(b"/pg_wal/\xff\xfe000000010000000000000001".to_vec());
-        let Ok(Parsed::Push(_, parsed)) = parse_args([OsString::from("--stanza=main"), path.clone()].into_iter())
-        else {
-            panic!("not parsed")
-        };
+        let argv = |extra: OsString| ["pgcairn-archive-push".into(), "--stanza=main".into(), extra, path.clone()];
+        let (_, parsed) = parse_args(argv("--archive-async".into())).unwrap();
         assert_eq!(parsed.as_os_str(), path);
-        let bad_flag = OsString::from_vec(b"--repo=/r\xff".to_vec());
-        let err = parse_args([bad_flag, path].into_iter()).err().unwrap();
-        assert!(err.contains("not valid UTF-8"), "{err}");
+        let err = parse_args(argv(OsString::from_vec(b"--repo=/r\xff".to_vec()))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidUtf8);
     }
 
-    /// Only archive-push's settings, from the table; a boolean does not take the path
-    /// for its value.
+    /// Regression (issue 14): `--config FILE --stanza main %p` failed every segment with
+    /// exit 2 ("use --config=VALUE"), and --help/--version were refused. Both forms work
+    /// now, as in `pgcairn`.
+    #[test]
+    fn space_and_equals_forms_help_and_version() {
+        let (flags, path) =
+            parse(&["--config", "/etc/p.toml", "--stanza", "main", "pg_wal/000000010000000000000001"]).unwrap();
+        assert_eq!(path, PathBuf::from("pg_wal/000000010000000000000001"));
+        let value = |name: &str| flags.iter().find(|(s, _)| s.name == name).map(|(_, v)| v.clone());
+        assert_eq!(value("config").as_deref(), Some("/etc/p.toml"));
+        assert_eq!(value("stanza").as_deref(), Some("main"));
+        assert_eq!(parse(&["--help"]).unwrap_err().kind(), ErrorKind::DisplayHelp);
+        assert_eq!(parse(&["--version"]).unwrap_err().kind(), ErrorKind::DisplayVersion);
+        let help = args::archive_push_command().render_long_help().to_string();
+        for s in SETTINGS.iter().filter(|s| s.applies_to(Cmd::ArchivePush) && s.sources.flag) {
+            let shown = [" ", "["].iter().any(|end| help.contains(&format!("--{}{end}", s.name)));
+            assert!(shown, "{} missing from --help", s.name);
+        }
+    }
+
+    /// Only archive-push's settings; a boolean does not take the path for its value.
     #[test]
     fn takes_only_its_settings() {
-        let Ok(Parsed::Push(flags, path)) = parse(&["--stanza=s", "--archive-async", "/wal/000000010000000000000001"])
-        else {
-            panic!("not parsed")
-        };
+        let (flags, path) = parse(&["--stanza=s", "--archive-async", "/wal/000000010000000000000001"]).unwrap();
         assert_eq!(path, PathBuf::from("/wal/000000010000000000000001"));
         assert!(flags.iter().any(|(s, v)| s.name == "archive-async" && v == "true"));
-        let err = |args: &[&str]| parse(args).err().unwrap();
-        assert!(err(&["--start-fast", "/w"]).contains("not an archive-push setting"));
-        assert!(err(&["--repo-passphrase=x", "/w"]).contains("not a flag"));
-        assert!(err(&["--nope=1", "/w"]).contains("unknown setting --nope"));
-        assert!(err(&["--repo", "/w"]).contains("use --repo=VALUE"));
-        assert!(err(&["--repo=/a", "--repo=/b", "/w"]).contains("given twice"));
-        assert!(err(&["--repo=/a"]).contains("no WAL path"));
-        assert!(matches!(parse(&["--help"]), Ok(Parsed::Help)));
-        for s in SETTINGS.iter().filter(|s| s.applies_to(Cmd::ArchivePush) && s.sources.flag) {
-            assert!(help().contains(&format!("--{}\n", s.name)), "{} missing from --help", s.name);
-        }
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(kind(&["--start-fast", "/w"]), ErrorKind::UnknownArgument);
+        assert_eq!(kind(&["--repo-passphrase=x", "/w"]), ErrorKind::UnknownArgument);
+        assert_eq!(kind(&["--repo=/a", "--repo=/b", "/w"]), ErrorKind::ArgumentConflict);
+        assert_eq!(kind(&["--repo=/a"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["/a", "/b"]), ErrorKind::UnknownArgument);
     }
 }

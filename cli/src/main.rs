@@ -1,6 +1,17 @@
 //! `pgcairn`: parse arguments, resolve the settings (pgcairn_cli::settings), call one
 //! engine operation, map its error to a message and an exit code.
 
+/// `println!` that returns an error instead of panicking when stdout is closed
+/// (`pgcairn info | head -1`); main ends such a run quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
+mod meta;
+mod metrics;
 mod output;
 mod progress;
 mod proof;
@@ -68,8 +79,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Check that archiving works: settings, then a forced WAL switch reaching the repository.
-    Check,
+    /// Check that archiving works: settings, pg_stat_archiver, then a forced WAL switch reaching the repository.
+    Check {
+        /// Read-only, for polling each minute: pg_stat_archiver and the repository's newest WAL, no WAL switch; exits 0 ok, 1 warning, 2 critical (Nagios).
+        #[arg(long)]
+        archive_only: bool,
+        /// Also create a restore point named pgcairn-check before the WAL switch.
+        #[arg(long)]
+        restore_point: bool,
+        /// text for people, json for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Archive one WAL file (archive_command = 'pgcairn-archive-push %p').
     ArchivePush {
         /// The WAL file (%p).
@@ -129,16 +150,36 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Print the stanza's state in Prometheus' text format (or serve it with --listen).
+    Metrics {
+        /// Serve GET /metrics on this address (e.g. 127.0.0.1:9855) instead of printing once.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Print pgcairn's version and the repository format it writes.
+    Version,
+    /// Print a shell completion script (e.g. `pgcairn completions bash > /etc/bash_completion.d/pgcairn`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page pgcairn(1), or write one page per command into --dir.
+    Man {
+        /// Write pgcairn.1 and pgcairn-COMMAND.1 into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 impl Command {
-    fn cmd(&self) -> Cmd {
-        match self {
+    /// The command as the settings see it; None for the ones that take no settings.
+    fn cmd(&self) -> Option<Cmd> {
+        Some(match self {
             Command::StanzaCreate { .. } => Cmd::StanzaCreate,
             Command::Backup { .. } => Cmd::Backup,
             Command::Restore { .. } => Cmd::Restore,
             Command::Info { .. } => Cmd::Info,
-            Command::Check => Cmd::Check,
+            Command::Check { .. } => Cmd::Check,
             Command::ArchivePush { .. } => Cmd::ArchivePush,
             Command::ArchiveGet { .. } => Cmd::ArchiveGet,
             Command::KeyFile { .. } => Cmd::KeyFile,
@@ -146,7 +187,9 @@ impl Command {
             Command::StanzaDelete { .. } => Cmd::StanzaDelete,
             Command::Verify { .. } => Cmd::Verify,
             Command::Drill { .. } => Cmd::Drill,
-        }
+            Command::Metrics { .. } => Cmd::Metrics,
+            Command::Version | Command::Completions { .. } | Command::Man { .. } => return None,
+        })
     }
 }
 
@@ -269,12 +312,14 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             let policy = typed::retention(r)?;
             let report = pgcairn::info_with_retention(&common.access()?.open().await?, &policy).await?;
             if *output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                output::print_info(&report);
+                output::print_info(&report)?;
             }
         }
-        Command::Check => check(r, common).await?,
+        Command::Check { archive_only: true, output, .. } => return check_archive(r, common, *output).await,
+        Command::Check { restore_point, output, .. } => check(r, common, *restore_point, *output).await?,
+        Command::Metrics { listen } => return metrics::run(r, common, *listen).await,
         Command::ArchivePush { path } => {
             let req = typed::push_request(r, common, &[Cmd::ArchivePush.name()])?;
             pgcairn::run_archive_push(&req, path).await?;
@@ -294,9 +339,10 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             return proof::print_verify(&report, *output == Output::Json);
         }
         Command::Drill { target, keep, output } => return drill(r, common, target, *keep, *output).await,
+        Command::Version | Command::Completions { .. } | Command::Man { .. } => meta(command)?,
         Command::KeyFile { output } => {
             common.access()?.open().await?.write_key_file(output)?;
-            println!(
+            outln!(
                 "key file {} written (mode 0600): give it to the database's OS user and set repo-key-file; anyone who can read it can read every backup",
                 output.display()
             );
@@ -338,7 +384,7 @@ async fn stanza_create(r: &Resolved, common: &Common, no_encryption: bool, block
     let done = pgcairn::stanza_create(common.storage()?, &req).await?;
     let repo = done.repo;
     if !done.created {
-        println!(
+        outln!(
             "stanza {} already exists in {} for this cluster (system identifier {}): nothing changed",
             common.stanza,
             repo.location(),
@@ -346,7 +392,7 @@ async fn stanza_create(r: &Resolved, common: &Common, no_encryption: bool, block
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "stanza {} created in {} (system identifier {}, {})",
         common.stanza,
         repo.location(),
@@ -378,7 +424,7 @@ async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Resul
     let sum = pgcairn::backup(&repo, &req).await?;
     typed::clear_prefetch(&settings, common);
     let based_on = sum.parent.as_deref().map(|p| format!(" (on {p})")).unwrap_or_default();
-    println!(
+    outln!(
         "{} backup {}{based_on} done: {} in {} files, {} new in the repository, wal {}..{}, {:.1}s",
         sum.backup_type.as_str(),
         sum.label,
@@ -389,9 +435,9 @@ async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Resul
         sum.stop_lsn,
         sum.seconds
     );
-    println!("{}", sum.label);
+    outln!("{}", sum.label);
     if let Some(report) = &sum.expire {
-        output::print_expire(report);
+        output::print_expire(report)?;
     }
     if let Some(e) = &sum.expire_error {
         eprintln!(
@@ -405,9 +451,9 @@ async fn expire(r: &Resolved, common: &Common, set: &Option<String>, dry_run: bo
     let req = typed::expire_request(r, set.clone(), dry_run)?;
     let report = pgcairn::expire(&common.access()?.open().await?, &req).await?;
     if out == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        output::print_expire(&report);
+        output::print_expire(&report)?;
     }
     // Deletes that failed left a consistent repository; the next run retries them.
     Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(pgcairn::exit::STORAGE) })
@@ -427,7 +473,7 @@ async fn stanza_delete(r: &Resolved, common: &Common, force: bool) -> Result<()>
     if let Some(w) = &report.still_archiving {
         eprintln!("warning: {w}");
     }
-    println!(
+    outln!(
         "stanza {} deleted: {} objects, {}",
         common.stanza,
         report.deleted_objects,
@@ -461,8 +507,8 @@ async fn restore(
     } else {
         String::new()
     };
-    println!("chose backup {}: {}", sum.label, sum.chosen_because);
-    println!(
+    outln!("chose backup {}: {}", sum.label, sum.chosen_because);
+    outln!(
         "restored backup {} into {}: {} in {} files{delta_note}, {:.1}s; start PostgreSQL on it to finish recovery",
         sum.label,
         req.target.display(),
@@ -473,20 +519,63 @@ async fn restore(
     Ok(())
 }
 
-async fn check(r: &Resolved, common: &Common) -> Result<()> {
+/// The archive_command check suggests: absolute paths (the server's PATH rarely has
+/// pgcairn), the config file this run used, the stanza.
+fn wanted_archive_command(r: &Resolved, common: &Common) -> String {
+    let exe = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("pgcairn-archive-push")));
+    let push = exe.map_or_else(|| "/usr/local/bin/pgcairn-archive-push".to_string(), |p| p.display().to_string());
+    let config = r.config_file().map(|c| format!(" --config={}", shell_quote(&c.display().to_string())));
+    format!("{}{} --stanza={} %p", shell_quote(&push), config.unwrap_or_default(), common.stanza)
+}
+
+async fn check(r: &Resolved, common: &Common, restore_point: bool, out: Output) -> Result<()> {
     let settings = typed::Check::from(r)?;
     let repo = common.access()?.open().await?;
     let spool_problems = match &settings.spool_path {
         Some(spool) => pgcairn::spool_problems(spool, &common.stanza)?,
         None => Vec::new(),
     };
-    let req = pgcairn::CheckRequest { pg: settings.pg, timeout: settings.archive_timeout, spool_problems };
+    let req = pgcairn::CheckRequest {
+        pg: settings.pg,
+        timeout: settings.archive_timeout,
+        spool_problems,
+        restore_point,
+        wanted_command: wanted_archive_command(r, common),
+    };
     let report = pgcairn::check(&repo, &req).await?;
-    println!(
+    if out == Output::Json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    outln!(
         "check ok: stanza {} (system {}), archive_command '{}', wal segment {} reached the repository in {:.1}s",
-        common.stanza, report.system_identifier, report.archive_command, report.segment, report.seconds
+        common.stanza,
+        report.system_identifier,
+        report.archive_command,
+        report.segment,
+        report.seconds
     );
     Ok(())
+}
+
+/// `check --archive-only`: Nagios plugin output and exit codes (0 ok, 1 warning,
+/// 2 critical); an error reading the repository is critical.
+async fn check_archive(r: &Resolved, common: &Common, out: Output) -> Result<ExitCode> {
+    let pg = typed::optional_pg(r)?;
+    let result = async { pgcairn::check_archive(&common.access()?.open().await?, pg.as_ref()).await }.await;
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            outln!("PGCAIRN ARCHIVE CRITICAL - stanza {}: {e}", common.stanza);
+            return Ok(ExitCode::from(pgcairn::Level::Critical.exit_code()));
+        }
+    };
+    if out == Output::Json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        output::print_archive_check(&common.stanza, &report)?;
+    }
+    Ok(ExitCode::from(report.level.exit_code()))
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
@@ -531,9 +620,31 @@ fn parse_args() -> Result<(Command, Flags), clap::Error> {
     let matches = args::with_settings(Cli::command()).try_get_matches()?;
     let cli = Cli::from_arg_matches(&matches)?;
     let sub = matches.subcommand().map_or(&matches, |(_, m)| m);
-    let flags = args::given(cli.command.cmd(), sub);
+    let flags = cli.command.cmd().map(|cmd| args::given(cmd, sub)).unwrap_or_default();
     Ok((cli.command, flags))
 }
+
+/// The whole parser, settings included (what completions and man pages describe).
+fn full_command() -> clap::Command {
+    args::with_settings(Cli::command())
+}
+
+fn meta(command: &Command) -> Result<()> {
+    match command {
+        Command::Completions { shell } => meta::completions(*shell, full_command()),
+        Command::Man { dir } => meta::man(full_command(), dir.as_deref()),
+        _ => meta::version(),
+    }
+}
+
+/// Whether the error is stdout closed under us (`pgcairn info | head -1`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// What a shell reports for a process that SIGPIPE ended (128 + 13), the convention
+/// for a writer whose reader went away; nothing is printed.
+const EXIT_BROKEN_PIPE: u8 = 141;
 
 fn main() -> ExitCode {
     pgcairn::limit_malloc_retention();
@@ -553,6 +664,7 @@ fn main() -> ExitCode {
     match start(&command, flags) {
         Ok(code) => code,
         Err(e) if archive_get => archive_get_failure(&e),
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(EXIT_BROKEN_PIPE),
         Err(e) => {
             eprintln!("pgcairn: error: {e:#}");
             ExitCode::from(exit_code(&e))
@@ -562,24 +674,16 @@ fn main() -> ExitCode {
 
 /// Resolve every setting the command uses (a bad one stops it here), then run it.
 fn start(command: &Command, flags: Flags) -> Result<ExitCode> {
-    let resolved = resolve(command.cmd(), &flags, &pgcairn_cli::settings::process_env)?;
+    let Some(cmd) = command.cmd() else {
+        meta(command)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let resolved = resolve(cmd, &flags, &pgcairn_cli::settings::process_env)?;
     let common = Common::from(&resolved)?;
-    init_logging(common.log_level);
+    pgcairn_cli::logging::init(&common.log())?;
     for line in resolved.describe() {
         tracing::debug!("setting {line}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(command, &resolved, &common))
-}
-
-fn init_logging(level: &str) {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .init();
 }

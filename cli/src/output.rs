@@ -17,55 +17,56 @@ pub(crate) fn human(bytes: u64) -> String {
 }
 
 /// expire's plan or result: each backup's fate, the WAL removed, what failed.
-pub(crate) fn print_expire(r: &pgcairn::ExpireReport) {
+pub(crate) fn print_expire(r: &pgcairn::ExpireReport) -> anyhow::Result<()> {
     if !r.policy_set && r.backups.iter().all(|b| !b.expired) {
-        println!("expire: no retention policy set (retention-full, retention-keep-*): nothing expired");
-        return;
+        outln!("expire: no retention policy set (retention-full, retention-keep-*): nothing expired");
+        return Ok(());
     }
     let verb = if r.dry_run { "would expire" } else { "expired" };
     for b in &r.backups {
         match &b.kept_by {
-            None => println!("{verb} {} backup {}", b.backup_type, b.label),
-            Some(why) => println!("kept {} backup {}: {why}", b.backup_type, b.label),
+            None => outln!("{verb} {} backup {}", b.backup_type, b.label),
+            Some(why) => outln!("kept {} backup {}: {why}", b.backup_type, b.label),
         }
     }
     for w in &r.wal {
-        println!("{verb} WAL on timeline {}: {} files, {} .. {}", w.timeline, w.files, w.first, w.last);
+        outln!("{verb} WAL on timeline {}: {} files, {} .. {}", w.timeline, w.files, w.first, w.last);
     }
     if !r.dry_run {
-        println!("expire: {} objects deleted, {}", r.deleted_objects, human(r.deleted_bytes));
+        outln!("expire: {} objects deleted, {}", r.deleted_objects, human(r.deleted_bytes));
     }
     for s in &r.spool_pruned {
-        println!("forgot async spool entry {s}: its WAL is expired");
+        outln!("forgot async spool entry {s}: its WAL is expired");
     }
     for f in &r.failures {
         eprintln!("could not delete {f}; the repository is consistent and the next expire retries it");
     }
+    Ok(())
 }
 
-pub(crate) fn print_info(r: &pgcairn::InfoReport) {
-    println!("stanza: {}", r.stanza);
-    println!("    repository: {} (format {})", r.repo, r.format_version);
+pub(crate) fn print_info(r: &pgcairn::InfoReport) -> anyhow::Result<()> {
+    outln!("stanza: {}", r.stanza);
+    outln!("    repository: {} (format {})", r.repo, r.format_version);
     if r.encrypted {
-        println!("    encryption: aes-256-gcm");
+        outln!("    encryption: aes-256-gcm");
     } else {
-        println!(
+        outln!(
             "    encryption: NONE: created with --no-encryption; whoever can read the storage can read every backup"
         );
     }
-    println!(
+    outln!(
         "    system identifier: {}, PostgreSQL {}.{}",
         r.system_identifier,
         r.pg_version / 10000,
         r.pg_version % 10000
     );
-    println!("    repository size: {}", human(r.repo_size));
+    outln!("    repository size: {}", human(r.repo_size));
     match &r.retention_policy {
-        Some(p) => println!("    retention: {p}"),
-        None => println!("    retention: none set: nothing is ever expired (see retention-full, retention-keep-*)"),
+        Some(p) => outln!("    retention: {p}"),
+        None => outln!("    retention: none set: nothing is ever expired (see retention-full, retention-keep-*)"),
     }
     if r.archive.is_empty() {
-        println!("    wal archive: empty");
+        outln!("    wal archive: empty");
     }
     for a in &r.archive {
         let range = match (&a.first, &a.last) {
@@ -73,21 +74,22 @@ pub(crate) fn print_info(r: &pgcairn::InfoReport) {
             _ => "history only".into(),
         };
         let gaps = if a.gaps.is_empty() { "no gaps".to_string() } else { format!("GAPS: {}", a.gaps.join(", ")) };
-        println!("    wal archive, timeline {}: {range}, {gaps}", a.timeline);
+        outln!("    wal archive, timeline {}: {range}, {gaps}", a.timeline);
     }
-    print_proofs(r);
+    print_proofs(r)?;
     if r.backups.is_empty() {
-        println!("    no backups: take one with `pgcairn --stanza={} backup`", r.stanza);
+        outln!("    no backups: take one with `pgcairn --stanza={} backup`", r.stanza);
     }
     for b in &r.backups {
-        print_backup(b);
+        print_backup(b)?;
     }
+    Ok(())
 }
 
 /// The last verify and drills: the proof that backups restore.
-fn print_proofs(r: &pgcairn::InfoReport) {
+fn print_proofs(r: &pgcairn::InfoReport) -> anyhow::Result<()> {
     match &r.last_verify {
-        None => println!("    last verify: never (run `pgcairn verify` weekly)"),
+        None => outln!("    last verify: never (run `pgcairn verify` weekly)"),
         Some(v) => {
             let scope = match (&v.set, v.sample) {
                 (Some(s), _) => format!("backup {s}"),
@@ -95,20 +97,27 @@ fn print_proofs(r: &pgcairn::InfoReport) {
                 (None, None) => "whole repository".into(),
             };
             let verdict = if v.ok { "ok".to_string() } else { format!("DAMAGE FOUND ({})", damaged_labels(v)) };
-            println!("    last verify: {} ({scope}, {:.0}s): {verdict}", v.started, v.seconds);
+            outln!("    last verify: {} ({scope}, {:.0}s): {verdict}", v.started, v.seconds);
         }
     }
     if r.last_drills.is_empty() {
-        println!("    last drill: never (run `pgcairn drill` monthly)");
+        outln!("    last drill: never (run `pgcairn drill` monthly)");
     }
     for d in &r.last_drills {
         let verdict =
             if d.ok { "passed".to_string() } else { format!("FAILED: {}", d.failure.as_deref().unwrap_or("")) };
-        println!(
+        outln!(
             "    drill {}: backup {} to {}, RTO {:.0}s (restore {:.0}s, recovery {:.0}s, checks {:.0}s): {verdict}",
-            d.started, d.label, d.target, d.rto_seconds, d.restore_seconds, d.recovery_seconds, d.checks_seconds
+            d.started,
+            d.label,
+            d.target,
+            d.rto_seconds,
+            d.restore_seconds,
+            d.recovery_seconds,
+            d.checks_seconds
         );
     }
+    Ok(())
 }
 
 fn damaged_labels(v: &pgcairn::VerifyReport) -> String {
@@ -120,41 +129,68 @@ fn damaged_labels(v: &pgcairn::VerifyReport) -> String {
     parts.join(", ")
 }
 
-fn print_backup(b: &pgcairn::BackupInfo) {
-    println!();
+fn print_backup(b: &pgcairn::BackupInfo) -> anyhow::Result<()> {
+    outln!();
     let Some(d) = &b.details else {
-        println!("    DAMAGED backup: {}", b.label);
-        println!("        {}", b.problem.as_deref().unwrap_or("its manifest cannot be read"));
-        return;
+        outln!("    DAMAGED backup: {}", b.label);
+        outln!("        {}", b.problem.as_deref().unwrap_or("its manifest cannot be read"));
+        return Ok(());
     };
-    println!("    {} backup: {}", d.backup_type, b.label);
+    outln!("    {} backup: {}", d.backup_type, b.label);
     match b.status {
         pgcairn::BackupStatus::Ok => {}
-        pgcairn::BackupStatus::Damaged => println!("        DAMAGED: {}", b.problem.as_deref().unwrap_or("")),
+        pgcairn::BackupStatus::Damaged => outln!("        DAMAGED: {}", b.problem.as_deref().unwrap_or("")),
         pgcairn::BackupStatus::NotRestorable => {
-            println!("        NOT RESTORABLE: {}", b.problem.as_deref().unwrap_or(""))
+            outln!("        NOT RESTORABLE: {}", b.problem.as_deref().unwrap_or(""))
         }
     }
     if let Some(parent) = &d.parent {
-        println!("        based on: {parent}");
+        outln!("        based on: {parent}");
     }
     if let Some(note) = &b.note {
-        println!("        note: {note}");
+        outln!("        note: {note}");
     }
     if let Some(retention) = &b.retention {
-        println!("        retention: {retention}");
+        outln!("        retention: {retention}");
     }
-    println!("        timestamp start/stop: {} / {}", d.start_time, d.stop_time);
+    outln!("        timestamp start/stop: {} / {}", d.start_time, d.stop_time);
     let wal = match (&d.wal_start, &d.wal_stop) {
         _ if d.wal_included => "wal included in the backup".to_string(),
         (Some(s), Some(e)) => format!("wal archived {s} - {e}"),
         _ => String::new(),
     };
-    println!("        lsn start/stop: {} / {} (timeline {}), {wal}", d.start_lsn, d.stop_lsn, d.timeline);
-    println!(
-        "        database size: {}, files: {}, new in repository: {}",
-        human(d.size),
-        d.files,
-        human(d.stored_new)
-    );
+    outln!("        lsn start/stop: {} / {} (timeline {}), {wal}", d.start_lsn, d.stop_lsn, d.timeline);
+    outln!("        database size: {}, files: {}, new in repository: {}", human(d.size), d.files, human(d.stored_new));
+    Ok(())
+}
+
+/// Nagios plugin format: `SERVICE STATUS - text | perfdata`, then one line per problem.
+pub(crate) fn print_archive_check(stanza: &str, r: &pgcairn::ArchiveCheck) -> anyhow::Result<()> {
+    let status = match r.level {
+        pgcairn::Level::Ok => "OK",
+        pgcairn::Level::Warning => "WARNING",
+        pgcairn::Level::Critical => "CRITICAL",
+    };
+    let newest = match (&r.newest_segment, r.lag_seconds) {
+        (Some(s), Some(lag)) => format!("newest segment {s} arrived {lag}s ago"),
+        (Some(s), None) => format!("newest segment {s}"),
+        _ => "no WAL archived".to_string(),
+    };
+    let failures =
+        r.archiver.as_ref().map(|a| format!(", {} archive_command failures", a.failed_count)).unwrap_or_default();
+    let mut perf = Vec::new();
+    if let Some(lag) = r.lag_seconds {
+        perf.push(format!("lag={lag}s"));
+    }
+    if let Some(b) = r.backlog_segments {
+        perf.push(format!("backlog={b};{}", pgcairn::BACKLOG_WARNING));
+    }
+    if let Some(a) = &r.archiver {
+        perf.push(format!("failed={}c", a.failed_count));
+    }
+    outln!("PGCAIRN ARCHIVE {status} - stanza {stanza}: {newest}{failures} | {}", perf.join(" "));
+    for p in &r.problems {
+        outln!("{p}");
+    }
+    Ok(())
 }

@@ -9,20 +9,20 @@ use crate::output::human;
 /// Print a verify report; exit `DAMAGED` when it found damage.
 pub(crate) fn print_verify(r: &pgcairn::VerifyReport, json: bool) -> Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+        outln!("{}", serde_json::to_string_pretty(r)?);
     } else {
-        print_verify_text(r);
+        print_verify_text(r)?;
     }
     Ok(if r.ok { ExitCode::SUCCESS } else { ExitCode::from(pgcairn::exit::DAMAGED) })
 }
 
-fn print_verify_text(r: &pgcairn::VerifyReport) {
+fn print_verify_text(r: &pgcairn::VerifyReport) -> anyhow::Result<()> {
     let scope = match (&r.set, r.sample) {
         (Some(s), _) => format!("backup {s} and what it needs"),
         (None, Some(f)) => format!("a {:.1}% sample of the packs", f * 100.0),
         (None, None) => "the whole repository".into(),
     };
-    println!(
+    outln!(
         "verified {scope} in {:.1}s: {} of {} packs ({}, {} blobs), {} WAL files ({})",
         r.seconds,
         r.packs_checked,
@@ -34,44 +34,45 @@ fn print_verify_text(r: &pgcairn::VerifyReport) {
     );
     for b in &r.backups {
         match &b.damage {
-            None => println!("    backup {}: ok", b.label),
+            None => outln!("    backup {}: ok", b.label),
             Some(d) => {
                 let place = match (&d.file, d.block) {
                     (Some(f), Some(n)) => format!("file {f} block {n} ({} damaged blocks in all): ", b.damaged_blocks),
                     _ => String::new(),
                 };
-                println!("    backup {}: DAMAGED: {place}{}: {}", b.label, d.object, d.detail);
+                outln!("    backup {}: DAMAGED: {place}{}: {}", b.label, d.object, d.detail);
             }
         }
     }
     for t in &r.timelines {
         let ranges: Vec<String> = t.ranges.iter().map(|(a, b)| format!("{a} - {b}")).collect();
         let ranges = if ranges.is_empty() { "no segments".to_string() } else { ranges.join(", ") };
-        println!("    wal timeline {}: {ranges}", t.timeline);
+        outln!("    wal timeline {}: {ranges}", t.timeline);
         for g in &t.gaps {
-            println!("        GAP {} - {}: {}", g.first, g.last, g.breaks);
+            outln!("        GAP {} - {}: {}", g.first, g.last, g.breaks);
         }
         if let Some(h) = &t.history {
-            println!("        HISTORY: {h}");
+            outln!("        HISTORY: {h}");
         }
     }
     for w in &r.warnings {
-        println!("    warning: {w}");
+        outln!("    warning: {w}");
     }
     if r.ok {
-        println!("verify ok: every backup checked restores, and the archive has no gap after the oldest one");
+        outln!("verify ok: every backup checked restores, and the archive has no gap after the oldest one");
     } else {
-        println!("verify found DAMAGE: see docs/operations.md \"When verify finds damage\"; take a new full backup now (`pgcairn backup --type=full`) so that a clean restore point exists");
+        outln!("verify found DAMAGE: see docs/operations.md \"When verify finds damage\"; take a new full backup now (`pgcairn backup --type=full`) so that a clean restore point exists");
     }
+    Ok(())
 }
 
 /// Print a drill report; exit `DRILL_FAILED` when the drill failed.
 pub(crate) fn print_drill(r: &pgcairn::DrillReport, json: bool) -> Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+        outln!("{}", serde_json::to_string_pretty(r)?);
     } else {
-        println!("drill of backup {} ({}) to {}:", r.label, r.chosen_because, r.target);
-        println!(
+        outln!("drill of backup {} ({}) to {}:", r.label, r.chosen_because, r.target);
+        outln!(
             "    RTO {:.1}s = restore {:.1}s + recovery {:.1}s + checks {:.1}s, {} restored, PostgreSQL from {}",
             r.rto_seconds,
             r.restore_seconds,
@@ -80,10 +81,10 @@ pub(crate) fn print_drill(r: &pgcairn::DrillReport, json: bool) -> Result<ExitCo
             human(r.data_bytes),
             r.pg_bin
         );
-        println!("    pg_amcheck: {}; SQL checks passed: {}", r.amcheck, r.sql_checks_passed);
+        outln!("    pg_amcheck: {}; SQL checks passed: {}", r.amcheck, r.sql_checks_passed);
         match &r.failure {
-            None => println!("drill passed"),
-            Some(f) => println!("drill FAILED: {f}"),
+            None => outln!("drill passed"),
+            Some(f) => outln!("drill FAILED: {f}"),
         }
     }
     Ok(if r.ok { ExitCode::SUCCESS } else { ExitCode::from(pgcairn::exit::DRILL_FAILED) })

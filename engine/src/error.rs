@@ -35,7 +35,7 @@ pub enum StorageErrorKind {
 }
 
 /// Who holds the stanza lock (boxed in [`Error::Locked`] to keep `Error` small).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize)]
 #[error("stanza {stanza} is locked by {command}{} (pid {pid} on {host}, since {started}); nothing was done; hint: wait for it to finish, or check that process; a lock whose holder died is taken over automatically (same host: at once; another host: after 5 minutes without a heartbeat)", label.as_ref().map(|l| format!(" of backup {l}")).unwrap_or_default())]
 pub struct LockedBy {
     /// The stanza.

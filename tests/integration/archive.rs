@@ -42,7 +42,7 @@ impl Archiving {
         let repo = TestDir::new("repo");
         let key_dir = TestDir::new("key");
         let key = key_dir.path().join("repo.key");
-        let p = Pgcairn::local(repo.path());
+        let p = Pgcairn::local(repo.path()).without_env("PGCAIRN_ARCHIVE_COPY");
         p.ok(&["stanza-create", &format!("--pg={}", cluster.conninfo())]);
         p.ok(&["key-file", &format!("--output={}", key.display())]);
         chown_to_postgres(repo.path());
@@ -304,26 +304,49 @@ fn killed_archive_push_is_retried_cleanly() {
     assert!(std::fs::read(dest.path().join("x")).unwrap() == std::fs::read(&segment).unwrap());
 }
 
+/// Issue 14: check and backup refuse what cannot work before doing the work. A
+/// backup of a server that does not archive silently carried its WAL (no PITR);
+/// a failing archive_command made check wait its whole archive-timeout and backup
+/// stream the whole cluster first. Now both read the server's settings and
+/// pg_stat_archiver first; `check --archive-only` says CRITICAL (exit 2) at once.
 #[test]
 fn check_names_what_to_fix() {
     let cluster = Cluster::init(PgVersion::V15);
     let repo = TestDir::new("repo");
-    let p = Pgcairn::local(repo.path());
-    p.ok(&["stanza-create", &format!("--pg={}", cluster.conninfo())]);
-    let (code, err) = p.fails(&["check", &format!("--pg={}", cluster.conninfo())]);
+    let p = Pgcairn::local(repo.path()).without_env("PGCAIRN_ARCHIVE_COPY");
+    let pg = format!("--pg={}", cluster.conninfo());
+    p.ok(&["stanza-create", &pg]);
+    let (code, err) = p.fails(&["check", &pg]);
     assert_eq!(code, 3, "{err}");
-    assert!(err.contains("archive_mode is off") && err.contains("pgcairn-archive-push --stanza=main"), "{err}");
+    assert!(err.contains("archive_mode is off") && err.contains("pgcairn-archive-push"), "{err}");
+    assert!(err.contains("/pgcairn-archive-push") && err.contains("--stanza=main %p"), "absolute path: {err}");
+    let (code, err) = p.fails(&["backup", "--start-fast", &pg]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("does not archive WAL") && err.contains("--archive-copy"), "{err}");
+    assert!(p.ok(&["info", "--output=json"]).contains("\"no-backups\""), "nothing was stored");
     cluster.psql("ALTER SYSTEM SET archive_mode = on; ALTER SYSTEM SET archive_command = 'cp %p /nowhere/%f'");
     cluster.stop();
     cluster.start();
     let (code, err) = p.fails(&["check", &format!("--pg={}", cluster.conninfo())]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("does not call pgcairn"), "{err}");
-    // Archiving configured but failing: the forced segment never arrives.
+    // Archiving configured but failing: check stops at the first failure of its
+    // segment (pg_stat_archiver), not after archive-timeout.
     cluster.psql("ALTER SYSTEM SET archive_command = '/bin/false pgcairn --stanza=main %p'; SELECT pg_reload_conf()");
-    let (code, err) = p.fails(&["check", "--archive-timeout=3", &format!("--pg={}", cluster.conninfo())]);
-    assert_eq!(code, 12, "{err}");
-    assert!(err.contains("did not reach the archive within 3s"), "{err}");
+    let started = Instant::now();
+    let (code, err) = p.fails(&["check", "--archive-timeout=120", &pg]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("archive_command is failing") && err.contains("server log"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "check waited {:?}", started.elapsed());
+    let out = p.run(&["check", "--archive-only", &pg]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.starts_with("PGCAIRN ARCHIVE CRITICAL") && text.contains("archive_command is failing"), "{text}");
+    let started = Instant::now();
+    let (code, err) = p.fails(&["backup", "--start-fast", "--archive-timeout=120", &pg]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("archive_command is failing"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "backup waited {:?}", started.elapsed());
 }
 
 /// Async mode under pgbench: nothing lost; then the queue bound, both ways.

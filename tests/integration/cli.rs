@@ -15,13 +15,21 @@ pub struct Pgcairn {
 }
 
 impl Pgcairn {
+    /// Test clusters do not archive unless a test sets that up (archive.rs does, and
+    /// drops PGCAIRN_ARCHIVE_COPY): their backups carry their WAL, which backup
+    /// refuses unless archive-copy says so (issue 14).
     pub fn local(repo_dir: &Path) -> Self {
-        Self { stanza: "main".into(), repo: repo_dir.display().to_string(), env: vec![passphrase_env()] }
+        Self {
+            stanza: "main".into(),
+            repo: repo_dir.display().to_string(),
+            env: vec![passphrase_env(), archive_copy_env()],
+        }
     }
 
     pub fn s3(s3: &S3Server, prefix: &str) -> Self {
         let mut env: Vec<(String, String)> = s3.aws_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         env.push(passphrase_env());
+        env.push(archive_copy_env());
         Self { stanza: "main".into(), repo: format!("s3://{}/{prefix}", s3.bucket()), env }
     }
 
@@ -87,6 +95,10 @@ impl Pgcairn {
         let out = self.ok(&["backup", "--start-fast", &format!("--pg={pg}")]);
         out.lines().last().expect("backup prints its label").trim().to_string()
     }
+}
+
+fn archive_copy_env() -> (String, String) {
+    ("PGCAIRN_ARCHIVE_COPY".into(), "true".into())
 }
 
 fn passphrase_env() -> (String, String) {

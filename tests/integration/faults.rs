@@ -892,7 +892,12 @@ fn archive_push_and_get_killed() {
     setup_data(&a.cluster);
     let r = Repo::of(&a);
     write_round(&a.cluster, 0);
-    let base = backup_label(&a.p.run(&["backup", "--start-fast", &format!("--pg={}", a.cluster.conninfo())]));
+    let base = backup_label(&a.p.run(&[
+        "backup",
+        "--start-fast",
+        "--archive-copy",
+        &format!("--pg={}", a.cluster.conninfo()),
+    ]));
     let expected = BTreeMap::from([(base.clone(), fingerprint(&a.cluster))]);
     for round in 1..=6 {
         write_round(&a.cluster, round);

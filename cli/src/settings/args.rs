@@ -70,3 +70,25 @@ pub fn given(cmd: Cmd, m: &ArgMatches) -> Vec<(&'static Setting, String)> {
         .filter_map(|s| Some((s, m.get_one::<String>(s.name)?.clone())))
         .collect()
 }
+
+/// `pgcairn-archive-push`'s parser: the same settings and flag syntax as
+/// `pgcairn archive-push` (`--key value`, `--key=value`), plus the WAL path.
+pub fn archive_push_command() -> clap::Command {
+    let own = SETTINGS.iter().filter(|s| s.sources.flag && s.applies_to(Cmd::ArchivePush));
+    clap::Command::new("pgcairn-archive-push")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Archive one WAL segment into a pgcairn repository: PostgreSQL's archive_command")
+        .after_help(
+            "Set it with an absolute path (archive_command runs with the server's PATH):\n  \
+             archive_command = '/usr/local/bin/pgcairn-archive-push --config /etc/pgcairn/pgcairn.toml --stanza main %p'\n\
+             Exit 0 only once the segment is durable in the repository (or durably queued with archive-async).",
+        )
+        .arg(
+            Arg::new("wal")
+                .value_name("WAL_PATH")
+                .help("the WAL file to archive (%p)")
+                .required(true)
+                .value_parser(clap::value_parser!(std::path::PathBuf)),
+        )
+        .args(own.map(arg))
+}

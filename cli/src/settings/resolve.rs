@@ -58,10 +58,12 @@ pub struct Entry {
 }
 
 /// Every setting the command uses, parsed. Built once by [`resolve`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Resolved {
     cmd: Cmd,
     values: BTreeMap<&'static str, Entry>,
+    /// The config file read, if any (named or the default one).
+    config_file: Option<PathBuf>,
 }
 
 /// Settings given on the command line, with their text.
@@ -87,7 +89,7 @@ pub fn resolve(cmd: Cmd, flags: &[(&'static Setting, String)], env: Env) -> Resu
     let flag = |s: &Setting| flags.iter().rev().find(|(f, _)| f.name == s.name).map(|(_, v)| v.clone());
     let env_value = |s: &Setting| s.sources.env.then(|| env(&s.env())).flatten().filter(|v| !v.is_empty());
     let given = |s: &Setting| flag(s).map(|v| (v, Source::Flag)).or_else(|| env_value(s).map(|v| (v, Source::Env)));
-    let mut r = Resolved { cmd, values: BTreeMap::new() };
+    let mut r = Resolved { cmd, values: BTreeMap::new(), config_file: None };
 
     let config = known("config")?;
     let file = match given(config) {
@@ -97,6 +99,7 @@ pub fn resolve(cmd: Cmd, flags: &[(&'static Setting, String)], env: Env) -> Resu
         }
         None => ConfigFile::load(None)?,
     };
+    r.config_file = (!file.path.as_os_str().is_empty()).then(|| file.path.clone());
     let from_file = |s: &Setting, stanza: Option<&str>| {
         let (raw, place) = s.sources.file.then(|| file.get(stanza, s.name)).flatten()?;
         Some((raw, Source::File { path: file.path.clone(), place }))
@@ -134,6 +137,11 @@ impl Resolved {
         let raw = if s.kind == Kind::Secret { "***".to_string() } else { raw };
         self.values.insert(s.name, Entry { value, raw, source });
         Ok(())
+    }
+
+    /// The config file read (named, or the default one when it exists).
+    pub fn config_file(&self) -> Option<&std::path::Path> {
+        self.config_file.as_deref()
     }
 
     /// The command the settings were resolved for.

@@ -31,11 +31,13 @@ pub enum Cmd {
     Verify,
     /// `drill`: restore a backup into a temporary cluster, start it, check it.
     Drill,
+    /// `metrics`: the repository's state in Prometheus' text format.
+    Metrics,
 }
 
 impl Cmd {
     /// Every subcommand, in help order.
-    pub const ALL: [Cmd; 12] = [
+    pub const ALL: [Cmd; 13] = [
         Cmd::StanzaCreate,
         Cmd::Backup,
         Cmd::Restore,
@@ -48,6 +50,7 @@ impl Cmd {
         Cmd::StanzaDelete,
         Cmd::Verify,
         Cmd::Drill,
+        Cmd::Metrics,
     ];
 
     /// The subcommand's name on the command line.
@@ -65,6 +68,7 @@ impl Cmd {
             Cmd::StanzaDelete => "stanza-delete",
             Cmd::Verify => "verify",
             Cmd::Drill => "drill",
+            Cmd::Metrics => "metrics",
         }
     }
 }
@@ -184,7 +188,7 @@ use Cmd::*;
 use Forward::{Always, Given, Never};
 
 const GLOBAL: Scope = Scope::Global;
-const WITH_PG: Scope = Scope::Only(&[StanzaCreate, Backup, Check, StanzaDelete]);
+const WITH_PG: Scope = Scope::Only(&[StanzaCreate, Backup, Check, StanzaDelete, Metrics]);
 /// The retention policy: expire applies it, backup too (expire-auto), info shows it.
 const RETENTION: Scope = Scope::Only(&[Backup, Expire, Info]);
 
@@ -269,7 +273,25 @@ pub const SETTINGS: &[Setting] = &[
         scope: GLOBAL,
         sources: ANY,
         forward: Given,
-        help: "what to log on stderr: error, warn, info, debug or trace; RUST_LOG overrides",
+        help: "what to log: error, warn, info (pgcairn's steps), debug or trace; RUST_LOG overrides",
+    },
+    Setting {
+        name: "log-file",
+        kind: Kind::Path,
+        default: None,
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Given,
+        help: "also log to this file (appended, created mode 0600) at log-level; stderr then shows warnings and errors only",
+    },
+    Setting {
+        name: "log-format",
+        kind: Kind::Choice(&["text", "json"]),
+        default: Some("text"),
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Given,
+        help: "text for people, json (one object per line) for log shippers",
     },
     Setting {
         name: "pg",

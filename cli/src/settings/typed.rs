@@ -19,8 +19,12 @@ use super::table::Cmd;
 pub struct Common {
     /// The stanza (`stanza`).
     pub stanza: String,
-    /// What to log on stderr (`log-level`): error, warn, info, debug or trace.
+    /// What to log (`log-level`): error, warn, info, debug or trace.
     pub log_level: &'static str,
+    /// Also log to this file (`log-file`).
+    pub log_file: Option<PathBuf>,
+    /// JSON log lines (`log-format = json`).
+    pub log_json: bool,
     /// The repository (`repo`).
     pub repo: RepoLocation,
     /// S3 endpoint and region overrides; credentials come from the environment only.
@@ -32,12 +36,41 @@ pub struct Common {
     passphrase_env: Option<Secret>,
 }
 
+/// A passphrase file readable by group or others is refused, like a key file: it
+/// unlocks every backup (issue 14: it was accepted).
+fn refuse_shared_secret_file(file: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(file) else { return Ok(()) }; // reading it says why
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::setting(
+            format!(
+                "repo-passphrase-file {} is accessible by group or others (mode {:o})",
+                file.display(),
+                mode & 0o777
+            ),
+            format!("chmod 600 {} (it unlocks every backup)", file.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// How to log, from [`Common`].
+impl Common {
+    /// The log settings.
+    pub fn log(&self) -> crate::logging::LogSettings<'_> {
+        crate::logging::LogSettings { level: self.log_level, file: self.log_file.as_deref(), json: self.log_json }
+    }
+}
+
 impl Common {
     /// Read from the resolved settings.
     pub fn from(r: &Resolved) -> Result<Self> {
         Ok(Self {
             stanza: r.get("stanza")?,
             log_level: r.get("log-level")?,
+            log_file: r.opt("log-file")?,
+            log_json: r.get::<&str>("log-format")? == "json",
             repo: r.get("repo")?,
             s3: S3Settings {
                 endpoint: r.opt("repo-s3-endpoint")?,
@@ -61,6 +94,7 @@ impl Common {
             return Ok(Some(p.clone()));
         }
         let Some(file) = &self.passphrase_file else { return Ok(None) };
+        refuse_shared_secret_file(file)?;
         let text = std::fs::read_to_string(file).map_err(|e| {
             Error::setting(
                 format!("cannot read repo-passphrase-file {}: {e}", file.display()),
@@ -90,6 +124,11 @@ fn pg(r: &Resolved) -> Result<ConnParams> {
     ConnParams::resolve(&r.opt::<String>("pg")?.unwrap_or_default())
 }
 
+/// `pg` only when it is set (metrics, check --archive-only: the server is optional).
+pub fn optional_pg(r: &Resolved) -> Result<Option<ConnParams>> {
+    r.opt::<String>("pg")?.map(|s| ConnParams::resolve(&s)).transpose()
+}
+
 /// stanza-delete's settings: the cluster only when `pg` is set (it may be gone).
 #[derive(Debug, Clone)]
 pub struct StanzaDelete {
@@ -102,10 +141,7 @@ pub struct StanzaDelete {
 impl StanzaDelete {
     /// Read from the resolved settings.
     pub fn from(r: &Resolved) -> Result<Self> {
-        Ok(Self {
-            pg: r.opt::<String>("pg")?.map(|s| ConnParams::resolve(&s)).transpose()?,
-            spool_path: r.opt("spool-path")?,
-        })
+        Ok(Self { pg: optional_pg(r)?, spool_path: r.opt("spool-path")? })
     }
 }
 

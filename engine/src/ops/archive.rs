@@ -365,6 +365,9 @@ pub struct TimelineArchive {
     /// Missing ranges between first and last, as "FIRST-LAST" segment names.
     pub gaps: Vec<String>,
     pub history: bool,
+    /// When the newest object of this timeline reached the repository (unix
+    /// seconds, the store's clock); None where the store does not say.
+    pub last_arrived: Option<u64>,
 }
 
 /// The archive's segments by timeline (segment numbers), and the timelines that
@@ -373,21 +376,29 @@ pub struct TimelineArchive {
 pub(crate) struct ArchivedSegments {
     segments: BTreeMap<u32, std::collections::BTreeSet<u64>>,
     history: std::collections::BTreeSet<u32>,
+    /// Newest write time per timeline (unix seconds).
+    arrived: BTreeMap<u32, u64>,
 }
 
 /// List the WAL archive once.
 pub(crate) async fn archived_segments(repo: &Repository) -> Result<ArchivedSegments> {
     let seg_size = repo.config().wal_segment_size;
     let mut out = ArchivedSegments::default();
-    for name in repo.list_wal().await? {
-        match WalFile::parse(&name) {
+    for (name, modified) in repo.list_wal_modified().await? {
+        let timeline = match WalFile::parse(&name) {
             Some(f @ WalFile::Segment { timeline, .. }) => {
                 out.segments.entry(timeline).or_default().extend(f.segno(seg_size));
+                timeline
             }
             Some(WalFile::History { timeline }) => {
                 out.history.insert(timeline);
+                timeline
             }
-            _ => {}
+            _ => continue,
+        };
+        if let Some(m) = modified {
+            let newest = out.arrived.entry(timeline).or_default();
+            *newest = (*newest).max(m);
         }
     }
     Ok(out)
@@ -445,6 +456,7 @@ pub(crate) fn archive_summary(archived: &ArchivedSegments, seg_size: u32) -> Vec
                 segments: segs.len() as u64,
                 gaps,
                 history: archived.history.contains(&timeline),
+                last_arrived: archived.arrived.get(&timeline).copied(),
             }
         })
         .collect()

@@ -1,12 +1,13 @@
 //! check: does archiving really work? Connects, checks the settings that make
-//! archiving work, forces a WAL switch and waits for that segment in the repository.
+//! archiving work and pg_stat_archiver (a failing archive_command is reported at
+//! once), forces a WAL switch and waits for that segment in the repository.
+//! `check_archive` is the cheap, read-only variant for monitoring.
 
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Misconfig, Result};
-use crate::ops::archive::wait_for_segments;
 use crate::ops::stanza::identify_stanza_cluster;
-use crate::pg::archiving::{ArchivingSettings, SQL_IN_RECOVERY, SQL_RESTORE_POINT, SQL_SWITCH_WAL};
+use crate::pg::archiving::{ArchiverStats, ArchivingSettings, SQL_IN_RECOVERY, SQL_RESTORE_POINT, SQL_SWITCH_WAL};
 use crate::pg::wal::WalFile;
 use crate::pg::{ConnParams, ReplicationConnection};
 use crate::repo::Repository;
@@ -20,6 +21,10 @@ pub struct CheckRequest {
     pub timeout: Duration,
     /// Problems of the local async archive queue (see archive_async::spool_problems).
     pub spool_problems: Vec<String>,
+    /// Create a restore point before the switch (`--restore-point`).
+    pub restore_point: bool,
+    /// The archive_command to suggest when the server's is wrong.
+    pub wanted_command: String,
 }
 
 /// What a successful check found.
@@ -29,60 +34,71 @@ pub struct CheckReport {
     pub system_identifier: u64,
     /// The server's archive_command setting.
     pub archive_command: String,
+    /// pg_stat_archiver before the switch.
+    pub archiver: ArchiverStats,
     /// The segment the check switched to and found in the repository.
     pub segment: String,
     /// How long the whole check took, in seconds.
     pub seconds: f64,
 }
 
-/// Checks that the server archives into this stanza: the cluster is the stanza's,
-/// archiving is set up, and a freshly switched segment reaches the repository in time.
-pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport> {
-    let started = Instant::now();
-    let cfg = repo.config();
-    let stanza = &cfg.stanza;
-    let mut conn = ReplicationConnection::connect(&req.pg).await?;
-    let target = conn.target().to_string();
-    let sys = identify_stanza_cluster(&mut conn, cfg).await?;
-    let archiving = ArchivingSettings::read(&mut conn).await?;
-    conn.close().await;
-    if let Some((problem, hint)) = archiving.problem(stanza) {
-        return Err(Error::misconfigured(Misconfig::Server, format!("{target}: {problem}"), hint));
-    }
-
-    // Force a segment switch (after a restore point, so there is something to switch).
-    let (client, connection) = req
-        .pg
+/// An ordinary SQL connection for check's queries; its errors name the server.
+async fn sql_client(pg: &ConnParams) -> Result<tokio_postgres::Client> {
+    let (client, connection) = pg
         .sql_config()
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| Error::Connect { target: target.clone(), detail: e.to_string() })?;
+        .map_err(|e| Error::Connect { target: pg.target(), detail: e.to_string() })?;
     tokio::spawn(connection);
-    let sql_error = |e: tokio_postgres::Error| {
-        let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-        Error::Server {
-            target: target.clone(),
-            code: e.code().map(|c| c.code().to_string()).unwrap_or_default(),
-            message,
-            hint: Some(format!(
-                "the check needs pg_create_restore_point() and pg_switch_wal(): run it as a superuser, or GRANT EXECUTE on both to {}",
-                req.pg.user
-            )),
-        }
-    };
-    let in_recovery: bool = client.query_one(SQL_IN_RECOVERY, &[]).await.map_err(sql_error)?.get(0);
+    Ok(client)
+}
+
+fn sql_error(pg: &ConnParams, e: tokio_postgres::Error) -> Error {
+    let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+    Error::Server {
+        target: pg.target(),
+        code: e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+        message,
+        hint: Some(format!(
+            "check needs pg_switch_wal() (and pg_create_restore_point() with --restore-point): run it as a superuser, or GRANT EXECUTE ON FUNCTION pg_switch_wal() TO {}",
+            pg.user
+        )),
+    }
+}
+
+/// Checks that the server archives into this stanza: the cluster is the stanza's,
+/// archiving is set up and not failing, and a freshly switched segment reaches the
+/// repository in time.
+pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport> {
+    let started = Instant::now();
+    let cfg = repo.config();
+    let mut conn = ReplicationConnection::connect(&req.pg).await?;
+    let target = conn.target().to_string();
+    tracing::info!("connected to {target}");
+    let sys = identify_stanza_cluster(&mut conn, cfg).await?;
+    let archiving = ArchivingSettings::read(&mut conn).await?;
+    conn.close().await;
+    if let Some((problem, hint)) = archiving.problem(&cfg.stanza, &req.wanted_command) {
+        return Err(Error::misconfigured(Misconfig::Server, format!("{target}: {problem}"), hint));
+    }
+    let client = sql_client(&req.pg).await?;
+    let in_recovery: bool = client.query_one(SQL_IN_RECOVERY, &[]).await.map_err(|e| sql_error(&req.pg, e))?.get(0);
     if in_recovery {
         let problem = format!("{target} is a standby");
         return Err(Error::misconfigured(Misconfig::Server, problem, "run check against the primary"));
     }
-    client.query_one(SQL_RESTORE_POINT, &[]).await.map_err(sql_error)?;
-    let segment: String = client.query_one(SQL_SWITCH_WAL, &[]).await.map_err(sql_error)?.get(0);
-    let file =
-        WalFile::parse(&segment).ok_or_else(|| Error::Internal(format!("unexpected wal file name {segment}")))?;
-    let segno = file
-        .segno(cfg.wal_segment_size)
-        .ok_or_else(|| Error::Internal(format!("unexpected wal file name {segment}")))?;
-    wait_for_segments(repo, file.timeline(), segno, segno, req.timeout).await?;
+    let archiver = ArchiverStats::read(&client).await.map_err(|e| sql_error(&req.pg, e))?;
+    if archiver.failing() {
+        let (problem, hint) = archiver.failure(&target);
+        return Err(Error::misconfigured(Misconfig::Server, problem, hint));
+    }
+    if req.restore_point {
+        client.query_one(SQL_RESTORE_POINT, &[]).await.map_err(|e| sql_error(&req.pg, e))?;
+    }
+    let segment: String = client.query_one(SQL_SWITCH_WAL, &[]).await.map_err(|e| sql_error(&req.pg, e))?.get(0);
+    let switched_at = unix_now();
+    tracing::info!("switched WAL: waiting for segment {segment} in the repository");
+    wait_for_switched(repo, &client, &target, &segment, switched_at, req.timeout).await?;
     if !req.spool_problems.is_empty() {
         let problem = format!("archiving works, but {}", req.spool_problems.join("; "));
         let hint = "see the async spool's problems above; the archive-push log in the server log says more";
@@ -91,7 +107,197 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
     Ok(CheckReport {
         system_identifier: sys.system_identifier,
         archive_command: archiving.archive_command,
+        archiver,
         segment,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Wait for `segment` in the repository; stop at once when pg_stat_archiver says
+/// archive_command failed on it after the switch.
+async fn wait_for_switched(
+    repo: &Repository,
+    client: &tokio_postgres::Client,
+    target: &str,
+    segment: &str,
+    switched_at: f64,
+    timeout: Duration,
+) -> Result<()> {
+    let file = WalFile::parse(segment).ok_or_else(|| Error::Internal(format!("unexpected wal file name {segment}")))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if repo.wal_exists(file.timeline(), segment).await? {
+            return Ok(());
+        }
+        if let Ok(stats) = ArchiverStats::read(client).await {
+            // A second's slack: the server's clock and ours.
+            if stats.failing() && stats.last_failed_time.is_some_and(|t| t >= switched_at - 1.0) {
+                let (problem, hint) = stats.failure(target);
+                return Err(Error::misconfigured(Misconfig::Server, problem, hint));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::ArchiveTimeout { what: format!("wal segment {segment}"), seconds: timeout.as_secs() });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Refuse when pg_stat_archiver says archive_command is failing (backup: before
+/// streaming the cluster). A server that refuses the SQL connection (a pg_hba.conf
+/// that allows replication only) is not an error: the backup's archive check still
+/// waits for its WAL.
+pub(crate) async fn refuse_failing_archiver(pg: &ConnParams, target: &str) -> Result<()> {
+    let stats = match sql_client(pg).await {
+        Ok(client) => ArchiverStats::read(&client).await.ok(),
+        Err(e) => {
+            tracing::info!("pg_stat_archiver not read ({e}): archiving is checked after the backup only");
+            None
+        }
+    };
+    match stats {
+        Some(s) if s.failing() => {
+            let (problem, hint) = s.failure(target);
+            Err(Error::misconfigured(
+                Misconfig::Server,
+                problem,
+                format!("{hint}; or pass --archive-copy to store the backup's WAL inside it"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A monitoring verdict, with Nagios' exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Exit 0.
+    Ok,
+    /// Exit 1.
+    Warning,
+    /// Exit 2.
+    Critical,
+}
+
+impl Level {
+    /// The Nagios plugin exit code.
+    pub fn exit_code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// What `check --archive-only` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArchiveCheck {
+    /// The worst finding.
+    pub level: Level,
+    /// Each finding above ok, worst first, with what to do.
+    pub problems: Vec<String>,
+    /// The newest segment in the repository (highest timeline).
+    pub newest_segment: Option<String>,
+    /// When it arrived (unix seconds, the store's clock).
+    pub newest_arrived: Option<u64>,
+    /// Seconds since then.
+    pub lag_seconds: Option<u64>,
+    /// pg_stat_archiver, when `pg` was given and reachable.
+    pub archiver: Option<ArchiverStats>,
+    /// Completed segments the server has not archived yet (current − last archived − 1).
+    pub backlog_segments: Option<u64>,
+}
+
+/// Segments not archived yet beyond which `check --archive-only` warns (256 MiB of 16 MiB segments).
+pub const BACKLOG_WARNING: u64 = 16;
+
+/// `check --archive-only`: read-only and cheap (one listing of the archive, one
+/// query), for polling each minute. Never switches WAL or writes anything.
+pub async fn check_archive(repo: &Repository, pg: Option<&ConnParams>) -> Result<ArchiveCheck> {
+    let seg_size = repo.config().wal_segment_size;
+    let archived = crate::ops::archive::archived_segments(repo).await?;
+    let newest = crate::ops::archive::archive_summary(&archived, seg_size).into_iter().rev().find(|t| t.last.is_some());
+    let now = unix_now() as u64;
+    let mut out = ArchiveCheck {
+        level: Level::Ok,
+        problems: Vec::new(),
+        newest_segment: newest.as_ref().and_then(|t| t.last.clone()),
+        newest_arrived: newest.as_ref().and_then(|t| t.last_arrived),
+        lag_seconds: newest.as_ref().and_then(|t| t.last_arrived).map(|t| now.saturating_sub(t)),
+        archiver: None,
+        backlog_segments: None,
+    };
+    if out.newest_segment.is_none() {
+        out.flag(Level::Warning, "the repository holds no WAL yet: set archive_command and run `pgcairn check`".into());
+    }
+    if let Some(pg) = pg {
+        match server_archiving(pg).await {
+            Ok((mode, stats)) => judge_server(&mut out, repo, pg, &mode, stats, seg_size).await?,
+            Err(e) => out.flag(Level::Critical, format!("cannot read pg_stat_archiver: {e}")),
+        }
+    }
+    out.problems.sort_by_key(|p| std::cmp::Reverse(p.starts_with("CRITICAL")));
+    Ok(out)
+}
+
+impl ArchiveCheck {
+    fn flag(&mut self, level: Level, problem: String) {
+        self.level = self.level.max(level);
+        let tag = if level == Level::Critical { "CRITICAL" } else { "WARNING" };
+        self.problems.push(format!("{tag}: {problem}"));
+    }
+}
+
+async fn server_archiving(pg: &ConnParams) -> Result<(String, ArchiverStats)> {
+    let client = sql_client(pg).await?;
+    let mode: String =
+        client.query_one("SELECT current_setting('archive_mode')", &[]).await.map_err(|e| sql_error(pg, e))?.get(0);
+    let stats = ArchiverStats::read(&client).await.map_err(|e| sql_error(pg, e))?;
+    Ok((mode, stats))
+}
+
+/// The server's side: archiving on, not failing, its last archived segment in the
+/// repository, no long backlog.
+async fn judge_server(
+    out: &mut ArchiveCheck,
+    repo: &Repository,
+    pg: &ConnParams,
+    mode: &str,
+    stats: ArchiverStats,
+    seg_size: u32,
+) -> Result<()> {
+    let target = pg.target();
+    if mode == "off" {
+        out.flag(
+            Level::Critical,
+            format!("{target}: archive_mode is off: set archive_mode = on and restart PostgreSQL"),
+        );
+    }
+    if stats.failing() {
+        let (problem, hint) = stats.failure(&target);
+        out.flag(Level::Critical, format!("{problem}; hint: {hint}"));
+    }
+    let last_segment =
+        stats.last_archived_wal.as_deref().filter(|n| matches!(WalFile::parse(n), Some(WalFile::Segment { .. })));
+    if let Some(last) = last_segment {
+        let timeline = WalFile::parse(last).map_or(0, |f| f.timeline());
+        if !repo.wal_exists(timeline, last).await? {
+            out.flag(
+                Level::Warning,
+                format!("{target} archived {last}, but the repository lacks it: archive_command archives elsewhere (check its --stanza/--config), or the async queue has not drained yet"),
+            );
+        }
+    }
+    let segno = |w: &Option<String>| w.as_deref().and_then(WalFile::parse).and_then(|f| f.segno(seg_size));
+    if let (Some(current), Some(last)) = (segno(&stats.current_wal), segno(&stats.last_archived_wal)) {
+        let backlog = current.saturating_sub(last + 1);
+        out.backlog_segments = Some(backlog);
+        if backlog > BACKLOG_WARNING {
+            out.flag(Level::Warning, format!("{target}: {backlog} completed segments wait to be archived: archiving falls behind (slow repository, or async queue full)"));
+        }
+    }
+    out.archiver = Some(stats);
+    Ok(())
 }

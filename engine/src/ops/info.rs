@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, LockedBy, Result};
 use crate::ops::archive::{archive_summary, archived_segments, missing_wal, TimelineArchive};
 use crate::repo::format::{Encryption, Summary};
 use crate::repo::results::ResultKind;
@@ -80,6 +80,15 @@ pub struct BackupDetails {
 /// The stanza as `info` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct InfoReport {
+    /// The JSON schema's version (docs/operations.md "info --output=json"): bumped
+    /// when a field changes meaning or goes; new fields may appear in any version.
+    pub schema_version: u32,
+    /// The stanza's state in one word and a sentence.
+    pub status: StanzaStatus,
+    /// Who holds the stanza lock now (a backup, expire or stanza-delete running).
+    pub lock: Option<crate::error::LockedBy>,
+    /// The newest backup of each type (`full`, `diff`, `incr`) whose status is ok.
+    pub last_backup: std::collections::BTreeMap<String, LastBackup>,
     /// The stanza's name.
     pub stanza: String,
     /// The repository's location (never with credentials).
@@ -109,6 +118,38 @@ pub struct InfoReport {
     pub last_drills: Vec<crate::ops::drill::DrillReport>,
 }
 
+/// The version of `info --output=json`'s schema.
+pub const INFO_SCHEMA_VERSION: u32 = 1;
+
+/// The stanza's state, worst first: error, lock-held, no-backups, ok.
+#[derive(Debug, Clone, Serialize)]
+pub struct StanzaStatus {
+    /// `ok`, `error` (a backup is damaged or not restorable, or the archive has a gap
+    /// after the oldest backup), `no-backups` or `lock-held` (something is running).
+    pub code: &'static str,
+    /// What it means, for people.
+    pub message: String,
+}
+
+/// The newest usable backup of one type, for monitoring.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastBackup {
+    /// Its label.
+    pub label: String,
+    /// When it started and stopped (RFC 3339, UTC).
+    pub start_time: String,
+    /// When it stopped.
+    pub stop_time: String,
+    /// Seconds from start to stop.
+    pub duration_seconds: i64,
+    /// Bytes of the cluster it holds.
+    pub size: u64,
+    /// New bytes it added to the repository.
+    pub stored_new: u64,
+    /// Regular files it holds.
+    pub files: u64,
+}
+
 /// Drills `info` shows.
 pub const DRILLS_SHOWN: usize = 3;
 
@@ -135,7 +176,13 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
     }
     note_missing_parents(&mut backups);
     let repo_size = repo.storage().list("").await?.iter().map(|o| o.size).sum();
+    let archive = archive_summary(&archived, cfg.wal_segment_size);
+    let lock = crate::repo::lock::current_holder(repo).await?;
     Ok(InfoReport {
+        schema_version: INFO_SCHEMA_VERSION,
+        status: stanza_status(&backups, &archive, lock.as_ref()),
+        lock,
+        last_backup: last_backups(&backups),
         stanza: cfg.stanza.clone(),
         repo: repo.location(),
         format_version: cfg.format_version,
@@ -146,10 +193,56 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
         repo_size,
         retention_policy: None,
         backups,
-        archive: archive_summary(&archived, cfg.wal_segment_size),
+        archive,
         last_verify: latest(repo, ResultKind::Verify, 1).await?.into_iter().next(),
         last_drills: latest(repo, ResultKind::Drill, DRILLS_SHOWN).await?,
     })
+}
+
+/// Worst first: a backup that is not ok or a gap in the archive, a running holder of
+/// the lock, no backups at all.
+fn stanza_status(backups: &[BackupInfo], archive: &[TimelineArchive], lock: Option<&LockedBy>) -> StanzaStatus {
+    let bad: Vec<&str> = backups.iter().filter(|b| b.status != BackupStatus::Ok).map(|b| b.label.as_str()).collect();
+    let gaps: usize = archive.iter().map(|t| t.gaps.len()).sum();
+    let (code, message) = if !bad.is_empty() {
+        ("error", format!("backups not restorable: {} (see each one's problem; run `pgcairn verify`)", bad.join(", ")))
+    } else if gaps > 0 {
+        (
+            "error",
+            format!("the WAL archive has {gaps} gap(s): point-in-time recovery cannot cross them; take a full backup"),
+        )
+    } else if let Some(l) = lock {
+        ("lock-held", format!("{} running (pid {} on {}, since {})", l.command, l.pid, l.host, l.started))
+    } else if backups.is_empty() {
+        ("no-backups", "no backups yet: take one with `pgcairn backup --type=full`".to_string())
+    } else {
+        ("ok", format!("{} backups, all restorable", backups.len()))
+    };
+    StanzaStatus { code, message }
+}
+
+/// The newest ok backup of each type.
+fn last_backups(backups: &[BackupInfo]) -> std::collections::BTreeMap<String, LastBackup> {
+    let seconds = |a: &str, b: &str| -> Option<i64> {
+        let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+        Some((parse(b)? - parse(a)?).num_seconds())
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for b in backups.iter().filter(|b| b.status == BackupStatus::Ok) {
+        let Some(d) = &b.details else { continue };
+        let last = LastBackup {
+            label: b.label.clone(),
+            start_time: d.start_time.clone(),
+            stop_time: d.stop_time.clone(),
+            duration_seconds: seconds(&d.start_time, &d.stop_time).unwrap_or(0),
+            size: d.size,
+            stored_new: d.stored_new,
+            files: d.files,
+        };
+        // Backups are listed oldest first: the last one of a type wins.
+        out.insert(d.backup_type.clone(), last);
+    }
+    out
 }
 
 /// A diff or incr whose parent is no longer listed still restores (its block list

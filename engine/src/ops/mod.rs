@@ -17,13 +17,15 @@ pub(crate) mod wal_view;
 pub use archive::{run_archive_get, GetRequest, RepoAccess, Unlock};
 pub use archive_async::{run_archive_push, AsyncQueue, Drainer, PushRequest, QueueFull};
 pub use backup::{backup, BackupRequest, BackupSummary};
-pub use check::{check, CheckReport, CheckRequest};
+pub use check::{check, check_archive, ArchiveCheck, CheckReport, CheckRequest, Level, BACKLOG_WARNING};
 pub use drill::{drill, DrillReport, DrillRequest};
 pub use expire::{
     expire, info_with_retention, stanza_delete, stanza_delete_leftovers, ExpireDecision, ExpireReport, ExpireRequest,
     FullRetention, RetentionPolicy, StanzaDeleteReport, StanzaDeleteRequest, WalExpiry,
 };
-pub use info::{info, BackupDetails, BackupInfo, BackupStatus, InfoReport};
+pub use info::{
+    info, BackupDetails, BackupInfo, BackupStatus, InfoReport, LastBackup, StanzaStatus, INFO_SCHEMA_VERSION,
+};
 pub use lineage::BackupType;
 pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary, TargetAction, TimelineTarget};
 pub use stanza::{stanza_create, StanzaCreateRequest, StanzaCreated};

@@ -220,21 +220,36 @@ async fn delete_if_present(repo: &Repository, key: &str) -> Result<()> {
     }
 }
 
+/// Who holds the stanza lock now (a stale holder does not count): what `info` and
+/// `metrics` report.
+pub(crate) async fn current_holder(repo: &Repository) -> Result<Option<LockedBy>> {
+    let Some(holder) = read_holder(repo).await? else { return Ok(None) };
+    let last_beat = newest_beat(repo, &holder).await?;
+    if staleness(&holder, &last_beat).is_some() {
+        return Ok(None);
+    }
+    Ok(Some(locked_by(repo, holder, last_beat).await))
+}
+
 async fn locked_error(repo: &Repository, holder: LockHolder, last_beat: Option<(u64, String)>) -> Error {
+    Error::Locked(Box::new(locked_by(repo, holder, last_beat).await))
+}
+
+async fn locked_by(repo: &Repository, holder: LockHolder, last_beat: Option<(u64, String)>) -> LockedBy {
     let label = match &last_beat {
         Some((_, key)) => repo.get_meta::<Beat>(key).await.ok().and_then(|b| b.label),
         None => None,
     };
     let started = chrono::DateTime::from_timestamp(holder.started as i64, 0)
         .map_or_else(|| holder.started.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    Error::Locked(Box::new(LockedBy {
+    LockedBy {
         stanza: repo.config().stanza.clone(),
         command: holder.command,
         host: holder.host,
         pid: holder.pid,
         label,
         started,
-    }))
+    }
 }
 
 #[cfg(test)]

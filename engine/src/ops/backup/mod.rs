@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Misconfig, Result};
 use crate::ops::archive;
 use crate::ops::dedup::{ParentBlocks, RecentChunks};
 use crate::ops::lineage::{self, BackupType};
@@ -330,13 +330,45 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
     lock.release_after(result).await
 }
 
+/// Whether the backup carries its WAL. A server that does not archive is refused
+/// unless archive-copy says so (pgBackRest does the same): such a backup has no
+/// point-in-time recovery. With archive-check, a failing or foreign archive_command
+/// is refused before the cluster is streamed, not after archive-timeout.
+async fn wal_goes_in_backup(repo: &Repository, req: &BackupRequest, conn: &mut ReplicationConnection) -> Result<bool> {
+    let archiving = ArchivingSettings::read(conn).await?;
+    let target = conn.target().to_string();
+    if !archiving.archives() {
+        if !req.archive_copy {
+            let problem = format!(
+                "{target} does not archive WAL (archive_mode = {}, archive_command '{}'): a backup would have no point-in-time recovery",
+                archiving.archive_mode, archiving.archive_command
+            );
+            let hint = "set archive_mode = on and archive_command = '/usr/local/bin/pgcairn-archive-push --stanza=NAME %p' (restart PostgreSQL), or pass --archive-copy to store the backup's WAL inside it (restores to its end only)";
+            return Err(Error::misconfigured(Misconfig::Server, problem, hint));
+        }
+        tracing::info!("{target} does not archive: the backup carries its WAL (archive-copy)");
+        return Ok(true);
+    }
+    if req.archive_check && !req.archive_copy {
+        let stanza = &repo.config().stanza;
+        let wanted = format!("/usr/local/bin/pgcairn-archive-push --stanza={stanza} %p");
+        if let Some((problem, hint)) = archiving.problem(stanza, &wanted) {
+            let hint = format!("{hint}; or pass --archive-copy to store the backup's WAL inside it");
+            return Err(Error::misconfigured(Misconfig::Server, format!("{target}: {problem}"), hint));
+        }
+        crate::ops::check::refuse_failing_archiver(&req.pg, &target).await?;
+    }
+    tracing::info!("{target} archives: the backup's WAL comes from the archive");
+    Ok(req.archive_copy)
+}
+
 async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) -> Result<BackupSummary> {
     let started = Instant::now();
     let start_time = chrono::Utc::now();
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
     let sys = identify_stanza_cluster(&mut conn, repo.config()).await?;
     let pg_version = conn.server_version_num();
-    let include_wal = req.archive_copy || !ArchivingSettings::read(&mut conn).await?.archives();
+    let include_wal = wal_goes_in_backup(repo, req, &mut conn).await?;
     let existing = repo.list_backups().await?;
     let lineage = lineage::choose(repo, req.backup_type, &existing, pg_version).await?;
     // Not only the visible backups: a killed one may have left block list parts

@@ -100,6 +100,6 @@ async fn archives_into(pg: &ConnParams, stanza: &str) -> Option<String> {
     let settings = ArchivingSettings::read(&mut conn).await.ok();
     conn.close().await;
     let settings = settings?;
-    (settings.archives() && settings.problem(stanza).is_none())
+    (settings.archives() && settings.problem(stanza, "").is_none())
         .then(|| format!("the cluster at {} still archives into it: change its archive_command first", pg.target()))
 }

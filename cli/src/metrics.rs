@@ -1,0 +1,264 @@
+//! `pgcairn metrics`: the stanza's state (computed by the engine: `info` and the
+//! read-only archive check) rendered in the Prometheus text format, printed once (for
+//! node_exporter's textfile collector) or served on `GET /metrics` (`--listen`).
+//! Metric names are documented in docs/operations.md "Monitoring"; the alerting
+//! rules in contrib/prometheus/pgcairn.rules.yml use them.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use pgcairn_cli::settings::typed::Common;
+use pgcairn_cli::settings::Resolved;
+
+type Labels = Vec<(&'static str, String)>;
+type Gauges = Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>;
+
+/// A registry built for one scrape: every value is read fresh.
+struct Scrape {
+    registry: Registry,
+    stanza: String,
+}
+
+impl Scrape {
+    fn new(stanza: &str) -> Self {
+        Scrape { registry: Registry::default(), stanza: stanza.to_string() }
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, extra: &[(&'static str, &str)], value: f64) {
+        let family = Gauges::default();
+        let mut labels: Labels = vec![("stanza", self.stanza.clone())];
+        labels.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        family.get_or_create(&labels).set(value);
+        self.registry.register(name, help, family);
+    }
+
+    /// Several series of one gauge (one per label value).
+    fn gauges(&mut self, name: &str, help: &str, series: &[(Labels, f64)]) {
+        let family = Gauges::default();
+        for (extra, value) in series {
+            let mut labels: Labels = vec![("stanza", self.stanza.clone())];
+            labels.extend(extra.iter().cloned());
+            family.get_or_create(&labels).set(*value);
+        }
+        self.registry.register(name, help, family);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: i64) {
+        let family = Family::<Labels, Counter>::default();
+        family.get_or_create(&vec![("stanza", self.stanza.clone())]).inc_by(value.max(0) as u64);
+        self.registry.register(name, help, family);
+    }
+
+    fn encode(&self) -> Result<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+fn rfc3339_seconds(t: &str) -> Option<f64> {
+    chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| t.timestamp() as f64)
+}
+
+fn backups(s: &mut Scrape, info: &pgcairn::InfoReport) {
+    let by_type = |f: &dyn Fn(&pgcairn::LastBackup) -> Option<f64>| -> Vec<(Labels, f64)> {
+        info.last_backup.iter().filter_map(|(t, b)| Some((vec![("type", t.clone())], f(b)?))).collect()
+    };
+    let stop = by_type(&|b| rfc3339_seconds(&b.stop_time));
+    s.gauges(
+        "pgcairn_backup_last_success_timestamp_seconds",
+        "When the newest restorable backup of each type stopped (unix seconds).",
+        &stop,
+    );
+    let duration = by_type(&|b| Some(b.duration_seconds as f64));
+    s.gauges(
+        "pgcairn_backup_last_duration_seconds",
+        "How long the newest restorable backup of each type took.",
+        &duration,
+    );
+    let size = by_type(&|b| Some(b.size as f64));
+    s.gauges("pgcairn_backup_last_size_bytes", "Cluster bytes in the newest restorable backup of each type.", &size);
+    let counts: Vec<(Labels, f64)> = ["full", "diff", "incr"]
+        .iter()
+        .map(|t| {
+            let n = info.backups.iter().filter(|b| b.details.as_ref().is_some_and(|d| d.backup_type == *t)).count();
+            (vec![("type", t.to_string())], n as f64)
+        })
+        .collect();
+    s.gauges("pgcairn_backup_count", "Backups of each type in the repository.", &counts);
+    let bad = info.backups.iter().filter(|b| b.status != pgcairn::BackupStatus::Ok).count();
+    s.gauge(
+        "pgcairn_backup_not_restorable",
+        "Backups that are damaged or lack WAL (see `pgcairn info`).",
+        &[],
+        bad as f64,
+    );
+    s.gauge(
+        "pgcairn_repository_size_bytes",
+        "Bytes of every object of the stanza in the repository.",
+        &[],
+        info.repo_size as f64,
+    );
+}
+
+fn proofs(s: &mut Scrape, info: &pgcairn::InfoReport) {
+    if let Some(v) = &info.last_verify {
+        let ok = if v.ok { 1.0 } else { 0.0 };
+        s.gauge(
+            "pgcairn_verify_last_timestamp_seconds",
+            "When the last `pgcairn verify` started (unix seconds).",
+            &[],
+            rfc3339_seconds(&v.started).unwrap_or(0.0),
+        );
+        s.gauge("pgcairn_verify_last_ok", "1 when the last verify found no damage.", &[], ok);
+    }
+    if let Some(d) = info.last_drills.first() {
+        s.gauge(
+            "pgcairn_drill_last_timestamp_seconds",
+            "When the last `pgcairn drill` started (unix seconds).",
+            &[],
+            rfc3339_seconds(&d.started).unwrap_or(0.0),
+        );
+        s.gauge("pgcairn_drill_last_ok", "1 when the last drill passed.", &[], if d.ok { 1.0 } else { 0.0 });
+    }
+    if let Some(d) = info.last_drills.iter().find(|d| d.ok) {
+        s.gauge(
+            "pgcairn_drill_last_success_timestamp_seconds",
+            "When the last passing drill started (unix seconds).",
+            &[],
+            rfc3339_seconds(&d.started).unwrap_or(0.0),
+        );
+    }
+}
+
+fn archive(s: &mut Scrape, a: &pgcairn::ArchiveCheck, info: &pgcairn::InfoReport) {
+    if let Some(t) = a.newest_arrived {
+        s.gauge(
+            "pgcairn_archive_last_segment_timestamp_seconds",
+            "When the newest archived WAL segment reached the repository (unix seconds).",
+            &[],
+            t as f64,
+        );
+    }
+    if let Some(lag) = a.lag_seconds {
+        s.gauge("pgcairn_archive_lag_seconds", "Seconds since the newest WAL segment reached the repository (set archive_timeout so idle clusters still switch).", &[], lag as f64);
+    }
+    let gaps: usize = info.archive.iter().map(|t| t.gaps.len()).sum();
+    s.gauge(
+        "pgcairn_archive_gaps",
+        "Gaps in the WAL archive (point-in-time recovery cannot cross one).",
+        &[],
+        gaps as f64,
+    );
+    if let Some(st) = &a.archiver {
+        s.counter(
+            "pgcairn_archiver_failed",
+            "Failed archive_command runs (pg_stat_archiver.failed_count).",
+            st.failed_count,
+        );
+        s.counter(
+            "pgcairn_archiver_archived",
+            "Segments archived (pg_stat_archiver.archived_count).",
+            st.archived_count,
+        );
+        s.gauge(
+            "pgcairn_archiver_failing",
+            "1 while archive_command is failing (its last failure is newer than its last success).",
+            &[],
+            if st.failing() { 1.0 } else { 0.0 },
+        );
+    }
+    if let Some(b) = a.backlog_segments {
+        s.gauge(
+            "pgcairn_archiver_backlog_segments",
+            "Completed WAL segments the server has not archived yet.",
+            &[],
+            b as f64,
+        );
+    }
+}
+
+/// One scrape: the exposition text. A repository that cannot be read gives
+/// `pgcairn_up 0` and the reason in the log, never a failed scrape.
+async fn scrape(r: &Resolved, common: &Common) -> String {
+    let mut s = Scrape::new(&common.stanza);
+    let version = env!("CARGO_PKG_VERSION");
+    let build = Family::<Labels, Gauge>::default();
+    build.get_or_create(&vec![("version", version.to_string())]).set(1);
+    s.registry.register("pgcairn_build_info", "pgcairn's version.", build);
+    let up = match read(r, common).await {
+        Ok((info, archive_check)) => {
+            backups(&mut s, &info);
+            proofs(&mut s, &info);
+            archive(&mut s, &archive_check, &info);
+            1.0
+        }
+        Err(e) => {
+            tracing::error!("metrics: stanza {}: {e:#}", common.stanza);
+            0.0
+        }
+    };
+    s.gauge("pgcairn_up", "1 when the stanza's repository could be read.", &[], up);
+    s.encode().unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+}
+
+async fn read(r: &Resolved, common: &Common) -> Result<(pgcairn::InfoReport, pgcairn::ArchiveCheck)> {
+    let repo = common.access()?.open().await?;
+    let info = pgcairn::info(&repo).await?;
+    let pg = pgcairn_cli::settings::typed::optional_pg(r)?;
+    let archive_check = pgcairn::check_archive(&repo, pg.as_ref()).await?;
+    Ok((info, archive_check))
+}
+
+/// `pgcairn metrics [--listen ADDR]`.
+pub(crate) async fn run(r: &Resolved, common: &Common, listen: Option<SocketAddr>) -> Result<ExitCode> {
+    let Some(addr) = listen else {
+        let text = scrape(r, common).await;
+        std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    serve(addr, Arc::new((r.clone(), common.clone()))).await
+}
+
+async fn serve(addr: SocketAddr, ctx: Arc<(Resolved, Common)>) -> Result<ExitCode> {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr}: {e}; hint: choose a free address with --listen=HOST:PORT")
+    })?;
+    tracing::info!("serving metrics on http://{addr}/metrics");
+    eprintln!("pgcairn: serving metrics on http://{addr}/metrics");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| respond(req, ctx.clone()));
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn respond(
+    req: hyper::Request<hyper::body::Incoming>,
+    ctx: Arc<(Resolved, Common)>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => {
+            (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", scrape(&ctx.0, &ctx.1).await)
+        }
+        _ => (404, "text/plain; charset=utf-8", "pgcairn serves GET /metrics only\n".to_string()),
+    };
+    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    Ok(resp)
+}
