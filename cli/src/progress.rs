@@ -1,35 +1,57 @@
 //! Progress bar on a terminal (bytes, rate, ETA); nothing otherwise.
+//!
+//! Regression (issue 14): the first frame was drawn with indicatif's default
+//! template (set_length redrew before set_style), and the ETA, measured from the
+//! bar's creation (before the checkpoint), said "7d" for a 2-second backup. The bar
+//! is now hidden until `begin` has set its style, its clock restarts there, and the
+//! ETA shows once 3 s and 2% of the work have passed.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::time::Duration;
+
+use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use pgcairn::Progress;
 
 pub(crate) struct Bar(ProgressBar);
 
 impl Bar {
     pub(crate) fn new() -> Self {
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        Bar(bar)
+        Bar(ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()))
     }
+}
+
+/// "eta 12s" once the rate means something, "eta --" before.
+fn late_eta(s: &ProgressState, w: &mut dyn std::fmt::Write) {
+    let _ = if s.elapsed() >= Duration::from_secs(3) && s.fraction() >= 0.02 {
+        write!(w, "eta {:#}", HumanDuration(s.eta()))
+    } else {
+        w.write_str("eta --")
+    };
 }
 
 impl Progress for Bar {
     // Invariant: both templates are constants in indicatif's template syntax.
     #[allow(clippy::expect_used)]
     fn begin(&self, what: &str, total: Option<u64>) {
-        let style = match total {
-            Some(t) => {
-                self.0.set_length(t);
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-            }
+        let template = match total {
+            Some(_) => "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {late_eta}",
             None => "{msg} {bytes} {bytes_per_sec} {elapsed}",
         };
-        self.0.set_style(ProgressStyle::with_template(style).expect("valid template").progress_chars("=> "));
+        let style = ProgressStyle::with_template(template).expect("valid template").progress_chars("=> ");
+        self.0.set_style(style.with_key("late_eta", late_eta));
         self.0.set_message(what.to_string());
+        match total {
+            Some(t) => self.0.set_length(t),
+            None => self.0.unset_length(),
+        }
+        // Position, elapsed time and the rate estimate start now, not at creation.
+        self.0.reset();
+        self.0.set_draw_target(ProgressDrawTarget::stderr());
     }
     fn advance(&self, bytes: u64) {
         self.0.inc(bytes);
     }
     fn finish(&self) {
         self.0.finish_and_clear();
+        self.0.set_draw_target(ProgressDrawTarget::hidden());
     }
 }

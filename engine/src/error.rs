@@ -85,13 +85,16 @@ pub enum Error {
         hint: String,
     },
 
-    /// The stanza has no `config` object in the repository: stanza-create was not run.
-    #[error("repository {location} is not initialised: run `pgcairn --stanza={stanza} stanza-create` first, or check the `repo` and `stanza` settings")]
+    /// The stanza has no `config` object in the repository: stanza-create was not
+    /// run, or the stanza name is mistyped (then `existing` lists the real ones).
+    #[error("{}", not_initialised(location, stanza, existing))]
     RepoNotInitialised {
         /// The repository's location, as the `repo` setting names it.
         location: String,
         /// The stanza that was looked for.
         stanza: String,
+        /// The stanzas the repository does hold, when they could be listed.
+        existing: Vec<String>,
     },
 
     /// stanza-create found the stanza already created.
@@ -430,6 +433,18 @@ impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|source| Error::Io { context: context(), source })
     }
+}
+
+/// RepoNotInitialised's message: a mistyped stanza is told the real ones (issue 14:
+/// it was told to create a new stanza).
+fn not_initialised(location: &str, stanza: &str, existing: &[String]) -> String {
+    if existing.is_empty() {
+        return format!("repository {location} holds no stanza {stanza}: run `pgcairn --stanza={stanza} stanza-create` first, or check the `repo` and `stanza` settings");
+    }
+    format!(
+        "repository {location} holds no stanza {stanza}; it holds: {}; hint: check --stanza, PGCAIRN_STANZA or `stanza` in the config file (run stanza-create only to add a new stanza)",
+        existing.join(", ")
+    )
 }
 
 #[cfg(test)]

@@ -47,6 +47,13 @@ fn passphrase_errors() {
     let file = dir.path().join("passphrase");
     std::fs::File::create(&file).unwrap().write_all(format!("{PASSPHRASE}\n").as_bytes()).unwrap();
     let by_file = f.p.clone().without_env("PGCAIRN_REPO_PASSPHRASE");
+    // Regression (issue 14): a passphrase file others can read was accepted (a key
+    // file was refused). Both are refused now, naming the fix.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, err) = by_file.fails(&["info", &format!("--repo-passphrase-file={}", file.display())]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("accessible by group or others") && err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = by_file.ok(&["info", &format!("--repo-passphrase-file={}", file.display())]);
     assert!(out.contains(&f.label) && !out.contains(PASSPHRASE), "{out}");
 }
@@ -79,6 +86,23 @@ fn connection_errors() {
     let (code, err) = p.fails(&["stanza-create", &format!("--pg={}", cluster.tcp_conninfo("scram_user"))]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("none was given") && err.contains(".pgpass"), "{err}");
+
+    // Regression (issue 14): an unknown role got a password hint; a socket
+    // connection without a pg_hba line got a `host` line to add.
+    let socket = cluster.socket_dir().display().to_string();
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let mut lines = std::fs::OpenOptions::new().append(true).open(&hba).unwrap();
+    lines.write_all(b"local replication nobody_here trust\n").unwrap();
+    cluster.psql("SELECT pg_reload_conf()");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let unknown = format!("--pg=host={socket} port={} user=nobody_here", cluster.port());
+    let (code, err) = p.fails(&["stanza-create", &unknown]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("CREATE ROLE nobody_here") && !err.contains("password of role"), "{err}");
+    let no_local_line = format!("--pg=host={socket} port={} user=scram_user", cluster.port());
+    let (code, err) = p.fails(&["stanza-create", &no_local_line]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("`local replication scram_user scram-sha-256`"), "{err}");
     // None of these left a repository behind.
     assert_eq!(std::fs::read_dir(repo.path()).unwrap().count(), 0);
 }
@@ -116,7 +140,20 @@ fn repository_state_errors() {
     let empty = TestDir::new("empty");
     let (code, err) = Pgcairn::local(empty.path()).fails(&["info"]);
     assert_eq!(code, 4, "{err}");
-    assert!(err.contains("is not initialised") && err.contains("stanza-create"), "{err}");
+    assert!(err.contains("holds no stanza main") && err.contains("stanza-create"), "{err}");
+    // Regression (issue 14): a mistyped stanza was told to create a new one; it is
+    // told which stanzas exist.
+    let mistyped = Pgcairn { stanza: "mian".into(), ..f.p.clone() };
+    let (code, err) = mistyped.fails(&["info"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("holds no stanza mian; it holds: main") && err.contains("check --stanza"), "{err}");
+    // Regression (issue 14): a repository path whose parent does not exist (a typo)
+    // was created silently at stanza-create; it is refused before anything is written.
+    let typo = f.repo.path().join("no-such-dir/repo");
+    let (code, err) = Pgcairn::local(&typo).fails(&["stanza-create", &format!("--pg={}", f.cluster.conninfo())]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("does not exist, nor does its parent") && err.contains("typo"), "{err}");
+    assert!(!f.repo.path().join("no-such-dir").exists());
 
     // Run again for the same cluster: nothing changes, and it says so (as pgBackRest).
     let out = f.p.ok(&["stanza-create", &format!("--pg={}", f.cluster.conninfo())]);

@@ -12,6 +12,8 @@ mod faults;
 mod hardening;
 mod incremental;
 mod lifecycle;
+mod operator;
+mod recipes;
 mod recoverability;
 mod roundtrip;
 mod s3_storage;

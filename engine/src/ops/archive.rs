@@ -67,9 +67,13 @@ pub(crate) async fn store_wal(
     data: &[u8],
     level: i32,
 ) -> Result<PushOutcome> {
+    let started = std::time::Instant::now();
     let outcome = repo.put_wal(file.timeline(), name, data, level).await?;
     if outcome == PushOutcome::AlreadyArchived {
         tracing::warn!("{name} is already archived with identical content; nothing to do");
+    } else {
+        let ms = started.elapsed().as_millis();
+        tracing::info!("archived {name} ({} bytes) to stanza {} in {ms} ms", data.len(), repo.config().stanza);
     }
     Ok(outcome)
 }
@@ -296,9 +300,17 @@ impl RepoAccess {
     /// Opens the stanza, unlocking it as `unlock` says.
     pub async fn open(&self) -> Result<Repository> {
         let storage = self.storage()?;
-        match &self.unlock {
+        let opened = match &self.unlock {
             Unlock::KeyFile(path) => Repository::open_with_key_file(storage, &self.stanza, path).await,
             Unlock::Passphrase(p) => Repository::open(storage, &self.stanza, p.as_ref()).await,
+        };
+        match opened {
+            // A mistyped stanza: name the ones that exist (a failed listing keeps the error as it is).
+            Err(Error::RepoNotInitialised { location, stanza, .. }) => {
+                let existing = self.location.list_stanzas(&self.s3).await.unwrap_or_default();
+                Err(Error::RepoNotInitialised { location, stanza, existing })
+            }
+            other => other,
         }
     }
 }
@@ -343,6 +355,13 @@ pub(crate) async fn wait_for_segments(
 ) -> Result<()> {
     let seg_size = repo.config().wal_segment_size;
     let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    tracing::info!(
+        "waiting up to {}s for WAL {}..{} in the repository",
+        timeout.as_secs(),
+        segment_name(timeline, from, seg_size),
+        segment_name(timeline, to, seg_size)
+    );
     for segno in from..=to {
         let name = segment_name(timeline, segno, seg_size);
         while !repo.wal_exists(timeline, &name).await? {
@@ -352,6 +371,7 @@ pub(crate) async fn wait_for_segments(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    tracing::info!("the WAL reached the repository after {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -196,6 +196,7 @@ impl ReplicationConnection {
             server_version_num: 0,
         };
         conn.startup(p).await?;
+        tracing::info!("connected to {} (PostgreSQL {})", conn.target, conn.server_version_num);
         Ok(conn)
     }
 
@@ -275,7 +276,7 @@ impl ReplicationConnection {
                     }
                 }
                 b'K' | b'N' | b'v' => {}
-                b'E' => return Err(self.startup_error(ServerMessage::parse(&f.body), &p.user)),
+                b'E' => return Err(self.startup_error(ServerMessage::parse(&f.body), p)),
                 b'Z' => break,
                 other => return Err(self.protocol(format!("unexpected message {:?} during startup", other as char))),
             }
@@ -353,14 +354,14 @@ impl ReplicationConnection {
         })
     }
 
-    fn startup_error(&self, m: ServerMessage, user: &str) -> Error {
+    fn startup_error(&self, m: ServerMessage, p: &ConnParams) -> Error {
+        let user = &p.user;
         let hint = match m.code.as_str() {
-            "28000" if m.message.contains("pg_hba.conf") => {
-                "allow it in pg_hba.conf with a `host replication <user> <address> scram-sha-256` line, then reload PostgreSQL".to_string()
-            }
-            "28000" | "28P01" => format!("check the password of role {user} (~/.pgpass or PGPASSWORD) and pg_hba.conf"),
+            "28000" | "28P01" => startup_hint(&m.message, &m.code, p, super::conninfo::os_user_name().as_deref()),
             "42501" => format!("grant the attribute: ALTER ROLE {user} REPLICATION (or use a role that has it)"),
-            "53300" => "the server has no free WAL sender slot: raise max_wal_senders or wait for other clients".to_string(),
+            "53300" => {
+                "the server has no free WAL sender slot: raise max_wal_senders or wait for other clients".to_string()
+            }
             "57P03" => return Error::Connect { target: self.target.clone(), detail: m.message },
             _ => {
                 return Error::Server { target: self.target.clone(), code: m.code, message: m.message, hint: m.hint };
@@ -451,9 +452,75 @@ pub(crate) fn log_notice(m: &ServerMessage) {
     }
 }
 
+/// What to do about an authentication refusal (SQLSTATE 28000/28P01), from the
+/// server's message (English; other languages get the generic hint). Regression
+/// (issue 14): an unknown role got a password hint, and a socket connection
+/// without a pg_hba line got a `host` line to add.
+pub(crate) fn startup_hint(message: &str, code: &str, p: &ConnParams, os_user: Option<&str>) -> String {
+    let user = &p.user;
+    let reload = "then reload PostgreSQL (SELECT pg_reload_conf())";
+    if code == "28P01" || message.contains("password authentication failed") {
+        return format!(
+            "check the password of role {user} (~/.pgpass with database field `replication`, or PGPASSWORD)"
+        );
+    }
+    if message.contains("does not exist") {
+        let me = os_user.unwrap_or("?");
+        return format!("create the role (CREATE ROLE {user} LOGIN REPLICATION) or connect as an existing one with user= in `pg` or PGUSER (the default is the OS user, {me})");
+    }
+    if message.contains("not permitted to log in") {
+        return format!("allow it: ALTER ROLE {user} LOGIN");
+    }
+    if message.contains("peer authentication failed") || message.contains("Ident authentication failed") {
+        let me = os_user.unwrap_or("?");
+        return format!("peer authentication needs the OS user to match the role: this runs as {me}, not {user}; run pgcairn as {user}, map {me} to {user} in pg_ident.conf, or use scram-sha-256 on that pg_hba.conf line");
+    }
+    if message.contains("rejects") {
+        return format!("a `reject` line in pg_hba.conf matches this connection first: change or move it, {reload}");
+    }
+    if message.contains("no pg_hba.conf entry") {
+        let line = match &p.host {
+            Host::Unix(_) if os_user == Some(user.as_str()) => format!("local replication {user} peer"),
+            Host::Unix(_) => format!("local replication {user} scram-sha-256"),
+            Host::Tcp(_) => {
+                let addr = message.split("host \"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("ADDRESS");
+                let mask = if addr.contains(':') { "128" } else { "32" };
+                format!("host replication {user} {addr}/{mask} scram-sha-256")
+            }
+        };
+        return format!("add `{line}` to pg_hba.conf (a line for database \"all\" does not cover replication connections), {reload}");
+    }
+    format!(
+        "role {user} was refused: check pg_hba.conf (the server log says which line) and the role's password, {reload}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14: each refusal gets the fix that applies to it (messages as PostgreSQL 15-18 word them).
+    #[test]
+    fn startup_hints_name_the_fix() {
+        let none = |_: &str| None;
+        let socket = ConnParams::resolve_with("host=/run/postgresql user=backup", &none).unwrap();
+        let tcp = ConnParams::resolve_with("host=db.example user=backup", &none).unwrap();
+        let hint = |m: &str, p: &ConnParams, os: &str| startup_hint(m, "28000", p, Some(os));
+        let unknown = hint("role \"backup\" does not exist", &socket, "postgres");
+        assert!(unknown.contains("CREATE ROLE backup") && !unknown.contains("password"), "{unknown}");
+        let no_line =
+            "no pg_hba.conf entry for replication connection from host \"[local]\", user \"backup\", no encryption";
+        assert!(hint(no_line, &socket, "postgres").contains("`local replication backup scram-sha-256`"));
+        assert!(hint(no_line, &socket, "backup").contains("`local replication backup peer`"));
+        let no_line_tcp =
+            "no pg_hba.conf entry for replication connection from host \"10.1.2.3\", user \"backup\", no encryption";
+        assert!(hint(no_line_tcp, &tcp, "x").contains("`host replication backup 10.1.2.3/32 scram-sha-256`"));
+        assert!(hint("Peer authentication failed for user \"backup\"", &socket, "root").contains("runs as root"));
+        assert!(hint("pg_hba.conf rejects replication connection for host", &tcp, "x").contains("`reject` line"));
+        assert!(hint("role \"backup\" is not permitted to log in", &tcp, "x").contains("ALTER ROLE backup LOGIN"));
+        let pw = startup_hint("password authentication failed for user \"backup\"", "28P01", &tcp, None);
+        assert!(pw.contains("password of role backup"), "{pw}");
+    }
 
     #[test]
     fn guc_sizes_as_show_prints_them() {

@@ -293,7 +293,7 @@ async fn read_config(storage: &DynStorage, stanza: &str) -> Result<RepoConfig> {
     let raw = match storage.get(CONFIG_KEY).await {
         Ok(b) => b,
         Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {
-            return Err(Error::RepoNotInitialised { location, stanza: stanza.into() })
+            return Err(Error::RepoNotInitialised { location, stanza: stanza.into(), existing: Vec::new() })
         }
         Err(e) => return Err(e),
     };

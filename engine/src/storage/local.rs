@@ -33,14 +33,36 @@ impl LocalStorage {
     }
 }
 
-fn map_io(op: &'static str, key: &str, e: std::io::Error) -> crate::Error {
+fn map_io(op: &'static str, key: &str, path: &Path, e: std::io::Error) -> crate::Error {
     let kind = match e.kind() {
         std::io::ErrorKind::NotFound => StorageErrorKind::NotFound,
         std::io::ErrorKind::AlreadyExists => StorageErrorKind::AlreadyExists,
         std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut => StorageErrorKind::Transient,
         _ => StorageErrorKind::Permanent,
     };
-    storage_error(op, key, kind, e.to_string())
+    let detail = match e.kind() {
+        std::io::ErrorKind::PermissionDenied => format!("{e}: {}", permission_detail(path)),
+        _ => e.to_string(),
+    };
+    storage_error(op, key, kind, detail)
+}
+
+/// Who is refused where, and how to fix it. Regression (issue 14): "Permission
+/// denied" named neither the path nor the user.
+fn permission_detail(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let me = crate::pg::conninfo::os_user_name().unwrap_or_else(|| "this user".into());
+    let Some((dir, meta)) = path.ancestors().find_map(|a| Some((a, std::fs::metadata(a).ok()?))) else {
+        return format!("OS user {me} cannot reach {}", path.display());
+    };
+    format!(
+        "OS user {me} (uid {}) is refused at {} (owner uid {}, mode {:o}); give {me} access (e.g. chown -R {me} on the repository directory) or run pgcairn as the owner",
+        // SAFETY: geteuid cannot fail.
+        unsafe { libc::geteuid() },
+        dir.display(),
+        meta.uid(),
+        meta.mode() & 0o7777
+    )
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -86,7 +108,7 @@ impl Storage for LocalStorage {
         let tmp_dir = self.root.join(TMP_DIR);
         let key = key.to_string();
         blocking(move || {
-            let io = |e| map_io("put", &key, e);
+            let io = |e| map_io("put", &key, &path, e);
             if let Some(parent) = path.parent() {
                 fsutil::create_dir_all_durable(parent).map_err(io)?;
             }
@@ -98,15 +120,15 @@ impl Storage for LocalStorage {
     async fn get(&self, key: &str) -> Result<Bytes> {
         let path = self.path("get", key)?;
         let key = key.to_string();
-        blocking(move || std::fs::read(&path).map(Bytes::from).map_err(|e| map_io("get", &key, e))).await
+        blocking(move || std::fs::read(&path).map(Bytes::from).map_err(|e| map_io("get", &key, &path, e))).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let path = self.path("get", key)?;
         let key = key.to_string();
         blocking(move || {
-            let mut f = std::fs::File::open(&path).map_err(|e| map_io("get", &key, e))?;
-            let len = f.metadata().map_err(|e| map_io("get", &key, e))?.len();
+            let mut f = std::fs::File::open(&path).map_err(|e| map_io("get", &key, &path, e))?;
+            let len = f.metadata().map_err(|e| map_io("get", &key, &path, e))?.len();
             if range.end > len || range.start > range.end {
                 return Err(storage_error(
                     "get",
@@ -116,8 +138,8 @@ impl Storage for LocalStorage {
                 ));
             }
             let mut buf = vec![0u8; (range.end - range.start) as usize];
-            f.seek(SeekFrom::Start(range.start)).map_err(|e| map_io("get", &key, e))?;
-            f.read_exact(&mut buf).map_err(|e| map_io("get", &key, e))?;
+            f.seek(SeekFrom::Start(range.start)).map_err(|e| map_io("get", &key, &path, e))?;
+            f.read_exact(&mut buf).map_err(|e| map_io("get", &key, &path, e))?;
             Ok(Bytes::from(buf))
         })
         .await
@@ -134,7 +156,7 @@ impl Storage for LocalStorage {
                 None => "",
             };
             let mut out = Vec::new();
-            list_into(&root, &root.join(dir_part), &mut out).map_err(|e| map_io("list", &prefix, e))?;
+            list_into(&root, &root.join(dir_part), &mut out).map_err(|e| map_io("list", &prefix, &root, e))?;
             out.retain(|o| o.key.starts_with(&prefix));
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
@@ -146,9 +168,9 @@ impl Storage for LocalStorage {
         let path = self.path("delete", key)?;
         let key = key.to_string();
         blocking(move || match std::fs::remove_file(&path) {
-            Ok(()) => fsutil::sync_parent_dir(&path).map_err(|e| map_io("delete", &key, e)),
+            Ok(()) => fsutil::sync_parent_dir(&path).map_err(|e| map_io("delete", &key, &path, e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(map_io("delete", &key, e)),
+            Err(e) => Err(map_io("delete", &key, &path, e)),
         })
         .await
     }

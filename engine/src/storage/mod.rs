@@ -168,6 +168,38 @@ impl RepoLocation {
         Ok(RepoLocation::Local(path))
     }
 
+    /// The stanzas this repository holds (what a mistyped `--stanza` is told). Local:
+    /// directories with a `config`; S3: the prefixes right under the repository's.
+    pub async fn list_stanzas(&self, s3: &s3::S3Settings) -> Result<Vec<String>> {
+        let mut names = match self {
+            RepoLocation::Local(root) => match std::fs::read_dir(root) {
+                Ok(dir) => dir
+                    .flatten()
+                    .filter(|e| e.path().join("config").is_file())
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect(),
+                Err(_) => Vec::new(),
+            },
+            RepoLocation::S3 { bucket, prefix } => s3::S3Storage::new(bucket, prefix, s3)?.child_names().await?,
+        };
+        names.sort();
+        Ok(names)
+    }
+
+    /// Refuse a local repository whose parent directory does not exist: a mistyped
+    /// path must not be created silently (stanza-create; issue 14).
+    pub fn check_creatable(&self) -> Result<()> {
+        let RepoLocation::Local(root) = self else { return Ok(()) };
+        let parent = root.parent().unwrap_or(root);
+        if root.is_dir() || parent.is_dir() {
+            return Ok(());
+        }
+        Err(Error::setting(
+            format!("repo {} does not exist, nor does its parent {}", root.display(), parent.display()),
+            "check `repo` for a typo; if this is the path you mean, create its parent directory first (owned by the user pgcairn runs as)",
+        ))
+    }
+
     /// Open the backend rooted at this location plus `sub` (the stanza), with retries.
     pub fn open(&self, sub: &str, s3: &s3::S3Settings) -> Result<DynStorage> {
         check_key("open", sub, false)?;

@@ -68,6 +68,14 @@ impl S3Storage {
         Ok(Self { store: Arc::new(store), bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() })
     }
 
+    /// The names of the "directories" right under the prefix (one delimited listing,
+    /// not a walk of every object): the stanzas of a repository.
+    pub(crate) async fn child_names(&self) -> Result<Vec<String>> {
+        let root = (!self.prefix.is_empty()).then(|| OsPath::from(self.prefix.as_str()));
+        let listed = self.store.list_with_delimiter(root.as_ref()).await.map_err(|e| map_err("list", "", e))?;
+        Ok(listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+    }
+
     fn path(&self, op: &'static str, key: &str) -> Result<OsPath> {
         super::check_key(op, key, false)?;
         Ok(self.dir(key))

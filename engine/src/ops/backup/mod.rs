@@ -375,6 +375,8 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
     // under a label of this very second (found by the kill -9 fault matrix).
     let label = lineage.new_label(&repo.labels_in_use().await?).await;
     lock.set_label(&label);
+    let parent = lineage.parent.as_ref().map(|p| format!(" on {}", p.label)).unwrap_or_default();
+    tracing::info!("backup {label}: {}{parent}", lineage.backup_type.as_str());
     repo.mark_backup_started(&label).await?;
     let parent_blocks = lineage.parent.as_ref().map(|p| ParentBlocks::new(repo, p));
     let mut b = Builder::new(repo, &label, req.compress_level, parent_blocks, req.progress.clone());
@@ -382,6 +384,7 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
     conn.close().await;
     b.finish().await?;
     req.progress.finish();
+    tracing::info!("backup {label}: data durable in the repository after {:.1}s", started.elapsed().as_secs_f64());
 
     if !include_wal && req.archive_check {
         let (first, last) = streamed.wal_range(repo.config().wal_segment_size);
@@ -497,6 +500,8 @@ async fn stream_base_backup(
         progress: req.estimate_size,
     };
     let mut state = StreamState { target: conn.target().to_string(), ..StreamState::default() };
+    let checkpoint = if req.fast_checkpoint { "an immediate" } else { "a spread (start-fast = false)" };
+    tracing::info!("BASE_BACKUP sent: the server runs {checkpoint} checkpoint first");
     let mut stream = BaseBackupStream::start(conn, &opts).await?;
     loop {
         match stream.next().await? {
@@ -527,7 +532,10 @@ impl StreamState {
 
     async fn apply(&mut self, event: BackupEvent, req: &BackupRequest, label: &str, b: &mut Builder<'_>) -> Result<()> {
         match event {
-            BackupEvent::Start { lsn, timeline } => self.start = Some((lsn, timeline)),
+            BackupEvent::Start { lsn, timeline } => {
+                tracing::info!("checkpoint done: backup starts at {lsn} on timeline {timeline}");
+                self.start = Some((lsn, timeline))
+            }
             BackupEvent::Tablespaces(list) => {
                 req.progress.begin(&format!("backup {label}"), list.iter().map(|t| t.size).sum::<Option<u64>>());
                 self.tablespaces =
@@ -557,7 +565,10 @@ impl StreamState {
             }
             BackupEvent::Progress | BackupEvent::Done => {}
             BackupEvent::ManifestData(d) => self.server_manifest.extend_from_slice(&d),
-            BackupEvent::End { lsn } => self.stop = Some(lsn),
+            BackupEvent::End { lsn } => {
+                tracing::info!("stream ended: backup stops at {lsn}");
+                self.stop = Some(lsn)
+            }
         }
         Ok(())
     }

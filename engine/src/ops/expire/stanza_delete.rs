@@ -70,7 +70,11 @@ pub async fn stanza_delete(repo: &Repository, req: &StanzaDeleteRequest) -> Resu
 pub async fn stanza_delete_leftovers(storage: DynStorage, stanza: &str) -> Result<StanzaDeleteReport> {
     let objects = storage.list("").await?;
     if objects.is_empty() {
-        return Err(Error::RepoNotInitialised { location: storage.location(), stanza: stanza.into() });
+        return Err(Error::RepoNotInitialised {
+            location: storage.location(),
+            stanza: stanza.into(),
+            existing: Vec::new(),
+        });
     }
     // The bulk delete the repository's GC uses (no repository to call it through).
     let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();

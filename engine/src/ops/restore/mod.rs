@@ -56,7 +56,7 @@ pub struct RestoreSummary {
     pub label: String,
     /// Why that backup: `--set` or the newest that reaches the target, and how.
     pub chosen_because: String,
-    /// Regular files of the backup set, tablespace_map aside (with `delta`, unchanged ones too).
+    /// Regular files of the backup set, as backup and info count them (with `delta`, unchanged ones too).
     pub files: usize,
     /// The backup's size: the sum of its regular files' sizes.
     pub bytes: u64,
@@ -118,7 +118,10 @@ pub(crate) async fn restore_chosen(repo: &Repository, req: &RestoreRequest, choi
         progress: req.progress.clone(),
     });
     let jobs = std::mem::take(&mut plan.jobs);
-    let files = jobs.len();
+    // The count info and backup give (issue 14: restore said one less): every regular
+    // file, tablespace_map included, which restore writes itself, the same each time.
+    let files = plan.manifest.files.iter().filter(|f| f.kind == FileKind::File).count();
+    let unchanged = if req.delta { unchanged + (files - jobs.len()) } else { unchanged };
     let bytes_fetched = execute(req, &plan, ctx, jobs, actions).await?;
     write_server_manifest(repo, req, &plan).await?;
     finalize(req, &plan)?;

@@ -1,0 +1,289 @@
+//! Issue 14, operator experience: a CLI that explains itself, logs, monitoring
+//! (info's JSON schema, Prometheus metrics, Nagios-style archive check) and numbers
+//! that agree — against a real archiving PostgreSQL.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::archive::Archiving;
+use crate::cli::Pgcairn;
+use crate::support::{chown_to_postgres, free_port, PgVersion, TestDir};
+
+fn pgcairn_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgcairn"))
+}
+
+fn archive_push_bin() -> std::path::PathBuf {
+    crate::archive::archive_push_bin()
+}
+
+/// `cmd` with stdout closed before it writes: a quiet end with 141, never a panic.
+fn assert_quiet_on_closed_pipe(cmd: Command, what: &str) {
+    assert_closed_pipe_exit(cmd, what, 141);
+}
+
+fn assert_closed_pipe_exit(mut cmd: Command, what: &str, code: i32) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take()); // the reader goes away at once (`| head -0`)
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{what}: {err}");
+    assert_eq!(status.code(), Some(code), "{what}: {status} {err}");
+}
+
+/// Help lists only a command's own settings, each with help text and its default;
+/// both binaries take `--key value` and `--key=value`, --help and --version.
+#[test]
+fn cli_explains_itself() {
+    let help = |args: &[&str]| {
+        let out = pgcairn_bin().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let backup = help(&["backup", "--help"]);
+    assert!(backup.contains("--start-fast") && backup.contains("default: false"), "{backup}");
+    assert!(!backup.contains("--pg-data") && !backup.contains("--delta"), "restore's options on backup: {backup}");
+    let restore = help(&["restore", "--help"]);
+    assert!(!restore.contains("--start-fast") && restore.contains("--pg-data"), "{restore}");
+    // Long help: each option's line is followed by its description, never a blank.
+    for cmd in ["stanza-create", "backup", "restore", "check", "archive-push", "verify", "drill", "metrics"] {
+        let text = help(&[cmd, "--help"]);
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.trim_start().starts_with("--")) {
+            // Same line (after two spaces) or the next one, as clap lays it out.
+            let same_line = line.trim().split("  ").filter(|part| !part.trim().is_empty()).count() > 1;
+            let next = lines.get(i + 1).map_or("", |l| l.trim());
+            let next_line = !next.is_empty() && !next.starts_with('-');
+            assert!(same_line || next_line, "{cmd}: option without help: {line}");
+        }
+    }
+    assert!(help(&["--version"]).starts_with("pgcairn "));
+    assert!(help(&["version"]).contains("repository format"));
+    for shell in ["bash", "zsh", "fish"] {
+        let script = help(&["completions", shell]);
+        assert!(script.contains("stanza-create") && script.contains("archive-get"), "{shell}: {script}");
+    }
+    assert!(help(&["man"]).contains(".TH pgcairn 1"));
+    let pages = TestDir::new("man");
+    help(&["man", &format!("--dir={}", pages.path().display())]);
+    assert!(pages.path().join("pgcairn-backup.1").is_file() && pages.path().join("pgcairn.1").is_file());
+    let push = Command::new(archive_push_bin()).arg("--version").output().unwrap();
+    assert!(push.status.success() && String::from_utf8_lossy(&push.stdout).starts_with("pgcairn-archive-push "));
+    let push = Command::new(archive_push_bin()).arg("--help").output().unwrap();
+    assert!(push.status.success() && String::from_utf8_lossy(&push.stdout).contains("--compress-level-wal"));
+}
+
+/// Invalid enum values are refused at start-up (exit 3), whichever binary and source.
+#[test]
+fn invalid_values_are_refused() {
+    let dir = TestDir::new("bad");
+    let p = Pgcairn::local(dir.path());
+    for (args, key) in [
+        (vec!["--log-level=bogus", "info"], "--log-level=bogus"),
+        (vec!["--log-format=xml", "info"], "--log-format=xml"),
+        (vec!["archive-push", "--archive-push-queue-full=maybe", "/x/000000010000000000000001"], "queue-full"),
+    ] {
+        let (code, err) = p.fails(&args);
+        assert_eq!(code, 3, "{args:?}: {err}");
+        assert!(err.contains(key) && err.contains("is not one of"), "{err}");
+    }
+    // pgcairn-archive-push: the space form is parsed (the failure is the missing
+    // stanza config, not a usage error), exit stays below 126.
+    let out = Command::new(archive_push_bin())
+        .args(["--repo", &dir.path().display().to_string(), "--stanza", "main", "--log-level", "bogus"])
+        .arg("/x/000000010000000000000001")
+        .env_remove("PGCAIRN_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("--log-level=bogus") && !err.contains("use --"), "{err}");
+}
+
+/// Every command that prints ends quietly when its reader goes away.
+#[test]
+fn closed_stdout_never_panics() {
+    // clap prints --help itself and ignores a closed pipe (exit 0): quiet too.
+    let mut help = pgcairn_bin();
+    help.arg("--help");
+    assert_closed_pipe_exit(help, "--help", 0);
+    for args in [&["version"][..], &["completions", "bash"], &["man"]] {
+        let mut c = pgcairn_bin();
+        c.args(args);
+        assert_quiet_on_closed_pipe(c, &format!("{args:?}"));
+    }
+}
+
+/// One archiving cluster with a full backup for the monitoring tests.
+fn monitored() -> (Archiving, String, String) {
+    let a = Archiving::new(PgVersion::V15, "");
+    a.cluster.pgbench(&["-i", "-s", "2", "-q"]);
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    let out = a.p.ok(&["backup", "--start-fast", &pg]);
+    let label = out.lines().last().unwrap().trim().to_string();
+    (a, label, out)
+}
+
+/// The documented `info --output=json` schema, checked against a real repository.
+fn check_info_schema(info: &serde_json::Value, label: &str) {
+    assert_eq!(info["schema_version"], 1, "{info}");
+    assert_eq!(info["status"]["code"], "ok", "{info}");
+    assert!(info["status"]["message"].is_string());
+    assert!(info["lock"].is_null(), "nothing runs: {info}");
+    let full = &info["last_backup"]["full"];
+    assert_eq!(full["label"], label, "{info}");
+    assert!(full["duration_seconds"].as_i64().unwrap() >= 0 && full["size"].as_u64().unwrap() > 0, "{full}");
+    assert!(full["start_time"].as_str().unwrap().ends_with('Z') && full["stop_time"].is_string());
+    assert!(info["repo_size"].as_u64().unwrap() > 0);
+    let tl = &info["archive"][0];
+    assert_eq!(tl["timeline"], 1);
+    assert!(tl["first"].is_string() && tl["last"].is_string() && tl["gaps"].as_array().unwrap().is_empty(), "{tl}");
+    let arrived = tl["last_arrived"].as_u64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(arrived <= now + 5 && now - arrived < 3600, "last_arrived {arrived} vs now {now}");
+    assert_eq!(info["backups"][0]["status"], "ok");
+}
+
+/// A scrape parsed with a Prometheus text-format parser: the metrics the alerting
+/// rules use are there with sensible values.
+fn check_exposition(text: &str, label_time_after: f64) {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .unwrap_or_else(|| panic!("{name} {label:?} missing:\n{text}"));
+        match s.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name}: unexpected type"),
+        }
+    };
+    assert_eq!(value("pgcairn_up", Some(("stanza", "main"))), 1.0);
+    assert!(value("pgcairn_backup_last_success_timestamp_seconds", Some(("type", "full"))) >= label_time_after);
+    assert!(value("pgcairn_backup_last_size_bytes", Some(("type", "full"))) > 0.0);
+    assert_eq!(value("pgcairn_backup_count", Some(("type", "full"))), 1.0);
+    assert!(value("pgcairn_repository_size_bytes", None) > 0.0);
+    assert!(value("pgcairn_archive_lag_seconds", None) >= 0.0);
+    assert!(value("pgcairn_archive_last_segment_timestamp_seconds", None) > 0.0);
+    assert_eq!(value("pgcairn_archive_gaps", None), 0.0);
+    assert!(value("pgcairn_archiver_archived_total", None) >= 1.0);
+    assert_eq!(value("pgcairn_archiver_failing", None), 0.0);
+}
+
+/// GET /metrics from `metrics --listen`, raw HTTP/1.1.
+fn http_get_metrics(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => assert!(Instant::now() < deadline, "metrics --listen never listened: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split("\r\n\r\n").nth(1).unwrap().to_string()
+}
+
+#[test]
+fn monitoring_reads_a_real_repository() {
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let (a, label, _) = monitored();
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    let info: serde_json::Value = serde_json::from_str(&a.p.ok(&["info", "--output=json"])).unwrap();
+    check_info_schema(&info, &label);
+    check_exposition(&a.p.ok(&["metrics", &pg]), started - 1.0);
+
+    let port = free_port();
+    let mut server =
+        a.p.cmd(&["metrics", &pg, &format!("--listen=127.0.0.1:{port}")]).stderr(Stdio::null()).spawn().unwrap();
+    let served = http_get_metrics(port);
+    server.kill().ok();
+    server.wait().ok();
+    check_exposition(&served, started - 1.0);
+
+    let out = a.p.run(&["check", "--archive-only", &pg]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("PGCAIRN ARCHIVE OK - stanza main: newest segment") && text.contains("| lag="), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&a.p.ok(&["check", "--archive-only", "--output=json", &pg])).unwrap();
+    assert_eq!(json["level"], "ok", "{json}");
+    assert!(json["archiver"]["archived_count"].as_i64().unwrap() >= 1, "{json}");
+    let json: serde_json::Value = serde_json::from_str(&a.p.ok(&["check", "--output=json", &pg])).unwrap();
+    assert!(json["segment"].is_string() && json["archiver"]["failed_count"] == 0, "{json}");
+
+    for args in [&["info"][..], &["info", "--output=json"], &["metrics"], &["check", "--archive-only"], &["verify"]] {
+        assert_quiet_on_closed_pipe(a.p.cmd(args), &format!("{args:?}"));
+    }
+}
+
+/// File counts agree between backup, info and restore (issue 14: 1003 vs 978).
+#[test]
+fn numbers_agree_and_logs_show_the_steps() {
+    let (a, label, backup_out) = monitored();
+    let files = |text: &str, after: &str| -> u64 {
+        let rest = text.split(after).nth(1).unwrap_or_else(|| panic!("no {after:?} in {text}"));
+        rest.split(" files").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let backed_up = files(&backup_out, " in ");
+    let info: serde_json::Value = serde_json::from_str(&a.p.ok(&["info", "--output=json"])).unwrap();
+    assert_eq!(info["backups"][0]["files"].as_u64(), Some(backed_up), "{info}");
+    let target = TestDir::new("restore");
+    let data = target.path().join("data");
+    let restored =
+        a.p.ok(&["restore", &format!("--pg-data={}", data.display()), "--type=immediate", &format!("--set={label}")]);
+    assert_eq!(files(&restored, "restored backup"), backed_up, "{restored}");
+    check_logs(&a);
+}
+
+/// log-level=info shows pgcairn's steps in log-file (0600), stderr only warnings;
+/// log-format=json lines parse; archive-push logs one line per segment.
+fn check_logs(a: &Archiving) {
+    let logs = TestDir::new("logs");
+    chown_to_postgres(logs.path());
+    let log = logs.path().join("backup.log");
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    let out = a.p.run(&[
+        "--log-level=info",
+        &format!("--log-file={}", log.display()),
+        "backup",
+        "--type=incr",
+        "--start-fast",
+        &pg,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&log).unwrap();
+    for step in
+        ["connected to", "checkpoint done: backup starts at", "stream ended: backup stops at", "reached the repository"]
+    {
+        assert!(text.contains(step), "no {step:?} in the log:\n{text}");
+    }
+    assert!(!text.contains("hyper") && !text.contains("object_store"), "dependency noise:\n{text}");
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("INFO"), "info went to stderr too");
+
+    let json_log = logs.path().join("info.json");
+    a.p.ok(&["--log-level=info", "--log-format=json", &format!("--log-file={}", json_log.display()), "check", &pg]);
+    let archive_log = logs.path().join("archive.log");
+    a.set_archive_command(&format!("--log-level=info --log-file={}", archive_log.display()));
+    a.switch_segments(2);
+    a.wait_archived();
+    let pushed = std::fs::read_to_string(&archive_log).unwrap();
+    assert!(pushed.lines().filter(|l| l.contains("archived 0000")).count() >= 2, "{pushed}");
+    let json_lines = std::fs::read_to_string(&json_log).unwrap();
+    assert!(json_lines.contains("connected to"), "{json_lines}");
+    for line in json_lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+}
