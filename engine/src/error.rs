@@ -268,10 +268,12 @@ pub enum Error {
     },
 
     /// A WAL file the operation waits for was not archived in time.
-    #[error("{what} did not reach the archive within {seconds}s: check archive_command and the server log (pg_stat_archiver shows failures), or run `pgcairn check`")]
+    #[error("{what} did not reach the repository of stanza {stanza} within {seconds}s; hint: SELECT * FROM pg_stat_archiver shows whether archive_command fails (the server log says why); `pgcairn --stanza={stanza} check` with the same settings tests archiving end to end; a slow repository needs a larger archive-timeout")]
     ArchiveTimeout {
         /// The WAL file waited for.
         what: String,
+        /// The stanza whose repository it should reach.
+        stanza: String,
         /// How long it was waited for, in seconds (`archive-timeout`).
         seconds: u64,
     },

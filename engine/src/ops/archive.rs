@@ -366,7 +366,8 @@ pub(crate) async fn wait_for_segments(
         let name = segment_name(timeline, segno, seg_size);
         while !repo.wal_exists(timeline, &name).await? {
             if Instant::now() >= deadline {
-                return Err(Error::ArchiveTimeout { what: format!("wal segment {name}"), seconds: timeout.as_secs() });
+                let (what, stanza) = (format!("wal segment {name}"), repo.config().stanza.clone());
+                return Err(Error::ArchiveTimeout { what, stanza, seconds: timeout.as_secs() });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Misconfig, Result};
 use crate::ops::stanza::identify_stanza_cluster;
-use crate::pg::archiving::{ArchiverStats, ArchivingSettings, SQL_IN_RECOVERY, SQL_RESTORE_POINT, SQL_SWITCH_WAL};
+use crate::pg::archiving::{
+    ArchiverStats, ArchivingSettings, SQL_FRESH_WAL, SQL_IN_RECOVERY, SQL_RESTORE_POINT, SQL_SWITCH_WAL,
+};
 use crate::pg::wal::WalFile;
 use crate::pg::{ConnParams, ReplicationConnection};
 use crate::repo::Repository;
@@ -92,9 +94,8 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
         let (problem, hint) = archiver.failure(&target);
         return Err(Error::misconfigured(Misconfig::Server, problem, hint));
     }
-    if req.restore_point {
-        client.query_one(SQL_RESTORE_POINT, &[]).await.map_err(|e| sql_error(&req.pg, e))?;
-    }
+    let fresh = if req.restore_point { SQL_RESTORE_POINT } else { SQL_FRESH_WAL };
+    client.query_one(fresh, &[]).await.map_err(|e| sql_error(&req.pg, e))?;
     let segment: String = client.query_one(SQL_SWITCH_WAL, &[]).await.map_err(|e| sql_error(&req.pg, e))?.get(0);
     let switched_at = unix_now();
     tracing::info!("switched WAL: waiting for segment {segment} in the repository");
@@ -141,7 +142,11 @@ async fn wait_for_switched(
             }
         }
         if Instant::now() >= deadline {
-            return Err(Error::ArchiveTimeout { what: format!("wal segment {segment}"), seconds: timeout.as_secs() });
+            return Err(Error::ArchiveTimeout {
+                what: format!("wal segment {segment}"),
+                stanza: repo.config().stanza.clone(),
+                seconds: timeout.as_secs(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -8,8 +8,11 @@ use crate::pg::ReplicationConnection;
 
 /// `SELECT pg_is_in_recovery()`: check runs against the primary only.
 pub(crate) const SQL_IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
-/// A restore point, so there is WAL to switch away from even on an idle cluster.
+/// A restore point (check --restore-point only).
 pub(crate) const SQL_RESTORE_POINT: &str = "SELECT pg_create_restore_point('pgcairn archive check')";
+/// A transaction id assigned and committed: a commit record, so there is fresh WAL
+/// to switch away from even on an idle cluster (no restore point, nothing visible).
+pub(crate) const SQL_FRESH_WAL: &str = "SELECT pg_current_xact_id()::text";
 /// Switch to a new segment and name the one just finished.
 pub(crate) const SQL_SWITCH_WAL: &str = "SELECT pg_walfile_name(pg_switch_wal())";
 
