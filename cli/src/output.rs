@@ -44,8 +44,17 @@ pub(crate) fn print_expire(r: &pgcairn::ExpireReport) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// "2026-12-01T02:30:00Z (41s ago)".
+fn ago(unix: u64) -> String {
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let when = chrono::DateTime::from_timestamp(unix as i64, 0)
+        .map_or_else(|| unix.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    format!("{when} ({}s ago)", now.saturating_sub(unix))
+}
+
 pub(crate) fn print_info(r: &pgcairn::InfoReport) -> anyhow::Result<()> {
     outln!("stanza: {}", r.stanza);
+    outln!("    status: {} ({})", r.status.code, r.status.message);
     outln!("    repository: {} (format {})", r.repo, r.format_version);
     if r.encrypted {
         outln!("    encryption: aes-256-gcm");
@@ -74,7 +83,8 @@ pub(crate) fn print_info(r: &pgcairn::InfoReport) -> anyhow::Result<()> {
             _ => "history only".into(),
         };
         let gaps = if a.gaps.is_empty() { "no gaps".to_string() } else { format!("GAPS: {}", a.gaps.join(", ")) };
-        outln!("    wal archive, timeline {}: {range}, {gaps}", a.timeline);
+        let arrived = a.last_arrived.map(|t| format!(", last arrived {}", ago(t))).unwrap_or_default();
+        outln!("    wal archive, timeline {}: {range}, {gaps}{arrived}", a.timeline);
     }
     print_proofs(r)?;
     if r.backups.is_empty() {

@@ -131,6 +131,7 @@ impl<'r> BackupWriter<'r> {
         let full = std::mem::replace(&mut self.pack, PackWriter::new(self.key_id, self.pack_size as usize));
         let (bytes, record) = full.finish();
         let key = pack_key(&record.id);
+        tracing::debug!("pack {key}: {} blobs, {} bytes, uploading", record.blobs.len(), bytes.len());
         self.unindexed_blobs += record.blobs.len();
         self.packs.push(record);
         // Reap finished uploads so errors surface early and the set stays small.
@@ -161,7 +162,9 @@ impl<'r> BackupWriter<'r> {
             return Ok(());
         }
         let id = hex::encode(crypto::random_bytes::<32>());
+        let packs = self.packs.len();
         self.repo.put_meta(&index_key(&id), &IndexFile { packs: std::mem::take(&mut self.packs) }).await?;
+        tracing::info!("{} packs written and durable, listed in index {}", packs, &id[..12]);
         self.indexes.push(id);
         self.unindexed_blobs = 0;
         Ok(())
