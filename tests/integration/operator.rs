@@ -277,9 +277,13 @@ fn check_logs(a: &Archiving) {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&log).unwrap();
-    for step in
-        ["connected to", "checkpoint done: backup starts at", "stream ended: backup stops at", "packs written and durable", "reached the repository"]
-    {
+    for step in [
+        "connected to",
+        "checkpoint done: backup starts at",
+        "stream ended: backup stops at",
+        "packs written and durable",
+        "reached the repository",
+    ] {
         assert!(text.contains(step), "no {step:?} in the log:\n{text}");
     }
     assert!(!text.contains("hyper") && !text.contains("object_store"), "dependency noise:\n{text}");
