@@ -238,7 +238,7 @@ mod tests {
         assert!(other.archives(), "archives, though not through pgcairn");
         assert!(other.problem("main", "x").unwrap().0.contains("does not call pgcairn"));
         let wrong = settings("replica", "on", "pgcairn-archive-push --stanza=other %p");
-        assert!(wrong.problem("main", "x").unwrap().0.contains("another stanza"));
+        assert!(wrong.problem("main", "x").unwrap().0.contains("archives to stanza other, not to main"));
         assert!(settings("minimal", "on", "x").problem("main", "x").unwrap().0.contains("wal_level"));
     }
 }

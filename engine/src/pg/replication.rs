@@ -459,6 +459,7 @@ pub(crate) fn log_notice(m: &ServerMessage) {
 pub(crate) fn startup_hint(message: &str, code: &str, p: &ConnParams, os_user: Option<&str>) -> String {
     let user = &p.user;
     let reload = "then reload PostgreSQL (SELECT pg_reload_conf())";
+    let message = message.to_lowercase();
     if code == "28P01" || message.contains("password authentication failed") {
         return format!(
             "check the password of role {user} (~/.pgpass with database field `replication`, or PGPASSWORD)"
@@ -471,7 +472,7 @@ pub(crate) fn startup_hint(message: &str, code: &str, p: &ConnParams, os_user: O
     if message.contains("not permitted to log in") {
         return format!("allow it: ALTER ROLE {user} LOGIN");
     }
-    if message.contains("peer authentication failed") || message.contains("Ident authentication failed") {
+    if message.contains("peer authentication failed") || message.contains("ident authentication failed") {
         let me = os_user.unwrap_or("?");
         return format!("peer authentication needs the OS user to match the role: this runs as {me}, not {user}; run pgcairn as {user}, map {me} to {user} in pg_ident.conf, or use scram-sha-256 on that pg_hba.conf line");
     }
