@@ -42,6 +42,7 @@ pub use ops::{
 };
 pub use ops::{ArchiveCheck, LastBackup, Level, StanzaStatus, BACKLOG_WARNING, INFO_SCHEMA_VERSION};
 pub use pg::archiving::ArchiverStats;
+pub use pg::tls::{ChannelBindingMode, RootCert, SslMode, TlsParams};
 pub use pg::{ConnParams, Lsn};
 pub use progress::{NoProgress, Progress};
 pub use repo::format::{check_stanza_name, FORMAT_VERSION};

@@ -19,3 +19,4 @@ mod roundtrip;
 mod s3_storage;
 mod settings;
 mod support;
+mod tls;

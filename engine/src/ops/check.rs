@@ -46,13 +46,7 @@ pub struct CheckReport {
 
 /// An ordinary SQL connection for check's queries; its errors name the server.
 async fn sql_client(pg: &ConnParams) -> Result<tokio_postgres::Client> {
-    let (client, connection) = pg
-        .sql_config()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| Error::Connect { target: pg.target(), detail: e.to_string() })?;
-    tokio::spawn(connection);
-    Ok(client)
+    crate::pg::tls::sql_connect(pg).await
 }
 
 fn sql_error(pg: &ConnParams, e: tokio_postgres::Error) -> Error {

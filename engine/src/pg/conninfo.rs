@@ -2,12 +2,13 @@
 //! postgresql:// URI), then PG* environment variables, then defaults, and the
 //! password from ~/.pgpass (or PGPASSFILE) when none was given.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use crate::crypto::Secret;
-use crate::error::{Error, Misconfig, Result};
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -41,8 +42,8 @@ pub struct ConnParams {
     pub application_name: String,
     /// How long to wait for the connection to open (default: PGCONNECT_TIMEOUT, else 30 s).
     pub connect_timeout: Duration,
-    /// libpq's sslmode; only modes that allow plain connections are accepted.
-    pub sslmode: String,
+    /// TLS: sslmode, certificates, channel binding (see `tls.rs`).
+    pub tls: super::tls::TlsParams,
 }
 
 /// The host: from the string, else PGHOST (a path is a socket directory), else the
@@ -99,7 +100,11 @@ impl ConnParams {
 
     /// Resolve `conninfo` with `env` standing for the process environment.
     pub fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        let cfg = tokio_postgres::Config::from_str(conninfo).map_err(|e| {
+        // tokio-postgres knows neither verify-ca/verify-full nor the certificate keys.
+        let (conninfo, tls_options) = split_tls_options(conninfo);
+        let home = env("HOME").map(PathBuf::from);
+        let tls = super::tls::TlsParams::resolve(&tls_options, env, home.as_deref())?;
+        let cfg = tokio_postgres::Config::from_str(&conninfo).map_err(|e| {
             Error::setting(
                 format!("invalid pg connection string: {e}"),
                 "use libpq syntax, e.g. \"host=/var/run/postgresql port=5432 user=postgres\"",
@@ -135,20 +140,71 @@ impl ConnParams {
             .map(str::to_string)
             .or_else(|| env("PGAPPNAME"))
             .unwrap_or_else(|| "pgcairn".into());
-        let sslmode = env("PGSSLMODE").unwrap_or_else(|| "disable".into());
-        let sslmode = match cfg.get_ssl_mode() {
-            tokio_postgres::config::SslMode::Require => "require".to_string(),
-            _ => sslmode,
-        };
-        if sslmode == "require" || sslmode == "verify-ca" || sslmode == "verify-full" {
-            return Err(Error::misconfigured(
-                Misconfig::Server,
-                format!("sslmode={sslmode} is not supported yet by pgcairn's replication client"),
-                "connect over a Unix socket or a trusted network with sslmode=disable or prefer",
-            ));
-        }
-        Ok(Self { host, port, user, dbname, password, application_name, connect_timeout, sslmode })
+        Ok(Self { host, port, user, dbname, password, application_name, connect_timeout, tls })
     }
+}
+
+/// The connection string without its TLS keys, and those keys (libpq's key/value
+/// syntax: bare or single-quoted values with backslash escapes; or a URI's query).
+fn split_tls_options(conninfo: &str) -> (String, BTreeMap<String, String>) {
+    use super::tls::TLS_KEYS;
+    let mut tls = BTreeMap::new();
+    if conninfo.starts_with("postgresql://") || conninfo.starts_with("postgres://") {
+        let Some((base, query)) = conninfo.split_once('?') else { return (conninfo.to_string(), tls) };
+        let mut kept = Vec::new();
+        for pair in query.split('&') {
+            match url::form_urlencoded::parse(pair.as_bytes()).next() {
+                Some((k, v)) if TLS_KEYS.contains(&k.as_ref()) => drop(tls.insert(k.into_owned(), v.into_owned())),
+                _ => kept.push(pair),
+            }
+        }
+        let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+        return (rest, tls);
+    }
+    let mut kept = Vec::new();
+    for (key, value) in conninfo_pairs(conninfo) {
+        if TLS_KEYS.contains(&key.as_str()) {
+            tls.insert(key, value);
+        } else {
+            kept.push(format!("{key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'")));
+        }
+    }
+    (kept.join(" "), tls)
+}
+
+/// `key = value` pairs of a libpq connection string; anything malformed is passed
+/// through as a pair tokio-postgres will refuse with its own message.
+fn conninfo_pairs(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut it = s.chars().peekable();
+    loop {
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        if it.peek().is_none() {
+            return out;
+        }
+        let mut key = String::new();
+        while let Some(c) = it.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        it.next_if_eq(&'=');
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        out.push((key, conninfo_value(&mut it)));
+    }
+}
+
+fn conninfo_value(it: &mut std::iter::Peekable<std::str::Chars<'_>>) -> String {
+    let mut value = String::new();
+    let quoted = it.next_if_eq(&'\'').is_some();
+    while let Some(c) = it.next() {
+        match c {
+            '\\' => value.extend(it.next()),
+            '\'' if quoted => break,
+            c if c.is_whitespace() && !quoted => break,
+            c => value.push(c),
+        }
+    }
+    value
 }
 
 fn default_socket_dir() -> PathBuf {
@@ -257,7 +313,8 @@ mod tests {
         assert_eq!(p.password.unwrap().expose(), "envpw");
         let p = ConnParams::resolve_with("port=1 user=flag", &env).unwrap();
         assert_eq!((p.port, p.user.as_str()), (1, "flag"));
-        assert!(ConnParams::resolve_with("sslmode=require", &env_of(&[])).is_err());
+        let p = ConnParams::resolve_with("sslmode=require host=db", &env_of(&[])).unwrap();
+        assert_eq!(p.tls.mode, super::super::tls::SslMode::Require);
     }
 
     #[test]

@@ -14,12 +14,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::conninfo::{ConnParams, Host};
+use super::tls::{ChannelBindingMode, SslMode};
 use super::version;
 use crate::error::{Error, Misconfig, Result};
 
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for Stream {
@@ -27,6 +29,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -36,18 +39,21 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -159,6 +165,10 @@ pub(crate) struct SystemInfo {
 
 pub(crate) struct ReplicationConnection {
     stream: Stream,
+    /// tls-server-end-point of the server's certificate, when TLS is on.
+    channel_binding: Option<Vec<u8>>,
+    /// Whether authentication used SCRAM-SHA-256-PLUS (channel_binding=require).
+    bound: bool,
     rbuf: BytesMut,
     wbuf: BytesMut,
     target: String,
@@ -166,29 +176,89 @@ pub(crate) struct ReplicationConnection {
     server_version_num: u32,
 }
 
+async fn open_socket(p: &ConnParams) -> Result<Stream> {
+    let connect = async {
+        match &p.host {
+            Host::Tcp(h) => TcpStream::connect((h.as_str(), p.port)).await.map(|s| {
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }),
+            Host::Unix(dir) => UnixStream::connect(dir.join(format!(".s.PGSQL.{}", p.port))).await.map(Stream::Unix),
+        }
+    };
+    match tokio::time::timeout(p.connect_timeout, connect).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(Error::Connect { target: p.target(), detail: e.to_string() }),
+        Err(_) => {
+            Err(Error::Connect { target: p.target(), detail: format!("timed out after {:?}", p.connect_timeout) })
+        }
+    }
+}
+
+/// SSLRequest, then the TLS handshake when the server agrees; a server that does not
+/// is an error only when sslmode requires TLS. Returns the stream and the
+/// certificate's tls-server-end-point for SCRAM channel binding.
+async fn negotiate_tls(mut tcp: TcpStream, p: &ConnParams) -> Result<(Stream, Option<Vec<u8>>)> {
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]; // 80877103
+    let target = p.target();
+    // Certificates and keys are read first: a bad file fails whatever the server says.
+    let config = super::tls::client_config(&p.tls)?;
+    let io = |e: std::io::Error| Error::Connect { target: target.clone(), detail: e.to_string() };
+    tcp.write_all(&SSL_REQUEST).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {}
+        b'N' if p.tls.requires_tls() => {
+            let problem =
+                format!("{target} does not accept TLS connections, and sslmode={} requires TLS", p.tls.mode.as_str());
+            let hint = "turn TLS on in postgresql.conf (ssl = on, ssl_cert_file, ssl_key_file) and reload, or connect with sslmode=prefer on a trusted network";
+            return Err(Error::misconfigured(Misconfig::Server, problem, hint));
+        }
+        b'N' => return Ok((Stream::Tcp(tcp), None)),
+        other => return Err(Error::Protocol { target, detail: format!("unexpected answer {other:#x} to SSLRequest") }),
+    }
+    let Host::Tcp(host) = &p.host else { return Err(Error::Internal("TLS over a Unix socket".into())) };
+    let name = super::tls::server_name(host)?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tls =
+        connector.connect(name, tcp).await.map_err(|e| super::tls::handshake_error(&target, host, &e, p.tls.mode))?;
+    let session = tls.get_ref().1;
+    let binding = session.peer_certificates().and_then(|c| c.first()).and_then(|c| super::tls::tls_server_end_point(c));
+    tracing::info!(
+        "TLS with {target}: {:?}, {:?}, sslmode={}",
+        session.protocol_version(),
+        session.negotiated_cipher_suite().map(|c| c.suite()),
+        p.tls.mode.as_str()
+    );
+    Ok((Stream::Tls(Box::new(tls)), binding))
+}
+
 impl ReplicationConnection {
     pub(crate) async fn connect(p: &ConnParams) -> Result<Self> {
+        // sslmode=allow: plain first, TLS when pg_hba.conf wants it (libpq's order).
+        let first_tls = p.tls.tries_tls() && p.tls.mode != SslMode::Allow;
+        match Self::connect_with(p, first_tls).await {
+            Err(Error::AuthRejected { detail, .. })
+                if p.tls.mode == SslMode::Allow && detail.contains("no encryption") =>
+            {
+                Self::connect_with(p, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_with(p: &ConnParams, try_tls: bool) -> Result<Self> {
         let target = p.target();
-        let connect = async {
-            match &p.host {
-                Host::Tcp(h) => TcpStream::connect((h.as_str(), p.port)).await.map(|s| {
-                    let _ = s.set_nodelay(true);
-                    Stream::Tcp(s)
-                }),
-                Host::Unix(dir) => {
-                    UnixStream::connect(dir.join(format!(".s.PGSQL.{}", p.port))).await.map(Stream::Unix)
-                }
-            }
-        };
-        let stream = match tokio::time::timeout(p.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(Error::Connect { target, detail: e.to_string() }),
-            Err(_) => {
-                return Err(Error::Connect { target, detail: format!("timed out after {:?}", p.connect_timeout) })
-            }
+        let (stream, channel_binding) = match open_socket(p).await? {
+            // libpq never uses TLS on a Unix socket, whatever sslmode says.
+            Stream::Tcp(tcp) if try_tls => negotiate_tls(tcp, p).await?,
+            plain => (plain, None),
         };
         let mut conn = Self {
             stream,
+            channel_binding,
+            bound: false,
             rbuf: BytesMut::with_capacity(256 * 1024),
             wbuf: BytesMut::new(),
             target,
@@ -291,7 +361,13 @@ impl ReplicationConnection {
             return Err(self.protocol("short authentication message"));
         }
         match body.get_i32() {
+            0 if p.tls.channel_binding == ChannelBindingMode::Require && !self.bound => {
+                return Err(self.unbound("without SCRAM (trust, peer or cert authentication)"))
+            }
             0 => return Ok(()),
+            3 | 5 if p.tls.channel_binding == ChannelBindingMode::Require => {
+                return Err(self.unbound("with a password or md5 exchange"))
+            }
             3 => {
                 let pw = self.password(p)?;
                 frontend::password_message(pw.as_bytes(), &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
@@ -309,9 +385,11 @@ impl ReplicationConnection {
                 if !mechs.iter().any(|m| *m == b"SCRAM-SHA-256") {
                     return Err(self.protocol("server offers no SASL mechanism pgcairn supports (SCRAM-SHA-256)"));
                 }
+                let plus_offered = mechs.iter().any(|m| *m == b"SCRAM-SHA-256-PLUS");
+                let (mechanism, binding) = self.scram_binding(p, plus_offered)?;
                 let pw = self.password(p)?;
-                let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)
+                let s = ScramSha256::new(pw.as_bytes(), binding);
+                frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
                     .map_err(|e| self.protocol(e.to_string()))?;
                 *scram = Some(s);
             }
@@ -330,6 +408,34 @@ impl ReplicationConnection {
             other => return Err(self.protocol(format!("unsupported authentication request {other}"))),
         }
         self.flush().await
+    }
+
+    /// SCRAM-SHA-256-PLUS over TLS when the server offers it (channel_binding
+    /// prefer/require), else plain SCRAM saying whether we could have bound.
+    fn scram_binding(&mut self, p: &ConnParams, plus_offered: bool) -> Result<(&'static str, ChannelBinding)> {
+        let mode = p.tls.channel_binding;
+        let tls = matches!(self.stream, Stream::Tls(_));
+        match (&self.channel_binding, plus_offered) {
+            (Some(hash), true) if mode != ChannelBindingMode::Disable => {
+                self.bound = true;
+                Ok(("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(hash.clone())))
+            }
+            _ if mode == ChannelBindingMode::Require => Err(self.unbound("without offering SCRAM-SHA-256-PLUS")),
+            (Some(_), false) if mode != ChannelBindingMode::Disable => {
+                Ok(("SCRAM-SHA-256", ChannelBinding::unrequested()))
+            }
+            _ if tls && mode != ChannelBindingMode::Disable => Ok(("SCRAM-SHA-256", ChannelBinding::unrequested())),
+            _ => Ok(("SCRAM-SHA-256", ChannelBinding::unsupported())),
+        }
+    }
+
+    fn unbound(&self, how: &str) -> Error {
+        let tls = if matches!(self.stream, Stream::Tls(_)) { "" } else { " (and the connection is not TLS)" };
+        Error::misconfigured(
+            Misconfig::Server,
+            format!("channel_binding=require, but {} authenticates {how}{tls}", self.target),
+            "use a `hostssl ... scram-sha-256` line in pg_hba.conf and a password stored as SCRAM (password_encryption = scram-sha-256), or channel_binding=prefer",
+        )
     }
 
     /// Refuse a server outside the majors pgcairn knows (their WAL and files differ).
