@@ -12,7 +12,23 @@ fn settings(s3: &S3Server) -> S3Settings {
         endpoint: Some(s3.endpoint()),
         region: Some(s3.region().into()),
         credentials: Some((s3.access_key().into(), Secret::new(s3.secret_key()))),
+        // s3s-fs serves plain HTTP on 127.0.0.1.
+        allow_http: true,
+        ca_file: None,
     }
+}
+
+/// Issue 15: a plain http:// endpoint is refused unless allowed, naming the fix.
+#[test]
+fn plain_http_endpoint_needs_allowing() {
+    let s = S3Settings { endpoint: Some("http://127.0.0.1:9".into()), allow_http: false, ..Default::default() };
+    if std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return assert!(pgcairn::testing::S3Storage::new("b", "p", &s).is_ok());
+    }
+    let err = pgcairn::testing::S3Storage::new("b", "p", &s).unwrap_err().to_string();
+    assert!(err.contains("plain HTTP") && err.contains("repo-s3-allow-http"), "{err}");
+    let allowed = S3Settings { allow_http: true, ..s };
+    assert!(pgcairn::testing::S3Storage::new("b", "p", &allowed).is_ok());
 }
 
 #[tokio::test]

@@ -76,6 +76,8 @@ impl Common {
                 endpoint: r.opt("repo-s3-endpoint")?,
                 region: r.opt("repo-s3-region")?,
                 credentials: None,
+                allow_http: r.get("repo-s3-allow-http")?,
+                ca_file: r.opt("repo-s3-ca-file")?,
             },
             key_file: r.opt("repo-key-file")?,
             passphrase_file: r.opt("repo-passphrase-file")?,

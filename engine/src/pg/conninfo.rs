@@ -317,6 +317,44 @@ mod tests {
         assert_eq!(p.tls.mode, super::super::tls::SslMode::Require);
     }
 
+    /// TLS keys are taken out before tokio-postgres (which refuses them) sees the
+    /// string; quoting and URIs as libpq has them.
+    #[test]
+    fn tls_keys_in_strings_and_uris() {
+        use super::super::tls::{ChannelBindingMode, RootCert, SslMode};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("my ca.crt");
+        std::fs::write(&ca, "").unwrap();
+        let s = format!(
+            "host=db user='o\\'brien' sslmode=verify-full sslrootcert='{}' channel_binding=require",
+            ca.display()
+        );
+        let p = ConnParams::resolve_with(&s, &env_of(&[])).unwrap();
+        assert_eq!((p.user.as_str(), p.tls.mode), ("o'brien", SslMode::VerifyFull));
+        assert_eq!(p.tls.root_cert, Some(RootCert::File(ca.clone())));
+        assert_eq!(p.tls.channel_binding, ChannelBindingMode::Require);
+        let uri = "postgresql://u@db:5433/postgres?sslmode=verify-ca&sslrootcert=%2Fetc%2Fca.crt&application_name=x";
+        let p = ConnParams::resolve_with(uri, &env_of(&[])).unwrap();
+        assert_eq!((p.port, p.tls.mode, p.application_name.as_str()), (5433, SslMode::VerifyCa, "x"));
+        assert_eq!(p.tls.root_cert, Some(RootCert::File("/etc/ca.crt".into())));
+        // Environment and libpq's defaults: prefer; require with a root file is verify-ca.
+        assert_eq!(ConnParams::resolve_with("host=db", &env_of(&[])).unwrap().tls.mode, SslMode::Prefer);
+        let env = env_of(&[("PGSSLMODE", "require"), ("PGSSLROOTCERT", ca.to_str().unwrap())]);
+        assert_eq!(ConnParams::resolve_with("host=db", &env).unwrap().tls.mode, SslMode::VerifyCa);
+        // Refused: unknown modes, system roots without verify-full, bad versions.
+        for bad in [
+            "sslmode=maybe",
+            "sslmode=require sslrootcert=system",
+            "ssl_min_protocol_version=SSLv3",
+            "channel_binding=yes",
+        ] {
+            assert!(ConnParams::resolve_with(&format!("host=db {bad}"), &env_of(&[])).is_err(), "{bad}");
+        }
+        let p =
+            ConnParams::resolve_with("host=db sslmode=verify-full sslrootcert=system sslsni=0", &env_of(&[])).unwrap();
+        assert_eq!((p.tls.root_cert, p.tls.sni), (Some(RootCert::System), false));
+    }
+
     #[test]
     fn pgpass_matching() {
         use std::os::unix::fs::PermissionsExt;

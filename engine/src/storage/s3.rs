@@ -26,6 +26,10 @@ pub struct S3Settings {
     pub region: Option<String>,
     /// Access key id and secret access key; None: from the environment.
     pub credentials: Option<(String, crate::crypto::Secret)>,
+    /// Allow a plain `http://` endpoint (`repo-s3-allow-http`; also AWS_ALLOW_HTTP=true).
+    pub allow_http: bool,
+    /// Extra trusted CA certificates, PEM (`repo-s3-ca-file`), for private S3 servers.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A [`Storage`] in an S3 bucket, below a key prefix.
@@ -34,6 +38,22 @@ pub struct S3Storage {
     store: Arc<dyn ObjectStore>,
     bucket: String,
     prefix: String,
+}
+
+/// Trust the CA certificates in `path` besides the system's (private S3 servers).
+fn ca_options(path: &std::path::Path) -> Result<object_store::ClientOptions> {
+    let bad = |e: String| {
+        Error::setting(
+            format!("repo-s3-ca-file {}: {e}", path.display()),
+            "give a PEM file of the CA certificates that signed the S3 server's certificate",
+        )
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("holds no certificate".into()));
+    }
+    Ok(certs.into_iter().fold(object_store::ClientOptions::new(), |o, c| o.with_root_certificate(c)))
 }
 
 impl S3Storage {
@@ -48,8 +68,18 @@ impl S3Storage {
         if let Some(ep) = &endpoint {
             b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
             if ep.starts_with("http://") {
+                let env_allows = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+                if !settings.allow_http && !env_allows {
+                    return Err(Error::setting(
+                        format!("S3 endpoint {ep} is plain HTTP: requests, credentials' signatures and the repository's (encrypted) objects would cross the network unprotected"),
+                        "use an https:// endpoint, or set repo-s3-allow-http = true (or AWS_ALLOW_HTTP=true) for a server on a trusted network",
+                    ));
+                }
                 b = b.with_allow_http(true);
             }
+        }
+        if let Some(ca) = &settings.ca_file {
+            b = b.with_client_options(ca_options(ca)?);
         }
         if let Some((id, secret)) = &settings.credentials {
             b = b.with_access_key_id(id).with_secret_access_key(secret.expose());
