@@ -10,6 +10,7 @@ macro_rules! outln {
     }};
 }
 
+mod keys;
 mod meta;
 mod metrics;
 mod output;
@@ -156,6 +157,11 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Manage the repository's passphrases: add, list, remove (rotation without a new stanza).
+    Key {
+        #[command(subcommand)]
+        action: keys::KeyAction,
+    },
     /// Print pgcairn's version and the repository format it writes.
     Version,
     /// Print a shell completion script (e.g. `pgcairn completions bash > /etc/bash_completion.d/pgcairn`).
@@ -188,6 +194,7 @@ impl Command {
             Command::Verify { .. } => Cmd::Verify,
             Command::Drill { .. } => Cmd::Drill,
             Command::Metrics { .. } => Cmd::Metrics,
+            Command::Key { .. } => Cmd::Key,
             Command::Version | Command::Completions { .. } | Command::Man { .. } => return None,
         })
     }
@@ -241,7 +248,7 @@ enum TargetType {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
-enum Output {
+pub(crate) enum Output {
     Text,
     Json,
 }
@@ -320,6 +327,7 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         Command::Check { archive_only: true, output, .. } => return check_archive(r, common, *output).await,
         Command::Check { restore_point, output, .. } => check(r, common, *restore_point, *output).await?,
         Command::Metrics { listen } => return metrics::run(r, common, *listen).await,
+        Command::Key { action } => keys::run(common, action).await?,
         Command::ArchivePush { path } => {
             let req = typed::push_request(r, common, &[Cmd::ArchivePush.name()])?;
             pgcairn::run_archive_push(&req, path).await?;

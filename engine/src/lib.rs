@@ -40,12 +40,14 @@ pub use ops::{
     StanzaCreateRequest, StanzaCreated, StanzaDeleteReport, StanzaDeleteRequest, TargetAction, TimelineTarget,
     TimelineVerdict, Unlock, VerifyReport, VerifyRequest, WalExpiry, WalGap,
 };
+pub use ops::{key_add, key_list, key_remove};
 pub use ops::{ArchiveCheck, LastBackup, Level, StanzaStatus, BACKLOG_WARNING, INFO_SCHEMA_VERSION};
 pub use pg::archiving::ArchiverStats;
 pub use pg::tls::{ChannelBindingMode, RootCert, SslMode, TlsParams};
 pub use pg::{ConnParams, Lsn};
 pub use progress::{NoProgress, Progress};
 pub use repo::format::{check_stanza_name, FORMAT_VERSION};
+pub use repo::keys::KeySlotInfo;
 pub use repo::Repository;
 pub use storage::{s3::S3Settings, DynStorage, ObjectInfo, RepoLocation, Storage};
 

@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod hardening;
 mod incremental;
+mod keys;
 mod lifecycle;
 mod operator;
 mod recipes;

@@ -171,3 +171,46 @@ fn tls_required_but_not_offered() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("sslrootcert /nonexistent/ca.crt"), "{err}");
 }
+
+/// Least privilege: a role with LOGIN REPLICATION only takes a backup that restores;
+/// check names the GRANT it lacks, then passes with it; metrics needs nothing more.
+#[test]
+fn minimal_role_backs_up_and_check_names_the_grant() {
+    let a = crate::archive::Archiving::new(PgVersion::V15, "");
+    let hba = a.cluster.data_dir().join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("local replication pgcairn trust\nlocal all pgcairn trust\n{text}")).unwrap();
+    a.cluster.psql("CREATE ROLE pgcairn LOGIN REPLICATION; SELECT pg_reload_conf();");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    a.cluster.psql("CREATE TABLE least AS SELECT g FROM generate_series(1, 3000) g");
+    let pg = format!("--pg=host={} port={} user=pgcairn", a.cluster.socket_dir().display(), a.cluster.port());
+
+    let (code, err) = a.p.fails(&["check", &pg]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("GRANT EXECUTE ON FUNCTION pg_switch_wal() TO pgcairn"),
+        "{err}"
+    );
+    a.cluster.psql("GRANT EXECUTE ON FUNCTION pg_switch_wal() TO pgcairn");
+    assert!(a.p.ok(&["check", &pg]).contains("check ok"));
+    let (code, err) = a.p.fails(&["check", "--restore-point", &pg]);
+    assert!(code == 7 && err.contains("pg_create_restore_point"), "{err}");
+    assert!(a.p.ok(&["metrics", &pg]).contains("pgcairn_archiver_archived_total"));
+
+    let out = a.p.ok(&["backup", "--start-fast", &pg]);
+    let label = out.lines().last().unwrap().trim().to_string();
+    let target = TestDir::new("restore");
+    let data = target.path().join("data");
+    let key = format!("--repo-key-file={}", a.key.display());
+    a.p.ok(&[
+        "restore",
+        &format!("--pg-data={}", data.display()),
+        &format!("--set={label}"),
+        "--type=immediate",
+        "--target-action=promote",
+        &key,
+    ]);
+    let restored = Cluster::start_restored(PgVersion::V15, &data);
+    crate::cli::wait_promoted(&restored);
+    assert_eq!(restored.psql("SELECT count(*) FROM least"), "3000");
+}

@@ -33,11 +33,13 @@ pub enum Cmd {
     Drill,
     /// `metrics`: the repository's state in Prometheus' text format.
     Metrics,
+    /// `key`: add, list and remove passphrases.
+    Key,
 }
 
 impl Cmd {
     /// Every subcommand, in help order.
-    pub const ALL: [Cmd; 13] = [
+    pub const ALL: [Cmd; 14] = [
         Cmd::StanzaCreate,
         Cmd::Backup,
         Cmd::Restore,
@@ -51,6 +53,7 @@ impl Cmd {
         Cmd::Verify,
         Cmd::Drill,
         Cmd::Metrics,
+        Cmd::Key,
     ];
 
     /// The subcommand's name on the command line.
@@ -69,6 +72,7 @@ impl Cmd {
             Cmd::Verify => "verify",
             Cmd::Drill => "drill",
             Cmd::Metrics => "metrics",
+            Cmd::Key => "key",
         }
     }
 }

@@ -229,7 +229,7 @@ fn every_command_builds_its_typed_settings() {
             Cmd::StanzaDelete => drop(typed::StanzaDelete::from(&r).unwrap()),
             Cmd::Drill => assert_eq!(typed::Drill::from(&r).unwrap().timeout, Duration::from_secs(3600)),
             Cmd::Metrics => drop(typed::optional_pg(&r).unwrap()),
-            Cmd::Info | Cmd::KeyFile | Cmd::Verify => {}
+            Cmd::Info | Cmd::KeyFile | Cmd::Verify | Cmd::Key => {}
         }
     }
     let b = typed::Backup::from(&run(Cmd::Backup, BASE, &[]).unwrap()).unwrap();

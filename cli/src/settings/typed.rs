@@ -38,7 +38,7 @@ pub struct Common {
 
 /// A passphrase file readable by group or others is refused, like a key file: it
 /// unlocks every backup (issue 14: it was accepted).
-fn refuse_shared_secret_file(file: &std::path::Path) -> Result<()> {
+pub fn refuse_shared_secret_file(file: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::metadata(file) else { return Ok(()) }; // reading it says why
     let mode = meta.permissions().mode();

@@ -50,16 +50,21 @@ async fn sql_client(pg: &ConnParams) -> Result<tokio_postgres::Client> {
 }
 
 fn sql_error(pg: &ConnParams, e: tokio_postgres::Error) -> Error {
+    sql_error_needing(pg, e, None)
+}
+
+/// A failed query; a permission error names the GRANT that fixes it (docs/operations.md
+/// "A role with the least privilege").
+fn sql_error_needing(pg: &ConnParams, e: tokio_postgres::Error, function: Option<&str>) -> Error {
     let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-    Error::Server {
-        target: pg.target(),
-        code: e.code().map(|c| c.code().to_string()).unwrap_or_default(),
-        message,
-        hint: Some(format!(
-            "check needs pg_switch_wal() (and pg_create_restore_point() with --restore-point): run it as a superuser, or GRANT EXECUTE ON FUNCTION pg_switch_wal() TO {}",
-            pg.user
-        )),
-    }
+    let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+    let hint = match function {
+        Some(f) if code == "42501" => {
+            format!("GRANT EXECUTE ON FUNCTION {f} TO {} (as a superuser), or run it as a superuser", pg.user)
+        }
+        _ => "see the server's message; docs/operations.md lists what each command needs".to_string(),
+    };
+    Error::Server { target: pg.target(), code, message, hint: Some(hint) }
 }
 
 /// Checks that the server archives into this stanza: the cluster is the stanza's,
@@ -89,8 +94,10 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
         return Err(Error::misconfigured(Misconfig::Server, problem, hint));
     }
     let fresh = if req.restore_point { SQL_RESTORE_POINT } else { SQL_FRESH_WAL };
-    client.query_one(fresh, &[]).await.map_err(|e| sql_error(&req.pg, e))?;
-    let segment: String = client.query_one(SQL_SWITCH_WAL, &[]).await.map_err(|e| sql_error(&req.pg, e))?.get(0);
+    let needs = req.restore_point.then_some("pg_create_restore_point(text)");
+    client.query_one(fresh, &[]).await.map_err(|e| sql_error_needing(&req.pg, e, needs))?;
+    let switch = |e| sql_error_needing(&req.pg, e, Some("pg_switch_wal()"));
+    let segment: String = client.query_one(SQL_SWITCH_WAL, &[]).await.map_err(switch)?.get(0);
     let switched_at = unix_now();
     tracing::info!("switched WAL: waiting for segment {segment} in the repository");
     wait_for_switched(repo, &client, &target, &segment, switched_at, req.timeout).await?;

@@ -8,6 +8,7 @@ mod dedup;
 pub mod drill;
 pub mod expire;
 pub mod info;
+pub(crate) mod keys;
 pub(crate) mod lineage;
 pub mod restore;
 pub(crate) mod stanza;
@@ -26,6 +27,7 @@ pub use expire::{
 pub use info::{
     info, BackupDetails, BackupInfo, BackupStatus, InfoReport, LastBackup, StanzaStatus, INFO_SCHEMA_VERSION,
 };
+pub use keys::{key_add, key_list, key_remove};
 pub use lineage::BackupType;
 pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary, TargetAction, TimelineTarget};
 pub use stanza::{stanza_create, StanzaCreateRequest, StanzaCreated};

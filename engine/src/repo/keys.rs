@@ -32,6 +32,94 @@ impl Repository {
     }
 }
 
+/// A key slot as `key list` shows it (never its salt or sealed key).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeySlotInfo {
+    /// Its id: `keys/<id>` in the repository.
+    pub id: String,
+    /// When it was added (RFC 3339).
+    pub created: String,
+    /// "argon2id" ("none" in an unencrypted repository).
+    pub kdf: String,
+    /// Argon2id memory cost in KiB, passes and lanes.
+    pub kdf_params: Option<KeySlotKdf>,
+    /// Whether this run's passphrase opened it.
+    pub unlocked_this_run: bool,
+}
+
+impl Repository {
+    pub(super) fn set_unlocked_slot(&self, id: &str) {
+        *self.unlocked_slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id.to_string());
+    }
+
+    fn unlocked_slot_id(&self) -> Option<String> {
+        self.unlocked_slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Every key slot (§3.2), oldest first.
+    pub async fn key_slots(&self) -> Result<Vec<KeySlotInfo>> {
+        let unlocked = self.unlocked_slot_id();
+        let mut out = Vec::new();
+        for info in self.storage.list(KEYS_PREFIX).await? {
+            let slot: KeySlot = serde_json::from_slice(&self.storage.get(&info.key).await?)
+                .map_err(|e| Error::Corrupt { what: format!("key slot {}", info.key), detail: e.to_string() })?;
+            let id = info.key.trim_start_matches(KEYS_PREFIX).to_string();
+            let unlocked_this_run = unlocked.as_deref() == Some(id.as_str());
+            out.push(KeySlotInfo {
+                id,
+                created: slot.created,
+                kdf: slot.kdf,
+                kdf_params: slot.kdf_params,
+                unlocked_this_run,
+            });
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Add a key slot for `pass` (create-only write; the master key and so every
+    /// object stay as they are). Returns its id.
+    pub async fn add_key_slot(&self, pass: &Secret, kdf: KeySlotKdf) -> Result<String> {
+        if self.config.encryption == Encryption::None {
+            return Err(Error::setting(
+                format!("repository {} is not encrypted: it has no passphrase to add", self.location()),
+                "an unencrypted stanza cannot be given a passphrase later; create an encrypted one",
+            ));
+        }
+        let slot = make_slot(pass, kdf, &self.config.repository_id, &self.master).await?;
+        let id = hex::encode(crypto::random_bytes::<8>());
+        let json = serde_json::to_vec_pretty(&slot).map_err(|e| Error::Internal(format!("key slot: {e}")))?;
+        self.storage.put_new(&format!("{KEYS_PREFIX}{id}"), bytes::Bytes::from(json)).await?;
+        Ok(id)
+    }
+
+    /// Remove key slot `id`. Never the last passphrase slot; not the slot that
+    /// unlocked this run unless `force` (the caller must know another passphrase).
+    pub(crate) async fn remove_key_slot(&self, id: &str, force: bool) -> Result<()> {
+        let slots = self.key_slots().await?;
+        let Some(slot) = slots.iter().find(|s| s.id == id) else {
+            let known: Vec<&str> = slots.iter().map(|s| s.id.as_str()).collect();
+            return Err(Error::setting(
+                format!("repository {} has no key slot {id}", self.location()),
+                format!("`pgcairn key list` shows them: {}", known.join(", ")),
+            ));
+        };
+        if slots.len() == 1 {
+            return Err(Error::setting(
+                format!("key slot {id} is the repository's last: without it nothing could be restored"),
+                "add another passphrase first (`pgcairn key add`), then remove this one",
+            ));
+        }
+        if slot.unlocked_this_run && !force {
+            return Err(Error::setting(
+                format!("key slot {id} is the one this run's passphrase opened"),
+                "run `key remove` with another passphrase (the one that stays), or pass --force if you are sure you know it",
+            ));
+        }
+        self.storage.delete(&format!("{KEYS_PREFIX}{id}")).await
+    }
+}
+
 /// `config_mac` (§3.4): keyed BLAKE3 over every other field of the config.
 pub(super) fn config_mac(master: &[u8; KEY_LEN], config: &RepoConfig) -> String {
     let key = crypto::derive_subkey(master, INFO_CONFIG_MAC);

@@ -11,7 +11,7 @@ mod catalog;
 pub(crate) mod format;
 pub(crate) mod gc;
 mod index;
-mod keys;
+pub(crate) mod keys;
 pub(crate) mod lock;
 mod meta;
 pub(crate) mod pack;
@@ -63,6 +63,9 @@ pub struct RepoState {
     master: KeyBytes,
     chunk_key: KeyBytes,
     meta: Cipher,
+    /// The key slot (`keys/<id>`) whose passphrase unlocked this handle; None for a
+    /// key file or a new repository.
+    unlocked_slot: std::sync::Mutex<Option<String>>,
 }
 
 impl std::ops::Deref for Repository {
@@ -169,7 +172,9 @@ impl Repository {
             let slot: KeySlot = serde_json::from_slice(&storage.get(&info.key).await?)
                 .map_err(|e| Error::Corrupt { what: format!("key slot {}", info.key), detail: e.to_string() })?;
             if let Some(master) = try_slot(&slot, passphrase, &config, &location).await? {
-                return Self::with_verified_master(storage, config, master);
+                let repo = Self::with_verified_master(storage, config, master)?;
+                repo.set_unlocked_slot(info.key.trim_start_matches(KEYS_PREFIX));
+                return Ok(repo);
             }
         }
         Err(Error::WrongPassphrase { location })
@@ -226,7 +231,8 @@ impl Repository {
     fn with_master(storage: DynStorage, config: RepoConfig, master: [u8; KEY_LEN]) -> Self {
         let chunk_key = crypto::derive_subkey(&master, INFO_CHUNK_ID);
         let meta = purpose_cipher(config.encryption, &master, INFO_METADATA);
-        Self(Arc::new(RepoState { storage, config, master: KeyBytes::new(master), chunk_key, meta }))
+        let unlocked_slot = std::sync::Mutex::new(None);
+        Self(Arc::new(RepoState { storage, config, master: KeyBytes::new(master), chunk_key, meta, unlocked_slot }))
     }
 
     pub(crate) fn storage(&self) -> &DynStorage {
