@@ -76,3 +76,75 @@ fn passphrase_rotation_keeps_backups_restorable() {
     let restored = Cluster::start_restored(PgVersion::V15, &data);
     assert_eq!(restored.psql("SELECT count(*) FROM t"), "1000");
 }
+
+/// Every `cmdline` of every process now (what `ps` shows).
+fn all_cmdlines() -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            out.push_str(&String::from_utf8_lossy(&c).replace('\0', " "));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Issue 15: no passphrase, master key or connection password in any argv (also
+/// archive-push's and restore_command's), log line at any level, message, or the
+/// restored postgresql.auto.conf; the log file is private.
+#[test]
+fn secrets_appear_nowhere() {
+    let a = crate::archive::Archiving::new(PgVersion::V15, "--log-level=trace");
+    let master = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&a.key).unwrap()).unwrap()
+        ["master_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secrets = [crate::cli::PASSPHRASE.to_string(), master, crate::support::pg::PASSWORD.to_string()];
+    let logs = TestDir::new("logs");
+    let log = logs.path().join("pgcairn.log");
+    let p = a.p.clone().with_env("PGPASSWORD", crate::support::pg::PASSWORD);
+    let trace = ["--log-level=trace".to_string(), format!("--log-file={}", log.display())];
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = trace.iter().map(String::as_str).collect();
+        all.extend(args);
+        let out = p.run(&all);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let pg = format!("--pg={}", a.cluster.tcp_conninfo("scram_user"));
+    let mut seen = String::new();
+    let mut ps = String::new();
+    // What PostgreSQL runs per segment, and whatever runs while segments are archived.
+    ps.push_str(&a.cluster.psql("SHOW archive_command"));
+    assert!(ps.contains("pgcairn-archive-push"), "{ps}");
+    for _ in 0..5 {
+        a.switch_segments(1);
+        ps.push_str(&all_cmdlines());
+    }
+    seen.push_str(&run(&["backup", "--start-fast", &pg]));
+    seen.push_str(&run(&["check", &pg]));
+    seen.push_str(&run(&["info"]));
+    seen.push_str(&run(&["check", "--pg=host=127.0.0.1 port=1 user=x password=notlogged"]));
+    let target = TestDir::new("restore");
+    let data = target.path().join("data");
+    let key = format!("--repo-key-file={}", a.key.display());
+    seen.push_str(&run(&["restore", &format!("--pg-data={}", data.display()), "--type=immediate", &key]));
+    let auto_conf = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto_conf.contains("restore_command") && auto_conf.contains(&a.key.display().to_string()), "{auto_conf}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("TRACE") || logged.contains("DEBUG"), "trace logging produced nothing: {logged}");
+    let server_log = a.cluster.server_log();
+    for (what, text) in [
+        ("output", &seen),
+        ("log file", &logged),
+        ("server log", &server_log),
+        ("ps", &ps),
+        ("postgresql.auto.conf", &auto_conf),
+    ] {
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "a secret appears in the {what}");
+        }
+    }
+    assert!(!seen.contains("notlogged"), "a password from the connection string appears in an error");
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+}
