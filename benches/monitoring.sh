@@ -69,9 +69,11 @@ SEGMENTS=$(find "$W/repo/main/wal" -type f | wc -l)
 # median wall seconds (EPOCHREALTIME: /usr/bin/time has 10 ms steps) and peak RSS (MiB)
 # of REPEAT runs of "$@" (output discarded)
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# BEFORE: a shell command run before each run, outside the timing.
 measure() {
     local walls=() rss=()
     for _ in $(seq "$REPEAT"); do
+        sh -c "${BEFORE:-true}"
         local t0=$EPOCHREALTIME
         /usr/bin/time -f '%M' -o "$W/t" "$@" >/dev/null 2>>"$LOG"
         local w
@@ -95,22 +97,10 @@ row() { # row LABEL COMMAND...
 SEG=$(ls "$W/data/pg_wal/archive_status" | grep -E '^[0-9A-F]{24}\.done$' | sort | head -n 1)
 SEG=${SEG%.done}
 cp -a "$W/repo" "$W/push"
-measure_push() { # measure_push BINARY
-    local walls=() rss=()
-    for _ in $(seq "$REPEAT"); do
-        find "$W/push/main/wal" -name "$SEG*" -delete
-        local t0=$EPOCHREALTIME
-        /usr/bin/time -f '%M' -o "$W/t" "$1" --repo="$W/push" --stanza=main --repo-key-file="$W/repo.key" \
-            "$W/data/pg_wal/$SEG" >/dev/null 2>>"$LOG"
-        local w
-        w=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}')
-        read -r m <"$W/t"
-        walls+=("$w")
-        rss+=("$m")
-    done
-    printf '%s %s\n' "$(printf '%s\n' "${walls[@]}" | median)" "$(( $(printf '%s\n' "${rss[@]}" | median) / 1024 ))"
+push_row() { # push_row LABEL BINARY
+    BEFORE="find '$W/push/main/wal' -name '$SEG*' -delete" row "$1" "$2" --repo="$W/push" --stanza=main \
+        --repo-key-file="$W/repo.key" "$W/data/pg_wal/$SEG"
 }
-push_row() { read -r wall rss < <(measure_push "$2"); printf '| %s | %s s | %s MiB |\n' "$1" "$wall" "$rss"; }
 
 echo "monitoring costs: SCALE=$SCALE, 4 backups, $SEGMENTS archived WAL objects, $REPEAT runs each, medians, $(nproc) cores, rev $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo
