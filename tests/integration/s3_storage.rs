@@ -66,3 +66,43 @@ async fn s3s_fs_concurrent_create_only_puts() {
     assert!(stored.len() == 1000 && stored.iter().all(|b| *b == stored[0]), "stored object is a mix of writers");
     eprintln!("s3s-fs: {winners} of 8 concurrent create-only puts reported success");
 }
+
+/// Issue 15: an https endpoint whose certificate does not verify fails at once
+/// (not retried as a passing fault), saying so and naming repo-s3-ca-file.
+#[test]
+fn untrusted_s3_certificate_is_a_clear_permanent_error() {
+    let dir = crate::support::TestDir::new("s3tls");
+    let d = dir.path();
+    let out = std::process::Command::new("openssl")
+        .current_dir(d)
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout", "k.pem", "-out", "c.pem"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let port = crate::support::free_port();
+    let mut server = std::process::Command::new("openssl")
+        .current_dir(d)
+        .args(["s_server", "-quiet", "-www", "-accept", &port.to_string(), "-cert", "c.pem", "-key", "k.pem"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let p = crate::cli::Pgcairn { stanza: "main".into(), repo: "s3://bucket/prefix".into(), env: vec![] }
+        .with_env("AWS_ACCESS_KEY_ID", "id")
+        .with_env("AWS_SECRET_ACCESS_KEY", "secret")
+        .with_env("PGCAIRN_REPO_PASSPHRASE", "x");
+    let endpoint = format!("--repo-s3-endpoint=https://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let (code, err) = p.fails(&["info", &endpoint]);
+    assert!(err.contains("certificate does not verify") && err.contains("repo-s3-ca-file"), "{err}");
+    assert_eq!(code, 10, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "retried as transient: {:?}", started.elapsed());
+    // Trusting its CA, TLS passes (what follows is not S3, so another error).
+    let (_, err) = p.fails(&["info", &endpoint, &format!("--repo-s3-ca-file={}", d.join("c.pem").display())]);
+    assert!(!err.contains("certificate does not verify"), "{err}");
+    server.kill().ok();
+    server.wait().ok();
+}

@@ -139,7 +139,55 @@ fn tls_modes_certificates_and_channel_binding() {
     let metrics = p.ok(&["metrics", &pg(&cluster, "localhost", "scram_user", &bound)]);
     assert!(metrics.contains("pgcairn_archiver_archived_total"), "{metrics}");
 
+    // TLS 1.3 only, and md5 under channel_binding=require (refused: no SCRAM-PLUS).
+    p.ok(&[
+        "stanza-create",
+        &pg(
+            &cluster,
+            "localhost",
+            "postgres",
+            &format!("sslmode=verify-full {} ssl_min_protocol_version=TLSv1.3", root("ca.crt")),
+        ),
+    ]);
+    let (code, err) = p.fails(&["stanza-create", &pg(&cluster, "localhost", "md5_user", &bound)]);
+    assert!(code == 3 && err.contains("channel_binding=require"), "{err}");
+    revoked_server_is_refused(&p, &cluster, &certs);
+
     verify_full_backup_restores(&p, &cluster, &bound);
+}
+
+/// sslcrl: an empty CRL lets the server in; once its certificate is revoked, refused.
+fn revoked_server_is_refused(p: &Pgcairn, cluster: &Cluster, certs: &Certs) {
+    let d = certs.dir.path();
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca = c\n[c]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 2\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("index.txt"), "").unwrap();
+    std::fs::write(d.join("crlnumber"), "01\n").unwrap();
+    let ca = ["-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"];
+    let crl = |out: &str| {
+        let mut args = vec!["ca", "-gencrl", "-out", out];
+        args.extend(ca);
+        openssl(d, &args);
+    };
+    crl("empty.crl");
+    let with = |file: &str| {
+        let tls = format!(
+            "sslmode=verify-full sslrootcert={} sslcrl={}",
+            certs.path("ca.crt").display(),
+            certs.path(file).display()
+        );
+        pg(cluster, "localhost", "postgres", &tls)
+    };
+    p.ok(&["stanza-create", &with("empty.crl")]);
+    let mut revoke = vec!["ca", "-revoke", "server.crt"];
+    revoke.extend(ca);
+    openssl(d, &revoke);
+    crl("revoked.crl");
+    let (code, err) = p.fails(&["stanza-create", &with("revoked.crl")]);
+    assert!(code == 3 && err.to_lowercase().contains("revoked"), "{err}");
 }
 
 /// verify-full with channel binding: a backup over it restores with the same data.

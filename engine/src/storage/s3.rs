@@ -120,6 +120,27 @@ impl S3Storage {
     }
 }
 
+/// The error and its sources, one after the other (object_store's Display stops at
+/// the first level, where "error sending request" hides the TLS reason).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn is_certificate_error(e: &object_store::Error) -> bool {
+    let text = error_chain(e).to_ascii_lowercase();
+    text.contains("certificate") || text.contains("unknownissuer")
+}
+
 fn map_err(op: &'static str, key: &str, e: object_store::Error) -> Error {
     use object_store::Error as E;
     let kind = match &e {
@@ -128,10 +149,19 @@ fn map_err(op: &'static str, key: &str, e: object_store::Error) -> Error {
         E::NotSupported { .. } | E::NotImplemented | E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
             StorageErrorKind::Permanent
         }
+        // A TLS certificate that does not verify will not verify on a retry either.
+        _ if is_certificate_error(&e) => StorageErrorKind::Permanent,
         // object_store already retried requests internally; what is left may still
         // be a passing network or throttling fault.
         _ => StorageErrorKind::Transient,
     };
+    if is_certificate_error(&e) {
+        let detail = format!(
+            "{}: the S3 endpoint's TLS certificate does not verify; hint: set repo-s3-ca-file to the CA that signed it (a private S3 server), or check repo-s3-endpoint",
+            error_chain(&e)
+        );
+        return storage_error(op, key, kind, detail);
+    }
     storage_error(op, key, kind, e.to_string())
 }
 
