@@ -154,6 +154,34 @@ fn tls_modes_certificates_and_channel_binding() {
     revoked_server_is_refused(&p, &cluster, &certs);
 
     verify_full_backup_restores(&p, &cluster, &bound);
+    common_name_without_san(&p, &cluster, &certs);
+}
+
+/// verify-full on a certificate without subjectAltName falls back to its Common Name
+/// (libpq's rule): CN=localhost passes for localhost, not for another name.
+fn common_name_without_san(p: &Pgcairn, cluster: &Cluster, certs: &Certs) {
+    let d = certs.dir.path();
+    std::fs::write(d.join("cn.ext"), "basicConstraints=CA:FALSE\n").unwrap();
+    let mut req = vec!["req", "-subj", "/CN=localhost", "-keyout", "cn.key", "-out", "cn.csr"];
+    req.extend(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]);
+    openssl(d, &req);
+    openssl(
+        d,
+        &[
+            "x509", "-req", "-in", "cn.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-days", "2", "-out", "cn.crt",
+            "-extfile", "cn.ext",
+        ],
+    );
+    for (from, to) in [("cn.crt", "server.crt"), ("cn.key", "server.key")] {
+        std::fs::copy(d.join(from), cluster.data_dir().join(to)).unwrap();
+    }
+    chown_to_postgres(cluster.data_dir());
+    cluster.psql("SELECT pg_reload_conf()");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let full = format!("sslmode=verify-full sslrootcert={}", certs.path("ca.crt").display());
+    p.ok(&["stanza-create", &pg(cluster, "localhost", "postgres", &full)]);
+    let (code, err) = p.fails(&["stanza-create", &pg(cluster, "127.0.0.1", "postgres", &full)]);
+    assert!(code == 3 && err.contains("not valid for 127.0.0.1"), "{err}");
 }
 
 /// sslcrl: an empty CRL lets the server in; once its certificate is revoked, refused.

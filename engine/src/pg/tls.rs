@@ -312,7 +312,9 @@ impl ServerCertVerifier for PgVerifier {
         match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name || common_name_matches(end_entity, server_name) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
@@ -338,6 +340,29 @@ impl ServerCertVerifier for PgVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// libpq's fallback: a certificate without a subjectAltName extension is matched by
+/// its Common Name (webpki only reads subjectAltName). The chain was verified before
+/// this is asked; only the name check fell through.
+fn common_name_matches(cert: &CertificateDer<'_>, server_name: &ServerName<'_>) -> bool {
+    use x509_cert::der::Decode;
+    let ServerName::DnsName(host) = server_name else { return false };
+    let Ok(parsed) = x509_cert::Certificate::from_der(cert) else { return false };
+    let tbs = &parsed.tbs_certificate;
+    let has_san = tbs.extensions.iter().flatten().any(|e| e.extn_id.to_string() == "2.5.29.17");
+    if has_san {
+        return false;
+    }
+    let host = host.as_ref().to_ascii_lowercase();
+    tbs.subject.0.iter().flat_map(|rdn| rdn.0.iter()).filter(|atv| atv.oid.to_string() == "2.5.4.3").any(|atv| {
+        let cn = String::from_utf8_lossy(atv.value.value()).to_ascii_lowercase();
+        match cn.strip_prefix("*.") {
+            // A wildcard covers exactly one leftmost label, as libpq does.
+            Some(rest) => host.split_once('.').is_some_and(|(label, tail)| !label.is_empty() && tail == rest),
+            None => cn == host,
+        }
+    })
 }
 
 /// The server name for the handshake (a DNS name or an IP address).
