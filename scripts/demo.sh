@@ -38,6 +38,10 @@ psql() { "$PGBIN/psql" -X -At -h "$DEMO" -U postgres "$@" postgres; }
 
 export PGCAIRN_REPO="$DEMO/repo" PGCAIRN_STANZA=demo PGCAIRN_PG="host=$DEMO port=$P1 user=postgres"
 export PGCAIRN_REPO_PASSPHRASE="demo passphrase, use a long random one in production"
+# This throwaway cluster does not archive WAL (archive_mode is off): backup refuses such a
+# server unless archive-copy says each backup carries its own WAL (no point-in-time
+# recovery then). A production cluster sets archive_command instead (README).
+export PGCAIRN_ARCHIVE_COPY=true
 echo "== pgcairn stanza-create"
 "$PGCAIRN" stanza-create
 # restore_command (pgcairn archive-get) runs as the server's user, without our
