@@ -98,7 +98,9 @@ as_pg "$PGBIN/pg_ctl" -D "$W/data" -l "$W/server.log" -w start >>"$LOG"
 
 # ---------------------------------------------------------------- the tools
 PASS="benchmark passphrase: not a secret"
-CAIRN=(env "PGCAIRN_REPO_PASSPHRASE=$PASS" "$W/bin/pgcairn" "--stanza=$STANZA")
+# The cluster does not archive: pgcairn backups carry their WAL, as pgBackRest with
+# archive-check=n (backup refuses a non-archiving server otherwise).
+CAIRN=(env "PGCAIRN_REPO_PASSPHRASE=$PASS" "PGCAIRN_ARCHIVE_COPY=true" "$W/bin/pgcairn" "--stanza=$STANZA")
 cat >"$W/pgbackrest.conf" <<EOF
 [global]
 repo1-cipher-type=aes-256-cbc

@@ -62,7 +62,8 @@ EOF
 as_pg "$PGBIN/pg_ctl" -D "$W/data" -l "$W/server.log" -w start >>"$LOG"
 
 PASS="benchmark passphrase: not a secret"
-CAIRN=(env "PGCAIRN_REPO_PASSPHRASE=$PASS" "PGCAIRN_PG=$CONN" "$W/bin/pgcairn" "--stanza=$STANZA")
+# The cluster does not archive: backups carry their WAL (archive-copy).
+CAIRN=(env "PGCAIRN_REPO_PASSPHRASE=$PASS" "PGCAIRN_PG=$CONN" "PGCAIRN_ARCHIVE_COPY=true" "$W/bin/pgcairn" "--stanza=$STANZA")
 # peak KEY CMD...: run as postgres, print and remember the peak RSS in MiB.
 declare -A RSS
 peak() {
