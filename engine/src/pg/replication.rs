@@ -169,8 +169,12 @@ pub(crate) struct ReplicationConnection {
     stream: Stream,
     /// tls-server-end-point of the server's certificate, when TLS is on.
     channel_binding: Option<Vec<u8>>,
-    /// Whether authentication used SCRAM-SHA-256-PLUS (channel_binding=require).
+    /// SCRAM-SHA-256-PLUS was chosen; `bound` once the server's final signature
+    /// verified (channel_binding=require needs the latter, not just the attempt).
+    plus: bool,
     bound: bool,
+    /// The SCRAM exchange ended with a verified server signature.
+    scram_done: bool,
     rbuf: BytesMut,
     wbuf: BytesMut,
     target: String,
@@ -261,7 +265,9 @@ impl ReplicationConnection {
         let mut conn = Self {
             stream,
             channel_binding,
+            plus: false,
             bound: false,
+            scram_done: false,
             rbuf: BytesMut::with_capacity(256 * 1024),
             wbuf: BytesMut::new(),
             target,
@@ -364,6 +370,11 @@ impl ReplicationConnection {
             return Err(self.protocol("short authentication message"));
         }
         match body.get_i32() {
+            // A server that says "ok" in the middle of SCRAM skipped proving it knows
+            // the password (regression test in this module's tests).
+            0 if scram.is_some() && !self.scram_done => {
+                return Err(self.protocol("the server ended authentication before SCRAM finished"))
+            }
             0 if p.tls.channel_binding == ChannelBindingMode::Require && !self.bound => {
                 return Err(self.unbound("without SCRAM (trust, peer or cert authentication)"))
             }
@@ -406,6 +417,8 @@ impl ReplicationConnection {
                 let s = scram.as_mut().ok_or_else(|| self.protocol("SASL final without start"))?;
                 s.finish(&body)
                     .map_err(|e| self.protocol(format!("the server's SCRAM signature does not verify: {e}")))?;
+                self.scram_done = true;
+                self.bound = self.plus;
                 return Ok(());
             }
             other => return Err(self.protocol(format!("unsupported authentication request {other}"))),
@@ -420,7 +433,7 @@ impl ReplicationConnection {
         let tls = matches!(self.stream, Stream::Tls(_));
         match (&self.channel_binding, plus_offered) {
             (Some(hash), true) if mode != ChannelBindingMode::Disable => {
-                self.bound = true;
+                self.plus = true;
                 Ok(("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(hash.clone())))
             }
             _ if mode == ChannelBindingMode::Require => Err(self.unbound("without offering SCRAM-SHA-256-PLUS")),
@@ -608,6 +621,50 @@ pub(crate) fn startup_hint(message: &str, code: &str, p: &ConnParams, os_user: O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 15 review): a server (or a man in the middle) answering
+    /// AuthenticationOk right after our SCRAM-SHA-256(-PLUS) first message was taken
+    /// as authenticated — and counted as channel-bound under channel_binding=require —
+    /// without ever proving it knows the password. Now refused.
+    #[tokio::test]
+    async fn authentication_ok_in_the_middle_of_scram_is_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut server) = UnixStream::pair().unwrap();
+        let fake = tokio::spawn(async move {
+            let mut len = [0u8; 4];
+            server.read_exact(&mut len).await.unwrap(); // startup message
+            let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            server.read_exact(&mut rest).await.unwrap();
+            let sasl = b"SCRAM-SHA-256\0\0";
+            let mut msg = vec![b'R'];
+            msg.extend(((8 + sasl.len()) as u32).to_be_bytes());
+            msg.extend(10i32.to_be_bytes());
+            msg.extend(sasl);
+            server.write_all(&msg).await.unwrap();
+            let mut head = [0u8; 5]; // our SASLInitialResponse
+            server.read_exact(&mut head).await.unwrap();
+            let mut rest = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize - 4];
+            server.read_exact(&mut rest).await.unwrap();
+            server.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await.unwrap(); // AuthenticationOk
+            server
+        });
+        let p = ConnParams::resolve_with("host=/nonexistent user=u password=secret", &|_| None).unwrap();
+        let mut conn = ReplicationConnection {
+            stream: Stream::Unix(client),
+            channel_binding: None,
+            plus: false,
+            bound: false,
+            scram_done: false,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            target: "fake".into(),
+            params: HashMap::new(),
+            server_version_num: 0,
+        };
+        let err = conn.startup(&p).await.unwrap_err().to_string();
+        assert!(err.contains("ended authentication before SCRAM finished"), "{err}");
+        drop(fake.await);
+    }
 
     /// Issue 14: each refusal gets the fix that applies to it (messages as PostgreSQL 15-18 word them).
     #[test]
