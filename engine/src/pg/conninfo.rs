@@ -110,6 +110,16 @@ impl ConnParams {
                 "use libpq syntax, e.g. \"host=/var/run/postgresql port=5432 user=postgres\"",
             )
         })?;
+        // Every TLS key was taken out above; one that reached tokio-postgres means the
+        // split went wrong, and its value would be dropped silently.
+        if cfg.get_ssl_mode() != tokio_postgres::config::SslMode::Prefer
+            || cfg.get_channel_binding() != tokio_postgres::config::ChannelBinding::Prefer
+        {
+            return Err(Error::setting(
+                "the pg connection string's sslmode/channel_binding could not be read",
+                "write them as key=value pairs (sslmode=verify-full) or as the URI's query",
+            ));
+        }
         let host = resolve_host(&cfg, env);
         let port = resolve_port(&cfg, env)?;
         let user = cfg
@@ -149,13 +159,21 @@ impl ConnParams {
 fn split_tls_options(conninfo: &str) -> (String, BTreeMap<String, String>) {
     use super::tls::TLS_KEYS;
     let mut tls = BTreeMap::new();
-    if conninfo.starts_with("postgresql://") || conninfo.starts_with("postgres://") {
-        let Some((base, query)) = conninfo.split_once('?') else { return (conninfo.to_string(), tls) };
+    if let Some(after) = conninfo.strip_prefix("postgresql://").or_else(|| conninfo.strip_prefix("postgres://")) {
+        // libpq: the user info ends at the first '@' met before any '/'; the query
+        // starts at the first '?' after it (a password may hold '?').
+        let info_end = after.find(['@', '/']).filter(|&i| after[i..].starts_with('@')).map_or(0, |i| i + 1);
+        let Some(q) = after[info_end..].find('?') else { return (conninfo.to_string(), tls) };
+        let split = conninfo.len() - after.len() + info_end + q;
+        let (base, query) = (&conninfo[..split], &conninfo[split + 1..]);
         let mut kept = Vec::new();
         for pair in query.split('&') {
-            match url::form_urlencoded::parse(pair.as_bytes()).next() {
-                Some((k, v)) if TLS_KEYS.contains(&k.as_ref()) => drop(tls.insert(k.into_owned(), v.into_owned())),
-                _ => kept.push(pair),
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(k);
+            if TLS_KEYS.contains(&key.as_str()) {
+                tls.insert(key, percent_decode(v));
+            } else {
+                kept.push(pair);
             }
         }
         let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
@@ -170,6 +188,28 @@ fn split_tls_options(conninfo: &str) -> (String, BTreeMap<String, String>) {
         }
     }
     (kept.join(" "), tls)
+}
+
+/// %XX decoding as libpq does it for URIs (a '+' stays a '+'); a malformed escape is
+/// kept as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `key = value` pairs of a libpq connection string; anything malformed is passed
@@ -350,6 +390,13 @@ mod tests {
         ] {
             assert!(ConnParams::resolve_with(&format!("host=db {bad}"), &env_of(&[])).is_err(), "{bad}");
         }
+        // Regression (issue 15 review): a '?' in the password moved the query, and
+        // sslmode=require was dropped (prefer); '+' in a path became a space.
+        let uri = "postgresql://backup:s3cr?t@db/postgres?sslmode=require&sslrootcert=/etc/ca+db.pem";
+        let p = ConnParams::resolve_with(uri, &env_of(&[])).unwrap();
+        assert_eq!(p.password.as_ref().map(|s| s.expose().to_string()).as_deref(), Some("s3cr?t"));
+        assert_eq!(p.tls.root_cert, Some(RootCert::File("/etc/ca+db.pem".into())));
+        assert_eq!(p.tls.mode, SslMode::Require, "no root file: require stays require");
         let p =
             ConnParams::resolve_with("host=db sslmode=verify-full sslrootcert=system sslsni=0", &env_of(&[])).unwrap();
         assert_eq!((p.tls.root_cert, p.tls.sni), (Some(RootCert::System), false));
