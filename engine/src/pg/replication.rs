@@ -257,11 +257,19 @@ impl ReplicationConnection {
 
     async fn connect_with(p: &ConnParams, try_tls: bool) -> Result<Self> {
         let target = p.target();
-        let (stream, channel_binding) = match open_socket(p).await? {
-            // libpq never uses TLS on a Unix socket, whatever sslmode says.
-            Stream::Tcp(tcp) if try_tls => negotiate_tls(tcp, p).await?,
-            plain => (plain, None),
+        // connect_timeout covers the TLS negotiation too: a silent peer must not hang
+        // a cron job (review finding).
+        let negotiate = async {
+            match open_socket(p).await? {
+                // libpq never uses TLS on a Unix socket, whatever sslmode says.
+                Stream::Tcp(tcp) if try_tls => negotiate_tls(tcp, p).await,
+                plain => Ok((plain, None)),
+            }
         };
+        let timed_out =
+            || Error::Connect { target: target.clone(), detail: format!("timed out after {:?}", p.connect_timeout) };
+        let (stream, channel_binding) =
+            tokio::time::timeout(p.connect_timeout, negotiate).await.map_err(|_| timed_out())??;
         let mut conn = Self {
             stream,
             channel_binding,

@@ -116,8 +116,17 @@ impl Default for TlsParams {
 }
 
 /// The connection-string keys this module owns (tokio-postgres does not know them).
-pub(crate) const TLS_KEYS: [&str; 8] =
-    ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslsni", "ssl_min_protocol_version", "channel_binding"];
+pub(crate) const TLS_KEYS: [&str; 9] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "ssl_min_protocol_version",
+    "channel_binding",
+];
 
 fn bad(key: &str, value: &str, hint: &str) -> Error {
     Error::setting(format!("invalid {key}={value:?} in the pg connection string (or its PG* variable)"), hint)
@@ -150,7 +159,7 @@ impl TlsParams {
             mode,
             root_cert,
             client_cert: client_cert(&get, &dot)?,
-            crl: get("sslcrl", "PGSSLCRL").map(PathBuf::from),
+            crl: crl(&get, &dot)?,
             sni: get("sslsni", "PGSSLSNI").is_none_or(|v| v != "0"),
             min_tls13: min_protocol(get("ssl_min_protocol_version", "PGSSLMINPROTOCOLVERSION"))?,
             channel_binding: channel_binding(get("channel_binding", "PGCHANNELBINDING"))?,
@@ -177,6 +186,19 @@ fn client_cert(
     let key = get("sslkey", "PGSSLKEY").map(PathBuf::from).or_else(|| dot("postgresql.key"));
     let key = key.ok_or_else(|| bad("sslcert", &cert.display().to_string(), "give its key with sslkey"))?;
     Ok(Some((cert, key)))
+}
+
+/// sslcrl, else `~/.postgresql/root.crl` when it exists (libpq); sslcrldir is not
+/// supported and refused rather than ignored.
+fn crl(get: &dyn Fn(&str, &str) -> Option<String>, dot: &dyn Fn(&str) -> Option<PathBuf>) -> Result<Option<PathBuf>> {
+    if let Some(dir) = get("sslcrldir", "PGSSLCRLDIR") {
+        return Err(bad(
+            "sslcrldir",
+            &dir,
+            "pgcairn reads one CRL file: concatenate the lists into one PEM file and set sslcrl",
+        ));
+    }
+    Ok(get("sslcrl", "PGSSLCRL").map(PathBuf::from).or_else(|| dot("root.crl").filter(|p| p.is_file())))
 }
 
 fn min_protocol(v: Option<String>) -> Result<bool> {
@@ -312,7 +334,7 @@ impl ServerCertVerifier for PgVerifier {
         match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name || common_name_matches(end_entity, server_name) => {
+            )) if !self.check_name || common_name_matches(end_entity, intermediates, server_name) => {
                 Ok(ServerCertVerified::assertion())
             }
             other => other,
@@ -345,9 +367,23 @@ impl ServerCertVerifier for PgVerifier {
 /// libpq's fallback: a certificate without a subjectAltName extension is matched by
 /// its Common Name (webpki only reads subjectAltName). The chain was verified before
 /// this is asked; only the name check fell through.
-fn common_name_matches(cert: &CertificateDer<'_>, server_name: &ServerName<'_>) -> bool {
+fn common_name_matches(
+    cert: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    server_name: &ServerName<'_>,
+) -> bool {
     use x509_cert::der::Decode;
     let ServerName::DnsName(host) = server_name else { return false };
+    // webpki applies a CA's name constraints to subjectAltName only: with one in the
+    // chain, a CN could escape them, so there is no fallback.
+    let constrained = intermediates.iter().any(|c| {
+        x509_cert::Certificate::from_der(c).map_or(true, |c| {
+            c.tbs_certificate.extensions.iter().flatten().any(|e| e.extn_id.to_string() == "2.5.29.30")
+        })
+    });
+    if constrained {
+        return false;
+    }
     let Ok(parsed) = x509_cert::Certificate::from_der(cert) else { return false };
     let tbs = &parsed.tbs_certificate;
     let has_san = tbs.extensions.iter().flatten().any(|e| e.extn_id.to_string() == "2.5.29.17");

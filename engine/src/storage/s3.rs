@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use std::str::FromStr;
+
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as OsPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
@@ -53,7 +55,14 @@ fn ca_options(path: &std::path::Path) -> Result<object_store::ClientOptions> {
     if certs.is_empty() {
         return Err(bad("holds no certificate".into()));
     }
-    Ok(certs.into_iter().fold(object_store::ClientOptions::new(), |o, c| o.with_root_certificate(c)))
+    let from_env = std::env::vars().filter_map(|(k, v)| {
+        match object_store::aws::AmazonS3ConfigKey::from_str(&k.to_ascii_lowercase()).ok()? {
+            object_store::aws::AmazonS3ConfigKey::Client(key) => Some((key, v)),
+            _ => None,
+        }
+    });
+    let options = from_env.fold(object_store::ClientOptions::new(), |o, (k, v)| o.with_config(k, v));
+    Ok(certs.into_iter().fold(options, |o, c| o.with_root_certificate(c)))
 }
 
 impl S3Storage {
@@ -65,6 +74,17 @@ impl S3Storage {
             .clone()
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
             .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+        if std::env::var("AWS_ALLOW_INVALID_CERTIFICATES").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Err(Error::setting(
+                "AWS_ALLOW_INVALID_CERTIFICATES=true would turn off the S3 endpoint's certificate check",
+                "unset it; for a private CA set repo-s3-ca-file",
+            ));
+        }
+        // Client options first: with_client_options replaces them all, so the CA file's
+        // options start from the AWS_* client settings of the environment.
+        if let Some(ca) = &settings.ca_file {
+            b = b.with_client_options(ca_options(ca)?);
+        }
         if let Some(ep) = &endpoint {
             b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
             if ep.starts_with("http://") {
@@ -77,9 +97,6 @@ impl S3Storage {
                 }
                 b = b.with_allow_http(true);
             }
-        }
-        if let Some(ca) = &settings.ca_file {
-            b = b.with_client_options(ca_options(ca)?);
         }
         if let Some((id, secret)) = &settings.credentials {
             b = b.with_access_key_id(id).with_secret_access_key(secret.expose());
@@ -136,9 +153,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Whether a rustls certificate error is among the sources (not any word in a URL:
+/// a bucket named "certificates" must not turn timeouts into permanent errors).
 fn is_certificate_error(e: &object_store::Error) -> bool {
-    let text = error_chain(e).to_ascii_lowercase();
-    text.contains("certificate") || text.contains("unknownissuer")
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        let tls = s.downcast_ref::<rustls::Error>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+        });
+        // reqwest may box the rustls error where a downcast cannot reach it; its text
+        // ("invalid peer certificate", with spaces) cannot come from a URL.
+        if matches!(tls, Some(rustls::Error::InvalidCertificate(_)))
+            || s.to_string().contains("invalid peer certificate")
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn map_err(op: &'static str, key: &str, e: object_store::Error) -> Error {
