@@ -44,11 +44,6 @@ pub struct CheckReport {
     pub seconds: f64,
 }
 
-/// An ordinary SQL connection for check's queries; its errors name the server.
-async fn sql_client(pg: &ConnParams) -> Result<tokio_postgres::Client> {
-    crate::pg::tls::sql_connect(pg).await
-}
-
 fn sql_error(pg: &ConnParams, e: tokio_postgres::Error) -> Error {
     sql_error_needing(pg, e, None)
 }
@@ -82,7 +77,7 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
     if let Some((problem, hint)) = archiving.problem(&cfg.stanza, &req.wanted_command) {
         return Err(Error::misconfigured(Misconfig::Server, format!("{target}: {problem}"), hint));
     }
-    let client = sql_client(&req.pg).await?;
+    let client = crate::pg::tls::sql_connect(&req.pg).await?;
     let in_recovery: bool = client.query_one(SQL_IN_RECOVERY, &[]).await.map_err(|e| sql_error(&req.pg, e))?.get(0);
     if in_recovery {
         let problem = format!("{target} is a standby");
@@ -158,7 +153,7 @@ async fn wait_for_switched(
 /// that allows replication only) is not an error: the backup's archive check still
 /// waits for its WAL.
 pub(crate) async fn refuse_failing_archiver(pg: &ConnParams, target: &str) -> Result<()> {
-    let stats = match sql_client(pg).await {
+    let stats = match crate::pg::tls::sql_connect(pg).await {
         Ok(client) => ArchiverStats::read(&client).await.ok(),
         Err(e) => {
             tracing::info!("pg_stat_archiver not read ({e}): archiving is checked after the backup only");
@@ -257,7 +252,7 @@ impl ArchiveCheck {
 }
 
 async fn server_archiving(pg: &ConnParams) -> Result<(String, ArchiverStats)> {
-    let client = sql_client(pg).await?;
+    let client = crate::pg::tls::sql_connect(pg).await?;
     let mode: String =
         client.query_one("SELECT current_setting('archive_mode')", &[]).await.map_err(|e| sql_error(pg, e))?.get(0);
     let stats = ArchiverStats::read(&client).await.map_err(|e| sql_error(pg, e))?;
