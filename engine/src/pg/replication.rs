@@ -445,9 +445,7 @@ impl ReplicationConnection {
                 Ok(("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(hash.clone())))
             }
             _ if mode == ChannelBindingMode::Require => Err(self.unbound("without offering SCRAM-SHA-256-PLUS")),
-            (Some(_), false) if mode != ChannelBindingMode::Disable => {
-                Ok(("SCRAM-SHA-256", ChannelBinding::unrequested()))
-            }
+            // We could bind (TLS) but the server did not offer it: say so ('y').
             _ if tls && mode != ChannelBindingMode::Disable => Ok(("SCRAM-SHA-256", ChannelBinding::unrequested())),
             _ => Ok(("SCRAM-SHA-256", ChannelBinding::unsupported())),
         }

@@ -218,10 +218,6 @@ fn channel_binding(v: Option<String>) -> Result<ChannelBindingMode> {
     }
 }
 
-fn tls_error(what: String, hint: &str) -> Error {
-    Error::setting(what, hint)
-}
-
 /// The rustls configuration for `p` (ring provider, TLS 1.2+ or 1.3 only).
 pub(crate) fn client_config(p: &TlsParams) -> Result<Arc<ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -240,10 +236,10 @@ pub(crate) fn client_config(p: &TlsParams) -> Result<Arc<ClientConfig>> {
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     let mut config = match &p.client_cert {
         Some((cert, key)) => {
-            let (chain, key) = load_client_cert(cert, key)?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                tls_error(
-                    format!("sslcert {} / sslkey {}: {e}", cert.display(), key_path(&p.client_cert)),
+            let (chain, private_key) = load_client_cert(cert, key)?;
+            builder.with_client_auth_cert(chain, private_key).map_err(|e| {
+                Error::setting(
+                    format!("sslcert {} / sslkey {}: {e}", cert.display(), key.display()),
                     "give a certificate and its own key, PEM",
                 )
             })?
@@ -254,24 +250,20 @@ pub(crate) fn client_config(p: &TlsParams) -> Result<Arc<ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-fn key_path(c: &Option<(PathBuf, PathBuf)>) -> String {
-    c.as_ref().map(|(_, k)| k.display().to_string()).unwrap_or_default()
-}
-
 fn webpki_verifier(p: &TlsParams, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<Arc<WebPkiServerVerifier>> {
     let mut roots = RootCertStore::empty();
     match &p.root_cert {
         Some(RootCert::File(path)) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-                .map_err(|e| tls_error(format!("sslrootcert {}: {e}", path.display()), "give a PEM file of the CA certificates that signed the server's certificate"))?;
+                .map_err(|e| Error::setting(format!("sslrootcert {}: {e}", path.display()), "give a PEM file of the CA certificates that signed the server's certificate"))?;
             roots.add_parsable_certificates(certs);
         }
         Some(RootCert::System) => {
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         }
         None => {
-            return Err(tls_error(
+            return Err(Error::setting(
                 format!("sslmode={} needs a root certificate, and ~/.postgresql/root.crt does not exist", p.mode.as_str()),
                 "set sslrootcert to the CA file that signed the server's certificate (or sslrootcert=system with verify-full), or use sslmode=require to encrypt without checking the server",
             ))
@@ -282,32 +274,36 @@ fn webpki_verifier(p: &TlsParams, provider: Arc<rustls::crypto::CryptoProvider>)
         let crls = CertificateRevocationListDer::pem_file_iter(crl)
             .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
             .map_err(|e| {
-                tls_error(format!("sslcrl {}: {e}", crl.display()), "give a PEM file of certificate revocation lists")
+                Error::setting(
+                    format!("sslcrl {}: {e}", crl.display()),
+                    "give a PEM file of certificate revocation lists",
+                )
             })?;
         builder = builder.with_crls(crls);
     }
-    builder.build().map_err(|e| tls_error(format!("sslrootcert: {e}"), "the file holds no usable CA certificate"))
+    builder.build().map_err(|e| Error::setting(format!("sslrootcert: {e}"), "the file holds no usable CA certificate"))
 }
 
 /// The client certificate chain and key; the key must be private, as libpq requires
 /// (0600 or stricter, or 0640 when owned by root).
 fn load_client_cert(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(key)
-        .map_err(|e| tls_error(format!("sslkey {}: {e}", key.display()), "give the client certificate's key file"))?;
+    let meta = std::fs::metadata(key).map_err(|e| {
+        Error::setting(format!("sslkey {}: {e}", key.display()), "give the client certificate's key file")
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     let private = mode & 0o077 == 0 || (meta.uid() == 0 && mode & 0o037 == 0);
     if !private {
-        return Err(tls_error(
+        return Err(Error::setting(
             format!("sslkey {} is accessible by group or others (mode {mode:o})", key.display()),
-            &format!("chmod 600 {} (libpq refuses it too)", key.display()),
+            format!("chmod 600 {} (libpq refuses it too)", key.display()),
         ));
     }
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-        .map_err(|e| tls_error(format!("sslcert {}: {e}", cert.display()), "give the client certificate, PEM"))?;
+        .map_err(|e| Error::setting(format!("sslcert {}: {e}", cert.display()), "give the client certificate, PEM"))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        tls_error(format!("sslkey {}: {e}", key.display()), "give the client certificate's private key, PEM")
+        Error::setting(format!("sslkey {}: {e}", key.display()), "give the client certificate's private key, PEM")
     })?;
     Ok((chain, key))
 }
@@ -404,7 +400,7 @@ fn common_name_matches(
 /// The server name for the handshake (a DNS name or an IP address).
 pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(host.to_string()).map_err(|e| {
-        tls_error(
+        Error::setting(
             format!("host {host} cannot be checked against a certificate: {e}"),
             "connect by DNS name or IP address",
         )
