@@ -25,8 +25,12 @@ fn assert_quiet_on_closed_pipe(cmd: Command, what: &str) {
 }
 
 fn assert_closed_pipe_exit(mut cmd: Command, what: &str, code: i32) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    drop(child.stdout.take()); // the reader goes away at once (`| head -0`)
+    // Regression (CI, stop 19): the reader used to be dropped after spawn, so a fast
+    // child could fit its whole output into the pipe buffer first and exit 0. The read
+    // end is now closed before the child starts: its first write always meets EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = cmd.stdout(writer).stderr(Stdio::piped()).spawn().unwrap();
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     let status = child.wait().unwrap();
