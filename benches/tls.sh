@@ -53,31 +53,48 @@ PLAIN="host=127.0.0.1 port=$PORT user=bench sslmode=disable"
 TLS="host=localhost port=$PORT user=bench sslmode=require channel_binding=require"
 "$W/pgcairn" --repo="$W/repo" stanza-create --pg="$PLAIN" >>"$LOG"
 
-# One full backup into a fresh repository each time (nothing deduplicated away).
-backup() { # backup CONNINFO -> "wall cpu" seconds (cpu: pgcairn's own user + sys)
-    rm -rf "$W/r" && cp -a "$W/repo" "$W/r"
-    local t0=$EPOCHREALTIME
-    /usr/bin/time -f '%U %S' -o "$W/cpu" "$W/pgcairn" --repo="$W/r" backup --start-fast --pg="$1" >>"$LOG" 2>&1
-    awk -v a="$t0" -v b="$EPOCHREALTIME" -v c="$(cat "$W/cpu")" 'BEGIN {split(c, x, " "); printf "%.3f %.2f\n", b - a, x[1] + x[2]}'
+# The server's CPU: its backends are the postmaster's children, reaped into its
+# cutime + cstime (clock ticks) once each connection ends.
+PMPID=$(head -1 "$W/data/postmaster.pid")
+TICK=$(getconf CLK_TCK)
+server_ticks() { awk '{print $16 + $17}' "/proc/$PMPID/stat"; }
+# run LABEL CMD... -> "wall client_cpu server_cpu" seconds
+run() {
+    local s0 t0=$EPOCHREALTIME
+    s0=$(server_ticks)
+    /usr/bin/time -f '%U %S' -o "$W/cpu" "$@" >>"$LOG" 2>&1
+    awk -v a="$t0" -v b="$EPOCHREALTIME" -v c="$(cat "$W/cpu")" -v s0="$s0" -v s1="$(server_ticks)" -v hz="$TICK" \
+        'BEGIN {split(c, x, " "); printf "%.3f %.2f %.2f\n", b - a, x[1] + x[2], (s1 - s0) / hz}'
 }
+# One full backup into a fresh repository each time (nothing deduplicated away).
+backup() { rm -rf "$W/r" && cp -a "$W/repo" "$W/r" && run "$W/pgcairn" --repo="$W/r" backup --start-fast --pg="$1"; }
+# The reference: pg_basebackup (libpq + OpenSSL) streaming the same cluster to /dev/null.
+basebackup() { run sh -c "\"$PGBIN/pg_basebackup\" -d '$1' -D - -Ft -X none -c fast >/dev/null"; }
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-plain=() tls=() ratios=() pcpu=() tcpu=()
+declare -A col
 for _ in $(seq "$REPEAT"); do
-    read -r p pc < <(backup "$PLAIN")
-    read -r t tc < <(backup "$TLS")
-    plain+=("$p") tls+=("$t") pcpu+=("$pc") tcpu+=("$tc")
-    ratios+=("$(awk -v a="$t" -v b="$p" 'BEGIN {printf "%.3f", a / b}')")
+    for what in backup basebackup; do
+        read -r pw pc ps < <("$what" "$PLAIN")
+        read -r tw tc ts < <("$what" "${TLS% channel_binding=require}$([ "$what" = backup ] && echo ' channel_binding=require')")
+        col[$what-plain-wall]+="$pw " col[$what-plain-cpu]+="$pc " col[$what-plain-server]+="$ps "
+        col[$what-tls-wall]+="$tw " col[$what-tls-cpu]+="$tc " col[$what-tls-server]+="$ts "
+        col[$what-ratio]+="$(awk -v a="$tw" -v b="$pw" 'BEGIN {printf "%.3f", a / b}') "
+    done
 done
+med() { tr ' ' '\n' <<<"${col[$1]}" | grep . | median; }
 SIZE=$(du -sm "$W/data" | cut -f1)
 echo "TLS cost of a full backup: SCALE=$SCALE (${SIZE} MB data directory), $REPEAT pairs alternated, medians, $(nproc) cores"
 echo
-echo "| connection | wall | MB/s | pgcairn CPU |"
-echo "|---|---|---|---|"
-P=$(printf '%s\n' "${plain[@]}" | median)
-T=$(printf '%s\n' "${tls[@]}" | median)
-PC=$(printf '%s\n' "${pcpu[@]}" | median)
-TC=$(printf '%s\n' "${tcpu[@]}" | median)
-printf '| TCP, sslmode=disable | %s s | %s | %s s |\n' "$P" "$(awk -v s="$SIZE" -v t="$P" 'BEGIN {printf "%.0f", s / t}')" "$PC"
-printf '| TCP, TLS (require) + channel_binding=require | %s s | %s | %s s |\n' "$T" "$(awk -v s="$SIZE" -v t="$T" 'BEGIN {printf "%.0f", s / t}')" "$TC"
+echo "| client | connection | wall | MB/s | client CPU | server CPU |"
+echo "|---|---|---|---|---|---|"
+for what in backup basebackup; do
+    name=$([ "$what" = backup ] && echo "pgcairn backup" || echo "pg_basebackup -Ft to /dev/null")
+    for mode in plain tls; do
+        label=$([ "$mode" = plain ] && echo "sslmode=disable" || echo "sslmode=require$([ "$what" = backup ] && echo ' + channel_binding=require')")
+        w=$(med "$what-$mode-wall")
+        printf '| %s | %s | %s s | %s | %s s | %s s |\n' "$name" "$label" "$w" \
+            "$(awk -v s="$SIZE" -v t="$w" 'BEGIN {printf "%.0f", s / t}')" "$(med "$what-$mode-cpu")" "$(med "$what-$mode-server")"
+    done
+done
 echo
-echo "TLS / plain, pair by pair, median: $(printf '%s\n' "${ratios[@]}" | median)"
+echo "TLS / plain, pair by pair, median: pgcairn $(med backup-ratio), pg_basebackup $(med basebackup-ratio)"
