@@ -139,6 +139,15 @@ fn tls_modes_certificates_and_channel_binding() {
     let metrics = p.ok(&["metrics", &pg(&cluster, "localhost", "scram_user", &bound)]);
     assert!(metrics.contains("pgcairn_archiver_archived_total"), "{metrics}");
 
+    // sslrootcert=system: the platform's store, which honours SSL_CERT_FILE as OpenSSL
+    // does — our CA there is trusted, another CA there is not.
+    let system = pg(&cluster, "localhost", "postgres", "sslmode=verify-full sslrootcert=system");
+    let ca = certs.path("ca.crt").display().to_string();
+    p.clone().with_env("SSL_CERT_FILE", &ca).ok(&["stanza-create", &system]);
+    let ca2 = certs.path("ca2.crt").display().to_string();
+    let (code, err) = p.clone().with_env("SSL_CERT_FILE", &ca2).fails(&["stanza-create", &system]);
+    assert!(code == 3 && err.contains("not signed"), "{err}");
+
     // TLS 1.3 only, and md5 under channel_binding=require (refused: no SCRAM-PLUS).
     p.ok(&[
         "stanza-create",

@@ -672,6 +672,41 @@ mod tests {
         drop(fake.await);
     }
 
+    /// The name a client sends in its TLS ClientHello (SNI), as a fake server reads it.
+    async fn sni_sent(conninfo: &str) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let fake = tokio::spawn(async move {
+            let mut request = [0u8; 8];
+            server.read_exact(&mut request).await.unwrap();
+            server.write_all(b"S").await.unwrap();
+            let mut acceptor = rustls::server::Acceptor::default();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = server.read(&mut buf).await.unwrap();
+                acceptor.read_tls(&mut &buf[..n]).unwrap();
+                if let Some(accepted) = acceptor.accept().map_err(|(e, _)| e).unwrap() {
+                    return accepted.client_hello().server_name().map(str::to_string);
+                }
+            }
+        });
+        let p = ConnParams::resolve_with(conninfo, &|_| None).unwrap();
+        let negotiate = negotiate_tls(client, &p);
+        let (sni, _) = tokio::join!(fake, negotiate); // the handshake fails: no certificate
+        sni.unwrap()
+    }
+
+    /// Issue 15: sslsni as libpq — the host name in the handshake unless sslsni=0,
+    /// never an IP address.
+    #[tokio::test]
+    async fn sslsni_sends_the_host_name_unless_turned_off() {
+        assert_eq!(sni_sent("host=db.example.com sslmode=require").await.as_deref(), Some("db.example.com"));
+        assert_eq!(sni_sent("host=db.example.com sslmode=require sslsni=0").await, None);
+        assert_eq!(sni_sent("host=127.0.0.1 sslmode=require sslsni=1").await, None);
+    }
+
     /// Issue 14: each refusal gets the fix that applies to it (messages as PostgreSQL 15-18 word them).
     #[test]
     fn startup_hints_name_the_fix() {

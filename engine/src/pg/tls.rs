@@ -259,9 +259,7 @@ fn webpki_verifier(p: &TlsParams, provider: Arc<rustls::crypto::CryptoProvider>)
                 .map_err(|e| Error::setting(format!("sslrootcert {}: {e}", path.display()), "give a PEM file of the CA certificates that signed the server's certificate"))?;
             roots.add_parsable_certificates(certs);
         }
-        Some(RootCert::System) => {
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        }
+        Some(RootCert::System) => add_system_roots(&mut roots, rustls_native_certs::load_native_certs().certs)?,
         None => {
             return Err(Error::setting(
                 format!("sslmode={} needs a root certificate, and ~/.postgresql/root.crt does not exist", p.mode.as_str()),
@@ -430,6 +428,19 @@ pub(crate) fn tls_server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
     Some(hash)
 }
 
+/// sslrootcert=system: the platform's store (SSL_CERT_FILE / SSL_CERT_DIR when set);
+/// an empty store is an error of its own, not every server's "unknown issuer".
+fn add_system_roots(roots: &mut RootCertStore, certs: Vec<CertificateDer<'static>>) -> Result<()> {
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(Error::setting(
+            "sslrootcert=system: the system's certificate store holds no CA certificate",
+            "install the ca-certificates package, point SSL_CERT_FILE at a CA bundle, or set sslrootcert to a CA file",
+        ));
+    }
+    Ok(())
+}
+
 /// A readable explanation of a failed handshake, naming the host and, for a name
 /// mismatch, the certificate's names.
 pub(crate) fn handshake_error(target: &str, host: &str, e: &std::io::Error, mode: SslMode) -> Error {
@@ -564,5 +575,18 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWr
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty system store names itself and the way out, rather than failing each
+    /// handshake with "not signed by a CA".
+    #[test]
+    fn empty_system_store_is_named() {
+        let err = add_system_roots(&mut RootCertStore::empty(), Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("holds no CA certificate") && err.contains("SSL_CERT_FILE"), "{err}");
     }
 }
