@@ -213,7 +213,7 @@ async fn read(r: &Resolved, common: &Common) -> Result<(pgcairn::InfoReport, pgc
     let repo = common.access()?.open().await?;
     let info = pgcairn::info(&repo).await?;
     let pg = pgcairn_cli::settings::typed::optional_pg(r)?;
-    let archive_check = pgcairn::check_archive(&repo, pg.as_ref()).await?;
+    let archive_check = pgcairn::check_archive_summary(&repo, pg.as_ref(), &info.archive).await?;
     Ok((info, archive_check))
 }
 

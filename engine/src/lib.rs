@@ -32,13 +32,14 @@ pub use fsutil::private_umask;
 pub use ops::archive::clear_prefetch_spool;
 pub use ops::archive_async::spool_problems;
 pub use ops::{
-    backup, check, check_archive, drill, expire, info, info_with_retention, restore, run_archive_get, run_archive_push,
-    stanza_create, stanza_delete, stanza_delete_leftovers, verify, AsyncQueue, BackupDetails, BackupInfo,
-    BackupRequest, BackupStatus, BackupSummary, BackupType, BackupVerdict, CheckReport, CheckRequest, Damage, Drainer,
-    DrillReport, DrillRequest, ExpireDecision, ExpireReport, ExpireRequest, FullRetention, GetRequest, InfoReport,
-    PushRequest, QueueFull, Recovery, RecoveryTarget, RepoAccess, RestoreRequest, RestoreSummary, RetentionPolicy,
-    StanzaCreateRequest, StanzaCreated, StanzaDeleteReport, StanzaDeleteRequest, TargetAction, TimelineTarget,
-    TimelineVerdict, Unlock, VerifyReport, VerifyRequest, WalExpiry, WalGap,
+    backup, check, check_archive, check_archive_summary, drill, expire, info, info_with_retention, restore,
+    run_archive_get, run_archive_push, stanza_create, stanza_delete, stanza_delete_leftovers, verify, AsyncQueue,
+    BackupDetails, BackupInfo, BackupRequest, BackupStatus, BackupSummary, BackupType, BackupVerdict, CheckReport,
+    CheckRequest, Damage, Drainer, DrillReport, DrillRequest, ExpireDecision, ExpireReport, ExpireRequest,
+    FullRetention, GetRequest, InfoReport, PushRequest, QueueFull, Recovery, RecoveryTarget, RepoAccess,
+    RestoreRequest, RestoreSummary, RetentionPolicy, StanzaCreateRequest, StanzaCreated, StanzaDeleteReport,
+    StanzaDeleteRequest, TargetAction, TimelineTarget, TimelineVerdict, Unlock, VerifyReport, VerifyRequest, WalExpiry,
+    WalGap,
 };
 pub use ops::{key_add, key_list, key_remove};
 pub use ops::{ArchiveCheck, LastBackup, Level, StanzaStatus, BACKLOG_WARNING, INFO_SCHEMA_VERSION};

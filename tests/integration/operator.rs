@@ -261,7 +261,57 @@ fn numbers_agree_and_logs_show_the_steps() {
     let restored =
         a.p.ok(&["restore", &format!("--pg-data={}", data.display()), "--type=immediate", &format!("--set={label}")]);
     assert_eq!(files(&restored, "restored backup"), backed_up, "{restored}");
-    check_logs(&a);
+    progress_on_a_terminal(&a);
+    check_logs(&a); // last: it points archive_command at a log directory it removes
+}
+
+/// Regression (issue 14): on a terminal the bar's first frame was indicatif's raw
+/// default ("█░" bar, pos/len) and its early ETA said "7d" for a 2-second backup.
+/// A backup under `script` (a pseudo-terminal) shows only our styled frames.
+fn progress_on_a_terminal(a: &Archiving) {
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    let cmd = a.p.cmd(&["backup", "--type=full", "--start-fast", &pg]);
+    let quoted: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|w| format!("'{}'", w.to_str().unwrap().replace('\'', "'\\''")))
+        .collect();
+    let mut script = Command::new("script");
+    script.args(["-qfec", &quoted.join(" "), "/dev/null"]).env("TERM", "xterm");
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    let out = script.stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let frames: Vec<String> = text.split(['\r', '\n']).map(strip_ansi).filter(|f| f.contains("B/s")).collect();
+    assert!(!frames.is_empty(), "no progress frame on the terminal: {text:?}");
+    assert!(!text.contains('█') && !text.contains('░'), "indicatif's raw default frame: {text:?}");
+    for frame in &frames {
+        let eta_days = frame.split("eta ").nth(1).is_some_and(|e| e.trim_end().ends_with('d'));
+        assert!(!eta_days, "ETA in days for a seconds-long backup: {frame:?}");
+        assert!(frame.contains("eta ") || !frame.contains('['), "styled frame without its ETA: {frame:?}");
+    }
+}
+
+/// Text without ANSI escape sequences (CSI ... letter).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// log-level=info shows pgcairn's steps in log-file (0600), stderr only warnings;

@@ -217,16 +217,27 @@ pub const BACKLOG_WARNING: u64 = 16;
 /// `check --archive-only`: read-only and cheap (one listing of the archive, one
 /// query), for polling each minute. Never switches WAL or writes anything.
 pub async fn check_archive(repo: &Repository, pg: Option<&ConnParams>) -> Result<ArchiveCheck> {
-    let seg_size = repo.config().wal_segment_size;
     let archived = crate::ops::archive::archived_segments(repo).await?;
-    let newest = crate::ops::archive::archive_summary(&archived, seg_size).into_iter().rev().find(|t| t.last.is_some());
+    let summary = crate::ops::archive::archive_summary(&archived, repo.config().wal_segment_size);
+    check_archive_summary(repo, pg, &summary).await
+}
+
+/// [`check_archive`] on a summary of the archive already listed (info's `archive`),
+/// so `metrics` lists the WAL archive once per scrape.
+pub async fn check_archive_summary(
+    repo: &Repository,
+    pg: Option<&ConnParams>,
+    summary: &[crate::ops::archive::TimelineArchive],
+) -> Result<ArchiveCheck> {
+    let seg_size = repo.config().wal_segment_size;
+    let newest = summary.iter().rev().find(|t| t.last.is_some());
     let now = unix_now() as u64;
     let mut out = ArchiveCheck {
         level: Level::Ok,
         problems: Vec::new(),
-        newest_segment: newest.as_ref().and_then(|t| t.last.clone()),
-        newest_arrived: newest.as_ref().and_then(|t| t.last_arrived),
-        lag_seconds: newest.as_ref().and_then(|t| t.last_arrived).map(|t| now.saturating_sub(t)),
+        newest_segment: newest.and_then(|t| t.last.clone()),
+        newest_arrived: newest.and_then(|t| t.last_arrived),
+        lag_seconds: newest.and_then(|t| t.last_arrived).map(|t| now.saturating_sub(t)),
         archiver: None,
         backlog_segments: None,
     };

@@ -18,7 +18,9 @@ pub(crate) mod wal_view;
 pub use archive::{run_archive_get, GetRequest, RepoAccess, Unlock};
 pub use archive_async::{run_archive_push, AsyncQueue, Drainer, PushRequest, QueueFull};
 pub use backup::{backup, BackupRequest, BackupSummary};
-pub use check::{check, check_archive, ArchiveCheck, CheckReport, CheckRequest, Level, BACKLOG_WARNING};
+pub use check::{
+    check, check_archive, check_archive_summary, ArchiveCheck, CheckReport, CheckRequest, Level, BACKLOG_WARNING,
+};
 pub use drill::{drill, DrillReport, DrillRequest};
 pub use expire::{
     expire, info_with_retention, stanza_delete, stanza_delete_leftovers, ExpireDecision, ExpireReport, ExpireRequest,
