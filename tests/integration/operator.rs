@@ -228,8 +228,13 @@ fn monitoring_reads_a_real_repository() {
 
     let keys = TestDir::new("key");
     let key = format!("--output={}", keys.path().join("k").display());
-    let printing: [&[&str]; 10] = [
+    let restore_dir = TestDir::new("piped-restore");
+    let restore = format!("--pg-data={}", restore_dir.path().join("data").display());
+    let printing: [&[&str]; 13] = [
         &["info"],
+        &["key", "list"],
+        &["key", "list", "--output=json"],
+        &["restore", &restore, "--type=immediate"],
         &["info", "--output=json"],
         &["metrics"],
         &["check", "--archive-only"],

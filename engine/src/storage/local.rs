@@ -86,15 +86,30 @@ fn list_into(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Res
         }
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            list_into(root, &entry.path(), out)?;
+            list_into(root, &entry.path(), out)?; // a directory removed meanwhile lists empty
         } else if ft.is_file() {
-            let rel = entry.path().strip_prefix(root).expect("below root").to_string_lossy().into_owned();
-            let meta = entry.metadata()?;
-            let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            out.push(ObjectInfo { key: rel, size: meta.len(), modified: modified.map(|d| d.as_secs()) });
+            out.extend(object_info(root, &entry.path())?);
         }
     }
     Ok(())
+}
+
+/// The listing entry for the file at `path`; None when it was deleted between the
+/// directory read and this stat — a listing is a snapshot, and the object is gone.
+///
+/// Regression (CI-like run, lifecycle test): a backup listing `lock/beat-` while the
+/// lock holder replaced its heartbeat failed with "No such file or directory".
+// Invariant: as list_into's, `path` starts with `root`.
+#[allow(clippy::expect_used)]
+fn object_info(root: &Path, path: &Path) -> std::io::Result<Option<ObjectInfo>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let key = path.strip_prefix(root).expect("below root").to_string_lossy().into_owned();
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    Ok(Some(ObjectInfo { key, size: meta.len(), modified: modified.map(|d| d.as_secs()) }))
 }
 
 #[async_trait::async_trait]
@@ -186,5 +201,47 @@ mod tests {
         let s = LocalStorage::new(dir.path().join("repo"));
         super::super::conformance::run(&s).await;
         super::super::conformance::run_concurrent_create(&s).await;
+    }
+
+    /// A file gone between the directory read and the stat is left out, not an error.
+    #[test]
+    fn a_file_deleted_while_listing_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(object_info(dir.path(), &dir.path().join("lock/beat-1")).unwrap().is_none());
+        std::fs::write(dir.path().join("here"), b"x").unwrap();
+        let found = object_info(dir.path(), &dir.path().join("here")).unwrap().unwrap();
+        assert_eq!((found.key.as_str(), found.size), ("here", 1));
+    }
+
+    /// Listing while another writer creates and deletes files and directories never
+    /// fails (the race the lock's heartbeat hit).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listing_beside_deletions_never_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let s = LocalStorage::new(root.clone());
+        s.put_new("lock/keep", Bytes::from_static(b"k")).await.unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (stop, lock) = (stop.clone(), root.join("lock"));
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sub = lock.join(format!("d{}", i % 4));
+                    let _ = std::fs::create_dir_all(&sub);
+                    let _ = std::fs::write(lock.join(format!("beat-{i}")), b"b");
+                    let _ = std::fs::write(sub.join("f"), b"f");
+                    let _ = std::fs::remove_file(lock.join(format!("beat-{}", i.saturating_sub(1))));
+                    let _ = std::fs::remove_dir_all(&sub);
+                    i += 1;
+                }
+            })
+        };
+        for _ in 0..500 {
+            let listed = s.list("lock/").await.unwrap();
+            assert!(listed.iter().any(|o| o.key == "lock/keep"));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
     }
 }

@@ -14,7 +14,8 @@
 //!   never a short read.
 //! * [`Storage::list`] returns every key under a prefix (recursively), sorted, with
 //!   sizes and modification times; it may be eventually consistent, so correctness never depends on a list
-//!   seeing a just-written object: readers find objects by name.
+//!   seeing a just-written object: readers find objects by name. An object deleted
+//!   while the listing runs may or may not appear; its deletion is never an error.
 //! * Errors are classified transient or permanent; [`retry::RetryStorage`] retries the
 //!   transient ones.
 //!
