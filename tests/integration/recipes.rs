@@ -530,3 +530,74 @@ fn pgcairn_cron_is_quiet_unless_the_command_fails() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn dockerfile_instructions() -> Vec<Vec<String>> {
+    let text = read(&contrib().join("kubernetes/Dockerfile"));
+    let joined = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+    joined
+        .replace("\\\n", " ")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// No Docker here, so the image is not built; what breaks a build most — a path the
+/// build stage needs but does not copy, a binary the final stage copies under another
+/// name — is checked: the build stage's COPY sources alone, in an empty directory,
+/// make a workspace cargo resolves (--locked, offline), whose packages named by
+/// `cargo build -p` have exactly the binaries the final stage copies.
+#[test]
+fn dockerfile_build_stage_has_what_cargo_needs() {
+    let instructions = dockerfile_instructions();
+    let context = TestDir::new("docker-context");
+    let (mut packages, mut copied_bins) = (BTreeSet::new(), BTreeSet::new());
+    for words in &instructions {
+        match (words[0].as_str(), words.get(1).map(String::as_str)) {
+            ("COPY", Some(from)) if from.starts_with("--from=") => {
+                for src in &words[2..words.len() - 1] {
+                    copied_bins.insert(src.rsplit('/').next().unwrap().to_string());
+                }
+            }
+            ("COPY", _) => {
+                for src in &words[1..words.len() - 1] {
+                    let status =
+                        Command::new("cp").arg("-a").arg(repo_root().join(src)).arg(context.path()).status().unwrap();
+                    assert!(status.success(), "COPY {src}: not in the repository");
+                }
+            }
+            ("RUN", _) if words.contains(&"cargo".to_string()) => {
+                packages.extend(words.windows(2).filter(|w| w[0] == "-p").map(|w| w[1].clone()));
+            }
+            _ => {}
+        }
+    }
+    let _ = std::fs::remove_dir_all(context.path().join("target"));
+    let out = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+        .args(["metadata", "--locked", "--offline", "--format-version=1"])
+        .current_dir(context.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the build stage's context is not a workspace cargo resolves: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut bins = BTreeSet::new();
+    for package in
+        meta["packages"].as_array().unwrap().iter().filter(|p| packages.contains(p["name"].as_str().unwrap()))
+    {
+        for target in package["targets"].as_array().unwrap() {
+            if target["kind"].as_array().unwrap().iter().any(|k| k == "bin") {
+                bins.insert(target["name"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(packages.len(), 2, "cargo build -p …: {packages:?}");
+    assert_eq!(bins, copied_bins, "binaries built vs copied into the image");
+    assert_eq!(copied_bins, BTreeSet::from(["pgcairn".to_string(), "pgcairn-archive-push".to_string()]));
+    let ignore = read(&contrib().join("kubernetes/Dockerfile.dockerignore"));
+    assert!(ignore.lines().any(|l| l.trim() == "target"), "the build context would carry target/");
+}
