@@ -16,6 +16,7 @@ mod metrics;
 mod output;
 mod progress;
 mod proof;
+mod stanzas;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -79,6 +80,9 @@ enum Command {
         /// text for people, json for scripts.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+        /// Every stanza the repository holds, each with its own config file section (json: an array).
+        #[arg(long)]
+        all_stanzas: bool,
     },
     /// Check that archiving works: settings, pg_stat_archiver, then a forced WAL switch reaching the repository.
     Check {
@@ -156,6 +160,9 @@ enum Command {
         /// Serve GET /metrics on this address (e.g. 127.0.0.1:9855) instead of printing once.
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
+        /// Every stanza the repository holds in one exposition, each with its own config file section.
+        #[arg(long)]
+        all_stanzas: bool,
     },
     /// Manage the repository's passphrases: add, list, remove (rotation without a new stanza).
     Key {
@@ -178,6 +185,11 @@ enum Command {
 }
 
 impl Command {
+    /// `--all-stanzas` (info, metrics).
+    fn all_stanzas(&self) -> bool {
+        matches!(self, Command::Info { all_stanzas: true, .. } | Command::Metrics { all_stanzas: true, .. })
+    }
+
     /// The command as the settings see it; None for the ones that take no settings.
     fn cmd(&self) -> Option<Cmd> {
         Some(match self {
@@ -315,9 +327,8 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         Command::Restore { target, tablespace_map, delta } => {
             restore(r, common, target, tablespace_map, *delta).await?
         }
-        Command::Info { output } => {
-            let policy = typed::retention(r)?;
-            let report = pgcairn::info_with_retention(&common.access()?.open().await?, &policy).await?;
+        Command::Info { output, .. } => {
+            let report = info(r, common).await?;
             if *output == Output::Json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -326,7 +337,9 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         }
         Command::Check { archive_only: true, output, .. } => return check_archive(r, common, *output).await,
         Command::Check { restore_point, output, .. } => check(r, common, *restore_point, *output).await?,
-        Command::Metrics { listen } => return metrics::run(r, common, *listen).await,
+        Command::Metrics { listen, .. } => {
+            return metrics::run(metrics::Target::One(r.clone(), common.clone()), *listen).await
+        }
         Command::Key { action } => keys::run(common, action).await?,
         Command::ArchivePush { path } => {
             let req = typed::push_request(r, common, &[Cmd::ArchivePush.name()])?;
@@ -357,6 +370,63 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The stanza's info, with the retention policy its settings give.
+async fn info(r: &Resolved, common: &Common) -> Result<pgcairn::InfoReport> {
+    let policy = typed::retention(r)?;
+    Ok(pgcairn::info_with_retention(&common.access()?.open().await?, &policy).await?)
+}
+
+/// info and metrics with `--all-stanzas`.
+async fn run_all_stanzas(command: &Command, all: stanzas::AllStanzas) -> Result<ExitCode> {
+    match command {
+        Command::Info { output, .. } => info_all(&all, *output).await,
+        Command::Metrics { listen, .. } => metrics::run(metrics::Target::All(all), *listen).await,
+        _ => Err(Error::Internal("--all-stanzas reached another command".into()).into()),
+    }
+}
+
+/// `info --all-stanzas`: each stanza's report; one that cannot be read is shown with
+/// status error (json: only stanza and status) and fails the run after all are printed.
+async fn info_all(all: &stanzas::AllStanzas, out: Output) -> Result<ExitCode> {
+    let mut reports = Vec::new();
+    for name in all.names().await? {
+        let report = async {
+            let (r, common) = all.settings(&name)?;
+            info(&r, &common).await
+        };
+        let report = report.await;
+        reports.push((name, report));
+    }
+    if out == Output::Json {
+        let values: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(name, report)| match report {
+                Ok(report) => serde_json::to_value(report),
+                Err(e) => Ok(serde_json::json!({
+                    "schema_version": pgcairn::INFO_SCHEMA_VERSION,
+                    "stanza": name,
+                    "status": { "code": "error", "message": format!("{e:#}") },
+                })),
+            })
+            .collect::<serde_json::Result<_>>()?;
+        outln!("{}", serde_json::to_string_pretty(&values)?);
+    } else {
+        for (i, (name, report)) in reports.iter().enumerate() {
+            if i > 0 {
+                outln!();
+            }
+            match report {
+                Ok(report) => output::print_info(report)?,
+                Err(e) => outln!("stanza: {name}\n    status: error ({e:#})"),
+            }
+        }
+    }
+    match reports.into_iter().find_map(|(_, r)| r.err()) {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 async fn drill(r: &Resolved, common: &Common, target: &TargetArgs, keep: bool, output: Output) -> Result<ExitCode> {
@@ -687,12 +757,19 @@ fn start(command: &Command, flags: Flags) -> Result<ExitCode> {
         meta(command)?;
         return Ok(ExitCode::SUCCESS);
     };
-    let resolved = resolve(cmd, &flags, &pgcairn_cli::settings::process_env)?;
+    let resolved = if command.all_stanzas() {
+        pgcairn_cli::settings::resolve_top_level(cmd, &flags, &pgcairn_cli::settings::process_env)?
+    } else {
+        resolve(cmd, &flags, &pgcairn_cli::settings::process_env)?
+    };
     let common = Common::from(&resolved)?;
     pgcairn_cli::logging::init(&common.log())?;
     for line in resolved.describe() {
         tracing::debug!("setting {line}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if command.all_stanzas() {
+        return rt.block_on(run_all_stanzas(command, stanzas::AllStanzas::new(cmd, flags, common)));
+    }
     rt.block_on(run(command, &resolved, &common))
 }

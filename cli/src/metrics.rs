@@ -1,9 +1,12 @@
 //! `pgcairn metrics`: the stanza's state (computed by the engine: `info` and the
 //! read-only archive check) rendered in the Prometheus text format, printed once (for
 //! node_exporter's textfile collector) or served on `GET /metrics` (`--listen`).
+//! With `--all-stanzas`, every stanza of the repository in one exposition, each
+//! series labelled with its stanza.
 //! Metric names are documented in docs/operations.md "Monitoring"; the alerting
 //! rules in contrib/prometheus/pgcairn.rules.yml use them.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,46 +22,61 @@ use pgcairn_cli::settings::Resolved;
 
 type Labels = Vec<(&'static str, String)>;
 type Gauges = Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>;
+type Counters = Family<Labels, Counter>;
 
-/// A registry built for one scrape: every value is read fresh.
+/// One scrape's metric families by name, each with the series of every stanza read
+/// (one family per name, as the exposition format requires). Every value is read fresh.
+#[derive(Default)]
 struct Scrape {
-    registry: Registry,
+    gauges: BTreeMap<String, (String, Gauges)>,
+    counters: BTreeMap<String, (String, Counters)>,
+    /// The stanza whose series are being added.
     stanza: String,
 }
 
 impl Scrape {
-    fn new(stanza: &str) -> Self {
-        Scrape { registry: Registry::default(), stanza: stanza.to_string() }
+    fn labels(&self, extra: impl IntoIterator<Item = (&'static str, String)>) -> Labels {
+        std::iter::once(("stanza", self.stanza.clone())).chain(extra).collect()
+    }
+
+    fn gauge_family(&mut self, name: &str, help: &str) -> &Gauges {
+        &self.gauges.entry(name.to_string()).or_insert_with(|| (help.to_string(), Gauges::default())).1
     }
 
     fn gauge(&mut self, name: &str, help: &str, extra: &[(&'static str, &str)], value: f64) {
-        let family = Gauges::default();
-        let mut labels: Labels = vec![("stanza", self.stanza.clone())];
-        labels.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-        family.get_or_create(&labels).set(value);
-        self.registry.register(name, help, family);
+        let labels = self.labels(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        self.gauge_family(name, help).get_or_create(&labels).set(value);
     }
 
     /// Several series of one gauge (one per label value).
     fn gauges(&mut self, name: &str, help: &str, series: &[(Labels, f64)]) {
-        let family = Gauges::default();
         for (extra, value) in series {
-            let mut labels: Labels = vec![("stanza", self.stanza.clone())];
-            labels.extend(extra.iter().cloned());
-            family.get_or_create(&labels).set(*value);
+            let labels = self.labels(extra.iter().cloned());
+            self.gauge_family(name, help).get_or_create(&labels).set(*value);
         }
-        self.registry.register(name, help, family);
+        self.gauge_family(name, help); // declared even without a series
     }
 
     fn counter(&mut self, name: &str, help: &str, value: i64) {
-        let family = Family::<Labels, Counter>::default();
-        family.get_or_create(&vec![("stanza", self.stanza.clone())]).inc_by(value.max(0) as u64);
-        self.registry.register(name, help, family);
+        let labels = self.labels([]);
+        let family =
+            &self.counters.entry(name.to_string()).or_insert_with(|| (help.to_string(), Counters::default())).1;
+        family.get_or_create(&labels).inc_by(value.max(0) as u64);
     }
 
     fn encode(&self) -> Result<String> {
+        let mut registry = Registry::default();
+        let build = Family::<Labels, Gauge>::default();
+        build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())]).set(1);
+        registry.register("pgcairn_build_info", "pgcairn's version.", build);
+        for (name, (help, family)) in &self.gauges {
+            registry.register(name, help.clone(), family.clone());
+        }
+        for (name, (help, family)) in &self.counters {
+            registry.register(name, help.clone(), family.clone());
+        }
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        prometheus_client::encoding::text::encode(&mut text, &registry)?;
         Ok(text)
     }
 }
@@ -185,28 +203,51 @@ fn archive(s: &mut Scrape, a: &pgcairn::ArchiveCheck, info: &pgcairn::InfoReport
     }
 }
 
-/// One scrape: the exposition text. A repository that cannot be read gives
+/// What a scrape reads: the stanza of this run, or every stanza of the repository
+/// (listed again at each scrape, so a new stanza appears without a restart).
+pub(crate) enum Target {
+    One(Resolved, Common),
+    All(crate::stanzas::AllStanzas),
+}
+
+/// One scrape: the exposition text. A stanza that cannot be read gives
 /// `pgcairn_up 0` and the reason in the log, never a failed scrape.
-async fn scrape(r: &Resolved, common: &Common) -> String {
-    let mut s = Scrape::new(&common.stanza);
-    let version = env!("CARGO_PKG_VERSION");
-    let build = Family::<Labels, Gauge>::default();
-    build.get_or_create(&vec![("version", version.to_string())]).set(1);
-    s.registry.register("pgcairn_build_info", "pgcairn's version.", build);
-    let up = match read(r, common).await {
+async fn scrape(target: &Target) -> String {
+    let mut s = Scrape::default();
+    match target {
+        Target::One(r, common) => scrape_stanza(&mut s, &common.stanza, read(r, common).await),
+        Target::All(all) => match all.names().await {
+            Ok(names) => {
+                for name in names {
+                    let found = async {
+                        let (r, common) = all.settings(&name)?;
+                        read(&r, &common).await
+                    };
+                    scrape_stanza(&mut s, &name, found.await);
+                }
+            }
+            // No stanza label: `pgcairn_up 0` alone says the repository is unreadable.
+            Err(e) => scrape_stanza(&mut s, "", Err(e)),
+        },
+    }
+    s.encode().unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+}
+
+fn scrape_stanza(s: &mut Scrape, stanza: &str, found: Result<(pgcairn::InfoReport, pgcairn::ArchiveCheck)>) {
+    s.stanza = stanza.to_string();
+    let up = match found {
         Ok((info, archive_check)) => {
-            backups(&mut s, &info);
-            proofs(&mut s, &info);
-            archive(&mut s, &archive_check, &info);
+            backups(s, &info);
+            proofs(s, &info);
+            archive(s, &archive_check, &info);
             1.0
         }
         Err(e) => {
-            tracing::error!("metrics: stanza {}: {e:#}", common.stanza);
+            tracing::error!("metrics: stanza {stanza}: {e:#}");
             0.0
         }
     };
     s.gauge("pgcairn_up", "1 when the stanza's repository could be read.", &[], up);
-    s.encode().unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
 }
 
 async fn read(r: &Resolved, common: &Common) -> Result<(pgcairn::InfoReport, pgcairn::ArchiveCheck)> {
@@ -218,16 +259,16 @@ async fn read(r: &Resolved, common: &Common) -> Result<(pgcairn::InfoReport, pgc
 }
 
 /// `pgcairn metrics [--listen ADDR]`.
-pub(crate) async fn run(r: &Resolved, common: &Common, listen: Option<SocketAddr>) -> Result<ExitCode> {
+pub(crate) async fn run(target: Target, listen: Option<SocketAddr>) -> Result<ExitCode> {
     let Some(addr) = listen else {
-        let text = scrape(r, common).await;
+        let text = scrape(&target).await;
         std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     };
-    serve(addr, Arc::new((r.clone(), common.clone()))).await
+    serve(addr, Arc::new(target)).await
 }
 
-async fn serve(addr: SocketAddr, ctx: Arc<(Resolved, Common)>) -> Result<ExitCode> {
+async fn serve(addr: SocketAddr, ctx: Arc<Target>) -> Result<ExitCode> {
     use hyper::server::conn::http1;
     use hyper_util::rt::TokioIo;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -247,11 +288,11 @@ async fn serve(addr: SocketAddr, ctx: Arc<(Resolved, Common)>) -> Result<ExitCod
 
 async fn respond(
     req: hyper::Request<hyper::body::Incoming>,
-    ctx: Arc<(Resolved, Common)>,
+    ctx: Arc<Target>,
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/metrics") => {
-            (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", scrape(&ctx.0, &ctx.1).await)
+            (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", scrape(&ctx).await)
         }
         _ => (404, "text/plain; charset=utf-8", "pgcairn serves GET /metrics only\n".to_string()),
     };

@@ -52,7 +52,9 @@ impl Pgcairn {
                 c.env_remove(k);
             }
         }
-        c.arg(format!("--stanza={}", self.stanza));
+        if !self.stanza.is_empty() {
+            c.arg(format!("--stanza={}", self.stanza)); // empty: --all-stanzas tests
+        }
         if !self.repo.is_empty() {
             c.arg(format!("--repo={}", self.repo));
         }

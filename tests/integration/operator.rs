@@ -181,6 +181,62 @@ fn check_exposition(text: &str, label_time_after: f64) {
     assert_eq!(value("pgcairn_archiver_failing", None), 0.0);
 }
 
+/// `--all-stanzas`: info and metrics cover every stanza of the repository, each
+/// resolved with its own settings; one unreadable stanza is reported as such
+/// (status error, `pgcairn_up 0`) without hiding the others.
+fn all_stanzas(a: &Archiving, pg: &str) {
+    let mut other = a.p.clone();
+    other.stanza = "other".into();
+    other.ok(&["stanza-create", pg]);
+    let mut all = a.p.clone();
+    all.stanza.clear();
+    let (code, err) = all.fails(&["--stanza=main", "info", "--all-stanzas"]);
+    assert!(code == 3 && err.contains("--all-stanzas and --stanza"), "{err}");
+
+    let info: serde_json::Value = serde_json::from_str(&all.ok(&["info", "--all-stanzas", "--output=json"])).unwrap();
+    let stanzas: Vec<&str> = info.as_array().unwrap().iter().map(|r| r["stanza"].as_str().unwrap()).collect();
+    assert_eq!(stanzas, ["main", "other"], "{info}");
+    assert_eq!(
+        (info[0]["status"]["code"].as_str(), info[1]["status"]["code"].as_str()),
+        (Some("ok"), Some("no-backups"))
+    );
+    assert_eq!(info[0]["backups"].as_array().unwrap().len(), 1, "{info}");
+    let metrics = all.ok(&["metrics", "--all-stanzas", pg]);
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let up = |stanza: &str| {
+        let s = scrape.samples.iter().find(|s| s.metric == "pgcairn_up" && s.labels.get("stanza") == Some(stanza));
+        s.map(|s| s.value.clone()).unwrap_or_else(|| panic!("no pgcairn_up for {stanza}:\n{metrics}"))
+    };
+    assert_eq!((up("main"), up("other")), (prometheus_parse::Value::Gauge(1.0), prometheus_parse::Value::Gauge(1.0)));
+    assert_eq!(metrics.matches("# TYPE pgcairn_up ").count(), 1, "one family per name:\n{metrics}");
+
+    // A stanza whose config is damaged: shown as an error, the others still read.
+    let broken = std::path::Path::new(&a.p.repo).join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("config"), b"not a stanza config").unwrap();
+    let out = all.run(&["info", "--all-stanzas", "--output=json"]);
+    assert!(!out.status.success(), "an unreadable stanza must fail the run");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info.as_array().unwrap().len(), 3, "{info}");
+    assert_eq!(info[0]["stanza"], "broken");
+    assert_eq!(info[0]["status"]["code"], "error", "{info}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken"));
+    let metrics = all.ok(&["metrics", "--all-stanzas"]);
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let mut up: Vec<(String, f64)> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "pgcairn_up")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) => (s.labels.get("stanza").unwrap_or_default().to_string(), v),
+            _ => panic!("pgcairn_up is a gauge"),
+        })
+        .collect();
+    up.sort_by(|a, b| a.0.cmp(&b.0)); // a family's series come in no set order
+    assert_eq!(up, [("broken".to_string(), 0.0), ("main".to_string(), 1.0), ("other".to_string(), 1.0)], "{metrics}");
+    std::fs::remove_dir_all(broken).unwrap();
+}
+
 /// GET /metrics from `metrics --listen`, raw HTTP/1.1.
 fn http_get_metrics(port: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -214,6 +270,7 @@ fn monitoring_reads_a_real_repository() {
     server.kill().ok();
     server.wait().ok();
     check_exposition(&served, started - 1.0);
+    all_stanzas(&a, &pg);
 
     let out = a.p.run(&["check", "--archive-only", &pg]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -12,5 +12,5 @@ pub mod typed;
 #[cfg(test)]
 mod tests;
 
-pub use resolve::{process_env, resolve, Flags, Resolved, Source};
+pub use resolve::{process_env, resolve, resolve_top_level, Flags, Resolved, Source};
 pub use table::{setting, Cmd, Setting, SETTINGS};

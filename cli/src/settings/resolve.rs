@@ -80,6 +80,19 @@ pub fn process_env(name: &str) -> Option<String> {
 /// Resolve `cmd`'s settings. `flags` come from the command line, already limited by
 /// its parser to settings `cmd` takes as flags.
 pub fn resolve(cmd: Cmd, flags: &[(&'static Setting, String)], env: Env) -> Result<Resolved> {
+    resolve_as(cmd, flags, env, true)
+}
+
+/// `--all-stanzas` (info, metrics): no stanza, and the config file's top level only —
+/// each stanza the repository holds is then resolved on its own with [`resolve`].
+pub fn resolve_top_level(cmd: Cmd, flags: &[(&'static Setting, String)], env: Env) -> Result<Resolved> {
+    if flags.iter().any(|(s, _)| s.name == "stanza") {
+        return Err(Error::setting("--all-stanzas and --stanza together", "give one of them"));
+    }
+    resolve_as(cmd, flags, env, false)
+}
+
+fn resolve_as(cmd: Cmd, flags: &[(&'static Setting, String)], env: Env, one_stanza: bool) -> Result<Resolved> {
     if let Some((s, _)) = flags.iter().find(|(s, _)| !s.sources.flag || !s.applies_to(cmd)) {
         return Err(Error::setting(
             format!("{cmd} does not take --{}", s.name),
@@ -107,16 +120,20 @@ pub fn resolve(cmd: Cmd, flags: &[(&'static Setting, String)], env: Env) -> Resu
 
     // The stanza picks the config file's table, so it comes from the top level only.
     let stanza = known("stanza")?;
-    let (raw, source) = given(stanza).or_else(|| from_file(stanza, None)).ok_or_else(|| {
-        Error::setting(
-            "no stanza given",
-            "pass --stanza=NAME, set PGCAIRN_STANZA, or `stanza = \"NAME\"` in the config file",
-        )
-    })?;
-    r.insert(stanza, raw.clone(), source)?;
+    let mut table = None;
+    if one_stanza {
+        let (raw, source) = given(stanza).or_else(|| from_file(stanza, None)).ok_or_else(|| {
+            Error::setting(
+                "no stanza given",
+                "pass --stanza=NAME (or --all-stanzas to info and metrics), set PGCAIRN_STANZA, or `stanza = \"NAME\"` in the config file",
+            )
+        })?;
+        r.insert(stanza, raw.clone(), source)?;
+        table = Some(raw);
+    }
 
     for s in SETTINGS.iter().filter(|s| s.applies_to(cmd) && !["config", "stanza"].contains(&s.name)) {
-        let found = given(s).or_else(|| from_file(s, Some(&raw)));
+        let found = given(s).or_else(|| from_file(s, table.as_deref()));
         if let Some((v, source)) = found.or_else(|| s.default.map(|d| (d.to_string(), Source::Default))) {
             r.insert(s, v, source)?;
         }

@@ -117,6 +117,20 @@ fn precedence_flag_env_stanza_table_top_default() {
     assert_eq!(other.get::<pgcairn::RepoLocation>("repo").unwrap(), parse_repo("/top"));
 }
 
+/// `--all-stanzas`: the top level only (each stanza is resolved again on its own);
+/// the environment's stanza is not used, a --stanza flag is refused.
+#[test]
+fn top_level_resolution_for_all_stanzas() {
+    let (_d, config) = with_config("repo = \"/top\"\n[stanza.main]\nrepo = \"/table\"\nlog-level = \"debug\"\n");
+    let env = [("PGCAIRN_CONFIG", config.as_str()), ("PGCAIRN_STANZA", "main")];
+    let r = super::resolve_top_level(Cmd::Info, &[], &env_of(&env)).unwrap();
+    assert_eq!(r.get::<pgcairn::RepoLocation>("repo").unwrap(), parse_repo("/top"));
+    assert!(r.opt::<String>("stanza").unwrap().is_none());
+    assert_eq!(r.get::<&str>("log-level").unwrap(), "warn", "not [stanza.main]'s");
+    let e = super::resolve_top_level(Cmd::Metrics, &flags(&[("stanza", "main")]), &env_of(&env)).unwrap_err();
+    assert!(e.to_string().contains("--all-stanzas and --stanza"), "{e}");
+}
+
 fn parse_repo(s: &str) -> pgcairn::RepoLocation {
     pgcairn::RepoLocation::parse(s).unwrap()
 }

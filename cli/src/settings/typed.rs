@@ -67,7 +67,8 @@ impl Common {
     /// Read from the resolved settings.
     pub fn from(r: &Resolved) -> Result<Self> {
         Ok(Self {
-            stanza: r.get("stanza")?,
+            // Empty only under --all-stanzas, where each stanza gets its own Common.
+            stanza: r.opt("stanza")?.unwrap_or_default(),
             log_level: r.get("log-level")?,
             log_file: r.opt("log-file")?,
             log_json: r.get::<&str>("log-format")? == "json",

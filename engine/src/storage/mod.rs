@@ -169,6 +169,14 @@ impl RepoLocation {
         Ok(RepoLocation::Local(path))
     }
 
+    /// The repository as an operator wrote it: a path, or s3://bucket/prefix.
+    pub fn describe(&self) -> String {
+        match self {
+            RepoLocation::Local(root) => root.display().to_string(),
+            RepoLocation::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+
     /// The stanzas this repository holds (what a mistyped `--stanza` is told). Local:
     /// directories with a `config`; S3: the prefixes right under the repository's.
     pub async fn list_stanzas(&self, s3: &s3::S3Settings) -> Result<Vec<String>> {
