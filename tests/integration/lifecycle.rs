@@ -363,6 +363,21 @@ fn expire_and_lock_on_s3() {
     let c = Cluster::start_restored(PgVersion::V15, &data);
     wait_promoted(&c);
     assert_eq!(rows(&c), want);
+    all_stanzas_on_s3(&s3, &p, &pg);
+}
+
+/// `--all-stanzas` on S3: the prefixes that hold a stanza config, not one a
+/// stanza-delete left behind without its config.
+fn all_stanzas_on_s3(s3: &S3Server, p: &Pgcairn, pg: &str) {
+    Pgcairn { stanza: "other".into(), ..p.clone() }.ok(&["stanza-create", pg]);
+    let ghost = s3.dir().join(s3.bucket()).join("lifecycle/ghost/backup");
+    std::fs::create_dir_all(&ghost).unwrap();
+    std::fs::write(ghost.join("leftover"), b"x").unwrap();
+    let all = Pgcairn { stanza: String::new(), ..p.clone() };
+    let info: serde_json::Value = serde_json::from_str(&all.ok(&["info", "--all-stanzas", "--output=json"])).unwrap();
+    let stanzas: Vec<&str> = info.as_array().unwrap().iter().map(|r| r["stanza"].as_str().unwrap()).collect();
+    assert_eq!(stanzas, ["main", "other"], "{info}");
+    assert_eq!(info[0]["backups"].as_array().unwrap().len(), 1, "{info}");
 }
 
 /// Expire in a loop while diff and incr backups and pgbench (archiving through

@@ -177,8 +177,9 @@ impl RepoLocation {
         }
     }
 
-    /// The stanzas this repository holds (what a mistyped `--stanza` is told). Local:
-    /// directories with a `config`; S3: the prefixes right under the repository's.
+    /// The stanzas this repository holds (what a mistyped `--stanza` is told, what
+    /// `--all-stanzas` reads): the names right under the repository that hold a
+    /// `config` — a stanza-delete that stopped midway (config gone first) is none.
     pub async fn list_stanzas(&self, s3: &s3::S3Settings) -> Result<Vec<String>> {
         let mut names = match self {
             RepoLocation::Local(root) => match std::fs::read_dir(root) {
@@ -189,7 +190,16 @@ impl RepoLocation {
                     .collect(),
                 Err(_) => Vec::new(),
             },
-            RepoLocation::S3 { bucket, prefix } => s3::S3Storage::new(bucket, prefix, s3)?.child_names().await?,
+            RepoLocation::S3 { bucket, prefix } => {
+                let mut names = Vec::new();
+                for name in s3::S3Storage::new(bucket, prefix, s3)?.child_names().await? {
+                    let Ok(stanza) = self.open(&name, s3) else { continue }; // not a stanza name
+                    if stanza.list("config").await?.iter().any(|o| o.key == "config") {
+                        names.push(name);
+                    }
+                }
+                names
+            }
         };
         names.sort();
         Ok(names)
