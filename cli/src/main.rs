@@ -388,7 +388,7 @@ async fn run_all_stanzas(command: &Command, all: stanzas::AllStanzas) -> Result<
 }
 
 /// `info --all-stanzas`: each stanza's report; one that cannot be read is shown with
-/// status error (json: only stanza and status) and fails the run after all are printed.
+/// status unreadable (json: only stanza and status) and fails the run after all are printed.
 async fn info_all(all: &stanzas::AllStanzas, out: Output) -> Result<ExitCode> {
     let mut reports = Vec::new();
     for name in all.names().await? {
@@ -407,7 +407,7 @@ async fn info_all(all: &stanzas::AllStanzas, out: Output) -> Result<ExitCode> {
                 Err(e) => Ok(serde_json::json!({
                     "schema_version": pgcairn::INFO_SCHEMA_VERSION,
                     "stanza": name,
-                    "status": { "code": "error", "message": format!("{e:#}") },
+                    "status": { "code": "unreadable", "message": format!("{e:#}") },
                 })),
             })
             .collect::<serde_json::Result<_>>()?;
@@ -419,7 +419,7 @@ async fn info_all(all: &stanzas::AllStanzas, out: Output) -> Result<ExitCode> {
             }
             match report {
                 Ok(report) => output::print_info(report)?,
-                Err(e) => outln!("stanza: {name}\n    status: error ({e:#})"),
+                Err(e) => outln!("stanza: {name}\n    status: unreadable ({e:#})"),
             }
         }
     }
@@ -769,7 +769,8 @@ fn start(command: &Command, flags: Flags) -> Result<ExitCode> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if command.all_stanzas() {
-        return rt.block_on(run_all_stanzas(command, stanzas::AllStanzas::new(cmd, flags, common)));
+        let all = stanzas::AllStanzas::new(cmd, flags, &resolved, common)?;
+        return rt.block_on(run_all_stanzas(command, all));
     }
     rt.block_on(run(command, &resolved, &common))
 }

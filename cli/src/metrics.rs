@@ -20,7 +20,12 @@ use prometheus_client::registry::Registry;
 use pgcairn_cli::settings::typed::Common;
 use pgcairn_cli::settings::Resolved;
 
+use futures::StreamExt;
+
 type Labels = Vec<(&'static str, String)>;
+
+/// Stanzas read at once by `metrics --all-stanzas`.
+const PARALLEL_STANZAS: usize = 4;
 type Gauges = Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>;
 type Counters = Family<Labels, Counter>;
 
@@ -218,12 +223,18 @@ async fn scrape(target: &Target) -> String {
         Target::One(r, common) => scrape_stanza(&mut s, &common.stanza, read(r, common).await),
         Target::All(all) => match all.names().await {
             Ok(names) => {
-                for name in names {
+                // A few at a time: each may derive a key and list its archive.
+                let reads = futures::stream::iter(names).map(|name| async move {
                     let found = async {
                         let (r, common) = all.settings(&name)?;
                         read(&r, &common).await
                     };
-                    scrape_stanza(&mut s, &name, found.await);
+                    let found = found.await;
+                    (name, found)
+                });
+                let mut reads = reads.buffered(PARALLEL_STANZAS);
+                while let Some((name, found)) = reads.next().await {
+                    scrape_stanza(&mut s, &name, found);
                 }
             }
             // No stanza label: `pgcairn_up 0` alone says the repository is unreadable.

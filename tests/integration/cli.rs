@@ -9,7 +9,10 @@ pub const PASSPHRASE: &str = "integration test passphrase";
 
 #[derive(Clone)]
 pub struct Pgcairn {
+    /// Passed as --stanza (even empty), unless `all_stanzas` is set.
     pub stanza: String,
+    /// Pass no --stanza at all (`--all-stanzas` runs).
+    pub all_stanzas: bool,
     pub repo: String,
     pub env: Vec<(String, String)>,
 }
@@ -21,6 +24,7 @@ impl Pgcairn {
     pub fn local(repo_dir: &Path) -> Self {
         Self {
             stanza: "main".into(),
+            all_stanzas: false,
             repo: repo_dir.display().to_string(),
             env: vec![passphrase_env(), archive_copy_env()],
         }
@@ -30,7 +34,7 @@ impl Pgcairn {
         let mut env: Vec<(String, String)> = s3.aws_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         env.push(passphrase_env());
         env.push(archive_copy_env());
-        Self { stanza: "main".into(), repo: format!("s3://{}/{prefix}", s3.bucket()), env }
+        Self { stanza: "main".into(), all_stanzas: false, repo: format!("s3://{}/{prefix}", s3.bucket()), env }
     }
 
     pub fn with_env(mut self, k: &str, v: &str) -> Self {
@@ -52,8 +56,8 @@ impl Pgcairn {
                 c.env_remove(k);
             }
         }
-        if !self.stanza.is_empty() {
-            c.arg(format!("--stanza={}", self.stanza)); // empty: --all-stanzas tests
+        if !self.all_stanzas {
+            c.arg(format!("--stanza={}", self.stanza));
         }
         if !self.repo.is_empty() {
             c.arg(format!("--repo={}", self.repo));

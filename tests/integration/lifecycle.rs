@@ -373,7 +373,7 @@ fn all_stanzas_on_s3(s3: &S3Server, p: &Pgcairn, pg: &str) {
     let ghost = s3.dir().join(s3.bucket()).join("lifecycle/ghost/backup");
     std::fs::create_dir_all(&ghost).unwrap();
     std::fs::write(ghost.join("leftover"), b"x").unwrap();
-    let all = Pgcairn { stanza: String::new(), ..p.clone() };
+    let all = Pgcairn { all_stanzas: true, ..p.clone() };
     let info: serde_json::Value = serde_json::from_str(&all.ok(&["info", "--all-stanzas", "--output=json"])).unwrap();
     let stanzas: Vec<&str> = info.as_array().unwrap().iter().map(|r| r["stanza"].as_str().unwrap()).collect();
     assert_eq!(stanzas, ["main", "other"], "{info}");

@@ -188,8 +188,7 @@ fn all_stanzas(a: &Archiving, pg: &str) {
     let mut other = a.p.clone();
     other.stanza = "other".into();
     other.ok(&["stanza-create", pg]);
-    let mut all = a.p.clone();
-    all.stanza.clear();
+    let all = Pgcairn { all_stanzas: true, ..a.p.clone() };
     let (code, err) = all.fails(&["--stanza=main", "info", "--all-stanzas"]);
     assert!(code == 3 && err.contains("--all-stanzas and --stanza"), "{err}");
 
@@ -201,7 +200,9 @@ fn all_stanzas(a: &Archiving, pg: &str) {
         (Some("ok"), Some("no-backups"))
     );
     assert_eq!(info[0]["backups"].as_array().unwrap().len(), 1, "{info}");
-    let metrics = all.ok(&["metrics", "--all-stanzas", pg]);
+    let (code, err) = all.fails(&["metrics", "--all-stanzas", pg]);
+    assert!(code == 3 && err.contains("[stanza.NAME] section"), "one server for every stanza: {err}");
+    let metrics = all.ok(&["metrics", "--all-stanzas"]);
     let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
     let up = |stanza: &str| {
         let s = scrape.samples.iter().find(|s| s.metric == "pgcairn_up" && s.labels.get("stanza") == Some(stanza));
@@ -219,7 +220,7 @@ fn all_stanzas(a: &Archiving, pg: &str) {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info.as_array().unwrap().len(), 3, "{info}");
     assert_eq!(info[0]["stanza"], "broken");
-    assert_eq!(info[0]["status"]["code"], "error", "{info}");
+    assert_eq!(info[0]["status"]["code"], "unreadable", "{info}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken"));
     let metrics = all.ok(&["metrics", "--all-stanzas"]);
     let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
@@ -235,6 +236,54 @@ fn all_stanzas(a: &Archiving, pg: &str) {
     up.sort_by(|a, b| a.0.cmp(&b.0)); // a family's series come in no set order
     assert_eq!(up, [("broken".to_string(), 0.0), ("main".to_string(), 1.0), ("other".to_string(), 1.0)], "{metrics}");
     std::fs::remove_dir_all(broken).unwrap();
+    all_stanzas_from_config_sections(a, pg);
+}
+
+/// `--all-stanzas` with a config file: each stanza opens with its own section's
+/// passphrase file, a section for a stanza of another repository is not this run's,
+/// and a configured stanza the repository lacks is reported, not left out.
+fn all_stanzas_from_config_sections(a: &Archiving, pg: &str) {
+    Pgcairn { stanza: "third".into(), ..a.p.clone() }
+        .with_env("PGCAIRN_REPO_PASSPHRASE", "the third stanza's own passphrase")
+        .ok(&["stanza-create", pg]);
+    let dir = TestDir::new("all-config");
+    let secret = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    };
+    let (main_pass, third_pass) =
+        (secret("main.pass", crate::cli::PASSPHRASE), secret("third.pass", "the third stanza's own passphrase"));
+    let config = dir.path().join("pgcairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "repo = \"{}\"\nrepo-passphrase-file = \"{main_pass}\"\n\
+             [stanza.third]\nrepo-passphrase-file = \"{third_pass}\"\n\
+             [stanza.elsewhere]\nrepo = \"/var/tmp/pgcairn-elsewhere\"\n\
+             [stanza.missing]\nlog-level = \"warn\"\n",
+            a.p.repo
+        ),
+    )
+    .unwrap();
+    let all = Pgcairn { all_stanzas: true, repo: String::new(), ..a.p.clone() }
+        .without_env("PGCAIRN_REPO_PASSPHRASE")
+        .with_env("PGCAIRN_CONFIG", &config.display().to_string());
+    let out = all.run(&["info", "--all-stanzas", "--output=json"]);
+    assert!(!out.status.success(), "the missing stanza must fail the run");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<(&str, &str)> = info
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["stanza"].as_str().unwrap(), r["status"]["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        codes,
+        [("main", "ok"), ("missing", "unreadable"), ("other", "no-backups"), ("third", "no-backups")],
+        "{info}"
+    );
 }
 
 /// GET /metrics from `metrics --listen`, raw HTTP/1.1.
@@ -337,8 +386,8 @@ fn progress_on_a_terminal(a: &Archiving) {
         .chain(cmd.get_args())
         .map(|w| format!("'{}'", w.to_str().unwrap().replace('\'', "'\\''")))
         .collect();
-    let mut script = Command::new("script");
-    script.args(["-qfec", &quoted.join(" "), "/dev/null"]).env("TERM", "xterm");
+    let mut script = Command::new("timeout");
+    script.args(["600", "script", "-qfec", &quoted.join(" "), "/dev/null"]).env("TERM", "xterm");
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => script.env(k, v),

@@ -90,10 +90,15 @@ fn untrusted_s3_certificate_is_a_clear_permanent_error() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let p = crate::cli::Pgcairn { stanza: "main".into(), repo: "s3://bucket/prefix".into(), env: vec![] }
-        .with_env("AWS_ACCESS_KEY_ID", "id")
-        .with_env("AWS_SECRET_ACCESS_KEY", "secret")
-        .with_env("PGCAIRN_REPO_PASSPHRASE", "x");
+    let p = crate::cli::Pgcairn {
+        stanza: "main".into(),
+        all_stanzas: false,
+        repo: "s3://bucket/prefix".into(),
+        env: vec![],
+    }
+    .with_env("AWS_ACCESS_KEY_ID", "id")
+    .with_env("AWS_SECRET_ACCESS_KEY", "secret")
+    .with_env("PGCAIRN_REPO_PASSPHRASE", "x");
     let endpoint = format!("--repo-s3-endpoint=https://127.0.0.1:{port}");
     let started = std::time::Instant::now();
     let (code, err) = p.fails(&["info", &endpoint]);

@@ -87,6 +87,11 @@ impl ConfigFile {
         Self::parse(&text, &path)
     }
 
+    /// The stanzas with a `[stanza.NAME]` table, sorted.
+    pub fn stanza_names(&self) -> Vec<String> {
+        self.stanzas.keys().cloned().collect()
+    }
+
     /// Parse `text`, read from `path` (named in errors); unknown keys are refused.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| {

@@ -89,6 +89,13 @@ pub fn resolve_top_level(cmd: Cmd, flags: &[(&'static Setting, String)], env: En
     if flags.iter().any(|(s, _)| s.name == "stanza") {
         return Err(Error::setting("--all-stanzas and --stanza together", "give one of them"));
     }
+    // One server for every stanza is never right: each stanza is its own cluster.
+    if flags.iter().any(|(s, _)| s.name == "pg") || env("PGCAIRN_PG").is_some_and(|v| !v.is_empty()) {
+        return Err(Error::setting(
+            "--all-stanzas with pg on the command line or in PGCAIRN_PG would ask one server about every stanza",
+            "set each stanza's pg in its [stanza.NAME] section of the config file",
+        ));
+    }
     resolve_as(cmd, flags, env, false)
 }
 

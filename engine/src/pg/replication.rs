@@ -686,6 +686,7 @@ mod tests {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let n = server.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before its ClientHello");
                 acceptor.read_tls(&mut &buf[..n]).unwrap();
                 if let Some(accepted) = acceptor.accept().map_err(|(e, _)| e).unwrap() {
                     return accepted.client_hello().server_name().map(str::to_string);
@@ -694,7 +695,8 @@ mod tests {
         });
         let p = ConnParams::resolve_with(conninfo, &|_| None).unwrap();
         let negotiate = negotiate_tls(client, &p);
-        let (sni, _) = tokio::join!(fake, negotiate); // the handshake fails: no certificate
+        let both = async { tokio::join!(fake, negotiate) }; // the handshake fails: no certificate
+        let (sni, _) = tokio::time::timeout(std::time::Duration::from_secs(30), both).await.expect("hung");
         sni.unwrap()
     }
 

@@ -259,7 +259,7 @@ fn webpki_verifier(p: &TlsParams, provider: Arc<rustls::crypto::CryptoProvider>)
                 .map_err(|e| Error::setting(format!("sslrootcert {}: {e}", path.display()), "give a PEM file of the CA certificates that signed the server's certificate"))?;
             roots.add_parsable_certificates(certs);
         }
-        Some(RootCert::System) => add_system_roots(&mut roots, rustls_native_certs::load_native_certs().certs)?,
+        Some(RootCert::System) => add_system_roots(&mut roots, rustls_native_certs::load_native_certs())?,
         None => {
             return Err(Error::setting(
                 format!("sslmode={} needs a root certificate, and ~/.postgresql/root.crt does not exist", p.mode.as_str()),
@@ -430,11 +430,13 @@ pub(crate) fn tls_server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
 
 /// sslrootcert=system: the platform's store (SSL_CERT_FILE / SSL_CERT_DIR when set);
 /// an empty store is an error of its own, not every server's "unknown issuer".
-fn add_system_roots(roots: &mut RootCertStore, certs: Vec<CertificateDer<'static>>) -> Result<()> {
-    let (added, _) = roots.add_parsable_certificates(certs);
+fn add_system_roots(roots: &mut RootCertStore, store: rustls_native_certs::CertificateResult) -> Result<()> {
+    let (added, _) = roots.add_parsable_certificates(store.certs);
     if added == 0 {
+        let why: Vec<String> = store.errors.iter().map(|e| e.to_string()).collect();
+        let why = if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) };
         return Err(Error::setting(
-            "sslrootcert=system: the system's certificate store holds no CA certificate",
+            format!("sslrootcert=system: the system's certificate store holds no CA certificate{why}"),
             "install the ca-certificates package, point SSL_CERT_FILE at a CA bundle, or set sslrootcert to a CA file",
         ));
     }
@@ -586,7 +588,8 @@ mod tests {
     /// handshake with "not signed by a CA".
     #[test]
     fn empty_system_store_is_named() {
-        let err = add_system_roots(&mut RootCertStore::empty(), Vec::new()).unwrap_err().to_string();
+        let empty = rustls_native_certs::CertificateResult::default();
+        let err = add_system_roots(&mut RootCertStore::empty(), empty).unwrap_err().to_string();
         assert!(err.contains("holds no CA certificate") && err.contains("SSL_CERT_FILE"), "{err}");
     }
 }

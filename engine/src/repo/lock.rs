@@ -142,22 +142,31 @@ impl StanzaLock {
     }
 }
 
-/// Write a heartbeat now and every [`HEARTBEAT`], removing the one before.
+/// Write a heartbeat now and every [`HEARTBEAT`], keeping the one before too.
+///
+/// Regression (review of the listing fix): a local listing leaves out a file deleted
+/// between its directory read and its stat. Had the previous beat been deleted as
+/// soon as the new one was written, a contender listing in between could see neither,
+/// judge a live holder stale by its start time and break its lock. With two beats
+/// kept, the older one outlives a whole heartbeat interval after the newer appears.
 async fn heartbeats(
     repo: Repository,
     owner: String,
     label: Arc<Mutex<Option<String>>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let mut previous: Option<String> = None;
+    let mut kept: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     loop {
         let beat = Beat { label: label.lock().unwrap_or_else(PoisonError::into_inner).clone() };
         let key = beat_key(&owner, unix_now());
-        if previous.as_deref() != Some(key.as_str()) {
+        if kept.back() != Some(&key) {
             match repo.put_meta(&key, &beat).await {
                 Ok(()) => {
-                    if let Some(old) = previous.replace(key) {
-                        let _ = repo.storage().delete(&old).await;
+                    kept.push_back(key);
+                    while kept.len() > 2 {
+                        if let Some(old) = kept.pop_front() {
+                            let _ = repo.storage().delete(&old).await;
+                        }
                     }
                 }
                 Err(e) => tracing::warn!("stanza lock heartbeat not written: {e}"),

@@ -33,7 +33,7 @@ impl LocalStorage {
     }
 }
 
-fn map_io(op: &'static str, key: &str, path: &Path, e: std::io::Error) -> crate::Error {
+pub(super) fn map_io(op: &'static str, key: &str, path: &Path, e: std::io::Error) -> crate::Error {
     let kind = match e.kind() {
         std::io::ErrorKind::NotFound => StorageErrorKind::NotFound,
         std::io::ErrorKind::AlreadyExists => StorageErrorKind::AlreadyExists,
@@ -84,7 +84,12 @@ fn list_into(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Res
         if name.to_string_lossy().starts_with('.') {
             continue; // temp files of writes in progress
         }
-        let ft = entry.file_type()?;
+        // file_type() stats when the directory entry has no type (some FUSE, NFS).
+        let ft = match entry.file_type() {
+            Ok(ft) => ft,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if ft.is_dir() {
             list_into(root, &entry.path(), out)?; // a directory removed meanwhile lists empty
         } else if ft.is_file() {

@@ -180,27 +180,31 @@ impl RepoLocation {
     /// The stanzas this repository holds (what a mistyped `--stanza` is told, what
     /// `--all-stanzas` reads): the names right under the repository that hold a
     /// `config` — a stanza-delete that stopped midway (config gone first) is none.
+    ///
+    /// Only a config known to be absent rules a name out: one that cannot be read
+    /// (permissions, a flaky store) keeps its name, so reading that stanza fails
+    /// visibly instead of the stanza vanishing from monitoring.
     pub async fn list_stanzas(&self, s3: &s3::S3Settings) -> Result<Vec<String>> {
-        let mut names = match self {
+        let children = match self {
             RepoLocation::Local(root) => match std::fs::read_dir(root) {
                 Ok(dir) => dir
                     .flatten()
-                    .filter(|e| e.path().join("config").is_file())
+                    .filter(|e| e.file_type().map_or(true, |t| t.is_dir()))
                     .filter_map(|e| e.file_name().to_str().map(str::to_string))
                     .collect(),
-                Err(_) => Vec::new(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(local::map_io("list", "", root, e)),
             },
-            RepoLocation::S3 { bucket, prefix } => {
-                let mut names = Vec::new();
-                for name in s3::S3Storage::new(bucket, prefix, s3)?.child_names().await? {
-                    let Ok(stanza) = self.open(&name, s3) else { continue }; // not a stanza name
-                    if stanza.list("config").await?.iter().any(|o| o.key == "config") {
-                        names.push(name);
-                    }
-                }
-                names
-            }
+            RepoLocation::S3 { bucket, prefix } => s3::S3Storage::new(bucket, prefix, s3)?.child_names().await?,
         };
+        let mut names = Vec::new();
+        for name in children {
+            let Ok(stanza) = self.open(&name, s3) else { continue }; // not a stanza name (.tmp …)
+            match stanza.get("config").await {
+                Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {}
+                _ => names.push(name),
+            }
+        }
         names.sort();
         Ok(names)
     }
