@@ -57,7 +57,14 @@ TLS="host=localhost port=$PORT user=bench sslmode=require channel_binding=requir
 # cutime + cstime (clock ticks) once each connection ends.
 PMPID=$(head -1 "$W/data/postmaster.pid")
 TICK=$(getconf CLK_TCK)
-server_ticks() { awk '{print $16 + $17}' "/proc/$PMPID/stat"; }
+children() { pgrep -c -P "$PMPID" || true; }
+BASELINE=$(children)
+# The postmaster's CPU of reaped children, once the run's backends have been reaped
+# (read too early, a backend still exiting would count in the next run).
+server_ticks() {
+    for _ in $(seq 100); do [ "$(children)" -le "$BASELINE" ] && break; sleep 0.05; done
+    awk '{print $16 + $17}' "/proc/$PMPID/stat"
+}
 # run LABEL CMD... -> "wall client_cpu server_cpu" seconds
 run() {
     local s0 t0=$EPOCHREALTIME
