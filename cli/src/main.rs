@@ -503,7 +503,9 @@ async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Resul
     let sum = pgcairn::backup(&repo, &req).await?;
     typed::clear_prefetch(&settings, common);
     let based_on = sum.parent.as_deref().map(|p| format!(" (on {p})")).unwrap_or_default();
-    outln!(
+    // Regression (issue 21, item 8): `backup | tail -n1` is documented as the label,
+    // but auto-expire printed after it. stdout is the label alone; the rest is stderr.
+    eprintln!(
         "{} backup {}{based_on} done: {} in {} files, {} new in the repository, wal {}..{}, {:.1}s",
         sum.backup_type.as_str(),
         sum.label,
@@ -514,10 +516,10 @@ async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Resul
         sum.stop_lsn,
         sum.seconds
     );
-    outln!("{}", sum.label);
     if let Some(report) = &sum.expire {
-        output::print_expire(report)?;
+        output::write_expire(&mut std::io::stderr().lock(), report)?;
     }
+    outln!("{}", sum.label);
     if let Some(e) = &sum.expire_error {
         eprintln!(
             "warning: the backup succeeded, but expiring by the retention policy failed: {e}; run `pgcairn expire`"

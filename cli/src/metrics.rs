@@ -44,8 +44,11 @@ impl Scrape {
         std::iter::once(("stanza", self.stanza.clone())).chain(extra).collect()
     }
 
+    /// prometheus-client ends every HELP line with a full stop: ours carry none.
+    /// Regression (issue 21, item 11): HELP lines ended in "..".
     fn gauge_family(&mut self, name: &str, help: &str) -> &Gauges {
-        &self.gauges.entry(name.to_string()).or_insert_with(|| (help.to_string(), Gauges::default())).1
+        let help = help.trim_end_matches('.').to_string();
+        &self.gauges.entry(name.to_string()).or_insert_with(|| (help, Gauges::default())).1
     }
 
     fn gauge(&mut self, name: &str, help: &str, extra: &[(&'static str, &str)], value: f64) {
@@ -64,8 +67,8 @@ impl Scrape {
 
     fn counter(&mut self, name: &str, help: &str, value: i64) {
         let labels = self.labels([]);
-        let family =
-            &self.counters.entry(name.to_string()).or_insert_with(|| (help.to_string(), Counters::default())).1;
+        let help = help.trim_end_matches('.').to_string();
+        let family = &self.counters.entry(name.to_string()).or_insert_with(|| (help, Counters::default())).1;
         family.get_or_create(&labels).inc_by(value.max(0) as u64);
     }
 
@@ -73,7 +76,7 @@ impl Scrape {
         let mut registry = Registry::default();
         let build = Family::<Labels, Gauge>::default();
         build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())]).set(1);
-        registry.register("pgcairn_build_info", "pgcairn's version.", build);
+        registry.register("pgcairn_build_info", "pgcairn's version", build);
         for (name, (help, family)) in &self.gauges {
             registry.register(name, help.clone(), family.clone());
         }
@@ -180,6 +183,14 @@ fn archive(s: &mut Scrape, a: &pgcairn::ArchiveCheck, info: &pgcairn::InfoReport
         &[],
         gaps as f64,
     );
+    if let Some(up) = a.pg_up {
+        s.gauge(
+            "pgcairn_postgres_up",
+            "1 when PostgreSQL (pg) answered; 0 when it did not (then the pgcairn_archiver_* series are absent)",
+            &[],
+            if up { 1.0 } else { 0.0 },
+        );
+    }
     if let Some(st) = &a.archiver {
         s.counter(
             "pgcairn_archiver_failed",
@@ -215,19 +226,41 @@ pub(crate) enum Target {
     All(crate::stanzas::AllStanzas),
 }
 
+/// Repositories opened once per stanza and kept while they read well: a passphrase
+/// costs a 64 MiB Argon2id derivation per open. Regression (issue 21, item 6): every
+/// request derived the key again, with no limit on concurrency (200 parallel GETs
+/// took 11.2 GB). A stanza whose read fails is opened afresh at the next scrape.
+#[derive(Default)]
+struct Opened(tokio::sync::Mutex<BTreeMap<String, pgcairn::Repository>>);
+
+impl Opened {
+    async fn get(&self, common: &Common) -> Result<pgcairn::Repository> {
+        if let Some(repo) = self.0.lock().await.get(&common.stanza) {
+            return Ok(repo.clone());
+        }
+        let repo = common.access()?.open().await?;
+        self.0.lock().await.insert(common.stanza.clone(), repo.clone());
+        Ok(repo)
+    }
+
+    async fn forget(&self, stanza: &str) {
+        self.0.lock().await.remove(stanza);
+    }
+}
+
 /// One scrape: the exposition text. A stanza that cannot be read gives
 /// `pgcairn_up 0` and the reason in the log, never a failed scrape.
-async fn scrape(target: &Target) -> String {
+async fn scrape(target: &Target, opened: &Opened) -> String {
     let mut s = Scrape::default();
     match target {
-        Target::One(r, common) => scrape_stanza(&mut s, &common.stanza, read(r, common).await),
+        Target::One(r, common) => scrape_stanza(&mut s, &common.stanza, read(r, common, opened).await),
         Target::All(all) => match all.names().await {
             Ok(names) => {
                 // A few at a time: each may derive a key and list its archive.
                 let reads = futures::stream::iter(names).map(|name| async move {
                     let found = async {
                         let (r, common) = all.settings(&name)?;
-                        read(&r, &common).await
+                        read(&r, &common, opened).await
                     };
                     let found = found.await;
                     (name, found)
@@ -261,53 +294,123 @@ fn scrape_stanza(s: &mut Scrape, stanza: &str, found: Result<(pgcairn::InfoRepor
     s.gauge("pgcairn_up", "1 when the stanza's repository could be read.", &[], up);
 }
 
-async fn read(r: &Resolved, common: &Common) -> Result<(pgcairn::InfoReport, pgcairn::ArchiveCheck)> {
-    let repo = common.access()?.open().await?;
-    let info = pgcairn::info(&repo).await?;
-    let pg = pgcairn_cli::settings::typed::optional_pg(r)?;
-    let archive_check = pgcairn::check_archive_summary(&repo, pg.as_ref(), &info.archive).await?;
-    Ok((info, archive_check))
+async fn read(r: &Resolved, common: &Common, opened: &Opened) -> Result<(pgcairn::InfoReport, pgcairn::ArchiveCheck)> {
+    let repo = opened.get(common).await?;
+    let found = async {
+        let info = pgcairn::info(&repo).await?;
+        let pg = pgcairn_cli::settings::typed::optional_pg(r)?;
+        let archive_check = pgcairn::check_archive_summary(&repo, pg.as_ref(), &info.archive).await?;
+        Ok((info, archive_check))
+    };
+    let found = found.await;
+    if found.is_err() {
+        opened.forget(&common.stanza).await;
+    }
+    found
 }
 
 /// `pgcairn metrics [--listen ADDR]`.
 pub(crate) async fn run(target: Target, listen: Option<SocketAddr>) -> Result<ExitCode> {
     let Some(addr) = listen else {
-        let text = scrape(&target).await;
+        let text = scrape(&target, &Opened::default()).await;
         std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     };
-    serve(addr, Arc::new(target)).await
+    serve(addr, Arc::new(Server::new(target))).await
 }
 
-async fn serve(addr: SocketAddr, ctx: Arc<Target>) -> Result<ExitCode> {
+/// Connections served at once; further ones wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 256;
+/// A client must send its request headers within this (slowloris).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A whole connection, request to response, ends after this.
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+/// A scrape that takes longer is answered with `pgcairn_up 0`.
+const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The metrics server's state: one scrape runs at a time, and requests that arrived
+/// while it ran share its result, so memory and repository reads do not grow with
+/// the number of clients.
+struct Server {
+    target: Target,
+    opened: Opened,
+    /// The newest scrape: when it started, and its text.
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Arc<String>)>>,
+}
+
+impl Server {
+    fn new(target: Target) -> Self {
+        Server { target, opened: Opened::default(), last: tokio::sync::Mutex::new(None) }
+    }
+
+    /// A scrape that started no earlier than `asked`: the one in flight when its
+    /// turn comes, or a new one.
+    async fn scrape_since(&self, asked: std::time::Instant) -> Arc<String> {
+        let mut last = self.last.lock().await;
+        if let Some((started, text)) = last.as_ref() {
+            if *started >= asked {
+                return text.clone();
+            }
+        }
+        let started = std::time::Instant::now();
+        let text = match tokio::time::timeout(SCRAPE_TIMEOUT, scrape(&self.target, &self.opened)).await {
+            Ok(text) => text,
+            Err(_) => {
+                tracing::error!("metrics: a scrape took more than {} s", SCRAPE_TIMEOUT.as_secs());
+                let mut s = Scrape::default();
+                s.gauge("pgcairn_up", "1 when the stanza's repository could be read.", &[], 0.0);
+                s.encode().unwrap_or_default()
+            }
+        };
+        let text = Arc::new(text);
+        *last = Some((started, text.clone()));
+        text
+    }
+}
+
+async fn serve(addr: SocketAddr, server: Arc<Server>) -> Result<ExitCode> {
     use hyper::server::conn::http1;
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr}: {e}; hint: choose a free address with --listen=HOST:PORT")
     })?;
     tracing::info!("serving metrics on http://{addr}/metrics");
     eprintln!("pgcairn: serving metrics on http://{addr}/metrics");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = slots.clone().acquire_owned().await?;
         let (stream, _) = listener.accept().await?;
-        let ctx = ctx.clone();
+        let server = server.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| respond(req, ctx.clone()));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let service = hyper::service::service_fn(move |req| respond(req, server.clone()));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
         });
     }
 }
 
 async fn respond(
     req: hyper::Request<hyper::body::Incoming>,
-    ctx: Arc<Target>,
+    server: Arc<Server>,
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    let asked = std::time::Instant::now();
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/metrics") => {
-            (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", scrape(&ctx).await)
+            let text = server.scrape_since(asked).await;
+            (
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                bytes::Bytes::from(text.as_bytes().to_vec()),
+            )
         }
-        _ => (404, "text/plain; charset=utf-8", "pgcairn serves GET /metrics only\n".to_string()),
+        _ => (404, "text/plain; charset=utf-8", bytes::Bytes::from_static(b"pgcairn serves GET /metrics only\n")),
     };
-    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    let mut resp = hyper::Response::new(http_body_util::Full::new(body));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
     if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);

@@ -18,28 +18,41 @@ pub(crate) fn human(bytes: u64) -> String {
 
 /// expire's plan or result: each backup's fate, the WAL removed, what failed.
 pub(crate) fn print_expire(r: &pgcairn::ExpireReport) -> anyhow::Result<()> {
+    write_expire(&mut std::io::stdout().lock(), r)
+}
+
+/// The same, to `out` (backup sends its auto-expire's lines to stderr: its stdout is
+/// the label alone).
+pub(crate) fn write_expire(out: &mut dyn std::io::Write, r: &pgcairn::ExpireReport) -> anyhow::Result<()> {
     if !r.policy_set && r.backups.iter().all(|b| !b.expired) {
-        outln!("expire: no retention policy set (retention-full, retention-keep-*): nothing expired");
+        writeln!(out, "expire: no retention policy set (retention-full, retention-keep-*): nothing expired")?;
         return Ok(());
     }
     let verb = if r.dry_run { "would expire" } else { "expired" };
     for b in &r.backups {
         match &b.kept_by {
-            None => outln!("{verb} {} backup {}", b.backup_type, b.label),
-            Some(why) => outln!("kept {} backup {}: {why}", b.backup_type, b.label),
+            None => {
+                let why = b.expired_because.as_deref().unwrap_or("no rule keeps it");
+                writeln!(out, "{verb} {} backup {}: {why}", b.backup_type, b.label)?;
+            }
+            Some(why) => writeln!(out, "kept {} backup {}: {why}", b.backup_type, b.label)?,
         }
     }
     for w in &r.wal {
-        outln!("{verb} WAL on timeline {}: {} files, {} .. {}", w.timeline, w.files, w.first, w.last);
+        writeln!(out, "{verb} WAL on timeline {}: {} files, {} .. {}", w.timeline, w.files, w.first, w.last)?;
     }
     if !r.dry_run {
-        outln!("expire: {} objects deleted, {}", r.deleted_objects, human(r.deleted_bytes));
+        writeln!(out, "expire: {} objects deleted, {}", r.deleted_objects, human(r.deleted_bytes))?;
     }
     for s in &r.spool_pruned {
-        outln!("forgot async spool entry {s}: its WAL is expired");
+        writeln!(out, "forgot async spool entry {s}: its WAL is expired")?;
     }
     for f in &r.failures {
-        eprintln!("could not delete {f}; the repository is consistent and the next expire retries it");
+        if f.starts_with("no pack deleted") {
+            eprintln!("expire: {f}");
+        } else {
+            eprintln!("could not delete {f}; the repository is consistent and the next expire retries it");
+        }
     }
     Ok(())
 }
@@ -82,7 +95,13 @@ pub(crate) fn print_info(r: &pgcairn::InfoReport) -> anyhow::Result<()> {
             (Some(f), Some(l)) => format!("{f} - {l} ({} segments)", a.segments),
             _ => "history only".into(),
         };
-        let gaps = if a.gaps.is_empty() { "no gaps".to_string() } else { format!("GAPS: {}", a.gaps.join(", ")) };
+        let mut gaps = if a.gaps.is_empty() { "no gaps".to_string() } else { format!("GAPS: {}", a.gaps.join(", ")) };
+        if !a.earlier_gaps.is_empty() {
+            gaps += &format!(
+                " (before the newest backup, not needed by it: {}; no point-in-time recovery across them)",
+                a.earlier_gaps.join(", ")
+            );
+        }
         let arrived = a.last_arrived.map(|t| format!(", last arrived {}", ago(t))).unwrap_or_default();
         outln!("    wal archive, timeline {}: {range}, {gaps}{arrived}", a.timeline);
     }
@@ -132,7 +151,7 @@ fn print_proofs(r: &pgcairn::InfoReport) -> anyhow::Result<()> {
 
 fn damaged_labels(v: &pgcairn::VerifyReport) -> String {
     let mut parts: Vec<String> = v.backups.iter().filter(|b| b.damage.is_some()).map(|b| b.label.clone()).collect();
-    let breaks = v.timelines.iter().filter(|t| !t.gaps.is_empty() || t.history.is_some()).count();
+    let breaks = v.timelines.iter().filter(|t| t.gaps.iter().any(|g| !g.earlier) || t.history.is_some()).count();
     if breaks > 0 {
         parts.push(format!("WAL of {breaks} timeline(s)"));
     }

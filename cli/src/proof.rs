@@ -49,7 +49,8 @@ fn print_verify_text(r: &pgcairn::VerifyReport) -> anyhow::Result<()> {
         let ranges = if ranges.is_empty() { "no segments".to_string() } else { ranges.join(", ") };
         outln!("    wal timeline {}: {ranges}", t.timeline);
         for g in &t.gaps {
-            outln!("        GAP {} - {}: {}", g.first, g.last, g.breaks);
+            let kind = if g.earlier { "earlier gap (warning)" } else { "GAP" };
+            outln!("        {kind} {} - {}: {}", g.first, g.last, g.breaks);
         }
         if let Some(h) = &t.history {
             outln!("        HISTORY: {h}");

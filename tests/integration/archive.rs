@@ -116,7 +116,7 @@ impl Archiving {
         let cmd = self.archive_command("");
         let mut words = cmd.split_whitespace().map(str::to_string).collect::<Vec<_>>();
         *words.last_mut().unwrap() = path.display().to_string();
-        Command::new(&words[0]).args(&words[1..]).output().unwrap()
+        Command::new(&words[0]).args(&words[1..]).env("PGCAIRN_CONFIG", "").output().unwrap()
     }
 
     pub fn get(&self, name: &str, dest: &Path) -> std::process::Output {

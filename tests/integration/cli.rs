@@ -56,6 +56,8 @@ impl Pgcairn {
                 c.env_remove(k);
             }
         }
+        // No config file unless the test names one (never the machine's /etc/pgcairn).
+        c.env("PGCAIRN_CONFIG", "");
         if !self.all_stanzas {
             c.arg(format!("--stanza={}", self.stanza));
         }

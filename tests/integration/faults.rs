@@ -272,6 +272,7 @@ impl Repo {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PGCAIRN_") || k.starts_with("AWS_")) {
             c.env_remove(k);
         }
+        c.env("PGCAIRN_CONFIG", "");
         c.args([
             "--stanza=main",
             &format!("--repo={}", self.p.repo),

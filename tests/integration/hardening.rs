@@ -219,6 +219,7 @@ fn files_are_private_whatever_the_umask() {
         .collect();
     let push = |extra: &[String], name: &str| {
         let mut cmd = Command::new(archive_push_bin());
+        cmd.env("PGCAIRN_CONFIG", "");
         cmd.arg("--stanza=main").arg(format!("--repo={}", repo.path().display()));
         cmd.arg(format!("--repo-key-file={}", key.display())).args(extra);
         cmd.arg(cluster.data_dir().join("pg_wal").join(name));

@@ -150,7 +150,11 @@ fn expire_keeps_whole_chains_and_frees_space() {
     let oldest_wal = a.archived_names()[0].clone();
 
     let plan = a.p.ok(&["expire", "--dry-run", "--retention-full=2"]);
-    assert!(plan.contains(&format!("would expire full backup {}", all[0])), "{plan}");
+    // Issue 21, item 1: a dry run says why each backup would go.
+    let why =
+        format!("would expire full backup {}: older than the 2 newest full backups retention-full=2 keeps", all[0]);
+    assert!(plan.contains(&why), "{plan}");
+    assert!(plan.contains(&format!("would expire diff backup {}: its parent {} is expired", all[1], all[0])), "{plan}");
     assert!(plan.contains(&format!("kept full backup {}: retention-full=2", all[3])), "{plan}");
     assert_eq!(labels(&a.p), all, "dry-run deleted");
 
@@ -208,9 +212,13 @@ fn expire_keeps_whole_chains_and_frees_space() {
     assert_eq!(labels(&a.p), &all[5..]);
 
     // expire-auto: a backup with a policy expires what the policy no longer keeps.
-    let out = a.p.ok(&["backup", "--start-fast", "--type=full", "--retention-full=1", &pg]);
-    assert!(out.contains(&format!("expired full backup {}", all[5])), "{out}");
-    assert_eq!(labels(&a.p).len(), 1, "{out}");
+    // Regression (issue 21, item 8): `backup | tail -n1` is documented as the label,
+    // but expire-auto's lines came after it. stdout is now the label alone.
+    let out = a.p.run(&["backup", "--start-fast", "--type=full", "--retention-full=1", &pg]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("expired full backup {}: older than the 1 newest", all[5])), "{stderr}");
+    assert_eq!(labels(&a.p), [stdout.trim()], "stdout must be the label alone: {stdout:?}");
 
     // --set: refused for the newest backup, nothing deleted.
     let newest = labels(&a.p)[0].clone();
@@ -255,13 +263,15 @@ fn expire_killed_midway_is_finished_by_the_next_run() {
     println!("expire killed mid-way {kills} times");
     a.p.ok(&["expire", "--retention-full=1"]);
     assert_eq!(labels(&a.p), &all[4..]);
-    // Local storage leaves empty directories; no file of an expired backup is left.
-    let leftovers: Vec<_> = std::fs::read_dir(a.repo.path().join("main/backup"))
+    // No file, and (issue 21, item 15) no empty directory, of an expired backup is left.
+    let leftovers: Vec<_> = std::fs::read_dir(a.repo.path().join("main/backup")).unwrap().flatten().collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    let empty_pack_dirs: Vec<_> = std::fs::read_dir(a.repo.path().join("main/data"))
         .unwrap()
         .flatten()
-        .filter(|e| dir_size(&e.path()) > 0)
+        .filter(|e| std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none()))
         .collect();
-    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    assert!(empty_pack_dirs.is_empty(), "{empty_pack_dirs:?}");
     let fp = a.cluster.psql("SELECT sum(abalance) FROM pgbench_accounts");
     let dir = TestDir::new("after-kills");
     let data = dir.path().join("data");
@@ -443,4 +453,48 @@ fn expire_runs_safely_beside_backups_and_archiving() {
     let c = Cluster::start_restored(a.cluster.version(), &data);
     wait_promoted(&c);
     assert_eq!(c.psql("SELECT sum(abalance) FROM pgbench_accounts"), want);
+}
+
+/// Regression (issue 21, item 1): a full's `backup/<label>/` removed by hand (an
+/// operator's mistake, a partial sync, a bucket lifecycle rule). Its incr still
+/// restores (its block list names every block), but GC, run because a killed backup
+/// left leftovers, deleted the full's packs (no summary named their index objects),
+/// and a keep-everything `retention-full=10` expired the incr itself. Now info names
+/// the gone parent, the policy keeps the incr (saying why), GC keeps every pack a
+/// surviving block list names, and the incr restores exactly afterwards.
+#[test]
+fn a_lost_full_never_turns_into_deleted_packs() {
+    let a = Archiving::new(PgVersion::V15, "");
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    mark(&a.cluster, 1);
+    let full = a.p.backup(&a.cluster.conninfo());
+    mark(&a.cluster, 2);
+    let incr = a.p.ok(&["backup", "--start-fast", "--type=incr", &pg]).trim().to_string();
+    let want = rows(&a.cluster);
+    mark(&a.cluster, 3);
+    let newest = a.p.ok(&["backup", "--start-fast", "--type=incr", &pg]).trim().to_string();
+    a.switch_segments(1);
+    a.wait_archived();
+    std::fs::remove_dir_all(a.repo.path().join("main/backup").join(&full)).unwrap();
+    // A backup killed before its summary: what makes expire collect unreferenced packs.
+    let killed = a.repo.path().join("main/backup/20200101-000000F");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join("started"), b"left by a kill").unwrap();
+    chown_to_postgres(a.repo.path());
+
+    let info = info_json(&a.p);
+    let b = &info["backups"][0];
+    assert_eq!((b["label"].as_str(), b["status"].as_str()), (Some(incr.as_str()), Some("ok")), "{info}");
+    assert!(b["note"].as_str().unwrap_or_default().contains(&format!("its parent {full} is gone")), "{info}");
+
+    let plan = a.p.ok(&["expire", "--dry-run", "--retention-full=10", "--repo-gc-grace=0"]);
+    assert!(plan.contains(&format!("kept incr backup {incr}: retention-full=10 (its full is gone")), "{plan}");
+    let packs_before = dir_size(&a.repo.path().join("main/data"));
+    a.p.ok(&["expire", "--retention-full=10", "--repo-gc-grace=0"]);
+    assert_eq!(labels(&a.p), [incr.clone(), newest]);
+    assert!(!killed.exists(), "the killed backup's leftovers stayed");
+    assert_eq!(dir_size(&a.repo.path().join("main/data")), packs_before, "GC deleted packs the incr names");
+    let verify = a.p.run(&["verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert_eq!(restore_rows(&a, &incr, &["--type=immediate", "--target-action=promote"]), want);
 }

@@ -99,7 +99,7 @@ fn invalid_values_are_refused() {
     let out = Command::new(archive_push_bin())
         .args(["--repo", &dir.path().display().to_string(), "--stanza", "main", "--log-level", "bogus"])
         .arg("/x/000000010000000000000001")
-        .env_remove("PGCAIRN_CONFIG")
+        .env("PGCAIRN_CONFIG", "")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -179,6 +179,68 @@ fn check_exposition(text: &str, label_time_after: f64) {
     assert_eq!(value("pgcairn_archive_gaps", None), 0.0);
     assert!(value("pgcairn_archiver_archived_total", None) >= 1.0);
     assert_eq!(value("pgcairn_archiver_failing", None), 0.0);
+    assert_eq!(value("pgcairn_postgres_up", None), 1.0);
+    // Issue 21, item 11: prometheus-client adds the full stop itself.
+    let doubled: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP") && l.ends_with("..")).collect();
+    assert!(doubled.is_empty(), "{doubled:?}");
+}
+
+/// The value of the first sample of `name` in an exposition.
+fn sample(text: &str, name: &str) -> f64 {
+    let line =
+        text.lines().find(|l| l.starts_with(&format!("{name}{{"))).unwrap_or_else(|| panic!("no {name}: {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Regression (issue 21, item 6): with a passphrase (the README's setup) every GET
+/// derived the key again (64 MiB Argon2id) with no bound on concurrency: 200
+/// parallel GETs took 11.2 GB and 199 timed out, and 100 slowloris connections were
+/// held open. Now the repository is opened once, concurrent scrapes share one read,
+/// and a client that does not send its request in time is dropped. With PostgreSQL
+/// down, pgcairn_postgres_up says so while pgcairn_up stays 1.
+#[test]
+fn metrics_server_is_bounded_whatever_the_clients_do() {
+    let (a, _label, _) = monitored();
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    let port = free_port();
+    let mut server =
+        a.p.cmd(&["metrics", &pg, &format!("--listen=127.0.0.1:{port}")]).stderr(Stdio::null()).spawn().unwrap();
+    assert!(http_get_metrics(port).contains("pgcairn_up"));
+    let slow: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    let clients: Vec<_> = (0..200).map(|_| std::thread::spawn(move || http_get_metrics(port))).collect();
+    for c in clients {
+        let text = c.join().expect("a scrape failed");
+        assert_eq!(sample(&text, "pgcairn_up"), 1.0, "{text}");
+    }
+    let rss = rss_kib(server.id());
+    assert!(rss <= 64 * 1024, "metrics --listen holds {rss} KiB after 200 parallel scrapes");
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = Vec::new();
+        let read = s.read_to_end(&mut buf);
+        assert!(read.is_ok(), "a slow client was held open: {read:?}");
+    }
+    a.cluster.stop();
+    let text = http_get_metrics(port);
+    a.cluster.start();
+    server.kill().ok();
+    server.wait().ok();
+    assert_eq!(sample(&text, "pgcairn_up"), 1.0, "{text}");
+    assert_eq!(sample(&text, "pgcairn_postgres_up"), 0.0, "{text}");
+    assert!(!text.contains("pgcairn_archiver_archived"), "{text}");
 }
 
 /// `--all-stanzas`: info and metrics cover every stanza of the repository, each

@@ -20,7 +20,11 @@ const BIN: &str = "/usr/local/bin";
 const PROGRAMS: [&str; 3] = ["pgcairn", "pgcairn-archive-push", "pgcairn-cron"];
 
 /// Every metric `pgcairn metrics` exports: alerting rules must not name others.
-const METRICS: [&str; 17] = [
+const METRICS: [&str; 21] = [
+    "pgcairn_backup_not_restorable",
+    "pgcairn_postgres_up",
+    "pgcairn_archiver_failing",
+    "pgcairn_archiver_backlog_segments",
     "pgcairn_build_info",
     "pgcairn_up",
     "pgcairn_backup_last_success_timestamp_seconds",
@@ -316,7 +320,7 @@ type ExprTest = fn(&str) -> bool;
 fn prometheus_rules_cover_backups_archiving_and_proofs() {
     let exprs: Vec<String> = prometheus_rules().iter().map(|r| yaml_str(&r["expr"], "expr").to_string()).collect();
     let success = "pgcairn_backup_last_success_timestamp_seconds";
-    let required: [(&str, ExprTest); 7] = [
+    let required: [(&str, ExprTest); 12] = [
         ("no full backup in 8 days", |e| e.contains("type=\"full\"") && e.contains("8 * 86400")),
         ("no backup of any type in 26 hours", |e| !e.contains("type=") && e.contains("26 * 3600")),
         ("WAL archive lag over 15 minutes", |e| {
@@ -333,6 +337,17 @@ fn prometheus_rules_cover_backups_archiving_and_proofs() {
         }),
         ("verify failed", |e| e.contains("pgcairn_verify_last_ok") && e.contains("== 0")),
         ("repository unreadable", |e| e.contains("pgcairn_up") && e.contains("== 0")),
+        // Issue 21, item 11: gaps and unrestorable backups had no rule; a stanza never
+        // verified and an archive never written could not fire theirs.
+        ("WAL archive gap", |e| e.contains("pgcairn_archive_gaps") && e.contains("> 0")),
+        ("backup not restorable", |e| e.contains("pgcairn_backup_not_restorable") && e.contains("> 0")),
+        ("PostgreSQL unreachable", |e| e.contains("pgcairn_postgres_up") && e.contains("== 0")),
+        ("never verified", |e| {
+            e.contains("pgcairn_verify_last_timestamp_seconds") && e.contains("unless on (stanza) pgcairn_verify_last")
+        }),
+        ("an archive that never received WAL", |e| {
+            e.contains("unless on (stanza) pgcairn_archive_last_segment_timestamp_seconds")
+        }),
     ];
     for (what, fires_on) in required {
         let found = exprs.iter().any(|e| fires_on(e) && (!what.contains("backup") || e.contains(success)));

@@ -31,6 +31,7 @@ fn archive_push(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PGCAIRN_")) {
         c.env_remove(k);
     }
+    c.env("PGCAIRN_CONFIG", "");
     c.args(args).envs(env.iter().copied());
     run(c)
 }

@@ -112,11 +112,14 @@ fn resolve_as(cmd: Cmd, flags: &[(&'static Setting, String)], env: Env, one_stan
     let mut r = Resolved { cmd, values: BTreeMap::new(), config_file: None };
 
     let config = known("config")?;
+    // An empty PGCAIRN_CONFIG reads no config file, not even the default one.
+    let no_file = flag(config).is_none() && env(&config.env()).is_some_and(|v| v.is_empty());
     let file = match given(config) {
         Some((raw, source)) => {
             r.insert(config, raw, source)?;
             ConfigFile::load(r.opt::<PathBuf>("config")?.as_deref())?
         }
+        None if no_file => ConfigFile::default(),
         None => ConfigFile::load(None)?,
     };
     r.config_file = (!file.path.as_os_str().is_empty()).then(|| file.path.clone());

@@ -280,6 +280,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "allow a plain http:// S3 endpoint (trusted networks only; also AWS_ALLOW_HTTP=true)",
     },
     Setting {
+        name: "repo-s3-credentials-file",
+        kind: Kind::Path,
+        default: None,
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Given,
+        help: "file with the S3 access key (aws_access_key_id, aws_secret_access_key lines; mode 0640, readable by the PostgreSQL OS user): what the server's archive-push and archive-get use; default AWS_* variables",
+    },
+    Setting {
         name: "repo-s3-ca-file",
         kind: Kind::Path,
         default: None,

@@ -10,9 +10,22 @@ use super::table::{Forward, Kind, Scope};
 use super::typed::{self, Common};
 use super::*;
 
+/// The environment a test gives; PGCAIRN_CONFIG is empty (no config file) unless
+/// given. Regression (issue 21, item 17): `bad_values_name_their_source` read the
+/// machine's /etc/pgcairn/pgcairn.toml where the quick start had been followed.
 fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut map: BTreeMap<String, String> = BTreeMap::from([("PGCAIRN_CONFIG".into(), String::new())]);
+    map.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     move |k| map.get(k).cloned()
+}
+
+/// An empty PGCAIRN_CONFIG reads no file, even where the default one exists.
+#[test]
+fn an_empty_config_variable_reads_no_file() {
+    let r = run(Cmd::Info, BASE, &[]).unwrap();
+    assert!(r.config_file().is_none());
+    let (_d, config) = with_config("log-level = \"loud\"\n");
+    assert!(run(Cmd::Info, BASE, &[("PGCAIRN_CONFIG", &config)]).is_err(), "a named file is still read");
 }
 
 fn flags(pairs: &[(&str, &str)]) -> Vec<(&'static Setting, String)> {

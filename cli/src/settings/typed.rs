@@ -27,7 +27,8 @@ pub struct Common {
     pub log_json: bool,
     /// The repository (`repo`).
     pub repo: RepoLocation,
-    /// S3 endpoint and region overrides; credentials come from the environment only.
+    /// S3 endpoint and region overrides; credentials from repo-s3-credentials-file,
+    /// else the environment.
     pub s3: S3Settings,
     /// `repo-key-file`: unlocks without key derivation; None: use the passphrase.
     pub key_file: Option<PathBuf>,
@@ -39,20 +40,70 @@ pub struct Common {
 /// A passphrase file readable by group or others is refused, like a key file: it
 /// unlocks every backup (issue 14: it was accepted).
 pub fn refuse_shared_secret_file(file: &std::path::Path) -> Result<()> {
+    refuse_readable_by_others(file, "repo-passphrase-file", 0o077, "chmod 600", "it unlocks every backup")
+}
+
+/// A secret file that `mask` says is too open is refused, naming the fix.
+fn refuse_readable_by_others(file: &std::path::Path, name: &str, mask: u32, fix: &str, why: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::metadata(file) else { return Ok(()) }; // reading it says why
     let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
+    if mode & mask != 0 {
         return Err(Error::setting(
             format!(
-                "repo-passphrase-file {} is accessible by group or others (mode {:o})",
+                "{name} {} is accessible by {} (mode {:o})",
                 file.display(),
+                accessible_by(mode & mask),
                 mode & 0o777
             ),
-            format!("chmod 600 {} (it unlocks every backup)", file.display()),
+            format!("{fix} {} ({why})", file.display()),
         ));
     }
     Ok(())
+}
+
+fn accessible_by(bits: u32) -> &'static str {
+    if bits & 0o070 != 0 {
+        "group or others"
+    } else {
+        "others"
+    }
+}
+
+/// `repo-s3-credentials-file`: the S3 access key in the AWS shared-credentials form
+/// (`aws_access_key_id = …` and `aws_secret_access_key = …`, under `[default]` or no
+/// section), so that the server's own archive-push and archive-get find credentials
+/// without the operator's shell. Group-readable (0640, root:postgres) is allowed,
+/// world-readable is not.
+pub fn s3_credentials(file: &std::path::Path) -> Result<(String, Secret)> {
+    let name = "repo-s3-credentials-file";
+    refuse_readable_by_others(file, name, 0o007, "chmod 640", "it grants access to the bucket")?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Error::setting(
+            format!("cannot read {name} {}: {e}", file.display()),
+            "check its path and that this OS user (for archive-get: the server's) can read it",
+        )
+    })?;
+    let mut section = String::from("default");
+    let (mut id, mut secret) = (None, None);
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with(['#', ';'])) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_string();
+        } else if let (Some((k, v)), "default") = (line.split_once('='), section.as_str()) {
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v.trim().to_string()),
+                "aws_secret_access_key" => secret = Some(Secret::new(v.trim())),
+                _ => {}
+            }
+        }
+    }
+    match (id, secret) {
+        (Some(id), Some(secret)) if !id.is_empty() => Ok((id, secret)),
+        _ => Err(Error::setting(
+            format!("{name} {} names no aws_access_key_id and aws_secret_access_key", file.display()),
+            "write both, as `aws_access_key_id = …` and `aws_secret_access_key = …` lines (under [default] if it has sections)",
+        )),
+    }
 }
 
 /// How to log, from [`Common`].
@@ -76,7 +127,7 @@ impl Common {
             s3: S3Settings {
                 endpoint: r.opt("repo-s3-endpoint")?,
                 region: r.opt("repo-s3-region")?,
-                credentials: None,
+                credentials: r.opt::<PathBuf>("repo-s3-credentials-file")?.map(|f| s3_credentials(&f)).transpose()?,
                 allow_http: r.get("repo-s3-allow-http")?,
                 ca_file: r.opt("repo-s3-ca-file")?,
             },

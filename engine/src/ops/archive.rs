@@ -383,8 +383,13 @@ pub struct TimelineArchive {
     pub first: Option<String>,
     pub last: Option<String>,
     pub segments: u64,
-    /// Missing ranges between first and last, as "FIRST-LAST" segment names.
+    /// Missing ranges between first and last that point-in-time recovery from the
+    /// newest restorable backup would have to cross, as "FIRST-LAST" segment names.
     pub gaps: Vec<String>,
+    /// Missing ranges wholly before the newest restorable backup: old point-in-time
+    /// windows thinned by `retention-archive` (or lost); nothing that restores needs
+    /// them, so they are reported, not counted as damage.
+    pub earlier_gaps: Vec<String>,
     pub history: bool,
     /// When the newest object of this timeline reached the repository (unix
     /// seconds, the store's clock); None where the store does not say.
@@ -476,6 +481,7 @@ pub(crate) fn archive_summary(archived: &ArchivedSegments, seg_size: u32) -> Vec
                 last: segs.last().map(|s| segment_name(timeline, *s, seg_size)),
                 segments: segs.len() as u64,
                 gaps,
+                earlier_gaps: Vec::new(),
                 history: archived.history.contains(&timeline),
                 last_arrived: archived.arrived.get(&timeline).copied(),
             }

@@ -209,6 +209,8 @@ pub struct ArchiveCheck {
     pub archiver: Option<ArchiverStats>,
     /// Completed segments the server has not archived yet (current − last archived − 1).
     pub backlog_segments: Option<u64>,
+    /// Whether PostgreSQL (`pg`) answered; None when `pg` is not set.
+    pub pg_up: Option<bool>,
 }
 
 /// Segments not archived yet beyond which `check --archive-only` warns (256 MiB of 16 MiB segments).
@@ -240,14 +242,21 @@ pub async fn check_archive_summary(
         lag_seconds: newest.and_then(|t| t.last_arrived).map(|t| now.saturating_sub(t)),
         archiver: None,
         backlog_segments: None,
+        pg_up: None,
     };
     if out.newest_segment.is_none() {
         out.flag(Level::Warning, "the repository holds no WAL yet: set archive_command and run `pgcairn check`".into());
     }
     if let Some(pg) = pg {
         match server_archiving(pg).await {
-            Ok((mode, stats)) => judge_server(&mut out, repo, pg, &mode, stats, seg_size).await?,
-            Err(e) => out.flag(Level::Critical, format!("cannot read pg_stat_archiver: {e}")),
+            Ok(server) => {
+                out.pg_up = Some(true);
+                judge_server(&mut out, repo, pg, server, seg_size).await?
+            }
+            Err(e) => {
+                out.pg_up = Some(false);
+                out.flag(Level::Critical, format!("cannot read pg_stat_archiver: {e}"))
+            }
         }
     }
     out.problems.sort_by_key(|p| std::cmp::Reverse(p.starts_with("CRITICAL")));
@@ -262,12 +271,51 @@ impl ArchiveCheck {
     }
 }
 
-async fn server_archiving(pg: &ConnParams) -> Result<(String, ArchiverStats)> {
+/// What the server says of its archiving.
+struct ServerArchiving {
+    mode: String,
+    command: String,
+    /// None where pg_control_system() is not readable by the role.
+    system_identifier: Option<u64>,
+    stats: ArchiverStats,
+}
+
+async fn server_archiving(pg: &ConnParams) -> Result<ServerArchiving> {
     let client = crate::pg::tls::sql_connect(pg).await?;
-    let mode: String =
-        client.query_one("SELECT current_setting('archive_mode')", &[]).await.map_err(|e| sql_error(pg, e))?.get(0);
+    let sql = "SELECT current_setting('archive_mode'), current_setting('archive_command')";
+    let row = client.query_one(sql, &[]).await.map_err(|e| sql_error(pg, e))?;
     let stats = ArchiverStats::read(&client).await.map_err(|e| sql_error(pg, e))?;
-    Ok((mode, stats))
+    let sysid = client.query_one("SELECT system_identifier::text FROM pg_control_system()", &[]).await;
+    let system_identifier = sysid.ok().and_then(|r| r.get::<_, String>(0).parse().ok());
+    Ok(ServerArchiving { mode: row.get(0), command: row.get(1), system_identifier, stats })
+}
+
+/// Whether the server's archiver statistics are this stanza's: the same cluster, and
+/// an archive_command that runs pgcairn. Regression (issue 21, item 11): a stanza the
+/// server does not archive into still got its archiver counters.
+fn archiver_is_ours(out: &mut ArchiveCheck, repo: &Repository, target: &str, server: &ServerArchiving) -> bool {
+    let ours = repo.config().system_identifier;
+    if let Some(theirs) = server.system_identifier.filter(|id| *id != ours) {
+        out.flag(
+            Level::Critical,
+            format!(
+                "{target} is cluster {theirs}, but stanza {} belongs to cluster {ours}: `pg` names the wrong server",
+                repo.config().stanza
+            ),
+        );
+        return false;
+    }
+    if server.mode != "off" && !server.command.contains("pgcairn") {
+        out.flag(
+            Level::Warning,
+            format!(
+                "{target}: archive_command does not run pgcairn ({:?}): its archiver counters are not this stanza's",
+                server.command
+            ),
+        );
+        return false;
+    }
+    true
 }
 
 /// The server's side: archiving on, not failing, its last archived segment in the
@@ -276,11 +324,14 @@ async fn judge_server(
     out: &mut ArchiveCheck,
     repo: &Repository,
     pg: &ConnParams,
-    mode: &str,
-    stats: ArchiverStats,
+    server: ServerArchiving,
     seg_size: u32,
 ) -> Result<()> {
     let target = pg.target();
+    if !archiver_is_ours(out, repo, &target, &server) {
+        return Ok(());
+    }
+    let (mode, stats) = (server.mode.as_str(), server.stats);
     if mode == "off" {
         out.flag(
             Level::Critical,

@@ -20,7 +20,7 @@ pub(crate) const SQL_SWITCH_WAL: &str = "SELECT pg_walfile_name(pg_switch_wal())
 const SQL_ARCHIVER: &str = "SELECT archived_count, last_archived_wal, \
      extract(epoch FROM last_archived_time)::float8, failed_count, last_failed_wal, \
      extract(epoch FROM last_failed_time)::float8, \
-     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn() + 1) END \
      FROM pg_stat_archiver";
 
 /// The server's own account of archive_command: what it archived and what failed.
@@ -38,7 +38,10 @@ pub struct ArchiverStats {
     pub last_failed_wal: Option<String>,
     /// When (unix seconds).
     pub last_failed_time: Option<f64>,
-    /// The segment being written now (None on a standby).
+    /// The segment being written now (None on a standby). Named from the position
+    /// after the current one: at a segment boundary the segment just completed is
+    /// not the one being written. Regression (issue 21, item 11): the backlog read 0
+    /// right after a switch while the completed segment's `.ready` waited.
     pub current_wal: Option<String>,
 }
 

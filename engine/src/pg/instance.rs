@@ -97,7 +97,37 @@ impl OsUser {
         Ok(OsUser { name: SERVER_OS_USER.into(), ids: Some(ids) })
     }
 
-    fn command(&self, program: &Path) -> tokio::process::Command {
+    /// Whether this process runs as root.
+    pub(crate) fn current_is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// The owner of `path`, as a user to switch to (None if it cannot be read).
+    pub(crate) fn owner_of(path: &Path) -> Option<OsUser> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let name = user_name(meta.uid()).unwrap_or_else(|| meta.uid().to_string());
+        Some(OsUser { name, ids: Some((meta.uid(), meta.gid())) })
+    }
+
+    /// The user's home directory, from the passwd entry.
+    pub(crate) fn home(&self) -> Option<std::path::PathBuf> {
+        // SAFETY: geteuid has no preconditions.
+        let uid = self.ids.map_or_else(|| unsafe { libc::geteuid() }, |(uid, _)| uid);
+        // SAFETY: getpwuid returns a pointer into static storage or null; the path
+        // is copied out at once and the pointer not kept.
+        unsafe {
+            let pw = libc::getpwuid(uid);
+            if pw.is_null() || (*pw).pw_dir.is_null() {
+                return None;
+            }
+            let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+            Some(std::path::PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked(dir.to_bytes())))
+        }
+    }
+
+    pub(crate) fn command(&self, program: &Path) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(program);
         if let Some((uid, gid)) = self.ids {
             cmd.uid(uid).gid(gid);
@@ -117,6 +147,18 @@ impl OsUser {
             }
         }
         Ok(())
+    }
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: getpwuid returns a pointer into static storage or null; the name is
+    // copied out at once and the pointer not kept.
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
     }
 }
 

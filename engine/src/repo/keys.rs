@@ -12,9 +12,15 @@ use crate::error::{Error, Result};
 pub(super) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Largest Argon2id costs a key slot may ask for (§3.2): 4 GiB, 64 passes, 64 lanes.
-pub(super) const MAX_KDF_M_COST: u32 = 4 << 20;
-pub(super) const MAX_KDF_T_COST: u32 = 64;
-pub(super) const MAX_KDF_P_COST: u32 = 64;
+/// Bounds on a key slot's Argon2id costs: what pgcairn writes (64 MiB, 3 passes,
+/// 1 lane) with headroom: 4× the memory, 4× the passes, 8× the work in all.
+/// Regression (issue 21, item 7): the old bounds (4 GiB, 64 passes) let a forged
+/// slot make every passphrase open take ~10 s and 4 GB, ~10 min at the most passes.
+pub(super) const MAX_KDF_M_COST: u32 = 256 << 10;
+pub(super) const MAX_KDF_T_COST: u32 = 12;
+pub(super) const MAX_KDF_P_COST: u32 = 4;
+/// m_cost × t_cost at most 8 times the default's.
+pub(super) const MAX_KDF_WORK: u64 = 8 * (64 << 10) * 3;
 
 impl Repository {
     /// Write the unwrapped master key to `path` (create-only, mode 0600).
@@ -197,9 +203,13 @@ pub(super) async fn try_slot(
             let params = slot.kdf_params.ok_or_else(|| corrupt("argon2id slot without parameters".into()))?;
             // The slot is plaintext: costs past any sane setting would let whoever
             // writes the storage exhaust this host's memory or time.
-            if params.m_cost > MAX_KDF_M_COST || params.t_cost > MAX_KDF_T_COST || params.p_cost > MAX_KDF_P_COST {
+            if params.m_cost > MAX_KDF_M_COST
+                || params.t_cost > MAX_KDF_T_COST
+                || params.p_cost > MAX_KDF_P_COST
+                || params.m_cost as u64 * params.t_cost as u64 > MAX_KDF_WORK
+            {
                 return Err(corrupt(format!(
-                    "argon2id costs m={} KiB t={} p={} exceed the limits ({MAX_KDF_M_COST} KiB, {MAX_KDF_T_COST}, {MAX_KDF_P_COST})",
+                    "argon2id costs m={} KiB t={} p={} exceed what pgcairn writes with headroom ({MAX_KDF_M_COST} KiB, {MAX_KDF_T_COST} passes, {MAX_KDF_P_COST} lanes, m×t ≤ {MAX_KDF_WORK}): a forged slot is refused before deriving",
                     params.m_cost, params.t_cost, params.p_cost
                 )));
             }

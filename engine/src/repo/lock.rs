@@ -93,7 +93,14 @@ impl StanzaLock {
                 Err(e) if e.storage_kind() == Some(StorageErrorKind::AlreadyExists) => {}
                 Err(e) => return Err(e),
             }
-            let Some(other) = read_holder(repo).await? else { continue };
+            let other = match read_holder_state(repo).await? {
+                HolderState::Absent => continue,
+                HolderState::Valid(h) => h,
+                HolderState::Damaged(d) => {
+                    take_over_damaged(repo, &d).await?;
+                    continue;
+                }
+            };
             let last_beat = newest_beat(repo, &other).await?;
             match staleness(&other, &last_beat) {
                 Some(why) => {
@@ -180,10 +187,80 @@ async fn heartbeats(
 }
 
 async fn read_holder(repo: &Repository) -> Result<Option<LockHolder>> {
+    match read_holder_state(repo).await? {
+        HolderState::Valid(h) => Ok(Some(h)),
+        HolderState::Absent | HolderState::Damaged(_) => Ok(None),
+    }
+}
+
+/// What `lock/holder` holds.
+enum HolderState {
+    Absent,
+    Valid(LockHolder),
+    /// It does not authenticate or parse (garbage, empty, forged): who wrote it is
+    /// unknown, so it is judged by silence alone.
+    Damaged(DamagedHolder),
+}
+
+struct DamagedHolder {
+    /// Why it was refused.
+    detail: String,
+    /// Seconds since anything of the lock (the holder or any heartbeat) was written;
+    /// None when the store gives no times.
+    silent: Option<u64>,
+}
+
+async fn read_holder_state(repo: &Repository) -> Result<HolderState> {
     match repo.get_meta::<LockHolder>(HOLDER_KEY).await {
-        Ok(h) => Ok(Some(h)),
-        Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(None),
+        Ok(h) => Ok(HolderState::Valid(h)),
+        Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(HolderState::Absent),
+        Err(Error::Corrupt { detail, .. }) => {
+            let listed = repo.storage().list("lock/").await?;
+            let newest = listed.iter().map(|o| o.modified).try_fold(0u64, |acc, m| m.map(|m| acc.max(m)));
+            let silent = newest.map(|t| unix_now().saturating_sub(t));
+            Ok(HolderState::Damaged(DamagedHolder { detail, silent }))
+        }
         Err(e) => Err(e),
+    }
+}
+
+/// Regression (issue 21, item 4): garbage or an empty `lock/holder` made backup,
+/// expire and info exit 8 ("restore from another backup set") forever. A holder that
+/// does not authenticate is stale once nothing under `lock/` was written for
+/// [`STALE_AFTER`]: then it is removed; before that the error says when, and which
+/// object to delete by hand if nothing runs.
+async fn take_over_damaged(repo: &Repository, damaged: &DamagedHolder) -> Result<()> {
+    let stale = STALE_AFTER.as_secs();
+    match damaged.silent {
+        Some(silent) if silent > stale => {
+            tracing::warn!(
+                "stanza {}: removing a damaged lock ({HOLDER_KEY} does not authenticate: {}; nothing written under lock/ for {silent} s)",
+                repo.config().stanza,
+                damaged.detail
+            );
+            // Re-read: a live taker may have replaced it since.
+            if matches!(read_holder_state(repo).await?, HolderState::Damaged(_)) {
+                delete_if_present(repo, HOLDER_KEY).await?;
+            }
+            Ok(())
+        }
+        silent => {
+            let wait = silent.map_or("its age is unknown (the store gives no times)".to_string(), |s| {
+                format!("it is treated as stale in {} s", stale.saturating_sub(s) + 1)
+            });
+            Err(Error::misconfigured(
+                crate::error::Misconfig::Request,
+                format!(
+                    "stanza {}: the lock object {HOLDER_KEY} is damaged ({}); {wait}",
+                    repo.config().stanza,
+                    damaged.detail
+                ),
+                format!(
+                    "wait and run again; or, if no backup, expire or stanza-delete of this stanza is running anywhere, delete {}/{HOLDER_KEY} and run again",
+                    repo.location()
+                ),
+            ))
+        }
     }
 }
 
@@ -342,5 +419,27 @@ mod tests {
         };
         repo.put_meta(HOLDER_KEY, &holder).await.unwrap();
         StanzaLock::acquire(&repo, "backup").await.unwrap().release().await.unwrap();
+    }
+
+    /// Regression (issue 21, item 4): garbage in `lock/holder` blocked backup, expire
+    /// and info for good with "restore from another backup set". Now info ignores it,
+    /// a taker is told when it goes stale and which object to delete, and once
+    /// nothing under lock/ was written for the stale window it is taken over.
+    #[tokio::test]
+    async fn a_damaged_holder_is_stale_after_silence() {
+        let (mem, repo) = test_repo(true).await;
+        mem.put_new(HOLDER_KEY, bytes::Bytes::from_static(b"garbage")).await.unwrap();
+        assert!(current_holder(&repo).await.unwrap().is_none(), "info must not fail on a damaged lock");
+        let refused = StanzaLock::acquire(&repo, "backup").await.err().unwrap().to_string();
+        assert!(
+            refused.contains("lock/holder") && refused.contains("damaged") && refused.contains("stale in"),
+            "{refused}"
+        );
+        let damaged = DamagedHolder { detail: "test".into(), silent: Some(STALE_AFTER.as_secs() + 1) };
+        take_over_damaged(&repo, &damaged).await.unwrap();
+        StanzaLock::acquire(&repo, "backup").await.unwrap().release().await.unwrap();
+        mem.put_new(HOLDER_KEY, bytes::Bytes::new()).await.unwrap();
+        let refused = StanzaLock::acquire(&repo, "expire").await.err().unwrap().to_string();
+        assert!(refused.contains("damaged"), "{refused}");
     }
 }

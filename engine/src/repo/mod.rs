@@ -488,8 +488,14 @@ pub(crate) mod tests {
         let mut json: serde_json::Value = serde_json::from_slice(&s.get(&slot).await.unwrap()).unwrap();
         json["kdf_params"]["m_cost"] = (u32::MAX).into();
         mem.overwrite(&slot, Bytes::from(serde_json::to_vec(&json).unwrap()));
+        let err = Repository::open(s.clone(), "main", Some(&pw)).await.unwrap_err();
+        assert!(err.to_string().contains("exceed what pgcairn writes"), "{err}");
+        // Issue 21, item 7: 4 GiB × 64 passes was allowed (~10 min per open); the
+        // largest single costs within bounds but together past 8× the work are not.
+        json["kdf_params"] = serde_json::json!({"m_cost": 256 << 10, "t_cost": 12, "p_cost": 1});
+        mem.overwrite(&slot, Bytes::from(serde_json::to_vec(&json).unwrap()));
         let err = Repository::open(s, "main", Some(&pw)).await.unwrap_err();
-        assert!(err.to_string().contains("exceed the limits"), "{err}");
+        assert!(err.to_string().contains("m×t"), "{err}");
     }
 
     #[tokio::test]

@@ -129,10 +129,18 @@ impl Storage for LocalStorage {
         let key = key.to_string();
         blocking(move || {
             let io = |e| map_io("put", &key, &path, e);
-            if let Some(parent) = path.parent() {
-                fsutil::create_dir_all_durable(parent).map_err(io)?;
+            // A delete removing the last file of this directory may remove the directory
+            // between its creation and the rename: then it is made again.
+            let mut attempts = 0;
+            loop {
+                if let Some(parent) = path.parent() {
+                    fsutil::create_dir_all_durable(parent).map_err(io)?;
+                }
+                match fsutil::write_file_via(&tmp_dir, &path, &data, fsutil::Commit::CreateOnly) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                    other => return other.map_err(io),
+                }
             }
-            fsutil::write_file_via(&tmp_dir, &path, &data, fsutil::Commit::CreateOnly).map_err(io)
         })
         .await
     }
@@ -187,12 +195,34 @@ impl Storage for LocalStorage {
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path("delete", key)?;
         let key = key.to_string();
+        let root = self.root.clone();
         blocking(move || match std::fs::remove_file(&path) {
-            Ok(()) => fsutil::sync_parent_dir(&path).map_err(|e| map_io("delete", &key, &path, e)),
+            Ok(()) => {
+                fsutil::sync_parent_dir(&path).map_err(|e| map_io("delete", &key, &path, e))?;
+                remove_empty_parents(&root, &path);
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(map_io("delete", &key, &path, e)),
         })
         .await
+    }
+}
+
+/// Regression (issue 21, item 15): expire and stanza-delete left empty
+/// `backup/<label>/` and `data/<xx>/` directories (15 labels on disk, 3 in info).
+/// The directories a deleted file leaves empty go too, up to the second level below
+/// the stanza (`backup/`, `data/`, `wal/` stay). A directory that is not empty, or
+/// gone, is left as it is.
+fn remove_empty_parents(root: &Path, file: &Path) {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        let depth = d.strip_prefix(root).map_or(0, |rel| rel.components().count());
+        if depth < 2 || std::fs::remove_dir(d).is_err() {
+            return;
+        }
+        let _ = fsutil::sync_parent_dir(d);
+        dir = d.parent();
     }
 }
 

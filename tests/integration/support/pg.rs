@@ -76,14 +76,21 @@ pub fn client_bin(name: &str) -> PathBuf {
 
 /// A command that runs `program` as the server's OS user: `postgres` when we are root
 /// (PostgreSQL refuses to run as root), ourselves otherwise.
+///
+/// Regression (issue 21, item 17): the servers' archive_command and restore_command
+/// read the machine's /etc/pgcairn/pgcairn.toml when the quick start had been
+/// followed there. An empty PGCAIRN_CONFIG means "no config file"; the servers (and
+/// every pgcairn a test runs) get it unless a test names its own config.
 fn as_server_user(program: &Path) -> Command {
-    if is_root() {
+    let mut cmd = if is_root() {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"]).arg(program);
         cmd
     } else {
         Command::new(program)
-    }
+    };
+    cmd.env("PGCAIRN_CONFIG", "");
+    cmd
 }
 
 /// A running (or stopped) cluster. Dropping it stops the server (immediate) and removes its

@@ -66,6 +66,8 @@ pub struct ExpireDecision {
     pub expired: bool,
     /// The rule that keeps it, when kept.
     pub kept_by: Option<String>,
+    /// Why it goes, when expired.
+    pub expired_because: Option<String>,
 }
 
 /// The WAL expired on one timeline.
@@ -147,6 +149,8 @@ struct Plan {
     labels: Vec<String>,
     types: Vec<String>,
     reasons: Vec<Reason>,
+    /// Why each expired backup goes (None for kept ones).
+    why: Vec<Option<String>>,
     wal: Vec<(String, u64)>,
     /// (spool path, the spool's WAL names wholly before the kept window).
     spool: Option<(std::path::PathBuf, Vec<String>)>,
@@ -180,6 +184,15 @@ impl Plan {
             gone.sort();
             gone.into_iter().map(|n| (n.clone(), sizes.get(&n).copied().unwrap_or(0))).collect()
         };
+        let mut why: Vec<Option<String>> = (0..candidates.len())
+            .map(|i| {
+                reasons[i].is_none().then(|| match &req.set {
+                    Some(set) if *set == candidates[i].label => format!("--set={set}"),
+                    Some(set) => format!("depends on --set={set}"),
+                    None => policy::why_expired(&req.policy, &candidates, &reasons, i),
+                })
+            })
+            .collect();
         let mut labels: Vec<String> = candidates.iter().map(|c| c.label.clone()).collect();
         let mut types: Vec<String> = candidates.iter().map(|c| c.kind.as_str().to_string()).collect();
         let mut reasons = reasons;
@@ -187,8 +200,9 @@ impl Plan {
             labels.push(label);
             types.push("unknown".into());
             reasons.push(Some("its summary cannot be read: never expired unread (run verify)".into()));
+            why.push(None);
         }
-        Ok(Plan { gc_grace: req.gc_grace, labels, types, reasons, wal, spool })
+        Ok(Plan { gc_grace: req.gc_grace, labels, types, reasons, why, wal, spool })
     }
 
     fn report(&self, req: &ExpireRequest) -> ExpireReport {
@@ -198,6 +212,7 @@ impl Plan {
                 backup_type: self.types[i].clone(),
                 expired: self.reasons[i].is_none(),
                 kept_by: self.reasons[i].clone(),
+                expired_because: self.why[i].clone(),
             })
             .collect();
         ExpireReport {
@@ -221,23 +236,41 @@ impl Plan {
             Ok(d) => deleted += d,
             Err(e) => out.failures.push(format!("{what}: {e}")),
         };
+        // What survives is read before anything goes: no pack a kept backup's block
+        // list names is deleted, whatever the catalog says of chains.
+        let survivors: Vec<String> =
+            self.labels.iter().zip(&self.reasons).filter(|(_, r)| r.is_some()).map(|(l, _)| l.clone()).collect();
+        let reach = match repo.reachable_packs(&survivors).await {
+            Ok(r) => r,
+            Err(e) => {
+                out.failures.push(format!("reading the kept backups' block lists: {e}; nothing deleted"));
+                return;
+            }
+        };
+        if let Some(why) = reach.blocked_by() {
+            out.failures.push(why);
+        }
         for (label, reason) in self.labels.iter().zip(&self.reasons).rev() {
             if reason.is_none() {
                 tracing::info!("expiring backup {label}");
-                record(repo.delete_backup(label).await, &format!("backup {label}"), out);
+                record(repo.delete_backup(label, &reach).await, &format!("backup {label}"), out);
             }
         }
         match leftovers(repo, self.gc_grace).await {
             Ok((finish, killed)) => {
                 for label in finish {
-                    record(repo.delete_backup_leftovers(&label).await, &format!("leftovers of {label}"), out);
+                    record(repo.delete_backup_leftovers(&label, &reach).await, &format!("leftovers of {label}"), out);
                 }
                 // Backups killed before their summary: their packs are found by a scan,
                 // and their label is removed only after it (a crash redoes the scan).
                 if !killed.is_empty() {
-                    record(repo.collect_unreferenced(self.gc_grace).await, "unreferenced packs", out);
+                    record(repo.collect_unreferenced(self.gc_grace, &reach).await, "unreferenced packs", out);
                     for label in killed {
-                        record(repo.delete_backup_leftovers(&label).await, &format!("leftovers of {label}"), out);
+                        record(
+                            repo.delete_backup_leftovers(&label, &reach).await,
+                            &format!("leftovers of {label}"),
+                            out,
+                        );
                     }
                 }
             }

@@ -133,7 +133,7 @@ pub(crate) fn decide(policy: &RetentionPolicy, backups: &[Candidate], now: DateT
     let Some(newest) = backups.len().checked_sub(1) else { return Ok(keep) };
     keep[newest] = Some("newest backup".into());
     keep_fulls(policy, backups, now, &mut keep);
-    keep_diffs_and_incrs(policy, backups, &mut keep);
+    keep_diffs_and_incrs(policy, backups, now, &mut keep);
     for (name, count, period) in policy.tiers() {
         if let Some(n) = count {
             keep_calendar(backups, n, period, tz, name, &mut keep);
@@ -169,11 +169,24 @@ fn keep_fulls(policy: &RetentionPolicy, backups: &[Candidate], now: DateTime<Utc
 
 /// Diffs and incrs hang on a kept full: without `retention-diff` all of them are kept
 /// with it; with it, the newest N diffs, and an incr stays while its parent does.
-fn keep_diffs_and_incrs(policy: &RetentionPolicy, backups: &[Candidate], keep: &mut [Reason]) {
+///
+/// Regression (issue 21, item 1): with a full's directory removed by hand, a
+/// keep-everything `retention-full=10` expired its diff and incr, which restored
+/// exactly. A backup whose full is gone is kept when the policy would have kept
+/// that full.
+fn keep_diffs_and_incrs(policy: &RetentionPolicy, backups: &[Candidate], now: DateTime<Utc>, keep: &mut [Reason]) {
     if policy.full.is_none() {
         return;
     }
     let index: HashMap<&str, usize> = backups.iter().enumerate().map(|(i, b)| (b.label.as_str(), i)).collect();
+    for i in 0..backups.len() {
+        let orphan = backups[i].kind != BackupType::Full && full_of(backups, &index, i).is_none();
+        let root_orphan = orphan && backups[i].parent.as_deref().is_none_or(|p| !index.contains_key(p));
+        if root_orphan && missing_full_kept(policy, backups, i, now) {
+            let rule = format!("{} (its full is gone; it restores on its own)", full_rule(policy));
+            keep[i].get_or_insert(rule);
+        }
+    }
     let full_kept = |i: usize| full_of(backups, &index, i).is_some_and(|f| keep[f].is_some());
     let diffs: Vec<usize> =
         (0..backups.len()).filter(|&i| backups[i].kind == BackupType::Diff && full_kept(i)).collect();
@@ -191,6 +204,63 @@ fn keep_diffs_and_incrs(policy: &RetentionPolicy, backups: &[Candidate], keep: &
         if backups[i].kind == BackupType::Incr && parent.is_some_and(|p| keep[p].is_some()) {
             keep[i].get_or_insert_with(|| "retention-full (with its parent)".into());
         }
+    }
+}
+
+fn full_rule(policy: &RetentionPolicy) -> String {
+    let n = policy.full.unwrap_or(0);
+    match policy.full_type {
+        FullRetention::Count => format!("retention-full={n}"),
+        FullRetention::Time => format!("retention-full={n} days"),
+    }
+}
+
+/// Whether the policy would keep the (unlisted) full of backup `i`. No full is ever
+/// taken between a diff or incr and the full of its chain, so the fulls newer than
+/// that full are the fulls newer than `i`.
+fn missing_full_kept(policy: &RetentionPolicy, backups: &[Candidate], i: usize, now: DateTime<Utc>) -> bool {
+    let Some(n) = policy.full else { return false };
+    let newer_fulls = || backups[i + 1..].iter().filter(|b| b.usable && b.kind == BackupType::Full);
+    match policy.full_type {
+        FullRetention::Count => newer_fulls().count() < n as usize,
+        FullRetention::Time => {
+            let start = now - chrono::Duration::days(n as i64);
+            backups[i].stop_time >= start || !newer_fulls().any(|f| f.stop_time < start)
+        }
+    }
+}
+
+/// Why backup `i` is expired (`keep[i]` is None), for the report and `--dry-run`.
+pub(crate) fn why_expired(policy: &RetentionPolicy, backups: &[Candidate], keep: &[Reason], i: usize) -> String {
+    let b = &backups[i];
+    let index: HashMap<&str, usize> = backups.iter().enumerate().map(|(i, b)| (b.label.as_str(), i)).collect();
+    let parent = b.parent.as_deref();
+    if !b.usable {
+        return "not restorable (see info): it counts for no rule".into();
+    }
+    match (b.kind, parent.and_then(|p| index.get(p))) {
+        (BackupType::Full, _) => {
+            match (policy.full, policy.full_type) {
+                (Some(n), FullRetention::Count) => {
+                    format!("older than the {n} newest full backups retention-full={n} keeps")
+                }
+                (Some(n), FullRetention::Time) => {
+                    format!("stopped before the {n}-day window of retention-full={n} days, and a newer full covers its start")
+                }
+                (None, _) => "no retention-keep-* period keeps it, and no kept backup depends on it".into(),
+            }
+        }
+        (_, Some(&p)) if keep[p].is_none() => format!("its parent {} is expired", backups[p].label),
+        (BackupType::Diff, Some(_)) if policy.diff.is_some() => {
+            let n = policy.diff.unwrap_or(0);
+            format!("older than the {n} newest differential backups retention-diff={n} keeps")
+        }
+        (_, None) => format!(
+            "its parent {} is gone and {} would not have kept that backup's full",
+            parent.unwrap_or("?"),
+            full_rule(policy)
+        ),
+        _ => "no rule keeps it, and no kept backup depends on it".into(),
     }
 }
 

@@ -327,3 +327,90 @@ async fn spool_entries_about_expired_wal_are_forgotten() {
     let log = std::fs::read_to_string(root.join("dropped.log")).unwrap();
     assert_eq!(log, format!("2026-01-02T00:00:00Z {new}\n"));
 }
+
+/// Regression (issue 21, item 1): a full's `backup/<label>/` removed by hand. The
+/// incr's block list still names the full's packs; GC (run because a killed backup
+/// left leftovers) deleted them, as no summary named their index object, and a
+/// keep-everything retention-full=10 expired the incr. Now the incr is kept (saying
+/// why), the packs it names and the index object listing them stay, and the killed
+/// backup's leftovers go. When a surviving block list cannot be read, no pack goes.
+#[tokio::test]
+async fn packs_a_surviving_block_list_names_are_never_collected() {
+    use crate::repo::blocklist::{BlockLocation, BlockPart, PackRef};
+    use crate::repo::format::{manifest_key, summary_key, ChunkId, IndexFile, Summary};
+    use crate::storage::memory::MemoryStorage;
+    use crate::storage::Storage;
+    let mem = std::sync::Arc::new(MemoryStorage::new());
+    let repo = crate::repo::synthetic::synthetic_repository(mem.clone(), 3, 3, 3, 64).await.unwrap();
+    let labels = repo.list_backups().await.unwrap();
+    let (full, incr) = (labels[0].clone(), labels[1].clone());
+    let full_index = repo.load_summary(&full).await.unwrap().indexes[0].clone();
+    let file: IndexFile = repo.get_meta(&crate::repo::format::index_key(&full_index)).await.unwrap();
+    let id: [u8; 32] = hex::decode(&file.packs[0].id).unwrap().try_into().unwrap();
+    let loc =
+        BlockLocation { pack: PackRef { id, key_id: [0; 16] }, offset: 0, length: 64, raw_length: 64, base: None };
+    let mut part = BlockPart::default();
+    part.push(ChunkId([7; 32]), &loc);
+    repo.put_block_part(&incr, 0, &part).await.unwrap();
+    let mut m = repo.load_manifest(&incr).await.unwrap();
+    m.blocks = 1;
+    for key in [summary_key(&incr), manifest_key(&incr)] {
+        mem.delete(&key).await.unwrap();
+    }
+    repo.put_meta(&summary_key(&incr), &Summary::of(&m)).await.unwrap();
+    repo.put_meta(&manifest_key(&incr), &m).await.unwrap();
+    for o in mem.list(&format!("backup/{full}/")).await.unwrap() {
+        mem.delete(&o.key).await.unwrap();
+    }
+    repo.mark_backup_started("20200101-000000F").await.unwrap();
+    mem.backdate("", 2 * 86_400);
+    let packs_before = mem.list("data/").await.unwrap().len();
+    let req = ExpireRequest {
+        policy: RetentionPolicy { full: Some(10), ..policy() },
+        gc_grace: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+
+    let plan = expire(&repo, &ExpireRequest { dry_run: true, ..req.clone() }).await.unwrap();
+    let kept_by = plan.backups[0].kept_by.clone().unwrap_or_default();
+    assert!(kept_by.contains("retention-full=10 (its full is gone"), "{plan:?}");
+    let report = expire(&repo, &req).await.unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(repo.list_backups().await.unwrap(), labels[1..]);
+    assert!(mem.list("backup/20200101-000000F/").await.unwrap().is_empty(), "the killed backup's leftovers stayed");
+    let packs = mem.list("data/").await.unwrap();
+    assert!(packs.iter().any(|o| o.key.ends_with(&file.packs[0].id)), "a pack the incr names was deleted");
+    assert_eq!(packs.len(), packs_before - 2, "the full's packs no block list names go");
+    assert!(!mem.list(&crate::repo::format::index_key(&full_index)).await.unwrap().is_empty(), "its index object went");
+
+    // A survivor whose block list does not authenticate: nothing is known unreachable.
+    mem.overwrite(&crate::repo::blocklist::block_part_key(&incr, 0), bytes::Bytes::from_static(b"garbage"));
+    repo.mark_backup_started("20200102-000000F").await.unwrap();
+    mem.backdate("", 2 * 86_400);
+    let report = expire(&repo, &req).await.unwrap();
+    assert!(report.failures.iter().any(|f| f.starts_with("no pack deleted")), "{report:?}");
+    assert_eq!(mem.list("data/").await.unwrap().len(), packs_before - 2, "a pack went unread");
+}
+
+/// Why each expired backup goes, for --dry-run and the report.
+#[test]
+fn every_expired_backup_says_why() {
+    let b = chains();
+    let p = RetentionPolicy { full: Some(1), diff: Some(1), ..policy() };
+    let keep = decide(&p, &b, at(2026, 2, 1, 0, 0)).unwrap();
+    let why = |label: &str| {
+        let i = b.iter().position(|c| c.label == label).unwrap();
+        super::policy::why_expired(&p, &b, &keep, i)
+    };
+    assert_eq!(why("F1"), "older than the 1 newest full backups retention-full=1 keeps");
+    assert_eq!(why("D1"), "its parent F1 is expired");
+    assert_eq!(why("I1"), "its parent D1 is expired");
+    let orphan = vec![backup("F9_D", BackupType::Diff, Some("F9"), at(2026, 1, 1, 0, 0)), b[8].clone()];
+    let p = RetentionPolicy { full: Some(1), ..policy() };
+    let keep = decide(&p, &orphan, at(2026, 2, 1, 0, 0)).unwrap();
+    assert!(keep[0].is_none(), "one full is kept, and F3 is newer than F9");
+    assert!(super::policy::why_expired(&p, &orphan, &keep, 0).contains("its parent F9 is gone"));
+    let p = RetentionPolicy { full: Some(2), ..policy() };
+    let keep = decide(&p, &orphan, at(2026, 2, 1, 0, 0)).unwrap();
+    assert!(keep[0].as_deref().is_some_and(|k| k.contains("its full is gone")), "{keep:?}");
+}

@@ -10,6 +10,7 @@
 
 mod delta;
 mod fetch;
+mod server_env;
 mod target;
 
 pub(crate) use target::{choose, Choice};
@@ -105,6 +106,7 @@ pub async fn restore(repo: &Repository, req: &RestoreRequest) -> Result<RestoreS
 /// Restore the backup `choice` names (see [`choose`]).
 pub(crate) async fn restore_chosen(repo: &Repository, req: &RestoreRequest, choice: Choice) -> Result<RestoreSummary> {
     let started = std::time::Instant::now();
+    let owner = server_env::server_user(&req.target)?;
     let mut plan = plan(repo, req, choice).await?;
     let block_list = BlockListReader::new(repo, &plan.manifest, PARALLEL_FILES);
     let actions = prepare(repo, req, &plan, &block_list).await?;
@@ -125,6 +127,12 @@ pub(crate) async fn restore_chosen(repo: &Repository, req: &RestoreRequest, choi
     let bytes_fetched = execute(req, &plan, ctx, jobs, actions).await?;
     write_server_manifest(repo, req, &plan).await?;
     finalize(req, &plan)?;
+    for (dir, _) in plan.roots(&req.target) {
+        owner.own(dir)?;
+    }
+    if req.recovery.target != RecoveryTarget::None {
+        server_env::probe_restore_command(&req.recovery.restore_command, &owner, &req.target).await?;
+    }
     Ok(RestoreSummary {
         files,
         bytes: plan.manifest.size,

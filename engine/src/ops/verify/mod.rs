@@ -121,6 +121,11 @@ pub struct WalGap {
     pub last: String,
     /// The recovery it makes impossible.
     pub breaks: String,
+    /// It lies wholly before the newest backup that verified: only an old point-in-time
+    /// window is broken (WAL thinned by retention-archive, or lost), nothing that
+    /// restores needs it. A warning, not damage.
+    #[serde(default)]
+    pub earlier: bool,
 }
 
 /// Verify the repository (or one backup) and store the result in it.
@@ -143,7 +148,10 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
     let wal_names = wal_to_read(&view, &summaries, &sampler, req.set.is_some());
     let walcheck = wal::read_all(repo, wal_names).await?;
     note_wal_damage(&mut backups, &summaries, &view, &walcheck);
-    let timelines = wal::timelines(&view, &walcheck, &summaries);
+    let mut timelines = wal::timelines(&view, &walcheck, &summaries);
+    let good: Vec<&Summary> =
+        summaries.iter().filter(|s| backups.iter().any(|b| b.label == s.label && b.damage.is_none())).collect();
+    wal::mark_earlier_gaps(&mut timelines, &good, view.seg_size);
     let mut warnings: Vec<String> =
         checker.index.damaged.iter().map(|(k, why)| format!("index object {k}: {why}")).collect();
     warnings.extend(walcheck.damaged.iter().map(|(name, why)| format!("WAL file {name}: {why}")));
@@ -151,8 +159,15 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
         warnings.extend(check_unreferenced(&checker).await?);
     }
     req.progress.finish();
+    warnings.extend(
+        timelines
+            .iter()
+            .flat_map(|t| &t.gaps)
+            .filter(|g| g.earlier)
+            .map(|g| format!("WAL gap {} - {} before the newest verified backup: {}", g.first, g.last, g.breaks)),
+    );
     let ok = backups.iter().all(|b| b.damage.is_none())
-        && timelines.iter().all(|t| t.gaps.is_empty() && t.history.is_none());
+        && timelines.iter().all(|t| t.gaps.iter().all(|g| g.earlier) && t.history.is_none());
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let report = VerifyReport {
         started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -106,6 +106,23 @@ pub(super) fn timelines(view: &WalView, check: &WalCheck, backups: &[Summary]) -
         .collect()
 }
 
+/// Regression (issue 21, items 2 and 10): verify kept exiting 8 ("found DAMAGE")
+/// after retention-archive thinned old WAL as documented, and after a lost range
+/// even once the advised new full existed. A gap ending before the newest verified
+/// backup starts breaks a past point-in-time window only: it is marked `earlier`.
+pub(super) fn mark_earlier_gaps(timelines: &mut [TimelineVerdict], good: &[&Summary], seg: u32) {
+    let Some(newest) = good.iter().max_by_key(|b| (b.timeline, b.start_lsn)) else { return };
+    for t in timelines.iter_mut().filter(|t| t.timeline <= newest.timeline) {
+        for g in &mut t.gaps {
+            let last = WalFile::parse(&g.last).and_then(|f| f.segno(seg));
+            if last.is_some_and(|s| (s + 1) * seg as u64 <= newest.start_lsn.0) {
+                g.earlier = true;
+                g.breaks = format!("{} (backup {} and later are not affected)", g.breaks, newest.label);
+            }
+        }
+    }
+}
+
 /// Damaged segments after the last good one: the archive's end, which restores of
 /// the newest data need, is broken there.
 fn damaged_tail(
@@ -147,7 +164,7 @@ fn gap(tli: u32, first: u64, last: u64, seg: u32, backups: &[Summary]) -> WalGap
             stranded.join(", ")
         )
     };
-    WalGap { first: segment_name(tli, first, seg), last: segment_name(tli, last, seg), breaks }
+    WalGap { first: segment_name(tli, first, seg), last: segment_name(tli, last, seg), breaks, earlier: false }
 }
 
 /// Why a timeline's history is wrong, if it is: recovery from a backup on an earlier
