@@ -22,6 +22,9 @@ fn push(flags: Flags, path: &std::path::Path) -> pgcairn::Result<()> {
     let resolved = resolve(Cmd::ArchivePush, &flags, &process_env)?;
     let common = Common::from(&resolved)?;
     pgcairn_cli::logging::init(&common.log())?;
+    for line in pgcairn_cli::settings::table::unknown_env_vars(std::env::vars().map(|(k, _)| k)) {
+        tracing::warn!("{line}");
+    }
     for line in resolved.describe() {
         tracing::debug!("setting {line}");
     }

@@ -362,7 +362,13 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         Command::Drill { target, keep, output } => return drill(r, common, target, *keep, *output).await,
         Command::Version | Command::Completions { .. } | Command::Man { .. } => meta(command)?,
         Command::KeyFile { output } => {
-            common.access()?.open().await?.write_key_file(output)?;
+            // The config may already name the key file this writes: unlock with the
+            // passphrase then (a review found `key-file` failing on its own output).
+            let mut unlock_with = common.clone();
+            if unlock_with.key_file.as_deref().is_some_and(|k| !k.exists()) {
+                unlock_with.key_file = None;
+            }
+            unlock_with.access()?.open().await?.write_key_file(output)?;
             outln!(
                 "key file {} written (mode 0600): give it to the database's OS user and set repo-key-file; anyone who can read it can read every backup",
                 output.display()
@@ -766,6 +772,9 @@ fn start(command: &Command, flags: Flags) -> Result<ExitCode> {
     };
     let common = Common::from(&resolved)?;
     pgcairn_cli::logging::init(&common.log())?;
+    for line in pgcairn_cli::settings::table::unknown_env_vars(std::env::vars().map(|(k, _)| k)) {
+        tracing::warn!("{line}");
+    }
     for line in resolved.describe() {
         tracing::debug!("setting {line}");
     }

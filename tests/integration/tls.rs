@@ -111,6 +111,12 @@ fn tls_modes_certificates_and_channel_binding() {
     ]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("not valid for 127.0.0.1") && err.contains("localhost"), "{err}");
+    // Regression (issue 21, item 13): the SQL connection of `check --archive-only`
+    // said "error performing TLS handshake; check that PostgreSQL is running".
+    let mismatch = pg(&cluster, "127.0.0.1", "postgres", &format!("sslmode=verify-full {}", root("ca.crt")));
+    let out = p.run(&["check", "--archive-only", &mismatch]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not valid for 127.0.0.1") && !text.contains("PostgreSQL is running"), "{text}");
 
     // Client certificate authentication (hostssl ... cert); a key others can read is refused.
     let client = format!(

@@ -55,8 +55,13 @@ fn check_key(key: &str, path: &Path) -> Result<()> {
         // The passphrase, --config: the table says they are never read from a file.
         Some(s) => Err(bad(path, format!("{key} is never read from the config file"), s.help)),
         None => {
-            let known: Vec<&str> = super::table::SETTINGS.iter().filter(|s| s.sources.file).map(|s| s.name).collect();
-            Err(bad(path, format!("unknown key {key}"), &format!("known keys: {}", known.join(", "))))
+            let known = || super::table::SETTINGS.iter().filter(|s| s.sources.file).map(|s| s.name);
+            // Regression (issue 21, item 13): a typo got the whole list and no hint.
+            let hint = match super::table::closest(key, known()) {
+                Some(near) => format!("did you mean {near}? (known keys: {})", known().collect::<Vec<_>>().join(", ")),
+                None => format!("known keys: {}", known().collect::<Vec<_>>().join(", ")),
+            };
+            Err(bad(path, format!("unknown key {key}"), &hint))
         }
     }
 }
@@ -146,6 +151,7 @@ mod tests {
         assert!(err("[stanza.main]\nrepo-passphrase = \"x\"").contains("never read"));
         assert!(err("config = \"/x\"").contains("never read"));
         assert!(err("nope = 1").contains("unknown key nope"));
+        assert!(err("retention-ful = 1").contains("did you mean retention-full?"), "{}", err("retention-ful = 1"));
         assert!(err("[stanza.main]\nnope = 1").contains("unknown key nope"));
         assert!(err("repo = [1]").contains("array"));
         assert!(err("[stanza]\nmain = 1").contains("is not a table"));

@@ -595,3 +595,29 @@ pub const SETTINGS: &[Setting] = &[
         help: "seconds archive-get retries an unreachable repository before it stops recovery",
     },
 ];
+
+/// The setting named most like `name` (a typo's intent), if one is close.
+pub fn closest(name: &str, candidates: impl Iterator<Item = &'static str>) -> Option<&'static str> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(name, c), c))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// Warnings for `PGCAIRN_*` variables in `vars` that name no setting: a mistyped one
+/// would otherwise be ignored without a word (issue 21, item 13). `PGCAIRN_TEST_*`
+/// belong to the test suite.
+pub fn unknown_env_vars(vars: impl Iterator<Item = String>) -> Vec<String> {
+    let known: Vec<String> = SETTINGS.iter().filter(|s| s.sources.env).map(|s| s.env()).collect();
+    vars.filter(|v| v.starts_with("PGCAIRN_") && !v.starts_with("PGCAIRN_TEST_") && !known.contains(v))
+        .map(|v| {
+            let names = SETTINGS.iter().filter(|s| s.sources.env).map(|s| s.name);
+            let wanted = v.trim_start_matches("PGCAIRN_").to_ascii_lowercase().replace('_', "-");
+            match closest(&wanted, names).and_then(setting) {
+                Some(s) => format!("environment variable {v} names no setting and is ignored; did you mean {}?", s.env()),
+                None => format!("environment variable {v} names no setting and is ignored (`pgcairn COMMAND --help` lists each setting's variable)"),
+            }
+        })
+        .collect()
+}

@@ -116,7 +116,7 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
     // and removes its directory: a promoted copy of production must not outlive it.
     let outcome = tokio::select! {
         done = run(repo, req, &restore, choice, &instance, sql.as_deref(), &mut report) => done,
-        signal = interrupted() => Err(Error::misconfigured(
+        signal = crate::ops::interrupted() => Err(Error::misconfigured(
             Misconfig::Request,
             format!("the drill was interrupted by {signal}"),
             "its server was stopped and its directory removed; run the drill again",
@@ -173,17 +173,6 @@ impl DrillReport {
 }
 
 /// The first SIGINT or SIGTERM; never returns if neither can be watched.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        },
-        _ => std::future::pending().await,
-    }
-}
-
 /// A drill must end recovery to run its checks: promote at the target.
 fn check_action(recovery: &mut Recovery) -> Result<()> {
     if matches!(recovery.action, Some(TargetAction::Pause | TargetAction::Shutdown)) {
@@ -356,12 +345,16 @@ struct TempCluster {
 impl TempCluster {
     fn create(parent: Option<&Path>, repo: &Repository, user: &OsUser, keep: bool) -> Result<TempCluster> {
         let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        for line in super::drill_leftovers::clean(&parent, &repo.config().stanza) {
+            tracing::warn!("{line}");
+        }
         let name =
             format!("pgcairn-drill-{}-{}", repo.config().stanza, hex::encode(crate::crypto::random_bytes::<4>()));
         let path = parent.join(name);
         std::fs::create_dir(&path).ctx(|| format!("cannot create drill directory {}", path.display()))?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .ctx(|| format!("cannot set mode of {}", path.display()))?;
+        super::drill_leftovers::mark(&path, keep).ctx(|| format!("cannot write {}/drill.owner", path.display()))?;
         user.own(&path)?;
         Ok(TempCluster { path, keep })
     }

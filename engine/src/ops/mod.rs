@@ -6,6 +6,7 @@ pub mod backup;
 pub mod check;
 mod dedup;
 pub mod drill;
+mod drill_leftovers;
 pub mod expire;
 pub mod info;
 pub(crate) mod keys;
@@ -42,4 +43,27 @@ pub(crate) async fn on_rayon<T: Send + 'static>(work: impl FnOnce() -> T + Send 
         let _ = tx.send(work());
     });
     rx.await.map_err(|_| crate::error::Error::Internal("block worker stopped".into()))
+}
+
+/// The first SIGINT or SIGTERM, by name; never, where signals cannot be watched.
+pub(crate) async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+/// Regression (issue 21, item 14): Ctrl-C or SIGTERM ended a backup or expire with
+/// no message, and its stanza lock waited to be taken over by the next run. Now the
+/// work stops, the lock is released, and the operator is told.
+pub(crate) fn interrupted_error(command: &str, signal: &str) -> crate::Error {
+    crate::Error::misconfigured(
+        crate::Misconfig::Request,
+        format!("{command} was interrupted by {signal} and stopped; the stanza lock was released"),
+        "run it again; what an interrupted backup wrote is never read and is collected by a later expire (after repo-gc-grace)",
+    )
 }

@@ -485,7 +485,7 @@ pub(crate) async fn sql_connect(p: &super::ConnParams) -> Result<tokio_postgres:
         ChannelBindingMode::Prefer => Cb::Prefer,
         ChannelBindingMode::Require => Cb::Require,
     });
-    let connect_error = |e: tokio_postgres::Error| Error::Connect { target: p.target(), detail: e.to_string() };
+    let connect_error = |e: tokio_postgres::Error| sql_connect_error(p, &e);
     let (client, connection) = match (&p.host, p.tls.mode) {
         (super::conninfo::Host::Unix(_), _) | (_, SslMode::Disable) => {
             let (c, conn) = config.connect(tokio_postgres::NoTls).await.map_err(connect_error)?;
@@ -496,6 +496,25 @@ pub(crate) async fn sql_connect(p: &super::ConnParams) -> Result<tokio_postgres:
     };
     tokio::spawn(connection);
     Ok(client)
+}
+
+/// A failed SQL connection; a failed TLS handshake says why, as the replication
+/// client does. Regression (issue 21, item 13): `check --archive-only` reported a
+/// verify-full host mismatch as "error performing TLS handshake; check that
+/// PostgreSQL is running".
+fn sql_connect_error(p: &super::ConnParams, e: &tokio_postgres::Error) -> Error {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if let (true, super::conninfo::Host::Tcp(host)) =
+                (io.get_ref().is_some_and(|i| i.is::<rustls::Error>()), &p.host)
+            {
+                return handshake_error(&p.target(), host, io, p.tls.mode);
+            }
+        }
+        source = s.source();
+    }
+    Error::Connect { target: p.target(), detail: e.to_string() }
 }
 
 #[derive(Clone)]

@@ -28,6 +28,15 @@ impl Repository {
         use std::io::Write;
         use std::os::unix::fs::PermissionsExt;
         let kf = KeyFile { repository_id: self.config.repository_id.clone(), master_key: B64.encode(&self.master[..]) };
+        // Regression (issue 21, item 13): an existing file was refused with
+        // "File exists" twice; it is refused by name, before anything is written.
+        if path.symlink_metadata().is_ok() {
+            return Err(Error::misconfigured(
+                crate::error::Misconfig::Request,
+                format!("key file {} already exists: it is never overwritten", path.display()),
+                "choose another --output, or remove that file first if it is an old key file you no longer use",
+            ));
+        }
         let ctx = |e: std::io::Error| Error::io(format!("cannot write key file {}", path.display()), e);
         let mut f = crate::fsutil::DurableFile::create(path).map_err(ctx)?;
         f.file().set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(ctx)?;

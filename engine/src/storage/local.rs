@@ -126,6 +126,7 @@ impl Storage for LocalStorage {
     async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
         let path = self.path("put", key)?;
         let tmp_dir = self.root.join(TMP_DIR);
+        let root = self.root.clone();
         let key = key.to_string();
         blocking(move || {
             let io = |e| map_io("put", &key, &path, e);
@@ -138,7 +139,14 @@ impl Storage for LocalStorage {
                 }
                 match fsutil::write_file_via(&tmp_dir, &path, &data, fsutil::Commit::CreateOnly) {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
-                    other => return other.map_err(io),
+                    Ok(()) => {
+                        if let Some(owner) = repository_owner(&root) {
+                            hand_over(&root, &path, owner).map_err(io)?;
+                            hand_over(&root, &tmp_dir, owner).map_err(io)?;
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => return Err(io(e)),
                 }
             }
         })
@@ -209,6 +217,38 @@ impl Storage for LocalStorage {
     }
 }
 
+/// Whose files a root process writes into this repository: the owner of the stanza
+/// directory, or of the repository directory when root owns the stanza's; None when
+/// we are not root or root owns both.
+///
+/// Regression (issue 21, item 5): `drill` and `verify` as root (documented) wrote
+/// root-owned 0600 results into a postgres-owned repository, and a root backup
+/// eleven objects; afterwards every command as postgres failed with exit 10. A root
+/// process now writes files owned by the repository's owner, as if it were it.
+fn repository_owner(root: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    [Some(root), root.parent()]
+        .into_iter()
+        .flatten()
+        .filter_map(|d| std::fs::metadata(d).ok())
+        .find(|m| m.uid() != 0)
+        .map(|m| (m.uid(), m.gid()))
+}
+
+/// Give `path` and the directories between it and `root` (both included) to `owner`.
+fn hand_over(root: &Path, path: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    let mut next = Some(path);
+    while let Some(p) = next.filter(|p| p.starts_with(root)) {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+        next = p.parent();
+    }
+    Ok(())
+}
+
 /// Regression (issue 21, item 15): expire and stanza-delete left empty
 /// `backup/<label>/` and `data/<xx>/` directories (15 labels on disk, 3 in info).
 /// The directories a deleted file leaves empty go too, up to the second level below
@@ -236,6 +276,30 @@ mod tests {
         let s = LocalStorage::new(dir.path().join("repo"));
         super::super::conformance::run(&s).await;
         super::super::conformance::run_concurrent_create(&s).await;
+    }
+
+    /// Issue 21, item 5: what root writes into a repository another user owns is
+    /// that user's (as anyone else, its own), directories and temp area included;
+    /// deleting the last file of a directory removes the directory.
+    #[tokio::test]
+    async fn root_writes_as_the_repository_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let owner = if root { 65534 } else { std::fs::metadata(&repo).unwrap().uid() };
+        if root {
+            std::os::unix::fs::chown(&repo, Some(owner), Some(owner)).unwrap();
+        }
+        let s = LocalStorage::new(repo.join("main"));
+        s.put_new("result/verify/1", Bytes::from_static(b"x")).await.unwrap();
+        for p in ["main", "main/result", "main/result/verify", "main/result/verify/1", "main/.tmp"] {
+            assert_eq!(std::fs::metadata(repo.join(p)).unwrap().uid(), owner, "{p}");
+        }
+        s.delete("result/verify/1").await.unwrap();
+        assert!(!repo.join("main/result/verify").exists() && repo.join("main/result").exists());
     }
 
     /// A file gone between the directory read and the stat is left out, not an error.

@@ -149,6 +149,13 @@ impl RepoLocation {
             if bucket.is_empty() {
                 return Err(Error::setting(format!("repo {s} names no bucket"), "use s3://BUCKET/PREFIX"));
             }
+            // Regression (issue 21, item 13): s3://bucket/../x was taken as a prefix.
+            if prefix.split('/').any(|seg| seg == ".." || seg == ".") {
+                return Err(Error::setting(
+                    format!("repo {s}: a prefix has no . or .. segments"),
+                    "write the prefix as it is, e.g. s3://bucket/pgcairn",
+                ));
+            }
             return Ok(RepoLocation::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() });
         }
         let path = match s.strip_prefix("file://") {
@@ -240,6 +247,14 @@ impl RepoLocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_in_an_s3_prefix_are_refused() {
+        for bad in ["s3://b/../x", "s3://b/a/./x", "s3://b/a/.."] {
+            assert!(RepoLocation::parse(bad).unwrap_err().to_string().contains(". or .."), "{bad}");
+        }
+        assert!(RepoLocation::parse("s3://b/a..b/x").is_ok());
+    }
 
     #[test]
     fn parses_locations() {

@@ -189,6 +189,15 @@ fn map_err(op: &'static str, key: &str, e: object_store::Error) -> Error {
         // be a passing network or throttling fault.
         _ => StorageErrorKind::Transient,
     };
+    // Regression (issue 21, item 13): without credentials object_store asks the
+    // instance metadata service, and the operator saw its raw 403 or timeout.
+    let chain = error_chain(&e);
+    if chain.contains("169.254.169.254") || chain.to_ascii_lowercase().contains("metadata") {
+        let detail = format!(
+            "no S3 credentials: none were configured, and the instance metadata service (only on EC2/ECS) gave none ({chain}); hint: set repo-s3-credentials-file in the config file (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        );
+        return storage_error(op, key, StorageErrorKind::Permanent, detail);
+    }
     if is_certificate_error(&e) {
         let detail = format!(
             "{}: the S3 endpoint's TLS certificate does not verify; hint: set repo-s3-ca-file to the CA that signed it (a private S3 server), or check repo-s3-endpoint",

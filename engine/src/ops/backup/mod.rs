@@ -318,15 +318,22 @@ impl<'r> Builder<'r> {
 pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSummary> {
     // Under the stanza lock: one backup at a time, and never during expire.
     let lock = StanzaLock::acquire(repo, "backup").await?;
-    let mut result = take_backup(repo, req, &lock).await;
-    if let (Ok(summary), Some(x)) = (&mut result, &req.expire) {
-        if x.policy.is_set() {
-            match crate::ops::expire::expire_locked(repo, x).await {
-                Ok(report) => summary.expire = Some(report),
-                Err(e) => summary.expire_error = Some(e.to_string()),
+    let work = async {
+        let mut result = take_backup(repo, req, &lock).await;
+        if let (Ok(summary), Some(x)) = (&mut result, &req.expire) {
+            if x.policy.is_set() {
+                match crate::ops::expire::expire_locked(repo, x).await {
+                    Ok(report) => summary.expire = Some(report),
+                    Err(e) => summary.expire_error = Some(e.to_string()),
+                }
             }
         }
-    }
+        result
+    };
+    let result = tokio::select! {
+        done = work => done,
+        signal = crate::ops::interrupted() => Err(crate::ops::interrupted_error("backup", signal)),
+    };
     lock.release_after(result).await
 }
 
@@ -502,6 +509,14 @@ async fn stream_base_backup(
     let mut state = StreamState { target: conn.target().to_string(), ..StreamState::default() };
     let checkpoint = if req.fast_checkpoint { "an immediate" } else { "a spread (start-fast = false)" };
     tracing::info!("BASE_BACKUP sent: the server runs {checkpoint} checkpoint first");
+    // Regression (issue 21, item 14): during a spread checkpoint the terminal stayed
+    // blank for minutes. The bar says what the server is doing until data flows.
+    let waiting = if req.fast_checkpoint {
+        "waiting for the server's immediate checkpoint".to_string()
+    } else {
+        "waiting for the server's spread checkpoint (up to checkpoint_timeout × checkpoint_completion_target; --start-fast asks for an immediate one)".to_string()
+    };
+    req.progress.begin(&waiting, None);
     let mut stream = BaseBackupStream::start(conn, &opts).await?;
     loop {
         match stream.next().await? {

@@ -128,7 +128,10 @@ pub async fn info_with_retention(repo: &Repository, policy: &RetentionPolicy) ->
 pub async fn expire(repo: &Repository, req: &ExpireRequest) -> Result<ExpireReport> {
     req.policy.validate()?;
     let lock = StanzaLock::acquire(repo, "expire").await?;
-    let result = expire_locked(repo, req).await;
+    let result = tokio::select! {
+        done = expire_locked(repo, req) => done,
+        signal = crate::ops::interrupted() => Err(crate::ops::interrupted_error("expire", signal)),
+    };
     lock.release_after(result).await
 }
 
