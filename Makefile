@@ -50,9 +50,11 @@ $(GEN)/pgcairn.fish: $(PGCAIRN)
 	@mkdir -p $(@D)
 	$(PGCAIRN) completions fish >$@.tmp && mv $@.tmp $@
 
+# pgcairn.1 and one page per command (pgcairn-backup.1, ...), which pgcairn.1 refers to.
 $(GEN)/pgcairn.1: $(PGCAIRN)
-	@mkdir -p $(@D)
-	$(PGCAIRN) man >$@.tmp && mv $@.tmp $@
+	@mkdir -p $(@D) $(GEN)/man
+	$(PGCAIRN) man --dir $(GEN)/man
+	cp $(GEN)/man/pgcairn.1 $@
 
 install: $(PGCAIRN) $(ARCHIVE_PUSH) $(GENERATED)
 	$(INSTALL) -d $(DESTDIR)$(BINDIR)
@@ -66,14 +68,14 @@ install: $(PGCAIRN) $(ARCHIVE_PUSH) $(GENERATED)
 	$(INSTALL) -d $(DESTDIR)$(DATADIR)/fish/vendor_completions.d
 	$(INSTALL) -m 0644 $(GEN)/pgcairn.fish $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/pgcairn.fish
 	$(INSTALL) -d $(DESTDIR)$(MANDIR)/man1
-	$(INSTALL) -m 0644 $(GEN)/pgcairn.1 $(DESTDIR)$(MANDIR)/man1/pgcairn.1
+	$(INSTALL) -m 0644 $(GEN)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/pgcairn $(DESTDIR)$(BINDIR)/pgcairn-archive-push $(DESTDIR)$(BINDIR)/pgcairn-cron
 	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/pgcairn
 	rm -f $(DESTDIR)$(DATADIR)/zsh/site-functions/_pgcairn
 	rm -f $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/pgcairn.fish
-	rm -f $(DESTDIR)$(MANDIR)/man1/pgcairn.1
+	rm -f $(DESTDIR)$(MANDIR)/man1/pgcairn.1 $(DESTDIR)$(MANDIR)/man1/pgcairn-*.1
 
 test:
 	$(CARGO) test --workspace --locked

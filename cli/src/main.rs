@@ -19,6 +19,7 @@ mod proof;
 mod stanzas;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,7 @@ enum Command {
     },
     /// Take a backup over a replication connection.
     Backup {
+        /// What to store: full, diff (changes since the newest full) or incr (since the newest backup).
         #[arg(long = "type", value_enum, default_value = "full")]
         backup_type: BackupType,
     },
@@ -96,7 +98,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Archive one WAL file (archive_command = 'pgcairn-archive-push %p').
+    /// Archive one WAL file (archive_command = '/usr/local/bin/pgcairn-archive-push %p').
     ArchivePush {
         /// The WAL file (%p).
         path: PathBuf,
@@ -251,9 +253,13 @@ enum TargetType {
     Default,
     /// Stop as soon as the backup is consistent.
     Immediate,
+    /// Stop at a time (--target="2026-01-01 12:00:00+00"), at the first transaction end after it.
     Time,
+    /// Stop at a WAL position (--target=0/3000028).
     Lsn,
+    /// Stop at a restore point made with pg_create_restore_point (--target=NAME).
     Name,
+    /// Stop at the end of a transaction (--target=XID, as txid_current() shows it).
     Xid,
     /// Write no recovery settings (backup sets that carry their WAL only).
     None,
@@ -586,6 +592,7 @@ async fn restore(
         progress: progress(),
         recovery: recovery(common, &settings.forwarded, target)?,
         delta,
+        check_server_environment: true,
     };
     let repo = common.access()?.open().await?;
     let sum = pgcairn::restore(&repo, req).await?;
@@ -704,11 +711,21 @@ fn archive_get_failure(e: &anyhow::Error) -> ExitCode {
 /// The derived commands plus the settings from the table; returns the command and
 /// the settings given as flags.
 fn parse_args() -> Result<(Command, Flags), clap::Error> {
-    let matches = args::with_settings(Cli::command()).try_get_matches()?;
+    let matches = args::with_settings(Cli::command()).try_get_matches_from(help_help(std::env::args_os()))?;
     let cli = Cli::from_arg_matches(&matches)?;
     let sub = matches.subcommand().map_or(&matches, |(_, m)| m);
     let flags = cli.command.cmd().map(|cmd| args::given(cmd, sub)).unwrap_or_default();
     Ok((cli.command, flags))
+}
+
+/// `pgcairn help [COMMAND] --help` is `pgcairn help [COMMAND]`. Regression (issue 21,
+/// item 16): clap's help subcommand refused `--help` ("unrecognized subcommand").
+fn help_help(argv: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    let argv: Vec<OsString> = argv.collect();
+    if argv.get(1).is_some_and(|a| a == "help") {
+        return argv.into_iter().filter(|a| a != "--help" && a != "-h").collect();
+    }
+    argv
 }
 
 /// The whole parser, settings included (what completions and man pages describe).

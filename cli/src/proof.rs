@@ -13,13 +13,19 @@ pub(crate) fn print_verify(r: &pgcairn::VerifyReport, json: bool) -> Result<Exit
     } else {
         print_verify_text(r)?;
     }
+    if let Some(why) = &r.not_recorded {
+        eprintln!("pgcairn: error: the verify result could not be recorded in the repository, so info and monitoring will not show it: {why}");
+        if r.ok {
+            return Ok(ExitCode::from(pgcairn::exit::STORAGE));
+        }
+    }
     Ok(if r.ok { ExitCode::SUCCESS } else { ExitCode::from(pgcairn::exit::DAMAGED) })
 }
 
 fn print_verify_text(r: &pgcairn::VerifyReport) -> anyhow::Result<()> {
     let scope = match (&r.set, r.sample) {
         (Some(s), _) => format!("backup {s} and what it needs"),
-        (None, Some(f)) => format!("a {:.1}% sample of the packs", f * 100.0),
+        (None, Some(f)) => format!("a {}% sample of the packs (at least one pack per backup)", f * 100.0),
         (None, None) => "the whole repository".into(),
     };
     outln!(
@@ -34,7 +40,10 @@ fn print_verify_text(r: &pgcairn::VerifyReport) -> anyhow::Result<()> {
     );
     for b in &r.backups {
         match &b.damage {
-            None => outln!("    backup {}: ok", b.label),
+            None => match &b.note {
+                Some(note) => outln!("    backup {}: ok ({note})", b.label),
+                None => outln!("    backup {}: ok", b.label),
+            },
             Some(d) => {
                 let place = match (&d.file, d.block) {
                     (Some(f), Some(n)) => format!("file {f} block {n} ({} damaged blocks in all): ", b.damaged_blocks),

@@ -440,6 +440,16 @@ impl<T> IoContext<T> for std::io::Result<T> {
 /// RepoNotInitialised's message: a mistyped stanza is told the real ones (issue 14:
 /// it was told to create a new stanza).
 fn not_initialised(location: &str, stanza: &str, existing: &[String]) -> String {
+    // Regression (issue 21, item 13): a typo'd repository path was told to run
+    // stanza-create. A local stanza lives in `<repo>/<stanza>`: say when <repo> is missing.
+    let repo_dir = std::path::Path::new(location).parent().filter(|_| location.starts_with('/'));
+    if let Some(dir) = repo_dir.filter(|d| !d.exists()) {
+        return format!(
+            "the repository directory {} does not exist; hint: check `repo` (--repo, PGCAIRN_REPO or the config file) for a typo; for a new repository, create it (install -d -m 0700 -o postgres -g postgres {}) and run stanza-create",
+            dir.display(),
+            dir.display()
+        );
+    }
     if existing.is_empty() {
         return format!("repository {location} holds no stanza {stanza}: run `pgcairn --stanza={stanza} stanza-create` first, or check the `repo` and `stanza` settings");
     }

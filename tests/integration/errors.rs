@@ -154,6 +154,11 @@ fn repository_state_errors() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("does not exist, nor does its parent") && err.contains("typo"), "{err}");
     assert!(!f.repo.path().join("no-such-dir").exists());
+    // Regression (issue 21, item 13): info on a mistyped repository path was told to
+    // run stanza-create; it is told the directory does not exist (still exit 4).
+    let (code, err) = Pgcairn::local(&typo).fails(&["info"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(&format!("the repository directory {} does not exist", typo.display())), "{err}");
 
     // Run again for the same cluster: nothing changes, and it says so (as pgBackRest).
     let out = f.p.ok(&["stanza-create", &format!("--pg={}", f.cluster.conninfo())]);
@@ -225,9 +230,12 @@ fn corrupt_and_missing_objects_are_named() {
     assert!(err.contains("blocks/000000") && err.contains("corrupt"), "{err}");
     std::fs::rename(part.with_extension("moved"), &part).unwrap();
 
-    // Restored intact once the object is back: the failures damaged nothing.
+    // Restored intact once the object is back: the failures damaged nothing. (The
+    // set carries its WAL; without recovery settings no restore_command is written,
+    // which the server could not run here: the passphrase is in this shell only.)
     let target = TestDir::new("restore");
-    let args = restore_args(&target.path().join("data"));
+    let mut args = restore_args(&target.path().join("data"));
+    args.push("--type=none".into());
     f.p.ok(&as_strs(&args));
 }
 
@@ -363,10 +371,10 @@ fn unencrypted_repository_only_on_request() {
     assert_eq!(info["encrypted"], false);
     let target = TestDir::new("restore");
     let data = target.path().join("data");
-    p.ok(&["restore", &format!("--pg-data={}", data.display()), &format!("--set={label}")]);
     // restore_command runs as the server's user: it must be able to read the
-    // repository, which pgcairn creates 0700 (an unreadable one stops recovery).
+    // repository (restore checks that before it succeeds, issue 21 item 3).
     crate::support::chown_to_postgres(repo.path());
+    p.ok(&["restore", &format!("--pg-data={}", data.display()), &format!("--set={label}")]);
     let restored = Cluster::start_restored(PgVersion::V15, &data);
     assert_eq!(restored.psql("SELECT count(*) FROM pg_database WHERE datname = 'postgres'"), "1");
 }

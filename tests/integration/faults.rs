@@ -9,6 +9,8 @@
 //! | `archive_push_and_get_killed` | `pgcairn-archive-push` sync; async: the enqueuing process and the drainer; `archive-get` with prefetch in a restored data directory, which then recovers through the archive |
 //! | `s3_server_killed_mid_backup` | `backup` and `pgcairn-archive-push` to S3 killed; s3s-fs itself killed mid-backup and restarted |
 //! | `repository_disk_full` | backup and archive-push on a 40 MiB tmpfs until ENOSPC, then space freed |
+//! | `a_damaged_lock_goes_stale` | `lock/holder` replaced by garbage, then emptied: info works, backup says when the lock goes stale and what to delete, then takes it over |
+//! | `lifecycle::a_lost_full_never_turns_into_deleted_packs` | a full's `backup/<label>/` removed by hand, a killed backup's leftovers, expire with GC: nothing the surviving incrs name is deleted, and they restore |
 //!
 //! A kill point is a random delay in 0..=1.2× a clean run's duration (measured first), after
 //! which the child we spawned gets SIGKILL; only kills that hit a live process count, and
@@ -1227,4 +1229,31 @@ fn repository_disk_full() {
     attribute(&r, &BTreeSet::new(), &done, &fp, &mut expected);
     read_back(&r, &mut rng, &expected, &[segs.path()], &pushed);
     rng.finish(0, 0);
+}
+
+/// Regression (issue 21, item 4): garbage or an empty `lock/holder` made backup,
+/// expire and info exit 8 ("restore from another backup set") for good. Now info
+/// works, backup is refused naming the object and when it goes stale, and once
+/// nothing under lock/ was written for the stale window the next backup takes over.
+#[test]
+fn a_damaged_lock_goes_stale() {
+    let a = Archiving::new(PgVersion::V15, "");
+    let pg = format!("--pg={}", a.cluster.conninfo());
+    let holder = a.repo.path().join("main/lock/holder");
+    std::fs::create_dir_all(holder.parent().unwrap()).unwrap();
+    for garbage in [&b"garbage"[..], b""] {
+        std::fs::write(&holder, garbage).unwrap();
+        a.p.ok(&["info"]);
+        let (code, err) = a.p.fails(&["backup", "--start-fast", &pg]);
+        assert_eq!(code, 3, "{err}");
+        assert!(err.contains("lock/holder") && err.contains("damaged") && err.contains("stale in"), "{err}");
+        let (code, err) = a.p.fails(&["expire", "--retention-full=1"]);
+        assert!(code == 3 && err.contains("damaged"), "{err}");
+    }
+    // Ten minutes of silence under lock/: stale, taken over, and the backup runs.
+    run(Command::new("touch").args(["-d", "10 minutes ago"]).arg(&holder), "backdate lock/holder");
+    let out = a.p.run(&["backup", "--start-fast", &pg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("removing a damaged lock") || !holder.exists(), "{}", stderr(&out));
+    assert!(!holder.exists(), "the lock was not released");
 }

@@ -373,7 +373,57 @@ fn expire_and_lock_on_s3() {
     let c = Cluster::start_restored(PgVersion::V15, &data);
     wait_promoted(&c);
     assert_eq!(rows(&c), want);
+    drop(c);
+    restore_from_s3_needs_credentials_the_server_can_read(&s3, &p, &want);
     all_stanzas_on_s3(&s3, &p, &pg);
+}
+
+/// Regression (issue 21, item 3): with S3 credentials in the operator's shell only,
+/// restore succeeded without a word, but the restore_command it wrote runs under the
+/// server, which has none: archive-get asked the instance metadata address for a
+/// minute and exited 200, and the cluster never started, even for --type=immediate.
+/// Now restore runs that command as the server would and refuses, naming the fix;
+/// with repo-s3-credentials-file (and the endpoint as a setting) it works, and the
+/// restored cluster recovers through it.
+fn restore_from_s3_needs_credentials_the_server_can_read(s3: &S3Server, p: &Pgcairn, want: &str) {
+    let dir = TestDir::new("s3-restore-env");
+    let key = dir.path().join("repo.key");
+    p.ok(&["key-file", &format!("--output={}", key.display())]);
+    chown_to_postgres(&key);
+    let endpoint = format!("--repo-s3-endpoint={}", s3.endpoint());
+    let base = |data: &Path| {
+        vec![
+            "restore".to_string(),
+            format!("--pg-data={}", data.display()),
+            format!("--repo-key-file={}", key.display()),
+            endpoint.clone(),
+            "--repo-s3-allow-http=true".into(),
+            format!("--repo-s3-region={}", s3.region()),
+            "--type=immediate".into(),
+            "--target-action=promote".into(),
+        ]
+    };
+    let refused = dir.path().join("refused");
+    let args = base(&refused);
+    let (code, err) = p.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("server's environment") && err.contains("repo-s3-credentials-file"), "{err}");
+
+    let creds = dir.path().join("s3.credentials");
+    let text =
+        format!("[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n", s3.access_key(), s3.secret_key());
+    std::fs::write(&creds, text).unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    chown_to_postgres(&creds);
+    let data = dir.path().join("data");
+    let mut args = base(&data);
+    args.push(format!("--repo-s3-credentials-file={}", creds.display()));
+    p.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains(s3.secret_key()), "a secret in restore_command: {auto}");
+    let c = Cluster::start_restored(PgVersion::V15, &data);
+    wait_promoted(&c);
+    assert_eq!(rows(&c), want);
 }
 
 /// `--all-stanzas` on S3: the prefixes that hold a stanza config, not one a

@@ -64,6 +64,17 @@ fn cli_explains_itself() {
             assert!(same_line || next_line, "{cmd}: option without help: {line}");
         }
     }
+    // Issue 21, item 16: `help --help` errored, the values of backup --type and of
+    // restore's time/lsn/name/xid had no help, and archive-push's one-liner showed the
+    // bare name archive_command cannot find.
+    assert!(help(&["help", "--help"]).contains("Usage: pgcairn"));
+    assert!(help(&["help", "backup", "--help"]).contains("Usage: pgcairn backup"));
+    assert!(backup.contains("changes since the newest full"), "{backup}");
+    for value in ["- time:", "- lsn:", "- name:", "- xid:"] {
+        let line = restore.lines().find(|l| l.trim_start().starts_with(value)).unwrap_or_default();
+        assert!(line.len() > value.len() + 10, "{value} has no help: {restore}");
+    }
+    assert!(help(&["--help"]).contains("'/usr/local/bin/pgcairn-archive-push %p'"));
     assert!(help(&["--version"]).starts_with("pgcairn "));
     assert!(help(&["version"]).contains("repository format"));
     for shell in ["bash", "zsh", "fish"] {
@@ -126,9 +137,13 @@ fn monitored() -> (Archiving, String, String) {
     let a = Archiving::new(PgVersion::V15, "");
     a.cluster.pgbench(&["-i", "-s", "2", "-q"]);
     let pg = format!("--pg={}", a.cluster.conninfo());
-    let out = a.p.ok(&["backup", "--start-fast", &pg]);
-    let label = out.lines().last().unwrap().trim().to_string();
-    (a, label, out)
+    // stdout is the label alone (issue 21, item 8); the summary line is on stderr.
+    let out = a.p.run(&["backup", "--start-fast", &pg]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "{stderr}");
+    let label = stdout.trim().to_string();
+    assert!(!label.contains(char::is_whitespace) && label.ends_with('F'), "stdout is not the label alone: {stdout:?}");
+    (a, label, stderr)
 }
 
 /// The documented `info --output=json` schema, checked against a real repository.
@@ -398,11 +413,12 @@ fn monitoring_reads_a_real_repository() {
     let key = format!("--output={}", keys.path().join("k").display());
     let restore_dir = TestDir::new("piped-restore");
     let restore = format!("--pg-data={}", restore_dir.path().join("data").display());
+    let key_file = format!("--repo-key-file={}", a.key.display());
     let printing: [&[&str]; 13] = [
         &["info"],
         &["key", "list"],
         &["key", "list", "--output=json"],
-        &["restore", &restore, "--type=immediate"],
+        &["restore", &restore, &key_file, "--type=immediate"],
         &["info", "--output=json"],
         &["metrics"],
         &["check", "--archive-only"],
@@ -431,8 +447,13 @@ fn numbers_agree_and_logs_show_the_steps() {
     assert_eq!(info["backups"][0]["files"].as_u64(), Some(backed_up), "{info}");
     let target = TestDir::new("restore");
     let data = target.path().join("data");
-    let restored =
-        a.p.ok(&["restore", &format!("--pg-data={}", data.display()), "--type=immediate", &format!("--set={label}")]);
+    let restored = a.p.ok(&[
+        "restore",
+        &format!("--pg-data={}", data.display()),
+        &format!("--repo-key-file={}", a.key.display()),
+        "--type=immediate",
+        &format!("--set={label}"),
+    ]);
     assert_eq!(files(&restored, "restored backup"), backed_up, "{restored}");
     progress_on_a_terminal(&a);
     check_logs(&a); // last: it points archive_command at a log directory it removes

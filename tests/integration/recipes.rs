@@ -340,7 +340,7 @@ fn prometheus_rules_cover_backups_archiving_and_proofs() {
         // Issue 21, item 11: gaps and unrestorable backups had no rule; a stanza never
         // verified and an archive never written could not fire theirs.
         ("WAL archive gap", |e| e.contains("pgcairn_archive_gaps") && e.contains("> 0")),
-        ("backup not restorable", |e| e.contains("pgcairn_backup_not_restorable") && e.contains("> 0")),
+        ("unrestorable sets", |e| e.contains("pgcairn_backup_not_restorable") && e.contains("> 0")),
         ("PostgreSQL unreachable", |e| e.contains("pgcairn_postgres_up") && e.contains("== 0")),
         ("never verified", |e| {
             e.contains("pgcairn_verify_last_timestamp_seconds") && e.contains("unless on (stanza) pgcairn_verify_last")

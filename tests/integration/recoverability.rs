@@ -237,7 +237,14 @@ fn verify_finds_each_kind_of_damage() {
     let found = (0..20).any(|_| p.run(&["verify", "--sample=0.5"]).status.code() == Some(8));
     assert!(found, "--sample=0.5 never sampled the damaged pack in 20 runs");
     let sampled = json(&String::from_utf8_lossy(&p.run(&["verify", "--sample=0.01", "--output=json"]).stdout));
-    assert!(sampled["packs_checked"].as_u64() < sampled["packs_listed"].as_u64(), "{sampled}");
+    // Regression (issue 21, item 10): --sample=0.0001 checked 0 packs and recorded
+    // "ok". A sample reads at least one pack of each backup, and no more than that
+    // here (1% of this repository's packs is less than one).
+    let tiny = json(&String::from_utf8_lossy(&p.run(&["verify", "--sample=0.0001", "--output=json"]).stdout));
+    let backups = tiny["backups"].as_array().unwrap().len() as u64;
+    let checked = tiny["packs_checked"].as_u64().unwrap();
+    assert!(checked >= 1 && checked <= backups, "{tiny}");
+    assert_eq!(sampled["packs_listed"], healthy["packs_listed"], "{sampled}");
 
     let (copy, p) = damaged_copy(&a, &dir, "truncate");
     let pack = largest_file(&copy.join("main/data"));
@@ -255,17 +262,34 @@ fn verify_finds_each_kind_of_damage() {
     let d = damage_of(&verify_damaged(&p, &[]), &incr);
     assert!(d.contains(&format!("backup/{incr}/blocks/000000")), "{d}");
 
-    // The segment after the full backup's last: both backups restore, PITR across
-    // it is broken. (Segments before the oldest backup are no damage.)
-    let (copy, p) = damaged_copy(&a, &dir, "wal");
+    // The segment after the full backup's last: both backups restore, PITR across it
+    // from the full is broken. Regression (issue 21, items 2 and 10): that failed
+    // verify (exit 8) for good, although the newer incr is past it; a broken past
+    // window is a warning. (Segments before the oldest backup are no damage.)
     let info = json(&a.p.ok(&["info", "--output=json"]));
-    let wal_stop = info["backups"][0]["wal_stop"].as_str().unwrap().to_string();
-    let next =
-        wal_segments(&copy).into_iter().find(|s| s.file_name().unwrap().to_string_lossy().as_ref() > wal_stop.as_str());
-    std::fs::remove_file(next.expect("a segment after the full backup")).unwrap();
+    let after = |label_index: usize, copy: &Path| {
+        let wal_stop = info["backups"][label_index]["wal_stop"].as_str().unwrap().to_string();
+        let next = wal_segments(copy)
+            .into_iter()
+            .find(|s| s.file_name().unwrap().to_string_lossy().as_ref() > wal_stop.as_str());
+        next.expect("a segment after the backup")
+    };
+    let (copy, p) = damaged_copy(&a, &dir, "wal-earlier");
+    std::fs::remove_file(after(0, &copy)).unwrap();
+    let v = json(&p.ok(&["verify", "--output=json"]));
+    assert_eq!((&v["ok"], &v["timelines"][0]["gaps"][0]["earlier"]), (&true.into(), &true.into()), "{v}");
+    assert!(v["warnings"].to_string().contains("before the newest verified backup"), "{v}");
+    let text = p.ok(&["verify"]);
+    assert!(text.contains("earlier gap (warning)") && text.contains("no point-in-time recovery between"), "{text}");
+    let info_of_copy = json(&p.ok(&["info", "--output=json"]));
+    assert_eq!(info_of_copy["status"]["code"], "ok", "{info_of_copy}");
+    assert!(info_of_copy["archive"][0]["earlier_gaps"].as_array().is_some_and(|g| g.len() == 1), "{info_of_copy}");
+    // After the newest backup's start: damage of what PITR from it needs.
+    let (copy, p) = damaged_copy(&a, &dir, "wal");
+    std::fs::remove_file(after(1, &copy)).unwrap();
     let v = verify_damaged(&p, &[]);
     let gaps = v["timelines"][0]["gaps"].to_string();
-    assert!(gaps.contains("no point-in-time recovery between"), "{v}");
+    assert!(gaps.contains("no point-in-time recovery between") && gaps.contains("\"earlier\":false"), "{v}");
     let out = p.run(&["verify"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("GAP"), "text names the gap");
 

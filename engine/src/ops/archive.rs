@@ -307,16 +307,6 @@ impl RepoAccess {
         match opened {
             // A mistyped stanza: name the ones that exist (a failed listing keeps the error as it is).
             Err(Error::RepoNotInitialised { location, stanza, .. }) => {
-                // Regression (issue 21, item 13): a typo'd repository path was told
-                // to run stanza-create.
-                if let RepoLocation::Local(dir) = &self.location {
-                    if !dir.exists() {
-                        return Err(Error::setting(
-                            format!("the repository directory {} does not exist", dir.display()),
-                            format!("check `repo` (--repo, PGCAIRN_REPO or the config file) for a typo; for a new repository, create it (install -d -m 0700 -o postgres -g postgres {}) and run stanza-create", dir.display()),
-                        ));
-                    }
-                }
                 let existing = self.location.list_stanzas(&self.s3).await.unwrap_or_default();
                 Err(Error::RepoNotInitialised { location, stanza, existing })
             }

@@ -104,6 +104,7 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
         progress: req.progress.clone(),
         recovery,
         delta: false,
+        check_server_environment: false,
     };
     let instance = Instance {
         bins,

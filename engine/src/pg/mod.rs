@@ -11,6 +11,7 @@ pub(crate) mod instance;
 pub(crate) mod lsn;
 pub(crate) mod recovery;
 pub(crate) mod replication;
+pub(crate) mod server_manifest;
 pub(crate) mod tar;
 pub(crate) mod tls;
 pub(crate) mod version;

@@ -42,6 +42,13 @@ pub(super) fn map_io(op: &'static str, key: &str, path: &Path, e: std::io::Error
     };
     let detail = match e.kind() {
         std::io::ErrorKind::PermissionDenied => format!("{e}: {}", permission_detail(path)),
+        // Regression (issue 21, item 16): under the shipped systemd units
+        // (ProtectSystem=strict) a repository outside ReadWritePaths= failed with a
+        // bare "Read-only file system".
+        std::io::ErrorKind::ReadOnlyFilesystem => format!(
+            "{e}: {} is read-only for this process; under systemd with ProtectSystem=strict, add the repository (and spool-path) to the unit's ReadWritePaths=",
+            path.display()
+        ),
         _ => e.to_string(),
     };
     storage_error(op, key, kind, detail)
@@ -206,7 +213,12 @@ impl Storage for LocalStorage {
         let root = self.root.clone();
         blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => {
-                fsutil::sync_parent_dir(&path).map_err(|e| map_io("delete", &key, &path, e))?;
+                // A concurrent delete of the directory's last other file may have removed
+                // the directory itself (and synced its parent): nothing left to sync.
+                match fsutil::sync_parent_dir(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(map_io("delete", &key, &path, e)),
+                    _ => {}
+                }
                 remove_empty_parents(&root, &path);
                 Ok(())
             }

@@ -48,6 +48,10 @@ pub struct RestoreRequest {
     pub recovery: Recovery,
     /// Restore over an existing data directory, rewriting only what differs.
     pub delta: bool,
+    /// Run the restore_command written as the server will (its OS user, none of this
+    /// process's PGCAIRN_*/AWS_* variables) and refuse when it cannot open the
+    /// repository. Off for a drill, whose server pgcairn starts in its own environment.
+    pub check_server_environment: bool,
 }
 
 /// What a restore did.
@@ -89,6 +93,11 @@ impl Plan {
     }
 
     /// The restore target and every tablespace directory, with whether it is one.
+    /// Where each tablespace is restored, as tablespace_map lists them.
+    fn tablespace_locations(&self) -> Vec<(u32, &Path)> {
+        self.ts_dirs.iter().map(|(oid, d)| (*oid, d.as_path())).collect()
+    }
+
     fn roots<'a>(&'a self, target: &'a PathBuf) -> impl Iterator<Item = (&'a PathBuf, Option<u32>)> {
         std::iter::once((target, None)).chain(self.ts_dirs.iter().map(|(oid, d)| (d, Some(*oid))))
     }
@@ -130,7 +139,7 @@ pub(crate) async fn restore_chosen(repo: &Repository, req: &RestoreRequest, choi
     for (dir, _) in plan.roots(&req.target) {
         owner.own(dir)?;
     }
-    if req.recovery.target != RecoveryTarget::None {
+    if req.check_server_environment && req.recovery.target != RecoveryTarget::None {
         server_env::probe_restore_command(&req.recovery.restore_command, &owner, &req.target).await?;
     }
     Ok(RestoreSummary {
@@ -346,7 +355,12 @@ fn finalize(req: &RestoreRequest, plan: &Plan) -> Result<()> {
 /// can check the restored directory independently of pgcairn (it skips the
 /// recovery settings restore adds: postgresql.auto.conf and recovery.signal).
 async fn write_server_manifest(repo: &Repository, req: &RestoreRequest, plan: &Plan) -> Result<()> {
-    let bytes = repo.get_meta_bytes(&crate::repo::format::server_manifest_key(&plan.label)).await?;
+    let mut bytes = repo.get_meta_bytes(&crate::repo::format::server_manifest_key(&plan.label)).await?;
+    // The tablespace_map restore writes names the restored (maybe remapped) locations.
+    if plan.manifest.files.iter().any(|f| f.tablespace.is_none() && f.path == TABLESPACE_MAP) {
+        let map = datadir::tablespace_map(&plan.tablespace_locations());
+        bytes = crate::pg::server_manifest::with_file(&bytes, TABLESPACE_MAP, map.as_bytes())?;
+    }
     let path = req.target.join("backup_manifest");
     fsutil::write_file(&path, &bytes, Commit::Replace).ctx(|| format!("cannot write {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
@@ -369,9 +383,8 @@ fn link_tablespaces(req: &RestoreRequest, plan: &Plan) -> Result<()> {
         }
         std::os::unix::fs::symlink(dir, &link).ctx(|| format!("cannot create tablespace link {}", link.display()))?;
     }
-    let locations: Vec<(u32, &Path)> = plan.ts_dirs.iter().map(|(oid, d)| (*oid, d.as_path())).collect();
     let map_path = req.target.join(TABLESPACE_MAP);
-    fsutil::write_file(&map_path, datadir::tablespace_map(&locations).as_bytes(), Commit::Replace)
+    fsutil::write_file(&map_path, datadir::tablespace_map(&plan.tablespace_locations()).as_bytes(), Commit::Replace)
         .ctx(|| "cannot write tablespace_map".to_string())
 }
 

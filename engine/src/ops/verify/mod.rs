@@ -71,6 +71,10 @@ pub struct VerifyReport {
     /// Damage that no backup needs (index objects, packs no backup names, WAL
     /// outside every backup's range): reported, not failing the run.
     pub warnings: Vec<String>,
+    /// Why the result could not be stored in the repository (then info and
+    /// monitoring do not show this run); None when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_recorded: Option<String>,
 }
 
 /// One backup's verdict.
@@ -84,6 +88,10 @@ pub struct BackupVerdict {
     pub damage: Option<Damage>,
     /// Blocks of the backup that cannot be restored.
     pub damaged_blocks: u64,
+    /// Something that does not stop a restore: "index damaged, backup restorable"
+    /// when blocks are in packs only a damaged index object lists, yet open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Where a backup is damaged.
@@ -176,7 +184,9 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
         set: req.set.clone(),
         sample: req.sample,
         packs_checked: checker.checked_count() as u64,
-        packs_listed: checker.index.packs().count() as u64,
+        // Regression (issue 21, item 10): "7 of 6 packs" when block lists named a
+        // pack no readable index object listed.
+        packs_listed: checker.known_count() as u64,
         blobs_checked: load(&checker.blobs),
         pack_bytes: load(&checker.bytes),
         wal_files: walcheck.files,
@@ -184,11 +194,13 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
         backups,
         timelines,
         warnings,
+        not_recorded: None,
     };
+    let mut report = report;
+    // Regression (issue 21, item 16): verify exited 0 when it could not record its
+    // result; the CLI now fails the run (monitoring would never see it).
     if let Err(e) = repo.put_result(ResultKind::Verify, &report).await {
-        tracing::error!(
-            "the verify result could not be recorded in the repository, so info and monitoring will not show it: {e}"
-        );
+        report.not_recorded = Some(e.to_string());
     }
     Ok(report)
 }
@@ -261,6 +273,7 @@ async fn verify_backup(
         status: "damaged".into(),
         damage: Some(Damage { file: None, block: None, object, detail }),
         damaged_blocks: 0,
+        note: None,
     };
     let (summary, manifest) = match load_catalog(repo, label).await? {
         Ok(pair) => pair,
@@ -270,7 +283,7 @@ async fn verify_backup(
     let reader = BlockListReader::new(repo, &manifest, 1);
     let per_part = manifest.blocks_per_part.max(1) as u64;
     let mut first_damage: Option<Damage> = None;
-    let mut damaged_blocks = 0u64;
+    let (mut damaged_blocks, mut unindexed) = (0u64, 0u64);
     for part in 0..manifest.blocks.div_ceil(per_part) {
         let first = part * per_part;
         let entries = match reader.range(first, per_part.min(manifest.blocks - first)).await {
@@ -281,9 +294,14 @@ async fn verify_backup(
             }
             Err(e) => return Err(e),
         };
-        check_packs_of(checker, sampler, &entries, progress).await?;
+        check_packs_of(checker, sampler, &entries, progress, part == 0).await?;
         for (n, (id, loc)) in entries.iter().enumerate() {
             let fault = match checker.matches_index(id, loc).await? {
+                Some(_) if checker.unindexed(&loc.pack.id) => {
+                    unindexed += 1;
+                    let name = crate::repo::pack::PackReader::name(&loc.pack);
+                    checker.open_unindexed(id, loc).await?.map(|why| (name, why))
+                }
                 Some(why) => Some((crate::repo::pack::PackReader::name(&loc.pack), why)),
                 None => checker
                     .blob_damage(&loc.pack.id, loc.offset)
@@ -304,7 +322,11 @@ async fn verify_backup(
         }
     }
     let status = if first_damage.is_some() { "damaged" } else { "ok" };
-    let verdict = BackupVerdict { label: label.into(), status: status.into(), damage: first_damage, damaged_blocks };
+    let note = (unindexed > 0 && first_damage.is_none()).then(|| {
+        format!("index damaged, backup restorable: {unindexed} blocks are in packs no readable index object lists; each opened and matched its id")
+    });
+    let verdict =
+        BackupVerdict { label: label.into(), status: status.into(), damage: first_damage, damaged_blocks, note };
     Ok((verdict, Some(summary)))
 }
 
@@ -352,9 +374,15 @@ async fn check_packs_of(
     sampler: &Sampler,
     entries: &[(crate::repo::format::ChunkId, crate::repo::blocklist::BlockLocation)],
     progress: &Arc<dyn Progress>,
+    first_part: bool,
 ) -> Result<()> {
-    let wanted = entries.iter().flat_map(|(_, loc)| std::iter::once(loc.pack.id).chain(loc.base.map(|b| b.pack.id)));
-    let fresh: Vec<[u8; 32]> = wanted.filter(|p| sampler.takes(p) && checker.take(p)).collect();
+    let wanted = || entries.iter().flat_map(|(_, loc)| std::iter::once(loc.pack.id).chain(loc.base.map(|b| b.pack.id)));
+    let mut fresh: Vec<[u8; 32]> = wanted().filter(|p| sampler.takes(p) && checker.take(p)).collect();
+    // Regression (issue 21, item 10): --sample=0.0001 read no pack and recorded "ok".
+    // A sample reads at least one pack of each backup.
+    if first_part && !wanted().any(|p| sampler.takes(&p)) {
+        fresh.extend(wanted().next().filter(|p| checker.take(p)));
+    }
     let mut checks =
         futures::stream::iter(fresh.into_iter().map(|p| checker.check_pack(p))).buffer_unordered(PARALLEL_PACKS);
     let before = checker.bytes.load(std::sync::atomic::Ordering::Relaxed);

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::repo::blob::{open_block, open_delta_block, BlockError};
 use crate::repo::blocklist::{BlockLocation, PackRef};
 use crate::repo::format::{pack_key, ChunkId, IndexBlob, IndexFile, INDEX_PREFIX, PACK_HEADER_LEN, PACK_MAGIC};
-use crate::repo::pack::PackFault;
+use crate::repo::pack::{PackFault, PackReader};
 use crate::repo::{DataCiphers, Repository};
 
 /// Blobs opened per step (their delta bases are held for the step only).
@@ -184,11 +184,73 @@ impl<'r> PackChecker<'r> {
         d.packs.get(pack).or_else(|| d.blobs.get(&(*pack, offset))).cloned()
     }
 
+    /// Packs known: those an index object lists, and those only block lists name.
+    pub(super) fn known_count(&self) -> usize {
+        let only_named = lock(&self.checked).iter().filter(|p| !self.index.owner.contains_key(*p)).count();
+        self.index.packs().count() + only_named
+    }
+
+    /// Whether `pack` can be checked only through the block lists: no readable index
+    /// object lists it, and some index object is damaged (it may have been the one).
+    pub(super) fn unindexed(&self, pack: &[u8; 32]) -> bool {
+        !self.index.damaged.is_empty() && !self.index.owner.contains_key(pack)
+    }
+
+    /// Open one block's blob (and its delta base) from the block list's location,
+    /// as restore reads it: None when it opens and matches its chunk id.
+    ///
+    /// Regression (issue 21, item 10): a damaged index object marked backups DAMAGED
+    /// that restored exactly; their blocks are now checked without the index.
+    pub(super) async fn open_unindexed(&self, id: &ChunkId, loc: &BlockLocation) -> Result<Option<String>> {
+        let reader = self.repo.pack_reader();
+        let read = |pack: PackRef, offset: u64, length: u32| {
+            let reader = reader.clone();
+            async move { reader.read(&pack, offset..offset + length as u64).await }
+        };
+        let chunk_key = *self.repo.chunk_key();
+        let base_plain = match loc.base {
+            None => None,
+            Some(b) => match read(b.pack, b.offset, b.length).await {
+                Ok(sealed) => {
+                    match open_block(
+                        &self.ciphers.get(&b.pack.key_id),
+                        &chunk_key,
+                        &b.id,
+                        &sealed,
+                        b.raw_length as usize,
+                    ) {
+                        Ok(plain) => Some((b.id, plain)),
+                        Err(e) => return Ok(Some(format!("its delta base in {}: {e}", PackReader::name(&b.pack)))),
+                    }
+                }
+                Err(PackFault::Damaged(why)) => return Ok(Some(format!("its delta base: {why}"))),
+                Err(PackFault::Other(e)) => return Err(e),
+            },
+        };
+        let sealed = match read(loc.pack, loc.offset, loc.length).await {
+            Ok(s) => s,
+            Err(PackFault::Damaged(why)) => return Ok(Some(why)),
+            Err(PackFault::Other(e)) => return Err(e),
+        };
+        self.bytes.fetch_add(sealed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let cipher = self.ciphers.get(&loc.pack.key_id);
+        let raw = loc.raw_length as usize;
+        let opened = match &base_plain {
+            None => open_block(&cipher, &chunk_key, id, &sealed, raw),
+            Some((base_id, plain)) => open_delta_block(&cipher, &chunk_key, id, (base_id, plain), &sealed, raw),
+        };
+        Ok(opened.err().map(|e| format!("{} at offset {}: {e}", PackReader::name(&loc.pack), loc.offset)))
+    }
+
     /// Read `pack` whole and open every blob its index lists.
     pub(super) async fn check_pack(&self, pack: [u8; 32]) -> Result<()> {
         let name = pack_key(&hex::encode(pack));
         let Some(listing) = self.index.listing(self.repo, &pack).await? else {
-            lock(&self.damage).packs.insert(pack, format!("{name} is listed by no index object"));
+            // With an index object damaged, its packs are checked block by block from
+            // the block lists (open_unindexed), not declared damaged unread.
+            if self.index.damaged.is_empty() {
+                lock(&self.damage).packs.insert(pack, format!("{name} is listed by no index object"));
+            }
             return Ok(());
         };
         let data = match self.read_whole(&name, &listing).await? {
