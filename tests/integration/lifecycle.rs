@@ -548,3 +548,31 @@ fn a_lost_full_never_turns_into_deleted_packs() {
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
     assert_eq!(restore_rows(&a, &incr, &["--type=immediate", "--target-action=promote"]), want);
 }
+
+/// Regression (issue 21, item 14): Ctrl-C or SIGTERM ended a backup with no message,
+/// and its lock stayed for the next run to take over. Now the backup stops, says so,
+/// and the lock is gone at once.
+#[test]
+fn an_interrupted_backup_says_so_and_releases_the_lock() {
+    let a = Archiving::new(PgVersion::V15, "");
+    let (_listener, port) = silent_server();
+    for signal in ["-TERM", "-INT"] {
+        let holder =
+            a.p.cmd(&["backup", &format!("--pg=host=127.0.0.1 port={port} user=postgres connect_timeout=60")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+        let lock = a.repo.path().join("main/lock/holder");
+        wait_for(&lock, "the backup's lock");
+        std::thread::sleep(Duration::from_millis(200));
+        let status = std::process::Command::new("kill").args([signal, &holder.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let out = holder.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{signal}: {err}");
+        assert!(err.contains("interrupted by SIG") && err.contains("lock was released"), "{err}");
+        assert!(!lock.exists(), "{signal}: the lock stayed");
+    }
+    a.p.backup(&a.cluster.conninfo());
+}

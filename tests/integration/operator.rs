@@ -265,6 +265,13 @@ fn all_stanzas(a: &Archiving, pg: &str) {
     let mut other = a.p.clone();
     other.stanza = "other".into();
     other.ok(&["stanza-create", pg]);
+    // Regression (issue 21, item 11): a stanza the server does not archive into got
+    // the server's archiver counters.
+    let foreign = other.ok(&["metrics", pg]);
+    assert!(!foreign.contains("pgcairn_archiver_archived") && foreign.contains("pgcairn_postgres_up"), "{foreign}");
+    let check = other.run(&["check", "--archive-only", pg]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains("archives into stanza main, not other"), "{text}");
     let all = Pgcairn { all_stanzas: true, ..a.p.clone() };
     let (code, err) = all.fails(&["--stanza=main", "info", "--all-stanzas"]);
     assert!(code == 3 && err.contains("--all-stanzas and --stanza"), "{err}");

@@ -271,6 +271,20 @@ impl ArchiveCheck {
     }
 }
 
+/// The stanza an archive_command names with `--stanza=NAME` or `--stanza NAME`.
+fn stanza_named_in(command: &str) -> Option<String> {
+    let mut words = command.split_whitespace().map(|w| w.trim_matches(['\'', '"']));
+    while let Some(w) = words.next() {
+        if let Some(name) = w.strip_prefix("--stanza=") {
+            return Some(name.to_string());
+        }
+        if w == "--stanza" {
+            return words.next().map(str::to_string);
+        }
+    }
+    None
+}
+
 /// What the server says of its archiving.
 struct ServerArchiving {
     mode: String,
@@ -302,6 +316,14 @@ fn archiver_is_ours(out: &mut ArchiveCheck, repo: &Repository, target: &str, ser
                 "{target} is cluster {theirs}, but stanza {} belongs to cluster {ours}: `pg` names the wrong server",
                 repo.config().stanza
             ),
+        );
+        return false;
+    }
+    let stanza = &repo.config().stanza;
+    if let Some(named) = stanza_named_in(&server.command).filter(|n| n != stanza) {
+        out.flag(
+            Level::Warning,
+            format!("{target}: archive_command archives into stanza {named}, not {stanza}: its archiver counters are not this stanza's"),
         );
         return false;
     }
@@ -363,4 +385,19 @@ async fn judge_server(
     }
     out.archiver = Some(stats);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 21, item 11: which stanza an archive_command archives into, when it says.
+    #[test]
+    fn the_stanza_an_archive_command_names() {
+        let named = |c: &str| stanza_named_in(c);
+        assert_eq!(named("/usr/local/bin/pgcairn-archive-push --stanza=main %p").as_deref(), Some("main"));
+        assert_eq!(named("pgcairn-archive-push --config /etc/x.toml --stanza other %p").as_deref(), Some("other"));
+        assert_eq!(named("'/opt/pgcairn-archive-push' '--stanza=q' %p").as_deref(), Some("q"));
+        assert_eq!(named("pgcairn-archive-push %p"), None);
+    }
 }

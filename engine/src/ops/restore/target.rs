@@ -131,6 +131,14 @@ impl Finder<'_> {
                 return Ok(Ok(format!("it carries its WAL; no WAL after it is archived (timeline {tli})")));
             }
             let (_, name) = self.view.segment(&path, first);
+            if b.wal_included {
+                // Issue 21, item 9: the segment is the backup's last, which it carries only
+                // up to its end; what follows in that segment comes from the archive.
+                return Ok(Err(format!(
+                    "it carries its WAL only up to its end ({}); WAL segment {name}, which holds what follows, is not in the archive (recovery past the backup's end cannot continue; --type=immediate stops at its end)",
+                    b.stop_lsn
+                )));
+            }
             return Ok(Err(format!("WAL segment {name}, which replay from it needs first, is not in the archive")));
         };
         let (_, last_name) = self.view.segment(&path, last);
