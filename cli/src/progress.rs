@@ -4,7 +4,7 @@
 //! template (set_length redrew before set_style), and the ETA, measured from the
 //! bar's creation (before the checkpoint), said "7d" for a 2-second backup. The bar
 //! is now hidden until `begin` has set its style, its clock restarts there, and the
-//! ETA shows once 3 s and 2% of the work have passed.
+//! ETA shows once 1 s and 1% of the work have passed.
 
 use std::time::Duration;
 
@@ -20,8 +20,12 @@ impl Bar {
 }
 
 /// "eta 12s" once the rate means something, "eta --" before.
+///
+/// Regression (issue 21, item 14): after 3 s and 2% the ETA showed only in the last
+/// 40% of a 7-second backup ("always eta --" in the operator's short runs). One
+/// second of transfer and 1% give indicatif's estimator enough to go on.
 fn late_eta(s: &ProgressState, w: &mut dyn std::fmt::Write) {
-    let _ = if s.elapsed() >= Duration::from_secs(3) && s.fraction() >= 0.02 {
+    let _ = if s.elapsed() >= Duration::from_secs(1) && s.fraction() >= 0.01 {
         write!(w, "eta {:#}", HumanDuration(s.eta()))
     } else {
         w.write_str("eta --")
@@ -46,11 +50,20 @@ impl Progress for Bar {
         // Position, elapsed time and the rate estimate start now, not at creation.
         self.0.reset();
         self.0.set_draw_target(ProgressDrawTarget::stderr());
+        // Drawn now, and (without a total: waiting for a checkpoint, verifying) ticking,
+        // so the line and its elapsed time show before any byte arrives. Regression
+        // (issue 21, item 14): a spread checkpoint left the terminal blank for minutes.
+        self.0.tick();
+        match total {
+            Some(_) => self.0.disable_steady_tick(),
+            None => self.0.enable_steady_tick(Duration::from_millis(500)),
+        }
     }
     fn advance(&self, bytes: u64) {
         self.0.inc(bytes);
     }
     fn finish(&self) {
+        self.0.disable_steady_tick();
         self.0.finish_and_clear();
         self.0.set_draw_target(ProgressDrawTarget::hidden());
     }
