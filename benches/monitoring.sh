@@ -118,3 +118,54 @@ push_row "archive-push of one 16 MiB segment, sync" "$W/bin/pgcairn-archive-push
 if [ -n "$OLD" ]; then
     push_row "the same with OLD" "$W/bin/old-archive-push"
 fi
+
+# metrics --listen under load (issue 21, item 6), with the passphrase file of the
+# README's setup: 100 slowloris connections held open, then 200 parallel scrapes.
+LPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+as_pg "$W/bin/pgcairn" --config="$W/pgcairn.toml" metrics --listen="127.0.0.1:$LPORT" 2>>"$LOG" &
+LISTENER=$!
+SERVER=""
+for _ in $(seq 100); do
+    SERVER=$(pgrep -f -n "metrics --listen=127.0.0.1:$LPORT" || true)
+    curl -s -o /dev/null "http://127.0.0.1:$LPORT/metrics" && break
+    sleep 0.1
+done
+python3 - "$LPORT" "$SERVER" <<'PY'
+import socket, sys, threading, time, urllib.request
+port, pid = int(sys.argv[1]), sys.argv[2]
+def status(key):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) // 1024
+slow = []
+for _ in range(100):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /metrics HTTP/1.1\r\n")
+    slow.append(s)
+ok, times = [], []
+def scrape():
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as r:
+            ok.append(r.status == 200 and b"pgcairn_up" in r.read())
+    except Exception:
+        ok.append(False)
+    times.append(time.monotonic() - t0)
+t0 = time.monotonic()
+threads = [threading.Thread(target=scrape) for _ in range(200)]
+for t in threads: t.start()
+for t in threads: t.join()
+wall = time.monotonic() - t0
+closed = 0
+for s in slow:
+    s.settimeout(20)
+    try:
+        while s.recv(4096): pass
+        closed += 1
+    except OSError:
+        pass
+times.sort()
+print(f"| metrics --listen, passphrase: 200 parallel scrapes beside 100 slowloris connections | {wall:.2f} s for all, median {times[100]:.3f} s, max {times[-1]:.3f} s; {sum(ok)}/200 answered; {closed}/100 slow clients dropped | RSS {status('VmRSS:')} MiB after, peak {status('VmHWM:')} MiB (the one key derivation) |")
+PY
+kill "$LISTENER" 2>/dev/null || true
+pkill -f "metrics --listen=127.0.0.1:$LPORT" 2>/dev/null || true
