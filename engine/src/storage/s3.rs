@@ -288,3 +288,21 @@ impl Storage for S3Storage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 21, item 13): without credentials the operator saw the
+    /// instance metadata service's raw error; it now says what is missing and where
+    /// to set it, and is not retried as transient.
+    #[test]
+    fn no_credentials_is_named() {
+        let raw = "Error performing token request: HTTP error: error sending request for url (http://169.254.169.254/latest/api/token): 403 Forbidden";
+        let e = object_store::Error::Generic { store: "S3", source: raw.into() };
+        let mapped = map_err("get", "config", e);
+        let text = mapped.to_string();
+        assert!(text.contains("no S3 credentials") && text.contains("repo-s3-credentials-file"), "{text}");
+        assert_eq!(mapped.storage_kind(), Some(StorageErrorKind::Permanent));
+    }
+}
