@@ -42,11 +42,15 @@ export PGCAIRN_REPO_PASSPHRASE="demo passphrase, use a long random one in produc
 # server unless archive-copy says each backup carries its own WAL (no point-in-time
 # recovery then). A production cluster sets archive_command instead (README).
 export PGCAIRN_ARCHIVE_COPY=true
+# The repository directory belongs to the database's OS user, as in the quick start:
+# what pgcairn writes into it as root is then that user's too.
+as_pg mkdir -m 0700 "$DEMO/repo"
 echo "== pgcairn stanza-create"
 "$PGCAIRN" stanza-create
 # restore_command (pgcairn archive-get) runs as the server's user, without our
 # environment: it unlocks the repository with a key file it can read.
 "$PGCAIRN" key-file --output="$DEMO/demo.key"
+[ "$(id -u)" = 0 ] && chown postgres "$DEMO/demo.key"
 export PGCAIRN_REPO_KEY_FILE="$DEMO/demo.key"
 echo "== pgcairn backup (pgbench writing meanwhile)"
 "$PGBIN/pgbench" -h "$DEMO" -p "$P1" -U postgres -n -c 2 -T 5 postgres >/dev/null 2>&1 &

@@ -323,8 +323,9 @@ pub(crate) async fn run(target: Target, listen: Option<SocketAddr>) -> Result<Ex
 const MAX_CONNECTIONS: usize = 256;
 /// A client must send its request headers within this (slowloris).
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// A whole connection, request to response, ends after this.
-const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+/// A whole connection, request to response, ends after this: longer than a scrape
+/// waiting for the one before it (2 × SCRAPE_TIMEOUT), so none is cut mid-way.
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(150);
 /// A scrape that takes longer is answered with `pgcairn_up 0`.
 const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 

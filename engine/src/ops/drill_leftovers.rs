@@ -6,7 +6,7 @@
 //! an owner file (pid, host, whether it is kept on purpose); the next drill of the
 //! stanza stops the server of a dead owner's directory and removes it, and says so.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The owner file in a drill's directory: `pid host keep`.
@@ -64,13 +64,21 @@ fn stop_server(data: &Path) -> Result<Option<i32>, String> {
     let Ok(pidfile) = std::fs::read_to_string(data.join("postmaster.pid")) else { return Ok(None) };
     let mut lines = pidfile.lines();
     let pid: i32 = lines.next().and_then(|l| l.trim().parse().ok()).ok_or("unreadable postmaster.pid")?;
-    // Only a postmaster of this very directory is signalled, never a recycled pid.
-    let its_dir = lines.next().map(PathBuf::from);
-    if !crate::fsutil::process_alive(pid) || its_dir.as_deref() != Some(data) || !runs_in(pid, data) {
+    if !crate::fsutil::process_alive(pid) {
         return Ok(None);
     }
+    // Only a postmaster of this very directory is signalled, never a recycled pid; one
+    // alive that cannot be confirmed keeps its directory (a review finding).
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let its_dir = lines.next().map(|l| canonical(Path::new(l.trim())));
+    if its_dir != Some(canonical(data)) || !runs_in(pid, data) {
+        return Err(format!("pid {pid} runs, but it cannot be confirmed to be this directory's server"));
+    }
     for (signal, wait) in [(libc::SIGQUIT, Duration::from_secs(10)), (libc::SIGKILL, Duration::from_secs(5))] {
-        // SAFETY: kill has no memory preconditions; the pid was checked above.
+        if !runs_in(pid, data) {
+            break; // gone, or the pid now belongs to another process
+        }
+        // SAFETY: kill has no memory preconditions; the pid was checked just above.
         unsafe { libc::kill(pid, signal) };
         let deadline = Instant::now() + wait;
         while crate::fsutil::process_alive(pid) && Instant::now() < deadline {

@@ -111,6 +111,24 @@ impl OsUser {
         Some(OsUser { name, ids: Some((meta.uid(), meta.gid())) })
     }
 
+    /// The user's supplementary groups (from the group database), `gid` included.
+    pub(crate) fn groups(&self, gid: u32) -> Vec<libc::gid_t> {
+        let Ok(name) = std::ffi::CString::new(self.name.as_str()) else { return vec![gid] };
+        let mut groups: Vec<libc::gid_t> = vec![0; 64];
+        for _ in 0..2 {
+            let mut n = groups.len() as libc::c_int;
+            // SAFETY: `groups` holds `n` entries; getgrouplist writes at most that many
+            // and sets `n` to the count (or the count needed, returning -1).
+            let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+            if rc >= 0 {
+                groups.truncate(n.max(0) as usize);
+                return groups;
+            }
+            groups.resize(n.max(1) as usize, 0);
+        }
+        vec![gid]
+    }
+
     /// The user's home directory, from the passwd entry.
     pub(crate) fn home(&self) -> Option<std::path::PathBuf> {
         // SAFETY: geteuid has no preconditions.

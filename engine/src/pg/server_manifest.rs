@@ -56,7 +56,8 @@ fn render(entry: &serde_json::Map<String, serde_json::Value>) -> String {
 
 fn checksum(algorithm: &str, content: &[u8]) -> Option<String> {
     match algorithm {
-        "CRC32C" => Some(hex::encode(crc32c::crc32c(content).to_le_bytes())),
+        // PostgreSQL copies the pg_crc32c out in host byte order.
+        "CRC32C" => Some(hex::encode(crc32c::crc32c(content).to_ne_bytes())),
         "SHA224" => Some(hex::encode(sha2::Sha224::digest(content))),
         "SHA256" => Some(hex::encode(sha2::Sha256::digest(content))),
         "SHA384" => Some(hex::encode(sha2::Sha384::digest(content))),
@@ -82,7 +83,7 @@ mod tests {
             format!(
                 "{{ \"Path\": \"tablespace_map\", \"Size\": {}, \"Last-Modified\": \"2026-12-06 10:00:00 GMT\", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{}\" }}",
                 content.len(),
-                hex::encode(crc32c::crc32c(content).to_le_bytes())
+                hex::encode(crc32c::crc32c(content).to_ne_bytes())
             )
         };
         let files = format!("{{ \"Path\": \"PG_VERSION\", \"Size\": 3, \"Last-Modified\": \"2026-12-06 10:00:00 GMT\", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"00000000\" }},\n{}\n", line(old));

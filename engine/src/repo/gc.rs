@@ -41,6 +41,17 @@ impl Reachable {
         self.unreadable.is_empty() && !self.packs.contains(pack)
     }
 
+    /// After a failed delete of `label`: if its manifest is still there, what its
+    /// block list names is kept for the rest of the run.
+    pub(crate) async fn keep_visible(&mut self, repo: &Repository, label: &str) -> Result<()> {
+        if repo.list_backups().await?.iter().any(|l| l == label) {
+            let more = repo.reachable_packs(&[label.to_string()]).await?;
+            self.packs.extend(more.packs);
+            self.unreadable.extend(more.unreadable);
+        }
+        Ok(())
+    }
+
     /// Why packs are held back, if they are.
     pub(crate) fn blocked_by(&self) -> Option<String> {
         (!self.unreadable.is_empty()).then(|| {

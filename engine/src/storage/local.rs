@@ -252,7 +252,21 @@ fn repository_owner(root: &Path) -> Option<(u32, u32)> {
 }
 
 /// Give `path` and the directories between it and `root` (both included) to `owner`.
+/// Not through a symbolic link: a link planted in the repository must not make root
+/// hand a file elsewhere to the repository's owner (a review finding).
 fn hand_over(root: &Path, path: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    let linked = path
+        .ancestors()
+        .take_while(|p| p.starts_with(root))
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()));
+    if let Some(link) = linked {
+        tracing::warn!(
+            "{} not handed to the repository's owner: {} is a symbolic link",
+            path.display(),
+            link.display()
+        );
+        return Ok(());
+    }
     let mut next = Some(path);
     while let Some(p) = next.filter(|p| p.starts_with(root)) {
         std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;

@@ -192,7 +192,8 @@ fn map_err(op: &'static str, key: &str, e: object_store::Error) -> Error {
     // Regression (issue 21, item 13): without credentials object_store asks the
     // instance metadata service, and the operator saw its raw 403 or timeout.
     let chain = error_chain(&e);
-    if chain.contains("169.254.169.254") || chain.to_ascii_lowercase().contains("metadata") {
+    let credentials = matches!(&e, E::Generic { .. } | E::Unauthenticated { .. } | E::PermissionDenied { .. });
+    if credentials && chain.contains("169.254.169.254") {
         let detail = format!(
             "no S3 credentials: none were configured, and the instance metadata service (only on EC2/ECS) gave none ({chain}); hint: set repo-s3-credentials-file in the config file (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
         );
@@ -295,7 +296,8 @@ mod tests {
 
     /// Regression (issue 21, item 13): without credentials the operator saw the
     /// instance metadata service's raw error; it now says what is missing and where
-    /// to set it, and is not retried as transient.
+    /// to set it, and is not retried as transient. A missing object whose name holds
+    /// "metadata" stays a missing object (review finding).
     #[test]
     fn no_credentials_is_named() {
         let raw = "Error performing token request: HTTP error: error sending request for url (http://169.254.169.254/latest/api/token): 403 Forbidden";
@@ -304,5 +306,7 @@ mod tests {
         let text = mapped.to_string();
         assert!(text.contains("no S3 credentials") && text.contains("repo-s3-credentials-file"), "{text}");
         assert_eq!(mapped.storage_kind(), Some(StorageErrorKind::Permanent));
+        let missing = object_store::Error::NotFound { path: "pg-metadata/main/config".into(), source: "404".into() };
+        assert_eq!(map_err("get", "config", missing).storage_kind(), Some(StorageErrorKind::NotFound));
     }
 }

@@ -250,13 +250,25 @@ impl Plan {
                 return;
             }
         };
+        // A survivor whose references are unknown: nothing at all is deleted (a review
+        // found expired manifests and WAL going while only packs were held back).
         if let Some(why) = reach.blocked_by() {
             out.failures.push(why);
+            return;
         }
+        let mut reach = reach;
         for (label, reason) in self.labels.iter().zip(&self.reasons).rev() {
             if reason.is_none() {
                 tracing::info!("expiring backup {label}");
-                record(repo.delete_backup(label, &reach).await, &format!("backup {label}"), out);
+                let result = repo.delete_backup(label, &reach).await;
+                if result.is_err() {
+                    // Still visible if its manifest stayed: its parents' packs stay too.
+                    if let Err(e) = reach.keep_visible(repo, label).await {
+                        out.failures.push(format!("backup {label}: {e}; nothing more deleted"));
+                        return;
+                    }
+                }
+                record(result, &format!("backup {label}"), out);
             }
         }
         match leftovers(repo, self.gc_grace).await {

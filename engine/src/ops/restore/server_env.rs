@@ -54,18 +54,9 @@ pub(crate) async fn probe_restore_command(restore_command: &str, user: &OsUser, 
         return Ok(());
     }
     let dest = data.join("pg_wal").join("pgcairn-restore-command-probe");
-    let cmd = expand(restore_command, &dest);
-    let mut child = user.command(Path::new("/bin/sh"));
-    child.arg("-c").arg(&cmd).current_dir(data).env_clear().env("PATH", SERVER_PATH);
-    if let Some(home) = user.home() {
-        child.env("HOME", home);
-    }
-    child.kill_on_drop(true).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-    let out = match tokio::time::timeout(PROBE_TIMEOUT, child.output()).await {
-        Ok(out) => out.map_err(|e| Error::Internal(format!("cannot run restore_command's probe: {e}")))?,
-        Err(_) => return Err(refused(user, &format!("it did not answer within {} s", PROBE_TIMEOUT.as_secs()))),
-    };
+    let out = run_as_server(restore_command, user, data, &dest).await;
     let _ = std::fs::remove_file(&dest);
+    let out = out?;
     match out.status.code() {
         Some(0 | 1) => Ok(()),
         code => {
@@ -73,6 +64,50 @@ pub(crate) async fn probe_restore_command(restore_command: &str, user: &OsUser, 
             let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
             let how = code.map_or("was killed by a signal".to_string(), |c| format!("exited {c}"));
             Err(refused(user, &format!("it {how}: {last}")))
+        }
+    }
+}
+
+/// `sh -c` the expanded command as `user` (with its supplementary groups, as the
+/// server's own login would have them), in its own process group, killed whole on
+/// timeout.
+async fn run_as_server(restore_command: &str, user: &OsUser, data: &Path, dest: &Path) -> Result<std::process::Output> {
+    let mut child = tokio::process::Command::new("/bin/sh");
+    child.arg("-c").arg(expand(restore_command, dest)).current_dir(data).env_clear().env("PATH", SERVER_PATH);
+    if let Some(home) = user.home() {
+        child.env("HOME", home);
+    }
+    // An empty PGCAIRN_CONFIG ("read no config file", how hermetic setups run every
+    // pgcairn and server) is kept; a named one reaches the command as --config anyway.
+    if let Some(config) = std::env::var_os("PGCAIRN_CONFIG").filter(|c| c.is_empty()) {
+        child.env("PGCAIRN_CONFIG", config);
+    }
+    if let Some((uid, gid)) = user.ids {
+        let groups = user.groups(gid);
+        // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) on data
+        // prepared before the fork.
+        unsafe {
+            child.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    child.process_group(0).stdin(std::process::Stdio::null());
+    child.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let spawned = child.spawn().map_err(|e| Error::Internal(format!("cannot run restore_command's probe: {e}")))?;
+    let pgid = spawned.id().map(|p| p as i32);
+    match tokio::time::timeout(PROBE_TIMEOUT, spawned.wait_with_output()).await {
+        Ok(out) => out.map_err(|e| Error::Internal(format!("restore_command's probe: {e}"))),
+        Err(_) => {
+            // SAFETY: kill has no memory preconditions; the group is the probe's own.
+            pgid.map(|g| unsafe { libc::kill(-g, libc::SIGKILL) });
+            Err(refused(user, &format!("it did not answer within {} s", PROBE_TIMEOUT.as_secs())))
         }
     }
 }

@@ -334,9 +334,10 @@ async fn block_fault(
         }),
     };
     match damage {
-        None => Ok(None),
+        // A base only a damaged index could list was never read by the pack checks.
+        None if !base_unindexed => Ok(None),
         Some(why) if !checker.unindexed(&loc.pack.id) && !base_unindexed => Ok(Some((name, why))),
-        Some(_) => {
+        _ => {
             *unindexed += 1;
             Ok(checker.open_unindexed(id, loc).await?.map(|why| (name, why)))
         }
