@@ -276,7 +276,12 @@ fn killed_archive_push_is_retried_cleanly() {
     let cmd = a.archive_command("");
     let words: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
     for delay_ms in [0u64, 2, 5, 10, 20, 40] {
-        let mut child = Command::new(&words[0]).args(&words[1..words.len() - 1]).arg(&segment).spawn().unwrap();
+        let mut child = Command::new(&words[0])
+            .args(&words[1..words.len() - 1])
+            .arg(&segment)
+            .env("PGCAIRN_CONFIG", "")
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().ok(); // SIGKILL
         child.wait().ok();

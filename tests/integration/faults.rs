@@ -460,7 +460,7 @@ fn push_cmd(a: &Archiving, extra: &str, path: &Path) -> Command {
     let cmd = a.archive_command(extra);
     let words: Vec<&str> = cmd.split_whitespace().collect();
     let mut c = Command::new(words[0]);
-    c.args(&words[1..words.len() - 1]).arg(path);
+    c.args(&words[1..words.len() - 1]).arg(path).env("PGCAIRN_CONFIG", "");
     c
 }
 

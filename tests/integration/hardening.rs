@@ -287,7 +287,12 @@ fn archive_push_refuses_bad_input_without_panicking() {
     std::fs::write(dir.path().join(name), b"x").unwrap();
     let cmd = a.archive_command("");
     let words: Vec<&str> = cmd.split_whitespace().collect();
-    let o = Command::new(words[0]).args(&words[1..words.len() - 1]).arg(dir.path().join(name)).output().unwrap();
+    let o = Command::new(words[0])
+        .args(&words[1..words.len() - 1])
+        .arg(dir.path().join(name))
+        .env("PGCAIRN_CONFIG", "")
+        .output()
+        .unwrap();
     let code = o.status.code().unwrap();
     assert!((1..=125).contains(&code) && code != 101, "exit {code}: {}", String::from_utf8_lossy(&o.stderr));
 
