@@ -606,8 +606,11 @@ fn permission_errors_name_the_path_and_the_user() {
 fn the_backlog_counts_a_segment_completed_at_a_boundary() {
     let a = Archiving::new(PgVersion::V15, "");
     let pg = format!("--pg={}", a.cluster.conninfo());
+    a.switch_segments(1);
     a.wait_archived();
-    a.cluster.psql("ALTER SYSTEM SET archive_command = 'false'; SELECT pg_reload_conf();");
+    // Still pgcairn's archive_command (so its counters are this stanza's), failing.
+    let failing = format!("{} --stanza=main --repo=/nonexistent-pgcairn %p", archive_push_bin().display());
+    a.cluster.psql(&format!("ALTER SYSTEM SET archive_command = '{failing}'; SELECT pg_reload_conf();"));
     std::thread::sleep(Duration::from_millis(500));
     a.cluster.psql("CREATE TABLE backlog_probe (n int); SELECT pg_switch_wal();");
     let out = a.p.run(&["check", "--archive-only", "--output=json", &pg]);
