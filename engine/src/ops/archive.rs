@@ -12,7 +12,7 @@ use crate::crypto::Secret;
 use crate::error::{Error, IoContext, Misconfig, Result};
 use crate::fsutil::{self, Commit};
 use crate::pg::version;
-use crate::pg::wal::{segment_name, validate_backup_history, validate_history, validate_segment, WalFile};
+use crate::pg::wal::{segment_name, segno_of, validate_backup_history, validate_history, validate_segment, WalFile};
 pub(crate) use crate::repo::wal::PushOutcome;
 use crate::repo::Repository;
 use crate::storage::{s3::S3Settings, DynStorage, RepoLocation};
@@ -456,7 +456,14 @@ pub(crate) fn missing_wal(
     ))
 }
 
-pub(crate) fn archive_summary(archived: &ArchivedSegments, seg_size: u32) -> Vec<TimelineArchive> {
+/// The archive per timeline. A gap that ends before `earlier_than` (the start of the
+/// newest restorable backup: its timeline and LSN) goes to `earlier_gaps`: it breaks
+/// only old point-in-time windows (issue 21, item 2).
+pub(crate) fn archive_summary(
+    archived: &ArchivedSegments,
+    seg_size: u32,
+    earlier_than: Option<(u32, crate::pg::Lsn)>,
+) -> Vec<TimelineArchive> {
     let timelines: std::collections::BTreeSet<u32> =
         archived.segments.keys().chain(archived.history.iter()).copied().collect();
     timelines
@@ -464,24 +471,20 @@ pub(crate) fn archive_summary(archived: &ArchivedSegments, seg_size: u32) -> Vec
         .map(|timeline| {
             let segs: Vec<u64> =
                 archived.segments.get(&timeline).map(|s| s.iter().copied().collect()).unwrap_or_default();
-            let gaps = segs
-                .windows(2)
-                .filter(|w| w[1] > w[0] + 1)
-                .map(|w| {
-                    format!(
-                        "{}-{}",
-                        segment_name(timeline, w[0] + 1, seg_size),
-                        segment_name(timeline, w[1] - 1, seg_size)
-                    )
-                })
-                .collect();
+            let earlier =
+                |last: u64| earlier_than.is_some_and(|(tli, lsn)| timeline <= tli && last < segno_of(lsn.0, seg_size));
+            let name = |w: &[u64]| {
+                format!("{}-{}", segment_name(timeline, w[0] + 1, seg_size), segment_name(timeline, w[1] - 1, seg_size))
+            };
+            let (earlier_gaps, gaps): (Vec<&[u64]>, Vec<&[u64]>) =
+                segs.windows(2).filter(|w| w[1] > w[0] + 1).partition(|w| earlier(w[1] - 1));
             TimelineArchive {
                 timeline,
                 first: segs.first().map(|s| segment_name(timeline, *s, seg_size)),
                 last: segs.last().map(|s| segment_name(timeline, *s, seg_size)),
                 segments: segs.len() as u64,
-                gaps,
-                earlier_gaps: Vec::new(),
+                gaps: gaps.into_iter().map(name).collect(),
+                earlier_gaps: earlier_gaps.into_iter().map(name).collect(),
                 history: archived.history.contains(&timeline),
                 last_arrived: archived.arrived.get(&timeline).copied(),
             }
@@ -549,7 +552,7 @@ mod tests {
         assert!(!archive_get(&repo, &segment_name(1, 3, repo.config().wal_segment_size), &out, &spool).await.unwrap());
         assert!(!spool_dir.exists(), "prefetch spool removed when the archive ends");
 
-        let summary = archive_summary(&archived_segments(&repo).await.unwrap(), repo.config().wal_segment_size);
+        let summary = archive_summary(&archived_segments(&repo).await.unwrap(), repo.config().wal_segment_size, None);
         assert_eq!(summary.len(), 1);
         assert_eq!(summary[0].segments, 3);
         assert_eq!(summary[0].gaps, vec!["000000010000000000000003-000000010000000000000004".to_string()]);

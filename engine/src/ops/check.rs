@@ -220,7 +220,7 @@ pub const BACKLOG_WARNING: u64 = 16;
 /// query), for polling each minute. Never switches WAL or writes anything.
 pub async fn check_archive(repo: &Repository, pg: Option<&ConnParams>) -> Result<ArchiveCheck> {
     let archived = crate::ops::archive::archived_segments(repo).await?;
-    let summary = crate::ops::archive::archive_summary(&archived, repo.config().wal_segment_size);
+    let summary = crate::ops::archive::archive_summary(&archived, repo.config().wal_segment_size, None);
     check_archive_summary(repo, pg, &summary).await
 }
 
@@ -271,20 +271,6 @@ impl ArchiveCheck {
     }
 }
 
-/// The stanza an archive_command names with `--stanza=NAME` or `--stanza NAME`.
-fn stanza_named_in(command: &str) -> Option<String> {
-    let mut words = command.split_whitespace().map(|w| w.trim_matches(['\'', '"']));
-    while let Some(w) = words.next() {
-        if let Some(name) = w.strip_prefix("--stanza=") {
-            return Some(name.to_string());
-        }
-        if w == "--stanza" {
-            return words.next().map(str::to_string);
-        }
-    }
-    None
-}
-
 /// What the server says of its archiving.
 struct ServerArchiving {
     mode: String,
@@ -320,10 +306,10 @@ fn archiver_is_ours(out: &mut ArchiveCheck, repo: &Repository, target: &str, ser
         return false;
     }
     let stanza = &repo.config().stanza;
-    if let Some(named) = stanza_named_in(&server.command).filter(|n| n != stanza) {
+    if let Some((named, how)) = crate::pg::archiving::archived_stanza(&server.command).filter(|(n, _)| n != stanza) {
         out.flag(
             Level::Warning,
-            format!("{target}: archive_command archives into stanza {named}, not {stanza}: its archiver counters are not this stanza's"),
+            format!("{target}: archive_command archives into stanza {named}{how}, not {stanza}: its archiver counters are not this stanza's"),
         );
         return false;
     }
@@ -389,12 +375,10 @@ async fn judge_server(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// Issue 21, item 11: which stanza an archive_command archives into, when it says.
     #[test]
     fn the_stanza_an_archive_command_names() {
-        let named = |c: &str| stanza_named_in(c);
+        let named = |c: &str| crate::pg::archiving::archived_stanza(c).map(|(s, _)| s);
         assert_eq!(named("/usr/local/bin/pgcairn-archive-push --stanza=main %p").as_deref(), Some("main"));
         assert_eq!(named("pgcairn-archive-push --config /etc/x.toml --stanza other %p").as_deref(), Some("other"));
         assert_eq!(named("'/opt/pgcairn-archive-push' '--stanza=q' %p").as_deref(), Some("q"));

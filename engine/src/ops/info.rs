@@ -176,8 +176,7 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
     }
     note_missing_parents(&mut backups);
     let repo_size = repo.storage().list("").await?.iter().map(|o| o.size).sum();
-    let mut archive = archive_summary(&archived, cfg.wal_segment_size);
-    set_aside_earlier_gaps(&mut archive, &backups, cfg.wal_segment_size);
+    let archive = archive_summary(&archived, cfg.wal_segment_size, newest_restorable_start(&backups));
     let lock = crate::repo::lock::current_holder(repo).await?;
     Ok(InfoReport {
         schema_version: INFO_SCHEMA_VERSION,
@@ -202,25 +201,15 @@ pub async fn info(repo: &Repository) -> Result<InfoReport> {
 
 /// Regression (issue 21, item 2): after `expire --retention-archive=1` thinned old
 /// WAL exactly as documented, info said "error (3 gaps … take a full backup)" and the
-/// shipped alert fired forever. A gap that ends before the newest restorable backup
-/// starts (on its timeline or an earlier one) breaks only old point-in-time windows:
-/// it moves to `earlier_gaps`.
-pub(crate) fn set_aside_earlier_gaps(archive: &mut [TimelineArchive], backups: &[BackupInfo], seg_size: u32) {
-    let newest = backups
+/// shipped alert fired forever. Gaps that end before the newest restorable backup
+/// starts (its timeline and LSN, returned here) break only old point-in-time windows.
+fn newest_restorable_start(backups: &[BackupInfo]) -> Option<(u32, crate::pg::Lsn)> {
+    backups
         .iter()
         .filter(|b| b.status == BackupStatus::Ok)
         .filter_map(|b| b.details.as_ref())
-        .max_by_key(|d| (d.timeline, d.start_lsn));
-    let Some(newest) = newest else { return };
-    for t in archive.iter_mut().filter(|t| t.timeline <= newest.timeline) {
-        let (earlier, current): (Vec<String>, Vec<String>) = t.gaps.drain(..).partition(|g| {
-            let last = g.split_once('-').and_then(|(_, last)| crate::pg::wal::WalFile::parse(last));
-            last.and_then(|f| f.segno(seg_size))
-                .is_some_and(|segno| (segno + 1) * seg_size as u64 <= newest.start_lsn.0)
-        });
-        t.gaps = current;
-        t.earlier_gaps = earlier;
-    }
+        .map(|d| (d.timeline, d.start_lsn))
+        .max()
 }
 
 /// Worst first: a backup that is not ok or a gap in the archive, a running holder of

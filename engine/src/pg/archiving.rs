@@ -124,19 +124,24 @@ impl ArchivingSettings {
         if !command.contains("pgcairn") {
             return Some((format!("archive_command is '{command}', which does not call pgcairn"), reload));
         }
-        let words = ArchiveCommandWords::parse(command);
-        let (archived_to, how) = match (words.value("stanza"), words.value("config")) {
-            (Some(s), _) => (Some(s.to_string()), String::new()),
-            (None, Some(file)) => (stanza_in_config(Path::new(file)), format!(" (through its config file {file})")),
-            (None, None) => (None, String::new()),
-        };
-        match archived_to {
-            Some(other) if other != stanza => {
+        match archived_stanza(command) {
+            Some((other, how)) if other != stanza => {
                 let problem = format!("archive_command '{command}' archives to stanza {other}{how}, not to {stanza}");
                 Some((problem, reload))
             }
             _ => None,
         }
+    }
+}
+
+/// The stanza an archive_command archives to, when it says (`--stanza`, or the
+/// `stanza` of the config file it passes, if readable here), and how it says so.
+pub(crate) fn archived_stanza(command: &str) -> Option<(String, String)> {
+    let words = ArchiveCommandWords::parse(command);
+    match (words.value("stanza"), words.value("config")) {
+        (Some(s), _) => Some((s.to_string(), String::new())),
+        (None, Some(file)) => Some((stanza_in_config(Path::new(file))?, format!(" (through its config file {file})"))),
+        (None, None) => None,
     }
 }
 

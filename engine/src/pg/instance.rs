@@ -145,7 +145,7 @@ impl OsUser {
         }
     }
 
-    pub(crate) fn command(&self, program: &Path) -> tokio::process::Command {
+    fn command(&self, program: &Path) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(program);
         if let Some((uid, gid)) = self.ids {
             cmd.uid(uid).gid(gid);

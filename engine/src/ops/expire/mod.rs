@@ -17,7 +17,7 @@ use crate::ops::archive_async;
 use crate::ops::info::{info, BackupStatus, InfoReport};
 use crate::ops::lineage::BackupType;
 use crate::pg::wal::WalFile;
-use crate::repo::gc::Deleted;
+use crate::repo::gc::{Deleted, Reachable};
 use crate::repo::lock::StanzaLock;
 use crate::repo::Repository;
 
@@ -235,71 +235,104 @@ impl Plan {
     /// recorded and the rest goes on: what failed stays consistent and is retried.
     async fn execute(&self, repo: &Repository, out: &mut ExpireReport) {
         let mut deleted = Deleted::default();
-        let mut record = |r: Result<Deleted>, what: &str, out: &mut ExpireReport| match r {
-            Ok(d) => deleted += d,
-            Err(e) => out.failures.push(format!("{what}: {e}")),
-        };
-        // What survives is read before anything goes: no pack a kept backup's block
-        // list names is deleted, whatever the catalog says of chains.
-        let survivors: Vec<String> =
-            self.labels.iter().zip(&self.reasons).filter(|(_, r)| r.is_some()).map(|(l, _)| l.clone()).collect();
-        let reach = match repo.reachable_packs(&survivors).await {
-            Ok(r) => r,
-            Err(e) => {
-                out.failures.push(format!("reading the kept backups' block lists: {e}; nothing deleted"));
-                return;
-            }
-        };
-        // A survivor whose references are unknown: nothing at all is deleted (a review
-        // found expired manifests and WAL going while only packs were held back).
-        if let Some(why) = reach.blocked_by() {
-            out.failures.push(why);
-            return;
-        }
-        let mut reach = reach;
-        for (label, reason) in self.labels.iter().zip(&self.reasons).rev() {
-            if reason.is_none() {
-                tracing::info!("expiring backup {label}");
-                let result = repo.delete_backup(label, &reach).await;
-                if result.is_err() {
-                    // Still visible if its manifest stayed: its parents' packs stay too.
-                    if let Err(e) = reach.keep_visible(repo, label).await {
-                        out.failures.push(format!("backup {label}: {e}; nothing more deleted"));
-                        return;
-                    }
+        let Some(mut reach) = self.reachable(repo, out).await else { return };
+        if self.delete_backups(repo, &mut reach, out, &mut deleted).await {
+            self.delete_leftovers(repo, &reach, out, &mut deleted).await;
+            record(repo.delete_wal(&self.wal).await, "WAL", out, &mut deleted);
+            if let Some((path, moot)) = &self.spool {
+                match archive_async::prune_spool(path, &repo.config().stanza, moot) {
+                    Ok(gone) => out.spool_pruned = gone,
+                    Err(e) => out.failures.push(format!("async spool: {e}")),
                 }
-                record(result, &format!("backup {label}"), out);
-            }
-        }
-        match leftovers(repo, self.gc_grace).await {
-            Ok((finish, killed)) => {
-                for label in finish {
-                    record(repo.delete_backup_leftovers(&label, &reach).await, &format!("leftovers of {label}"), out);
-                }
-                // Backups killed before their summary: their packs are found by a scan,
-                // and their label is removed only after it (a crash redoes the scan).
-                if !killed.is_empty() {
-                    record(repo.collect_unreferenced(self.gc_grace, &reach).await, "unreferenced packs", out);
-                    for label in killed {
-                        record(
-                            repo.delete_backup_leftovers(&label, &reach).await,
-                            &format!("leftovers of {label}"),
-                            out,
-                        );
-                    }
-                }
-            }
-            Err(e) => out.failures.push(format!("listing leftovers: {e}")),
-        }
-        record(repo.delete_wal(&self.wal).await, "WAL", out);
-        if let Some((path, moot)) = &self.spool {
-            match archive_async::prune_spool(path, &repo.config().stanza, moot) {
-                Ok(gone) => out.spool_pruned = gone,
-                Err(e) => out.failures.push(format!("async spool: {e}")),
             }
         }
         out.deleted_objects = deleted.objects;
         out.deleted_bytes = deleted.bytes;
+    }
+
+    /// What survives is read before anything goes: no pack a kept backup's block list
+    /// names is deleted, whatever the catalog says of chains. None (and nothing is
+    /// deleted) when that cannot be known.
+    async fn reachable(&self, repo: &Repository, out: &mut ExpireReport) -> Option<Reachable> {
+        let survivors: Vec<String> =
+            self.labels.iter().zip(&self.reasons).filter(|(_, r)| r.is_some()).map(|(l, _)| l.clone()).collect();
+        match repo.reachable_packs(&survivors).await {
+            Err(e) => {
+                out.failures.push(format!("reading the kept backups' block lists: {e}; nothing deleted"));
+                None
+            }
+            // A review found expired manifests and WAL going while only packs were
+            // held back: with a survivor's references unknown, nothing goes.
+            Ok(reach) => match reach.blocked_by() {
+                Some(why) => {
+                    out.failures.push(why);
+                    None
+                }
+                None => Some(reach),
+            },
+        }
+    }
+
+    /// The expired backups, newest first; false when the run must stop (what a
+    /// backup that could not be deleted names became unknown).
+    async fn delete_backups(
+        &self,
+        repo: &Repository,
+        reach: &mut Reachable,
+        out: &mut ExpireReport,
+        deleted: &mut Deleted,
+    ) -> bool {
+        for (label, _) in self.labels.iter().zip(&self.reasons).rev().filter(|(_, r)| r.is_none()) {
+            tracing::info!("expiring backup {label}");
+            let result = repo.delete_backup(label, reach).await;
+            if result.is_err() {
+                // Still visible if its manifest stayed: its parents' packs stay too.
+                if let Err(e) = reach.keep_visible(repo, label).await {
+                    out.failures.push(format!("backup {label}: {e}; nothing more deleted"));
+                    return false;
+                }
+            }
+            record(result, &format!("backup {label}"), out, deleted);
+            if let Some(why) = reach.blocked_by() {
+                out.failures.push(why);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// What interrupted expires left (labels with a summary), and what backups killed
+    /// before their summary left: their packs found by a scan, their label removed
+    /// only after it (a crash redoes the scan).
+    async fn delete_leftovers(
+        &self,
+        repo: &Repository,
+        reach: &Reachable,
+        out: &mut ExpireReport,
+        deleted: &mut Deleted,
+    ) {
+        let (finish, killed) = match leftovers(repo, self.gc_grace).await {
+            Ok(found) => found,
+            Err(e) => return out.failures.push(format!("listing leftovers: {e}")),
+        };
+        for label in finish {
+            record(repo.delete_backup_leftovers(&label, reach).await, &format!("leftovers of {label}"), out, deleted);
+        }
+        if killed.is_empty() {
+            return;
+        }
+        record(repo.collect_unreferenced(self.gc_grace, reach).await, "unreferenced packs", out, deleted);
+        for label in killed {
+            record(repo.delete_backup_leftovers(&label, reach).await, &format!("leftovers of {label}"), out, deleted);
+        }
+    }
+}
+
+/// Count what a deletion removed, or record why it failed (the run goes on).
+fn record(result: Result<Deleted>, what: &str, out: &mut ExpireReport, deleted: &mut Deleted) {
+    match result {
+        Ok(d) => *deleted += d,
+        Err(e) => out.failures.push(format!("{what}: {e}")),
     }
 }
 

@@ -152,32 +152,16 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
         backups.push(verdict);
         summaries.extend(summary);
     }
-    let view = WalView::load(repo).await?;
-    let wal_names = wal_to_read(&view, &summaries, &sampler, req.set.is_some());
-    let walcheck = wal::read_all(repo, wal_names).await?;
-    note_wal_damage(&mut backups, &summaries, &view, &walcheck);
-    let mut timelines = wal::timelines(&view, &walcheck, &summaries);
-    let good: Vec<&Summary> =
-        summaries.iter().filter(|s| backups.iter().any(|b| b.label == s.label && b.damage.is_none())).collect();
-    wal::mark_earlier_gaps(&mut timelines, &good, view.seg_size);
-    let mut warnings: Vec<String> =
-        checker.index.damaged.iter().map(|(k, why)| format!("index object {k}: {why}")).collect();
-    warnings.extend(walcheck.damaged.iter().map(|(name, why)| format!("WAL file {name}: {why}")));
+    let (walcheck, timelines) = verify_wal(repo, req, &sampler, &mut backups, &summaries).await?;
+    let mut warnings = warnings_of(&checker, &walcheck, &timelines);
     if req.set.is_none() && req.sample.is_none() {
         warnings.extend(check_unreferenced(&checker).await?);
     }
     req.progress.finish();
-    warnings.extend(
-        timelines
-            .iter()
-            .flat_map(|t| &t.gaps)
-            .filter(|g| g.earlier)
-            .map(|g| format!("WAL gap {} - {} before the newest verified backup: {}", g.first, g.last, g.breaks)),
-    );
     let ok = backups.iter().all(|b| b.damage.is_none())
         && timelines.iter().all(|t| t.gaps.iter().all(|g| g.earlier) && t.history.is_none());
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    let report = VerifyReport {
+    let mut report = VerifyReport {
         started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         seconds: clock.elapsed().as_secs_f64(),
         ok,
@@ -196,13 +180,46 @@ pub async fn verify(repo: &Repository, req: &VerifyRequest) -> Result<VerifyRepo
         warnings,
         not_recorded: None,
     };
-    let mut report = report;
     // Regression (issue 21, item 16): verify exited 0 when it could not record its
     // result; the CLI now fails the run (monitoring would never see it).
     if let Err(e) = repo.put_result(ResultKind::Verify, &report).await {
         report.not_recorded = Some(e.to_string());
     }
     Ok(report)
+}
+
+/// The WAL archive: read what the backups need (and a sample of the rest), mark the
+/// backups whose own WAL is damaged, and each timeline's runs and gaps, the gaps
+/// before the newest verified backup as earlier ones.
+async fn verify_wal(
+    repo: &Repository,
+    req: &VerifyRequest,
+    sampler: &Sampler,
+    backups: &mut [BackupVerdict],
+    summaries: &[Summary],
+) -> Result<(wal::WalCheck, Vec<TimelineVerdict>)> {
+    let view = WalView::load(repo).await?;
+    let wal_names = wal_to_read(&view, summaries, sampler, req.set.is_some());
+    let walcheck = wal::read_all(repo, wal_names).await?;
+    note_wal_damage(backups, summaries, &view, &walcheck);
+    let mut timelines = wal::timelines(&view, &walcheck, summaries);
+    let good: Vec<&Summary> =
+        summaries.iter().filter(|s| backups.iter().any(|b| b.label == s.label && b.damage.is_none())).collect();
+    wal::mark_earlier_gaps(&mut timelines, &good, view.seg_size);
+    Ok((walcheck, timelines))
+}
+
+/// What is wrong but breaks no restore: damaged index objects, damaged WAL files,
+/// gaps before the newest verified backup.
+fn warnings_of(checker: &PackChecker<'_>, walcheck: &wal::WalCheck, timelines: &[TimelineVerdict]) -> Vec<String> {
+    let index = checker.index.damaged.iter().map(|(k, why)| format!("index object {k}: {why}"));
+    let wal = walcheck.damaged.iter().map(|(name, why)| format!("WAL file {name}: {why}"));
+    let gaps = timelines
+        .iter()
+        .flat_map(|t| &t.gaps)
+        .filter(|g| g.earlier)
+        .map(|g| format!("WAL gap {} - {} before the newest verified backup: {}", g.first, g.last, g.breaks));
+    index.chain(wal).chain(gaps).collect()
 }
 
 fn check_sample(sample: Option<f64>) -> Result<()> {

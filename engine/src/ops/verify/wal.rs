@@ -115,7 +115,7 @@ pub(super) fn mark_earlier_gaps(timelines: &mut [TimelineVerdict], good: &[&Summ
     for t in timelines.iter_mut().filter(|t| t.timeline <= newest.timeline) {
         for g in &mut t.gaps {
             let last = WalFile::parse(&g.last).and_then(|f| f.segno(seg));
-            if last.is_some_and(|s| (s + 1) * seg as u64 <= newest.start_lsn.0) {
+            if last.is_some_and(|s| s < segno_of(newest.start_lsn.0, seg)) {
                 g.earlier = true;
                 g.breaks = format!("{} (backup {} and later are not affected)", g.breaks, newest.label);
             }
