@@ -303,6 +303,11 @@ pub enum Error {
     #[error("{0}")]
     Locked(Box<LockedBy>),
 
+    /// An error archive-get's background WAL fetcher met serving the call, as it
+    /// reported it (its own log, `.fetcher.log` in the spool, has the details).
+    #[error("{0}")]
+    Fetcher(String),
+
     /// A bug: an invariant of pgcairn's own code did not hold.
     #[error("internal error: {0}; this is a bug in pgcairn: please report it with the command and its log")]
     Internal(String),
@@ -359,7 +364,7 @@ impl Error {
             Error::WalRefused { .. } | Error::WalMismatch { .. } => exit::WAL_REFUSED,
             Error::ArchiveTimeout { .. } => exit::ARCHIVE_TIMEOUT,
             Error::Locked(_) => exit::LOCKED,
-            Error::Io { .. } | Error::Internal(_) => exit::LOCAL,
+            Error::Io { .. } | Error::Fetcher(_) | Error::Internal(_) => exit::LOCAL,
         }
     }
 

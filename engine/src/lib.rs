@@ -29,17 +29,16 @@ mod hostile_input;
 pub use crypto::{KeySlotKdf, Secret};
 pub use error::{exit, Error, LockedBy, Misconfig, Result, StorageErrorKind, EXIT_CODES};
 pub use fsutil::private_umask;
-pub use ops::archive::clear_prefetch_spool;
-pub use ops::archive_async::spool_problems;
+pub use ops::archive::get::clear_prefetch_spool;
+pub use ops::archive::push_async::spool_problems;
 pub use ops::{
     backup, check, check_archive, check_archive_summary, drill, expire, info, info_with_retention, restore,
     run_archive_get, run_archive_push, stanza_create, stanza_delete, stanza_delete_leftovers, verify, AsyncQueue,
     BackupDetails, BackupInfo, BackupRequest, BackupStatus, BackupSummary, BackupType, BackupVerdict, CheckReport,
-    CheckRequest, Damage, Drainer, DrillReport, DrillRequest, ExpireDecision, ExpireReport, ExpireRequest,
-    FullRetention, GetRequest, InfoReport, PushRequest, QueueFull, Recovery, RecoveryTarget, RepoAccess,
-    RestoreRequest, RestoreSummary, RetentionPolicy, StanzaCreateRequest, StanzaCreated, StanzaDeleteReport,
-    StanzaDeleteRequest, TargetAction, TimelineTarget, TimelineVerdict, Unlock, VerifyReport, VerifyRequest, WalExpiry,
-    WalGap,
+    CheckRequest, Damage, DrillReport, DrillRequest, ExpireDecision, ExpireReport, ExpireRequest, FullRetention,
+    GetRequest, HelperCommand, InfoReport, PushRequest, QueueFull, Recovery, RecoveryTarget, RestoreRequest,
+    RestoreSummary, RetentionPolicy, StanzaCreateRequest, StanzaCreated, StanzaDeleteReport, StanzaDeleteRequest,
+    TargetAction, TimelineTarget, TimelineVerdict, VerifyReport, VerifyRequest, WalExpiry, WalGap,
 };
 pub use ops::{key_add, key_list, key_remove};
 pub use ops::{ArchiveCheck, LastBackup, Level, StanzaStatus, BACKLOG_WARNING, INFO_SCHEMA_VERSION};
@@ -47,6 +46,7 @@ pub use pg::archiving::ArchiverStats;
 pub use pg::tls::{ChannelBindingMode, RootCert, SslMode, TlsParams};
 pub use pg::{ConnParams, Lsn};
 pub use progress::{NoProgress, Progress};
+pub use repo::access::{RepoAccess, Unlock};
 pub use repo::format::{check_stanza_name, FORMAT_VERSION};
 pub use repo::keys::KeySlotInfo;
 pub use repo::Repository;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pgcairn::ConnParams;
 use pgcairn::Secret;
-use pgcairn::{AsyncQueue, Drainer, GetRequest, PushRequest, QueueFull, RepoAccess, Unlock};
+use pgcairn::{AsyncQueue, GetRequest, HelperCommand, PushRequest, QueueFull, RepoAccess, Unlock};
 use pgcairn::{DynStorage, RepoLocation, S3Settings};
 use pgcairn::{Error, Result};
 
@@ -373,8 +373,7 @@ pub fn push_request(r: &Resolved, common: &Common, drainer_args: &[&str]) -> Res
     let queue = match async_spool(r)? {
         None => None,
         Some(spool_path) => {
-            let program =
-                std::env::current_exe().map_err(|e| Error::io("cannot find the running executable".to_string(), e))?;
+            let program = current_exe()?;
             let mut args: Vec<OsString> = drainer_args.iter().map(OsString::from).collect();
             args.extend(r.forwarded(Cmd::ArchivePush).into_iter().map(OsString::from));
             Some(AsyncQueue {
@@ -385,7 +384,7 @@ pub fn push_request(r: &Resolved, common: &Common, drainer_args: &[&str]) -> Res
                 } else {
                     QueueFull::Fail
                 },
-                drainer: Drainer { program, args },
+                drainer: HelperCommand { program, args },
             })
         }
     };
@@ -399,7 +398,12 @@ pub fn get_request(r: &Resolved, common: &Common) -> Result<GetRequest> {
         timeout: r.get("archive-get-timeout")?,
         spool_path: r.opt("spool-path")?,
         queue_max: r.get("archive-get-queue-max")?,
+        fetcher: HelperCommand { program: current_exe()?, args: std::env::args_os().skip(1).collect() },
     })
+}
+
+fn current_exe() -> Result<PathBuf> {
+    std::env::current_exe().map_err(|e| Error::io("cannot find the running executable".to_string(), e))
 }
 
 /// backup's prefetch clean-up: the spool of this stanza's earlier recoveries.

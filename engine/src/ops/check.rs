@@ -21,7 +21,7 @@ pub struct CheckRequest {
     pub pg: ConnParams,
     /// How long to wait for the switched segment to reach the repository (`archive-timeout`).
     pub timeout: Duration,
-    /// Problems of the local async archive queue (see archive_async::spool_problems).
+    /// Problems of the local async archive queue (see archive::push_async::spool_problems).
     pub spool_problems: Vec<String>,
     /// Create a restore point before the switch (`--restore-point`).
     pub restore_point: bool,

@@ -1,7 +1,6 @@
 //! Operations: one function each, composed from pg, repo and storage.
 
 pub(crate) mod archive;
-pub(crate) mod archive_async;
 pub mod backup;
 pub mod check;
 mod dedup;
@@ -16,8 +15,8 @@ pub(crate) mod stanza;
 pub mod verify;
 pub(crate) mod wal_view;
 
-pub use archive::{run_archive_get, GetRequest, RepoAccess, Unlock};
-pub use archive_async::{run_archive_push, AsyncQueue, Drainer, PushRequest, QueueFull};
+pub use archive::get::{run_archive_get, GetRequest};
+pub use archive::push_async::{run_archive_push, AsyncQueue, HelperCommand, PushRequest, QueueFull};
 pub use backup::{backup, BackupRequest, BackupSummary};
 pub use check::{
     check, check_archive, check_archive_summary, ArchiveCheck, CheckReport, CheckRequest, Level, BACKLOG_WARNING,

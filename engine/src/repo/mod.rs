@@ -4,6 +4,7 @@
 //! metadata in `meta`, the chunk index in `index`, the backup list in `catalog`,
 //! writing a backup in `backup_writer`, packs in `pack`, WAL objects in `wal`.
 
+pub(crate) mod access;
 pub(crate) mod backup_writer;
 pub(crate) mod blob;
 pub(crate) mod blocklist;

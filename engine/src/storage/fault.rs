@@ -33,6 +33,14 @@ pub enum Fault {
         /// The storage error they fail with.
         kind: StorageErrorKind,
     },
+    /// Every read of keys starting with `prefix` answers only after `delay` (a slow
+    /// or distant store).
+    SlowReads {
+        /// Keys whose reads are slow start with this.
+        prefix: String,
+        /// How long each read takes at least.
+        delay: std::time::Duration,
+    },
     /// Deletes of keys starting with `prefix` fail permanently (S3 Object Lock).
     RefuseDeletes {
         /// Keys whose deletes fail start with this.
@@ -48,6 +56,7 @@ pub struct FaultStorage {
     corrupt_prefix: Mutex<Option<String>>,
     failing_reads: Mutex<Option<(String, StorageErrorKind)>>,
     refused_deletes: Mutex<Option<String>>,
+    slow_reads: Mutex<Option<(String, std::time::Duration)>>,
 }
 
 impl FaultStorage {
@@ -59,6 +68,7 @@ impl FaultStorage {
             corrupt_prefix: Mutex::new(None),
             failing_reads: Mutex::new(None),
             refused_deletes: Mutex::new(None),
+            slow_reads: Mutex::new(None),
         }
     }
 
@@ -69,6 +79,7 @@ impl FaultStorage {
             Fault::CorruptReads { prefix } => *self.corrupt_prefix.lock().unwrap() = Some(prefix),
             Fault::FailReads { prefix, kind } => *self.failing_reads.lock().unwrap() = Some((prefix, kind)),
             Fault::RefuseDeletes { prefix } => *self.refused_deletes.lock().unwrap() = Some(prefix),
+            Fault::SlowReads { prefix, delay } => *self.slow_reads.lock().unwrap() = Some((prefix, delay)),
         }
     }
 
@@ -81,6 +92,14 @@ impl FaultStorage {
     pub fn heal_reads(&self) {
         *self.corrupt_prefix.lock().unwrap() = None;
         *self.failing_reads.lock().unwrap() = None;
+        *self.slow_reads.lock().unwrap() = None;
+    }
+
+    async fn slow_down(&self, key: &str) {
+        let delay = self.slow_reads.lock().unwrap().as_ref().filter(|(p, _)| key.starts_with(p.as_str())).map(|s| s.1);
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     fn read_fault(&self, key: &str) -> Result<()> {
@@ -124,11 +143,13 @@ impl Storage for FaultStorage {
         self.inner.put_new(key, data).await
     }
     async fn get(&self, key: &str) -> Result<Bytes> {
+        self.slow_down(key).await;
         self.read_fault(key)?;
         let d = self.inner.get(key).await?;
         Ok(self.maybe_corrupt(key, d))
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        self.slow_down(key).await;
         self.read_fault(key)?;
         let d = self.inner.get_range(key, range).await?;
         Ok(self.maybe_corrupt(key, d))

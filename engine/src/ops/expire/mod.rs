@@ -13,7 +13,7 @@ pub use policy::{FullRetention, RetentionPolicy};
 pub use stanza_delete::{stanza_delete, stanza_delete_leftovers, StanzaDeleteReport, StanzaDeleteRequest};
 
 use crate::error::{Error, Result};
-use crate::ops::archive_async;
+use crate::ops::archive::push_async as archive_async;
 use crate::ops::info::{info, BackupStatus, InfoReport};
 use crate::ops::lineage::BackupType;
 use crate::pg::wal::WalFile;

@@ -23,7 +23,8 @@ use futures::StreamExt;
 
 use crate::error::{Error, IoContext, Misconfig, Result};
 use crate::fsutil::{self, Commit};
-use crate::ops::archive::{archive_push, store_wal, validate_wal_file, RepoAccess};
+use crate::ops::archive::{archive_push, store_wal, validate_wal_file};
+use crate::repo::access::RepoAccess;
 use crate::repo::Repository;
 
 const DRAIN_ENV: &str = "PGCAIRN_ARCHIVE_DRAIN";
@@ -50,7 +51,7 @@ pub struct AsyncQueue {
     /// `archive-push-queue-full`.
     pub full: QueueFull,
     /// How to start a drainer process when none is running.
-    pub drainer: Drainer,
+    pub drainer: HelperCommand,
 }
 
 /// What to do with a segment that does not fit in the queue (module comment).
@@ -62,13 +63,14 @@ pub enum QueueFull {
     Drop,
 }
 
-/// The command line of a drainer: this program with the settings that found the
-/// repository; the WAL path is appended (the drainer ignores it).
+/// The command line of a background helper (the archive drainer, the WAL fetcher):
+/// this program with the settings that found the repository. A drainer's WAL path
+/// is appended (the drainer ignores it).
 #[derive(Debug, Clone)]
-pub struct Drainer {
+pub struct HelperCommand {
     /// The executable to run (normally this program's own path).
     pub program: PathBuf,
-    /// Its arguments: the subcommand, if any, and the forwarded settings; the WAL path is appended.
+    /// Its arguments: the subcommand, if any, and the settings.
     pub args: Vec<OsString>,
 }
 
@@ -172,7 +174,7 @@ fn try_lock(spool: &Spool) -> Result<Option<File>> {
 }
 
 /// Start a detached drainer unless one runs.
-fn spawn_drainer(spool: &Spool, drainer: &Drainer, path: &Path) -> Result<()> {
+fn spawn_drainer(spool: &Spool, drainer: &HelperCommand, path: &Path) -> Result<()> {
     match try_lock(spool)? {
         None => return Ok(()), // a drainer is running; it drains until the queue is empty
         Some(lock) => drop(lock),

@@ -1,0 +1,604 @@
+//! archive-get's background fetcher: one process per prefetch spool (per recovering
+//! cluster), started by the first archive-get that finds none, as this program with
+//! that call's arguments and `PGCAIRN_ARCHIVE_FETCH=1`.
+//!
+//! * It opens the repository once and answers archive-get calls on a Unix socket in
+//!   the spool (`.fetcher.sock`; the spool is 0700, so only the server's OS user
+//!   reaches it). A call names one WAL file; the fetcher puts the authenticated file
+//!   at `<spool>/<name>` and answers `ready` (the caller renames it into place: served
+//!   by rename, never copied), or `absent`, or the error.
+//! * After serving a segment it fetches the following ones (`archive-get-queue-max`
+//!   worth) in the background, at most `PREFETCH_MEMORY` bytes of them in flight. A
+//!   segment fetched ahead is served only by the fetcher that fetched it (a new one
+//!   empties the spool); a prefetch that failed or found nothing is fetched again
+//!   when it is asked for: only the requested file decides.
+//! * One at a time (flock on `.fetcher.lock`, which holds its pid). It exits when
+//!   recovery ends (neither recovery.signal nor standby.signal left), when the server
+//!   stops (postmaster.pid gone or its process dead), when its socket is removed, or
+//!   after `IDLE_EXIT` without a call, and empties the spool on the way out.
+//! * Bounded whatever its callers do: `MAX_CONNECTIONS` calls at once, a request of
+//!   at most `MAX_REQUEST` bytes read within `REQUEST_READ_TIMEOUT`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use super::get::{fetch, retry_transient, GetRequest};
+use super::push_async::HelperCommand;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, Commit};
+use crate::pg::wal::{segment_name, WalFile};
+use crate::repo::Repository;
+
+const FETCH_ENV: &str = "PGCAIRN_ARCHIVE_FETCH";
+const SOCKET: &str = ".fetcher.sock";
+const LOCK: &str = ".fetcher.lock";
+const LOG: &str = ".fetcher.log";
+const TMP: &str = ".tmp";
+/// A fetcher with no call for this long exits (a standby streaming from its primary
+/// calls restore_command only when streaming stops).
+const IDLE_EXIT: Duration = Duration::from_secs(60);
+const MAX_CONNECTIONS: usize = 16;
+const MAX_REQUEST: u64 = 256;
+const MAX_REPLY: u64 = 64 << 10;
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Segments fetched ahead and still in memory: a few 16 MiB segments, whatever the
+/// queue size, so the fetcher stays well under 256 MiB.
+const PREFETCH_MEMORY: u64 = 64 << 20;
+/// How long a caller waits for a fetcher it started to listen.
+const START_WAIT: Duration = Duration::from_secs(3);
+/// The longest Unix socket path (sun_path holds 108 bytes).
+const MAX_SOCKET_PATH: usize = 100;
+/// The fetcher's log is started afresh when a new fetcher finds it larger.
+const LOG_KEEP: u64 = 1 << 20;
+/// A caller waits for its answer this much longer than the fetcher's own deadline.
+const REPLY_SLACK: Duration = Duration::from_secs(30);
+
+/// Whether this process was started as the fetcher.
+pub(super) fn is_fetcher() -> bool {
+    std::env::var_os(FETCH_ENV).is_some()
+}
+
+/// The fetcher's answer to one call.
+#[derive(Debug)]
+pub(super) enum Reply {
+    /// The file is at `<spool>/<name>`.
+    Ready,
+    /// Not in the archive.
+    Absent,
+    /// Anything else: the caller stops recovery.
+    Failed(Error),
+}
+
+impl Reply {
+    /// One line: `ready`, `absent`, or the error as tab-separated fields.
+    fn line(&self) -> String {
+        let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+        match self {
+            Reply::Ready => "ready\n".into(),
+            Reply::Absent => "absent\n".into(),
+            Reply::Failed(Error::Corrupt { what, detail }) => format!("corrupt\t{}\t{}\n", clean(what), clean(detail)),
+            Reply::Failed(Error::StorageUnavailable { what, seconds, last }) => {
+                format!("unavailable\t{}\t{seconds}\t{}\n", clean(what), clean(last))
+            }
+            Reply::Failed(e) => format!("error\t{}\n", clean(&e.to_string())),
+        }
+    }
+
+    /// The reply a line carries; None for a cut or unknown one.
+    fn parse(line: &str) -> Option<Reply> {
+        let line = line.strip_suffix('\n')?;
+        let fields: Vec<&str> = line.split('\t').collect();
+        let failed = |e: Error| Some(Reply::Failed(e));
+        match fields.as_slice() {
+            ["ready"] => Some(Reply::Ready),
+            ["absent"] => Some(Reply::Absent),
+            ["corrupt", what, detail] => failed(Error::Corrupt { what: what.to_string(), detail: detail.to_string() }),
+            ["unavailable", what, seconds, last] => failed(Error::StorageUnavailable {
+                what: what.to_string(),
+                seconds: seconds.parse().ok()?,
+                last: last.to_string(),
+            }),
+            ["error", message] => failed(Error::Fetcher(message.to_string())),
+            _ => None,
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the caller
+
+/// Ask the fetcher for `name`, starting one if none runs, and move what it fetched
+/// to `dest`. None when no fetcher can be reached or it went away mid-call: the
+/// caller then fetches the file itself.
+pub(super) async fn ask(spool: &Path, req: &GetRequest, name: &str, dest: &Path) -> Option<Result<bool>> {
+    let stream = connect_or_start(spool, &req.fetcher).await?;
+    let reply = tokio::time::timeout(req.timeout + REPLY_SLACK, exchange(stream, name, req.timeout)).await.ok()??;
+    match reply {
+        Reply::Ready => take(&spool.join(name), dest),
+        Reply::Absent => Some(Ok(false)),
+        Reply::Failed(e) => Some(Err(e)),
+    }
+}
+
+async fn connect_or_start(spool: &Path, fetcher: &HelperCommand) -> Option<UnixStream> {
+    let socket = spool.join(SOCKET);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return None;
+    }
+    if let Ok(s) = UnixStream::connect(&socket).await {
+        return Some(s);
+    }
+    if let Err(e) = start(spool, fetcher) {
+        tracing::warn!("cannot start the background WAL fetcher: {e}");
+        return None;
+    }
+    let deadline = Instant::now() + START_WAIT;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if let Ok(s) = UnixStream::connect(&socket).await {
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// Start a detached fetcher unless one holds the lock (starting, running or leaving).
+fn start(spool: &Path, fetcher: &HelperCommand) -> Result<()> {
+    fsutil::create_dir_all_durable(spool).ctx(|| format!("cannot create {}", spool.display()))?;
+    match try_lock(spool)? {
+        None => return Ok(()),
+        Some(lock) => drop(lock),
+    }
+    let log_path = spool.join(LOG);
+    if std::fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_KEEP) {
+        let _ = std::fs::remove_file(&log_path);
+    }
+    let log = fsutil::private_file()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .ctx(|| format!("cannot open {}", log_path.display()))?;
+    std::process::Command::new(&fetcher.program)
+        .args(&fetcher.args)
+        .env(FETCH_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().ctx(|| format!("cannot open {}", log_path.display()))?)
+        .stderr(log)
+        // Its own process group: signals meant for the recovering server's children
+        // (and a killed caller) leave it be; it watches the server itself.
+        .process_group(0)
+        .spawn()
+        .ctx(|| "cannot start the background WAL fetcher".into())?;
+    Ok(())
+}
+
+async fn exchange(stream: UnixStream, name: &str, timeout: Duration) -> Option<Reply> {
+    let (read, mut write) = stream.into_split();
+    write.write_all(format!("{name} {}\n", timeout.as_secs()).as_bytes()).await.ok()?;
+    let mut line = String::new();
+    BufReader::new(read).take(MAX_REPLY).read_line(&mut line).await.ok()?;
+    Reply::parse(&line)
+}
+
+/// Move the fetched file into place; None (fetch it here) when it is gone.
+fn take(from: &Path, dest: &Path) -> Option<Result<bool>> {
+    match std::fs::rename(from, dest) {
+        Ok(()) => Some(fsutil::sync_parent_dir(dest).ctx(|| format!("cannot fsync {}", dest.display())).map(|()| true)),
+        // A spool-path on another file system than pg_wal: copied, durably.
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let copied = std::fs::read(from)
+                .and_then(|data| fsutil::write_file(dest, &data, Commit::Replace))
+                .ctx(|| format!("cannot copy {} to {}", from.display(), dest.display()));
+            let _ = std::fs::remove_file(from);
+            Some(copied.map(|()| true))
+        }
+        Err(e) => {
+            tracing::warn!("the fetched {} cannot be moved to {}: {e}", from.display(), dest.display());
+            None
+        }
+    }
+}
+
+/// An exclusive, non-blocking flock on the fetcher lock; None if someone holds it.
+fn try_lock(spool: &Path) -> Result<Option<File>> {
+    let path = spool.join(LOCK);
+    let f = fsutil::private_file()
+        .create(true)
+        .write(true)
+        .open(&path)
+        .ctx(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    Ok((rc == 0).then_some(f))
+}
+
+// ------------------------------------------------------------------ the fetcher
+
+/// Serve calls until it is time to go (module comment); the spool is emptied after.
+pub(super) async fn run(req: &GetRequest, spool: &Path) -> Result<()> {
+    fsutil::create_dir_all_durable(spool).ctx(|| format!("cannot create {}", spool.display()))?;
+    let Some(mut lock) = try_lock(spool)? else { return Ok(()) };
+    lock.set_len(0)
+        .and_then(|()| writeln!(lock, "{}", std::process::id()))
+        .ctx(|| "cannot write the fetcher lock".into())?;
+    empty_spool(spool);
+    let socket = spool.join(SOCKET);
+    let listener = UnixListener::bind(&socket).ctx(|| format!("cannot listen on {}", socket.display()))?;
+    let watch = Watch::new(&socket)?;
+    tracing::info!("background WAL fetcher {} started for {}", std::process::id(), spool.display());
+    let deadline = Instant::now() + req.timeout;
+    let opened = retry_transient(deadline, req.timeout, "opening the repository", || req.repo.open()).await;
+    let outcome = match opened {
+        Ok(repo) => {
+            let segments = req.queue_max / repo.config().wal_segment_size as u64;
+            serve(listener, Arc::new(Fetcher::new(repo, spool, segments)), &watch).await;
+            Ok(())
+        }
+        Err(e) => {
+            refuse_waiting(&listener, &e).await;
+            Err(e)
+        }
+    };
+    empty_spool(spool);
+    outcome
+}
+
+/// The repository cannot be opened: the calls already waiting get the error.
+async fn refuse_waiting(listener: &UnixListener, e: &Error) {
+    let line = Reply::Failed(Error::Fetcher(e.to_string())).line();
+    while let Ok(Ok((mut stream, _))) = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+        let _ = stream.write_all(line.as_bytes()).await;
+    }
+}
+
+/// Remove everything in the spool but the lock and the log.
+fn empty_spool(spool: &Path) {
+    for e in std::fs::read_dir(spool).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name != LOCK && name != LOG {
+            let _ = if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+        }
+    }
+}
+
+async fn serve(listener: UnixListener, fetcher: Arc<Fetcher>, watch: &Watch) {
+    let calls = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let accept = async {
+            let permit = calls.clone().acquire_owned().await;
+            (listener.accept().await, permit)
+        };
+        tokio::select! {
+            (accepted, permit) = accept => match accepted {
+                Ok((stream, _)) => {
+                    let fetcher = fetcher.clone();
+                    tokio::spawn(async move {
+                        fetcher.answer(stream).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => tracing::warn!("cannot accept a call: {e}"),
+            },
+            _ = tick.tick() => {
+                if let Some(why) = watch.time_to_go(fetcher.idle()) {
+                    tracing::info!("background WAL fetcher {} exits: {why}", std::process::id());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What ends the fetcher (module comment).
+struct Watch {
+    socket: PathBuf,
+    socket_inode: u64,
+    /// The postmaster whose recovery runs this fetcher, when started in a data directory.
+    server: Option<i32>,
+}
+
+impl Watch {
+    fn new(socket: &Path) -> Result<Self> {
+        let socket_inode = std::fs::metadata(socket).ctx(|| format!("cannot stat {}", socket.display()))?.ino();
+        let server = std::fs::read_to_string("postmaster.pid")
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            .filter(|_| Path::new("PG_VERSION").is_file());
+        Ok(Self { socket: socket.to_path_buf(), socket_inode, server })
+    }
+
+    fn time_to_go(&self, idle: Duration) -> Option<String> {
+        if std::fs::metadata(&self.socket).map(|m| m.ino()).ok() != Some(self.socket_inode) {
+            return Some(format!("its socket {} was removed", self.socket.display()));
+        }
+        if idle >= IDLE_EXIT {
+            return Some(format!("no call for {} s", idle.as_secs()));
+        }
+        let pid = self.server?;
+        if !Path::new("postmaster.pid").exists() || !fsutil::process_alive(pid) {
+            return Some(format!("the server (pid {pid}) stopped"));
+        }
+        if !Path::new("recovery.signal").exists() && !Path::new("standby.signal").exists() {
+            return Some("recovery ended".into());
+        }
+        None
+    }
+}
+
+/// What a fetch ahead came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetched {
+    Ready,
+    Absent,
+    Failed,
+}
+
+type Slot = Shared<BoxFuture<'static, Fetched>>;
+
+/// The opened repository, the spool, and the segments fetched ahead by name.
+pub(super) struct Fetcher {
+    repo: Repository,
+    spool: PathBuf,
+    /// Segments to keep fetched ahead of the last one served.
+    ahead: u64,
+    slots: Mutex<BTreeMap<String, Slot>>,
+    /// Segments fetched ahead and not yet written to the spool (memory bound).
+    in_flight: Arc<Semaphore>,
+    last_call: Mutex<Instant>,
+}
+
+impl Fetcher {
+    pub(super) fn new(repo: Repository, spool: &Path, ahead: u64) -> Self {
+        let seg_size = repo.config().wal_segment_size.max(1) as u64;
+        let in_flight = Arc::new(Semaphore::new((PREFETCH_MEMORY / seg_size).max(1) as usize));
+        let (spool, slots, last_call) = (spool.to_path_buf(), Mutex::default(), Mutex::new(Instant::now()));
+        Self { repo, spool, ahead, slots, in_flight, last_call }
+    }
+
+    fn idle(&self) -> Duration {
+        self.last_call.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_call.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    /// Read one call, serve it, answer. A caller that sends nothing useful in time
+    /// is dropped.
+    async fn answer(self: Arc<Self>, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(read).take(MAX_REQUEST);
+        if !matches!(tokio::time::timeout(REQUEST_READ_TIMEOUT, reader.read_line(&mut line)).await, Ok(Ok(_))) {
+            return;
+        }
+        let Some((name, timeout)) = parse_call(&line) else { return };
+        self.touch();
+        let reply = self.serve_call(&name, timeout).await;
+        self.touch();
+        let _ = write.write_all(reply.line().as_bytes()).await;
+    }
+
+    /// Put `name` in the spool: the copy fetched ahead if it came through, otherwise
+    /// fetched now (riding out an outage up to `timeout`). Then fetch ahead.
+    pub(super) async fn serve_call(self: &Arc<Self>, name: &str, timeout: Duration) -> Reply {
+        let ahead = self.slots.lock().ok().and_then(|mut s| s.remove(name));
+        let fetched = match ahead {
+            Some(slot) => slot.await,
+            None => Fetched::Failed,
+        };
+        let reply = if fetched == Fetched::Ready { Reply::Ready } else { self.fetch_now(name, timeout).await };
+        if matches!(reply, Reply::Ready) {
+            self.fetch_ahead(name);
+        }
+        reply
+    }
+
+    async fn fetch_now(&self, name: &str, timeout: Duration) -> Reply {
+        let deadline = Instant::now() + timeout;
+        match retry_transient(deadline, timeout, name, || fetch(&self.repo, name)).await {
+            Ok(None) => Reply::Absent,
+            Ok(Some(data)) => match self.spool_file(name, data).await {
+                Ok(()) => Reply::Ready,
+                Err(e) => Reply::Failed(e),
+            },
+            Err(e) => Reply::Failed(e),
+        }
+    }
+
+    /// Write a fetched file into the spool, durably, under its own name.
+    async fn spool_file(&self, name: &str, data: Vec<u8>) -> Result<()> {
+        let (tmp, dest) = (self.spool.join(TMP), self.spool.join(name));
+        tokio::task::spawn_blocking(move || {
+            fsutil::write_file_via(&tmp, &dest, &data, Commit::Replace)
+                .ctx(|| format!("cannot write {}", dest.display()))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("spool writer failed: {e}")))?
+    }
+
+    /// Forget what sorts before `served` (recovery is past it) and start fetching
+    /// the segments after it that are not fetched or in flight yet.
+    fn fetch_ahead(self: &Arc<Self>, served: &str) {
+        let seg_size = self.repo.config().wal_segment_size;
+        let Some(file @ WalFile::Segment { timeline, .. }) = WalFile::parse(served) else { return };
+        let Some(segno) = file.segno(seg_size) else { return };
+        prune_spool(&self.spool, served);
+        let Ok(mut slots) = self.slots.lock() else { return };
+        slots.retain(|n, _| n.as_str() > served);
+        for next in (1..=self.ahead).map(|i| segment_name(timeline, segno + i, seg_size)) {
+            if !slots.contains_key(&next) {
+                let slot = self.prefetch(next.clone());
+                slots.insert(next, slot);
+            }
+        }
+    }
+
+    fn prefetch(self: &Arc<Self>, name: String) -> Slot {
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let Ok(_permit) = me.in_flight.acquire().await else { return Fetched::Failed };
+            match fetch(&me.repo, &name).await {
+                Ok(None) => Fetched::Absent,
+                Ok(Some(data)) => match me.spool_file(&name, data).await {
+                    Ok(()) => Fetched::Ready,
+                    Err(e) => {
+                        tracing::warn!("cannot keep {name} fetched ahead (it is fetched again when asked for): {e}");
+                        Fetched::Failed
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("fetching {name} ahead failed (it is fetched again when asked for): {e}");
+                    Fetched::Failed
+                }
+            }
+        });
+        async move { task.await.unwrap_or(Fetched::Failed) }.boxed().shared()
+    }
+}
+
+/// `<WAL file name> <timeout seconds>`; only WAL file names (never a path).
+fn parse_call(line: &str) -> Option<(String, Duration)> {
+    let (name, seconds) = line.trim_end().split_once(' ')?;
+    WalFile::parse(name)?;
+    let seconds: u64 = seconds.parse().ok().filter(|s| *s <= 86_400)?;
+    Some((name.to_string(), Duration::from_secs(seconds.max(1))))
+}
+
+/// Remove spooled segments that sort before `current`: recovery has moved past them.
+fn prune_spool(spool: &Path, current: &str) {
+    for e in std::fs::read_dir(spool).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if WalFile::parse(&n).is_some() && n.as_str() < current {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{faulty_archive, segment};
+    use super::*;
+    use crate::repo::wal::wal_key;
+    use crate::storage::fault::Fault;
+
+    fn name_of(repo: &Repository, segno: u64) -> String {
+        segment_name(1, segno, repo.config().wal_segment_size)
+    }
+
+    /// A fetcher over segments 1..=4, fetching three ahead into `<dir>/spool`.
+    async fn fetcher(dir: &Path) -> (Arc<crate::storage::fault::FaultStorage>, Arc<Fetcher>) {
+        let (fault, repo) = faulty_archive(dir).await;
+        let spool = dir.join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        (fault, Arc::new(Fetcher::new(repo, &spool, 3)))
+    }
+
+    fn spooled(f: &Fetcher, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(f.spool.join(name)).ok()
+    }
+
+    /// The call returns as soon as the requested segment is in the spool; the
+    /// following ones are still on their way from a slow store.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_requested_segment_is_served_while_the_next_are_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fault, f) = fetcher(dir.path()).await;
+        let (seg1, seg2, seg3) = (name_of(&f.repo, 1), name_of(&f.repo, 2), name_of(&f.repo, 3));
+        let slow = Duration::from_secs(3);
+        fault.inject(Fault::SlowReads { prefix: wal_key(1, &seg3), delay: slow });
+        assert!(matches!(f.serve_call(&seg1, Duration::from_secs(10)).await, Reply::Ready));
+        assert_eq!(spooled(&f, &seg1).unwrap(), segment(&f.repo, 1, 1));
+        // Segments 2..4 are now fetched ahead; 3 is slow. Segment 2 is served at once,
+        // while 3 is still on its way.
+        let started = Instant::now();
+        assert!(matches!(f.serve_call(&seg2, Duration::from_secs(10)).await, Reply::Ready));
+        assert!(started.elapsed() < Duration::from_secs(1), "segment 2 waited: {:?}", started.elapsed());
+        assert!(spooled(&f, &seg3).is_none(), "segment 3 is still in flight");
+        // Segment 3 (fetched ahead from the first call) is served without a new read:
+        // with reads now slow for everything, the call still returns at once.
+        fault.inject(Fault::SlowReads { prefix: String::new(), delay: Duration::from_secs(30) });
+        tokio::time::sleep(slow + Duration::from_millis(500)).await;
+        let started = Instant::now();
+        assert!(matches!(f.serve_call(&seg3, Duration::from_secs(60)).await, Reply::Ready));
+        assert!(started.elapsed() < Duration::from_secs(1), "served from the spool: {:?}", started.elapsed());
+        assert_eq!(spooled(&f, &seg3).unwrap(), segment(&f.repo, 3, 3));
+        assert!(spooled(&f, &seg1).is_none(), "segments recovery is past leave the spool");
+    }
+
+    /// Regression (issue 10, defect 2): with a later segment corrupt in the
+    /// repository, fetching an earlier intact one failed because its prefetch failed,
+    /// and any failure below 126 let PostgreSQL end recovery early. Only the requested
+    /// segment decides, and damage is an error (stop), never "absent".
+    #[tokio::test(flavor = "multi_thread")]
+    async fn only_the_requested_segment_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fault, f) = fetcher(dir.path()).await;
+        let seg = |n| name_of(&f.repo, n);
+        fault.inject(Fault::CorruptReads { prefix: wal_key(1, &seg(3)) });
+        assert!(matches!(f.serve_call(&seg(1), Duration::from_secs(2)).await, Reply::Ready), "segment 1 is intact");
+        assert!(matches!(f.serve_call(&seg(2), Duration::from_secs(2)).await, Reply::Ready));
+        assert_eq!(spooled(&f, &seg(2)).unwrap(), segment(&f.repo, 2, 2));
+        match f.serve_call(&seg(3), Duration::from_secs(2)).await {
+            Reply::Failed(e @ Error::Corrupt { .. }) => assert!(e.to_string().contains(&seg(3)), "names it: {e}"),
+            other => panic!("segment 3 is damaged, got {other:?}"),
+        }
+        // Healed: what failed ahead is fetched again when asked for.
+        fault.heal_reads();
+        assert!(matches!(f.serve_call(&seg(3), Duration::from_secs(2)).await, Reply::Ready));
+        assert_eq!(spooled(&f, &seg(3)).unwrap(), segment(&f.repo, 3, 3));
+        // Past the end of the archive: absent, and asked again, checked again.
+        assert!(matches!(f.serve_call(&seg(9), Duration::from_secs(2)).await, Reply::Absent));
+    }
+
+    /// A fetch ahead that found nothing does not make the segment absent for good:
+    /// it is archived later (a standby waiting on the archive) and then served.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_segment_archived_after_its_fetch_ahead_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_fault, f) = fetcher(dir.path()).await;
+        assert!(matches!(f.serve_call(&name_of(&f.repo, 4), Duration::from_secs(2)).await, Reply::Ready));
+        tokio::time::sleep(Duration::from_millis(300)).await; // 5..7 fetched ahead: absent
+        let five = dir.path().join(name_of(&f.repo, 5));
+        std::fs::write(&five, segment(&f.repo, 5, 5)).unwrap();
+        super::super::archive_push(&f.repo, &five, 1).await.unwrap();
+        assert!(matches!(f.serve_call(&name_of(&f.repo, 5), Duration::from_secs(2)).await, Reply::Ready));
+        assert_eq!(spooled(&f, &name_of(&f.repo, 5)).unwrap(), segment(&f.repo, 5, 5));
+    }
+
+    #[test]
+    fn replies_and_calls_survive_the_wire_and_refuse_garbage() {
+        let corrupt = Reply::Failed(Error::Corrupt { what: "wal x".into(), detail: "bad\ttag\nhere".into() });
+        match Reply::parse(&corrupt.line()) {
+            Some(Reply::Failed(Error::Corrupt { what, detail })) => {
+                assert_eq!((what.as_str(), detail.as_str()), ("wal x", "bad tag here"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let down = Reply::Failed(Error::StorageUnavailable { what: "w".into(), seconds: 5, last: "503".into() });
+        assert!(matches!(
+            Reply::parse(&down.line()),
+            Some(Reply::Failed(Error::StorageUnavailable { seconds: 5, .. }))
+        ));
+        assert!(matches!(Reply::parse("ready\n"), Some(Reply::Ready)));
+        assert!(Reply::parse("ready").is_none(), "a cut line is no answer");
+        assert!(Reply::parse("").is_none());
+        assert!(parse_call("000000010000000000000003 60\n").is_some());
+        assert!(parse_call("../../etc/passwd 60\n").is_none(), "only WAL file names");
+        assert!(parse_call("000000010000000000000003 x\n").is_none());
+    }
+}

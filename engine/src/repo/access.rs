@@ -1,0 +1,57 @@
+//! How every command reaches and unlocks a stanza's repository: the location, the
+//! stanza, cloud settings and the key (a key file or a passphrase), resolved by the
+//! caller from its settings, opened here next to [`Repository::open`].
+
+use std::path::PathBuf;
+
+use crate::crypto::Secret;
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use crate::storage::{s3::S3Settings, DynStorage, RepoLocation};
+
+/// How to reach and unlock a stanza's repository; every command opens it through
+/// this. The caller resolves it from its settings.
+#[derive(Debug, Clone)]
+pub struct RepoAccess {
+    /// Where the repository lives (`repo`).
+    pub location: RepoLocation,
+    /// The stanza, below the repository's root.
+    pub stanza: String,
+    /// S3 overrides, used when `location` is in S3.
+    pub s3: S3Settings,
+    /// How to obtain the stanza's master key.
+    pub unlock: Unlock,
+}
+
+/// How to unlock a stanza: a key file, or a passphrase.
+#[derive(Debug, Clone)]
+pub enum Unlock {
+    /// A key file from `pgcairn key-file`: no key derivation (the per-segment hot path).
+    KeyFile(PathBuf),
+    /// The passphrase; None for an unencrypted stanza.
+    Passphrase(Option<Secret>),
+}
+
+impl RepoAccess {
+    /// The stanza's storage (with retries), without opening the repository.
+    pub fn storage(&self) -> Result<DynStorage> {
+        self.location.open(&self.stanza, &self.s3)
+    }
+
+    /// Opens the stanza, unlocking it as `unlock` says.
+    pub async fn open(&self) -> Result<Repository> {
+        let storage = self.storage()?;
+        let opened = match &self.unlock {
+            Unlock::KeyFile(path) => Repository::open_with_key_file(storage, &self.stanza, path).await,
+            Unlock::Passphrase(p) => Repository::open(storage, &self.stanza, p.as_ref()).await,
+        };
+        match opened {
+            // A mistyped stanza: name the ones that exist (a failed listing keeps the error as it is).
+            Err(Error::RepoNotInitialised { location, stanza, .. }) => {
+                let existing = self.location.list_stanzas(&self.s3).await.unwrap_or_default();
+                Err(Error::RepoNotInitialised { location, stanza, existing })
+            }
+            other => other,
+        }
+    }
+}
