@@ -6,8 +6,8 @@
 //! |---|---|
 //! | `backup_killed_full_and_incr` | `backup --type=full`, then `--type=incr`, killed (archiving on) |
 //! | `restore_and_delta_restore_killed` | `restore` into a new directory, then `restore --delta` over the partial one and over a changed one |
-//! | `archive_push_and_get_killed` | `pgcairn-archive-push` sync; async: the enqueuing process and the drainer; `archive-get` with prefetch in a restored data directory, which then recovers through the archive |
-//! | `s3_server_killed_mid_backup` | `backup` and `pgcairn-archive-push` to S3 killed; s3s-fs itself killed mid-backup and restarted |
+//! | `archive_push_and_get_killed` | `pgcairn-archive-push` sync; async: the enqueuing process and the drainer; `archive-get` with prefetch in a restored data directory, and its background WAL fetcher (kill -9 while it opens the repository, fetches, writes the spool); the directory then recovers through the archive and the fetcher exits when recovery ends |
+//! | `s3_server_killed_mid_backup` | `backup` and `pgcairn-archive-push` to S3 killed; s3s-fs itself killed mid-backup and restarted; archive-push, and archive-get through its background fetcher, started while it is down |
 //! | `repository_disk_full` | backup and archive-push on a 40 MiB tmpfs until ENOSPC, then space freed |
 //! | `a_damaged_lock_goes_stale` | `lock/holder` replaced by garbage, then emptied: info works, backup says when the lock goes stale and what to delete, then takes it over |
 //! | `lifecycle::a_lost_full_never_turns_into_deleted_packs` | a full's `backup/<label>/` removed by hand, a killed backup's leftovers, expire with GC: nothing the surviving incrs name is deleted, and they restore |
@@ -44,6 +44,7 @@ const PUSH_KILLS: usize = 8;
 const ENQUEUE_KILLS: usize = 4;
 const DRAIN_KILLS: usize = 4;
 const GET_KILLS: usize = 6;
+const FETCHER_KILLS: usize = 6;
 const S3_BACKUP_KILLS: usize = 3;
 const S3_PUSH_KILLS: usize = 3;
 /// Every kill point of the matrix; the s3s-fs kill counts once.
@@ -53,6 +54,7 @@ const KILL_POINTS: usize = 2 * BACKUP_KILLS
     + ENQUEUE_KILLS
     + DRAIN_KILLS
     + GET_KILLS
+    + FETCHER_KILLS
     + S3_BACKUP_KILLS
     + S3_PUSH_KILLS
     + 1;
@@ -872,15 +874,75 @@ fn get_killed_then_recover(rng: &mut Rng, r: &Repo, dir: &Path, names: &[String]
             let _ = std::fs::remove_dir_all(&spool);
         }
     });
+    let kills = kills + fetcher_killed(rng, &data, dir, &get, typical);
     let temps = count_files(&spool) - queued(&spool).len();
-    eprintln!("  archive-get kills left {temps} temp files in pg_wal/pgcairn-prefetch");
+    eprintln!("  archive-get kills left {temps} temp and control files in pg_wal/pgcairn-prefetch");
     if let Some(root) = &r.local {
         chown_to_postgres(root); // restore_command runs as postgres
     }
+    chown_to_postgres(&data); // the calls above ran as root and left the spool theirs
     let c = start_copy(r.version, &data);
     assert!(c.server_log().contains("restored log file"), "recovery did not use archive-get:\n{}", c.server_log());
     assert_eq!(fingerprint(&c), fp_end, "recovery through the archive after archive-get kills ended elsewhere");
+    // Recovery ended: the fetcher PostgreSQL's calls started goes, and takes the spool with it.
+    let gone = Instant::now();
+    while fetcher_pid(&spool).is_some_and(is_alive) {
+        assert!(gone.elapsed() < Duration::from_secs(10), "the WAL fetcher outlived recovery by 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(queued(&spool), Vec::<String>::new(), "the fetcher left segments in the spool");
     kills
+}
+
+/// The background fetcher's pid, from its lock file.
+fn fetcher_pid(spool: &Path) -> Option<i32> {
+    std::fs::read_to_string(spool.join(".fetcher.lock")).ok()?.trim().parse().ok()
+}
+
+fn is_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+/// archive-get's background fetcher SIGKILLed at a random point of a call that started
+/// it (opening the repository, fetching, writing the spool, fetching ahead): the call
+/// still delivers the requested segment whole (it fetches it itself) and nothing
+/// half-written is ever served. Each round starts from an empty spool, so a new fetcher.
+fn fetcher_killed(rng: &mut Rng, data: &Path, dir: &Path, get: &dyn Fn(usize) -> Command, typical: Duration) -> usize {
+    let spool = data.join("pg_wal/pgcairn-prefetch");
+    let (started, mut kills) = (Instant::now(), 0);
+    for attempt in 0..FETCHER_KILLS * 5 {
+        if kills == FETCHER_KILLS {
+            break;
+        }
+        let _ = std::fs::remove_dir_all(&spool); // the old fetcher sees its socket go, and exits
+        let mut child = get(attempt).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn archive-get");
+        let delay = rng.delay(typical.mul_f64(1.2));
+        let t = Instant::now();
+        let pid = loop {
+            match fetcher_pid(&spool) {
+                Some(pid) if t.elapsed() >= delay => break Some(pid),
+                _ if t.elapsed() > delay + Duration::from_secs(5) => break None,
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        // SAFETY: kill(2) on the pid the fetcher wrote into its own lock file.
+        kills += pid.is_some_and(|pid| is_alive(pid) && unsafe { libc::kill(pid, libc::SIGKILL) } == 0) as usize;
+        let out = child.wait_with_output().expect("archive-get");
+        assert_get_code(&out, "archive-get with its fetcher killed");
+        assert!(out.status.success(), "archive-get failed after its fetcher was killed:\n{}", stderr(&out));
+        check_get_leftovers(data, dir, get_name(get, attempt).as_str());
+    }
+    eprintln!("  {kills} fetcher kills, {:.1?}", started.elapsed());
+    assert_eq!(kills, FETCHER_KILLS, "the fetcher was gone before it could be killed");
+    kills
+}
+
+/// The segment name a call built by `get` asks for (its second-to-last argument).
+fn get_name(get: &dyn Fn(usize) -> Command, attempt: usize) -> String {
+    let cmd = get(attempt);
+    let args: Vec<_> = cmd.get_args().collect();
+    args[args.len() - 2].to_string_lossy().into_owned()
 }
 
 /// archive-push (sync, async enqueue, drainer) and archive-get killed. PostgreSQL's own
@@ -919,7 +981,7 @@ fn archive_push_and_get_killed() {
     kills += drain_killed(&mut rng, &q, push_typical);
     kills += get_killed_then_recover(&mut rng, &r, segs.path(), &names, &base, &fp_end);
     read_back(&r, &mut rng, &expected, &[segs.path()], &pushed);
-    rng.finish(kills, PUSH_KILLS + ENQUEUE_KILLS + DRAIN_KILLS + GET_KILLS);
+    rng.finish(kills, PUSH_KILLS + ENQUEUE_KILLS + DRAIN_KILLS + GET_KILLS + FETCHER_KILLS);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1034,7 +1096,14 @@ fn started_while_down(r: &Repo, segment: &Path, logs: &Path) -> [Down; 2] {
     let name = segment.file_name().unwrap().to_string_lossy().into_owned();
     let dest = logs.join("RECOVERYXLOG").display().to_string();
     // A short archive-get-timeout: by default archive-get keeps retrying for 60 s.
-    let get = spawn_down(&mut r.p.cmd(&["archive-get", "--archive-get-timeout=5", &name, &dest]), logs, "archive-get");
+    // Through the background fetcher (a spool): it meets the outage opening the
+    // repository and hands the error to the call.
+    let spool = format!("--spool-path={}", logs.join("spool").display());
+    let get = spawn_down(
+        &mut r.p.cmd(&["archive-get", "--archive-get-timeout=5", &spool, &name, &dest]),
+        logs,
+        "archive-get",
+    );
     [push, get]
 }
 

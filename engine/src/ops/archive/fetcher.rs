@@ -169,7 +169,17 @@ fn start(spool: &Path, fetcher: &HelperCommand) -> Result<()> {
         .append(true)
         .open(&log_path)
         .ctx(|| format!("cannot open {}", log_path.display()))?;
-    std::process::Command::new(&fetcher.program)
+    let mut command = std::process::Command::new(&fetcher.program);
+    // SAFETY: only close_range(2) runs between fork and exec. The fetcher must not
+    // keep the recovering server's descriptors (WAL files, pipes) open: stdio is in
+    // place by then, everything above it goes.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    command
         .args(&fetcher.args)
         .env(FETCH_ENV, "1")
         .stdin(std::process::Stdio::null())
