@@ -6,6 +6,7 @@
 #   nice benches/compare.sh                  # SCALE=50: ~770 MB per dataset, ~10 min
 #   SCALE=350 nice benches/compare.sh        # ~5.3 GB per dataset, needs ~40 GB in /var/tmp
 #   OUT=table.md REPEAT=3 nice benches/compare.sh
+#   ONLY=pitr nice benches/compare.sh        # the point-in-time recovery rows alone
 #
 # Knobs: SCALE (pgbench scale), REPEAT (runs per full backup / restore, order alternated),
 # WORKLOAD (pgbench options of the fixed workload run before each diff/incr),
@@ -264,6 +265,8 @@ measure_verify() { # DATASET
     done
 }
 
+WALS=()
+if [ "${ONLY:-}" != pitr ]; then
 # ---------------------------------------------------------------- 1. pgbench dataset
 say "pgbench -i -s $SCALE"
 bench -i -s "$SCALE" -q
@@ -367,6 +370,103 @@ sql "VACUUM FREEZE ANALYZE random_text" >/dev/null
 rm -rf "$W"/repo-*-pgbench
 measure_dataset random "SELECT count(*) || '/' || sum(length(t)) FROM random_text"
 
+fi # ONLY
+
+# ---------------------------------------------------------------- 5. point-in-time recovery
+# Restore a full backup, then replay at least PITR_SEGMENTS segments of WAL (bulk
+# inserts, updates, pgbench) through restore_command until the server is promoted at
+# the end of the archive. One archive_command feeds both tools: pgcairn configured as
+# the README's quick start does (a config file with repo-passphrase-file), pgBackRest
+# pushing synchronously. pgBackRest fetches with archive-async=y (its best), pgcairn
+# with its defaults. Every restore_command runs in a wrapper that records the time
+# spent in the tool (from just before it starts to its exit): the time PostgreSQL
+# waits for WAL.
+PITR_SEGMENTS=${PITR_SEGMENTS:-40}
+say "point-in-time recovery: archiving into both tools, full backups, $PITR_SEGMENTS+ segments of WAL"
+printf '%s\n' "$PASS" >"$W/passphrase"
+printf 'stanza = "%s"\nrepo = "%s"\nrepo-passphrase-file = "%s"\n' "$STANZA" "$W/repo-pitr-cairn" "$W/passphrase" >"$W/pgcairn.toml"
+sed -e "s|^\[$STANZA\]|repo1-path=$W/repo-pitr-br\n\n[global:archive-get]\narchive-async=y\n\n[$STANZA]|" \
+    "$W/pgbackrest.conf" >"$W/pgbackrest-pitr.conf"
+chmod 600 "$W/passphrase" "$W/pgcairn.toml" "$W/pgbackrest-pitr.conf"
+if [ "$(id -u)" = 0 ]; then chown postgres: "$W/passphrase" "$W/pgcairn.toml" "$W/pgbackrest-pitr.conf"; fi
+CAIRN_PITR=("$W/bin/pgcairn" --config "$W/pgcairn.toml")
+BR_PITR=(pgbackrest "--config=$W/pgbackrest-pitr.conf" "--stanza=$STANZA")
+# waited LOG COMMAND...: run a restore_command, append its start, end and status to LOG.
+printf '%s\n' '#!/bin/bash' 'log=$1' 'shift' 's=$EPOCHREALTIME' '"$@"' 'rc=$?' \
+    'echo "$s $EPOCHREALTIME $rc" >>"$log"' 'exit $rc' >"$W/bin/waited"
+chmod 755 "$W/bin/waited"
+fresh_dir "$W/repo-pitr-cairn"
+fresh_dir "$W/repo-pitr-br"
+{
+    echo "archive_mode = on"
+    echo "archive_command = '$W/bin/pgcairn-archive-push --config $W/pgcairn.toml %p && pgbackrest --config=$W/pgbackrest-pitr.conf --stanza=$STANZA archive-push %p'"
+} >>"$W/data/postgresql.conf"
+as_pg "$PGBIN/pg_ctl" -D "$W/data" -l "$W/server.log" -w restart >>"$LOG"
+as_pg "${CAIRN_PITR[@]}" stanza-create "--pg=$CONN" >>"$LOG" 2>&1
+as_pg "${BR_PITR[@]}" stanza-create >>"$LOG" 2>&1
+as_pg "${CAIRN_PITR[@]}" backup --start-fast "--pg=$CONN" >>"$LOG" 2>&1
+as_pg "${BR_PITR[@]}" backup --type=full >>"$LOG" 2>&1
+PITR_START=$(sql "SELECT pg_current_wal_lsn()")
+wal_since() { sql "SELECT (pg_wal_lsn_diff(pg_current_wal_lsn(), '$PITR_START') / 16777216)::int"; }
+sql "CREATE TABLE pitr_bulk AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 1000000) g" >/dev/null
+sql "UPDATE pitr_bulk SET h = md5(h) WHERE id % 4 = 0" >/dev/null
+bench -i -s 5 --quiet
+while [ "$(wal_since)" -lt "$PITR_SEGMENTS" ]; do
+    sql CHECKPOINT >/dev/null
+    bench -n -c 2 -j 2 -T 3
+done
+PITR_FP="SELECT (SELECT count(*) || '/' || max(h) FROM pitr_bulk) || '/' || (SELECT sum(abalance) FROM pgbench_accounts)"
+PITR_EXPECTED=$(sql "$PITR_FP")
+PITR_LAST=$(sql "SELECT pg_walfile_name(pg_switch_wal())")
+until [ "$(sql "SELECT coalesce(last_archived_wal, '') >= '$PITR_LAST' FROM pg_stat_archiver")" = t ]; do sleep 0.2; done
+PITR_WAL=$(($(wal_since) + 1))
+as_pg "$PGBIN/pg_ctl" -D "$W/data" -w stop >>"$LOG"
+say "point-in-time recovery: $PITR_WAL segments to replay ($REPEAT runs each, order alternated)"
+# pitr_run TOOL: restore (timed), then start the server and wait for its promotion.
+pitr_run() {
+    local dest=$W/restore-pitr waits=$W/waits-$1 t0 t1
+    fresh_dir "$dest"
+    case $1 in
+    cairn) timed "pitr-restore.$1" "${CAIRN_PITR[@]}" restore "--pg-data=$dest" ;;
+    br) timed "pitr-restore.$1" "${BR_PITR[@]}" restore "--pg1-path=$dest" ;;
+    esac
+    local restored=$LAST_SECS
+    sed -i "s|^restore_command = '|restore_command = '$W/bin/waited $waits |" "$dest/postgresql.auto.conf"
+    grep -q "^restore_command = '$W/bin/waited" "$dest/postgresql.auto.conf" || { echo "$1: no restore_command to wrap" >&2; exit 1; }
+    printf 'port = %s\narchive_mode = off\n' "$PORT2" >>"$dest/postgresql.auto.conf"
+    : >"$waits"
+    chmod 666 "$waits"
+    sync
+    if [ "$(id -u)" = 0 ]; then echo 3 >/proc/sys/vm/drop_caches; fi
+    t0=$(date +%s.%N)
+    as_pg "$PGBIN/pg_ctl" -D "$dest" -l "$W/pitr-$1.log" start >>"$LOG"
+    # Promoted at the end of the archive: PostgreSQL removes recovery.signal.
+    while [ -e "$dest/recovery.signal" ]; do
+        sleep 0.005
+        if grep -q "FATAL\|PANIC" "$W/pitr-$1.log"; then tail "$W/pitr-$1.log" >&2; exit 1; fi
+    done
+    t1=$(date +%s.%N)
+    local replay waited calls got=""
+    replay=$(echo "$t1 - $t0" | bc -l)
+    waited=$(awk '{s += $2 - $1} END {printf "%.3f", s}' "$waits")
+    calls=$(wc -l <"$waits")
+    add "pitr-replay.$1" "$replay"
+    add "pitr-wait.$1" "$waited"
+    add "pitr-calls.$1" "$calls"
+    add "pitr-total.$1" "$(echo "$restored + $replay" | bc -l)"
+    printf '   %-24s %7.2f s replay, %6.2f s in %s restore_command calls\n' "pitr.$1" "$replay" "$waited" "$calls" >&2
+    for _ in $(seq 100); do
+        got=$("$PGBIN/psql" -X -At -h "$W" -p "$PORT2" -U postgres -c "$PITR_FP" postgres 2>/dev/null) && break
+        sleep 0.1
+    done
+    as_pg "$PGBIN/pg_ctl" -D "$dest" -m fast -w stop >>"$LOG"
+    [ "$got" = "$PITR_EXPECTED" ] || { echo "$1: recovered cluster answered '$got', expected '$PITR_EXPECTED'" >&2; exit 1; }
+    rm -rf "$dest"
+}
+for r in $(seq "$REPEAT"); do
+    for t in $(order "$r" "cairn br"); do pitr_run "$t"; done
+done
+
 # ---------------------------------------------------------------- report
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
 rss() { awk -v k="$1" 'BEGIN {printf "%.0f MiB", k / 1024}'; }
@@ -397,6 +497,7 @@ row() {
     echo
     echo "| measure | pgcairn | pgBackRest | pgcairn/pgBackRest | pg_basebackup (or reference) |"
     echo "|---|---|---|---|---|"
+    if [ "${ONLY:-}" != pitr ]; then
     for ds in pgbench random; do
         row "full backup, $ds: time" sec "full.$ds.cairn.t" "full.$ds.br.t" "full.$ds.pgbb.t" "full-time-$ds"
         row "full backup, $ds: client CPU (user+sys)" sec "full.$ds.cairn.cpu" "full.$ds.br.cpu" "full.$ds.pgbb.cpu"
@@ -425,6 +526,12 @@ row() {
         row "verify, $ds: peak RSS" rss "verify.$ds.cairn.rss" "verify.$ds.br.rss"
         echo "verify-vs-restore-$ds $(ratio "$(get "verify.$ds.cairn.t")" "$(get "restore.$ds.cairn.t")")" >>"$W/targets"
     done
+    fi
+    row "point-in-time recovery of $PITR_WAL segments: restore" sec pitr-restore.cairn.t pitr-restore.br.t
+    row "point-in-time recovery: replay until promoted" sec pitr-replay.cairn pitr-replay.br
+    row "point-in-time recovery: time in restore_command ($(get pitr-calls.cairn) / $(get pitr-calls.br) calls)" sec pitr-wait.cairn pitr-wait.br
+    row "point-in-time recovery, end to end (restore + replay)" sec pitr-total.cairn pitr-total.br "" pitr-total
+    echo "pitr-wait-share $(ratio "$(get pitr-wait.cairn)" "$(get pitr-replay.cairn)")" >>"$W/targets"
     echo
     echo "Targets (pgcairn/pgBackRest, this run):"
     echo
@@ -434,6 +541,8 @@ row() {
         diff-bytes | incr-bytes) limit=0.1 what="${name%-bytes} stored bytes" ;;
         push-sync) limit=0.25 what="archive-push per segment (sync)" ;;
         restore-*) limit=0.5 what="restore time (${name#restore-})" ;;
+        pitr-total) limit=0.5 what="point-in-time recovery, end to end" ;;
+        pitr-wait-share) limit=0.05 what="pgcairn time in restore_command / its replay time (not a ratio to pgBackRest)" ;;
         delta-key-*) limit=0.5 what="delta restore time, key file (${name#delta-key-})" ;;
         delta-*) limit=0.5 what="delta restore time (${name#delta-})" ;;
         verify-vs-restore-*) limit=1.0 what="pgcairn verify time / pgcairn restore time, reading more (${name#verify-vs-restore-})" ;;
