@@ -7,6 +7,7 @@
 #   SCALE=350 nice benches/compare.sh        # ~5.3 GB per dataset, needs ~40 GB in /var/tmp
 #   OUT=table.md REPEAT=3 nice benches/compare.sh
 #   ONLY=pitr nice benches/compare.sh        # the point-in-time recovery rows alone
+#   KEEP_LOGS=DIR ...                        # keep the recovering servers' logs there
 #
 # Knobs: SCALE (pgbench scale), REPEAT (runs per full backup / restore, order alternated),
 # WORKLOAD (pgbench options of the fixed workload run before each diff/incr),
@@ -460,6 +461,7 @@ pitr_run() {
         sleep 0.1
     done
     as_pg "$PGBIN/pg_ctl" -D "$dest" -m fast -w stop >>"$LOG"
+    if [ -n "${KEEP_LOGS:-}" ]; then cp "$W/pitr-$1.log" "$waits" "$dest/pg_wal/pgcairn-prefetch/.fetcher.log" "$KEEP_LOGS/" 2>/dev/null || true; fi
     [ "$got" = "$PITR_EXPECTED" ] || { echo "$1: recovered cluster answered '$got', expected '$PITR_EXPECTED'" >&2; exit 1; }
     rm -rf "$dest"
 }

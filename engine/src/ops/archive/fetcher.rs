@@ -62,6 +62,8 @@ const START_WAIT: Duration = Duration::from_secs(3);
 const MAX_SOCKET_PATH: usize = 100;
 /// The fetcher's log is started afresh when a new fetcher finds it larger.
 const LOG_KEEP: u64 = 1 << 20;
+/// The fetcher's nice value (see `start`).
+const FETCHER_NICE: libc::c_int = 10;
 /// A caller waits for its answer this much longer than the fetcher's own deadline.
 const REPLY_SLACK: Duration = Duration::from_secs(30);
 
@@ -170,12 +172,15 @@ fn start(spool: &Path, fetcher: &HelperCommand) -> Result<()> {
         .open(&log_path)
         .ctx(|| format!("cannot open {}", log_path.display()))?;
     let mut command = std::process::Command::new(&fetcher.program);
-    // SAFETY: only close_range(2) runs between fork and exec. The fetcher must not
-    // keep the recovering server's descriptors (WAL files, pipes) open: stdio is in
-    // place by then, everything above it goes.
+    // SAFETY: only close_range(2) and setpriority(2) run between fork and exec.
+    // The fetcher must not keep the recovering server's descriptors (WAL files,
+    // pipes) open: stdio is in place by then, everything above it goes. It runs at
+    // a lower priority (inherited by all its threads): replay and the calls that
+    // wait on it come first, the fetcher works ahead with what CPU is left.
     unsafe {
         command.pre_exec(|| {
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            libc::setpriority(libc::PRIO_PROCESS, 0, FETCHER_NICE);
             Ok(())
         });
     }
@@ -201,10 +206,11 @@ async fn exchange(stream: UnixStream, name: &str, timeout: Duration) -> Option<R
     Reply::parse(&line)
 }
 
-/// Move the fetched file into place; None (fetch it here) when it is gone.
+/// Move the fetched file into place; None (fetch it here) when it is gone. No
+/// fsync: PostgreSQL reads the file at once and, after a crash, asks for it again.
 fn take(from: &Path, dest: &Path) -> Option<Result<bool>> {
     match std::fs::rename(from, dest) {
-        Ok(()) => Some(fsutil::sync_parent_dir(dest).ctx(|| format!("cannot fsync {}", dest.display())).map(|()| true)),
+        Ok(()) => Some(Ok(true)),
         // A spool-path on another file system than pg_wal: copied, durably.
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             let copied = std::fs::read(from)
@@ -430,12 +436,14 @@ impl Fetcher {
         }
     }
 
-    /// Write a fetched file into the spool, durably, under its own name.
+    /// Write a fetched file into the spool under its own name, whole but without
+    /// fsync: only this process serves it, and after a crash the next fetcher
+    /// empties the spool (an fsync per segment slowed replay; PostgreSQL does not
+    /// fsync what restore_command delivers either).
     async fn spool_file(&self, name: &str, data: Vec<u8>) -> Result<()> {
         let (tmp, dest) = (self.spool.join(TMP), self.spool.join(name));
         tokio::task::spawn_blocking(move || {
-            fsutil::write_file_via(&tmp, &dest, &data, Commit::Replace)
-                .ctx(|| format!("cannot write {}", dest.display()))
+            fsutil::write_file_volatile(&tmp, &dest, &data).ctx(|| format!("cannot write {}", dest.display()))
         })
         .await
         .map_err(|e| Error::Internal(format!("spool writer failed: {e}")))?
@@ -451,9 +459,9 @@ impl Fetcher {
         let Ok(mut slots) = self.slots.lock() else { return };
         slots.retain(|n, _| n.as_str() > served);
         for next in (1..=self.ahead).map(|i| segment_name(timeline, segno + i, seg_size)) {
-            if !slots.contains_key(&next) {
-                let slot = self.prefetch(next.clone());
-                slots.insert(next, slot);
+            if let std::collections::btree_map::Entry::Vacant(e) = slots.entry(next) {
+                let slot = self.prefetch(e.key().clone());
+                e.insert(slot);
             }
         }
     }
