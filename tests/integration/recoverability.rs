@@ -423,18 +423,21 @@ fn drill_proves_a_backup_restores(version: PgVersion) {
     // Regression (issue 21, item 12): killed with kill -9, a drill left its server
     // running (parent pid 1) and its directory, and the next drill neither cleaned up
     // nor said so. The next drill now stops that server and removes the directory.
+    // Regression (issue 22): the test waited 300 ms after the server started before
+    // the kill; with archive-get's background fetcher the drill's recovery and checks
+    // finished within that time, and the drill had cleaned up before it was killed.
+    // Now the kill comes as soon as the postmaster has written its pid.
     let mut child = a.p.cmd(&["drill", &bin, &path, &key]).stdout(std::process::Stdio::null()).spawn().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !drill_server_running(dir.path()) {
+    let (left, postmaster) = loop {
+        if let Some(found) = drill_server_pid(dir.path()) {
+            break found;
+        }
         assert!(std::time::Instant::now() < deadline, "the drill's server never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300)); // the postmaster has written its pid
+        std::thread::sleep(Duration::from_millis(5));
+    };
     child.kill().unwrap();
     child.wait().unwrap();
-    let left = std::fs::read_dir(dir.path()).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path();
-    let pidfile = std::fs::read_to_string(left.join("data/postmaster.pid")).unwrap();
-    let postmaster: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
     assert!(std::path::Path::new(&format!("/proc/{postmaster}")).exists(), "the killed drill's server is gone already");
     let out = a.p.run(&["drill", &bin, &path, &key, &ok_sql]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -460,6 +463,14 @@ fn drill_proves_a_backup_restores(version: PgVersion) {
 }
 
 /// Whether a drill directory below `dir` has a running server (postmaster.pid).
+/// The drill's directory and its postmaster's pid, once the postmaster has written it.
+fn drill_server_pid(dir: &Path) -> Option<(std::path::PathBuf, i32)> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let pidfile = std::fs::read_to_string(e.path().join("data/postmaster.pid")).ok()?;
+        Some((e.path(), pidfile.lines().next()?.trim().parse().ok()?))
+    })
+}
+
 fn drill_server_running(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().flatten().any(|e| e.path().join("data/postmaster.pid").exists())
 }

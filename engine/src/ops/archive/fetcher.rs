@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -251,6 +251,9 @@ pub(super) async fn run(req: &GetRequest, spool: &Path) -> Result<()> {
     empty_spool(spool);
     let socket = spool.join(SOCKET);
     let listener = UnixListener::bind(&socket).ctx(|| format!("cannot listen on {}", socket.display()))?;
+    // Like every file pgcairn creates, 0600 (bind leaves 0777 minus the umask).
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(fsutil::PRIVATE_FILE))
+        .ctx(|| format!("cannot restrict {}", socket.display()))?;
     let watch = Watch::new(&socket)?;
     tracing::info!("background WAL fetcher {} started for {}", std::process::id(), spool.display());
     let deadline = Instant::now() + req.timeout;
@@ -373,6 +376,8 @@ pub(super) struct Fetcher {
     /// Segments fetched ahead and not yet written to the spool (memory bound).
     in_flight: Arc<Semaphore>,
     last_call: Mutex<Instant>,
+    /// Calls being served.
+    serving: std::sync::atomic::AtomicUsize,
 }
 
 impl Fetcher {
@@ -380,10 +385,15 @@ impl Fetcher {
         let seg_size = repo.config().wal_segment_size.max(1) as u64;
         let in_flight = Arc::new(Semaphore::new((PREFETCH_MEMORY / seg_size).max(1) as usize));
         let (spool, slots, last_call) = (spool.to_path_buf(), Mutex::default(), Mutex::new(Instant::now()));
-        Self { repo, spool, ahead, slots, in_flight, last_call }
+        Self { repo, spool, ahead, slots, in_flight, last_call, serving: Default::default() }
     }
 
+    /// Time since the last call ended; zero while one is served (riding out an
+    /// outage is not idleness).
     fn idle(&self) -> Duration {
+        if self.serving.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
         self.last_call.lock().map(|t| t.elapsed()).unwrap_or_default()
     }
 
@@ -403,9 +413,10 @@ impl Fetcher {
             return;
         }
         let Some((name, timeout)) = parse_call(&line) else { return };
-        self.touch();
+        self.serving.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let reply = self.serve_call(&name, timeout).await;
         self.touch();
+        self.serving.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let _ = write.write_all(reply.line().as_bytes()).await;
     }
 
