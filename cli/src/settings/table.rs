@@ -610,8 +610,10 @@ pub fn closest(name: &str, candidates: impl Iterator<Item = &'static str>) -> Op
 /// belong to the test suite.
 pub fn unknown_env_vars(vars: impl Iterator<Item = String>) -> Vec<String> {
     let known: Vec<String> = SETTINGS.iter().filter(|s| s.sources.env).map(|s| s.env()).collect();
-    // PGCAIRN_ARCHIVE_DRAIN: set by archive-push for the drainer it starts.
-    let internal = |v: &str| v.starts_with("PGCAIRN_TEST_") || v == "PGCAIRN_ARCHIVE_DRAIN";
+    // PGCAIRN_ARCHIVE_DRAIN / _FETCH: set by archive-push for the drainer and by
+    // archive-get for the WAL fetcher they start.
+    let internal =
+        |v: &str| v.starts_with("PGCAIRN_TEST_") || v == "PGCAIRN_ARCHIVE_DRAIN" || v == "PGCAIRN_ARCHIVE_FETCH";
     vars.filter(|v| v.starts_with("PGCAIRN_") && !internal(v) && !known.contains(v))
         .map(|v| {
             let names = SETTINGS.iter().filter(|s| s.sources.env).map(|s| s.name);

@@ -384,8 +384,15 @@ mod clap_args {
 /// Regression (issue 21, item 13): a mistyped PGCAIRN_* variable was ignored silently.
 #[test]
 fn unknown_environment_variables_are_named_with_a_guess() {
-    let vars =
-        ["PGCAIRN_REPO", "PGCAIRN_RETENTION_FUL", "PGCAIRN_TEST_KEEP", "PGCAIRN_ARCHIVE_DRAIN", "PGCAIRN_ZZZ", "HOME"];
+    let vars = [
+        "PGCAIRN_REPO",
+        "PGCAIRN_RETENTION_FUL",
+        "PGCAIRN_TEST_KEEP",
+        "PGCAIRN_ARCHIVE_DRAIN",
+        "PGCAIRN_ARCHIVE_FETCH",
+        "PGCAIRN_ZZZ",
+        "HOME",
+    ];
     let warnings = table::unknown_env_vars(vars.iter().map(|v| v.to_string()));
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(
