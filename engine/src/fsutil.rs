@@ -186,6 +186,15 @@ pub(crate) fn write_file_volatile(tmp_dir: &Path, dest: &Path, data: &[u8]) -> i
     f.publish_volatile()
 }
 
+/// An exclusive, non-blocking flock on `path` (created 0600 if missing), held while
+/// the returned file is open; None if another process holds it.
+pub(crate) fn try_flock(path: &Path) -> io::Result<Option<File>> {
+    let f = private_file().create(true).write(true).truncate(false).open(path)?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
+    Ok((rc == 0).then_some(f))
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

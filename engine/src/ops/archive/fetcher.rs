@@ -23,7 +23,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -229,14 +228,7 @@ fn take(from: &Path, dest: &Path) -> Option<Result<bool>> {
 /// An exclusive, non-blocking flock on the fetcher lock; None if someone holds it.
 fn try_lock(spool: &Path) -> Result<Option<File>> {
     let path = spool.join(LOCK);
-    let f = fsutil::private_file()
-        .create(true)
-        .write(true)
-        .open(&path)
-        .ctx(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    Ok((rc == 0).then_some(f))
+    fsutil::try_flock(&path).ctx(|| format!("cannot open {}", path.display()))
 }
 
 // ------------------------------------------------------------------ the fetcher

@@ -14,7 +14,6 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -163,14 +162,7 @@ impl Spool {
 /// An exclusive, non-blocking flock on the drainer lock; None if someone holds it.
 fn try_lock(spool: &Spool) -> Result<Option<File>> {
     let path = spool.root.join("drain.lock");
-    let f = fsutil::private_file()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .ctx(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    Ok((rc == 0).then_some(f))
+    fsutil::try_flock(&path).ctx(|| format!("cannot open {}", path.display()))
 }
 
 /// Start a detached drainer unless one runs.
