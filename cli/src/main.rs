@@ -756,6 +756,15 @@ fn main() -> ExitCode {
     let archive_get = is_archive_get();
     if archive_get {
         stop_recovery_on_panic();
+        // A running WAL fetcher answers before any setting is read (issue 22: the
+        // time PostgreSQL waits in restore_command is mostly process start).
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        match pgcairn::archive_get_fast(&argv) {
+            Some(Ok(true)) => return ExitCode::SUCCESS,
+            Some(Ok(false)) => return ExitCode::from(1),
+            Some(Err(e)) => return archive_get_failure(&e.into()),
+            None => {}
+        }
     }
     let (command, flags) = match parse_args() {
         Ok(parsed) => parsed,

@@ -29,6 +29,7 @@ mod hostile_input;
 pub use crypto::{KeySlotKdf, Secret};
 pub use error::{exit, Error, LockedBy, Misconfig, Result, StorageErrorKind, EXIT_CODES};
 pub use fsutil::private_umask;
+pub use ops::archive::fetcher::archive_get_fast;
 pub use ops::archive::get::clear_prefetch_spool;
 pub use ops::archive::push_async::spool_problems;
 pub use ops::{

@@ -20,8 +20,10 @@
 //!   at most `MAX_REQUEST` bytes read within `REQUEST_READ_TIMEOUT`.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::File;
-use std::io::Write;
+use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,11 @@ const MAX_SOCKET_PATH: usize = 100;
 const LOG_KEEP: u64 = 1 << 20;
 /// The fetcher's nice value (see `start`).
 const FETCHER_NICE: libc::c_int = 10;
+/// The spool when run by PostgreSQL without `spool-path` (relative to the data directory).
+pub(super) const DEFAULT_SPOOL: &str = "pg_wal/pgcairn-prefetch";
+/// How long the fast path waits for an answer: the fetcher bounds its own work by
+/// `archive-get-timeout`, which the fast path does not read.
+const FAST_REPLY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A caller waits for its answer this much longer than the fetcher's own deadline.
 const REPLY_SLACK: Duration = Duration::from_secs(30);
 
@@ -80,6 +87,8 @@ pub(super) enum Reply {
     Absent,
     /// Anything else: the caller stops recovery.
     Failed(Error),
+    /// The call's settings are not the fetcher's: the caller fetches the file itself.
+    NotMine,
 }
 
 impl Reply {
@@ -89,6 +98,7 @@ impl Reply {
         match self {
             Reply::Ready => "ready\n".into(),
             Reply::Absent => "absent\n".into(),
+            Reply::NotMine => "other\n".into(),
             Reply::Failed(Error::Corrupt { what, detail }) => format!("corrupt\t{}\t{}\n", clean(what), clean(detail)),
             Reply::Failed(Error::StorageUnavailable { what, seconds, last }) => {
                 format!("unavailable\t{}\t{seconds}\t{}\n", clean(what), clean(last))
@@ -105,6 +115,7 @@ impl Reply {
         match fields.as_slice() {
             ["ready"] => Some(Reply::Ready),
             ["absent"] => Some(Reply::Absent),
+            ["other"] => Some(Reply::NotMine),
             ["corrupt", what, detail] => failed(Error::Corrupt { what: what.to_string(), detail: detail.to_string() }),
             ["unavailable", what, seconds, last] => failed(Error::StorageUnavailable {
                 what: what.to_string(),
@@ -124,12 +135,63 @@ impl Reply {
 /// caller then fetches the file itself.
 pub(super) async fn ask(spool: &Path, req: &GetRequest, name: &str, dest: &Path) -> Option<Result<bool>> {
     let stream = connect_or_start(spool, &req.fetcher).await?;
-    let reply = tokio::time::timeout(req.timeout + REPLY_SLACK, exchange(stream, name, req.timeout)).await.ok()??;
+    let call = format!("{name} {}\n", identity(&req.fetcher.args));
+    let reply = tokio::time::timeout(req.timeout + REPLY_SLACK, exchange(stream, call)).await.ok()??;
+    settle(reply, spool, name, dest)
+}
+
+/// What a reply means for the call: delivered, absent, failed, or (None) fetch it here.
+fn settle(reply: Reply, spool: &Path, name: &str, dest: &Path) -> Option<Result<bool>> {
     match reply {
         Reply::Ready => take(&spool.join(name), dest),
         Reply::Absent => Some(Ok(false)),
         Reply::Failed(e) => Some(Err(e)),
+        Reply::NotMine => None,
     }
+}
+
+/// archive-get's fast path, before any setting is read: run by PostgreSQL in a data
+/// directory whose fetcher runs (default spool), ask it at once — the whole call is
+/// a process start, one round trip and a rename. None when there is no such fetcher,
+/// it does not answer, or it runs with other settings: the caller takes the normal
+/// path. `argv` is the whole command line, NAME and DESTINATION last.
+pub fn archive_get_fast(argv: &[OsString]) -> Option<Result<bool>> {
+    if is_fetcher() || argv.len() < 3 || !Path::new("PG_VERSION").is_file() {
+        return None;
+    }
+    let name = argv[argv.len() - 2].to_str().filter(|n| WalFile::parse(n).is_some())?;
+    let dest = Path::new(&argv[argv.len() - 1]);
+    let spool = Path::new(DEFAULT_SPOOL);
+    let mut stream = std::os::unix::net::UnixStream::connect(spool.join(SOCKET)).ok()?;
+    stream.set_read_timeout(Some(FAST_REPLY_TIMEOUT)).ok()?;
+    stream.write_all(format!("{name} {}\n", identity(&argv[1..])).as_bytes()).ok()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(std::io::Read::take(stream, MAX_REPLY)), &mut line)
+        .ok()?;
+    settle(Reply::parse(&line)?, spool, name, dest)
+}
+
+/// What makes archive-get calls alike: their arguments (program, file name and
+/// destination left out) and the PGCAIRN_* environment (only the names of secret
+/// ones). A fetcher serves only calls like the one that started it, so a
+/// restore_command changed mid-recovery never gets WAL fetched with other settings.
+fn identity(args: &[OsString]) -> String {
+    let mut h = blake3::Hasher::new();
+    for a in &args[..args.len().saturating_sub(2)] {
+        h.update(a.as_bytes());
+        h.update(&[0]);
+    }
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| k.to_str().is_some_and(|k| k.starts_with("PGCAIRN_") && k != FETCH_ENV))
+        .collect();
+    env.sort();
+    for (k, v) in env {
+        let secret = ["PASSPHRASE", "PASSWORD", "SECRET", "TOKEN"].iter().any(|s| k.to_string_lossy().contains(s));
+        h.update(k.as_bytes());
+        h.update(if secret { b"=?".as_slice() } else { v.as_bytes() });
+        h.update(&[0]);
+    }
+    h.finalize().to_hex().to_string()
 }
 
 async fn connect_or_start(spool: &Path, fetcher: &HelperCommand) -> Option<UnixStream> {
@@ -197,9 +259,9 @@ fn start(spool: &Path, fetcher: &HelperCommand) -> Result<()> {
     Ok(())
 }
 
-async fn exchange(stream: UnixStream, name: &str, timeout: Duration) -> Option<Reply> {
+async fn exchange(stream: UnixStream, call: String) -> Option<Reply> {
     let (read, mut write) = stream.into_split();
-    write.write_all(format!("{name} {}\n", timeout.as_secs()).as_bytes()).await.ok()?;
+    write.write_all(call.as_bytes()).await.ok()?;
     let mut line = String::new();
     BufReader::new(read).take(MAX_REPLY).read_line(&mut line).await.ok()?;
     Reply::parse(&line)
@@ -253,7 +315,10 @@ pub(super) async fn run(req: &GetRequest, spool: &Path) -> Result<()> {
     let outcome = match opened {
         Ok(repo) => {
             let segments = req.queue_max / repo.config().wal_segment_size as u64;
-            serve(listener, Arc::new(Fetcher::new(repo, spool, segments)), &watch).await;
+            let mut fetcher = Fetcher::new(repo, spool, segments);
+            let own_args: Vec<OsString> = std::env::args_os().skip(1).collect();
+            (fetcher.identity, fetcher.timeout) = (identity(&own_args), req.timeout);
+            serve(listener, Arc::new(fetcher), &watch).await;
             Ok(())
         }
         Err(e) => {
@@ -370,6 +435,10 @@ pub(super) struct Fetcher {
     last_call: Mutex<Instant>,
     /// Calls being served.
     serving: std::sync::atomic::AtomicUsize,
+    /// The calls it serves (see [`identity`]); others are told `other`.
+    identity: String,
+    /// `archive-get-timeout` of its settings, which are the callers'.
+    timeout: Duration,
 }
 
 impl Fetcher {
@@ -377,7 +446,8 @@ impl Fetcher {
         let seg_size = repo.config().wal_segment_size.max(1) as u64;
         let in_flight = Arc::new(Semaphore::new((PREFETCH_MEMORY / seg_size).max(1) as usize));
         let (spool, slots, last_call) = (spool.to_path_buf(), Mutex::default(), Mutex::new(Instant::now()));
-        Self { repo, spool, ahead, slots, in_flight, last_call, serving: Default::default() }
+        let (serving, identity, timeout) = (Default::default(), String::new(), Duration::from_secs(60));
+        Self { repo, spool, ahead, slots, in_flight, last_call, serving, identity, timeout }
     }
 
     /// Time since the last call ended; zero while one is served (riding out an
@@ -404,7 +474,12 @@ impl Fetcher {
         if !matches!(tokio::time::timeout(REQUEST_READ_TIMEOUT, reader.read_line(&mut line)).await, Ok(Ok(_))) {
             return;
         }
-        let Some((name, timeout)) = parse_call(&line) else { return };
+        let Some((name, identity)) = parse_call(&line) else { return };
+        if identity != self.identity {
+            let _ = write.write_all(Reply::NotMine.line().as_bytes()).await;
+            return;
+        }
+        let timeout = self.timeout;
         self.serving.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let reply = self.serve_call(&name, timeout).await;
         self.touch();
@@ -492,12 +567,12 @@ impl Fetcher {
     }
 }
 
-/// `<WAL file name> <timeout seconds>`; only WAL file names (never a path).
-fn parse_call(line: &str) -> Option<(String, Duration)> {
-    let (name, seconds) = line.trim_end().split_once(' ')?;
+/// `<WAL file name> <identity>`; only WAL file names (never a path).
+fn parse_call(line: &str) -> Option<(String, String)> {
+    let (name, identity) = line.trim_end().split_once(' ')?;
     WalFile::parse(name)?;
-    let seconds: u64 = seconds.parse().ok().filter(|s| *s <= 86_400)?;
-    Some((name.to_string(), Duration::from_secs(seconds.max(1))))
+    (identity.len() == 64 && identity.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| (name.to_string(), identity.to_string()))
 }
 
 /// Remove spooled segments that sort before `current`: recovery has moved past them.
@@ -618,8 +693,14 @@ mod tests {
         assert!(matches!(Reply::parse("ready\n"), Some(Reply::Ready)));
         assert!(Reply::parse("ready").is_none(), "a cut line is no answer");
         assert!(Reply::parse("").is_none());
-        assert!(parse_call("000000010000000000000003 60\n").is_some());
-        assert!(parse_call("../../etc/passwd 60\n").is_none(), "only WAL file names");
-        assert!(parse_call("000000010000000000000003 x\n").is_none());
+        let id = identity(&[]);
+        assert!(parse_call(&format!("000000010000000000000003 {id}\n")).is_some());
+        assert!(parse_call(&format!("../../etc/passwd {id}\n")).is_none(), "only WAL file names");
+        assert!(parse_call("000000010000000000000003 60\n").is_none());
+        assert!(matches!(Reply::parse(&Reply::NotMine.line()), Some(Reply::NotMine)));
+        // Other settings, another identity; a file name or destination does not count.
+        let call = |a: &[&str]| identity(&a.iter().map(OsString::from).collect::<Vec<_>>());
+        assert_eq!(call(&["--stanza=a", "archive-get", "X", "Y"]), call(&["--stanza=a", "archive-get", "Z", "W"]));
+        assert_ne!(call(&["--stanza=a", "archive-get", "X", "Y"]), call(&["--stanza=b", "archive-get", "X", "Y"]));
     }
 }

@@ -121,7 +121,7 @@ pub(crate) fn prefetch_spool(spool_path: Option<&Path>, stanza: &str) -> Option<
     match spool_path {
         Some(p) => Some(p.join(stanza).join("in")),
         None if Path::new("PG_VERSION").is_file() && Path::new("pg_wal").is_dir() => {
-            Some(PathBuf::from("pg_wal/pgcairn-prefetch"))
+            Some(PathBuf::from(fetcher::DEFAULT_SPOOL))
         }
         None => None,
     }

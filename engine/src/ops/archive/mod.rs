@@ -2,7 +2,7 @@
 //! [`push_async`]), archive-get ([`get`], served by the background [`fetcher`]),
 //! waiting for segments, and the archive summary.
 
-mod fetcher;
+pub(crate) mod fetcher;
 pub(crate) mod get;
 pub(crate) mod push_async;
 
