@@ -14,6 +14,7 @@
 //! repository format (keys, sealed metadata, index, catalog, packs, WAL archive);
 //! `crypto` keys and AEAD; `storage` the object-store seam; `ops` composes them.
 
+mod cpu;
 mod crypto;
 mod error;
 mod fsutil;

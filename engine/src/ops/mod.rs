@@ -37,11 +37,7 @@ pub use verify::{verify, BackupVerdict, Damage, TimelineVerdict, VerifyReport, V
 
 /// Run CPU work on rayon and await its result without holding a tokio thread.
 pub(crate) async fn on_rayon<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> crate::error::Result<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    rayon::spawn(move || {
-        let _ = tx.send(work());
-    });
-    rx.await.map_err(|_| crate::error::Error::Internal("block worker stopped".into()))
+    crate::cpu::Cpu::global().run(work).await
 }
 
 /// The first SIGINT or SIGTERM, by name; never, where signals cannot be watched.

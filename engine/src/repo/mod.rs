@@ -7,11 +7,12 @@
 pub(crate) mod access;
 pub(crate) mod backup_writer;
 pub(crate) mod blob;
+pub(crate) mod block_reader;
 pub(crate) mod blocklist;
 mod catalog;
 pub(crate) mod format;
 pub(crate) mod gc;
-mod index;
+pub(crate) mod index;
 pub(crate) mod keys;
 pub(crate) mod lock;
 mod meta;
@@ -247,8 +248,18 @@ impl Repository {
     pub fn location(&self) -> String {
         self.storage.location()
     }
-    pub(crate) fn chunk_key(&self) -> &[u8; KEY_LEN] {
+    pub(in crate::repo) fn chunk_key(&self) -> &[u8; KEY_LEN] {
         &self.chunk_key
+    }
+
+    /// The keyed hash that names blocks.
+    pub(crate) fn chunk_hasher(&self) -> block_reader::ChunkHasher {
+        block_reader::ChunkHasher::new(&self.chunk_key)
+    }
+
+    /// The reader every block comes back through, opening on `cpu`.
+    pub(crate) fn block_reader(&self, cpu: crate::cpu::Cpu) -> block_reader::BlockReader {
+        block_reader::BlockReader::new(self.pack_reader(), self.data_ciphers(), self.chunk_hasher(), cpu)
     }
 
     /// The AEAD for one purpose (`info`), or none in an unencrypted stanza.

@@ -41,9 +41,24 @@ impl PackReader {
         })
     }
 
+    /// The whole of pack `id` (verify reads every byte of it).
+    pub(crate) async fn read_whole(&self, id: &[u8; 32]) -> Result<Bytes, PackFault> {
+        let key = Self::name_of(id);
+        self.storage.get(&key).await.map_err(|e| match e.storage_kind() {
+            Some(StorageErrorKind::NotFound) => PackFault::Damaged(format!("{key} is missing")),
+            Some(StorageErrorKind::Permanent) => PackFault::Damaged(format!("{key}: {e}")),
+            _ => PackFault::Other(e),
+        })
+    }
+
     /// How messages name a pack: its object key.
     pub fn name(pack: &PackRef) -> String {
-        pack_key(&pack.hex_id())
+        Self::name_of(&pack.id)
+    }
+
+    /// The object key of pack `id`.
+    pub(crate) fn name_of(id: &[u8; 32]) -> String {
+        pack_key(&hex::encode(id))
     }
 }
 

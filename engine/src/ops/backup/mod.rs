@@ -132,11 +132,10 @@ impl<'r> Builder<'r> {
         let block_size = repo.config().block_size as usize;
         let writer = BackupWriter::new(repo, label);
         let workers = BlockCtx {
-            chunk_key: *repo.chunk_key(),
+            hasher: repo.chunk_hasher(),
             level,
             cipher: writer.cipher(),
-            ciphers: repo.data_ciphers(),
-            packs: repo.pack_reader(),
+            reader: repo.block_reader(crate::cpu::Cpu::global()),
             recent: Arc::new(Mutex::new(RecentChunks::new(RECENT_CHUNKS))),
             parent_label: parent.as_ref().map(|p| p.label().to_string()).unwrap_or_default(),
         };
@@ -657,7 +656,7 @@ mod tests {
         let index = repo.load_index().await.unwrap();
         for (i, block) in new.iter().enumerate() {
             let ((old_id, old_loc), (id, loc)) = (before.get(i), after.get(i));
-            assert_eq!(id, blob::chunk_id(repo.chunk_key(), block));
+            assert_eq!(id, repo.chunk_hasher().id(block));
             assert_eq!(index[&id], loc, "block {i}: index and block list agree");
             if i == 2 || i == 5 {
                 let base = loc.base.expect("a changed block is a delta");
@@ -697,7 +696,7 @@ mod tests {
         assert_eq!(part.len(), 240);
         for i in 0..240 {
             let (id, loc) = part.get(i);
-            assert_eq!(id, blob::chunk_id(repo.chunk_key(), &blocks[i % 120]));
+            assert_eq!(id, repo.chunk_hasher().id(&blocks[i % 120]));
             assert_eq!(index[&id], loc);
             let key = crate::repo::pack::PackReader::name(&loc.pack);
             assert!(crate::storage::Storage::get(&*mem, &key).await.is_ok(), "index names a pack that is not stored");

@@ -12,10 +12,9 @@ use crate::error::{Error, Result};
 use crate::ops::dedup::RecentChunks;
 use crate::ops::on_rayon;
 use crate::repo::blob;
+use crate::repo::block_reader::{BlockFault, BlockReader, ChunkHasher};
 use crate::repo::blocklist::{BlockLocation, DeltaBase};
 use crate::repo::format::ChunkId;
-use crate::repo::pack::{PackFault, PackReader};
-use crate::repo::DataCiphers;
 
 pub(super) struct BlockDone {
     pub id: ChunkId,
@@ -34,12 +33,11 @@ pub(super) enum Outcome {
 
 /// What a block worker needs, shared by all of them.
 pub(super) struct BlockCtx {
-    pub chunk_key: [u8; 32],
+    pub hasher: ChunkHasher,
     pub level: i32,
     pub cipher: Arc<Cipher>,
-    /// To open the parent's blobs, sealed with other packs' keys.
-    pub ciphers: DataCiphers,
-    pub packs: PackReader,
+    /// Reads the parent's blobs back (sealed with other packs' keys).
+    pub reader: BlockReader,
     pub recent: Arc<Mutex<RecentChunks>>,
     pub parent_label: String,
 }
@@ -74,20 +72,15 @@ impl std::future::Future for BatchTask {
     }
 }
 
-/// Read the parent's blob that a changed block's delta is compressed against.
-async fn fetch_base(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace) -> Result<Bytes> {
-    let range = base.offset..base.offset + base.length as u64;
-    ctx.packs.read(&base.pack, range).await.map_err(|fault| match fault {
-        PackFault::Damaged(detail) => parent_damaged(ctx, base, place, detail),
-        PackFault::Other(e) => e,
+/// The parent's blob that a changed block's delta is compressed against, opened.
+async fn fetch_base(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace) -> Result<Vec<u8>> {
+    ctx.reader.read_base(base).await.map_err(|fault| match fault {
+        BlockFault::Damaged { detail, .. } => Error::ParentCorrupt {
+            what: format!("{} block {} of parent backup {}", place.path, place.block, ctx.parent_label),
+            detail,
+        },
+        BlockFault::Other(e) => e,
     })
-}
-
-fn parent_damaged(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace, detail: String) -> Error {
-    Error::ParentCorrupt {
-        what: format!("{} block {} of parent backup {}", place.path, place.block, ctx.parent_label),
-        detail: format!("{detail} (pack {}, chunk {})", PackReader::name(&base.pack), base.id),
-    }
 }
 
 /// Hash a batch of blocks; reuse the parent's blob for each unchanged one, store the
@@ -103,7 +96,7 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
         batch
             .into_iter()
             .map(|PendingBlock { block, at_parent, place }| {
-                let id = blob::chunk_id(&c.chunk_key, &block);
+                let id = c.hasher.id(&block);
                 let raw_len = block.len() as u32;
                 let step = match at_parent {
                     Some((parent_id, loc)) if parent_id == id => Step::Done(Outcome::Parent(loc)),
@@ -124,18 +117,14 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
             Step::Done(_) => Ok(None),
         }
     });
-    let sealed_bases = futures::future::try_join_all(base_reads).await?;
+    let base_plains = futures::future::try_join_all(base_reads).await?;
     on_rayon(move || {
         steps
             .into_iter()
-            .zip(sealed_bases)
-            .map(|((id, raw_len, step, place), sealed_base)| {
-                let outcome = match (step, sealed_base) {
-                    (Step::Changed(block, base), Some(sealed_base)) => {
-                        let cipher = ctx.ciphers.get(&base.pack.key_id);
-                        let plain =
-                            blob::open_block(&cipher, &ctx.chunk_key, &base.id, &sealed_base, base.raw_length as usize)
-                                .map_err(|e| parent_damaged(&ctx, &base, &place, e.to_string()))?;
+            .zip(base_plains)
+            .map(|((id, raw_len, step, _place), base_plain)| {
+                let outcome = match (step, base_plain) {
+                    (Step::Changed(block, base), Some(plain)) => {
                         let (sealed, is_delta) =
                             blob::seal_changed_block(&ctx.cipher, ctx.level, &id, &block, (&base.id, &plain));
                         Outcome::New(sealed, is_delta.then_some(base))

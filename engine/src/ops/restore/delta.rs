@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::repo::blob;
+use crate::repo::block_reader::ChunkHasher;
 use crate::repo::format::{ChunkId, FileEntry, FileKind};
 
 /// Blocks hashed per job: large reads, and work for both cores even in one big file.
@@ -122,7 +122,7 @@ pub(super) struct Compared<'a> {
 pub(super) fn compare(
     files: &[Compared],
     block_size: u64,
-    chunk_key: &[u8; 32],
+    hasher: &ChunkHasher,
     progress: &Arc<dyn Progress>,
 ) -> Result<Vec<Action>> {
     // (file, its length on disk, first block, end block) for every existing regular file.
@@ -143,7 +143,7 @@ pub(super) fn compare(
         .into_par_iter()
         .map(|(n, disk_len, first, end)| {
             let job = BlockRun { file: &files[n], disk_len, first, end, block_size };
-            Ok((n, job.changed_blocks(chunk_key, progress)?))
+            Ok((n, job.changed_blocks(hasher, progress)?))
         })
         .collect::<Result<_>>()?;
     for (n, changed) in differing {
@@ -182,7 +182,7 @@ struct BlockRun<'a> {
 
 impl BlockRun<'_> {
     /// The blocks whose content on disk differs from the backup's (or is missing).
-    fn changed_blocks(&self, chunk_key: &[u8; 32], progress: &Arc<dyn Progress>) -> Result<Vec<usize>> {
+    fn changed_blocks(&self, hasher: &ChunkHasher, progress: &Arc<dyn Progress>) -> Result<Vec<usize>> {
         let Compared { dest, size, ids } = self.file;
         let (first, block_size) = (self.first, self.block_size);
         let start = first as u64 * block_size;
@@ -204,7 +204,7 @@ impl BlockRun<'_> {
             .filter(|&b| {
                 let from = ((b - first) as u64 * block_size) as usize;
                 let to = (from + block_size as usize).min(want as usize);
-                to > got || blob::chunk_id(chunk_key, &buf[from..to]) != ids[b]
+                to > got || hasher.id(&buf[from..to]) != ids[b]
             })
             .collect())
     }
@@ -215,14 +215,14 @@ mod tests {
     use super::*;
     use crate::progress::NoProgress;
 
-    fn ids(data: &[u8], bs: usize, key: &[u8; 32]) -> Vec<ChunkId> {
-        data.chunks(bs).map(|c| blob::chunk_id(key, c)).collect()
+    fn ids(data: &[u8], bs: usize, key: &ChunkHasher) -> Vec<ChunkId> {
+        data.chunks(bs).map(|c| key.id(c)).collect()
     }
 
     #[test]
     fn finds_exactly_the_changed_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let key = [3u8; 32];
+        let key = ChunkHasher::new(&[3u8; 32]);
         let bs = 8192usize;
         let data: Vec<u8> = (0..bs * 600 + 100).map(|i| (i * 7 % 251) as u8).collect();
         let mut paths = Vec::new();

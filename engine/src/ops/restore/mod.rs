@@ -121,9 +121,7 @@ pub(crate) async fn restore_chosen(repo: &Repository, req: &RestoreRequest, choi
     let actions = prepare(repo, req, &plan, &block_list).await?;
     let unchanged = actions.iter().filter(|a| **a == Action::Keep).count();
     let ctx = Arc::new(Ctx {
-        packs: repo.pack_reader(),
-        chunk_key: *repo.chunk_key(),
-        ciphers: repo.data_ciphers(),
+        reader: repo.block_reader(crate::cpu::Cpu::global()),
         blocks: block_list,
         label: plan.label.clone(),
         progress: req.progress.clone(),
@@ -427,8 +425,8 @@ async fn compare_all(
             let ids = block_list.range(job.first, job.count).await?.into_iter().map(|(id, _)| id).collect();
             window.push(Compared { dest: &job.dest, size: job.entry.size, ids });
         }
-        let key = repo.chunk_key();
-        actions.extend(tokio::task::block_in_place(|| delta::compare(&window, block_size, key, progress))?);
+        let hasher = repo.chunk_hasher();
+        actions.extend(tokio::task::block_in_place(|| delta::compare(&window, block_size, &hasher, progress))?);
         for (job, a) in jobs[start..end].iter().zip(&actions[start..end]) {
             match a {
                 Action::Keep => {}

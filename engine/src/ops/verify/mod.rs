@@ -22,9 +22,10 @@ use crate::ops::wal_view::WalView;
 use crate::progress::Progress;
 use crate::repo::blocklist::{block_count, BlockListReader};
 use crate::repo::format::{server_manifest_key, summary_key, FileKind, Manifest, Summary};
+use crate::repo::index::IndexCatalog;
 use crate::repo::results::ResultKind;
 use crate::repo::Repository;
-use packs::{IndexCatalog, PackChecker};
+use packs::PackChecker;
 
 /// Packs read and checked at once (each is read whole: ~16 MiB).
 const PARALLEL_PACKS: usize = 4;
