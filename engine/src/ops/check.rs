@@ -219,7 +219,7 @@ pub const BACKLOG_WARNING: u64 = 16;
 /// `check --archive-only`: read-only and cheap (one listing of the archive, one
 /// query), for polling each minute. Never switches WAL or writes anything.
 pub async fn check_archive(repo: &Repository, pg: Option<&ConnParams>) -> Result<ArchiveCheck> {
-    let archived = crate::ops::archive::archived_segments(repo).await?;
+    let archived = crate::repo::wal_archive::WalArchive::list(repo).await?;
     let summary = crate::ops::archive::archive_summary(&archived, repo.config().wal_segment_size, None);
     check_archive_summary(repo, pg, &summary).await
 }

@@ -4,9 +4,10 @@
 use serde::Serialize;
 
 use crate::error::{Error, LockedBy, Result};
-use crate::ops::archive::{archive_summary, archived_segments, missing_wal, TimelineArchive};
+use crate::ops::archive::{archive_summary, missing_wal, TimelineArchive};
 use crate::repo::format::{Encryption, Summary};
 use crate::repo::results::ResultKind;
+use crate::repo::wal_archive::WalArchive;
 use crate::repo::Repository;
 
 /// Whether a backup can be restored, as far as info can tell without reading blocks.
@@ -169,7 +170,7 @@ async fn latest<T: serde::de::DeserializeOwned>(repo: &Repository, kind: ResultK
 /// List the stanza: its settings, every backup with its status, the WAL archive.
 pub async fn info(repo: &Repository) -> Result<InfoReport> {
     let cfg = repo.config();
-    let archived = archived_segments(repo).await?;
+    let archived = WalArchive::list(repo).await?;
     let mut backups = Vec::new();
     for label in repo.list_backups().await? {
         backups.push(backup_info(repo, label, &archived).await?);
@@ -281,11 +282,7 @@ fn note_missing_parents(backups: &mut [BackupInfo]) {
 
 /// One backup's line: damage of its own objects is reported, not returned; only
 /// trouble reaching the storage at all fails `info`.
-async fn backup_info(
-    repo: &Repository,
-    label: String,
-    archived: &crate::ops::archive::ArchivedSegments,
-) -> Result<BackupInfo> {
+async fn backup_info(repo: &Repository, label: String, archived: &WalArchive) -> Result<BackupInfo> {
     let damaged = |problem: String| BackupInfo {
         label: label.clone(),
         status: BackupStatus::Damaged,

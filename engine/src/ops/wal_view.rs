@@ -9,10 +9,11 @@ use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::pg::recovery::TimelineTarget;
-use crate::pg::wal::{parse_history, segment_name, segno_of, WalFile};
+use crate::pg::wal::{parse_history, segment_name, segno_of};
 use crate::pg::walrecords::{RecordEvent, RecordScanner};
 use crate::pg::Lsn;
 use crate::repo::format::Summary;
+use crate::repo::wal_archive::WalArchive;
 use crate::repo::Repository;
 
 /// Segments fetched ahead of the one being scanned.
@@ -42,21 +43,16 @@ pub(crate) struct WalView {
 }
 
 impl WalView {
-    /// List the archive and read every history file (a few hundred bytes each).
-    pub(crate) async fn load(repo: &Repository) -> Result<WalView> {
-        let seg_size = repo.config().wal_segment_size;
-        let mut view = WalView { seg_size, ..WalView::default() };
-        let mut history_timelines = Vec::new();
-        view.files = repo.list_wal().await?;
-        for name in &view.files {
-            match WalFile::parse(name) {
-                Some(f @ WalFile::Segment { timeline, .. }) => {
-                    view.segments.entry(timeline).or_default().extend(f.segno(seg_size));
-                }
-                Some(WalFile::History { timeline }) => history_timelines.push(timeline),
-                _ => {}
-            }
-        }
+    /// The archive as recovery sees it: `archive`'s segments, with every history
+    /// file read and authenticated (a few hundred bytes each).
+    pub(crate) async fn of(repo: &Repository, archive: &WalArchive) -> Result<WalView> {
+        let mut view = WalView {
+            seg_size: archive.seg_size,
+            segments: archive.segments.clone(),
+            files: archive.names().map(str::to_string).collect(),
+            ..WalView::default()
+        };
+        let history_timelines: Vec<u32> = archive.history.iter().copied().collect();
         let reads = history_timelines.into_iter().map(|tli| async move {
             let name = format!("{tli:08X}.history");
             (tli, repo.get_wal(tli, &name).await)

@@ -20,6 +20,7 @@ pub(crate) mod pack;
 pub(crate) mod results;
 pub(crate) mod synthetic;
 pub(crate) mod wal;
+pub(crate) mod wal_archive;
 
 use keys::{claims_unencrypted, config_mac, key_check, make_slot, try_slot, KeyFile, B64};
 

@@ -136,24 +136,6 @@ impl Repository {
         }
         self.delete_all(keys.into_iter()).await
     }
-
-    /// Every archived file's name and size.
-    pub(crate) async fn list_wal_sized(&self) -> Result<Vec<(String, u64)>> {
-        let objects = self.storage().list(WAL_PREFIX).await?;
-        Ok(objects.into_iter().filter_map(|o| Some((o.key.rsplit('/').next()?.to_string(), o.size))).collect())
-    }
-
-    /// Every archived file's name and write time (unix seconds, where the store says).
-    pub(crate) async fn list_wal_modified(&self) -> Result<Vec<(String, Option<u64>)>> {
-        let objects = self.storage().list(WAL_PREFIX).await?;
-        Ok(objects.into_iter().filter_map(|o| Some((o.key.rsplit('/').next()?.to_string(), o.modified))).collect())
-    }
-
-    /// The names of every archived file (a listing: it may miss what was just pushed).
-    pub async fn list_wal(&self) -> Result<Vec<String>> {
-        let objects = self.storage().list(WAL_PREFIX).await?;
-        Ok(objects.into_iter().filter_map(|o| o.key.rsplit('/').next().map(str::to_string)).collect())
-    }
 }
 
 fn wal_aad(key: &str) -> String {

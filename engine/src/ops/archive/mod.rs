@@ -6,7 +6,6 @@ pub(crate) mod fetcher;
 pub(crate) mod get;
 pub(crate) mod push_async;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use crate::error::{Error, IoContext, Misconfig, Result};
 use crate::pg::version;
 use crate::pg::wal::{segment_name, segno_of, validate_backup_history, validate_history, validate_segment, WalFile};
 pub(crate) use crate::repo::wal::PushOutcome;
+use crate::repo::wal_archive::WalArchive;
 use crate::repo::Repository;
 
 fn file_name(path: &Path) -> Result<String> {
@@ -130,47 +130,9 @@ pub struct TimelineArchive {
     pub last_arrived: Option<u64>,
 }
 
-/// The archive's segments by timeline (segment numbers), and the timelines that
-/// have a history file.
-#[derive(Debug, Default)]
-pub(crate) struct ArchivedSegments {
-    segments: BTreeMap<u32, std::collections::BTreeSet<u64>>,
-    history: std::collections::BTreeSet<u32>,
-    /// Newest write time per timeline (unix seconds).
-    arrived: BTreeMap<u32, u64>,
-}
-
-/// List the WAL archive once.
-pub(crate) async fn archived_segments(repo: &Repository) -> Result<ArchivedSegments> {
-    let seg_size = repo.config().wal_segment_size;
-    let mut out = ArchivedSegments::default();
-    for (name, modified) in repo.list_wal_modified().await? {
-        let timeline = match WalFile::parse(&name) {
-            Some(f @ WalFile::Segment { timeline, .. }) => {
-                out.segments.entry(timeline).or_default().extend(f.segno(seg_size));
-                timeline
-            }
-            Some(WalFile::History { timeline }) => {
-                out.history.insert(timeline);
-                timeline
-            }
-            _ => continue,
-        };
-        if let Some(m) = modified {
-            let newest = out.arrived.entry(timeline).or_default();
-            *newest = (*newest).max(m);
-        }
-    }
-    Ok(out)
-}
-
 /// The first segment a backup needs to become consistent that the archive lacks,
 /// as a sentence; None when it carries its WAL or the archive has it all.
-pub(crate) fn missing_wal(
-    m: &crate::repo::format::Summary,
-    archived: &ArchivedSegments,
-    seg_size: u32,
-) -> Option<String> {
+pub(crate) fn missing_wal(m: &crate::repo::format::Summary, archived: &WalArchive, seg_size: u32) -> Option<String> {
     if m.wal_included {
         return None;
     }
@@ -180,8 +142,7 @@ pub(crate) fn missing_wal(
     };
     let (from, to) = (start.segno(seg_size)?, stop.segno(seg_size)?);
     let timeline = start.timeline();
-    let have = archived.segments.get(&timeline);
-    let first_missing = (from..=to).find(|n| !have.is_some_and(|s| s.contains(n)))?;
+    let first_missing = (from..=to).find(|n| !archived.has(timeline, *n))?;
     Some(format!(
         "WAL segment {} is not in the archive (the backup needs {} to {} to become consistent)",
         segment_name(timeline, first_missing, seg_size),
@@ -194,7 +155,7 @@ pub(crate) fn missing_wal(
 /// newest restorable backup: its timeline and LSN) goes to `earlier_gaps`: it breaks
 /// only old point-in-time windows (issue 21, item 2).
 pub(crate) fn archive_summary(
-    archived: &ArchivedSegments,
+    archived: &WalArchive,
     seg_size: u32,
     earlier_than: Option<(u32, crate::pg::Lsn)>,
 ) -> Vec<TimelineArchive> {
@@ -272,7 +233,7 @@ mod tests {
         assert_eq!(std::fs::read(&out).unwrap(), segment(&repo, 1, 1), "original content kept");
         assert!(!archive_get(&repo, "000000010000000000000009", &out, timeout).await.unwrap());
 
-        let summary = archive_summary(&archived_segments(&repo).await.unwrap(), repo.config().wal_segment_size, None);
+        let summary = archive_summary(&WalArchive::list(&repo).await.unwrap(), repo.config().wal_segment_size, None);
         assert_eq!(summary.len(), 1);
         assert_eq!(summary[0].segments, 3);
         assert_eq!(summary[0].gaps, vec!["000000010000000000000003-000000010000000000000004".to_string()]);

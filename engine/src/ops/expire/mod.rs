@@ -175,7 +175,7 @@ impl Plan {
         let wal = if req.set.is_none() && !req.policy.is_set() {
             Vec::new()
         } else {
-            let names = repo.list_wal_sized().await?;
+            let names = crate::repo::wal_archive::WalArchive::list(repo).await?.files;
             let sizes: HashMap<String, u64> = names.iter().cloned().collect();
             let all: Vec<String> = names.into_iter().map(|(n, _)| n).collect();
             let window = policy::window_start(&req.policy, &kept);

@@ -30,6 +30,7 @@ pub use crate::pg::recovery::{Recovery, RecoveryTarget, TargetAction, TimelineTa
 use crate::progress::Progress;
 use crate::repo::blocklist::{block_count, BlockListReader, BLOCKS_PER_PART};
 use crate::repo::format::{FileEntry, FileKind, Manifest, Summary};
+use crate::repo::wal_archive::ArchiveOnce;
 use crate::repo::Repository;
 use delta::{Action, Compared};
 use fetch::{Ctx, FileJob, PARALLEL_FILES};
@@ -154,10 +155,11 @@ pub(crate) async fn restore_chosen(repo: &Repository, req: &RestoreRequest, choi
 /// Which backup, and where each of its files goes. Refuses a backup that cannot be
 /// restored before anything is written.
 async fn plan(repo: &Repository, req: &RestoreRequest, choice: Choice) -> Result<Plan> {
-    let Choice { label, why } = choice;
+    let Choice { label, why, archive } = choice;
     tracing::info!("restoring backup {label}: {why}");
     let manifest = repo.load_manifest(&label).await?;
-    check_restorable(repo, &manifest).await?;
+    // The WAL archive is listed at most once: by choose, or here if it did not.
+    check_restorable(repo, &manifest, &archive).await?;
     if req.recovery.target == RecoveryTarget::None && !manifest.wal_included {
         let problem = format!(
             "backup {label} does not carry its WAL (it relies on the archive from {} to {}): --type=none cannot make it consistent",
@@ -443,15 +445,12 @@ async fn compare_all(
 
 /// Refuse, before anything is written, a backup whose own objects or WAL are not
 /// all there: PostgreSQL could not start on it (`info` marks it the same way).
-async fn check_restorable(repo: &Repository, m: &Manifest) -> Result<()> {
+async fn check_restorable(repo: &Repository, m: &Manifest, archive: &ArchiveOnce) -> Result<()> {
     let m = &Summary::of(m);
     let problem = match repo.missing_backup_objects(m).await? {
         Some(p) => Some(p),
         None if m.wal_included => None,
-        None => {
-            let archived = crate::ops::archive::archived_segments(repo).await?;
-            crate::ops::archive::missing_wal(m, &archived, repo.config().wal_segment_size)
-        }
+        None => crate::ops::archive::missing_wal(m, archive.get(repo).await?, repo.config().wal_segment_size),
     };
     match problem {
         None => Ok(()),

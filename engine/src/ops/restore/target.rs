@@ -17,12 +17,15 @@ use crate::pg::recovery::{Recovery, RecoveryTarget};
 use crate::pg::wal::segno_of;
 use crate::pg::walrecords::RecordEvent;
 use crate::repo::format::Summary;
+use crate::repo::wal_archive::ArchiveOnce;
 use crate::repo::Repository;
 
 /// The backup chosen and why, for the operator.
 pub(crate) struct Choice {
     pub label: String,
     pub why: String,
+    /// The WAL archive, if choosing listed it (restore then does not list it again).
+    pub archive: ArchiveOnce,
 }
 
 /// `--set` if it can reach the target, else the newest backup that can; refused
@@ -31,7 +34,8 @@ pub(crate) async fn choose(repo: &Repository, set: Option<&str>, recovery: &Reco
     let labels = repo.list_backups().await?;
     if let Some(set) = set {
         if !labels.iter().any(|l| l == set) {
-            return Ok(Choice { label: set.into(), why: "--set".into() }); // loading it names the missing backup
+            return Ok(Choice { label: set.into(), why: "--set".into(), archive: ArchiveOnce::default() });
+            // loading it names the missing backup
         }
     }
     let newest = labels.last().ok_or_else(|| Error::NoBackups { stanza: repo.config().stanza.clone() })?;
@@ -42,9 +46,10 @@ pub(crate) async fn choose(repo: &Repository, set: Option<&str>, recovery: &Reco
     if no_point && recovery.timeline.is_none() {
         let label = set.unwrap_or(newest).to_string();
         let why = if set.is_some() { "--set" } else { "the newest backup" };
-        return Ok(Choice { label, why: why.into() });
+        return Ok(Choice { label, why: why.into(), archive: ArchiveOnce::default() });
     }
-    let view = WalView::load(repo).await?;
+    let archive = ArchiveOnce::default();
+    let view = WalView::of(repo, archive.get(repo).await?).await?;
     let mut finder = Finder { repo, view: &view, recovery, scanned: None };
     let candidates: Vec<&String> = match set {
         Some(s) => labels.iter().filter(|l| *l == s).collect(),
@@ -60,7 +65,7 @@ pub(crate) async fn choose(repo: &Repository, set: Option<&str>, recovery: &Reco
                     (None, true) => format!("the newest backup; {how}"),
                     (None, false) => format!("the newest backup that can reach the target; {how}"),
                 };
-                return Ok(Choice { label: label.clone(), why });
+                return Ok(Choice { label: label.clone(), why, archive });
             }
             Err(why) => refusals.push((label.clone(), why)),
         }

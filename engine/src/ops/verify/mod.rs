@@ -199,7 +199,7 @@ async fn verify_wal(
     backups: &mut [BackupVerdict],
     summaries: &[Summary],
 ) -> Result<(wal::WalCheck, Vec<TimelineVerdict>)> {
-    let view = WalView::load(repo).await?;
+    let view = WalView::of(repo, &crate::repo::wal_archive::WalArchive::list(repo).await?).await?;
     let wal_names = wal_to_read(&view, summaries, sampler, req.set.is_some());
     let walcheck = wal::read_all(repo, wal_names).await?;
     note_wal_damage(backups, summaries, &view, &walcheck);
