@@ -10,6 +10,7 @@ macro_rules! outln {
     }};
 }
 
+mod commands;
 mod keys;
 mod meta;
 mod metrics;
@@ -18,21 +19,27 @@ mod progress;
 mod proof;
 mod stanzas;
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use pgcairn::Error;
-use pgcairn::KeySlotKdf;
 use pgcairn::{NoProgress, Progress};
-use pgcairn::{Recovery, RecoveryTarget, TargetAction, TimelineTarget};
 use pgcairn_cli::settings::typed::{self, Common};
 use pgcairn_cli::settings::{args, resolve, Cmd, Flags, Resolved};
+
+use commands::archive_get::{archive_get_failure, is_archive_get, stop_recovery_on_panic, ARCHIVE_GET_STOP_RECOVERY};
+use commands::backup::backup;
+use commands::check::{check, check_archive};
+use commands::drill::drill;
+use commands::expire::expire;
+use commands::info::{info, info_all};
+use commands::restore::restore;
+use commands::stanza::{stanza_create, stanza_delete};
 
 /// The settings (flags, also PGCAIRN_<NAME> and config-file keys) are added to this
 /// from the settings table: see docs/config.md.
@@ -279,51 +286,6 @@ fn progress() -> Arc<dyn Progress> {
     }
 }
 
-/// restore_command for a restored cluster: this binary, with the settings the
-/// table forwards to archive-get, quoted for /bin/sh.
-fn restore_command(forwarded: &[String]) -> Result<String> {
-    let exe = std::env::current_exe()?;
-    let mut words = vec![exe.display().to_string()];
-    words.extend(forwarded.iter().cloned());
-    let quoted: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
-    Ok(format!("{} archive-get %f \"%p\"", quoted.join(" ")))
-}
-
-fn shell_quote(w: &str) -> String {
-    if w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
-        w.to_string()
-    } else {
-        format!("'{}'", w.replace('\'', "'\\''"))
-    }
-}
-
-fn parse_tablespace_map(items: &[String]) -> Result<HashMap<u32, PathBuf>> {
-    items
-        .iter()
-        .map(|i| {
-            let (oid, dir) = i.split_once('=').ok_or_else(|| anyhow!("--tablespace-map {i}: use OID=DIR"))?;
-            let oid = oid.parse().map_err(|_| anyhow!("--tablespace-map {i}: {oid} is not a tablespace OID"))?;
-            Ok((oid, PathBuf::from(dir)))
-        })
-        .collect()
-}
-
-fn recovery(common: &Common, forwarded: &[String], t: &TargetArgs) -> Result<Recovery> {
-    let kind = t.target_type.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
-    let target = RecoveryTarget::parse(&kind, t.target.as_deref())?;
-    let action = t.target_action.as_deref().map(TargetAction::parse).transpose()?;
-    let timeline = t.target_timeline.as_deref().map(TimelineTarget::parse).transpose()?;
-    // PGCAIRN_REPO_PASSPHRASE does not reach PostgreSQL's restore_command; only a
-    // key file or passphrase file named in the forwarded settings does.
-    if target != RecoveryTarget::None && common.key_file.is_none() && common.passphrase_file.is_none() {
-        tracing::warn!("restore_command will need the repository key: set repo-key-file (or repo-passphrase-file) where PostgreSQL can read it");
-    }
-    let restore_command = restore_command(forwarded)?;
-    let recovery = Recovery { target, exclusive: t.target_exclusive, action, timeline, restore_command };
-    recovery.check()?;
-    Ok(recovery)
-}
-
 async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCode> {
     match command {
         Command::StanzaCreate { no_encryption, block_size } => {
@@ -384,12 +346,6 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// The stanza's info, with the retention policy its settings give.
-async fn info(r: &Resolved, common: &Common) -> Result<pgcairn::InfoReport> {
-    let policy = typed::retention(r)?;
-    Ok(pgcairn::info_with_retention(&common.access()?.open().await?, &policy).await?)
-}
-
 /// info and metrics with `--all-stanzas`.
 async fn run_all_stanzas(command: &Command, all: stanzas::AllStanzas) -> Result<ExitCode> {
     match command {
@@ -399,313 +355,8 @@ async fn run_all_stanzas(command: &Command, all: stanzas::AllStanzas) -> Result<
     }
 }
 
-/// `info --all-stanzas`: each stanza's report; one that cannot be read is shown with
-/// status unreadable (json: only stanza and status) and fails the run after all are printed.
-async fn info_all(all: &stanzas::AllStanzas, out: Output) -> Result<ExitCode> {
-    let mut reports = Vec::new();
-    for name in all.names().await? {
-        let report = async {
-            let (r, common) = all.settings(&name)?;
-            info(&r, &common).await
-        };
-        let report = report.await;
-        reports.push((name, report));
-    }
-    if out == Output::Json {
-        let values: Vec<serde_json::Value> = reports
-            .iter()
-            .map(|(name, report)| match report {
-                Ok(report) => serde_json::to_value(report),
-                Err(e) => Ok(serde_json::json!({
-                    "schema_version": pgcairn::INFO_SCHEMA_VERSION,
-                    "stanza": name,
-                    "status": { "code": "unreadable", "message": format!("{e:#}") },
-                })),
-            })
-            .collect::<serde_json::Result<_>>()?;
-        outln!("{}", serde_json::to_string_pretty(&values)?);
-    } else {
-        for (i, (name, report)) in reports.iter().enumerate() {
-            if i > 0 {
-                outln!();
-            }
-            match report {
-                Ok(report) => output::print_info(report)?,
-                Err(e) => outln!("stanza: {name}\n    status: unreadable ({e:#})"),
-            }
-        }
-    }
-    match reports.into_iter().find_map(|(_, r)| r.err()) {
-        Some(e) => Err(e),
-        None => Ok(ExitCode::SUCCESS),
-    }
-}
-
-async fn drill(r: &Resolved, common: &Common, target: &TargetArgs, keep: bool, output: Output) -> Result<ExitCode> {
-    let settings = typed::Drill::from(r)?;
-    let req = pgcairn::DrillRequest {
-        set: target.set.clone(),
-        recovery: recovery(common, &settings.forwarded, target)?,
-        pg_bin: settings.pg_bin,
-        drill_path: settings.drill_path,
-        sql_file: settings.drill_sql,
-        timeout: settings.timeout,
-        keep,
-        progress: progress(),
-    };
-    let report = pgcairn::drill(&common.access()?.open().await?, &req).await?;
-    proof::print_drill(&report, output == Output::Json)
-}
-
-async fn stanza_create(r: &Resolved, common: &Common, no_encryption: bool, block_size: Option<u32>) -> Result<()> {
-    let settings = typed::StanzaCreate::from(r)?;
-    common.repo.check_creatable()?;
-    let passphrase = common.passphrase()?;
-    if !no_encryption && passphrase.is_none() {
-        bail!("an encrypted repository needs a passphrase: set PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file (or pass --no-encryption to store data unencrypted)");
-    }
-    let req = pgcairn::StanzaCreateRequest {
-        stanza: common.stanza.clone(),
-        pg: settings.pg,
-        encrypted: !no_encryption,
-        passphrase,
-        block_size,
-        kdf: KeySlotKdf::default(),
-    };
-    let done = pgcairn::stanza_create(common.storage()?, &req).await?;
-    let repo = done.repo;
-    if !done.created {
-        outln!(
-            "stanza {} already exists in {} for this cluster (system identifier {}): nothing changed",
-            common.stanza,
-            repo.location(),
-            repo.config().system_identifier
-        );
-        return Ok(());
-    }
-    outln!(
-        "stanza {} created in {} (system identifier {}, {})",
-        common.stanza,
-        repo.location(),
-        repo.config().system_identifier,
-        if no_encryption { "unencrypted" } else { "encrypted" }
-    );
-    Ok(())
-}
-
-async fn backup(r: &Resolved, common: &Common, backup_type: BackupType) -> Result<()> {
-    let settings = typed::Backup::from(r)?;
-    let repo = common.access()?.open().await?;
-    let req = pgcairn::BackupRequest {
-        pg: settings.pg.clone(),
-        backup_type: match backup_type {
-            BackupType::Full => pgcairn::BackupType::Full,
-            BackupType::Diff => pgcairn::BackupType::Diff,
-            BackupType::Incr => pgcairn::BackupType::Incr,
-        },
-        fast_checkpoint: settings.start_fast,
-        compress_level: settings.compress_level,
-        estimate_size: std::io::stderr().is_terminal(),
-        progress: progress(),
-        archive_check: settings.archive_check,
-        archive_copy: settings.archive_copy,
-        archive_timeout: settings.archive_timeout,
-        expire: settings.expire.clone(),
-    };
-    let sum = pgcairn::backup(&repo, &req).await?;
-    typed::clear_prefetch(&settings, common);
-    let based_on = sum.parent.as_deref().map(|p| format!(" (on {p})")).unwrap_or_default();
-    // Regression (issue 21, item 8): `backup | tail -n1` is documented as the label,
-    // but auto-expire printed after it. stdout is the label alone; the rest is stderr.
-    eprintln!(
-        "{} backup {}{based_on} done: {} in {} files, {} new in the repository, wal {}..{}, {:.1}s",
-        sum.backup_type.as_str(),
-        sum.label,
-        output::human(sum.size),
-        sum.files,
-        output::human(sum.stored_new),
-        sum.start_lsn,
-        sum.stop_lsn,
-        sum.seconds
-    );
-    if let Some(report) = &sum.expire {
-        output::write_expire(&mut std::io::stderr().lock(), report)?;
-    }
-    outln!("{}", sum.label);
-    if let Some(e) = &sum.expire_error {
-        eprintln!(
-            "warning: the backup succeeded, but expiring by the retention policy failed: {e}; run `pgcairn expire`"
-        );
-    }
-    Ok(())
-}
-
-async fn expire(r: &Resolved, common: &Common, set: &Option<String>, dry_run: bool, out: Output) -> Result<ExitCode> {
-    let req = typed::expire_request(r, set.clone(), dry_run)?;
-    let report = pgcairn::expire(&common.access()?.open().await?, &req).await?;
-    if out == Output::Json {
-        outln!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        output::print_expire(&report)?;
-    }
-    // Deletes that failed left a consistent repository; the next run retries them.
-    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(pgcairn::exit::STORAGE) })
-}
-
-async fn stanza_delete(r: &Resolved, common: &Common, force: bool) -> Result<()> {
-    let settings = typed::StanzaDelete::from(r)?;
-    let req = pgcairn::StanzaDeleteRequest { force, pg: settings.pg, spool_path: settings.spool_path };
-    let report = match common.access()?.open().await {
-        Ok(repo) => pgcairn::stanza_delete(&repo, &req).await?,
-        // A stanza-delete that stopped after removing the config: finish it.
-        Err(Error::RepoNotInitialised { .. }) if force => {
-            pgcairn::stanza_delete_leftovers(common.storage()?, &common.stanza).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if let Some(w) = &report.still_archiving {
-        eprintln!("warning: {w}");
-    }
-    outln!(
-        "stanza {} deleted: {} objects, {}",
-        common.stanza,
-        report.deleted_objects,
-        output::human(report.deleted_bytes)
-    );
-    Ok(())
-}
-
-async fn restore(
-    r: &Resolved,
-    common: &Common,
-    target: &TargetArgs,
-    tablespace_map: &[String],
-    delta: bool,
-) -> Result<()> {
-    let settings = typed::Restore::from(r)?;
-    let target_dir =
-        settings.pg_data.clone().ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
-    let req = &pgcairn::RestoreRequest {
-        target: target_dir,
-        set: target.set.clone(),
-        tablespace_map: parse_tablespace_map(tablespace_map)?,
-        progress: progress(),
-        recovery: recovery(common, &settings.forwarded, target)?,
-        delta,
-        check_server_environment: true,
-    };
-    let repo = common.access()?.open().await?;
-    let sum = pgcairn::restore(&repo, req).await?;
-    let delta_note = if req.delta {
-        format!(" ({} files unchanged, {} fetched)", sum.files_unchanged, output::human(sum.bytes_fetched))
-    } else {
-        String::new()
-    };
-    outln!("chose backup {}: {}", sum.label, sum.chosen_because);
-    outln!(
-        "restored backup {} into {}: {} in {} files{delta_note}, {:.1}s; start PostgreSQL on it to finish recovery",
-        sum.label,
-        req.target.display(),
-        output::human(sum.bytes),
-        sum.files,
-        sum.seconds
-    );
-    Ok(())
-}
-
-/// The archive_command check suggests: absolute paths (the server's PATH rarely has
-/// pgcairn), the config file this run used, the stanza.
-fn wanted_archive_command(r: &Resolved, common: &Common) -> String {
-    let exe = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("pgcairn-archive-push")));
-    let push = exe.map_or_else(|| "/usr/local/bin/pgcairn-archive-push".to_string(), |p| p.display().to_string());
-    let config = r.config_file().map(|c| format!(" --config={}", shell_quote(&c.display().to_string())));
-    format!("{}{} --stanza={} %p", shell_quote(&push), config.unwrap_or_default(), common.stanza)
-}
-
-async fn check(r: &Resolved, common: &Common, restore_point: bool, out: Output) -> Result<()> {
-    let settings = typed::Check::from(r)?;
-    let repo = common.access()?.open().await?;
-    let spool_problems = match &settings.spool_path {
-        Some(spool) => pgcairn::spool_problems(spool, &common.stanza)?,
-        None => Vec::new(),
-    };
-    let req = pgcairn::CheckRequest {
-        pg: settings.pg,
-        timeout: settings.archive_timeout,
-        spool_problems,
-        restore_point,
-        wanted_command: wanted_archive_command(r, common),
-    };
-    let report = pgcairn::check(&repo, &req).await?;
-    if out == Output::Json {
-        outln!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    outln!(
-        "check ok: stanza {} (system {}), archive_command '{}', wal segment {} reached the repository in {:.1}s",
-        common.stanza,
-        report.system_identifier,
-        report.archive_command,
-        report.segment,
-        report.seconds
-    );
-    Ok(())
-}
-
-/// `check --archive-only`: Nagios plugin output and exit codes (0 ok, 1 warning,
-/// 2 critical); an error reading the repository is critical.
-async fn check_archive(r: &Resolved, common: &Common, out: Output) -> Result<ExitCode> {
-    let pg = typed::optional_pg(r)?;
-    let result = async { pgcairn::check_archive(&common.access()?.open().await?, pg.as_ref()).await }.await;
-    let report = match result {
-        Ok(report) => report,
-        Err(e) => {
-            outln!("PGCAIRN ARCHIVE CRITICAL - stanza {}: {e}", common.stanza);
-            return Ok(ExitCode::from(pgcairn::Level::Critical.exit_code()));
-        }
-    };
-    if out == Output::Json {
-        outln!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        output::print_archive_check(&common.stanza, &report)?;
-    }
-    Ok(ExitCode::from(report.level.exit_code()))
-}
-
 fn exit_code(e: &anyhow::Error) -> u8 {
     e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(pgcairn::exit::CONFIG)
-}
-
-/// archive-get's exit status for every failure but "not in the archive" (1). Any
-/// status above 125 makes PostgreSQL abort recovery instead of taking the segment as
-/// absent and ending recovery early (promoting without the rest of the WAL).
-const ARCHIVE_GET_STOP_RECOVERY: u8 = pgcairn::exit::STOP_RECOVERY;
-
-/// Whether this run is archive-get (decided from argv, before or without parsing).
-fn is_archive_get() -> bool {
-    std::env::args_os().skip(1).any(|a| a == "archive-get")
-}
-
-/// For archive-get, a panic must stop recovery too (101 would read as "absent").
-fn stop_recovery_on_panic() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default(info);
-        eprintln!("pgcairn: archive-get failed unexpectedly: stopping recovery (exit {ARCHIVE_GET_STOP_RECOVERY})");
-        std::process::exit(ARCHIVE_GET_STOP_RECOVERY.into());
-    }));
-}
-
-fn archive_get_failure(e: &anyhow::Error) -> ExitCode {
-    let hint = match e.downcast_ref::<Error>() {
-        Some(Error::Corrupt { .. }) => "the archived file is damaged: recover to a target before it (--type=time or --type=lsn), or restore another backup",
-        Some(Error::StorageUnavailable { .. } | Error::Storage { .. }) => "fix access to the repository, then start PostgreSQL again: recovery resumes where it stopped",
-        _ => "fix the cause, then start PostgreSQL again: recovery resumes where it stopped",
-    };
-    eprintln!(
-        "pgcairn: error: {e:#}\npgcairn: archive-get exits {ARCHIVE_GET_STOP_RECOVERY} so that PostgreSQL stops recovery instead of ending it early: {hint}"
-    );
-    ExitCode::from(ARCHIVE_GET_STOP_RECOVERY)
 }
 
 /// The derived commands plus the settings from the table; returns the command and

@@ -1,0 +1,58 @@
+//! `pgcairn info`, for one stanza or all.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use pgcairn_cli::settings::typed::{self, Common};
+use pgcairn_cli::settings::Resolved;
+
+use crate::Output;
+use crate::{output, stanzas};
+
+/// The stanza's info, with the retention policy its settings give.
+pub(crate) async fn info(r: &Resolved, common: &Common) -> Result<pgcairn::InfoReport> {
+    let policy = typed::retention(r)?;
+    Ok(pgcairn::info_with_retention(&common.access()?.open().await?, &policy).await?)
+}
+
+/// `info --all-stanzas`: each stanza's report; one that cannot be read is shown with
+/// status unreadable (json: only stanza and status) and fails the run after all are printed.
+pub(crate) async fn info_all(all: &stanzas::AllStanzas, out: Output) -> Result<ExitCode> {
+    let mut reports = Vec::new();
+    for name in all.names().await? {
+        let report = async {
+            let (r, common) = all.settings(&name)?;
+            info(&r, &common).await
+        };
+        let report = report.await;
+        reports.push((name, report));
+    }
+    if out == Output::Json {
+        let values: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(name, report)| match report {
+                Ok(report) => serde_json::to_value(report),
+                Err(e) => Ok(serde_json::json!({
+                    "schema_version": pgcairn::INFO_SCHEMA_VERSION,
+                    "stanza": name,
+                    "status": { "code": "unreadable", "message": format!("{e:#}") },
+                })),
+            })
+            .collect::<serde_json::Result<_>>()?;
+        outln!("{}", serde_json::to_string_pretty(&values)?);
+    } else {
+        for (i, (name, report)) in reports.iter().enumerate() {
+            if i > 0 {
+                outln!();
+            }
+            match report {
+                Ok(report) => output::print_info(report)?,
+                Err(e) => outln!("stanza: {name}\n    status: unreadable ({e:#})"),
+            }
+        }
+    }
+    match reports.into_iter().find_map(|(_, r)| r.err()) {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,10 @@
+//! One handler per subcommand: build the typed request, call the engine, print.
+
+pub(crate) mod archive_get;
+pub(crate) mod backup;
+pub(crate) mod check;
+pub(crate) mod drill;
+pub(crate) mod expire;
+pub(crate) mod info;
+pub(crate) mod restore;
+pub(crate) mod stanza;

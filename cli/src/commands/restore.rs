@@ -1,0 +1,96 @@
+//! `pgcairn restore`: the request, the recovery settings and the restore_command it writes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::ValueEnum;
+use pgcairn::{Recovery, RecoveryTarget, TargetAction, TimelineTarget};
+use pgcairn_cli::settings::typed::{self, Common};
+use pgcairn_cli::settings::Resolved;
+
+use crate::output;
+use crate::{progress, TargetArgs};
+
+pub(crate) async fn restore(
+    r: &Resolved,
+    common: &Common,
+    target: &TargetArgs,
+    tablespace_map: &[String],
+    delta: bool,
+) -> Result<()> {
+    let settings = typed::Restore::from(r)?;
+    let target_dir =
+        settings.pg_data.clone().ok_or_else(|| anyhow!("restore needs --pg-data=DIR (an empty or new directory)"))?;
+    let req = &pgcairn::RestoreRequest {
+        target: target_dir,
+        set: target.set.clone(),
+        tablespace_map: parse_tablespace_map(tablespace_map)?,
+        progress: progress(),
+        recovery: recovery(common, &settings.forwarded, target)?,
+        delta,
+        check_server_environment: true,
+    };
+    let repo = common.access()?.open().await?;
+    let sum = pgcairn::restore(&repo, req).await?;
+    let delta_note = if req.delta {
+        format!(" ({} files unchanged, {} fetched)", sum.files_unchanged, output::human(sum.bytes_fetched))
+    } else {
+        String::new()
+    };
+    outln!("chose backup {}: {}", sum.label, sum.chosen_because);
+    outln!(
+        "restored backup {} into {}: {} in {} files{delta_note}, {:.1}s; start PostgreSQL on it to finish recovery",
+        sum.label,
+        req.target.display(),
+        output::human(sum.bytes),
+        sum.files,
+        sum.seconds
+    );
+    Ok(())
+}
+
+/// restore_command for a restored cluster: this binary, with the settings the
+/// table forwards to archive-get, quoted for /bin/sh.
+pub(crate) fn restore_command(forwarded: &[String]) -> Result<String> {
+    let exe = std::env::current_exe()?;
+    let mut words = vec![exe.display().to_string()];
+    words.extend(forwarded.iter().cloned());
+    let quoted: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+    Ok(format!("{} archive-get %f \"%p\"", quoted.join(" ")))
+}
+
+pub(crate) fn shell_quote(w: &str) -> String {
+    if w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+pub(crate) fn parse_tablespace_map(items: &[String]) -> Result<HashMap<u32, PathBuf>> {
+    items
+        .iter()
+        .map(|i| {
+            let (oid, dir) = i.split_once('=').ok_or_else(|| anyhow!("--tablespace-map {i}: use OID=DIR"))?;
+            let oid = oid.parse().map_err(|_| anyhow!("--tablespace-map {i}: {oid} is not a tablespace OID"))?;
+            Ok((oid, PathBuf::from(dir)))
+        })
+        .collect()
+}
+
+pub(crate) fn recovery(common: &Common, forwarded: &[String], t: &TargetArgs) -> Result<Recovery> {
+    let kind = t.target_type.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+    let target = RecoveryTarget::parse(&kind, t.target.as_deref())?;
+    let action = t.target_action.as_deref().map(TargetAction::parse).transpose()?;
+    let timeline = t.target_timeline.as_deref().map(TimelineTarget::parse).transpose()?;
+    // PGCAIRN_REPO_PASSPHRASE does not reach PostgreSQL's restore_command; only a
+    // key file or passphrase file named in the forwarded settings does.
+    if target != RecoveryTarget::None && common.key_file.is_none() && common.passphrase_file.is_none() {
+        tracing::warn!("restore_command will need the repository key: set repo-key-file (or repo-passphrase-file) where PostgreSQL can read it");
+    }
+    let restore_command = restore_command(forwarded)?;
+    let recovery = Recovery { target, exclusive: t.target_exclusive, action, timeline, restore_command };
+    recovery.check()?;
+    Ok(recovery)
+}
