@@ -326,7 +326,13 @@ pub(super) async fn run(req: &GetRequest, spool: &Path) -> Result<()> {
             Err(e)
         }
     };
-    empty_spool(spool);
+    // Regression (issue 22): a fetcher whose spool was removed (a delta restore over
+    // the data directory) emptied it on its way out after a new fetcher had made it
+    // again, deleting the new one's temp file mid-write: recovery stopped (exit 200)
+    // on "cannot write pg_wal/pgcairn-prefetch/…". Only the spool's owner empties it.
+    if watch.ours() {
+        empty_spool(spool);
+    }
     outcome
 }
 
@@ -380,23 +386,29 @@ async fn serve(listener: UnixListener, fetcher: Arc<Fetcher>, watch: &Watch) {
 /// What ends the fetcher (module comment).
 struct Watch {
     socket: PathBuf,
-    socket_inode: u64,
+    /// The socket file it bound: inode and change time (inode numbers are reused at once).
+    socket_id: (u64, i64, i64),
     /// The postmaster whose recovery runs this fetcher, when started in a data directory.
     server: Option<i32>,
 }
 
 impl Watch {
     fn new(socket: &Path) -> Result<Self> {
-        let socket_inode = std::fs::metadata(socket).ctx(|| format!("cannot stat {}", socket.display()))?.ino();
+        let socket_id = file_id(socket).ctx(|| format!("cannot stat {}", socket.display()))?;
         let server = std::fs::read_to_string("postmaster.pid")
             .ok()
             .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
             .filter(|_| Path::new("PG_VERSION").is_file());
-        Ok(Self { socket: socket.to_path_buf(), socket_inode, server })
+        Ok(Self { socket: socket.to_path_buf(), socket_id, server })
+    }
+
+    /// Whether the spool is still this fetcher's: its socket is the one it bound.
+    fn ours(&self) -> bool {
+        file_id(&self.socket).ok() == Some(self.socket_id)
     }
 
     fn time_to_go(&self, idle: Duration) -> Option<String> {
-        if std::fs::metadata(&self.socket).map(|m| m.ino()).ok() != Some(self.socket_inode) {
+        if !self.ours() {
             return Some(format!("its socket {} was removed", self.socket.display()));
         }
         if idle >= IDLE_EXIT {
@@ -411,6 +423,11 @@ impl Watch {
         }
         None
     }
+}
+
+/// A file's identity: inode and change time.
+fn file_id(path: &Path) -> std::io::Result<(u64, i64, i64)> {
+    std::fs::metadata(path).map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// What a fetch ahead came to.
@@ -506,9 +523,13 @@ impl Fetcher {
         let deadline = Instant::now() + timeout;
         match retry_transient(deadline, timeout, name, || fetch(&self.repo, name)).await {
             Ok(None) => Reply::Absent,
+            // The spool's trouble is not the archive's: the caller fetches it itself.
             Ok(Some(data)) => match self.spool_file(name, data).await {
                 Ok(()) => Reply::Ready,
-                Err(e) => Reply::Failed(e),
+                Err(e) => {
+                    tracing::warn!("{e}: the call fetches {name} itself");
+                    Reply::NotMine
+                }
             },
             Err(e) => Reply::Failed(e),
         }
@@ -674,6 +695,22 @@ mod tests {
         super::super::archive_push(&f.repo, &five, 1).await.unwrap();
         assert!(matches!(f.serve_call(&name_of(&f.repo, 5), Duration::from_secs(2)).await, Reply::Ready));
         assert_eq!(spooled(&f, &name_of(&f.repo, 5)).unwrap(), segment(&f.repo, 5, 5));
+    }
+
+    /// The regression in `run`: a fetcher whose socket was replaced (its spool made
+    /// again by another fetcher) no longer owns the spool, and so never empties it.
+    #[tokio::test]
+    async fn a_replaced_socket_is_not_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join(SOCKET);
+        let first = UnixListener::bind(&socket).unwrap();
+        let watch = Watch::new(&socket).unwrap();
+        assert!(watch.ours() && watch.time_to_go(Duration::ZERO).is_none());
+        drop(first);
+        std::fs::remove_file(&socket).unwrap();
+        let _second = UnixListener::bind(&socket).unwrap();
+        assert!(!watch.ours(), "another fetcher's socket");
+        assert!(watch.time_to_go(Duration::ZERO).is_some_and(|why| why.contains("removed")));
     }
 
     #[test]
