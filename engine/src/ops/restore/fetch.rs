@@ -30,6 +30,9 @@ pub(super) struct FileJob {
     pub dest: PathBuf,
     pub first: u64,
     pub count: u64,
+    /// fsync this file itself (pg_control, written last); the others are made
+    /// durable together, by one sync of their file system before it.
+    pub durable: bool,
 }
 
 pub(super) struct Ctx<'r> {
@@ -75,7 +78,7 @@ impl Ctx<'_> {
     /// blocking writer, committed durably (temp → fsync → rename), then size and
     /// CRC-32C checked.
     pub(super) async fn restore_file(self: Arc<Self>, job: FileJob) -> Result<()> {
-        let FileJob { entry, dest, first, count } = job;
+        let FileJob { entry, dest, first, count, durable } = job;
         let located = self.blocks.range(first, count).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(usize, Bytes)>>(RUNS_QUEUED);
         let dest2 = dest.clone();
@@ -92,7 +95,11 @@ impl Ctx<'_> {
                 }
             }
             f.file().set_permissions(std::fs::Permissions::from_mode(mode)).ctx(ctx)?;
-            f.commit(Commit::Replace).ctx(ctx)?;
+            if durable {
+                f.commit(Commit::Replace).ctx(ctx)?;
+            } else {
+                f.publish_volatile().ctx(ctx)?;
+            }
             Ok((len, crc))
         });
         let blocks = located.into_iter().enumerate().map(|(n, (id, loc))| (n, id, loc));
@@ -120,7 +127,7 @@ impl Ctx<'_> {
     /// manifest's, and every written block is verified when opened.
     pub(super) async fn patch_file(self: Arc<Self>, job: FileJob, block_size: u64, changed: Vec<usize>) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let FileJob { entry, dest, first, count } = job;
+        let FileJob { entry, dest, first, count, durable } = job;
         let located = self.blocks.range(first, count).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(usize, Bytes)>>(RUNS_QUEUED);
         let (size, mode) = (entry.size, entry.mode);
@@ -134,7 +141,10 @@ impl Ctx<'_> {
             }
             f.set_len(size).ctx(ctx)?;
             f.set_permissions(std::fs::Permissions::from_mode(mode)).ctx(ctx)?;
-            f.sync_all().ctx(ctx)
+            if durable {
+                f.sync_all().ctx(ctx)?;
+            }
+            Ok(())
         });
         let blocks = changed.into_iter().map(|n| (n, located[n].0, located[n].1));
         let fetched = self.fetch_into(&entry.path, blocks, tx).await;

@@ -1,7 +1,8 @@
 //! Restore a backup set into an empty directory — or, with `delta`, over an existing
 //! data directory, fetching only the blocks that differ (see `delta`). Ranged reads of
-//! the packs, decrypt + decompress + verify on rayon, new files written temp → fsync →
-//! rename, tablespace links, modes, and pg_control last.
+//! the packs, decrypt + decompress + verify on rayon (the repository's block reader),
+//! new files written temp → rename, one syncfs per file system, then pg_control
+//! (fsynced) last, tablespace links, modes.
 //!
 //! Four phases: [`plan`] (which backup, where each file goes; nothing touched),
 //! [`prepare`] (targets checked, a delta compared, directories made), [`execute`]
@@ -178,7 +179,8 @@ async fn plan(repo: &Repository, req: &RestoreRequest, choice: Choice) -> Result
     for f in plan.manifest.files.iter().filter(|f| f.kind == FileKind::File) {
         let count = block_count(f.size, plan.manifest.block_size);
         if !(f.tablespace.is_none() && f.path == TABLESPACE_MAP) {
-            plan.jobs.push(FileJob { entry: f.clone(), dest: plan.dest_of(&req.target, f), first: next, count });
+            let dest = plan.dest_of(&req.target, f);
+            plan.jobs.push(FileJob { entry: f.clone(), dest, first: next, count, durable: false });
         }
         next += count;
     }
@@ -307,7 +309,13 @@ async fn execute(
         .try_collect::<Vec<()>>()
         .await;
     if restored.is_ok() {
-        for (f, a) in last {
+        // The files above were written (temp file, rename) without an fsync each: one
+        // sync per file system makes them all durable before pg_control, which is.
+        restored = sync_roots(req, plan).map(|()| Vec::new());
+    }
+    if restored.is_ok() {
+        for (mut f, a) in last {
+            f.durable = true;
             restored = run(f, a).await.map(|()| Vec::new());
         }
     }
@@ -323,6 +331,17 @@ async fn execute(
     restored?;
     req.progress.finish();
     Ok(fetch_bytes)
+}
+
+/// syncfs(2) on the data directory and every tablespace directory: what restore
+/// wrote there is durable once this returns (measured: 2000 fsyncs were a third of
+/// a restore's system time, issue 22).
+fn sync_roots(req: &RestoreRequest, plan: &Plan) -> Result<()> {
+    for (dir, _) in plan.roots(&req.target) {
+        tokio::task::block_in_place(|| fsutil::sync_filesystem(dir))
+            .ctx(|| format!("cannot sync {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Tablespace map and links, symlinks, directory modes, recovery settings; every
