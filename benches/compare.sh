@@ -441,11 +441,17 @@ pitr_run() {
     if [ "$(id -u)" = 0 ]; then echo 3 >/proc/sys/vm/drop_caches; fi
     t0=$(date +%s.%N)
     as_pg "$PGBIN/pg_ctl" -D "$dest" -l "$W/pitr-$1.log" start >>"$LOG"
-    # Promoted at the end of the archive: PostgreSQL removes recovery.signal.
+    # Promoted at the end of the archive: PostgreSQL removes recovery.signal. Meanwhile
+    # the peak RSS of pgcairn's background WAL fetcher (pid in its lock file).
+    local fetcher_kib=0 pid kib
     while [ -e "$dest/recovery.signal" ]; do
         sleep 0.005
         if grep -q "FATAL\|PANIC" "$W/pitr-$1.log"; then tail "$W/pitr-$1.log" >&2; exit 1; fi
+        pid=$(cat "$dest/pg_wal/pgcairn-prefetch/.fetcher.lock" 2>/dev/null || true)
+        kib=$(awk '/^VmHWM/ {print $2}' "/proc/${pid:-0}/status" 2>/dev/null || true)
+        if [ -n "$kib" ] && ((kib > fetcher_kib)); then fetcher_kib=$kib; fi
     done
+    if [ "$1" = cairn ]; then add pitr-fetcher.rss "$fetcher_kib"; fi
     t1=$(date +%s.%N)
     local replay waited calls got=""
     replay=$(echo "$t1 - $t0" | bc -l)
@@ -533,6 +539,7 @@ row() {
     row "point-in-time recovery: replay until promoted" sec pitr-replay.cairn pitr-replay.br
     row "point-in-time recovery: time in restore_command ($(get pitr-calls.cairn) / $(get pitr-calls.br) calls)" sec pitr-wait.cairn pitr-wait.br
     row "point-in-time recovery, end to end (restore + replay)" sec pitr-total.cairn pitr-total.br "" pitr-total
+    row "point-in-time recovery: peak RSS of pgcairn's WAL fetcher / pgBackRest's restore" rss pitr-fetcher.rss pitr-restore.br.rss
     echo "pitr-wait-share $(ratio "$(get pitr-wait.cairn)" "$(get pitr-replay.cairn)")" >>"$W/targets"
     echo
     echo "Targets (pgcairn/pgBackRest, this run):"
@@ -555,7 +562,7 @@ row() {
     done <"$W/targets"
     
     maxrss=0
-    for k in verify.pgbench.cairn.rss verify.random.cairn.rss full.pgbench.cairn.rss full.random.cairn.rss diff.cairn.rss incr.cairn.rss restore.pgbench.cairn.rss restore.random.cairn.rss delta.pgbench.cairn.rss delta.random.cairn.rss push.cairn.rss; do
+    for k in verify.pgbench.cairn.rss verify.random.cairn.rss full.pgbench.cairn.rss full.random.cairn.rss diff.cairn.rss incr.cairn.rss restore.pgbench.cairn.rss restore.random.cairn.rss delta.pgbench.cairn.rss delta.random.cairn.rss push.cairn.rss pitr-restore.cairn.rss pitr-fetcher.rss; do
         for v in ${R[$k]:-}; do
             if ((v > maxrss)); then maxrss=$v; fi
         done
