@@ -36,6 +36,9 @@ use crate::repo::Repository;
 use delta::{Action, Compared};
 use fetch::{Ctx, FileJob, PARALLEL_FILES};
 
+/// Block list parts kept decoded (each up to ~3.4 MiB): about one per file being restored.
+const PARTS_KEPT: usize = 4;
+
 /// What to restore, where, and how recovery should proceed.
 pub struct RestoreRequest {
     /// The data directory to restore into: empty or new, or existing with `delta`.
@@ -119,7 +122,7 @@ pub(crate) async fn restore_chosen(repo: &Repository, req: &RestoreRequest, choi
     let started = std::time::Instant::now();
     let owner = server_env::server_user(&req.target)?;
     let mut plan = plan(repo, req, choice).await?;
-    let block_list = BlockListReader::new(repo, &plan.manifest, PARALLEL_FILES);
+    let block_list = BlockListReader::new(repo, &plan.manifest, PARTS_KEPT);
     let actions = prepare(repo, req, &plan, &block_list).await?;
     let unchanged = actions.iter().filter(|a| **a == Action::Keep).count();
     let ctx = Arc::new(Ctx {
