@@ -41,14 +41,27 @@ impl PackReader {
         })
     }
 
-    /// The whole of pack `id` (verify reads every byte of it).
-    pub(crate) async fn read_whole(&self, id: &[u8; 32]) -> Result<Bytes, PackFault> {
+    /// The whole of pack `id` (verify reads every byte of it), checked against what
+    /// its index object says: `size` bytes, a pack header for data key `key_id`.
+    pub(crate) async fn read_whole(
+        &self,
+        id: &[u8; 32],
+        size: u64,
+        key_id: &[u8; PACK_KEY_ID_LEN],
+    ) -> Result<Bytes, PackFault> {
         let key = Self::name_of(id);
-        self.storage.get(&key).await.map_err(|e| match e.storage_kind() {
+        let data = self.storage.get(&key).await.map_err(|e| match e.storage_kind() {
             Some(StorageErrorKind::NotFound) => PackFault::Damaged(format!("{key} is missing")),
             Some(StorageErrorKind::Permanent) => PackFault::Damaged(format!("{key}: {e}")),
             _ => PackFault::Other(e),
-        })
+        })?;
+        if data.len() as u64 != size {
+            return Err(PackFault::Damaged(format!("{key} is {} bytes, its index object says {size}", data.len())));
+        }
+        if parse_header(&data) != Some(*key_id) {
+            return Err(PackFault::Damaged(format!("{key} does not start with a pack header for its data key")));
+        }
+        Ok(data)
     }
 
     /// How messages name a pack: its object key.
@@ -121,9 +134,8 @@ impl PackWriter {
     }
 }
 
-/// Parse a pack header, returning its data key id (readers need not: every blob
-/// authenticates itself; the test pins the layout §5 describes).
-#[cfg(test)]
+/// Parse a pack header, returning its data key id (blob readers need not: every
+/// blob authenticates itself; verify checks it, and the test pins §5's layout).
 fn parse_header(header: &[u8]) -> Option<[u8; PACK_KEY_ID_LEN]> {
     use super::format::PACK_HEADER_LEN;
     if header.len() < PACK_HEADER_LEN || &header[..PACK_MAGIC.len()] != PACK_MAGIC {

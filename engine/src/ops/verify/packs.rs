@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::error::Result;
 use crate::repo::block_reader::{BlockFault, BlockReader};
 use crate::repo::blocklist::{BlockLocation, DeltaBase, PackRef};
-use crate::repo::format::{ChunkId, IndexBlob, PACK_HEADER_LEN, PACK_MAGIC};
+use crate::repo::format::{ChunkId, IndexBlob};
 use crate::repo::index::{IndexCatalog, PackListing};
 use crate::repo::pack::{PackFault, PackReader};
 use crate::repo::Repository;
@@ -162,22 +162,11 @@ impl<'r> PackChecker<'r> {
 
     /// The whole pack, or why it is damaged (missing, truncated, wrong header).
     async fn read_whole(&self, pack: &[u8; 32], listing: &PackListing) -> Result<std::result::Result<Bytes, String>> {
-        let name = PackReader::name_of(pack);
-        let data = match self.repo.pack_reader().read_whole(pack).await {
-            Ok(d) => d,
-            Err(PackFault::Damaged(why)) => return Ok(Err(why)),
-            Err(PackFault::Other(e)) => return Err(e),
-        };
-        if data.len() as u64 != listing.size {
-            return Ok(Err(format!("{name} is {} bytes, its index object says {}", data.len(), listing.size)));
+        match self.repo.pack_reader().read_whole(pack, listing.size, &listing.key_id).await {
+            Ok(d) => Ok(Ok(d)),
+            Err(PackFault::Damaged(why)) => Ok(Err(why)),
+            Err(PackFault::Other(e)) => Err(e),
         }
-        if data.len() < PACK_HEADER_LEN
-            || &data[..PACK_MAGIC.len()] != PACK_MAGIC
-            || data[PACK_MAGIC.len()..PACK_HEADER_LEN] != listing.key_id
-        {
-            return Ok(Err(format!("{name} does not start with a pack header for its data key")));
-        }
-        Ok(Ok(data))
     }
 
     /// The sealed base blob of every delta in the pack, by the delta's offset: sliced
