@@ -29,7 +29,7 @@ impl AllStanzas {
     /// The stanzas the repository holds, and those the config file sets up for it
     /// (one missing from the repository is then reported, not left out); sorted.
     pub(crate) async fn names(&self) -> Result<Vec<String>> {
-        let mut names = self.common.repo.list_stanzas(&self.common.s3).await?;
+        let mut names = self.common.repo.list_stanzas(&self.common.cloud).await?;
         for name in &self.configured {
             // A section for a stanza of another repository is not this run's.
             if !names.contains(name) && self.settings(name).is_ok() {
@@ -39,7 +39,7 @@ impl AllStanzas {
         names.sort();
         if names.is_empty() {
             let problem = format!("repository {} holds no stanza", self.common.repo.describe());
-            return Err(Error::setting(problem, "check repo (and the S3 settings), or run stanza-create").into());
+            return Err(Error::setting(problem, "check repo (and its cloud settings), or run stanza-create").into());
         }
         Ok(names)
     }
@@ -52,7 +52,17 @@ impl AllStanzas {
         flags.push((known, stanza.to_string()));
         let r = resolve(self.cmd, &flags, &process_env)?;
         let common = Common::from(&r)?;
-        if (&common.repo, &common.s3.endpoint) != (&self.common.repo, &self.common.s3.endpoint) {
+        let endpoints = |c: &Common| {
+            let cloud = &c.cloud;
+            (
+                c.repo.clone(),
+                cloud.s3.endpoint.clone(),
+                cloud.azure.endpoint.clone(),
+                cloud.azure.account.clone(),
+                cloud.gcs.endpoint.clone(),
+            )
+        };
+        if endpoints(&common) != endpoints(&self.common) {
             let problem = format!(
                 "stanza {stanza}: its config section names repository {}, not {}",
                 common.repo.describe(),

@@ -52,7 +52,10 @@ pub use repo::access::{RepoAccess, Unlock};
 pub use repo::format::{check_stanza_name, FORMAT_VERSION};
 pub use repo::keys::KeySlotInfo;
 pub use repo::Repository;
-pub use storage::{s3::S3Settings, DynStorage, ObjectInfo, RepoLocation, Storage};
+pub use storage::azure::{AzureKeyType, AzureSettings};
+pub use storage::gcs::{GcsKeyType, GcsSettings};
+pub use storage::object::Cloud;
+pub use storage::{s3::S3Settings, CloudSettings, DynStorage, ObjectInfo, RepoLocation, Storage};
 
 /// Internals for fuzz targets, benchmarks and integration tests: decoders of
 /// outside bytes and the block codec, and with the `testing` feature the storage
@@ -69,7 +72,7 @@ pub mod testing {
     pub use crate::repo::pack::PackWriter;
     pub use crate::repo::synthetic::synthetic_repository;
     pub use crate::storage::check_key;
-    pub use crate::storage::s3::S3Storage;
+    pub use crate::storage::object::ObjectStorage;
     #[cfg(feature = "testing")]
     pub use crate::storage::{conformance, fault, memory};
 }

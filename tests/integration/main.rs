@@ -7,6 +7,7 @@
 
 mod archive;
 mod cli;
+mod cloud_storage;
 mod errors;
 mod faults;
 mod hardening;

@@ -1,6 +1,6 @@
 //! The storage conformance suite against a real S3-compatible server.
 
-use pgcairn::testing::S3Storage;
+use pgcairn::testing::ObjectStorage;
 use pgcairn::S3Settings;
 use pgcairn::Secret;
 use pgcairn::Storage;
@@ -23,18 +23,18 @@ fn settings(s3: &S3Server) -> S3Settings {
 fn plain_http_endpoint_needs_allowing() {
     let s = S3Settings { endpoint: Some("http://127.0.0.1:9".into()), allow_http: false, ..Default::default() };
     if std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
-        return assert!(pgcairn::testing::S3Storage::new("b", "p", &s).is_ok());
+        return assert!(ObjectStorage::s3("b", "p", &s).is_ok());
     }
-    let err = pgcairn::testing::S3Storage::new("b", "p", &s).unwrap_err().to_string();
+    let err = ObjectStorage::s3("b", "p", &s).unwrap_err().to_string();
     assert!(err.contains("plain HTTP") && err.contains("repo-s3-allow-http"), "{err}");
     let allowed = S3Settings { allow_http: true, ..s };
-    assert!(pgcairn::testing::S3Storage::new("b", "p", &allowed).is_ok());
+    assert!(ObjectStorage::s3("b", "p", &allowed).is_ok());
 }
 
 #[tokio::test]
 async fn s3_backend_meets_the_storage_contract() {
     let s3 = S3Server::start();
-    let storage = S3Storage::new(s3.bucket(), "conformance/prefix", &settings(&s3)).unwrap();
+    let storage = ObjectStorage::s3(s3.bucket(), "conformance/prefix", &settings(&s3)).unwrap();
     pgcairn::testing::conformance::run(&storage).await;
     // Keys land under the prefix, as files the server stores.
     assert!(s3.dir().join(s3.bucket()).join("conformance/prefix/a/b/obj1").is_file());
@@ -45,7 +45,7 @@ async fn s3_wrong_credentials_are_a_permanent_error() {
     let s3 = S3Server::start();
     let mut bad = settings(&s3);
     bad.credentials = Some((s3.access_key().into(), Secret::new("wrong-secret")));
-    let storage = S3Storage::new(s3.bucket(), "x", &bad).unwrap();
+    let storage = ObjectStorage::s3(s3.bucket(), "x", &bad).unwrap();
     let err = storage.get("config").await.unwrap_err();
     assert!(err.to_string().contains("config"), "{err}");
     assert_ne!(err.storage_kind(), Some(pgcairn::StorageErrorKind::NotFound), "{err}");
@@ -57,7 +57,7 @@ async fn s3_wrong_credentials_are_a_permanent_error() {
 #[tokio::test]
 async fn s3s_fs_concurrent_create_only_puts() {
     let s3 = S3Server::start();
-    let storage = S3Storage::new(s3.bucket(), "race", &settings(&s3)).unwrap();
+    let storage = ObjectStorage::s3(s3.bucket(), "race", &settings(&s3)).unwrap();
     let puts = (0..8u8).map(|i| storage.put_new("k", bytes::Bytes::from(vec![i; 1000])));
     let results = futures::future::join_all(puts).await;
     let winners = results.iter().filter(|r| r.is_ok()).count();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use pgcairn::ConnParams;
 use pgcairn::Secret;
 use pgcairn::{AsyncQueue, GetRequest, HelperCommand, PushRequest, QueueFull, RepoAccess, Unlock};
+use pgcairn::{AzureKeyType, AzureSettings, CloudSettings, GcsKeyType, GcsSettings};
 use pgcairn::{DynStorage, RepoLocation, S3Settings};
 use pgcairn::{Error, Result};
 
@@ -27,9 +28,9 @@ pub struct Common {
     pub log_json: bool,
     /// The repository (`repo`).
     pub repo: RepoLocation,
-    /// S3 endpoint and region overrides; credentials from repo-s3-credentials-file,
-    /// else the environment.
-    pub s3: S3Settings,
+    /// How to reach the repository's cloud: S3 endpoint, region and credentials
+    /// (repo-s3-credentials-file, else the environment), Azure and GCS settings.
+    pub cloud: CloudSettings,
     /// `repo-key-file`: unlocks without key derivation; None: use the passphrase.
     pub key_file: Option<PathBuf>,
     /// `repo-passphrase-file`, read when PGCAIRN_REPO_PASSPHRASE is not set.
@@ -106,6 +107,70 @@ pub fn s3_credentials(file: &std::path::Path) -> Result<(String, Secret)> {
     }
 }
 
+/// The `repo-s3-*`, `repo-azure-*` and `repo-gcs-*` settings. Secret files are read
+/// only for the cloud the repository is in: a host archiving to S3 needs no Azure key.
+fn cloud_settings(r: &Resolved) -> Result<CloudSettings> {
+    let repo: RepoLocation = r.get("repo")?;
+    let cloud = match &repo {
+        RepoLocation::Cloud { cloud, .. } => Some(*cloud),
+        RepoLocation::Local(_) => None,
+    };
+    let read = |name: &str, wanted: bool| -> Result<Option<Secret>> {
+        match r.opt::<PathBuf>(name)? {
+            Some(file) if wanted => cloud_secret_file(&file, name).map(Some),
+            _ => Ok(None),
+        }
+    };
+    let s3 = S3Settings {
+        endpoint: r.opt("repo-s3-endpoint")?,
+        region: r.opt("repo-s3-region")?,
+        credentials: match r.opt::<PathBuf>("repo-s3-credentials-file")? {
+            Some(f) if cloud == Some(pgcairn::Cloud::S3) => Some(s3_credentials(&f)?),
+            _ => None,
+        },
+        allow_http: r.get("repo-s3-allow-http")?,
+        ca_file: r.opt("repo-s3-ca-file")?,
+    };
+    let azure = AzureSettings {
+        account: r.opt("repo-azure-account")?,
+        key_type: match r.get::<&str>("repo-azure-key-type")? {
+            "sas" => AzureKeyType::Sas,
+            "auto" => AzureKeyType::Auto,
+            _ => AzureKeyType::Shared,
+        },
+        key: read("repo-azure-key-file", cloud == Some(pgcairn::Cloud::Azure))?,
+        endpoint: r.opt("repo-azure-endpoint")?,
+        allow_http: r.get("repo-azure-allow-http")?,
+    };
+    let gcs = GcsSettings {
+        key_type: match r.get::<&str>("repo-gcs-key-type")? {
+            "service" => GcsKeyType::Service,
+            "token" => GcsKeyType::Token,
+            _ => GcsKeyType::Auto,
+        },
+        key: read("repo-gcs-key", cloud == Some(pgcairn::Cloud::Gcs))?,
+        endpoint: r.opt("repo-gcs-endpoint")?,
+        allow_http: r.get("repo-gcs-allow-http")?,
+    };
+    Ok(CloudSettings { s3, azure, gcs })
+}
+
+/// A cloud key file (Azure account key or SAS token, GCS service-account key or
+/// token): group-readable (0640, root:postgres) is allowed, world-readable is not.
+fn cloud_secret_file(file: &std::path::Path, name: &str) -> Result<Secret> {
+    refuse_readable_by_others(file, name, 0o007, "chmod 640", "it grants access to the repository's storage")?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Error::setting(
+            format!("cannot read {name} {}: {e}", file.display()),
+            "check its path and that this OS user (for archive-get: the server's) can read it",
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(Error::setting(format!("{name} {} is empty", file.display()), "write the key into it"));
+    }
+    Ok(Secret::new(text.trim()))
+}
+
 /// How to log, from [`Common`].
 impl Common {
     /// The log settings.
@@ -124,13 +189,7 @@ impl Common {
             log_file: r.opt("log-file")?,
             log_json: r.get::<&str>("log-format")? == "json",
             repo: r.get("repo")?,
-            s3: S3Settings {
-                endpoint: r.opt("repo-s3-endpoint")?,
-                region: r.opt("repo-s3-region")?,
-                credentials: r.opt::<PathBuf>("repo-s3-credentials-file")?.map(|f| s3_credentials(&f)).transpose()?,
-                allow_http: r.get("repo-s3-allow-http")?,
-                ca_file: r.opt("repo-s3-ca-file")?,
-            },
+            cloud: cloud_settings(r)?,
             key_file: r.opt("repo-key-file")?,
             passphrase_file: r.opt("repo-passphrase-file")?,
             passphrase_env: r.opt("repo-passphrase")?,
@@ -139,7 +198,7 @@ impl Common {
 
     /// The stanza's storage, without opening the repository.
     pub fn storage(&self) -> Result<DynStorage> {
-        self.repo.open(&self.stanza, &self.s3)
+        self.repo.open(&self.stanza, &self.cloud)
     }
 
     /// The passphrase from PGCAIRN_REPO_PASSPHRASE, else repo-passphrase-file.
@@ -169,7 +228,7 @@ impl Common {
             Some(k) => Unlock::KeyFile(k.clone()),
             None => Unlock::Passphrase(self.passphrase()?),
         };
-        Ok(RepoAccess { location: self.repo.clone(), stanza: self.stanza.clone(), s3: self.s3.clone(), unlock })
+        Ok(RepoAccess { location: self.repo.clone(), stanza: self.stanza.clone(), cloud: self.cloud.clone(), unlock })
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crate::crypto::Secret;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::storage::{s3::S3Settings, DynStorage, RepoLocation};
+use crate::storage::{CloudSettings, DynStorage, RepoLocation};
 
 /// How to reach and unlock a stanza's repository; every command opens it through
 /// this. The caller resolves it from its settings.
@@ -17,8 +17,8 @@ pub struct RepoAccess {
     pub location: RepoLocation,
     /// The stanza, below the repository's root.
     pub stanza: String,
-    /// S3 overrides, used when `location` is in S3.
-    pub s3: S3Settings,
+    /// How to reach the cloud `location` is in (unused for a local repository).
+    pub cloud: CloudSettings,
     /// How to obtain the stanza's master key.
     pub unlock: Unlock,
 }
@@ -35,7 +35,7 @@ pub enum Unlock {
 impl RepoAccess {
     /// The stanza's storage (with retries), without opening the repository.
     pub fn storage(&self) -> Result<DynStorage> {
-        self.location.open(&self.stanza, &self.s3)
+        self.location.open(&self.stanza, &self.cloud)
     }
 
     /// Opens the stanza, unlocking it as `unlock` says.
@@ -48,7 +48,7 @@ impl RepoAccess {
         match opened {
             // A mistyped stanza: name the ones that exist (a failed listing keeps the error as it is).
             Err(Error::RepoNotInitialised { location, stanza, .. }) => {
-                let existing = self.location.list_stanzas(&self.s3).await.unwrap_or_default();
+                let existing = self.location.list_stanzas(&self.cloud).await.unwrap_or_default();
                 Err(Error::RepoNotInitialised { location, stanza, existing })
             }
             other => other,

@@ -370,7 +370,7 @@ mod tests {
     async fn release_leaves_nothing_even_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let location = crate::storage::RepoLocation::Local(dir.path().to_path_buf());
-        let storage = location.open("main", &crate::storage::s3::S3Settings::default()).unwrap();
+        let storage = location.open("main", &crate::storage::CloudSettings::default()).unwrap();
         let repo = crate::repo::synthetic::synthetic_repository(storage.clone(), 0, 1, 0, 0).await.unwrap();
         for _ in 0..30 {
             StanzaLock::acquire(&repo, "backup").await.unwrap().release().await.unwrap();

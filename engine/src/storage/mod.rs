@@ -20,18 +20,23 @@
 //!   transient ones.
 //!
 //! The conformance suite in [`conformance`] checks this contract; it runs against
-//! every backend (memory and local in unit tests, S3 against a real server in the
-//! integration tests).
+//! every backend (memory and local in unit tests; S3, Azure Blob and GCS against
+//! real servers or their emulators in the integration tests). The cloud backends are
+//! one implementation over object_store ([`object::ObjectStorage`]) with a builder
+//! per cloud.
 
 // Test doubles and the contract's checks: for unit tests, and for the integration
 // tests through the `testing` feature; never in a release binary.
+pub(crate) mod azure;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 #[cfg(any(test, feature = "testing"))]
 pub mod fault;
+pub(crate) mod gcs;
 pub(crate) mod local;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
+pub(crate) mod object;
 pub(crate) mod retry;
 pub(crate) mod s3;
 
@@ -127,47 +132,56 @@ pub(crate) fn storage_error(op: &'static str, key: &str, kind: StorageErrorKind,
     Error::Storage { op, key: key.to_string(), kind, detail: detail.into() }
 }
 
+/// How to reach each cloud a repository may live in: the `repo-s3-*`, `repo-azure-*`
+/// and `repo-gcs-*` settings; only the one matching the repository's scheme is used.
+#[derive(Debug, Clone, Default)]
+pub struct CloudSettings {
+    /// For `s3://` repositories.
+    pub s3: s3::S3Settings,
+    /// For `az://` repositories.
+    pub azure: azure::AzureSettings,
+    /// For `gs://` repositories.
+    pub gcs: gcs::GcsSettings,
+}
+
 /// Where a repository lives: parsed from the `repo` setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoLocation {
     /// A directory on a local (or mounted) file system: an absolute path.
     Local(std::path::PathBuf),
-    /// An S3 (or compatible) bucket.
-    S3 {
-        /// The bucket's name.
+    /// A bucket (S3, GCS) or container (Azure) in a cloud, below a key prefix.
+    Cloud {
+        /// Which cloud: the URL's scheme.
+        cloud: object::Cloud,
+        /// The bucket's (container's) name.
         bucket: String,
         /// The key prefix in the bucket, without leading or trailing `/`; may be empty.
         prefix: String,
     },
 }
 
+const LOCATION_FORMS: &str =
+    "use an absolute path, file:///path, s3://BUCKET/PREFIX, az://CONTAINER/PREFIX or gs://BUCKET/PREFIX";
+
 impl RepoLocation {
-    /// Accepts a plain path, `file:///path` or `s3://bucket[/prefix]`.
+    /// Accepts a plain path, `file:///path`, `s3://bucket[/prefix]`,
+    /// `az://container[/prefix]` (the account is `repo-azure-account`) or `gs://bucket[/prefix]`.
     pub fn parse(s: &str) -> Result<Self> {
-        if let Some(rest) = s.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(Error::setting(format!("repo {s} names no bucket"), "use s3://BUCKET/PREFIX"));
+        let clouds = [object::Cloud::S3, object::Cloud::Azure, object::Cloud::Gcs];
+        for cloud in clouds {
+            if let Some(rest) = s.strip_prefix(cloud.scheme()).and_then(|r| r.strip_prefix("://")) {
+                return Self::parse_cloud(s, cloud, rest);
             }
-            // Regression (issue 21, item 13): s3://bucket/../x was taken as a prefix.
-            if prefix.split('/').any(|seg| seg == ".." || seg == ".") {
-                return Err(Error::setting(
-                    format!("repo {s}: a prefix has no . or .. segments"),
-                    "write the prefix as it is, e.g. s3://bucket/pgcairn",
-                ));
-            }
-            return Ok(RepoLocation::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() });
         }
         let path = match s.strip_prefix("file://") {
             Some(p) => p,
             None if s.contains("://") => {
-                let hint = "use a path, file:///path or s3://bucket/prefix";
-                return Err(Error::setting(format!("repo {s} has an unsupported scheme"), hint));
+                return Err(Error::setting(format!("repo {s} has an unsupported scheme"), LOCATION_FORMS));
             }
             None => s,
         };
         if path.is_empty() {
-            return Err(Error::setting("repo is empty", "set `repo` to a path or s3://bucket/prefix"));
+            return Err(Error::setting("repo is empty", LOCATION_FORMS));
         }
         let path = std::path::PathBuf::from(path);
         if !path.is_absolute() {
@@ -176,11 +190,45 @@ impl RepoLocation {
         Ok(RepoLocation::Local(path))
     }
 
-    /// The repository as an operator wrote it: a path, or s3://bucket/prefix.
+    fn parse_cloud(s: &str, cloud: object::Cloud, rest: &str) -> Result<Self> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let scheme = cloud.scheme();
+        if bucket.is_empty() {
+            let what = if cloud == object::Cloud::Azure { "container" } else { "bucket" };
+            return Err(Error::setting(
+                format!("repo {s} names no {what}"),
+                format!("use {scheme}://{}/PREFIX", what.to_uppercase()),
+            ));
+        }
+        // Regression (issue 21, item 13): s3://bucket/../x was taken as a prefix.
+        if prefix.split('/').any(|seg| seg == ".." || seg == ".") {
+            return Err(Error::setting(
+                format!("repo {s}: a prefix has no . or .. segments"),
+                format!("write the prefix as it is, e.g. {scheme}://{bucket}/pgcairn"),
+            ));
+        }
+        Ok(RepoLocation::Cloud { cloud, bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() })
+    }
+
+    /// The repository as an operator wrote it: a path, or SCHEME://bucket/prefix.
     pub fn describe(&self) -> String {
         match self {
             RepoLocation::Local(root) => root.display().to_string(),
-            RepoLocation::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            RepoLocation::Cloud { cloud, bucket, prefix } => format!("{}://{bucket}/{prefix}", cloud.scheme()),
+        }
+    }
+
+    /// The cloud backend for this location's bucket below `prefix`.
+    fn object_storage(
+        cloud: object::Cloud,
+        bucket: &str,
+        prefix: &str,
+        settings: &CloudSettings,
+    ) -> Result<object::ObjectStorage> {
+        match cloud {
+            object::Cloud::S3 => object::ObjectStorage::s3(bucket, prefix, &settings.s3),
+            object::Cloud::Azure => object::ObjectStorage::azure(bucket, prefix, &settings.azure),
+            object::Cloud::Gcs => object::ObjectStorage::gcs(bucket, prefix, &settings.gcs),
         }
     }
 
@@ -191,7 +239,7 @@ impl RepoLocation {
     /// Only a config known to be absent rules a name out: one that cannot be read
     /// (permissions, a flaky store) keeps its name, so reading that stanza fails
     /// visibly instead of the stanza vanishing from monitoring.
-    pub async fn list_stanzas(&self, s3: &s3::S3Settings) -> Result<Vec<String>> {
+    pub async fn list_stanzas(&self, cloud: &CloudSettings) -> Result<Vec<String>> {
         let children = match self {
             RepoLocation::Local(root) => match std::fs::read_dir(root) {
                 Ok(dir) => dir
@@ -202,11 +250,13 @@ impl RepoLocation {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(local::map_io("list", "", root, e)),
             },
-            RepoLocation::S3 { bucket, prefix } => s3::S3Storage::new(bucket, prefix, s3)?.child_names().await?,
+            RepoLocation::Cloud { cloud: c, bucket, prefix } => {
+                Self::object_storage(*c, bucket, prefix, cloud)?.child_names().await?
+            }
         };
         let mut names = Vec::new();
         for name in children {
-            let Ok(stanza) = self.open(&name, s3) else { continue }; // not a stanza name (.tmp …)
+            let Ok(stanza) = self.open(&name, cloud) else { continue }; // not a stanza name (.tmp …)
             match stanza.get("config").await {
                 Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {}
                 _ => names.push(name),
@@ -231,13 +281,13 @@ impl RepoLocation {
     }
 
     /// Open the backend rooted at this location plus `sub` (the stanza), with retries.
-    pub fn open(&self, sub: &str, s3: &s3::S3Settings) -> Result<DynStorage> {
+    pub fn open(&self, sub: &str, settings: &CloudSettings) -> Result<DynStorage> {
         check_key("open", sub, false)?;
         let inner: DynStorage = match self {
             RepoLocation::Local(root) => Arc::new(local::LocalStorage::new(root.join(sub))),
-            RepoLocation::S3 { bucket, prefix } => {
+            RepoLocation::Cloud { cloud, bucket, prefix } => {
                 let full = if prefix.is_empty() { sub.to_string() } else { format!("{prefix}/{sub}") };
-                Arc::new(s3::S3Storage::new(bucket, &full, s3)?)
+                Arc::new(Self::object_storage(*cloud, bucket, &full, settings)?)
             }
         };
         Ok(Arc::new(retry::RetryStorage::new(inner)))
@@ -250,7 +300,7 @@ mod tests {
 
     #[test]
     fn dot_segments_in_an_s3_prefix_are_refused() {
-        for bad in ["s3://b/../x", "s3://b/a/./x", "s3://b/a/.."] {
+        for bad in ["s3://b/../x", "s3://b/a/./x", "s3://b/a/..", "az://c/../x", "gs://b/./x"] {
             assert!(RepoLocation::parse(bad).unwrap_err().to_string().contains(". or .."), "{bad}");
         }
         assert!(RepoLocation::parse("s3://b/a..b/x").is_ok());
@@ -260,12 +310,20 @@ mod tests {
     fn parses_locations() {
         assert_eq!(RepoLocation::parse("/var/lib/r").unwrap(), RepoLocation::Local("/var/lib/r".into()));
         assert_eq!(RepoLocation::parse("file:///var/lib/r").unwrap(), RepoLocation::Local("/var/lib/r".into()));
-        assert_eq!(
-            RepoLocation::parse("s3://b/p/q/").unwrap(),
-            RepoLocation::S3 { bucket: "b".into(), prefix: "p/q".into() }
-        );
+        let cloud = |cloud, bucket: &str, prefix: &str| RepoLocation::Cloud {
+            cloud,
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+        };
+        assert_eq!(RepoLocation::parse("s3://b/p/q/").unwrap(), cloud(object::Cloud::S3, "b", "p/q"));
+        assert_eq!(RepoLocation::parse("az://c/p").unwrap(), cloud(object::Cloud::Azure, "c", "p"));
+        assert_eq!(RepoLocation::parse("gs://x").unwrap(), cloud(object::Cloud::Gcs, "x", ""));
+        assert_eq!(RepoLocation::parse("gs://x/a/b").unwrap().describe(), "gs://x/a/b");
         assert!(RepoLocation::parse("relative/dir").is_err());
-        assert!(RepoLocation::parse("gs://x").is_err());
         assert!(RepoLocation::parse("s3://").is_err());
+        let err = RepoLocation::parse("az:///p").unwrap_err().to_string();
+        assert!(err.contains("names no container"), "{err}");
+        let err = RepoLocation::parse("wasb://c/p").unwrap_err().to_string();
+        assert!(err.contains("unsupported scheme") && err.contains("az://CONTAINER"), "{err}");
     }
 }

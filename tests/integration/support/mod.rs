@@ -1,4 +1,5 @@
-//! Test support: throwaway PostgreSQL clusters (15-18) and an S3-compatible server.
+//! Test support: throwaway PostgreSQL clusters (15-18), an S3-compatible server and the
+//! Azure Blob and GCS emulators.
 //!
 //! Everything lives under one root ($PGCAIRN_TEST_ROOT, default /var/tmp/pgcairn-tests) so a
 //! failed run is easy to inspect and clean. Set PGCAIRN_TEST_KEEP=1 to keep the directories.
@@ -9,9 +10,12 @@
 // Each test uses a different subset of this module.
 #![allow(dead_code)]
 
+pub mod cloud;
 pub mod pg;
 pub mod s3;
 
+#[allow(unused_imports)]
+pub use cloud::{Azurite, FakeGcs};
 #[allow(unused_imports)] // convenience re-exports; not every test uses every one
 pub use pg::{client_bin, Cluster, PgVersion};
 #[allow(unused_imports)]

@@ -1,0 +1,212 @@
+//! Cloud storage emulators for the tests, installed by scripts/fetch-emulators.sh (which
+//! .ci/run runs): Azurite for Azure Blob Storage, fake-gcs-server for Google Cloud
+//! Storage. Each test starts its own on a free port, serving a temporary directory.
+
+use super::{free_port, remove_test_dir, unique_dir};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Azurite's well-known development account and its published key.
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const CONTAINER: &str = "pgcairn-test";
+const GCS_BUCKET: &str = "pgcairn-test";
+
+fn cache() -> PathBuf {
+    std::env::var_os("PGCAIRN_TEST_PG_CACHE").map(PathBuf::from).unwrap_or_else(|| "/var/tmp/pgcairn-cache".into())
+}
+
+fn missing(what: &Path) -> ! {
+    panic!("{} not found: run scripts/fetch-emulators.sh (as .ci/run does)", what.display())
+}
+
+/// A running emulator process: killed, and its directory removed, on drop.
+struct Emulator {
+    child: Child,
+    port: u16,
+    base: PathBuf,
+    log_name: &'static str,
+}
+
+impl Emulator {
+    fn start(name: &'static str, program: &Path, args: impl Fn(u16, &Path) -> Vec<String>) -> Emulator {
+        if !program.is_file() {
+            missing(program);
+        }
+        let base = unique_dir(name);
+        let data = base.join("data");
+        std::fs::create_dir_all(&data).expect("create emulator data dir");
+        let log_name = match name {
+            "azurite" => "azurite.log",
+            "fake-gcs" => "fake-gcs.log",
+            _ => "front.log",
+        };
+        let log = std::fs::File::create(base.join(log_name)).expect("create emulator log");
+        let port = free_port();
+        let child = Command::new(program)
+            .args(args(port, &data))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let mut emulator = Emulator { child, port, base, log_name };
+        emulator.wait_until_listening();
+        emulator
+    }
+
+    fn log(&self) -> String {
+        std::fs::read(self.base.join(self.log_name))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn wait_until_listening(&mut self) {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}) on start:\n{}", self.log_name, self.log());
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "emulator did not listen on {addr} within 60 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.kill();
+        remove_test_dir(&self.base);
+    }
+}
+
+/// Azurite's blob service with one empty container.
+pub struct Azurite(Emulator);
+
+impl Azurite {
+    pub fn start() -> Azurite {
+        let program = cache().join("azurite/node_modules/.bin/azurite-blob");
+        let emulator = Emulator::start("azurite", &program, |port, data| {
+            let mut args: Vec<String> = vec!["--blobHost".into(), "127.0.0.1".into(), "--blobPort".into()];
+            args.extend([port.to_string(), "--location".into(), data.display().to_string()]);
+            args.extend(["--skipApiVersionCheck".into(), "--loose".into(), "--silent".into()]);
+            args
+        });
+        let azurite = Azurite(emulator);
+        azurite.sdk(&format!("c.create_container({CONTAINER:?})"));
+        azurite
+    }
+
+    /// The blob service URL for `repo-azure-endpoint` (path style, with the account).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.0.port)
+    }
+    pub fn container(&self) -> &str {
+        CONTAINER
+    }
+
+    /// Deletes the whole container: the loss of a repository.
+    pub fn delete_container(&self) {
+        self.sdk(&format!("c.delete_container({CONTAINER:?})"));
+    }
+
+    /// Runs `statement` with `c`, an azure-storage-blob BlobServiceClient on this server.
+    fn sdk(&self, statement: &str) {
+        let python = cache().join("emulators-venv/bin/python");
+        if !python.is_file() {
+            missing(&python);
+        }
+        let connection = format!(
+            "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};",
+            self.endpoint()
+        );
+        let script = format!(
+            "import sys\nfrom azure.storage.blob import BlobServiceClient\nc = BlobServiceClient.from_connection_string(sys.argv[1])\n{statement}\n"
+        );
+        let out = Command::new(&python).args(["-c", &script, &connection]).output().expect("run python");
+        assert!(out.status.success(), "azure sdk: {}\n{}", String::from_utf8_lossy(&out.stderr), self.0.log());
+    }
+}
+
+/// fake-gcs-server (filesystem backend) with one empty bucket, behind the front
+/// `gcs_xml_put.py`: fake-gcs-server has no XML-API upload, the request every GCS
+/// client (object_store too) writes objects with; the front turns it into the
+/// JSON-API upload with the same precondition and passes everything else through.
+pub struct FakeGcs {
+    server: Emulator,
+    front: Emulator,
+}
+
+impl FakeGcs {
+    pub fn start() -> FakeGcs {
+        let venv = cache().join("emulators-venv");
+        let program = find_file(&venv, "fake-gcs-server-linux-amd64").unwrap_or_else(|| missing(&venv));
+        let server = Emulator::start("fake-gcs", &program, |port, data| {
+            let mut args: Vec<String> = vec!["-scheme".into(), "http".into(), "-host".into(), "127.0.0.1".into()];
+            args.extend(["-port".into(), port.to_string(), "-backend".into(), "filesystem".into()]);
+            args.extend(["-filesystem-root".into(), data.display().to_string()]);
+            args.extend(["-public-host".into(), format!("127.0.0.1:{port}"), "-log-level".into(), "warn".into()]);
+            args
+        });
+        let upstream = server.port;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/integration/support/gcs_xml_put.py");
+        let front = Emulator::start("gcs-front", &venv.join("bin/python"), |port, _| {
+            vec![script.display().to_string(), port.to_string(), upstream.to_string()]
+        });
+        let gcs = FakeGcs { server, front };
+        let body = format!("{{\"name\":\"{GCS_BUCKET}\"}}");
+        let reply = gcs.http("POST", "/storage/v1/b", &body);
+        assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
+        gcs
+    }
+
+    /// The service URL for `repo-gcs-endpoint` (the front).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.front.port)
+    }
+    pub fn bucket(&self) -> &str {
+        GCS_BUCKET
+    }
+
+    /// One plain HTTP/1.1 request to fake-gcs-server itself (it needs no
+    /// authentication); the reply.
+    fn http(&self, method: &str, path: &str, body: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.server.port)).expect("connect fake-gcs-server");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("send request");
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).expect("read reply");
+        reply
+    }
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == name) && path.is_file() {
+            return Some(path);
+        }
+        if path.is_dir() && !path.is_symlink() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
