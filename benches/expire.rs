@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use pgcairn::{ExpireRequest, RepoLocation, RetentionPolicy, S3Settings};
+use pgcairn::{ExpireRequest, RepoLocation, RetentionPolicy};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -35,7 +35,7 @@ fn main() {
     let location = RepoLocation::parse(&dir.path().display().to_string()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let storage = location.open("main", &S3Settings::default()).unwrap();
+        let storage = location.open("main", &pgcairn::CloudSettings::default()).unwrap();
         let started = Instant::now();
         let repo = pgcairn::testing::synthetic_repository(storage, backups, chain, packs, 1024).await.unwrap();
         println!("built {backups} backups × {packs} packs in {:.1}s", started.elapsed().as_secs_f64());

@@ -124,7 +124,7 @@ impl Archiving {
     }
 }
 
-fn previous_segment(name: &str) -> String {
+pub fn previous_segment(name: &str) -> String {
     let (tli, hi, lo) =
         (&name[0..8], u32::from_str_radix(&name[8..16], 16).unwrap(), u32::from_str_radix(&name[16..24], 16).unwrap());
     let segno = (hi as u64) * 256 + lo as u64 - 1;

@@ -109,7 +109,7 @@ fn archive_copy_env() -> (String, String) {
     ("PGCAIRN_ARCHIVE_COPY".into(), "true".into())
 }
 
-fn passphrase_env() -> (String, String) {
+pub fn passphrase_env() -> (String, String) {
     ("PGCAIRN_REPO_PASSPHRASE".into(), PASSPHRASE.into())
 }
 

@@ -4,6 +4,13 @@
 use pgcairn::testing::ObjectStorage;
 use pgcairn::{AzureKeyType, AzureSettings, GcsKeyType, GcsSettings, Secret, Storage, StorageErrorKind};
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::archive::{archive_push_bin, previous_segment};
+use crate::cli::{passphrase_env, wait_promoted, Pgcairn};
+use crate::support::{chown_to_postgres, Cluster, PgVersion, TestDir};
 use crate::support::{cloud::AZURITE_ACCOUNT, cloud::AZURITE_KEY, Azurite, FakeGcs};
 
 fn azure_settings(azurite: &Azurite) -> AzureSettings {
@@ -52,4 +59,117 @@ async fn azure_wrong_key_is_not_absent() {
     let err = storage.get("config").await.unwrap_err();
     assert!(err.to_string().contains("config"), "{err}");
     assert_ne!(err.storage_kind(), Some(StorageErrorKind::NotFound), "{err}");
+}
+
+/// How a test reaches one cloud repository: its URL and the config-file lines that
+/// go with it (what an operator writes), secret files already in place.
+struct CloudRepo {
+    url: String,
+    config: String,
+    /// A secret that must appear in no file pgcairn writes into the data directory.
+    secret: String,
+}
+
+fn private_file(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    chown_to_postgres(path);
+}
+
+fn azurite_repo(azurite: &Azurite, dir: &Path) -> CloudRepo {
+    let key = dir.join("azure.key");
+    private_file(&key, &format!("{AZURITE_KEY}\n"));
+    let config = format!(
+        "repo-azure-account = \"{AZURITE_ACCOUNT}\"\nrepo-azure-key-file = \"{}\"\nrepo-azure-endpoint = \"{}\"\nrepo-azure-allow-http = true\n",
+        key.display(),
+        azurite.endpoint()
+    );
+    CloudRepo { url: format!("az://{}/seed", azurite.container()), config, secret: AZURITE_KEY.into() }
+}
+
+fn gcs_repo(gcs: &FakeGcs, dir: &Path) -> CloudRepo {
+    let token = "emulator-token-for-the-seed-drill";
+    let key = dir.join("gcs.token");
+    private_file(&key, token);
+    let config = format!(
+        "repo-gcs-key-type = \"token\"\nrepo-gcs-key = \"{}\"\nrepo-gcs-endpoint = \"{}\"\nrepo-gcs-allow-http = true\n",
+        key.display(),
+        gcs.endpoint()
+    );
+    CloudRepo { url: format!("gs://{}/seed", gcs.bucket()), config, secret: token.into() }
+}
+
+/// The seed drill on a cloud repository configured as an operator would: one config
+/// file that the server's archive-push and archive-get read too. Archive into it,
+/// back up, 1000 rows 'test', note the time, 1000 rows 'after', restore to the noted
+/// time and recover through archive-get: 1000 / 0.
+fn seed_drill(version: PgVersion, repo: CloudRepo, dir: &Path) {
+    let cluster = Cluster::init(version);
+    let config = dir.join("pgcairn.toml");
+    let key = dir.join("repo.key");
+    private_file(&config, &format!("repo = \"{}\"\n{}", repo.url, repo.config));
+    let p = Pgcairn { stanza: "main".into(), all_stanzas: false, repo: String::new(), env: vec![passphrase_env()] }
+        .with_env("PGCAIRN_CONFIG", &config.display().to_string());
+    let pg = format!("--pg={}", cluster.conninfo());
+    p.ok(&["stanza-create", &pg]);
+    p.ok(&["key-file", &format!("--output={}", key.display())]);
+    chown_to_postgres(&key);
+    private_file(&config, &format!("repo = \"{}\"\nrepo-key-file = \"{}\"\n{}", repo.url, key.display(), repo.config));
+    let push = format!("{} --config={} --stanza=main %p", archive_push_bin().display(), config.display());
+    cluster.psql(&format!("ALTER SYSTEM SET archive_command = '{push}'; ALTER SYSTEM SET archive_mode = on;"));
+    cluster.stop();
+    cluster.start();
+
+    let label = p.backup(&cluster.conninfo());
+    cluster.psql("CREATE TABLE seed (v text); INSERT INTO seed SELECT 'test' FROM generate_series(1, 1000);");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = cluster.psql("SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    cluster.psql("INSERT INTO seed SELECT 'after' FROM generate_series(1, 1000); SELECT pg_switch_wal();");
+    wait_archived(&cluster);
+
+    let data = dir.join("restored");
+    let out = p.ok(&[
+        "restore",
+        &format!("--pg-data={}", data.display()),
+        "--type=time",
+        &format!("--target={target}"),
+        "--target-action=promote",
+    ]);
+    assert!(out.contains(&label), "{out}");
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains(&repo.secret), "a secret in the recovery settings: {auto}");
+    std::fs::write(data.join("postgresql.auto.conf"), auto + "\narchive_mode = off\n").unwrap();
+    let restored = Cluster::start_restored(version, &data);
+    wait_promoted(&restored);
+    let counts =
+        restored.psql("SELECT count(*) FILTER (WHERE v = 'test'), count(*) FILTER (WHERE v = 'after') FROM seed");
+    assert_eq!(counts, "1000|0", "{}", restored.server_log());
+}
+
+fn wait_archived(cluster: &Cluster) {
+    let current = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let last = cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+        if last.as_str() >= previous_segment(&current).as_str() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "archiver stuck at {last:?} (want {current}):\n{}", cluster.server_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn seed_drill_on_azure() {
+    let azurite = Azurite::start();
+    let dir = TestDir::new("azure-seed");
+    seed_drill(PgVersion::V17, azurite_repo(&azurite, dir.path()), dir.path());
+}
+
+#[test]
+fn seed_drill_on_gcs() {
+    let gcs = FakeGcs::start();
+    let dir = TestDir::new("gcs-seed");
+    seed_drill(PgVersion::V15, gcs_repo(&gcs, dir.path()), dir.path());
 }
