@@ -87,6 +87,10 @@ impl ObjectStorage {
         if let Some((id, secret)) = &settings.credentials {
             b = b.with_access_key_id(id).with_secret_access_key(secret.expose());
         }
+        // Every put carries x-amz-checksum-sha256: S3 then refuses bytes damaged on the
+        // way, and a bucket under Object Lock refuses puts without a checksum header.
+        // The hash is the one SigV4 already computes over the payload.
+        b = b.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
         if let Some(r) = &settings.region {
             b = b.with_region(r);
         } else if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {

@@ -1,6 +1,6 @@
 //! Cloud storage emulators for the tests, installed by scripts/fetch-emulators.sh (which
 //! .ci/run runs): Azurite for Azure Blob Storage, fake-gcs-server for Google Cloud
-//! Storage. Each test starts its own on a free port, serving a temporary directory.
+//! Storage, moto for S3 with Object Lock. Each test starts its own on a free port.
 
 use super::{free_port, remove_test_dir, unique_dir};
 use std::io::{Read, Write};
@@ -43,6 +43,7 @@ impl Emulator {
         let log_name = match name {
             "azurite" => "azurite.log",
             "fake-gcs" => "fake-gcs.log",
+            "moto" => "moto.log",
             _ => "front.log",
         };
         let log = std::fs::File::create(base.join(log_name)).expect("create emulator log");
@@ -209,4 +210,57 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// moto's S3 server with one bucket under Object Lock: versioning on, every new object
+/// kept for a day in GOVERNANCE mode (the bucket's default retention). The second S3
+/// implementation of the tests, and the one with Object Lock.
+pub struct MotoS3(Emulator);
+
+pub const MOTO_BUCKET: &str = "pgcairn-locked";
+
+impl MotoS3 {
+    pub fn start() -> MotoS3 {
+        let python = cache().join("emulators-venv/bin/python");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/integration/support/moto_server.py");
+        let moto =
+            MotoS3(Emulator::start("moto", &python, |port, _| vec![script.display().to_string(), port.to_string()]));
+        moto.boto(&format!(
+            "s3.create_bucket(Bucket={MOTO_BUCKET:?}, ObjectLockEnabledForBucket=True)\n\
+             s3.put_object_lock_configuration(Bucket={MOTO_BUCKET:?}, ObjectLockConfiguration={{\
+             'ObjectLockEnabled': 'Enabled', 'Rule': {{'DefaultRetention': {{'Mode': 'GOVERNANCE', 'Days': 1}}}}}})"
+        ));
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.0.port)
+    }
+
+    /// The AWS_* environment for pgcairn (moto accepts any key).
+    pub fn aws_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "moto-key".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "moto-secret".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Runs `statements` with `s3`, a boto3 client on this server (what an operator's
+    /// own tools do with the bucket); returns what they print.
+    pub fn boto(&self, statements: &str) -> String {
+        let python = cache().join("emulators-venv/bin/python");
+        let script = format!(
+            "import sys, boto3\ns3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='moto-key', \
+             aws_secret_access_key='moto-secret', region_name='us-east-1')\n{statements}\n"
+        );
+        let out = Command::new(&python).args(["-c", &script, &self.endpoint()]).output().expect("run python");
+        assert!(out.status.success(), "boto3: {}\n{}", String::from_utf8_lossy(&out.stderr), self.0.log());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }

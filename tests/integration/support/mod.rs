@@ -15,7 +15,7 @@ pub mod pg;
 pub mod s3;
 
 #[allow(unused_imports)]
-pub use cloud::{Azurite, FakeGcs};
+pub use cloud::{Azurite, FakeGcs, MotoS3};
 #[allow(unused_imports)] // convenience re-exports; not every test uses every one
 pub use pg::{client_bin, Cluster, PgVersion};
 #[allow(unused_imports)]
