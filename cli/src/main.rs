@@ -333,8 +333,8 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             // The config may already name the key file this writes: unlock with the
             // passphrase then (a review found `key-file` failing on its own output).
             let mut unlock_with = common.clone();
-            if unlock_with.key_file.as_deref().is_some_and(|k| !k.exists()) {
-                unlock_with.key_file = None;
+            if unlock_with.selected.key_file.as_deref().is_some_and(|k| !k.exists()) {
+                unlock_with.selected.key_file = None;
             }
             unlock_with.access()?.open().await?.write_key_file(output)?;
             outln!(

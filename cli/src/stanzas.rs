@@ -29,7 +29,7 @@ impl AllStanzas {
     /// The stanzas the repository holds, and those the config file sets up for it
     /// (one missing from the repository is then reported, not left out); sorted.
     pub(crate) async fn names(&self) -> Result<Vec<String>> {
-        let mut names = self.common.repo.list_stanzas(&self.common.cloud).await?;
+        let mut names = self.common.selected.repo.list_stanzas(&self.common.selected.cloud).await?;
         for name in &self.configured {
             // A section for a stanza of another repository is not this run's.
             if !names.contains(name) && self.settings(name).is_ok() {
@@ -38,7 +38,7 @@ impl AllStanzas {
         }
         names.sort();
         if names.is_empty() {
-            let problem = format!("repository {} holds no stanza", self.common.repo.describe());
+            let problem = format!("repository {} holds no stanza", self.common.selected.repo.describe());
             return Err(Error::setting(problem, "check repo (and its cloud settings), or run stanza-create").into());
         }
         Ok(names)
@@ -53,9 +53,9 @@ impl AllStanzas {
         let r = resolve(self.cmd, &flags, &process_env)?;
         let common = Common::from(&r)?;
         let endpoints = |c: &Common| {
-            let cloud = &c.cloud;
+            let cloud = &c.selected.cloud;
             (
-                c.repo.clone(),
+                c.selected.repo.clone(),
                 cloud.s3.endpoint.clone(),
                 cloud.azure.endpoint.clone(),
                 cloud.azure.account.clone(),
@@ -65,12 +65,12 @@ impl AllStanzas {
         if endpoints(&common) != endpoints(&self.common) {
             let problem = format!(
                 "stanza {stanza}: its config section names repository {}, not {}",
-                common.repo.describe(),
-                self.common.repo.describe()
+                common.selected.repo.describe(),
+                self.common.selected.repo.describe()
             );
             return Err(Error::setting(
                 problem,
-                format!("run --all-stanzas with --repo={} for that one", common.repo.describe()),
+                format!("run --all-stanzas with --repo={} for that one", common.selected.repo.describe()),
             )
             .into());
         }

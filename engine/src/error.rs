@@ -308,6 +308,18 @@ pub enum Error {
     #[error("{0}")]
     Fetcher(String),
 
+    /// What failed in one repository of several (`repo2`…`repo4`): the others may
+    /// have done their part.
+    #[error("repository {number} ({location}): {source}")]
+    InRepository {
+        /// The repository's number (1 for `repo`, 2 for `repo2`, …).
+        number: usize,
+        /// Where it is, as configured.
+        location: String,
+        /// What went wrong there.
+        source: Box<Error>,
+    },
+
     /// A bug: an invariant of pgcairn's own code did not hold.
     #[error("internal error: {0}; this is a bug in pgcairn: please report it with the command and its log")]
     Internal(String),
@@ -317,6 +329,7 @@ impl Error {
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
+            Error::InRepository { source, .. } => source.is_transient(),
             Error::Storage { kind, .. } => *kind == StorageErrorKind::Transient,
             Error::Connect { .. } => true,
             Error::Io { source, .. } => matches!(
@@ -347,6 +360,7 @@ impl Error {
     /// PostgreSQL treats archive_command codes above that as fatal.
     pub fn exit_code(&self) -> u8 {
         match self {
+            Error::InRepository { source, .. } => source.exit_code(),
             Error::Misconfigured { .. } => exit::CONFIG,
             Error::RepoNotInitialised { .. }
             | Error::RepoAlreadyInitialised { .. }
@@ -371,6 +385,7 @@ impl Error {
     /// The storage failure's kind, if this is a storage error.
     pub fn storage_kind(&self) -> Option<StorageErrorKind> {
         match self {
+            Error::InRepository { source, .. } => source.storage_kind(),
             Error::Storage { kind, .. } => Some(*kind),
             _ => None,
         }

@@ -20,5 +20,6 @@ mod recoverability;
 mod roundtrip;
 mod s3_storage;
 mod settings;
+mod several_repos;
 mod support;
 mod tls;

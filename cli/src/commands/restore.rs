@@ -86,7 +86,8 @@ pub(crate) fn recovery(common: &Common, forwarded: &[String], t: &TargetArgs) ->
     let timeline = t.target_timeline.as_deref().map(TimelineTarget::parse).transpose()?;
     // PGCAIRN_REPO_PASSPHRASE does not reach PostgreSQL's restore_command; only a
     // key file or passphrase file named in the forwarded settings does.
-    if target != RecoveryTarget::None && common.key_file.is_none() && common.passphrase_file.is_none() {
+    if target != RecoveryTarget::None && common.selected.key_file.is_none() && common.selected.passphrase_file.is_none()
+    {
         tracing::warn!("restore_command will need the repository key: set repo-key-file (or repo-passphrase-file) where PostgreSQL can read it");
     }
     let restore_command = restore_command(forwarded)?;

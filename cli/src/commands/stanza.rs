@@ -15,7 +15,7 @@ pub(crate) async fn stanza_create(
     block_size: Option<u32>,
 ) -> Result<()> {
     let settings = typed::StanzaCreate::from(r)?;
-    common.repo.check_creatable()?;
+    common.selected.repo.check_creatable()?;
     let passphrase = common.passphrase()?;
     if !no_encryption && passphrase.is_none() {
         bail!("an encrypted repository needs a passphrase: set PGCAIRN_REPO_PASSPHRASE or repo-passphrase-file (or pass --no-encryption to store data unencrypted)");

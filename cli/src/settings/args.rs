@@ -43,6 +43,8 @@ fn arg(s: &'static Setting) -> Arg {
         // Negative zstd levels: `--compress-level-wal -3`.
         .allow_hyphen_values(s.kind == Kind::Zstd)
         .global(s.is_global())
+        // repo2-… to repo4-…: in docs/config.md, not in every command's --help.
+        .hide(s.repo_number().is_some())
         .help_heading(if s.is_global() { "Repository settings" } else { "Settings" });
     if s.kind == Kind::Bool {
         // `--start-fast` alone means true; a value needs `=`, so the next word is

@@ -145,7 +145,7 @@ pub enum Forward {
 }
 
 /// One setting: its name, how it is parsed, where it may come from and who takes it.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Setting {
     /// The flag's and the config-file key's name (`compress-level`).
     pub name: &'static str,
@@ -177,6 +177,31 @@ impl Setting {
         self.scope == Scope::Global
     }
 
+    /// Whether every repository has its own: the settings that find and unlock a
+    /// repository (`repo`, `repo-passphrase*`, `repo-key-file`, `repo-s3-*`,
+    /// `repo-azure-*`, `repo-gcs-*`).
+    pub fn is_per_repo(&self) -> bool {
+        self.is_global() && (self.name == "repo" || self.name.starts_with("repo-")) && self.name != "repo-number"
+    }
+
+    /// The repository a derived setting belongs to (2 for `repo2-key-file`); None
+    /// for the declared ones.
+    pub fn repo_number(&self) -> Option<usize> {
+        let rest = self.name.strip_prefix("repo")?;
+        let digit = rest.chars().next()?.to_digit(10)? as usize;
+        (2..=REPO_MAX).contains(&digit).then_some(digit)
+    }
+
+    /// This per-repository setting for repository `n` (2–4). Names and help are
+    /// made once, at start-up, and live as long as the program.
+    fn for_repo(&self, n: usize) -> Setting {
+        let name: &'static str = Box::leak(repo_setting(self.name, n).into_boxed_str());
+        let help: &'static str = Box::leak(format!("repository {n}: {}", self.help).into_boxed_str());
+        // Repository 1's location is required; the others exist only when set.
+        let default = if self.name == "repo" { None } else { self.default };
+        Setting { name, help, default, ..*self }
+    }
+
     /// `PGCAIRN_` + the name in upper case, `-` → `_`.
     pub fn env(&self) -> String {
         format!("PGCAIRN_{}", self.name.to_uppercase().replace('-', "_"))
@@ -196,8 +221,30 @@ const WITH_PG: Scope = Scope::Only(&[StanzaCreate, Backup, Check, StanzaDelete, 
 /// The retention policy: expire applies it, backup too (expire-auto), info shows it.
 const RETENTION: Scope = Scope::Only(&[Backup, Expire, Info]);
 
-/// Every setting. Order: global ones first, then by command; help and docs follow it.
-pub const SETTINGS: &[Setting] = &[
+/// How many repositories a stanza may have: `repo`, then `repo2` … `repo4`.
+pub const REPO_MAX: usize = 4;
+
+/// Every setting: [`DECLARED`], then each per-repository setting again for
+/// repositories 2 to [`REPO_MAX`] (`repo2`, `repo2-key-file`, `repo3-s3-endpoint` …):
+/// declared once, derived here, so flags, keys, variables and docs cannot drift.
+pub static SETTINGS: std::sync::LazyLock<Vec<Setting>> = std::sync::LazyLock::new(|| {
+    let derived = (2..=REPO_MAX).flat_map(|n| DECLARED.iter().filter(|s| s.is_per_repo()).map(move |s| s.for_repo(n)));
+    let declared = DECLARED.iter().copied();
+    declared.chain(derived).collect()
+});
+
+/// The name of per-repository setting `base` (`repo-key-file`) for repository `n`:
+/// itself for 1, `repo2-key-file` for 2.
+pub fn repo_setting(base: &str, n: usize) -> String {
+    match (n, base.strip_prefix("repo")) {
+        (1, _) | (_, None) => base.to_string(),
+        (n, Some(rest)) => format!("repo{n}{rest}"),
+    }
+}
+
+/// The settings as declared. Order: global ones first, then by command; help and
+/// docs follow it.
+const DECLARED: &[Setting] = &[
     Setting {
         name: "config",
         kind: Kind::Path,
@@ -377,6 +424,15 @@ pub const SETTINGS: &[Setting] = &[
         sources: ANY,
         forward: Given,
         help: "allow a plain http:// GCS endpoint (emulators, trusted networks only)",
+    },
+    Setting {
+        name: "repo-number",
+        kind: Kind::Count,
+        default: Some("1"),
+        scope: GLOBAL,
+        sources: ANY,
+        forward: Given,
+        help: "which repository the command works on: 1 (repo) to 4 (repo4); archive-push writes to all; archive-get reads all in order unless this is given",
     },
     Setting {
         name: "log-level",

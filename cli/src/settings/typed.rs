@@ -13,7 +13,7 @@ use pgcairn::{DynStorage, RepoLocation, S3Settings};
 use pgcairn::{Error, Result};
 
 use super::resolve::Resolved;
-use super::table::Cmd;
+use super::table::{repo_setting, Cmd, REPO_MAX};
 
 /// What every command has: the stanza and how to reach and unlock its repository.
 #[derive(Debug, Clone)]
@@ -26,9 +26,22 @@ pub struct Common {
     pub log_file: Option<PathBuf>,
     /// JSON log lines (`log-format = json`).
     pub log_json: bool,
-    /// The repository (`repo`).
+    /// The repository the command works on (`repo-number`, default 1).
+    pub selected: RepoSpec,
+    /// Every configured repository, in order (`repo`, `repo2` …): what archive-push
+    /// writes to and archive-get reads from.
+    pub repos: Vec<RepoSpec>,
+}
+
+/// One repository's settings: `repo` and `repo-*` for repository 1, `repo2` and
+/// `repo2-*` for repository 2, and so on.
+#[derive(Debug, Clone)]
+pub struct RepoSpec {
+    /// 1 for `repo`, 2–4 for `repo2`…`repo4`.
+    pub number: usize,
+    /// Where it is (`repo`).
     pub repo: RepoLocation,
-    /// How to reach the repository's cloud: S3 endpoint, region and credentials
+    /// How to reach its cloud: S3 endpoint, region and credentials
     /// (repo-s3-credentials-file, else the environment), Azure and GCS settings.
     pub cloud: CloudSettings,
     /// `repo-key-file`: unlocks without key derivation; None: use the passphrase.
@@ -109,48 +122,49 @@ pub fn s3_credentials(file: &std::path::Path) -> Result<(String, Secret)> {
 
 /// The `repo-s3-*`, `repo-azure-*` and `repo-gcs-*` settings. Secret files are read
 /// only for the cloud the repository is in: a host archiving to S3 needs no Azure key.
-fn cloud_settings(r: &Resolved) -> Result<CloudSettings> {
-    let repo: RepoLocation = r.get("repo")?;
-    let cloud = match &repo {
+fn cloud_settings(r: &Resolved, n: usize, repo: &RepoLocation) -> Result<CloudSettings> {
+    let key = |base: &str| repo_setting(base, n);
+    let cloud = match repo {
         RepoLocation::Cloud { cloud, .. } => Some(*cloud),
         RepoLocation::Local(_) => None,
     };
-    let read = |name: &str, wanted: bool| -> Result<Option<Secret>> {
-        match r.opt::<PathBuf>(name)? {
-            Some(file) if wanted => cloud_secret_file(&file, name).map(Some),
+    let read = |base: &str, wanted: bool| -> Result<Option<Secret>> {
+        let name = key(base);
+        match r.opt::<PathBuf>(&name)? {
+            Some(file) if wanted => cloud_secret_file(&file, &name).map(Some),
             _ => Ok(None),
         }
     };
     let s3 = S3Settings {
-        endpoint: r.opt("repo-s3-endpoint")?,
-        region: r.opt("repo-s3-region")?,
-        credentials: match r.opt::<PathBuf>("repo-s3-credentials-file")? {
+        endpoint: r.opt(&key("repo-s3-endpoint"))?,
+        region: r.opt(&key("repo-s3-region"))?,
+        credentials: match r.opt::<PathBuf>(&key("repo-s3-credentials-file"))? {
             Some(f) if cloud == Some(pgcairn::Cloud::S3) => Some(s3_credentials(&f)?),
             _ => None,
         },
-        allow_http: r.get("repo-s3-allow-http")?,
-        ca_file: r.opt("repo-s3-ca-file")?,
+        allow_http: r.get(&key("repo-s3-allow-http"))?,
+        ca_file: r.opt(&key("repo-s3-ca-file"))?,
     };
     let azure = AzureSettings {
-        account: r.opt("repo-azure-account")?,
-        key_type: match r.get::<&str>("repo-azure-key-type")? {
+        account: r.opt(&key("repo-azure-account"))?,
+        key_type: match r.get::<&str>(&key("repo-azure-key-type"))? {
             "sas" => AzureKeyType::Sas,
             "auto" => AzureKeyType::Auto,
             _ => AzureKeyType::Shared,
         },
         key: read("repo-azure-key-file", cloud == Some(pgcairn::Cloud::Azure))?,
-        endpoint: r.opt("repo-azure-endpoint")?,
-        allow_http: r.get("repo-azure-allow-http")?,
+        endpoint: r.opt(&key("repo-azure-endpoint"))?,
+        allow_http: r.get(&key("repo-azure-allow-http"))?,
     };
     let gcs = GcsSettings {
-        key_type: match r.get::<&str>("repo-gcs-key-type")? {
+        key_type: match r.get::<&str>(&key("repo-gcs-key-type"))? {
             "service" => GcsKeyType::Service,
             "token" => GcsKeyType::Token,
             _ => GcsKeyType::Auto,
         },
         key: read("repo-gcs-key", cloud == Some(pgcairn::Cloud::Gcs))?,
-        endpoint: r.opt("repo-gcs-endpoint")?,
-        allow_http: r.get("repo-gcs-allow-http")?,
+        endpoint: r.opt(&key("repo-gcs-endpoint"))?,
+        allow_http: r.get(&key("repo-gcs-allow-http"))?,
     };
     Ok(CloudSettings { s3, azure, gcs })
 }
@@ -182,53 +196,109 @@ impl Common {
 impl Common {
     /// Read from the resolved settings.
     pub fn from(r: &Resolved) -> Result<Self> {
+        let mut repos = Vec::new();
+        for n in 1..=REPO_MAX {
+            if let Some(spec) = RepoSpec::from(r, n)? {
+                repos.push(spec);
+            }
+        }
+        let number = usize::try_from(r.get::<u32>("repo-number")?).unwrap_or(usize::MAX);
+        let selected = repos.iter().find(|s| s.number == number).cloned().ok_or_else(|| {
+            let configured: Vec<String> = repos.iter().map(|s| s.number.to_string()).collect();
+            Error::setting(
+                format!(
+                    "repo-number = {number}, but repository {number} is not configured (configured: {})",
+                    configured.join(", ")
+                ),
+                format!(
+                    "set {} to its location, or choose one of the configured repositories",
+                    repo_setting("repo", number)
+                ),
+            )
+        })?;
         Ok(Self {
             // Empty only under --all-stanzas, where each stanza gets its own Common.
             stanza: r.opt("stanza")?.unwrap_or_default(),
             log_level: r.get("log-level")?,
             log_file: r.opt("log-file")?,
             log_json: r.get::<&str>("log-format")? == "json",
-            repo: r.get("repo")?,
-            cloud: cloud_settings(r)?,
-            key_file: r.opt("repo-key-file")?,
-            passphrase_file: r.opt("repo-passphrase-file")?,
-            passphrase_env: r.opt("repo-passphrase")?,
+            selected,
+            repos,
         })
     }
 
-    /// The stanza's storage, without opening the repository.
+    /// The selected repository's storage, without opening the repository.
     pub fn storage(&self) -> Result<DynStorage> {
-        self.repo.open(&self.stanza, &self.cloud)
+        self.selected.repo.open(&self.stanza, &self.selected.cloud)
     }
 
-    /// The passphrase from PGCAIRN_REPO_PASSPHRASE, else repo-passphrase-file.
+    /// The selected repository's passphrase.
+    pub fn passphrase(&self) -> Result<Option<Secret>> {
+        self.selected.passphrase()
+    }
+
+    /// How to open the selected repository.
+    pub fn access(&self) -> Result<RepoAccess> {
+        self.selected.access(&self.stanza)
+    }
+
+    /// How to open every configured repository, in order.
+    pub fn all_access(&self) -> Result<Vec<RepoAccess>> {
+        self.repos.iter().map(|spec| spec.access(&self.stanza)).collect()
+    }
+}
+
+impl RepoSpec {
+    /// Repository `n`'s settings; None when `n` > 1 and it has no location. Secret
+    /// files are read only for the repositories configured.
+    fn from(r: &Resolved, n: usize) -> Result<Option<Self>> {
+        let key = |base: &str| repo_setting(base, n);
+        let repo: RepoLocation = match (n, r.opt(&key("repo"))?) {
+            (_, Some(repo)) => repo,
+            (1, None) => r.get("repo")?, // says it is missing, as before
+            (_, None) => return Ok(None),
+        };
+        Ok(Some(Self {
+            number: n,
+            cloud: cloud_settings(r, n, &repo)?,
+            repo,
+            key_file: r.opt(&key("repo-key-file"))?,
+            passphrase_file: r.opt(&key("repo-passphrase-file"))?,
+            passphrase_env: r.opt(&key("repo-passphrase"))?,
+        }))
+    }
+
+    /// The passphrase from PGCAIRN_REPO_PASSPHRASE, else repo-passphrase-file
+    /// (PGCAIRN_REPO2_PASSPHRASE and repo2-passphrase-file for repository 2 …).
     pub fn passphrase(&self) -> Result<Option<Secret>> {
         if let Some(p) = &self.passphrase_env {
             return Ok(Some(p.clone()));
         }
         let Some(file) = &self.passphrase_file else { return Ok(None) };
         refuse_shared_secret_file(file)?;
+        let name = repo_setting("repo-passphrase-file", self.number);
         let text = std::fs::read_to_string(file).map_err(|e| {
             Error::setting(
-                format!("cannot read repo-passphrase-file {}: {e}", file.display()),
+                format!("cannot read {name} {}: {e}", file.display()),
                 "check its path and that this OS user can read it",
             )
         })?;
         let pass = text.trim_end_matches(['\n', '\r']);
         if pass.is_empty() {
-            let problem = format!("repo-passphrase-file {} is empty", file.display());
+            let problem = format!("{name} {} is empty", file.display());
             return Err(Error::setting(problem, "write the passphrase into it"));
         }
         Ok(Some(Secret::new(pass)))
     }
 
     /// With repo-key-file when set (no key derivation), else with the passphrase.
-    pub fn access(&self) -> Result<RepoAccess> {
+    pub fn access(&self, stanza: &str) -> Result<RepoAccess> {
         let unlock = match &self.key_file {
             Some(k) => Unlock::KeyFile(k.clone()),
             None => Unlock::Passphrase(self.passphrase()?),
         };
-        Ok(RepoAccess { location: self.repo.clone(), stanza: self.stanza.clone(), cloud: self.cloud.clone(), unlock })
+        let (location, cloud) = (self.repo.clone(), self.cloud.clone());
+        Ok(RepoAccess { number: self.number, location, stanza: stanza.to_string(), cloud, unlock })
     }
 }
 
@@ -447,13 +517,19 @@ pub fn push_request(r: &Resolved, common: &Common, drainer_args: &[&str]) -> Res
             })
         }
     };
-    Ok(PushRequest { repo: common.access()?, level: r.get("compress-level-wal")?, queue })
+    Ok(PushRequest { repos: common.all_access()?, level: r.get("compress-level-wal")?, queue })
 }
 
-/// archive-get's request.
+/// archive-get's request: every repository in order; only the one `repo-number`
+/// names when it is given (as a flag, in the environment or the config file), as
+/// `restore --repo-number=N` passes it on to the restore_command it writes — a
+/// recovery from repository 2 after repository 1 was lost must not stop at the lost
+/// one, which cannot say whether it held a segment.
 pub fn get_request(r: &Resolved, common: &Common) -> Result<GetRequest> {
+    let chosen = r.entry_of("repo-number").is_some_and(|e| !matches!(e.source, super::resolve::Source::Default));
+    let repos = if chosen { vec![common.access()?] } else { common.all_access()? };
     Ok(GetRequest {
-        repo: common.access()?,
+        repos,
         timeout: r.get("archive-get-timeout")?,
         spool_path: r.opt("spool-path")?,
         queue_max: r.get("archive-get-queue-max")?,

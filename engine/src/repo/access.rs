@@ -13,6 +13,8 @@ use crate::storage::{CloudSettings, DynStorage, RepoLocation};
 /// this. The caller resolves it from its settings.
 #[derive(Debug, Clone)]
 pub struct RepoAccess {
+    /// Its number among the stanza's repositories: 1 for `repo`, 2–4 for `repo2`…`repo4`.
+    pub number: usize,
     /// Where the repository lives (`repo`).
     pub location: RepoLocation,
     /// The stanza, below the repository's root.
@@ -36,6 +38,11 @@ impl RepoAccess {
     /// The stanza's storage (with retries), without opening the repository.
     pub fn storage(&self) -> Result<DynStorage> {
         self.location.open(&self.stanza, &self.cloud)
+    }
+
+    /// `e`, saying which repository it happened in.
+    pub fn context(&self, e: Error) -> Error {
+        Error::InRepository { number: self.number, location: self.location.describe(), source: Box::new(e) }
     }
 
     /// Opens the stanza, unlocking it as `unlock` says.

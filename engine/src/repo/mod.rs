@@ -18,6 +18,7 @@ pub(crate) mod lock;
 mod meta;
 pub(crate) mod pack;
 pub(crate) mod results;
+pub(crate) mod set;
 pub(crate) mod synthetic;
 pub(crate) mod wal;
 pub(crate) mod wal_archive;

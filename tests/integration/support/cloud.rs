@@ -124,6 +124,19 @@ impl Azurite {
         self.sdk(&format!("c.delete_container({CONTAINER:?})"));
     }
 
+    /// Deletes one blob of the container (a lost object).
+    pub fn delete_blob(&self, name: &str) {
+        self.sdk(&format!("c.get_blob_client({CONTAINER:?}, {name:?}).delete_blob()"));
+    }
+
+    /// Flips one byte in the middle of a blob (silent corruption at rest).
+    pub fn flip_byte(&self, name: &str) {
+        self.sdk(&format!(
+            "b = c.get_blob_client({CONTAINER:?}, {name:?})\ndata = bytearray(b.download_blob().readall())\n\
+             data[len(data) // 2] ^= 0xFF\nb.upload_blob(bytes(data), overwrite=True)"
+        ));
+    }
+
     /// Runs `statement` with `c`, an azure-storage-blob BlobServiceClient on this server.
     fn sdk(&self, statement: &str) {
         let python = cache().join("emulators-venv/bin/python");

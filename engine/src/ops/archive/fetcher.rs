@@ -35,12 +35,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use super::get::{fetch, retry_transient, GetRequest};
+use super::get::{retry_transient, GetRequest};
 use super::push_async::HelperCommand;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, Commit};
 use crate::pg::wal::{segment_name, WalFile};
-use crate::repo::Repository;
+use crate::repo::set::{RepoSet, WalSource};
 
 const FETCH_ENV: &str = "PGCAIRN_ARCHIVE_FETCH";
 const SOCKET: &str = ".fetcher.sock";
@@ -311,11 +311,13 @@ pub(super) async fn run(req: &GetRequest, spool: &Path) -> Result<()> {
     let watch = Watch::new(&socket)?;
     tracing::info!("background WAL fetcher {} started for {}", std::process::id(), spool.display());
     let deadline = Instant::now() + req.timeout;
-    let opened = retry_transient(deadline, req.timeout, "opening the repository", || req.repo.open()).await;
+    let set = Arc::new(RepoSet::new(req.repos.clone())?);
+    let seg_size = || async { set.open_any().await.map(|repo| repo.config().wal_segment_size.max(1) as u64) };
+    let opened = retry_transient(deadline, req.timeout, "opening the repository", seg_size).await;
     let outcome = match opened {
-        Ok(repo) => {
-            let segments = req.queue_max / repo.config().wal_segment_size as u64;
-            let mut fetcher = Fetcher::new(repo, spool, segments);
+        Ok(seg_size) => {
+            let segments = req.queue_max / seg_size;
+            let mut fetcher = Fetcher::new(set.clone(), seg_size, spool, segments);
             let own_args: Vec<OsString> = std::env::args_os().skip(1).collect();
             (fetcher.identity, fetcher.timeout) = (identity(&own_args), req.timeout);
             serve(listener, Arc::new(fetcher), &watch).await;
@@ -440,9 +442,11 @@ enum Fetched {
 
 type Slot = Shared<BoxFuture<'static, Fetched>>;
 
-/// The opened repository, the spool, and the segments fetched ahead by name.
+/// Where WAL comes from (the opened repositories), the spool, and the segments
+/// fetched ahead by name.
 pub(super) struct Fetcher {
-    repo: Repository,
+    source: Arc<dyn WalSource>,
+    seg_size: u64,
     spool: PathBuf,
     /// Segments to keep fetched ahead of the last one served.
     ahead: u64,
@@ -459,12 +463,11 @@ pub(super) struct Fetcher {
 }
 
 impl Fetcher {
-    pub(super) fn new(repo: Repository, spool: &Path, ahead: u64) -> Self {
-        let seg_size = repo.config().wal_segment_size.max(1) as u64;
+    pub(super) fn new(source: Arc<dyn WalSource>, seg_size: u64, spool: &Path, ahead: u64) -> Self {
         let in_flight = Arc::new(Semaphore::new((PREFETCH_MEMORY / seg_size).max(1) as usize));
         let (spool, slots, last_call) = (spool.to_path_buf(), Mutex::default(), Mutex::new(Instant::now()));
         let (serving, identity, timeout) = (Default::default(), String::new(), Duration::from_secs(60));
-        Self { repo, spool, ahead, slots, in_flight, last_call, serving, identity, timeout }
+        Self { source, seg_size, spool, ahead, slots, in_flight, last_call, serving, identity, timeout }
     }
 
     /// Time since the last call ended; zero while one is served (riding out an
@@ -521,7 +524,7 @@ impl Fetcher {
 
     async fn fetch_now(&self, name: &str, timeout: Duration) -> Reply {
         let deadline = Instant::now() + timeout;
-        match retry_transient(deadline, timeout, name, || fetch(&self.repo, name)).await {
+        match retry_transient(deadline, timeout, name, || self.source.wal(name)).await {
             Ok(None) => Reply::Absent,
             // The spool's trouble is not the archive's: the caller fetches it itself.
             Ok(Some(data)) => match self.spool_file(name, data).await {
@@ -551,7 +554,7 @@ impl Fetcher {
     /// Forget what sorts before `served` (recovery is past it) and start fetching
     /// the segments after it that are not fetched or in flight yet.
     fn fetch_ahead(self: &Arc<Self>, served: &str) {
-        let seg_size = self.repo.config().wal_segment_size;
+        let seg_size = self.seg_size as u32;
         let Some(file @ WalFile::Segment { timeline, .. }) = WalFile::parse(served) else { return };
         let Some(segno) = file.segno(seg_size) else { return };
         prune_spool(&self.spool, served);
@@ -569,7 +572,7 @@ impl Fetcher {
         let me = self.clone();
         let task = tokio::spawn(async move {
             let Ok(_permit) = me.in_flight.acquire().await else { return Fetched::Failed };
-            match fetch(&me.repo, &name).await {
+            match me.source.wal(&name).await {
                 Ok(None) => Fetched::Absent,
                 Ok(Some(data)) => match me.spool_file(&name, data).await {
                     Ok(()) => Fetched::Ready,
@@ -611,6 +614,7 @@ mod tests {
     use super::super::tests::{faulty_archive, segment};
     use super::*;
     use crate::repo::wal::wal_key;
+    use crate::repo::Repository;
     use crate::storage::fault::Fault;
 
     fn name_of(repo: &Repository, segno: u64) -> String {
@@ -618,11 +622,12 @@ mod tests {
     }
 
     /// A fetcher over segments 1..=4, fetching three ahead into `<dir>/spool`.
-    async fn fetcher(dir: &Path) -> (Arc<crate::storage::fault::FaultStorage>, Arc<Fetcher>) {
+    async fn fetcher(dir: &Path) -> (Arc<crate::storage::fault::FaultStorage>, Arc<Fetcher>, Repository) {
         let (fault, repo) = faulty_archive(dir).await;
         let spool = dir.join("spool");
         std::fs::create_dir(&spool).unwrap();
-        (fault, Arc::new(Fetcher::new(repo, &spool, 3)))
+        let seg_size = repo.config().wal_segment_size as u64;
+        (fault, Arc::new(Fetcher::new(Arc::new(repo.clone()), seg_size, &spool, 3)), repo)
     }
 
     fn spooled(f: &Fetcher, name: &str) -> Option<Vec<u8>> {
@@ -634,12 +639,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn the_requested_segment_is_served_while_the_next_are_in_flight() {
         let dir = tempfile::tempdir().unwrap();
-        let (fault, f) = fetcher(dir.path()).await;
-        let (seg1, seg2, seg3) = (name_of(&f.repo, 1), name_of(&f.repo, 2), name_of(&f.repo, 3));
+        let (fault, f, repo) = fetcher(dir.path()).await;
+        let (seg1, seg2, seg3) = (name_of(&repo, 1), name_of(&repo, 2), name_of(&repo, 3));
         let slow = Duration::from_secs(3);
         fault.inject(Fault::SlowReads { prefix: wal_key(1, &seg3), delay: slow });
         assert!(matches!(f.serve_call(&seg1, Duration::from_secs(10)).await, Reply::Ready));
-        assert_eq!(spooled(&f, &seg1).unwrap(), segment(&f.repo, 1, 1));
+        assert_eq!(spooled(&f, &seg1).unwrap(), segment(&repo, 1, 1));
         // Segments 2..4 are now fetched ahead; 3 is slow. Segment 2 is served at once,
         // while 3 is still on its way.
         let started = Instant::now();
@@ -653,7 +658,7 @@ mod tests {
         let started = Instant::now();
         assert!(matches!(f.serve_call(&seg3, Duration::from_secs(60)).await, Reply::Ready));
         assert!(started.elapsed() < Duration::from_secs(1), "served from the spool: {:?}", started.elapsed());
-        assert_eq!(spooled(&f, &seg3).unwrap(), segment(&f.repo, 3, 3));
+        assert_eq!(spooled(&f, &seg3).unwrap(), segment(&repo, 3, 3));
         assert!(spooled(&f, &seg1).is_none(), "segments recovery is past leave the spool");
     }
 
@@ -664,12 +669,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn only_the_requested_segment_decides() {
         let dir = tempfile::tempdir().unwrap();
-        let (fault, f) = fetcher(dir.path()).await;
-        let seg = |n| name_of(&f.repo, n);
+        let (fault, f, repo) = fetcher(dir.path()).await;
+        let seg = |n| name_of(&repo, n);
         fault.inject(Fault::CorruptReads { prefix: wal_key(1, &seg(3)) });
         assert!(matches!(f.serve_call(&seg(1), Duration::from_secs(2)).await, Reply::Ready), "segment 1 is intact");
         assert!(matches!(f.serve_call(&seg(2), Duration::from_secs(2)).await, Reply::Ready));
-        assert_eq!(spooled(&f, &seg(2)).unwrap(), segment(&f.repo, 2, 2));
+        assert_eq!(spooled(&f, &seg(2)).unwrap(), segment(&repo, 2, 2));
         match f.serve_call(&seg(3), Duration::from_secs(2)).await {
             Reply::Failed(e @ Error::Corrupt { .. }) => assert!(e.to_string().contains(&seg(3)), "names it: {e}"),
             other => panic!("segment 3 is damaged, got {other:?}"),
@@ -677,7 +682,7 @@ mod tests {
         // Healed: what failed ahead is fetched again when asked for.
         fault.heal_reads();
         assert!(matches!(f.serve_call(&seg(3), Duration::from_secs(2)).await, Reply::Ready));
-        assert_eq!(spooled(&f, &seg(3)).unwrap(), segment(&f.repo, 3, 3));
+        assert_eq!(spooled(&f, &seg(3)).unwrap(), segment(&repo, 3, 3));
         // Past the end of the archive: absent, and asked again, checked again.
         assert!(matches!(f.serve_call(&seg(9), Duration::from_secs(2)).await, Reply::Absent));
     }
@@ -687,14 +692,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_segment_archived_after_its_fetch_ahead_is_served() {
         let dir = tempfile::tempdir().unwrap();
-        let (_fault, f) = fetcher(dir.path()).await;
-        assert!(matches!(f.serve_call(&name_of(&f.repo, 4), Duration::from_secs(2)).await, Reply::Ready));
+        let (_fault, f, repo) = fetcher(dir.path()).await;
+        assert!(matches!(f.serve_call(&name_of(&repo, 4), Duration::from_secs(2)).await, Reply::Ready));
         tokio::time::sleep(Duration::from_millis(300)).await; // 5..7 fetched ahead: absent
-        let five = dir.path().join(name_of(&f.repo, 5));
-        std::fs::write(&five, segment(&f.repo, 5, 5)).unwrap();
-        super::super::archive_push(&f.repo, &five, 1).await.unwrap();
-        assert!(matches!(f.serve_call(&name_of(&f.repo, 5), Duration::from_secs(2)).await, Reply::Ready));
-        assert_eq!(spooled(&f, &name_of(&f.repo, 5)).unwrap(), segment(&f.repo, 5, 5));
+        let five = dir.path().join(name_of(&repo, 5));
+        std::fs::write(&five, segment(&repo, 5, 5)).unwrap();
+        super::super::archive_push(&repo, &five, 1).await.unwrap();
+        assert!(matches!(f.serve_call(&name_of(&repo, 5), Duration::from_secs(2)).await, Reply::Ready));
+        assert_eq!(spooled(&f, &name_of(&repo, 5)).unwrap(), segment(&repo, 5, 5));
     }
 
     /// The regression in `run`: a fetcher whose socket was replaced (its spool made

@@ -8,7 +8,9 @@
 //! The restore_command contract (docs/config.md): `Ok(true)` delivered, `Ok(false)`
 //! not in the archive (recovery may end there), `Err` anything else — a damaged
 //! object, storage still failing after `archive-get-timeout` — which the caller turns
-//! into an exit status that stops recovery. Only the requested file decides.
+//! into an exit status that stops recovery. Only the requested file decides. With
+//! several repositories the file comes from the first that has a valid copy
+//! ([`RepoSet::get_wal`]); the contract applies when none has.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,13 +21,14 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, Commit};
 use crate::pg::wal::WalFile;
 use crate::repo::access::RepoAccess;
-use crate::repo::Repository;
+use crate::repo::set::{RepoSet, WalSource};
 
 /// `pgcairn archive-get` as restore_command runs it.
 #[derive(Debug, Clone)]
 pub struct GetRequest {
-    /// The stanza to fetch from.
-    pub repo: RepoAccess,
+    /// The stanza's repositories, in the order they are read (`repo` first, then
+    /// `repo2`…): a file missing or damaged in one is fetched from the next.
+    pub repos: Vec<RepoAccess>,
     /// `archive-get-timeout`: how long to ride out a repository that cannot be reached.
     pub timeout: Duration,
     /// `spool-path`: where prefetched segments go (see [`prefetch_spool`]).
@@ -40,7 +43,7 @@ pub struct GetRequest {
 /// Deliver `name` to `dest`; the result as the module comment says. In the process
 /// started as the fetcher, serve calls until it is time to go instead.
 pub async fn run_archive_get(req: &GetRequest, name: &str, dest: &Path) -> Result<bool> {
-    let spool = prefetch_spool(req.spool_path.as_deref(), &req.repo.stanza).filter(|_| req.queue_max > 0);
+    let spool = prefetch_spool(req.spool_path.as_deref(), req.stanza()?).filter(|_| req.queue_max > 0);
     if fetcher::is_fetcher() {
         let spool = spool.ok_or_else(|| Error::Internal("the WAL fetcher was started without a spool".into()))?;
         fetcher::run(req, &spool).await?;
@@ -55,17 +58,22 @@ pub async fn run_archive_get(req: &GetRequest, name: &str, dest: &Path) -> Resul
         }
         tracing::info!("no background WAL fetcher answers in {}: fetching {name} without it", spool.display());
     }
-    let deadline = Instant::now() + req.timeout;
-    let repo = retry_transient(deadline, req.timeout, "opening the repository", || req.repo.open()).await?;
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-    archive_get(&repo, name, dest, remaining).await
+    archive_get(&RepoSet::new(req.repos.clone())?, name, dest, req.timeout).await
+}
+
+impl GetRequest {
+    /// The stanza (the same in every repository).
+    pub(crate) fn stanza(&self) -> Result<&str> {
+        let first = self.repos.first().ok_or_else(|| Error::Internal("archive-get without a repository".into()))?;
+        Ok(&first.stanza)
+    }
 }
 
 /// Fetch `name` into `dest` (temp + fsync + rename, so `dest` is never partial),
 /// riding out a storage outage for up to `timeout`.
-pub(crate) async fn archive_get(repo: &Repository, name: &str, dest: &Path, timeout: Duration) -> Result<bool> {
+pub(crate) async fn archive_get(source: &dyn WalSource, name: &str, dest: &Path, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
-    let Some(data) = retry_transient(deadline, timeout, name, || fetch(repo, name)).await? else {
+    let Some(data) = retry_transient(deadline, timeout, name, || source.wal(name)).await? else {
         return Ok(false);
     };
     tokio::task::block_in_place(|| fsutil::write_file(dest, &data, Commit::Replace))
@@ -103,14 +111,6 @@ where
             }
             other => return other,
         }
-    }
-}
-
-/// One WAL file from the repository, authenticated; None when it is not archived.
-pub(crate) async fn fetch(repo: &Repository, name: &str) -> Result<Option<Vec<u8>>> {
-    match WalFile::parse(name) {
-        Some(file) => repo.get_wal(file.timeline(), name).await,
-        None => Ok(None),
     }
 }
 

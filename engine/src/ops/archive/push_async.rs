@@ -3,6 +3,12 @@
 //! settings the caller forwards, `PGCAIRN_ARCHIVE_DRAIN=1`) pushes queued segments in parallel and
 //! exits when the queue is empty. One drainer at a time (flock on `drain.lock`).
 //!
+//! With several repositories (`repo2`…`repo4`) a segment goes into each: sync mode
+//! pushes to all at once and succeeds only when every one has it; async mode keeps
+//! one queue (and one drainer) per repository, `<spool>/<stanza>` for repository 1
+//! and `<spool>/<stanza>/repoN` for the others, so an outage of one repository does
+//! not hold up the others, and the queue bound applies to each queue on its own.
+//!
 //! `archive-push-queue-max` bounds the queue. When a segment would exceed it,
 //! `archive-push-queue-full` decides:
 //! * `fail` (default): archive_command fails, PostgreSQL keeps the segment in pg_wal
@@ -32,8 +38,8 @@ const PARALLEL_PUSHES: usize = 4;
 /// archive_command's work, as the caller's settings say: push now, or queue.
 #[derive(Debug, Clone)]
 pub struct PushRequest {
-    /// The stanza to archive into.
-    pub repo: RepoAccess,
+    /// The stanza's repositories: every one receives the segment.
+    pub repos: Vec<RepoAccess>,
     /// zstd level for WAL (`compress-level-wal`).
     pub level: i32,
     /// `archive-async`: queue instead of pushing.
@@ -75,16 +81,55 @@ pub struct HelperCommand {
 
 /// The one entry point of `archive_command`, for both binaries: sync or async as requested.
 pub async fn run_archive_push(req: &PushRequest, path: &Path) -> Result<()> {
-    let Some(queue) = &req.queue else {
-        archive_push(&req.repo.open().await?, path, req.level).await?;
-        return Ok(());
-    };
-    let spool = Spool::new(&queue.spool_path, &req.repo.stanza)?;
-    if std::env::var_os(DRAIN_ENV).is_some() {
-        return drain(&req.repo, &spool, req.level).await;
+    let Some(queue) = &req.queue else { return push_to_all(&req.repos, path, req.level).await };
+    let spools: Vec<Spool> = req.repos.iter().map(|r| Spool::of(&queue.spool_path, r)).collect::<Result<_>>()?;
+    if let Some(drained) = std::env::var_os(DRAIN_ENV) {
+        // The drainer of one queue: PGCAIRN_ARCHIVE_DRAIN names its repository.
+        let number: usize = drained.to_str().and_then(|n| n.parse().ok()).unwrap_or(1);
+        let Some(i) = req.repos.iter().position(|r| r.number == number) else { return Ok(()) };
+        return drain(&req.repos[i], &spools[i], req.level).await;
     }
-    spool.enqueue(queue, path)?;
-    spawn_drainer(&spool, &queue.drainer, path)
+    let mut first_error = None;
+    for (access, spool) in req.repos.iter().zip(&spools) {
+        let queued = spool.enqueue(queue, path).map_err(|e| tag(&req.repos, access, e));
+        match queued.and_then(|()| spawn_drainer(spool, &queue.drainer, path, access.number)) {
+            Ok(()) => {}
+            Err(e) if req.repos.len() > 1 => {
+                tracing::error!("{e}");
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// `e` from `access`, naming the repository when there are several.
+fn tag(repos: &[RepoAccess], access: &RepoAccess, e: Error) -> Error {
+    if repos.len() > 1 {
+        access.context(e)
+    } else {
+        e
+    }
+}
+
+/// Sync archive-push: into every repository at once; done only when all have it.
+/// Each failure is logged naming its repository; the first is returned.
+async fn push_to_all(repos: &[RepoAccess], path: &Path, level: i32) -> Result<()> {
+    let pushes = repos.iter().map(|access| async move {
+        let pushed = async { archive_push(&access.open().await?, path, level).await }.await;
+        pushed.map_err(|e| tag(repos, access, e))
+    });
+    let mut first_error = None;
+    for result in futures::future::join_all(pushes).await {
+        if let Err(e) = result {
+            if repos.len() > 1 {
+                tracing::error!("{e}; PostgreSQL keeps the segment and retries");
+            }
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 pub(crate) struct Spool {
@@ -92,8 +137,19 @@ pub(crate) struct Spool {
 }
 
 impl Spool {
+    /// The queue of `access`'s repository (module comment).
+    fn of(spool_path: &Path, access: &RepoAccess) -> Result<Self> {
+        match access.number {
+            1 => Self::new(spool_path, &access.stanza),
+            n => Self::at(spool_path.join(&access.stanza).join(format!("repo{n}"))),
+        }
+    }
+
     pub(crate) fn new(spool_path: &Path, stanza: &str) -> Result<Self> {
-        let root = spool_path.join(stanza);
+        Self::at(spool_path.join(stanza))
+    }
+
+    fn at(root: PathBuf) -> Result<Self> {
         for d in [root.join("out"), root.join("error")] {
             fsutil::create_dir_all_durable(&d).ctx(|| format!("cannot create spool directory {}", d.display()))?;
         }
@@ -166,7 +222,7 @@ fn try_lock(spool: &Spool) -> Result<Option<File>> {
 }
 
 /// Start a detached drainer unless one runs.
-fn spawn_drainer(spool: &Spool, drainer: &HelperCommand, path: &Path) -> Result<()> {
+fn spawn_drainer(spool: &Spool, drainer: &HelperCommand, path: &Path, number: usize) -> Result<()> {
     match try_lock(spool)? {
         None => return Ok(()), // a drainer is running; it drains until the queue is empty
         Some(lock) => drop(lock),
@@ -179,7 +235,7 @@ fn spawn_drainer(spool: &Spool, drainer: &HelperCommand, path: &Path) -> Result<
     std::process::Command::new(&drainer.program)
         .args(&drainer.args)
         .arg(path)
-        .env(DRAIN_ENV, "1")
+        .env(DRAIN_ENV, number.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().ctx(|| "drain.log".into())?)
         .stderr(log)
