@@ -23,7 +23,7 @@ pub(crate) async fn check(r: &Resolved, common: &Common, restore_point: bool, ou
     let settings = typed::Check::from(r)?;
     let repo = common.access()?.open().await?;
     let spool_problems = match &settings.spool_path {
-        Some(spool) => pgcairn::spool_problems(spool, &common.stanza)?,
+        Some(spool) => pgcairn::spool_problems(spool, &common.stanza, common.selected.number)?,
         None => Vec::new(),
     };
     let req = pgcairn::CheckRequest {

@@ -389,6 +389,7 @@ pub fn expire_request(r: &Resolved, set: Option<String>, dry_run: bool) -> Resul
         set,
         dry_run,
         spool_path: r.opt("spool-path")?,
+        repo_number: usize::try_from(r.get::<u32>("repo-number")?).unwrap_or(1),
         gc_grace: r.get("repo-gc-grace")?,
     })
 }

@@ -132,6 +132,15 @@ async fn push_to_all(repos: &[RepoAccess], path: &Path, level: i32) -> Result<()
     first_error.map_or(Ok(()), Err)
 }
 
+/// Where repository `number`'s async queue lives: `<spool>/<stanza>` for repository 1,
+/// `<spool>/<stanza>/repoN` for the others.
+pub(crate) fn queue_root(spool_path: &Path, stanza: &str, number: usize) -> PathBuf {
+    match number {
+        1 => spool_path.join(stanza),
+        n => spool_path.join(stanza).join(format!("repo{n}")),
+    }
+}
+
 pub(crate) struct Spool {
     root: PathBuf,
 }
@@ -139,14 +148,7 @@ pub(crate) struct Spool {
 impl Spool {
     /// The queue of `access`'s repository (module comment).
     fn of(spool_path: &Path, access: &RepoAccess) -> Result<Self> {
-        match access.number {
-            1 => Self::new(spool_path, &access.stanza),
-            n => Self::at(spool_path.join(&access.stanza).join(format!("repo{n}"))),
-        }
-    }
-
-    pub(crate) fn new(spool_path: &Path, stanza: &str) -> Result<Self> {
-        Self::at(spool_path.join(stanza))
+        Self::at(queue_root(spool_path, &access.stanza, access.number))
     }
 
     fn at(root: PathBuf) -> Result<Self> {
@@ -306,10 +308,11 @@ async fn push_queued(repo: &Repository, spool: &Spool, name: &str, level: i32) -
     }
 }
 
-/// WAL names the async spool of `stanza` still speaks of: segments parked in
-/// `error/` and those listed in `dropped.log` (none when there is no spool).
-pub(crate) fn spool_wal_names(spool_path: &Path, stanza: &str) -> Vec<String> {
-    let root = spool_path.join(stanza);
+/// WAL names the async queue of `stanza`'s repository `number` still speaks of:
+/// segments parked in `error/` and those listed in `dropped.log` (none when there is
+/// no spool).
+pub(crate) fn spool_wal_names(spool_path: &Path, stanza: &str, number: usize) -> Vec<String> {
+    let root = queue_root(spool_path, stanza, number);
     let parked = std::fs::read_dir(root.join("error"))
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -320,8 +323,8 @@ pub(crate) fn spool_wal_names(spool_path: &Path, stanza: &str) -> Vec<String> {
 /// Forget spool state about WAL that expire made moot (`moot`: names wholly before
 /// the kept window): parked segments are removed and their `dropped.log` lines too,
 /// the log rewritten durably (removed when it ends up empty). Returns what went.
-pub(crate) fn prune_spool(spool_path: &Path, stanza: &str, moot: &[String]) -> Result<Vec<String>> {
-    let root = spool_path.join(stanza);
+pub(crate) fn prune_spool(spool_path: &Path, stanza: &str, number: usize, moot: &[String]) -> Result<Vec<String>> {
+    let root = queue_root(spool_path, stanza, number);
     let mut gone = Vec::new();
     for name in moot {
         let parked = root.join("error").join(name);
@@ -348,9 +351,10 @@ pub(crate) fn prune_spool(spool_path: &Path, stanza: &str, moot: &[String]) -> R
     Ok(gone)
 }
 
-/// Problems of the async queue in `spool_path` an operator must know about (for `check`).
-pub fn spool_problems(spool_path: &Path, stanza: &str) -> Result<Vec<String>> {
-    let spool = Spool::new(spool_path, stanza)?;
+/// Problems of repository `number`'s async queue in `spool_path` an operator must
+/// know about (for `check`).
+pub fn spool_problems(spool_path: &Path, stanza: &str, number: usize) -> Result<Vec<String>> {
+    let spool = Spool::at(queue_root(spool_path, stanza, number))?;
     let mut out = Vec::new();
     if let Ok(text) = std::fs::read_to_string(spool.dropped_log()) {
         let n = text.lines().count();

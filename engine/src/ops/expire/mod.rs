@@ -34,6 +34,9 @@ pub struct ExpireRequest {
     /// The async archive spool on this host, if any: its parked and dropped entries
     /// about WAL before the kept window are forgotten with that WAL.
     pub spool_path: Option<std::path::PathBuf>,
+    /// Which of the stanza's repositories this is (`repo-number`): whose async queue
+    /// in `spool_path` is pruned.
+    pub repo_number: usize,
     /// What a killed backup left is collected only once it is this old
     /// (`repo-gc-grace`): a backup still running elsewhere never loses a pack.
     pub gc_grace: std::time::Duration,
@@ -46,6 +49,7 @@ impl Default for ExpireRequest {
             set: None,
             dry_run: false,
             spool_path: None,
+            repo_number: 1,
             gc_grace: DEFAULT_GC_GRACE,
         }
     }
@@ -156,7 +160,7 @@ struct Plan {
     why: Vec<Option<String>>,
     wal: Vec<(String, u64)>,
     /// (spool path, the spool's WAL names wholly before the kept window).
-    spool: Option<(std::path::PathBuf, Vec<String>)>,
+    spool: Option<(std::path::PathBuf, usize, Vec<String>)>,
 }
 
 impl Plan {
@@ -180,8 +184,8 @@ impl Plan {
             let all: Vec<String> = names.into_iter().map(|(n, _)| n).collect();
             let window = policy::window_start(&req.policy, &kept);
             spool = req.spool_path.as_ref().map(|path| {
-                let names = archive_async::spool_wal_names(path, &repo.config().stanza);
-                (path.clone(), policy::wal_to_delete(&names, &kept, window, seg_size))
+                let names = archive_async::spool_wal_names(path, &repo.config().stanza, req.repo_number);
+                (path.clone(), req.repo_number, policy::wal_to_delete(&names, &kept, window, seg_size))
             });
             let mut gone = policy::wal_to_delete(&all, &kept, window, seg_size);
             gone.sort();
@@ -239,8 +243,8 @@ impl Plan {
         if self.delete_backups(repo, &mut reach, out, &mut deleted).await {
             self.delete_leftovers(repo, &reach, out, &mut deleted).await;
             record(repo.delete_wal(&self.wal).await, "WAL", out, &mut deleted);
-            if let Some((path, moot)) = &self.spool {
-                match archive_async::prune_spool(path, &repo.config().stanza, moot) {
+            if let Some((path, number, moot)) = &self.spool {
+                match archive_async::prune_spool(path, &repo.config().stanza, *number, moot) {
                     Ok(gone) => out.spool_pruned = gone,
                     Err(e) => out.failures.push(format!("async spool: {e}")),
                 }
