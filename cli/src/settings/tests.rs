@@ -410,3 +410,38 @@ fn unknown_environment_variables_are_named_with_a_guess() {
     );
     assert!(warnings[1].contains("PGCAIRN_ZZZ names no setting"), "{warnings:?}");
 }
+
+/// Repositories 2–4 have every per-repository setting under their own name, from a
+/// flag, the environment or the config file; `repo-number` picks the one a command
+/// works on, archive-push and archive-get get all of them, and a number with no
+/// repository is refused naming the setting to add.
+#[test]
+fn several_repositories_resolve_each_with_its_own_settings() {
+    let (_d, config) = with_config(
+        "repo = \"/one\"\nrepo-key-file = \"/k1\"\nrepo2 = \"s3://b/two\"\nrepo2-s3-region = \"eu-west-1\"\nrepo4 = \"/four\"\n",
+    );
+    let env = [("PGCAIRN_CONFIG", config.as_str()), ("PGCAIRN_STANZA", "main"), ("PGCAIRN_REPO4_KEY_FILE", "/k4")];
+    let r = run(Cmd::Info, &[("repo2-key-file", "/k2")], &env).unwrap();
+    let common = Common::from(&r).unwrap();
+    let numbers: Vec<usize> = common.repos.iter().map(|s| s.number).collect();
+    assert_eq!(numbers, [1, 2, 4]);
+    assert_eq!(common.selected.number, 1);
+    let keys: Vec<Option<PathBuf>> = common.repos.iter().map(|s| s.key_file.clone()).collect();
+    assert_eq!(keys, [Some("/k1".into()), Some("/k2".into()), Some("/k4".into())]);
+    assert_eq!(common.repos[1].cloud.s3.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(common.repos[0].cloud.s3.region, None, "repository 1 does not take repository 2's region");
+    assert_eq!(common.all_access().unwrap().len(), 3);
+
+    let r = run(Cmd::Info, &[("repo-number", "4")], &env).unwrap();
+    assert_eq!(Common::from(&r).unwrap().selected.repo, pgcairn::RepoLocation::parse("/four").unwrap());
+    let r = run(Cmd::Info, &[("repo-number", "3")], &env).unwrap();
+    let err = Common::from(&r).unwrap_err().to_string();
+    assert!(err.contains("repository 3 is not configured") && err.contains("repo3"), "{err}");
+
+    // archive-get reads every repository, or the one named explicitly.
+    let r = run(Cmd::ArchiveGet, &[], &env).unwrap();
+    assert_eq!(typed::get_request(&r, &Common::from(&r).unwrap()).unwrap().repos.len(), 3);
+    let r = run(Cmd::ArchiveGet, &[("repo-number", "2")], &env).unwrap();
+    let only = typed::get_request(&r, &Common::from(&r).unwrap()).unwrap();
+    assert_eq!(only.repos.iter().map(|a| a.number).collect::<Vec<_>>(), [2]);
+}
