@@ -7,6 +7,7 @@
 #   SCALE=350 nice benches/compare.sh        # ~5.3 GB per dataset, needs ~40 GB in /var/tmp
 #   OUT=table.md REPEAT=3 nice benches/compare.sh
 #   ONLY=pitr nice benches/compare.sh        # the point-in-time recovery rows alone
+#   ONLY=push nice benches/compare.sh        # the archive-push rows alone (one and two repositories)
 #   KEEP_LOGS=DIR ...                        # keep the recovering servers' logs there
 #
 # Knobs: SCALE (pgbench scale), REPEAT (runs per full backup / restore, order alternated),
@@ -170,6 +171,36 @@ run_full() { # TOOL DATASET
     cairn)
         as_pg "${CAIRN[@]}" "--repo=$repo" stanza-create "--pg=$CONN" >>"$LOG" 2>&1
         timed "full.$2.cairn" "${CAIRN[@]}" "--repo=$repo" backup --start-fast "--pg=$CONN" ;;
+    cairn2)
+        # Two repositories, each with its own key file: every segment into both.
+        local two=(env "PGCAIRN_REPO2_PASSPHRASE=$PASS" "${CAIRN[@]}" "--repo=$repo" "--repo2=$repo.2")
+        fresh_dir "$repo.2"
+        as_pg "${two[@]}" stanza-create "--pg=$CONN" >>"$LOG" 2>&1
+        as_pg "${two[@]}" --repo-number=2 stanza-create "--pg=$CONN" >>"$LOG" 2>&1
+        as_pg "${two[@]}" key-file "--output=$repo.key" >>"$LOG" 2>&1
+        as_pg "${two[@]}" --repo-number=2 key-file "--output=$repo.2.key" >>"$LOG" 2>&1
+        local cmd=("$W/bin/pgcairn-archive-push" "--stanza=$STANZA" "--repo=$repo" "--repo-key-file=$repo.key"
+            "--repo2=$repo.2" "--repo2-key-file=$repo.2.key")
+        timed push.cairn2 bash -c "$LOOP" _ ${#cmd[@]} "${cmd[@]}" "${WALS[@]}"
+        local n r
+        for r in "$repo" "$repo.2"; do
+            n=$(find "$r/$STANZA/wal" -type f | wc -l)
+            [ "$n" = "${#WALS[@]}" ] || { echo "pgcairn repository $r holds $n WAL objects, not ${#WALS[@]}" >&2; exit 1; }
+        done
+        rm -rf "$repo.2" "$repo.2.key" ;;
+    br2)
+        fresh_dir "$repo.2"
+        local two=(env "PGBACKREST_REPO2_CIPHER_TYPE=aes-256-cbc" "PGBACKREST_REPO2_CIPHER_PASS=$PASS"
+            "${BR[@]}" "--repo1-path=$repo" "--repo2-path=$repo.2")
+        as_pg "${two[@]}" stanza-create >>"$LOG" 2>&1
+        local cmd=("${two[@]}" archive-push)
+        timed push.br2 bash -c "$LOOP" _ ${#cmd[@]} "${cmd[@]}" "${WALS[@]}"
+        local n r
+        for r in "$repo" "$repo.2"; do
+            n=$(find "$r/archive/$STANZA" -name '0*-*' -type f | wc -l)
+            [ "$n" = "${#WALS[@]}" ] || { echo "pgBackRest repository $r holds $n WAL files, not ${#WALS[@]}" >&2; exit 1; }
+        done
+        rm -rf "$repo.2" ;;
     br)
         as_pg "${BR[@]}" "--repo1-path=$repo" stanza-create >>"$LOG" 2>&1
         timed "full.$2.br" "${BR[@]}" "--repo1-path=$repo" backup --type=full ;;
@@ -267,7 +298,11 @@ measure_verify() { # DATASET
 }
 
 WALS=()
-if [ "${ONLY:-}" != pitr ]; then
+if [ "${ONLY:-}" = push ]; then
+    bench -i -s 5 -q
+    START_WAL=$(sql "SELECT pg_walfile_name(pg_current_wal_lsn())")
+fi
+if [ -z "${ONLY:-}" ]; then
 # ---------------------------------------------------------------- 1. pgbench dataset
 say "pgbench -i -s $SCALE"
 bench -i -s "$SCALE" -q
@@ -297,6 +332,9 @@ step() { # KEY PGBACKREST_TYPE FIRST_TOOL
 }
 step diff diff "cairn br"
 step incr incr "br cairn"
+fi # ONLY (sections 1 and 2)
+
+if [ "${ONLY:-}" != pitr ]; then
 
 # ---------------------------------------------------------------- 3. archive-push
 # The same SEGMENTS real segments (the workload's WAL, topped up with more pgbench if
@@ -345,6 +383,36 @@ push_run() { # TOOL RUN
         local n
         n=$(find "$repo/$STANZA/wal" -type f | wc -l)
         [ "$n" = "${#WALS[@]}" ] || { echo "pgcairn repository holds $n WAL objects, not ${#WALS[@]}" >&2; exit 1; } ;;
+    cairn2)
+        # Two repositories, each with its own key file: every segment into both.
+        local two=(env "PGCAIRN_REPO2_PASSPHRASE=$PASS" "${CAIRN[@]}" "--repo=$repo" "--repo2=$repo.2")
+        fresh_dir "$repo.2"
+        as_pg "${two[@]}" stanza-create "--pg=$CONN" >>"$LOG" 2>&1
+        as_pg "${two[@]}" --repo-number=2 stanza-create "--pg=$CONN" >>"$LOG" 2>&1
+        as_pg "${two[@]}" key-file "--output=$repo.key" >>"$LOG" 2>&1
+        as_pg "${two[@]}" --repo-number=2 key-file "--output=$repo.2.key" >>"$LOG" 2>&1
+        local cmd=("$W/bin/pgcairn-archive-push" "--stanza=$STANZA" "--repo=$repo" "--repo-key-file=$repo.key"
+            "--repo2=$repo.2" "--repo2-key-file=$repo.2.key")
+        timed push.cairn2 bash -c "$LOOP" _ ${#cmd[@]} "${cmd[@]}" "${WALS[@]}"
+        local n r
+        for r in "$repo" "$repo.2"; do
+            n=$(find "$r/$STANZA/wal" -type f | wc -l)
+            [ "$n" = "${#WALS[@]}" ] || { echo "pgcairn repository $r holds $n WAL objects, not ${#WALS[@]}" >&2; exit 1; }
+        done
+        rm -rf "$repo.2" "$repo.2.key" ;;
+    br2)
+        fresh_dir "$repo.2"
+        local two=(env "PGBACKREST_REPO2_CIPHER_TYPE=aes-256-cbc" "PGBACKREST_REPO2_CIPHER_PASS=$PASS"
+            "${BR[@]}" "--repo1-path=$repo" "--repo2-path=$repo.2")
+        as_pg "${two[@]}" stanza-create >>"$LOG" 2>&1
+        local cmd=("${two[@]}" archive-push)
+        timed push.br2 bash -c "$LOOP" _ ${#cmd[@]} "${cmd[@]}" "${WALS[@]}"
+        local n r
+        for r in "$repo" "$repo.2"; do
+            n=$(find "$r/archive/$STANZA" -name '0*-*' -type f | wc -l)
+            [ "$n" = "${#WALS[@]}" ] || { echo "pgBackRest repository $r holds $n WAL files, not ${#WALS[@]}" >&2; exit 1; }
+        done
+        rm -rf "$repo.2" ;;
     br)
         as_pg "${BR[@]}" "--repo1-path=$repo" stanza-create >>"$LOG" 2>&1
         local cmd=("${BR[@]}" "--repo1-path=$repo" archive-push)
@@ -356,9 +424,12 @@ push_run() { # TOOL RUN
     rm -rf "$repo" "$repo.key"
 }
 for r in $(seq "$REPEAT"); do
-    for t in $(order "$r" "cairn br cairn-async"); do push_run "$t" "$r"; done
+    for t in $(order "$r" "cairn br cairn-async cairn2 br2"); do push_run "$t" "$r"; done
 done
 
+fi # ONLY (section 3)
+
+if [ -z "${ONLY:-}" ]; then
 # ---------------------------------------------------------------- 4. random text dataset
 say "random text dataset of about the same size"
 sql "DROP TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history" >/dev/null
@@ -371,8 +442,9 @@ sql "VACUUM FREEZE ANALYZE random_text" >/dev/null
 rm -rf "$W"/repo-*-pgbench
 measure_dataset random "SELECT count(*) || '/' || sum(length(t)) FROM random_text"
 
-fi # ONLY
+fi # ONLY (section 4)
 
+if [ "${ONLY:-}" != push ]; then
 # ---------------------------------------------------------------- 5. point-in-time recovery
 # Restore a full backup, then replay at least PITR_SEGMENTS segments of WAL (bulk
 # inserts, updates, pgbench) through restore_command until the server is promoted at
@@ -474,6 +546,7 @@ pitr_run() {
 for r in $(seq "$REPEAT"); do
     for t in $(order "$r" "cairn br"); do pitr_run "$t"; done
 done
+fi # ONLY (section 5)
 
 # ---------------------------------------------------------------- report
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
@@ -505,7 +578,7 @@ row() {
     echo
     echo "| measure | pgcairn | pgBackRest | pgcairn/pgBackRest | pg_basebackup (or reference) |"
     echo "|---|---|---|---|---|"
-    if [ "${ONLY:-}" != pitr ]; then
+    if [ -z "${ONLY:-}" ]; then
     for ds in pgbench random; do
         row "full backup, $ds: time" sec "full.$ds.cairn.t" "full.$ds.br.t" "full.$ds.pgbb.t" "full-time-$ds"
         row "full backup, $ds: client CPU (user+sys)" sec "full.$ds.cairn.cpu" "full.$ds.br.cpu" "full.$ds.pgbb.cpu"
@@ -517,11 +590,17 @@ row() {
     row "incr after workload 2: time" sec incr.cairn.t incr.br.t
     row "incr after workload 2: new stored" mib incr.cairn.bytes incr.br.bytes "" incr-bytes
     row "diff: peak RSS" rss diff.cairn.rss diff.br.rss
+    fi
+    if [ "${ONLY:-}" != pitr ]; then
     row "archive-push, sync, per segment" ms push.cairn.t push.br.t "" push-sync
     row "archive-push, sync, CPU per segment" ms push.cairn.cpu push.br.cpu
     row "archive-push, pgcairn async vs pgBackRest sync, per segment (command returns)" ms push.cairn-async.t push.br.t
     row "archive-push, pgcairn async vs pgBackRest sync, per segment (all in repository)" ms push.cairn-drained.t push.br.t
     row "archive-push, sync: peak RSS" rss push.cairn.rss push.br.rss
+    row "archive-push, sync, two repositories, per segment" ms push.cairn2.t push.br2.t "" push-sync-two
+    row "archive-push, sync, two repositories: peak RSS" rss push.cairn2.rss push.br2.rss
+    fi
+    if [ -z "${ONLY:-}" ]; then
     for ds in pgbench random; do
         row "restore to an empty directory, $ds: time (reference: tar copy + sync)" sec "restore.$ds.cairn.t" "restore.$ds.br.t" "floor.$ds.t" "restore-$ds"
         row "restore, $ds: CPU (user+sys)" sec "restore.$ds.cairn.cpu" "restore.$ds.br.cpu"
@@ -535,12 +614,14 @@ row() {
         echo "verify-vs-restore-$ds $(ratio "$(get "verify.$ds.cairn.t")" "$(get "restore.$ds.cairn.t")")" >>"$W/targets"
     done
     fi
+    if [ "${ONLY:-}" != push ]; then
     row "point-in-time recovery of $PITR_WAL segments: restore" sec pitr-restore.cairn.t pitr-restore.br.t
     row "point-in-time recovery: replay until promoted" sec pitr-replay.cairn pitr-replay.br
     row "point-in-time recovery: time in restore_command ($(get pitr-calls.cairn) / $(get pitr-calls.br) calls)" sec pitr-wait.cairn pitr-wait.br
     row "point-in-time recovery, end to end (restore + replay)" sec pitr-total.cairn pitr-total.br "" pitr-total
     row "point-in-time recovery: peak RSS of pgcairn's WAL fetcher / pgBackRest's restore" rss pitr-fetcher.rss pitr-restore.br.rss
     echo "pitr-wait-share $(ratio "$(get pitr-wait.cairn)" "$(get pitr-replay.cairn)")" >>"$W/targets"
+    fi
     echo
     echo "Targets (pgcairn/pgBackRest, this run):"
     echo
@@ -549,6 +630,7 @@ row() {
         full-time-*) limit=0.5 what="full backup time (${name#full-time-})" ;;
         diff-bytes | incr-bytes) limit=0.1 what="${name%-bytes} stored bytes" ;;
         push-sync) limit=0.25 what="archive-push per segment (sync)" ;;
+        push-sync-two) limit=0.25 what="archive-push per segment (sync, two repositories each)" ;;
         restore-*) limit=0.5 what="restore time (${name#restore-})" ;;
         pitr-total) limit=0.5 what="point-in-time recovery, end to end" ;;
         pitr-wait-share) limit=0.05 what="pgcairn time in restore_command / its replay time (not a ratio to pgBackRest)" ;;
