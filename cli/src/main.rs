@@ -295,6 +295,9 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         Command::Restore { target, tablespace_map, delta } => {
             restore(r, common, target, tablespace_map, *delta).await?
         }
+        Command::Info { output, .. } if common.repos.len() > 1 && !typed::repo_number_given(r) => {
+            return commands::info::info_repos(r, common, *output).await
+        }
         Command::Info { output, .. } => {
             let report = info(r, common).await?;
             if *output == Output::Json {

@@ -170,6 +170,15 @@ fn azure_primary_s3_secondary(version: PgVersion) {
     t.wait_archived();
     let last = t.last_in(1);
     assert!(!last.is_empty() && last == t.last_in(2), "both repositories hold every segment: {last}");
+    // info without --repo-number shows both: three backups in 1, one in 2.
+    let all: serde_json::Value = serde_json::from_str(&t.p.ok(&["info", "--output=json"])).unwrap();
+    let shown: Vec<(u64, usize)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["repository"]["number"].as_u64().unwrap(), r["backups"].as_array().unwrap().len()))
+        .collect();
+    assert_eq!(shown, [(1, 3), (2, 1)], "{all}");
 
     // Damage in repository 1: B gone (taken for the end of the archive, recovery
     // would stop before C: switches 0), A with a flipped byte (an error there would

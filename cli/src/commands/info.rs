@@ -15,6 +15,53 @@ pub(crate) async fn info(r: &Resolved, common: &Common) -> Result<pgcairn::InfoR
     Ok(pgcairn::info_with_retention(&common.access()?.open().await?, &policy).await?)
 }
 
+/// `info` of a stanza with several repositories and no `repo-number`: each
+/// repository's report, in order (json: an array, each report with its `repository`
+/// number and location). One that cannot be read is shown with status unreadable and
+/// fails the run after all are printed.
+pub(crate) async fn info_repos(r: &Resolved, common: &Common, out: Output) -> Result<ExitCode> {
+    let policy = typed::retention(r)?;
+    let mut reports = Vec::new();
+    for spec in &common.repos {
+        let report =
+            async { Ok(pgcairn::info_with_retention(&spec.access(&common.stanza)?.open().await?, &policy).await?) };
+        reports.push((spec, report.await));
+    }
+    if out == Output::Json {
+        let values: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(spec, report)| {
+                let mut value = match report {
+                    Ok(report) => serde_json::to_value(report)?,
+                    Err(e) => serde_json::json!({
+                        "schema_version": pgcairn::INFO_SCHEMA_VERSION,
+                        "stanza": common.stanza,
+                        "status": { "code": "unreadable", "message": format!("{e:#}") },
+                    }),
+                };
+                value["repository"] = serde_json::json!({ "number": spec.number, "location": spec.repo.describe() });
+                Ok(value)
+            })
+            .collect::<serde_json::Result<_>>()?;
+        outln!("{}", serde_json::to_string_pretty(&values)?);
+    } else {
+        for (i, (spec, report)) in reports.iter().enumerate() {
+            if i > 0 {
+                outln!();
+            }
+            outln!("repository {} ({})", spec.number, spec.repo.describe());
+            match report {
+                Ok(report) => output::print_info(report)?,
+                Err(e) => outln!("stanza: {}\n    status: unreadable ({e:#})", common.stanza),
+            }
+        }
+    }
+    match reports.into_iter().find_map(|(_, r)| r.err()) {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
 /// `info --all-stanzas`: each stanza's report; one that cannot be read is shown with
 /// status unreadable (json: only stanza and status) and fails the run after all are printed.
 pub(crate) async fn info_all(all: &stanzas::AllStanzas, out: Output) -> Result<ExitCode> {

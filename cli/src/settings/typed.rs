@@ -521,14 +521,18 @@ pub fn push_request(r: &Resolved, common: &Common, drainer_args: &[&str]) -> Res
     Ok(PushRequest { repos: common.all_access()?, level: r.get("compress-level-wal")?, queue })
 }
 
+/// Whether `repo-number` was given (flag, environment, config file), not defaulted.
+pub fn repo_number_given(r: &Resolved) -> bool {
+    r.entry_of("repo-number").is_some_and(|e| !matches!(e.source, super::resolve::Source::Default))
+}
+
 /// archive-get's request: every repository in order; only the one `repo-number`
 /// names when it is given (as a flag, in the environment or the config file), as
 /// `restore --repo-number=N` passes it on to the restore_command it writes — a
 /// recovery from repository 2 after repository 1 was lost must not stop at the lost
 /// one, which cannot say whether it held a segment.
 pub fn get_request(r: &Resolved, common: &Common) -> Result<GetRequest> {
-    let chosen = r.entry_of("repo-number").is_some_and(|e| !matches!(e.source, super::resolve::Source::Default));
-    let repos = if chosen { vec![common.access()?] } else { common.all_access()? };
+    let repos = if repo_number_given(r) { vec![common.access()?] } else { common.all_access()? };
     Ok(GetRequest {
         repos,
         timeout: r.get("archive-get-timeout")?,
