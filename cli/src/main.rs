@@ -153,6 +153,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Copy backups and WAL from this repository (repo-number) into another of the stanza's, re-sealed under its keys: only what it lacks.
+    Copy {
+        /// The repository to copy into: 2 for repo2, …
+        #[arg(long, value_name = "N")]
+        to_repo: usize,
+        /// Copy one backup (with the parents it needs and its WAL) instead of everything the destination lacks.
+        #[arg(long)]
+        set: Option<String>,
+        /// text for people, json for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Restore a backup into a temporary cluster, start it, run checks, remove it: prove it restores.
     Drill {
         #[command(flatten)]
@@ -213,6 +225,7 @@ impl Command {
             Command::Expire { .. } => Cmd::Expire,
             Command::StanzaDelete { .. } => Cmd::StanzaDelete,
             Command::Verify { .. } => Cmd::Verify,
+            Command::Copy { .. } => Cmd::Copy,
             Command::Drill { .. } => Cmd::Drill,
             Command::Metrics { .. } => Cmd::Metrics,
             Command::Key { .. } => Cmd::Key,
@@ -278,7 +291,7 @@ pub(crate) enum Output {
     Json,
 }
 
-fn progress() -> Arc<dyn Progress> {
+pub(crate) fn progress() -> Arc<dyn Progress> {
     if std::io::stderr().is_terminal() {
         Arc::new(progress::Bar::new())
     } else {
@@ -329,6 +342,9 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             let req = pgcairn::VerifyRequest { set: set.clone(), sample: *sample, progress: progress() };
             let report = pgcairn::verify(&common.access()?.open().await?, &req).await?;
             return proof::print_verify(&report, *output == Output::Json);
+        }
+        Command::Copy { to_repo, set, output } => {
+            return commands::copy::copy(r, common, *to_repo, set.clone(), *output == Output::Json).await
         }
         Command::Drill { target, keep, output } => return drill(r, common, target, *keep, *output).await,
         Command::Version | Command::Completions { .. } | Command::Man { .. } => meta(command)?,

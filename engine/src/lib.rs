@@ -42,6 +42,7 @@ pub use ops::{
     RestoreSummary, RetentionPolicy, StanzaCreateRequest, StanzaCreated, StanzaDeleteReport, StanzaDeleteRequest,
     TargetAction, TimelineTarget, TimelineVerdict, VerifyReport, VerifyRequest, WalExpiry, WalGap,
 };
+pub use ops::{copy, CopyReport, CopyRequest};
 pub use ops::{key_add, key_list, key_remove};
 pub use ops::{ArchiveCheck, LastBackup, Level, StanzaStatus, BACKLOG_WARNING, INFO_SCHEMA_VERSION};
 pub use pg::archiving::ArchiverStats;

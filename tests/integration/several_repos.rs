@@ -130,12 +130,13 @@ fn rand_suffix() -> u64 {
 
 /// The deployment issue 23 asks for, end to end: repository 1 on Azure (Azurite),
 /// repository 2 on S3 (s3s-fs), each with its own passphrase; archive_command puts
-/// every segment into both; full, diff and incr into repository 1, a full into 2.
+/// every segment into both; full, diff and incr into repository 1, a full into 2, then
+/// `copy` of repository 1's backups into 2.
 /// - A segment deleted from repository 1 and another with a flipped byte there are
 ///   served from repository 2: recovery from repository 1 reaches the end.
 /// - Repository 1 is destroyed (its container deleted): the seed drill from
-///   repository 2 — 1000 rows 'test', the time noted, 1000 rows 'after', restore to
-///   the time — gives 1000 / 0.
+///   repository 2 — 1000 rows 'test', the time noted, 1000 rows 'after', restore the
+///   copied incr to the time — gives 1000 / 0.
 fn azure_primary_s3_secondary(version: PgVersion) {
     let (azurite, s3) = (Azurite::start(), S3Server::start());
     let dir = TestDir::new("two-repos");
@@ -156,6 +157,17 @@ fn azure_primary_s3_secondary(version: PgVersion) {
     t.cluster.psql("DELETE FROM seed");
     t.p.ok(&["backup", "--start-fast", "--type=incr", &pg]);
     t.p.ok(&["backup", "--start-fast", "--repo-number=2", &pg]);
+    // copy: repository 1's three backups into repository 2, re-sealed under its keys;
+    // run again, it finds nothing to do.
+    let report: serde_json::Value = serde_json::from_str(&t.p.ok(&["copy", "--to-repo=2", "--output=json"])).unwrap();
+    let copied: Vec<String> =
+        report["copied"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
+    assert_eq!(copied.len(), 3, "{report}");
+    assert!(copied[1].ends_with('D') && copied[2].ends_with('I'), "parents first: {copied:?}");
+    let again: serde_json::Value = serde_json::from_str(&t.p.ok(&["copy", "--to-repo=2", "--output=json"])).unwrap();
+    assert_eq!(again["copied"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["present"].as_array().unwrap().len(), 3, "{again}");
+    let incr = copied[2].clone();
     t.cluster.psql("INSERT INTO seed SELECT 'test' FROM generate_series(1, 1000)");
     std::thread::sleep(Duration::from_millis(1100));
     let target = t.cluster.psql("SELECT clock_timestamp()");
@@ -170,7 +182,8 @@ fn azure_primary_s3_secondary(version: PgVersion) {
     t.wait_archived();
     let last = t.last_in(1);
     assert!(!last.is_empty() && last == t.last_in(2), "both repositories hold every segment: {last}");
-    // info without --repo-number shows both: three backups in 1, one in 2.
+    // info without --repo-number shows both: three backups in 1; in 2 its own full
+    // and the three copies.
     let all: serde_json::Value = serde_json::from_str(&t.p.ok(&["info", "--output=json"])).unwrap();
     let shown: Vec<(u64, usize)> = all
         .as_array()
@@ -178,7 +191,7 @@ fn azure_primary_s3_secondary(version: PgVersion) {
         .iter()
         .map(|r| (r["repository"]["number"].as_u64().unwrap(), r["backups"].as_array().unwrap().len()))
         .collect();
-    assert_eq!(shown, [(1, 3), (2, 1)], "{all}");
+    assert_eq!(shown, [(1, 3), (2, 4)], "{all}");
 
     // Damage in repository 1: B gone (taken for the end of the archive, recovery
     // would stop before C: switches 0), A with a flipped byte (an error there would
@@ -195,13 +208,10 @@ fn azure_primary_s3_secondary(version: PgVersion) {
     let (code, err) = t.p.fails(&["info"]);
     assert_ne!(code, 0, "{err}");
     let time = format!("--target={target}");
-    let counts = restore_and_count(
-        &t,
-        version,
-        dir.path(),
-        &["--repo-number=2", "--type=time", &time, "--target-action=promote"],
-    );
-    assert_eq!(counts, "1000/0 0", "the seed drill from repository 2");
+    let set = format!("--set={incr}");
+    let args = ["--repo-number=2", &set, "--type=time", &time, "--target-action=promote"];
+    let counts = restore_and_count(&t, version, dir.path(), &args);
+    assert_eq!(counts, "1000/0 0", "the seed drill from repository 2, from the copy of the incr");
 }
 
 #[test]
@@ -272,5 +282,70 @@ fn archive_push_with_one_repository_down() {
         let info = t.p.ok(&["info", &format!("--repo-number={n}"), "--output=json"]);
         let info: serde_json::Value = serde_json::from_str(&info).unwrap();
         assert_eq!(info["archive"][0]["gaps"].as_array().unwrap().len(), 0, "repository {n}: {info}");
+    }
+}
+
+/// copy killed with kill -9 at several points, then run again: it finishes, the
+/// destination never lists a half-copied backup, verify passes on it, and each copied
+/// backup restores to the source's data.
+#[test]
+fn copy_killed_and_resumed() {
+    let cluster = Cluster::init(PgVersion::V15);
+    let dir = TestDir::new("copy-kill");
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let p = Pgcairn::local(&one)
+        .with_env("PGCAIRN_REPO2", &two.display().to_string())
+        .with_env("PGCAIRN_REPO2_PASSPHRASE", DR_PASSPHRASE);
+    let pg = format!("--pg={}", cluster.conninfo());
+    p.ok(&["stanza-create", &pg]);
+    p.ok(&["stanza-create", "--repo-number=2", &pg]);
+    cluster.pgbench(&["-i", "-s", "8", "-q"]);
+    let want = cluster.psql("SELECT sum(abalance) || '/' || count(*) FROM pgbench_accounts");
+    let full = p.backup(&cluster.conninfo());
+    cluster.pgbench(&["-n", "-c", "2", "-t", "300"]);
+    let incr_out = p.ok(&["backup", "--start-fast", "--type=incr", &pg]);
+    let incr = incr_out.lines().last().unwrap().trim().to_string();
+    let want_incr = cluster.psql("SELECT sum(abalance) || '/' || count(*) FROM pgbench_accounts");
+    let mut logs = String::new();
+    let mut interrupted = 0;
+    for ms in [150u64, 500, 1200] {
+        let mut child = p.cmd(&["copy", "--to-repo=2"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill(); // SIGKILL
+        let out = child.wait_with_output().unwrap();
+        interrupted += usize::from(!out.status.success());
+        logs.push_str(&String::from_utf8_lossy(&out.stderr));
+        let info: serde_json::Value =
+            serde_json::from_str(&p.ok(&["info", "--repo-number=2", "--output=json"])).unwrap();
+        for b in info["backups"].as_array().unwrap() {
+            assert_eq!(b["status"], "ok", "a listed backup is whole: {info}");
+        }
+    }
+    assert!(interrupted > 0, "no copy was killed before it finished: the test proves nothing");
+    let last = p.cmd(&["copy", "--to-repo=2"]).output().unwrap();
+    assert!(last.status.success(), "{}", String::from_utf8_lossy(&last.stderr));
+    logs.push_str(&String::from_utf8_lossy(&last.stderr));
+    assert!(logs.contains("an interrupted copy left"), "no run resumed an interrupted copy:\n{logs}");
+    let info: serde_json::Value = serde_json::from_str(&p.ok(&["info", "--repo-number=2", "--output=json"])).unwrap();
+    let labels: Vec<&str> = info["backups"].as_array().unwrap().iter().map(|b| b["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, [full.as_str(), incr.as_str()], "{info}");
+    let verify: serde_json::Value =
+        serde_json::from_str(&p.ok(&["verify", "--repo-number=2", "--output=json"])).unwrap();
+    assert_eq!(verify["ok"], true, "{verify}");
+    for (label, expected) in [(&full, &want), (&incr, &want_incr)] {
+        let data = dir.path().join(format!("restored-{label}"));
+        p.ok(&[
+            "restore",
+            "--repo-number=2",
+            &format!("--set={label}"),
+            &format!("--pg-data={}", data.display()),
+            "--type=none",
+        ]);
+        let restored = Cluster::start_restored(PgVersion::V15, &data);
+        assert_eq!(
+            &restored.psql("SELECT sum(abalance) || '/' || count(*) FROM pgbench_accounts"),
+            expected,
+            "{label}"
+        );
     }
 }

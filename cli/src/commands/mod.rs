@@ -3,6 +3,7 @@
 pub(crate) mod archive_get;
 pub(crate) mod backup;
 pub(crate) mod check;
+pub(crate) mod copy;
 pub(crate) mod drill;
 pub(crate) mod expire;
 pub(crate) mod info;

@@ -35,11 +35,13 @@ pub enum Cmd {
     Metrics,
     /// `key`: add, list and remove passphrases.
     Key,
+    /// `copy`: copy backups and WAL into another of the stanza's repositories.
+    Copy,
 }
 
 impl Cmd {
     /// Every subcommand, in help order.
-    pub const ALL: [Cmd; 14] = [
+    pub const ALL: [Cmd; 15] = [
         Cmd::StanzaCreate,
         Cmd::Backup,
         Cmd::Restore,
@@ -54,6 +56,7 @@ impl Cmd {
         Cmd::Drill,
         Cmd::Metrics,
         Cmd::Key,
+        Cmd::Copy,
     ];
 
     /// The subcommand's name on the command line.
@@ -73,6 +76,7 @@ impl Cmd {
             Cmd::Drill => "drill",
             Cmd::Metrics => "metrics",
             Cmd::Key => "key",
+            Cmd::Copy => "copy",
         }
     }
 }
@@ -627,7 +631,7 @@ const DECLARED: &[Setting] = &[
         name: "compress-level",
         kind: Kind::Zstd,
         default: Some("3"),
-        scope: Scope::Only(&[Backup]),
+        scope: Scope::Only(&[Backup, Copy]),
         sources: ANY,
         forward: Never,
         help: "zstd level for new blocks",

@@ -3,6 +3,7 @@
 pub(crate) mod archive;
 pub mod backup;
 pub mod check;
+pub mod copy;
 mod dedup;
 pub mod drill;
 mod drill_leftovers;
@@ -21,6 +22,7 @@ pub use backup::{backup, BackupRequest, BackupSummary};
 pub use check::{
     check, check_archive, check_archive_summary, ArchiveCheck, CheckReport, CheckRequest, Level, BACKLOG_WARNING,
 };
+pub use copy::{copy, CopyReport, CopyRequest};
 pub use drill::{drill, DrillReport, DrillRequest};
 pub use expire::{
     expire, info_with_retention, stanza_delete, stanza_delete_leftovers, ExpireDecision, ExpireReport, ExpireRequest,

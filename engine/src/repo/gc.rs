@@ -161,6 +161,21 @@ impl Repository {
         Ok(deleted)
     }
 
+    /// Remove what an unfinished run left under `label` (its started marker, block
+    /// list parts, summary, server manifest) so the label can be written again: a
+    /// copy resumed after a kill. Refused when the backup is visible (has its
+    /// manifest). The caller holds the stanza lock; the packs of the killed run are
+    /// left to garbage collection.
+    pub(crate) async fn discard_unfinished(&self, label: &str) -> Result<u64> {
+        let objects = self.storage.list(&format!("{BACKUP_PREFIX}{label}/")).await?;
+        if objects.iter().any(|o| o.key == manifest_key(label)) {
+            return Err(Error::Internal(format!("backup {label} is complete; not discarding it")));
+        }
+        let keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
+        self.storage.delete_many(&keys).await?;
+        Ok(keys.len() as u64)
+    }
+
     /// Record that backup `label` started: its first object, so that whatever a kill
     /// leaves of it, expire finds the label (§6.7).
     pub(crate) async fn mark_backup_started(&self, label: &str) -> Result<()> {

@@ -94,8 +94,9 @@ pub struct BackupSummary {
 }
 
 /// Cuts the streamed files into blocks, hands them to the workers in batches, and
-/// passes what they return to the repository's backup writer.
-struct Builder<'r> {
+/// passes what they return to the repository's backup writer. Fed by BASE_BACKUP's
+/// tar stream, or by `copy` with another repository's backup.
+pub(super) struct Builder<'r> {
     block_size: usize,
     workers: Arc<BlockCtx>,
     writer: BackupWriter<'r>,
@@ -122,7 +123,7 @@ struct Builder<'r> {
 }
 
 impl<'r> Builder<'r> {
-    fn new(
+    pub(super) fn new(
         repo: &'r Repository,
         label: &str,
         level: i32,
@@ -299,6 +300,35 @@ impl<'r> Builder<'r> {
             }
         }
         Ok(())
+    }
+
+    /// A file of tablespace `tablespace` (None: the data directory) begins.
+    pub(super) async fn begin_file(&mut self, tablespace: Option<u32>, entry: TarEntry) -> Result<()> {
+        self.tablespace = tablespace;
+        self.tar_item(TarItem::Entry(entry)).await
+    }
+
+    /// The next bytes of the current file.
+    pub(super) async fn file_bytes(&mut self, data: Bytes) -> Result<()> {
+        self.tar_item(TarItem::Data(data)).await
+    }
+
+    /// The current file ends.
+    pub(super) async fn end_file(&mut self) -> Result<()> {
+        self.tar_item(TarItem::EntryEnd).await
+    }
+
+    /// Drain the pipeline (every object of the backup durable) and hand over the
+    /// files built, for the caller to check before [`Builder::commit_files`].
+    pub(super) async fn finish_files(&mut self) -> Result<Vec<FileEntry>> {
+        self.finish().await?;
+        Ok(std::mem::take(&mut self.files))
+    }
+
+    /// Make the finished backup visible with `manifest` and the server's
+    /// `backup_manifest` (the writer's commit order).
+    pub(super) async fn commit_files(self, server_manifest: &[u8], manifest: Manifest) -> Result<Manifest> {
+        self.writer.commit(server_manifest, manifest).await
     }
 
     /// Drain the pipeline; then every blob, pack, index and block list part of the
