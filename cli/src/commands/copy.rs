@@ -27,8 +27,10 @@ pub(crate) async fn copy(
         let problem = format!("copy --to-repo={to} names the repository it copies from (repo-number {to})");
         return Err(Error::setting(problem, "choose another repository to copy into, or another --repo-number").into());
     }
-    let src = common.access()?.open().await?;
-    let dst = dest.access(&common.stanza)?.open().await?;
+    // Both at once: each unlock derives its key on a blocking thread of its own.
+    let (src_access, dst_access) = (common.access()?, dest.access(&common.stanza)?);
+    let (src, dst) = tokio::join!(src_access.open(), dst_access.open());
+    let (src, dst) = (src?, dst?);
     let req = pgcairn::CopyRequest { set, level: r.get("compress-level")?, progress: progress() };
     let report = pgcairn::copy(&src, &dst, &req).await?;
     if json {
