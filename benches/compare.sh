@@ -171,36 +171,6 @@ run_full() { # TOOL DATASET
     cairn)
         as_pg "${CAIRN[@]}" "--repo=$repo" stanza-create "--pg=$CONN" >>"$LOG" 2>&1
         timed "full.$2.cairn" "${CAIRN[@]}" "--repo=$repo" backup --start-fast "--pg=$CONN" ;;
-    cairn2)
-        # Two repositories, each with its own key file: every segment into both.
-        local two=(env "PGCAIRN_REPO2_PASSPHRASE=$PASS" "${CAIRN[@]}" "--repo=$repo" "--repo2=$repo.2")
-        fresh_dir "$repo.2"
-        as_pg "${two[@]}" stanza-create "--pg=$CONN" >>"$LOG" 2>&1
-        as_pg "${two[@]}" --repo-number=2 stanza-create "--pg=$CONN" >>"$LOG" 2>&1
-        as_pg "${two[@]}" key-file "--output=$repo.key" >>"$LOG" 2>&1
-        as_pg "${two[@]}" --repo-number=2 key-file "--output=$repo.2.key" >>"$LOG" 2>&1
-        local cmd=("$W/bin/pgcairn-archive-push" "--stanza=$STANZA" "--repo=$repo" "--repo-key-file=$repo.key"
-            "--repo2=$repo.2" "--repo2-key-file=$repo.2.key")
-        timed push.cairn2 bash -c "$LOOP" _ ${#cmd[@]} "${cmd[@]}" "${WALS[@]}"
-        local n r
-        for r in "$repo" "$repo.2"; do
-            n=$(find "$r/$STANZA/wal" -type f | wc -l)
-            [ "$n" = "${#WALS[@]}" ] || { echo "pgcairn repository $r holds $n WAL objects, not ${#WALS[@]}" >&2; exit 1; }
-        done
-        rm -rf "$repo.2" "$repo.2.key" ;;
-    br2)
-        fresh_dir "$repo.2"
-        local two=(env "PGBACKREST_REPO2_CIPHER_TYPE=aes-256-cbc" "PGBACKREST_REPO2_CIPHER_PASS=$PASS"
-            "${BR[@]}" "--repo1-path=$repo" "--repo2-path=$repo.2")
-        as_pg "${two[@]}" stanza-create >>"$LOG" 2>&1
-        local cmd=("${two[@]}" archive-push)
-        timed push.br2 bash -c "$LOOP" _ ${#cmd[@]} "${cmd[@]}" "${WALS[@]}"
-        local n r
-        for r in "$repo" "$repo.2"; do
-            n=$(find "$r/archive/$STANZA" -name '0*-*' -type f | wc -l)
-            [ "$n" = "${#WALS[@]}" ] || { echo "pgBackRest repository $r holds $n WAL files, not ${#WALS[@]}" >&2; exit 1; }
-        done
-        rm -rf "$repo.2" ;;
     br)
         as_pg "${BR[@]}" "--repo1-path=$repo" stanza-create >>"$LOG" 2>&1
         timed "full.$2.br" "${BR[@]}" "--repo1-path=$repo" backup --type=full ;;
