@@ -20,11 +20,12 @@ pub(crate) async fn info(r: &Resolved, common: &Common) -> Result<pgcairn::InfoR
 /// number and location). One that cannot be read is shown with status unreadable and
 /// fails the run after all are printed.
 pub(crate) async fn info_repos(r: &Resolved, common: &Common, out: Output) -> Result<ExitCode> {
-    let policy = typed::retention(r)?;
     let mut reports = Vec::new();
     for spec in &common.repos {
-        let report =
-            async { Ok(pgcairn::info_with_retention(&spec.access(&common.stanza)?.open().await?, &policy).await?) };
+        let report = async {
+            let policy = typed::retention_of(r, spec.number)?;
+            Ok(pgcairn::info_with_retention(&spec.access(&common.stanza)?.open().await?, &policy).await?)
+        };
         reports.push((spec, report.await));
     }
     if out == Output::Json {

@@ -183,9 +183,10 @@ impl Setting {
 
     /// Whether every repository has its own: the settings that find and unlock a
     /// repository (`repo`, `repo-passphrase*`, `repo-key-file`, `repo-s3-*`,
-    /// `repo-azure-*`, `repo-gcs-*`).
+    /// `repo-azure-*`, `repo-gcs-*`) and its retention (`retention-*`).
     pub fn is_per_repo(&self) -> bool {
-        self.is_global() && (self.name == "repo" || self.name.starts_with("repo-")) && self.name != "repo-number"
+        let locates = self.is_global() && (self.name == "repo" || self.name.starts_with("repo-"));
+        (locates && self.name != "repo-number") || self.name.starts_with("retention-")
     }
 
     /// The repository a derived setting belongs to (2 for `repo2-key-file`); None
@@ -237,12 +238,14 @@ pub static SETTINGS: std::sync::LazyLock<Vec<Setting>> = std::sync::LazyLock::ne
     declared.chain(derived).collect()
 });
 
-/// The name of per-repository setting `base` (`repo-key-file`) for repository `n`:
-/// itself for 1, `repo2-key-file` for 2.
+/// The name of per-repository setting `base` for repository `n`: itself for 1;
+/// for 2, `repo2-key-file` (from `repo-key-file`), `repo2-retention-full` (from
+/// `retention-full`).
 pub fn repo_setting(base: &str, n: usize) -> String {
     match (n, base.strip_prefix("repo")) {
-        (1, _) | (_, None) => base.to_string(),
+        (1, _) => base.to_string(),
         (n, Some(rest)) => format!("repo{n}{rest}"),
+        (n, None) => format!("repo{n}-{base}"),
     }
 }
 

@@ -419,7 +419,8 @@ fn unknown_environment_variables_are_named_with_a_guess() {
 #[test]
 fn several_repositories_resolve_each_with_its_own_settings() {
     let (_d, config) = with_config(
-        "repo = \"/one\"\nrepo-key-file = \"/k1\"\nrepo2 = \"s3://b/two\"\nrepo2-s3-region = \"eu-west-1\"\nrepo4 = \"/four\"\n",
+        "repo = \"/one\"\nrepo-key-file = \"/k1\"\nretention-full = 2\nrepo2 = \"s3://b/two\"\nrepo2-s3-region = \"eu-west-1\"\n\
+         repo2-retention-full = 7\nrepo4 = \"/four\"\n",
     );
     let env = [("PGCAIRN_CONFIG", config.as_str()), ("PGCAIRN_STANZA", "main"), ("PGCAIRN_REPO4_KEY_FILE", "/k4")];
     let r = run(Cmd::Info, &[("repo2-key-file", "/k2")], &env).unwrap();
@@ -432,6 +433,10 @@ fn several_repositories_resolve_each_with_its_own_settings() {
     assert_eq!(common.repos[1].cloud.s3.region.as_deref(), Some("eu-west-1"));
     assert_eq!(common.repos[0].cloud.s3.region, None, "repository 1 does not take repository 2's region");
     assert_eq!(common.all_access().unwrap().len(), 3);
+    // Each repository its own retention: repository 1's does not apply to 2.
+    assert_eq!(typed::retention_of(&r, 1).unwrap().full, Some(2));
+    assert_eq!(typed::retention_of(&r, 2).unwrap().full, Some(7));
+    assert_eq!(typed::retention_of(&r, 4).unwrap().full, None);
 
     let r = run(Cmd::Info, &[("repo-number", "4")], &env).unwrap();
     assert_eq!(Common::from(&r).unwrap().selected.repo, pgcairn::RepoLocation::parse("/four").unwrap());

@@ -202,7 +202,7 @@ impl Common {
                 repos.push(spec);
             }
         }
-        let number = usize::try_from(r.get::<u32>("repo-number")?).unwrap_or(usize::MAX);
+        let number = selected_number(r)?;
         let selected = repos.iter().find(|s| s.number == number).cloned().ok_or_else(|| {
             let configured: Vec<String> = repos.iter().map(|s| s.number.to_string()).collect();
             Error::setting(
@@ -389,32 +389,45 @@ pub fn expire_request(r: &Resolved, set: Option<String>, dry_run: bool) -> Resul
         set,
         dry_run,
         spool_path: r.opt("spool-path")?,
-        repo_number: usize::try_from(r.get::<u32>("repo-number")?).unwrap_or(1),
+        repo_number: selected_number(r)?,
         gc_grace: r.get("repo-gc-grace")?,
     })
 }
 
 /// The retention policy the retention-* settings describe (checked here, at start-up).
 pub fn retention(r: &Resolved) -> Result<pgcairn::RetentionPolicy> {
-    let full_type = match r.get::<&'static str>("retention-full-type")? {
+    retention_of(r, selected_number(r)?)
+}
+
+/// The `repo-number` a command works on.
+fn selected_number(r: &Resolved) -> Result<usize> {
+    Ok(usize::try_from(r.get::<u32>("repo-number")?).unwrap_or(usize::MAX))
+}
+
+/// Repository `n`'s retention policy: `retention-*` for repository 1,
+/// `repo2-retention-*` for repository 2, and so on; each repository keeps what its
+/// own settings say.
+pub fn retention_of(r: &Resolved, n: usize) -> Result<pgcairn::RetentionPolicy> {
+    let key = |base: &str| repo_setting(base, n);
+    let full_type = match r.get::<&'static str>(&key("retention-full-type"))? {
         "time" => pgcairn::FullRetention::Time,
         _ => pgcairn::FullRetention::Count,
     };
-    let archive_type = match r.get::<&'static str>("retention-archive-type")? {
+    let archive_type = match r.get::<&'static str>(&key("retention-archive-type"))? {
         "diff" => pgcairn::BackupType::Diff,
         "incr" => pgcairn::BackupType::Incr,
         _ => pgcairn::BackupType::Full,
     };
     let policy = pgcairn::RetentionPolicy {
-        full: r.opt("retention-full")?,
+        full: r.opt(&key("retention-full"))?,
         full_type,
-        diff: r.opt("retention-diff")?,
-        keep_daily: r.opt("retention-keep-daily")?,
-        keep_weekly: r.opt("retention-keep-weekly")?,
-        keep_monthly: r.opt("retention-keep-monthly")?,
-        keep_yearly: r.opt("retention-keep-yearly")?,
-        time_zone: r.get("retention-time-zone")?,
-        archive: r.opt("retention-archive")?,
+        diff: r.opt(&key("retention-diff"))?,
+        keep_daily: r.opt(&key("retention-keep-daily"))?,
+        keep_weekly: r.opt(&key("retention-keep-weekly"))?,
+        keep_monthly: r.opt(&key("retention-keep-monthly"))?,
+        keep_yearly: r.opt(&key("retention-keep-yearly"))?,
+        time_zone: r.get(&key("retention-time-zone"))?,
+        archive: r.opt(&key("retention-archive"))?,
         archive_type,
     };
     policy.check()?;

@@ -126,6 +126,7 @@ async fn copy_locked(src: &Repository, dst: &Repository, req: &CopyRequest, lock
         report.stored_new += copied.stored_new;
         report.copied.push(m.label);
     }
+    req.progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
