@@ -2,7 +2,7 @@
 //! from a file (mode 0600) or stdin, never argv.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use pgcairn::{KeySlotKdf, Secret};
@@ -91,5 +91,21 @@ pub(crate) async fn run(common: &Common, action: &KeyAction) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `pgcairn key-file --output=PATH`: write the selected repository's key file.
+pub(crate) async fn write_key_file(common: &Common, output: &Path) -> Result<()> {
+    // The config may already name the key file this writes: unlock with the
+    // passphrase then (a review found `key-file` failing on its own output).
+    let mut unlock_with = common.clone();
+    if unlock_with.selected.key_file.as_deref().is_some_and(|k| !k.exists()) {
+        unlock_with.selected.key_file = None;
+    }
+    unlock_with.access()?.open().await?.write_key_file(output)?;
+    outln!(
+        "key file {} written (mode 0600): give it to the database's OS user and set repo-key-file; anyone who can read it can read every backup",
+        output.display()
+    );
     Ok(())
 }

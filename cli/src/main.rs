@@ -37,7 +37,7 @@ use commands::backup::backup;
 use commands::check::{check, check_archive};
 use commands::drill::drill;
 use commands::expire::expire;
-use commands::info::{info, info_all};
+use commands::info::info_all;
 use commands::restore::restore;
 use commands::stanza::{stanza_create, stanza_delete};
 
@@ -308,17 +308,7 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         Command::Restore { target, tablespace_map, delta } => {
             restore(r, common, target, tablespace_map, *delta).await?
         }
-        Command::Info { output, .. } if common.repos.len() > 1 && !typed::repo_number_given(r) => {
-            return commands::info::info_repos(r, common, *output).await
-        }
-        Command::Info { output, .. } => {
-            let report = info(r, common).await?;
-            if *output == Output::Json {
-                outln!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                output::print_info(&report)?;
-            }
-        }
+        Command::Info { output, .. } => return commands::info::run(r, common, *output).await,
         Command::Check { archive_only: true, output, .. } => return check_archive(r, common, *output).await,
         Command::Check { restore_point, output, .. } => check(r, common, *restore_point, *output).await?,
         Command::Metrics { listen, .. } => {
@@ -348,19 +338,7 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         }
         Command::Drill { target, keep, output } => return drill(r, common, target, *keep, *output).await,
         Command::Version | Command::Completions { .. } | Command::Man { .. } => meta(command)?,
-        Command::KeyFile { output } => {
-            // The config may already name the key file this writes: unlock with the
-            // passphrase then (a review found `key-file` failing on its own output).
-            let mut unlock_with = common.clone();
-            if unlock_with.selected.key_file.as_deref().is_some_and(|k| !k.exists()) {
-                unlock_with.selected.key_file = None;
-            }
-            unlock_with.access()?.open().await?.write_key_file(output)?;
-            outln!(
-                "key file {} written (mode 0600): give it to the database's OS user and set repo-key-file; anyone who can read it can read every backup",
-                output.display()
-            );
-        }
+        Command::KeyFile { output } => keys::write_key_file(common, output).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -81,20 +81,7 @@ impl Archiving {
 
     /// Wait until the archiver has archived everything before the current segment.
     pub fn wait_archived(&self) {
-        let current = self.cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let last = self.cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-            if last.as_str() >= previous_segment(&current).as_str() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "archiver stuck at {last:?} (want {current}):\n{}",
-                self.cluster.server_log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_archived(&self.cluster);
     }
 
     pub fn archived_names(&self) -> Vec<String> {
@@ -121,6 +108,20 @@ impl Archiving {
 
     pub fn get(&self, name: &str, dest: &Path) -> std::process::Output {
         self.p.run(&["archive-get", name, &dest.display().to_string()])
+    }
+}
+
+/// Wait until `cluster`'s archiver has archived everything before the current segment.
+pub fn wait_archived(cluster: &Cluster) {
+    let current = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let last = cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+        if last.as_str() >= previous_segment(&current).as_str() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "archiver stuck at {last:?} (want {current}):\n{}", cluster.server_log());
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

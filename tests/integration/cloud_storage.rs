@@ -4,14 +4,13 @@
 use pgcairn::testing::ObjectStorage;
 use pgcairn::{AzureKeyType, AzureSettings, GcsKeyType, GcsSettings, Secret, Storage, StorageErrorKind};
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::archive::{archive_push_bin, previous_segment};
+use crate::archive::{archive_push_bin, wait_archived};
 use crate::cli::{passphrase_env, wait_promoted, Pgcairn};
 use crate::support::cloud::{AZURITE_ACCOUNT, AZURITE_KEY, MOTO_BUCKET};
-use crate::support::{chown_to_postgres, Cluster, PgVersion, TestDir};
+use crate::support::{chown_to_postgres, private_file, Cluster, PgVersion, TestDir};
 use crate::support::{Azurite, FakeGcs, MotoS3};
 
 fn azure_settings(azurite: &Azurite) -> AzureSettings {
@@ -69,12 +68,6 @@ struct CloudRepo {
     config: String,
     /// A secret that must appear in no file pgcairn writes into the data directory.
     secret: String,
-}
-
-fn private_file(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)).unwrap();
-    chown_to_postgres(path);
 }
 
 fn azurite_repo(azurite: &Azurite, dir: &Path) -> CloudRepo {
@@ -146,19 +139,6 @@ fn seed_drill(version: PgVersion, repo: CloudRepo, dir: &Path) {
     let counts =
         restored.psql("SELECT count(*) FILTER (WHERE v = 'test'), count(*) FILTER (WHERE v = 'after') FROM seed");
     assert_eq!(counts, "1000|0", "{}", restored.server_log());
-}
-
-fn wait_archived(cluster: &Cluster) {
-    let current = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let last = cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-        if last.as_str() >= previous_segment(&current).as_str() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "archiver stuck at {last:?} (want {current}):\n{}", cluster.server_log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

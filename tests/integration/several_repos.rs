@@ -2,22 +2,15 @@
 //! from one to the next, and the Azure-primary / S3-secondary deployment surviving
 //! the loss of its primary.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::archive::{archive_push_bin, previous_segment};
+use crate::archive::{archive_push_bin, previous_segment, wait_archived};
 use crate::cli::{wait_promoted, Pgcairn, PASSPHRASE};
 use crate::support::cloud::{AZURITE_ACCOUNT, AZURITE_KEY};
-use crate::support::{chown_to_postgres, Azurite, Cluster, PgVersion, S3Server, TestDir};
+use crate::support::{chown_to_postgres, private_file, Azurite, Cluster, PgVersion, S3Server, TestDir};
 
 const DR_PASSPHRASE: &str = "the second repository has its own passphrase";
-
-fn private_file(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)).unwrap();
-    chown_to_postgres(path);
-}
 
 /// A cluster archiving into two repositories named in one config file, as an
 /// operator writes it: `first` (its `repo = …` lines) and an s3s-fs repository 2.
@@ -86,16 +79,7 @@ impl TwoRepos {
     }
 
     fn wait_archived(&self) {
-        let current = self.cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let last = self.cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-            if last.as_str() >= previous_segment(&current).as_str() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "archiver stuck at {last:?}:\n{}", self.cluster.server_log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_archived(&self.cluster);
     }
 
     /// The last archived segment repository `n` holds, by info.
@@ -149,37 +133,8 @@ fn azure_primary_s3_secondary(version: PgVersion) {
         azurite.endpoint()
     );
     let t = TwoRepos::new(version, first, &s3, dir.path());
-    let pg = format!("--pg={}", t.cluster.conninfo());
-    t.cluster.psql("CREATE TABLE seed (v text); CREATE TABLE switches (n int)");
-    t.p.backup(&t.cluster.conninfo());
-    t.cluster.psql("INSERT INTO seed SELECT 'early' FROM generate_series(1, 10)");
-    t.p.ok(&["backup", "--start-fast", "--type=diff", &pg]);
-    t.cluster.psql("DELETE FROM seed");
-    t.p.ok(&["backup", "--start-fast", "--type=incr", &pg]);
-    t.p.ok(&["backup", "--start-fast", "--repo-number=2", &pg]);
-    // copy: repository 1's three backups into repository 2, re-sealed under its keys;
-    // run again, it finds nothing to do.
-    let report: serde_json::Value = serde_json::from_str(&t.p.ok(&["copy", "--to-repo=2", "--output=json"])).unwrap();
-    let copied: Vec<String> =
-        report["copied"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
-    assert_eq!(copied.len(), 3, "{report}");
-    assert!(copied[1].ends_with('D') && copied[2].ends_with('I'), "parents first: {copied:?}");
-    let again: serde_json::Value = serde_json::from_str(&t.p.ok(&["copy", "--to-repo=2", "--output=json"])).unwrap();
-    assert_eq!(again["copied"].as_array().unwrap().len(), 0, "{again}");
-    assert_eq!(again["present"].as_array().unwrap().len(), 3, "{again}");
-    let incr = copied[2].clone();
-    t.cluster.psql("INSERT INTO seed SELECT 'test' FROM generate_series(1, 1000)");
-    std::thread::sleep(Duration::from_millis(1100));
-    let target = t.cluster.psql("SELECT clock_timestamp()");
-    std::thread::sleep(Duration::from_millis(1100));
-    t.cluster.psql("INSERT INTO seed SELECT 'after' FROM generate_series(1, 1000)");
-    // Segments A (the rows), B and C (one `switches` row each) archived; the third
-    // row stays in the current segment.
-    for _ in 0..3 {
-        t.cluster.psql("SELECT pg_switch_wal()");
-        t.cluster.psql("INSERT INTO switches VALUES (1)");
-    }
-    t.wait_archived();
+    let incr = backups_then_copy(&t);
+    let target = seed_rows(&t);
     let last = t.last_in(1);
     assert!(!last.is_empty() && last == t.last_in(2), "both repositories hold every segment: {last}");
     // info without --repo-number shows both: three backups in 1; in 2 its own full
@@ -212,6 +167,46 @@ fn azure_primary_s3_secondary(version: PgVersion) {
     let args = ["--repo-number=2", &set, "--type=time", &time, "--target-action=promote"];
     let counts = restore_and_count(&t, version, dir.path(), &args);
     assert_eq!(counts, "1000/0 0", "the seed drill from repository 2, from the copy of the incr");
+}
+
+/// Full, diff and incr into repository 1, a full into 2, then `copy` of repository
+/// 1's three backups into 2 (re-sealed under its keys; run again, it finds nothing
+/// to do). The copied incr's label.
+fn backups_then_copy(t: &TwoRepos) -> String {
+    let pg = format!("--pg={}", t.cluster.conninfo());
+    t.cluster.psql("CREATE TABLE seed (v text); CREATE TABLE switches (n int)");
+    t.p.backup(&t.cluster.conninfo());
+    t.cluster.psql("INSERT INTO seed SELECT 'early' FROM generate_series(1, 10)");
+    t.p.ok(&["backup", "--start-fast", "--type=diff", &pg]);
+    t.cluster.psql("DELETE FROM seed");
+    t.p.ok(&["backup", "--start-fast", "--type=incr", &pg]);
+    t.p.ok(&["backup", "--start-fast", "--repo-number=2", &pg]);
+    let report: serde_json::Value = serde_json::from_str(&t.p.ok(&["copy", "--to-repo=2", "--output=json"])).unwrap();
+    let copied: Vec<String> =
+        report["copied"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
+    assert_eq!(copied.len(), 3, "{report}");
+    assert!(copied[1].ends_with('D') && copied[2].ends_with('I'), "parents first: {copied:?}");
+    let again: serde_json::Value = serde_json::from_str(&t.p.ok(&["copy", "--to-repo=2", "--output=json"])).unwrap();
+    assert_eq!(again["copied"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["present"].as_array().unwrap().len(), 3, "{again}");
+    copied[2].clone()
+}
+
+/// The seed drill's rows: 1000 'test', the time noted (returned), 1000 'after'; then
+/// segments A (the rows), B and C (one `switches` row each) archived, the third
+/// `switches` row left in the current segment.
+fn seed_rows(t: &TwoRepos) -> String {
+    t.cluster.psql("INSERT INTO seed SELECT 'test' FROM generate_series(1, 1000)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = t.cluster.psql("SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    t.cluster.psql("INSERT INTO seed SELECT 'after' FROM generate_series(1, 1000)");
+    for _ in 0..3 {
+        t.cluster.psql("SELECT pg_switch_wal()");
+        t.cluster.psql("INSERT INTO switches VALUES (1)");
+    }
+    t.wait_archived();
+    target
 }
 
 #[test]

@@ -9,6 +9,21 @@ use pgcairn_cli::settings::Resolved;
 use crate::Output;
 use crate::{output, stanzas};
 
+/// `pgcairn info`: the selected repository's report, or every repository's when
+/// several are configured and none was chosen.
+pub(crate) async fn run(r: &Resolved, common: &Common, out: Output) -> Result<ExitCode> {
+    if common.repos.len() > 1 && !typed::repo_number_given(r) {
+        return info_repos(r, common, out).await;
+    }
+    let report = info(r, common).await?;
+    if out == Output::Json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        output::print_info(&report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The stanza's info, with the retention policy its settings give.
 pub(crate) async fn info(r: &Resolved, common: &Common) -> Result<pgcairn::InfoReport> {
     let policy = typed::retention(r)?;
@@ -19,7 +34,7 @@ pub(crate) async fn info(r: &Resolved, common: &Common) -> Result<pgcairn::InfoR
 /// repository's report, in order (json: an array, each report with its `repository`
 /// number and location). One that cannot be read is shown with status unreadable and
 /// fails the run after all are printed.
-pub(crate) async fn info_repos(r: &Resolved, common: &Common, out: Output) -> Result<ExitCode> {
+async fn info_repos(r: &Resolved, common: &Common, out: Output) -> Result<ExitCode> {
     let mut reports = Vec::new();
     for spec in &common.repos {
         let report = async {

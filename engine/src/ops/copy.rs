@@ -57,7 +57,7 @@ pub struct CopyReport {
     pub copied: Vec<String>,
     /// Backups the destination already had.
     pub present: Vec<String>,
-    /// WAL files copied, and those the destination already had.
+    /// WAL files copied.
     pub wal_copied: u64,
     /// WAL files the destination already had.
     pub wal_present: u64,

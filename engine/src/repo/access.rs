@@ -45,6 +45,15 @@ impl RepoAccess {
         Error::InRepository { number: self.number, location: self.location.describe(), source: Box::new(e) }
     }
 
+    /// `e`, naming this repository when it is one of `repos` (more than one) and
+    /// the error does not name one already: a lone repository's errors read as before.
+    pub(crate) fn context_among(&self, repos: usize, e: Error) -> Error {
+        match (&e, repos) {
+            (_, 0 | 1) | (Error::InRepository { .. }, _) => e,
+            _ => self.context(e),
+        }
+    }
+
     /// Opens the stanza, unlocking it as `unlock` says.
     pub async fn open(&self) -> Result<Repository> {
         let storage = self.storage()?;

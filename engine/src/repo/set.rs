@@ -55,10 +55,7 @@ impl RepoSet {
 
     /// `e` from repository `i`, naming it when there are several.
     fn tag(&self, i: usize, e: Error) -> Error {
-        match (&e, self.members.len()) {
-            (_, 1) | (Error::InRepository { .. }, _) => e,
-            _ => self.members[i].access.context(e),
-        }
+        self.members[i].access.context_among(self.members.len(), e)
     }
 
     /// A WAL file from the first repository that has a valid copy. A repository that

@@ -64,13 +64,8 @@ impl ObjectStorage {
         }
         b = with_key(b, settings)?;
         if let Some(ep) = &settings.endpoint {
-            if ep.starts_with("http://") && !settings.allow_http {
-                return Err(Error::setting(
-                    format!("Azure endpoint {ep} is plain HTTP: requests, their signatures and the repository's (encrypted) objects would cross the network unprotected"),
-                    "use an https:// endpoint, or set repo-azure-allow-http = true for an emulator or a server on a trusted network",
-                ));
-            }
-            b = b.with_endpoint(ep.clone()).with_allow_http(ep.starts_with("http://"));
+            let http = Cloud::Azure.plain_http(ep, settings.allow_http)?;
+            b = b.with_endpoint(ep.clone()).with_allow_http(http);
         }
         let store = b.build().map_err(|e| {
             Error::setting(

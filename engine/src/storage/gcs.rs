@@ -49,13 +49,8 @@ impl ObjectStorage {
         };
         b = b.with_bucket_name(bucket);
         if let Some(ep) = &settings.endpoint {
-            if ep.starts_with("http://") && !settings.allow_http {
-                return Err(Error::setting(
-                    format!("GCS endpoint {ep} is plain HTTP: requests, their tokens and the repository's (encrypted) objects would cross the network unprotected"),
-                    "use an https:// endpoint, or set repo-gcs-allow-http = true for an emulator or a server on a trusted network",
-                ));
-            }
-            b = b.with_client_options(object_store::ClientOptions::new().with_allow_http(ep.starts_with("http://")));
+            let http = Cloud::Gcs.plain_http(ep, settings.allow_http)?;
+            b = b.with_client_options(object_store::ClientOptions::new().with_allow_http(http));
         }
         b = with_key(b, settings)?;
         let store = b.build().map_err(|e| {

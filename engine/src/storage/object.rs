@@ -62,12 +62,32 @@ impl Cloud {
         }
     }
 
-    fn endpoint_setting(self) -> &'static str {
+    /// The prefix of its settings: `repo-s3`, `repo-azure`, `repo-gcs`.
+    fn settings(self) -> &'static str {
         match self {
-            Cloud::S3 => "repo-s3-endpoint",
-            Cloud::Azure => "repo-azure-endpoint",
-            Cloud::Gcs => "repo-gcs-endpoint",
+            Cloud::S3 => "repo-s3",
+            Cloud::Azure => "repo-azure",
+            Cloud::Gcs => "repo-gcs",
         }
+    }
+
+    fn endpoint_setting(self) -> String {
+        format!("{}-endpoint", self.settings())
+    }
+
+    /// Whether endpoint `ep` is plain HTTP, which only `allowed` (`repo-*-allow-http`)
+    /// lets through: requests, their credentials and the objects would cross the
+    /// network unprotected.
+    pub(crate) fn plain_http(self, ep: &str, allowed: bool) -> Result<bool> {
+        let http = ep.starts_with("http://");
+        if http && !allowed {
+            let also = if self == Cloud::S3 { " (or AWS_ALLOW_HTTP=true)" } else { "" };
+            return Err(Error::setting(
+                format!("{} endpoint {ep} is plain HTTP: requests, their credentials and the repository's (encrypted) objects would cross the network unprotected", self.name()),
+                format!("use an https:// endpoint, or set {}-allow-http = true{also} for an emulator or a server on a trusted network", self.settings()),
+            ));
+        }
+        Ok(http)
     }
 }
 

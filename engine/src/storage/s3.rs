@@ -73,14 +73,8 @@ impl ObjectStorage {
         }
         if let Some(ep) = &endpoint {
             b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
-            if ep.starts_with("http://") {
-                let env_allows = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-                if !settings.allow_http && !env_allows {
-                    return Err(Error::setting(
-                        format!("S3 endpoint {ep} is plain HTTP: requests, credentials' signatures and the repository's (encrypted) objects would cross the network unprotected"),
-                        "use an https:// endpoint, or set repo-s3-allow-http = true (or AWS_ALLOW_HTTP=true) for a server on a trusted network",
-                    ));
-                }
+            let env_allows = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+            if Cloud::S3.plain_http(ep, settings.allow_http || env_allows)? {
                 b = b.with_allow_http(true);
             }
         }

@@ -29,7 +29,7 @@ struct Emulator {
     child: Child,
     port: u16,
     base: PathBuf,
-    log_name: &'static str,
+    log_name: String,
 }
 
 impl Emulator {
@@ -40,13 +40,8 @@ impl Emulator {
         let base = unique_dir(name);
         let data = base.join("data");
         std::fs::create_dir_all(&data).expect("create emulator data dir");
-        let log_name = match name {
-            "azurite" => "azurite.log",
-            "fake-gcs" => "fake-gcs.log",
-            "moto" => "moto.log",
-            _ => "front.log",
-        };
-        let log = std::fs::File::create(base.join(log_name)).expect("create emulator log");
+        let log_name = format!("{name}.log");
+        let log = std::fs::File::create(base.join(&log_name)).expect("create emulator log");
         let port = free_port();
         let child = Command::new(program)
             .args(args(port, &data))
@@ -61,7 +56,7 @@ impl Emulator {
     }
 
     fn log(&self) -> String {
-        std::fs::read(self.base.join(self.log_name))
+        std::fs::read(self.base.join(&self.log_name))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }

@@ -78,6 +78,15 @@ impl Drop for TestDir {
     }
 }
 
+/// Write a secret or config file the server's OS user reads: mode 0640, owned by
+/// `postgres` when root (as the docs tell operators to install them).
+pub fn private_file(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    chown_to_postgres(path);
+}
+
 /// True when running as root (euid 0): then servers must run as `postgres`.
 pub fn is_root() -> bool {
     static ROOT: OnceLock<bool> = OnceLock::new();

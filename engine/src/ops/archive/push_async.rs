@@ -91,7 +91,7 @@ pub async fn run_archive_push(req: &PushRequest, path: &Path) -> Result<()> {
     }
     let mut first_error = None;
     for (access, spool) in req.repos.iter().zip(&spools) {
-        let queued = spool.enqueue(queue, path).map_err(|e| tag(&req.repos, access, e));
+        let queued = spool.enqueue(queue, path).map_err(|e| access.context_among(req.repos.len(), e));
         match queued.and_then(|()| spawn_drainer(spool, &queue.drainer, path, access.number)) {
             Ok(()) => {}
             Err(e) if req.repos.len() > 1 => {
@@ -104,21 +104,12 @@ pub async fn run_archive_push(req: &PushRequest, path: &Path) -> Result<()> {
     first_error.map_or(Ok(()), Err)
 }
 
-/// `e` from `access`, naming the repository when there are several.
-fn tag(repos: &[RepoAccess], access: &RepoAccess, e: Error) -> Error {
-    if repos.len() > 1 {
-        access.context(e)
-    } else {
-        e
-    }
-}
-
 /// Sync archive-push: into every repository at once; done only when all have it.
 /// Each failure is logged naming its repository; the first is returned.
 async fn push_to_all(repos: &[RepoAccess], path: &Path, level: i32) -> Result<()> {
     let pushes = repos.iter().map(|access| async move {
         let pushed = async { archive_push(&access.open().await?, path, level).await }.await;
-        pushed.map_err(|e| tag(repos, access, e))
+        pushed.map_err(|e| access.context_among(repos.len(), e))
     });
     let mut first_error = None;
     for result in futures::future::join_all(pushes).await {
