@@ -329,9 +329,7 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         Command::Expire { set, dry_run, output } => return expire(r, common, set, *dry_run, *output).await,
         Command::StanzaDelete { force } => stanza_delete(r, common, *force).await?,
         Command::Verify { set, sample, output } => {
-            let req = pgcairn::VerifyRequest { set: set.clone(), sample: *sample, progress: progress() };
-            let report = pgcairn::verify(&common.access()?.open().await?, &req).await?;
-            return proof::print_verify(&report, *output == Output::Json);
+            return commands::verify::verify(r, common, set, *sample, *output == Output::Json).await
         }
         Command::Copy { to_repo, set, output } => {
             return commands::copy::copy(r, common, *to_repo, set.clone(), *output == Output::Json).await

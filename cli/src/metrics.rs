@@ -1,8 +1,10 @@
 //! `pgcairn metrics`: the stanza's state (computed by the engine: `info` and the
 //! read-only archive check) rendered in the Prometheus text format, printed once (for
 //! node_exporter's textfile collector) or served on `GET /metrics` (`--listen`).
-//! With `--all-stanzas`, every stanza of the repository in one exposition, each
-//! series labelled with its stanza.
+//! Every series is labelled with its stanza and its repository (`repo="1"` for
+//! `repo`, "2" for `repo2` …): with several repositories and no `repo-number`, each
+//! is read and shown. With `--all-stanzas`, every stanza of the repository in one
+//! exposition.
 //! Metric names are documented in docs/operations.md "Monitoring"; the alerting
 //! rules in contrib/prometheus/pgcairn.rules.yml use them.
 
@@ -37,11 +39,13 @@ struct Scrape {
     counters: BTreeMap<String, (String, Counters)>,
     /// The stanza whose series are being added.
     stanza: String,
+    /// The repository whose series are being added (its number: 1 for `repo`).
+    repo: String,
 }
 
 impl Scrape {
     fn labels(&self, extra: impl IntoIterator<Item = (&'static str, String)>) -> Labels {
-        std::iter::once(("stanza", self.stanza.clone())).chain(extra).collect()
+        [("stanza", self.stanza.clone()), ("repo", self.repo.clone())].into_iter().chain(extra).collect()
     }
 
     /// prometheus-client ends every HELP line with a full stop: ours carry none.
@@ -231,54 +235,72 @@ pub(crate) enum Target {
 /// request derived the key again, with no limit on concurrency (200 parallel GETs
 /// took 11.2 GB). A stanza whose read fails is opened afresh at the next scrape.
 #[derive(Default)]
-struct Opened(tokio::sync::Mutex<BTreeMap<String, pgcairn::Repository>>);
+struct Opened(tokio::sync::Mutex<BTreeMap<(String, usize), pgcairn::Repository>>);
 
 impl Opened {
     async fn get(&self, common: &Common) -> Result<pgcairn::Repository> {
-        if let Some(repo) = self.0.lock().await.get(&common.stanza) {
+        let key = (common.stanza.clone(), common.selected.number);
+        if let Some(repo) = self.0.lock().await.get(&key) {
             return Ok(repo.clone());
         }
         let repo = common.access()?.open().await?;
-        self.0.lock().await.insert(common.stanza.clone(), repo.clone());
+        self.0.lock().await.insert(key, repo.clone());
         Ok(repo)
     }
 
-    async fn forget(&self, stanza: &str) {
-        self.0.lock().await.remove(stanza);
+    async fn forget(&self, common: &Common) {
+        self.0.lock().await.remove(&(common.stanza.clone(), common.selected.number));
     }
 }
 
-/// One scrape: the exposition text. A stanza that cannot be read gives
+/// One scrape: the exposition text. A repository that cannot be read gives
 /// `pgcairn_up 0` and the reason in the log, never a failed scrape.
 async fn scrape(target: &Target, opened: &Opened) -> String {
     let mut s = Scrape::default();
     match target {
-        Target::One(r, common) => scrape_stanza(&mut s, &common.stanza, read(r, common, opened).await),
+        Target::One(r, common) => {
+            for c in common.each_repository(r) {
+                scrape_repository(&mut s, &c.stanza, c.selected.number, read(r, &c, opened).await);
+            }
+        }
         Target::All(all) => match all.names().await {
             Ok(names) => {
-                // A few at a time: each may derive a key and list its archive.
+                // A few stanzas at a time: each may derive keys and list archives.
                 let reads = futures::stream::iter(names).map(|name| async move {
                     let found = async {
                         let (r, common) = all.settings(&name)?;
-                        read(&r, &common, opened).await
+                        let mut found = Vec::new();
+                        for c in common.each_repository(&r) {
+                            found.push((c.selected.number, read(&r, &c, opened).await));
+                        }
+                        Ok(found)
                     };
-                    let found = found.await;
+                    let found: Result<Vec<_>> = found.await;
                     (name, found)
                 });
                 let mut reads = reads.buffered(PARALLEL_STANZAS);
                 while let Some((name, found)) = reads.next().await {
-                    scrape_stanza(&mut s, &name, found);
+                    match found {
+                        Ok(repos) => repos.into_iter().for_each(|(n, f)| scrape_repository(&mut s, &name, n, f)),
+                        Err(e) => scrape_repository(&mut s, &name, 1, Err(e)),
+                    }
                 }
             }
             // No stanza label: `pgcairn_up 0` alone says the repository is unreadable.
-            Err(e) => scrape_stanza(&mut s, "", Err(e)),
+            Err(e) => scrape_repository(&mut s, "", 1, Err(e)),
         },
     }
     s.encode().unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
 }
 
-fn scrape_stanza(s: &mut Scrape, stanza: &str, found: Result<(pgcairn::InfoReport, pgcairn::ArchiveCheck)>) {
+fn scrape_repository(
+    s: &mut Scrape,
+    stanza: &str,
+    repo: usize,
+    found: Result<(pgcairn::InfoReport, pgcairn::ArchiveCheck)>,
+) {
     s.stanza = stanza.to_string();
+    s.repo = repo.to_string();
     let up = match found {
         Ok((info, archive_check)) => {
             backups(s, &info);
@@ -287,7 +309,7 @@ fn scrape_stanza(s: &mut Scrape, stanza: &str, found: Result<(pgcairn::InfoRepor
             1.0
         }
         Err(e) => {
-            tracing::error!("metrics: stanza {stanza}: {e:#}");
+            tracing::error!("metrics: stanza {stanza}, repository {repo}: {e:#}");
             0.0
         }
     };
@@ -304,7 +326,7 @@ async fn read(r: &Resolved, common: &Common, opened: &Opened) -> Result<(pgcairn
     };
     let found = found.await;
     if found.is_err() {
-        opened.forget(&common.stanza).await;
+        opened.forget(common).await;
     }
     found
 }

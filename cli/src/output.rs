@@ -194,7 +194,8 @@ fn print_backup(b: &pgcairn::BackupInfo) -> anyhow::Result<()> {
 }
 
 /// Nagios plugin format: `SERVICE STATUS - text | perfdata`, then one line per problem.
-pub(crate) fn print_archive_check(stanza: &str, r: &pgcairn::ArchiveCheck) -> anyhow::Result<()> {
+/// `what`: "stanza NAME", with " repository N" when several are shown.
+pub(crate) fn print_archive_check(what: &str, r: &pgcairn::ArchiveCheck) -> anyhow::Result<()> {
     let status = match r.level {
         pgcairn::Level::Ok => "OK",
         pgcairn::Level::Warning => "WARNING",
@@ -217,7 +218,7 @@ pub(crate) fn print_archive_check(stanza: &str, r: &pgcairn::ArchiveCheck) -> an
     if let Some(a) = &r.archiver {
         perf.push(format!("failed={}c", a.failed_count));
     }
-    outln!("PGCAIRN ARCHIVE {status} - stanza {stanza}: {newest}{failures} | {}", perf.join(" "));
+    outln!("PGCAIRN ARCHIVE {status} - {what}: {newest}{failures} | {}", perf.join(" "));
     for p in &r.problems {
         outln!("{p}");
     }

@@ -13,16 +13,26 @@ pub(crate) fn print_verify(r: &pgcairn::VerifyReport, json: bool) -> Result<Exit
     } else {
         print_verify_text(r)?;
     }
+    Ok(verify_exit_code(r))
+}
+
+/// `DAMAGED` when the report found damage; `STORAGE` when it is clean but could not
+/// be recorded (said on stderr).
+pub(crate) fn verify_exit_code(r: &pgcairn::VerifyReport) -> ExitCode {
     if let Some(why) = &r.not_recorded {
         eprintln!("pgcairn: error: the verify result could not be recorded in the repository, so info and monitoring will not show it: {why}");
         if r.ok {
-            return Ok(ExitCode::from(pgcairn::exit::STORAGE));
+            return ExitCode::from(pgcairn::exit::STORAGE);
         }
     }
-    Ok(if r.ok { ExitCode::SUCCESS } else { ExitCode::from(pgcairn::exit::DAMAGED) })
+    if r.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(pgcairn::exit::DAMAGED)
+    }
 }
 
-fn print_verify_text(r: &pgcairn::VerifyReport) -> anyhow::Result<()> {
+pub(crate) fn print_verify_text(r: &pgcairn::VerifyReport) -> anyhow::Result<()> {
     let scope = match (&r.set, r.sample) {
         (Some(s), _) => format!("backup {s} and what it needs"),
         (None, Some(f)) => format!("a {}% sample of the packs (at least one pack per backup)", f * 100.0),

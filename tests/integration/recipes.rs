@@ -343,10 +343,11 @@ fn prometheus_rules_cover_backups_archiving_and_proofs() {
         ("unrestorable sets", |e| e.contains("pgcairn_backup_not_restorable") && e.contains("> 0")),
         ("PostgreSQL unreachable", |e| e.contains("pgcairn_postgres_up") && e.contains("== 0")),
         ("never verified", |e| {
-            e.contains("pgcairn_verify_last_timestamp_seconds") && e.contains("unless on (stanza) pgcairn_verify_last")
+            e.contains("pgcairn_verify_last_timestamp_seconds")
+                && e.contains("unless on (stanza, repo) pgcairn_verify_last")
         }),
         ("an archive that never received WAL", |e| {
-            e.contains("unless on (stanza) pgcairn_archive_last_segment_timestamp_seconds")
+            e.contains("unless on (stanza, repo) pgcairn_archive_last_segment_timestamp_seconds")
         }),
     ];
     for (what, fires_on) in required {

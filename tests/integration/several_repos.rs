@@ -134,6 +134,7 @@ fn azure_primary_s3_secondary(version: PgVersion) {
     );
     let t = TwoRepos::new(version, first, &s3, dir.path());
     let incr = backups_then_copy(&t);
+    every_repository_reported(&t);
     let target = seed_rows(&t);
     let last = t.last_in(1);
     assert!(!last.is_empty() && last == t.last_in(2), "both repositories hold every segment: {last}");
@@ -162,11 +163,54 @@ fn azure_primary_s3_secondary(version: PgVersion) {
     azurite.delete_container();
     let (code, err) = t.p.fails(&["info"]);
     assert_ne!(code, 0, "{err}");
+    lost_repository_reported(&t);
     let time = format!("--target={target}");
     let set = format!("--set={incr}");
     let args = ["--repo-number=2", &set, "--type=time", &time, "--target-action=promote"];
     let counts = restore_and_count(&t, version, dir.path(), &args);
     assert_eq!(counts, "1000/0 0", "the seed drill from repository 2, from the copy of the incr");
+}
+
+/// check, check --archive-only, verify, expire and metrics without `--repo-number`
+/// cover both repositories, each with its own settings.
+fn every_repository_reported(t: &TwoRepos) {
+    let pg = format!("--pg={}", t.cluster.conninfo());
+    let check: serde_json::Value = serde_json::from_str(&t.p.ok(&["check", &pg, "--output=json"])).unwrap();
+    assert_eq!(check["repositories"], serde_json::json!([1, 2]), "the switched segment reached both: {check}");
+    let nagios = t.p.ok(&["check", "--archive-only", &pg]);
+    for n in [1, 2] {
+        assert!(nagios.contains(&format!("PGCAIRN ARCHIVE OK - stanza main repository {n}:")), "{nagios}");
+    }
+    let verify = t.p.ok(&["verify"]);
+    assert!(verify.contains("repository 1 (az://") && verify.contains("repository 2 (s3://"), "{verify}");
+    // Each repository under its own retention: one full in 2 keeps only its newest
+    // (its own), so the three copies would go; repository 1 has no policy.
+    let expire = t.p.ok(&["expire", "--dry-run", "--repo2-retention-full=1", "--output=json"]);
+    let expire: serde_json::Value = serde_json::from_str(&expire).unwrap();
+    let expired = |i: usize| expire[i]["backups"].as_array().unwrap().iter().filter(|b| b["expired"] == true).count();
+    assert_eq!((expired(0), expired(1)), (0, 3), "{expire}");
+    assert_eq!(expire[1]["repository"]["number"], 2, "{expire}");
+    let metrics = t.p.ok(&["metrics"]);
+    for n in [1, 2] {
+        assert!(metrics.contains(&format!("pgcairn_up{{stanza=\"main\",repo=\"{n}\"}} 1")), "{metrics}");
+    }
+}
+
+/// With repository 1 gone, each per-repository command reports it as down and still
+/// reports repository 2.
+fn lost_repository_reported(t: &TwoRepos) {
+    let metrics = t.p.ok(&["metrics"]);
+    assert!(metrics.contains("pgcairn_up{stanza=\"main\",repo=\"1\"} 0"), "{metrics}");
+    assert!(metrics.contains("pgcairn_up{stanza=\"main\",repo=\"2\"} 1"), "{metrics}");
+    let out = t.p.run(&["check", "--archive-only"]);
+    let nagios = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{nagios}");
+    assert!(nagios.starts_with("PGCAIRN ARCHIVE CRITICAL - stanza main repository 1:"), "worst first: {nagios}");
+    assert!(nagios.contains("PGCAIRN ARCHIVE OK - stanza main repository 2:"), "{nagios}");
+    let out = t.p.run(&["verify", "--output=json"]);
+    assert!(!out.status.success(), "a lost repository must fail verify");
+    let verify: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&verify[0]["ok"], &verify[1]["ok"]), (&serde_json::json!(false), &serde_json::json!(true)), "{verify}");
 }
 
 /// Full, diff and incr into repository 1, a full into 2, then `copy` of repository

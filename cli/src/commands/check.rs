@@ -6,6 +6,7 @@ use anyhow::Result;
 use pgcairn_cli::settings::typed::{self, Common};
 use pgcairn_cli::settings::Resolved;
 
+use super::each_repo;
 use super::restore::shell_quote;
 use crate::output;
 use crate::Output;
@@ -21,25 +22,37 @@ pub(crate) fn wanted_archive_command(r: &Resolved, common: &Common) -> String {
 
 pub(crate) async fn check(r: &Resolved, common: &Common, restore_point: bool, out: Output) -> Result<()> {
     let settings = typed::Check::from(r)?;
-    let repo = common.access()?.open().await?;
-    let spool_problems = match &settings.spool_path {
-        Some(spool) => pgcairn::spool_problems(spool, &common.stanza, common.selected.number)?,
-        None => Vec::new(),
-    };
+    // archive_command writes to every repository, so the check waits for each,
+    // unless repo-number chose one.
+    let checked = common.each_repository(r);
+    let mut spool_problems = Vec::new();
+    if let Some(spool) = &settings.spool_path {
+        for c in &checked {
+            let n = c.selected.number;
+            let found = pgcairn::spool_problems(spool, &common.stanza, n)?;
+            let named = |p: String| if checked.len() > 1 { format!("repository {n}: {p}") } else { p };
+            spool_problems.extend(found.into_iter().map(named));
+        }
+    }
     let req = pgcairn::CheckRequest {
         pg: settings.pg,
         timeout: settings.archive_timeout,
         spool_problems,
         restore_point,
         wanted_command: wanted_archive_command(r, common),
+        repos: checked.iter().map(Common::access).collect::<pgcairn::Result<_>>()?,
     };
-    let report = pgcairn::check(&repo, &req).await?;
+    let report = pgcairn::check(&req).await?;
     if out == Output::Json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    let reached = match report.repositories.as_slice() {
+        [_] => "the repository".to_string(),
+        numbers => format!("repositories {}", numbers.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+    };
     outln!(
-        "check ok: stanza {} (system {}), archive_command '{}', wal segment {} reached the repository in {:.1}s",
+        "check ok: stanza {} (system {}), archive_command '{}', wal segment {} reached {reached} in {:.1}s",
         common.stanza,
         report.system_identifier,
         report.archive_command,
@@ -50,21 +63,36 @@ pub(crate) async fn check(r: &Resolved, common: &Common, restore_point: bool, ou
 }
 
 /// `check --archive-only`: Nagios plugin output and exit codes (0 ok, 1 warning,
-/// 2 critical); an error reading the repository is critical.
+/// 2 critical); an error reading a repository is critical. With several
+/// repositories, one line each, the worst first (the line Nagios shows), and the
+/// worst exit code.
 pub(crate) async fn check_archive(r: &Resolved, common: &Common, out: Output) -> Result<ExitCode> {
     let pg = typed::optional_pg(r)?;
-    let result = async { pgcairn::check_archive(&common.access()?.open().await?, pg.as_ref()).await }.await;
-    let report = match result {
-        Ok(report) => report,
-        Err(e) => {
-            outln!("PGCAIRN ARCHIVE CRITICAL - stanza {}: {e}", common.stanza);
-            return Ok(ExitCode::from(pgcairn::Level::Critical.exit_code()));
-        }
-    };
-    if out == Output::Json {
-        outln!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        output::print_archive_check(&common.stanza, &report)?;
+    let list = common.each_repository(r);
+    let several = list.len() > 1;
+    let pg = &pg;
+    let mut outcomes = each_repo::run_each(list, |c| async move {
+        Ok(pgcairn::check_archive(&c.access()?.open().await?, pg.as_ref()).await?)
+    })
+    .await;
+    let level = |o: &Result<pgcairn::ArchiveCheck>| o.as_ref().map_or(pgcairn::Level::Critical, |a| a.level);
+    outcomes.sort_by_key(|(_, o)| std::cmp::Reverse(level(o)));
+    let worst = outcomes.first().map_or(pgcairn::Level::Critical, |(_, o)| level(o));
+    if out == Output::Json && several {
+        let unreadable = |e: &anyhow::Error| serde_json::json!({ "level": "critical", "problems": [format!("{e:#}")] });
+        outln!("{}", each_repo::json_array(&outcomes, unreadable)?);
+        return Ok(ExitCode::from(worst.exit_code()));
     }
-    Ok(ExitCode::from(report.level.exit_code()))
+    for (spec, outcome) in &outcomes {
+        let label = match several {
+            true => format!("stanza {} repository {}", common.stanza, spec.number),
+            false => format!("stanza {}", common.stanza),
+        };
+        match outcome {
+            Ok(report) if out == Output::Json => outln!("{}", serde_json::to_string_pretty(report)?),
+            Ok(report) => output::print_archive_check(&label, report)?,
+            Err(e) => outln!("PGCAIRN ARCHIVE CRITICAL - {label}: {e}"),
+        }
+    }
+    Ok(ExitCode::from(worst.exit_code()))
 }

@@ -6,6 +6,7 @@ use anyhow::Result;
 use pgcairn_cli::settings::typed::{self, Common};
 use pgcairn_cli::settings::Resolved;
 
+use super::each_repo;
 use crate::Output;
 use crate::{output, stanzas};
 
@@ -31,51 +32,31 @@ pub(crate) async fn info(r: &Resolved, common: &Common) -> Result<pgcairn::InfoR
 }
 
 /// `info` of a stanza with several repositories and no `repo-number`: each
-/// repository's report, in order (json: an array, each report with its `repository`
-/// number and location). One that cannot be read is shown with status unreadable and
-/// fails the run after all are printed.
+/// repository's report, in order (see each_repo). One that cannot be read is shown
+/// with status unreadable and fails the run after all are printed.
 async fn info_repos(r: &Resolved, common: &Common, out: Output) -> Result<ExitCode> {
-    let mut reports = Vec::new();
-    for spec in &common.repos {
-        let report = async {
-            let policy = typed::retention_of(r, spec.number)?;
-            Ok(pgcairn::info_with_retention(&spec.access(&common.stanza)?.open().await?, &policy).await?)
-        };
-        reports.push((spec, report.await));
-    }
+    let outcomes = each_repo::run_each(common.each_repository(r), |c| async move {
+        let policy = typed::retention_of(r, c.selected.number)?;
+        Ok(pgcairn::info_with_retention(&c.access()?.open().await?, &policy).await?)
+    })
+    .await;
     if out == Output::Json {
-        let values: Vec<serde_json::Value> = reports
-            .iter()
-            .map(|(spec, report)| {
-                let mut value = match report {
-                    Ok(report) => serde_json::to_value(report)?,
-                    Err(e) => serde_json::json!({
-                        "schema_version": pgcairn::INFO_SCHEMA_VERSION,
-                        "stanza": common.stanza,
-                        "status": { "code": "unreadable", "message": format!("{e:#}") },
-                    }),
-                };
-                value["repository"] = serde_json::json!({ "number": spec.number, "location": spec.repo.describe() });
-                Ok(value)
-            })
-            .collect::<serde_json::Result<_>>()?;
-        outln!("{}", serde_json::to_string_pretty(&values)?);
+        let unreadable = |e: &anyhow::Error| unreadable_json(&common.stanza, e);
+        outln!("{}", each_repo::json_array(&outcomes, unreadable)?);
     } else {
-        for (i, (spec, report)) in reports.iter().enumerate() {
-            if i > 0 {
-                outln!();
-            }
-            outln!("repository {} ({})", spec.number, spec.repo.describe());
-            match report {
-                Ok(report) => output::print_info(report)?,
-                Err(e) => outln!("stanza: {}\n    status: unreadable ({e:#})", common.stanza),
-            }
-        }
+        each_repo::print_text(&outcomes, output::print_info)?;
     }
-    match reports.into_iter().find_map(|(_, r)| r.err()) {
-        Some(e) => Err(e),
-        None => Ok(ExitCode::SUCCESS),
-    }
+    each_repo::first_error(outcomes)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A stanza's info that could not be read (json).
+fn unreadable_json(stanza: &str, e: &anyhow::Error) -> serde_json::Value {
+    serde_json::json!({
+        "schema_version": pgcairn::INFO_SCHEMA_VERSION,
+        "stanza": stanza,
+        "status": { "code": "unreadable", "message": format!("{e:#}") },
+    })
 }
 
 /// `info --all-stanzas`: each stanza's report; one that cannot be read is shown with
@@ -95,11 +76,7 @@ pub(crate) async fn info_all(all: &stanzas::AllStanzas, out: Output) -> Result<E
             .iter()
             .map(|(name, report)| match report {
                 Ok(report) => serde_json::to_value(report),
-                Err(e) => Ok(serde_json::json!({
-                    "schema_version": pgcairn::INFO_SCHEMA_VERSION,
-                    "stanza": name,
-                    "status": { "code": "unreadable", "message": format!("{e:#}") },
-                })),
+                Err(e) => Ok(unreadable_json(name, e)),
             })
             .collect::<serde_json::Result<_>>()?;
         outln!("{}", serde_json::to_string_pretty(&values)?);

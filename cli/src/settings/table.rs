@@ -439,7 +439,7 @@ const DECLARED: &[Setting] = &[
         scope: GLOBAL,
         sources: ANY,
         forward: Given,
-        help: "which repository the command works on: 1 (repo) to 4 (repo4); archive-push writes to all; archive-get reads all in order unless this is given",
+        help: "which repository the command works on: 1 (repo) to 4 (repo4); archive-push writes to all; unless this is given, archive-get reads all in order and info, check, expire, verify and metrics show all",
     },
     Setting {
         name: "log-level",

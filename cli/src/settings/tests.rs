@@ -438,8 +438,17 @@ fn several_repositories_resolve_each_with_its_own_settings() {
     assert_eq!(typed::retention_of(&r, 2).unwrap().full, Some(7));
     assert_eq!(typed::retention_of(&r, 4).unwrap().full, None);
 
+    // info, check, expire, verify and metrics: every repository, each selected in turn.
+    let each: Vec<usize> = common.each_repository(&r).iter().map(|c| c.selected.number).collect();
+    assert_eq!(each, [1, 2, 4]);
+
     let r = run(Cmd::Info, &[("repo-number", "4")], &env).unwrap();
     assert_eq!(Common::from(&r).unwrap().selected.repo, pgcairn::RepoLocation::parse("/four").unwrap());
+    let each: Vec<usize> = Common::from(&r).unwrap().each_repository(&r).iter().map(|c| c.selected.number).collect();
+    assert_eq!(each, [4], "repo-number chooses one");
+    // Expire of repository 2 under its own retention.
+    let r = run(Cmd::Expire, &[], &env).unwrap();
+    assert_eq!(typed::expire_request_of(&r, 2, None, false).unwrap().policy.full, Some(7));
     let r = run(Cmd::Info, &[("repo-number", "3")], &env).unwrap();
     let err = Common::from(&r).unwrap_err().to_string();
     assert!(err.contains("repository 3 is not configured") && err.contains("repo3"), "{err}");

@@ -246,6 +246,16 @@ impl Common {
     pub fn all_access(&self) -> Result<Vec<RepoAccess>> {
         self.repos.iter().map(|spec| spec.access(&self.stanza)).collect()
     }
+
+    /// What a per-repository command (info, check, expire, verify, metrics) works on:
+    /// the chosen repository when `repo-number` is given or only one is configured,
+    /// else every configured one, in order; each as these settings with it selected.
+    pub fn each_repository(&self, r: &Resolved) -> Vec<Common> {
+        if self.repos.len() <= 1 || repo_number_given(r) {
+            return vec![self.clone()];
+        }
+        self.repos.iter().map(|spec| Common { selected: spec.clone(), ..self.clone() }).collect()
+    }
 }
 
 impl RepoSpec {
@@ -384,12 +394,17 @@ impl Backup {
 
 /// expire's request: the policy, `--set`, `--dry-run` and the GC grace period.
 pub fn expire_request(r: &Resolved, set: Option<String>, dry_run: bool) -> Result<pgcairn::ExpireRequest> {
+    expire_request_of(r, selected_number(r)?, set, dry_run)
+}
+
+/// `expire` of repository `n`, under its own retention settings.
+pub fn expire_request_of(r: &Resolved, n: usize, set: Option<String>, dry_run: bool) -> Result<pgcairn::ExpireRequest> {
     Ok(pgcairn::ExpireRequest {
-        policy: retention(r)?,
+        policy: retention_of(r, n)?,
         set,
         dry_run,
         spool_path: r.opt("spool-path")?,
-        repo_number: selected_number(r)?,
+        repo_number: n,
         gc_grace: r.get("repo-gc-grace")?,
     })
 }

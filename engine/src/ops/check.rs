@@ -10,8 +10,10 @@ use crate::ops::stanza::identify_stanza_cluster;
 use crate::pg::archiving::{
     ArchiverStats, ArchivingSettings, SQL_FRESH_WAL, SQL_IN_RECOVERY, SQL_RESTORE_POINT, SQL_SWITCH_WAL,
 };
+use crate::pg::replication::SystemInfo;
 use crate::pg::wal::WalFile;
 use crate::pg::{ConnParams, ReplicationConnection};
+use crate::repo::access::RepoAccess;
 use crate::repo::Repository;
 
 /// What `check` needs besides the repository.
@@ -27,6 +29,9 @@ pub struct CheckRequest {
     pub restore_point: bool,
     /// The archive_command to suggest when the server's is wrong.
     pub wanted_command: String,
+    /// The stanza's repositories, every one of which archive_command writes to; the
+    /// switched segment must reach each.
+    pub repos: Vec<RepoAccess>,
 }
 
 /// What a successful check found.
@@ -38,8 +43,10 @@ pub struct CheckReport {
     pub archive_command: String,
     /// pg_stat_archiver before the switch.
     pub archiver: ArchiverStats,
-    /// The segment the check switched to and found in the repository.
+    /// The segment the check switched to and found in the repositories.
     pub segment: String,
+    /// The numbers of the repositories it reached (1 for `repo`, 2 for `repo2` …).
+    pub repositories: Vec<usize>,
     /// How long the whole check took, in seconds.
     pub seconds: f64,
 }
@@ -63,20 +70,13 @@ fn sql_error_needing(pg: &ConnParams, e: tokio_postgres::Error, function: Option
 }
 
 /// Checks that the server archives into this stanza: the cluster is the stanza's,
-/// archiving is set up and not failing, and a freshly switched segment reaches the
+/// archiving is set up and not failing, and a freshly switched segment reaches every
 /// repository in time.
-pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport> {
+pub async fn check(req: &CheckRequest) -> Result<CheckReport> {
     let started = Instant::now();
-    let cfg = repo.config();
-    let mut conn = ReplicationConnection::connect(&req.pg).await?;
-    let target = conn.target().to_string();
-    tracing::info!("connected to {target}");
-    let sys = identify_stanza_cluster(&mut conn, cfg).await?;
-    let archiving = ArchivingSettings::read(&mut conn).await?;
-    conn.close().await;
-    if let Some((problem, hint)) = archiving.problem(&cfg.stanza, &req.wanted_command) {
-        return Err(Error::misconfigured(Misconfig::Server, format!("{target}: {problem}"), hint));
-    }
+    let repos = open_all(&req.repos).await?;
+    let (sys, archiving) = check_server_setup(&repos, req).await?;
+    let target = req.pg.target();
     let client = crate::pg::tls::sql_connect(&req.pg).await?;
     let in_recovery: bool = client.query_one(SQL_IN_RECOVERY, &[]).await.map_err(|e| sql_error(&req.pg, e))?.get(0);
     if in_recovery {
@@ -95,7 +95,7 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
     let segment: String = client.query_one(SQL_SWITCH_WAL, &[]).await.map_err(switch)?.get(0);
     let switched_at = unix_now();
     tracing::info!("switched WAL: waiting for segment {segment} in the repository");
-    wait_for_switched(repo, &client, &target, &segment, switched_at, req.timeout).await?;
+    wait_for_switched(&repos, &client, &target, &segment, switched_at, req.timeout).await?;
     if !req.spool_problems.is_empty() {
         let problem = format!("archiving works, but {}", req.spool_problems.join("; "));
         let hint = "see the async spool's problems above; the archive-push log in the server log says more";
@@ -106,18 +106,50 @@ pub async fn check(repo: &Repository, req: &CheckRequest) -> Result<CheckReport>
         archive_command: archiving.archive_command,
         archiver,
         segment,
+        repositories: req.repos.iter().map(|a| a.number).collect(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Every repository, opened at once; a failure names the repository when there
+/// are several.
+async fn open_all(repos: &[RepoAccess]) -> Result<Vec<(&RepoAccess, Repository)>> {
+    let opened = futures::future::join_all(repos.iter().map(|a| a.open())).await;
+    repos.iter().zip(opened).map(|(a, r)| Ok((a, r.map_err(|e| a.context_among(repos.len(), e))?))).collect()
+}
+
+/// The server is the cluster of every repository's stanza and its archiving settings
+/// are ours.
+async fn check_server_setup(
+    repos: &[(&RepoAccess, Repository)],
+    req: &CheckRequest,
+) -> Result<(SystemInfo, ArchivingSettings)> {
+    let mut conn = ReplicationConnection::connect(&req.pg).await?;
+    let target = conn.target().to_string();
+    tracing::info!("connected to {target}");
+    let mut sys = None;
+    for (access, repo) in repos {
+        let found = identify_stanza_cluster(&mut conn, repo.config()).await;
+        sys = Some(found.map_err(|e| access.context_among(repos.len(), e))?);
+    }
+    let sys = sys.ok_or_else(|| Error::Internal("check without a repository".into()))?;
+    let archiving = ArchivingSettings::read(&mut conn).await?;
+    conn.close().await;
+    let stanza = &repos[0].1.config().stanza;
+    if let Some((problem, hint)) = archiving.problem(stanza, &req.wanted_command) {
+        return Err(Error::misconfigured(Misconfig::Server, format!("{target}: {problem}"), hint));
+    }
+    Ok((sys, archiving))
 }
 
 fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Wait for `segment` in the repository; stop at once when pg_stat_archiver says
+/// Wait for `segment` in every repository; stop at once when pg_stat_archiver says
 /// archive_command failed on it after the switch.
 async fn wait_for_switched(
-    repo: &Repository,
+    repos: &[(&RepoAccess, Repository)],
     client: &tokio_postgres::Client,
     target: &str,
     segment: &str,
@@ -126,10 +158,18 @@ async fn wait_for_switched(
 ) -> Result<()> {
     let file = WalFile::parse(segment).ok_or_else(|| Error::Internal(format!("unexpected wal file name {segment}")))?;
     let deadline = Instant::now() + timeout;
+    let mut waiting: Vec<&(&RepoAccess, Repository)> = repos.iter().collect();
     loop {
-        if repo.wal_exists(file.timeline(), segment).await? {
-            return Ok(());
+        let mut still = Vec::new();
+        for entry in waiting {
+            let (access, repo) = entry;
+            let there = repo.wal_exists(file.timeline(), segment).await;
+            if !there.map_err(|e| access.context_among(repos.len(), e))? {
+                still.push(entry);
+            }
         }
+        waiting = still;
+        let Some((access, repo)) = waiting.first() else { return Ok(()) };
         if let Ok(stats) = ArchiverStats::read(client).await {
             // A second's slack: the server's clock and ours.
             if stats.failing() && stats.last_failed_time.is_some_and(|t| t >= switched_at - 1.0) {
@@ -138,11 +178,9 @@ async fn wait_for_switched(
             }
         }
         if Instant::now() >= deadline {
-            return Err(Error::ArchiveTimeout {
-                what: format!("wal segment {segment}"),
-                stanza: repo.config().stanza.clone(),
-                seconds: timeout.as_secs(),
-            });
+            let what = format!("wal segment {segment}");
+            let late = Error::ArchiveTimeout { what, stanza: repo.config().stanza.clone(), seconds: timeout.as_secs() };
+            return Err(access.context_among(repos.len(), late));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
