@@ -8,6 +8,7 @@
 //! | `restore_and_delta_restore_killed` | `restore` into a new directory, then `restore --delta` over the partial one and over a changed one |
 //! | `archive_push_and_get_killed` | `pgcairn-archive-push` sync; async: the enqueuing process and the drainer; `archive-get` with prefetch in a restored data directory, and its background WAL fetcher (kill -9 while it opens the repository, fetches, writes the spool); the directory then recovers through the archive and the fetcher exits when recovery ends |
 //! | `s3_server_killed_mid_backup` | `backup` and `pgcairn-archive-push` to S3 killed; s3s-fs itself killed mid-backup and restarted; archive-push, and archive-get through its background fetcher, started while it is down |
+//! | `cloud_servers_down_mid_backup` | Azurite (SIGTERM) and fake-gcs-server's front (SIGKILL) taken down mid-backup; archive-push, and archive-get through its background fetcher, started while they are down; then restarted |
 //! | `repository_disk_full` | backup and archive-push on a 40 MiB tmpfs until ENOSPC, then space freed |
 //! | `a_damaged_lock_goes_stale` | `lock/holder` replaced by garbage, then emptied: info works, backup says when the lock goes stale and what to delete, then takes it over |
 //! | `lifecycle::a_lost_full_never_turns_into_deleted_packs` | a full's `backup/<label>/` removed by hand, a killed backup's leftovers, expire with GC: nothing the surviving incrs name is deleted, and they restore |
@@ -36,7 +37,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::archive::{archive_push_bin, Archiving};
 use crate::cli::{wait_promoted, Pgcairn};
-use crate::support::{chown_to_postgres, is_root, run, Cluster, PgVersion, S3Server, TestDir};
+use crate::support::cloud::{AZURITE_ACCOUNT, AZURITE_KEY};
+use crate::support::{
+    chown_to_postgres, is_root, private_file, run, Azurite, Cluster, FakeGcs, PgVersion, S3Server, TestDir,
+};
 
 const BACKUP_KILLS: usize = 8; // per backup type
 const RESTORE_ROUNDS: usize = 3; // each: 1 plain restore + 2 × 2 delta restores killed
@@ -47,6 +51,8 @@ const GET_KILLS: usize = 6;
 const FETCHER_KILLS: usize = 6;
 const S3_BACKUP_KILLS: usize = 3;
 const S3_PUSH_KILLS: usize = 3;
+/// Azure and GCS, each taken down once mid-backup.
+const CLOUD_OUTAGES: usize = 2;
 /// Every kill point of the matrix; the s3s-fs kill counts once.
 const KILL_POINTS: usize = 2 * BACKUP_KILLS
     + 5 * RESTORE_ROUNDS
@@ -57,7 +63,8 @@ const KILL_POINTS: usize = 2 * BACKUP_KILLS
     + FETCHER_KILLS
     + S3_BACKUP_KILLS
     + S3_PUSH_KILLS
-    + 1;
+    + 1
+    + CLOUD_OUTAGES;
 const _: () = assert!(KILL_POINTS >= 50, "the issue asks for at least 50 kill points");
 
 // ---------------------------------------------------------------------------------------
@@ -246,8 +253,9 @@ fn as_strs(v: &[String]) -> Vec<&str> {
 struct Repo {
     p: Pgcairn,
     key: PathBuf,
-    /// `<stanza>/wal` as files: the local repository's, or the S3 server's served tree.
-    wal_dir: PathBuf,
+    /// `<stanza>/wal` as files: the local repository's, or the S3 server's served tree;
+    /// None for a store whose objects are not files (Azurite, fake-gcs-server).
+    wal_dir: Option<PathBuf>,
     /// A local repository: chowned to `postgres` before a restored cluster's
     /// restore_command (which runs as that user) reads it.
     local: Option<PathBuf>,
@@ -259,7 +267,7 @@ impl Repo {
         Repo {
             p: a.p.clone(),
             key: a.key.clone(),
-            wal_dir: a.repo.path().join("main/wal"),
+            wal_dir: Some(a.repo.path().join("main/wal")),
             local: Some(a.repo.path().to_path_buf()),
             version: a.cluster.version(),
         }
@@ -331,7 +339,7 @@ fn data_cluster() -> Cluster {
 }
 
 /// A stanza for `cluster` through `p`, and a key file for it (in the returned directory).
-fn new_stanza(p: Pgcairn, cluster: &Cluster, wal_dir: PathBuf, local: Option<PathBuf>) -> (Repo, TestDir) {
+fn new_stanza(p: Pgcairn, cluster: &Cluster, wal_dir: Option<PathBuf>, local: Option<PathBuf>) -> (Repo, TestDir) {
     p.ok(&["stanza-create", &format!("--pg={}", cluster.conninfo())]);
     let key_dir = TestDir::new("key");
     let key = key_dir.path().join("repo.key");
@@ -389,17 +397,18 @@ fn read_back(
         let start = i == 0 || i == n - 1 || i == drawn;
         restore_and_check(r, label, b["wal_included"].as_bool().unwrap(), start.then_some(fp.as_str()));
     }
-    let objects = read_back_wal(r, originals);
+    let objects = read_back_wal(r, originals, pushed);
     for name in pushed {
         assert!(objects.contains(name), "read-back: {name} was archived (push exited 0) but is not in the archive");
     }
     eprintln!("  read-back: {n} backups, {} WAL objects, {:.1?}", objects.len(), started.elapsed());
 }
 
-/// Every WAL object comes back through archive-get, byte-identical to the original where
-/// one of `originals` still has it. Returns the object names.
-fn read_back_wal(r: &Repo, originals: &[&Path]) -> BTreeSet<String> {
-    let objects = wal_objects(&r.wal_dir);
+/// Every WAL object (every one `pushed` where the store's objects cannot be listed as
+/// files) comes back through archive-get, byte-identical to the original where one of
+/// `originals` still has it. Returns the object names.
+fn read_back_wal(r: &Repo, originals: &[&Path], pushed: &BTreeSet<String>) -> BTreeSet<String> {
+    let objects = r.wal_dir.as_deref().map_or_else(|| pushed.clone(), wal_objects);
     let out = TestDir::new("wal-get");
     for name in &objects {
         let dest = out.path().join(name);
@@ -988,12 +997,46 @@ fn archive_push_and_get_killed() {
 }
 
 // ---------------------------------------------------------------------------------------
-// S3: the client killed, and the server
+// Object stores: the client killed, and the server
 
-/// How long a command may take to notice that the S3 server died.
+/// A storage server a test takes down and brings back with what it acknowledged.
+trait StorageServer {
+    fn down(&mut self);
+    fn up(&mut self);
+}
+
+impl StorageServer for S3Server {
+    /// SIGKILL, as a crash mid-request would.
+    fn down(&mut self) {
+        self.kill();
+    }
+    fn up(&mut self) {
+        self.restart();
+    }
+}
+
+impl StorageServer for Azurite {
+    fn down(&mut self) {
+        self.stop();
+    }
+    fn up(&mut self) {
+        self.restart();
+    }
+}
+
+impl StorageServer for FakeGcs {
+    fn down(&mut self) {
+        self.stop();
+    }
+    fn up(&mut self) {
+        self.restart();
+    }
+}
+
+/// How long a command may take to notice that the storage server died.
 const STORAGE_DOWN_WITHIN: Duration = Duration::from_secs(120);
 
-/// A command running while the S3 server is down; stderr goes to a file, as retry
+/// A command running while the storage server is down; stderr goes to a file, as retry
 /// warnings could fill a pipe and block it.
 struct Down {
     child: Child,
@@ -1035,28 +1078,28 @@ impl Down {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 let err = std::fs::read_to_string(&self.log).unwrap_or_default();
-                panic!("{} still running {STORAGE_DOWN_WITHIN:?} after the S3 server died:\n{err}", self.what);
+                panic!("{} still running {STORAGE_DOWN_WITHIN:?} after the storage server died:\n{err}", self.what);
             }
             std::thread::sleep(Duration::from_millis(100));
         };
         let err = std::fs::read_to_string(&self.log).unwrap_or_default();
-        eprintln!("  {}: {status}, seen {:.1?} after the S3 server died", self.what, since.elapsed());
+        eprintln!("  {}: {status}, seen {:.1?} after the storage server died", self.what, since.elapsed());
         let code = status.code();
         if self.what == "archive-get" {
             // Recovery would take 1..=125 for the end of the archive and promote early.
-            assert!(code.is_some_and(|c| c > 125), "archive-get with the S3 server down: {status}:\n{err}");
+            assert!(code.is_some_and(|c| c > 125), "archive-get with the storage server down: {status}:\n{err}");
             // Regression: each attempt was one S3 request with the client's own retries,
             // and the deadline was checked only between attempts: --archive-get-timeout=5
             // took 15 to 20 s. Now the deadline bounds every attempt.
             assert!(
                 since.elapsed() < Duration::from_secs(15),
-                "archive-get-timeout=5 not honoured: {:.1?}",
+                "archive-get-timeout=5 not honoured: {:.1?}:\n{err}",
                 since.elapsed()
             );
         } else {
             assert!(
                 code.is_some_and(|c| (1..=125).contains(&c) && c != 101),
-                "{} with the S3 server down must fail cleanly, not {status}:\n{err}",
+                "{} with the storage server down must fail cleanly, not {status}:\n{err}",
                 self.what
             );
         }
@@ -1065,12 +1108,12 @@ impl Down {
     }
 }
 
-/// Starts backups and SIGKILLs s3s-fs mid-upload (between 20% and 80% of a clean run);
-/// returns the backup that lost its server, and when the server died. Backups that finish
-/// first are recorded in `done`.
+/// Starts backups and takes the server down mid-upload (between 20% and 80% of a clean
+/// run); returns the backup that lost its server, and when the server died. Backups that
+/// finish first are recorded in `done`.
 fn backup_losing_its_server(
     rng: &mut Rng,
-    s3: &mut S3Server,
+    server: &mut dyn StorageServer,
     p: &Pgcairn,
     args: &[&str],
     typical: Duration,
@@ -1087,13 +1130,15 @@ fn backup_losing_its_server(
             done.insert(backup_label(&Output { status, stdout, stderr }));
             continue;
         }
-        s3.kill();
+        let stopping = Instant::now();
+        server.down();
+        eprintln!("  storage server down in {:.1?}", stopping.elapsed());
         return (backup, Instant::now());
     }
-    panic!("5 backups finished before the S3 server could be killed");
+    panic!("5 backups finished before the storage server could be stopped");
 }
 
-/// archive-push and archive-get started while the S3 server is down.
+/// archive-push and archive-get started while the storage server is down.
 fn started_while_down(r: &Repo, segment: &Path, logs: &Path) -> [Down; 2] {
     let push = spawn_down(&mut r.push(segment), logs, "archive-push");
     let name = segment.file_name().unwrap().to_string_lossy().into_owned();
@@ -1110,6 +1155,41 @@ fn started_while_down(r: &Repo, segment: &Path, logs: &Path) -> [Down; 2] {
     [push, get]
 }
 
+/// What runs against a server that goes down: a backup (`args`, a clean run taking
+/// `typical`) and pushes of the segments `names` in `segs`.
+struct Workload<'a> {
+    args: &'a [&'a str],
+    typical: Duration,
+    segs: &'a Path,
+    names: &'a [String],
+}
+
+/// The server dies mid-backup; archive-push and archive-get started while it is down
+/// fail cleanly too (Down::fails); once it is back, every segment is pushed (added to
+/// `pushed`). Backups that finished before the outage are added to `done`.
+fn outage_mid_backup(
+    rng: &mut Rng,
+    server: &mut dyn StorageServer,
+    r: &Repo,
+    work: &Workload,
+    done: &mut BTreeSet<String>,
+    pushed: &mut BTreeSet<String>,
+) {
+    let logs = TestDir::new("storage-down");
+    let (backup, since) = backup_losing_its_server(rng, server, &r.p, work.args, work.typical, logs.path(), done);
+    let [push, get] = started_while_down(r, &work.segs.join(&work.names[0]), logs.path());
+    // archive-get first: it started with the server's death, so the time seen is its own.
+    for down in [get, push, backup] {
+        down.fails(since);
+    }
+    server.up();
+    for name in work.names {
+        let out = r.push(&work.segs.join(name)).output().unwrap();
+        assert!(out.status.success(), "archive-push of {name} after the restart failed:\n{}", stderr(&out));
+        pushed.insert(name.clone());
+    }
+}
+
 /// Backups and archive-push to S3 killed; then s3s-fs itself killed mid-backup, the
 /// commands run while it is down, and after its restart everything works and reads back.
 #[test]
@@ -1118,7 +1198,7 @@ fn s3_server_killed_mid_backup() {
     let mut s3 = S3Server::start();
     let cluster = data_cluster();
     let wal_dir = s3.dir().join(s3.bucket()).join("faults/main/wal");
-    let (r, _key_dir) = new_stanza(Pgcairn::s3(&s3, "faults"), &cluster, wal_dir, None);
+    let (r, _key_dir) = new_stanza(Pgcairn::s3(&s3, "faults"), &cluster, Some(wal_dir), None);
     let (p, pg) = (&r.p, format!("--pg={}", cluster.conninfo()));
     let mut expected = BTreeMap::new();
     write_round(&cluster, 0);
@@ -1144,23 +1224,12 @@ fn s3_server_killed_mid_backup() {
     let names = copy_segments(&cluster, segs.path());
     let mut pushed = BTreeSet::new();
     let push = |path: &Path| r.push(path);
-    kills += push_killed(&mut rng, S3_PUSH_KILLS, segs.path(), &names, &r.wal_dir, push, &mut pushed).0;
+    let wal_dir = r.wal_dir.clone().unwrap_or_default();
+    kills += push_killed(&mut rng, S3_PUSH_KILLS, segs.path(), &names, &wal_dir, push, &mut pushed).0;
 
-    // The server dies mid-backup; archive-push and archive-get run while it is down.
-    let logs = TestDir::new("s3-down");
-    let (backup, since) = backup_losing_its_server(&mut rng, &mut s3, p, &args, typical, logs.path(), &mut done);
+    let work = Workload { args: &args, typical, segs: segs.path(), names: &names };
+    outage_mid_backup(&mut rng, &mut s3, &r, &work, &mut done, &mut pushed);
     kills += 1;
-    let [push, get] = started_while_down(&r, &segs.path().join(&names[0]), logs.path());
-    // archive-get first: it started with the server's death, so the time seen is its own.
-    for down in [get, push, backup] {
-        down.fails(since);
-    }
-    s3.restart();
-    for name in &names {
-        let out = r.push(&segs.path().join(name)).output().unwrap();
-        assert!(out.status.success(), "archive-push of {name} to S3 after the restart failed:\n{}", stderr(&out));
-        pushed.insert(name.clone());
-    }
     attribute(&r, &before, &done, &fp, &mut expected);
     // A new backup works: an incr, on whatever the failed one left.
     write_round(&cluster, 1);
@@ -1170,6 +1239,97 @@ fn s3_server_killed_mid_backup() {
     attribute(&r, &before, &done, &fp, &mut expected);
     read_back(&r, &mut rng, &expected, &[segs.path()], &pushed);
     rng.finish(kills, S3_BACKUP_KILLS + S3_PUSH_KILLS + 1);
+}
+
+/// Azure (Azurite) and GCS (fake-gcs-server in front of its filesystem backend) go
+/// away mid-backup: the backup, and archive-push and archive-get started during the
+/// outage, fail cleanly and in bounded time, naming the storage; once the server is
+/// back every segment is pushed, a new incr works on what the failed backup left, and
+/// everything reads back. (Killing the client is the same code for every store: the
+/// S3 test and the local matrix cover it.)
+#[test]
+fn cloud_servers_down_mid_backup() {
+    let mut rng = Rng::for_test("cloud_servers_down_mid_backup");
+    // Built now: the first call builds the binary, which must not happen mid-outage
+    // (it took a minute, and the outage's time bounds counted it).
+    archive_push_bin();
+    let cluster = data_cluster();
+    fill_segment(&cluster);
+    let segs = TestDir::new("segments");
+    let names = copy_segments(&cluster, segs.path());
+    let secrets = TestDir::new("cloud-secrets");
+    let mut azurite = Azurite::start();
+    let p = cloud_pgcairn(&azurite_url(&azurite), azurite_env(&azurite, secrets.path()));
+    cloud_outage(&mut rng, &mut azurite, p, &cluster, segs.path(), &names);
+    drop(azurite);
+    let mut gcs = FakeGcs::start();
+    let p = cloud_pgcairn(&format!("gs://{}/faults", gcs.bucket()), gcs_env(&gcs, secrets.path()));
+    cloud_outage(&mut rng, &mut gcs, p, &cluster, segs.path(), &names);
+    rng.finish(CLOUD_OUTAGES, CLOUD_OUTAGES);
+}
+
+fn cloud_pgcairn(url: &str, env: Vec<(String, String)>) -> Pgcairn {
+    let mut p = Pgcairn::local(Path::new(url));
+    p.env.extend(env);
+    p
+}
+
+fn azurite_url(azurite: &Azurite) -> String {
+    format!("az://{}/faults", azurite.container())
+}
+
+fn azurite_env(azurite: &Azurite, dir: &Path) -> Vec<(String, String)> {
+    let key = dir.join("azure.key");
+    private_file(&key, AZURITE_KEY);
+    [
+        ("PGCAIRN_REPO_AZURE_ACCOUNT", AZURITE_ACCOUNT.to_string()),
+        ("PGCAIRN_REPO_AZURE_KEY_FILE", key.display().to_string()),
+        ("PGCAIRN_REPO_AZURE_ENDPOINT", azurite.endpoint()),
+        ("PGCAIRN_REPO_AZURE_ALLOW_HTTP", "true".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn gcs_env(gcs: &FakeGcs, dir: &Path) -> Vec<(String, String)> {
+    let key = dir.join("gcs.token");
+    private_file(&key, "fault-matrix-token");
+    [
+        ("PGCAIRN_REPO_GCS_KEY_TYPE", "token".to_string()),
+        ("PGCAIRN_REPO_GCS_KEY", key.display().to_string()),
+        ("PGCAIRN_REPO_GCS_ENDPOINT", gcs.endpoint()),
+        ("PGCAIRN_REPO_GCS_ALLOW_HTTP", "true".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// One cloud store's outage (see cloud_servers_down_mid_backup), on `cluster`'s data
+/// and the segments `names` in `segs`.
+fn cloud_outage(
+    rng: &mut Rng,
+    server: &mut dyn StorageServer,
+    p: Pgcairn,
+    cluster: &Cluster,
+    segs: &Path,
+    names: &[String],
+) {
+    let (r, _key_dir) = new_stanza(p, cluster, None, None);
+    let pg = format!("--pg={}", cluster.conninfo());
+    let fp = fingerprint(cluster);
+    let before = r.labels();
+    let args = ["backup", "--start-fast", &pg];
+    let (typical, out) = timed_ok(&mut r.p.cmd(&args), "clean backup to the cloud");
+    let (mut done, mut pushed, mut expected) = (BTreeSet::from([backup_label(&out)]), BTreeSet::new(), BTreeMap::new());
+    let work = Workload { args: &args, typical, segs, names };
+    outage_mid_backup(rng, server, &r, &work, &mut done, &mut pushed);
+    attribute(&r, &before, &done, &fp, &mut expected);
+    let before = r.labels();
+    let done = BTreeSet::from([backup_label(&r.p.run(&["backup", "--start-fast", "--type=incr", &pg]))]);
+    attribute(&r, &before, &done, &fp, &mut expected);
+    read_back(&r, rng, &expected, &[segs], &pushed);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1268,7 +1428,7 @@ fn repository_disk_full() {
     );
     let repo_dir = fs.path().join("repo");
     let wal_dir = repo_dir.join("main/wal");
-    let (r, _key_dir) = new_stanza(Pgcairn::local(&repo_dir), &cluster, wal_dir, Some(repo_dir.clone()));
+    let (r, _key_dir) = new_stanza(Pgcairn::local(&repo_dir), &cluster, Some(wal_dir), Some(repo_dir.clone()));
     let pg = format!("--pg={}", cluster.conninfo());
     write_round(&cluster, 0);
     let fp = fingerprint(&cluster);

@@ -30,6 +30,9 @@ struct Emulator {
     port: u16,
     base: PathBuf,
     log_name: String,
+    /// How it was started, to start it again on the same port and data (`restart`).
+    program: PathBuf,
+    args: Vec<String>,
 }
 
 impl Emulator {
@@ -41,16 +44,11 @@ impl Emulator {
         let data = base.join("data");
         std::fs::create_dir_all(&data).expect("create emulator data dir");
         let log_name = format!("{name}.log");
-        let log = std::fs::File::create(base.join(&log_name)).expect("create emulator log");
+        std::fs::File::create(base.join(&log_name)).expect("create emulator log");
         let port = free_port();
-        let child = Command::new(program)
-            .args(args(port, &data))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        let mut emulator = Emulator { child, port, base, log_name };
+        let args = args(port, &data);
+        let child = spawn(program, &args, &base.join(&log_name));
+        let mut emulator = Emulator { child, port, base, log_name, program: program.to_path_buf(), args };
         emulator.wait_until_listening();
         emulator
     }
@@ -80,6 +78,51 @@ impl Emulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, and wait for the process to exit: a server stopped by its operator,
+    /// which saves what it acknowledged (Azurite keeps its index in memory and writes
+    /// it out on exit; a SIGKILL would lose acknowledged writes, a fault of the
+    /// emulator, not of what the tests check).
+    fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+
+    /// Starts it again on the same port and data (after `kill` or `terminate`);
+    /// retried while the port is not free yet.
+    fn restart(&mut self) {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        for _ in 0..50 {
+            self.child = spawn(&self.program, &self.args, &self.base.join(&self.log_name));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.kill();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{} did not come back on {addr}:\n{}", self.log_name, self.log());
+    }
+}
+
+/// `program args`, its output appended to `log`.
+fn spawn(program: &Path, args: &[String], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().append(true).open(log).expect("open emulator log");
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
 }
 
 impl Drop for Emulator {
@@ -130,6 +173,16 @@ impl Azurite {
             "b = c.get_blob_client({CONTAINER:?}, {name:?})\ndata = bytearray(b.download_blob().readall())\n\
              data[len(data) // 2] ^= 0xFF\nb.upload_blob(bytes(data), overwrite=True)"
         ));
+    }
+
+    /// The server goes away (stopped with SIGTERM, see Emulator::terminate).
+    pub fn stop(&mut self) {
+        self.0.terminate();
+    }
+
+    /// Back on the same port with the same blobs.
+    pub fn restart(&mut self) {
+        self.0.restart();
     }
 
     /// Runs `statement` with `c`, an azure-storage-blob BlobServiceClient on this server.
@@ -188,6 +241,18 @@ impl FakeGcs {
     }
     pub fn bucket(&self) -> &str {
         GCS_BUCKET
+    }
+
+    /// The service goes away: the front every client talks to is killed (SIGKILL;
+    /// fake-gcs-server's filesystem backend behind it has written every object it
+    /// acknowledged).
+    pub fn stop(&mut self) {
+        self.front.kill();
+    }
+
+    /// Back on the same port.
+    pub fn restart(&mut self) {
+        self.front.restart();
     }
 
     /// One plain HTTP/1.1 request to fake-gcs-server itself (it needs no
