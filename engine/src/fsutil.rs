@@ -40,8 +40,7 @@ impl DurableFile {
     /// Like [`DurableFile::create`], with the temp file in `tmp_dir` (same filesystem
     /// as `dest`) under a name [`sweep_stale_temps`] can attribute to its writer.
     pub(crate) fn create_in(tmp_dir: &Path, dest: &Path) -> io::Result<Self> {
-        let tmp = tmp_dir.join(format!("{}.{:08x}.{}", std::process::id(), rand::random::<u32>(), hostname()));
-        Self::open(tmp, dest)
+        Self::open(temp_name_in(tmp_dir), dest)
     }
 
     fn open(tmp: PathBuf, dest: &Path) -> io::Result<Self> {
@@ -177,6 +176,27 @@ pub(crate) fn write_file_via(tmp_dir: &Path, dest: &Path, data: &[u8], mode: Com
     f.commit(mode)
 }
 
+/// A temp name in `tmp_dir` that [`sweep_stale_temps`] can attribute to this process.
+fn temp_name_in(tmp_dir: &Path) -> PathBuf {
+    tmp_dir.join(format!("{}.{:08x}.{}", std::process::id(), rand::random::<u32>(), hostname()))
+}
+
+/// Give the durable file `src` the name `dest` too, without writing its data again:
+/// a hard link made under a temp name in `tmp_dir` (same file system), renamed over
+/// `dest`, then `dest`'s directory fsynced. Fails when `src` is gone or on another
+/// file system; the caller then writes a copy.
+pub(crate) fn link_via(tmp_dir: &Path, src: &Path, dest: &Path) -> io::Result<()> {
+    create_dir_all_durable(tmp_dir)?;
+    sweep_stale_temps(tmp_dir);
+    let tmp = temp_name_in(tmp_dir);
+    fs::hard_link(src, &tmp)?;
+    if let Err(e) = fs::rename(&tmp, dest) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_parent_dir(dest)
+}
+
 /// [`write_file_via`] without the fsyncs (see [`DurableFile::publish_volatile`]):
 /// readers see the whole file or none of it, but a crash may lose it.
 pub(crate) fn write_file_volatile(tmp_dir: &Path, dest: &Path, data: &[u8]) -> io::Result<()> {
@@ -299,6 +319,22 @@ mod tests {
         assert_eq!(mode(&dir.path().join("a")), 0o700);
         assert_eq!(mode(&sub), 0o700);
         assert_eq!(mode(&sub.join("f")), 0o600);
+    }
+
+    #[test]
+    fn a_link_shares_the_data_and_leaves_no_temp() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dest, tmp) = (dir.path().join("a"), dir.path().join("b"), dir.path().join(".tmp"));
+        write_file(&src, b"segment", Commit::CreateOnly).unwrap();
+        link_via(&tmp, &src, &dest).unwrap();
+        assert_eq!(fs::metadata(&src).unwrap().ino(), fs::metadata(&dest).unwrap().ino());
+        fs::remove_file(&src).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"segment", "each name keeps the data");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "no temp left");
+        let gone = link_via(&tmp, &src, &dir.path().join("c")).unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "no temp left after a failure");
     }
 
     #[test]

@@ -89,11 +89,12 @@ pub async fn run_archive_push(req: &PushRequest, path: &Path) -> Result<()> {
         let Some(i) = req.repos.iter().position(|r| r.number == number) else { return Ok(()) };
         return drain(&req.repos[i], &spools[i], req.level).await;
     }
-    let mut first_error = None;
+    let (mut first_error, mut first_copy) = (None, None);
     for (access, spool) in req.repos.iter().zip(&spools) {
-        let queued = spool.enqueue(queue, path).map_err(|e| access.context_among(req.repos.len(), e));
-        match queued.and_then(|()| spawn_drainer(spool, &queue.drainer, path, access.number)) {
-            Ok(()) => {}
+        let queued = spool.enqueue(queue, path, first_copy.as_deref());
+        let queued = queued.map_err(|e| access.context_among(req.repos.len(), e));
+        match queued.and_then(|copy| spawn_drainer(spool, &queue.drainer, path, access.number).map(|()| copy)) {
+            Ok(copy) => first_copy = first_copy.or(copy),
             Err(e) if req.repos.len() > 1 => {
                 tracing::error!("{e}");
                 first_error.get_or_insert(e);
@@ -166,20 +167,33 @@ impl Spool {
         Ok(total)
     }
 
-    fn enqueue(&self, queue: &AsyncQueue, path: &Path) -> Result<()> {
+    /// Queue the segment at `path`; the queued file (None when it was dropped). With
+    /// several repositories, the queues after the first link to the first one's copy
+    /// (`queued`) instead of writing the segment again, when they can.
+    fn enqueue(&self, queue: &AsyncQueue, path: &Path, queued: Option<&Path>) -> Result<Option<PathBuf>> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let data = std::fs::read(path).ctx(|| format!("cannot read {}", path.display()))?;
+        let size = std::fs::metadata(path).ctx(|| format!("cannot read {}", path.display()))?.len();
         if let Some(max) = queue.max {
-            let queued = self.queued_bytes()?;
-            if queued + data.len() as u64 > max {
-                return self.queue_full(queue.full, &name, queued, max);
+            let held = self.queued_bytes()?;
+            if held + size > max {
+                return self.queue_full(queue.full, &name, held, max).map(|()| None);
             }
         }
         let dest = self.out().join(&name);
         // The temp file lives outside out/: a killed enqueue must neither count
         // against the queue bound nor stay behind (swept by the next enqueue).
-        fsutil::write_file_via(&self.root.join(".tmp"), &dest, &data, Commit::Replace)
-            .ctx(|| format!("cannot queue {}", dest.display()))
+        let tmp = self.root.join(".tmp");
+        if let Some(copy) = queued {
+            match fsutil::link_via(&tmp, copy, &dest) {
+                Ok(()) => return Ok(Some(dest)),
+                // Drained meanwhile, or another file system: write it.
+                Err(e) => tracing::debug!("cannot link {} as {}: {e}", copy.display(), dest.display()),
+            }
+        }
+        let data = std::fs::read(path).ctx(|| format!("cannot read {}", path.display()))?;
+        fsutil::write_file_via(&tmp, &dest, &data, Commit::Replace)
+            .ctx(|| format!("cannot queue {}", dest.display()))?;
+        Ok(Some(dest))
     }
 
     fn queue_full(&self, full: QueueFull, name: &str, queued: u64, max: u64) -> Result<()> {
@@ -367,4 +381,42 @@ pub fn spool_problems(spool_path: &Path, stanza: &str, number: usize) -> Result<
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn access(number: usize, root: &Path) -> RepoAccess {
+        RepoAccess {
+            number,
+            location: crate::storage::RepoLocation::Local(root.join(format!("repo{number}"))),
+            stanza: "main".into(),
+            cloud: Default::default(),
+            unlock: crate::repo::access::Unlock::Passphrase(None),
+        }
+    }
+
+    /// With several repositories, the async queues after the first hold a hard link
+    /// to the first one's copy: the segment is written (and fsynced) once.
+    #[tokio::test]
+    async fn queues_of_several_repositories_share_one_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = dir.path().join("000000010000000000000001");
+        std::fs::write(&segment, vec![7u8; 1 << 16]).unwrap();
+        let spool_path = dir.path().join("spool");
+        // A drainer that does nothing, so the queues keep what was queued.
+        let drainer = HelperCommand { program: "/bin/true".into(), args: vec![] };
+        let queue = AsyncQueue { spool_path: spool_path.clone(), max: None, full: QueueFull::Fail, drainer };
+        let repos = (1..=3).map(|n| access(n, dir.path())).collect();
+        run_archive_push(&PushRequest { repos, level: 1, queue: Some(queue) }, &segment).await.unwrap();
+        let queued: Vec<PathBuf> =
+            (1..=3).map(|n| queue_root(&spool_path, "main", n).join("out/000000010000000000000001")).collect();
+        let inode = std::fs::metadata(&queued[0]).unwrap().ino();
+        for q in &queued {
+            assert_eq!(std::fs::metadata(q).unwrap().ino(), inode, "{} is a copy of its own", q.display());
+            assert_eq!(std::fs::read(q).unwrap(), std::fs::read(&segment).unwrap());
+        }
+    }
 }
