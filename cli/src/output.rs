@@ -183,6 +183,9 @@ fn print_backup(b: &pgcairn::BackupInfo) -> anyhow::Result<()> {
         outln!("        retention: {retention}");
     }
     outln!("        timestamp start/stop: {} / {}", d.start_time, d.stop_time);
+    if let Some(source) = &d.source {
+        outln!("        taken from: {} {}", source.role, source.server);
+    }
     let wal = match (&d.wal_start, &d.wal_stop) {
         _ if d.wal_included => "wal included in the backup".to_string(),
         (Some(s), Some(e)) => format!("wal archived {s} - {e}"),

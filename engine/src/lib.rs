@@ -50,7 +50,7 @@ pub use pg::tls::{ChannelBindingMode, RootCert, SslMode, TlsParams};
 pub use pg::{ConnParams, Lsn};
 pub use progress::{NoProgress, Progress};
 pub use repo::access::{RepoAccess, Unlock};
-pub use repo::format::{check_stanza_name, FORMAT_VERSION};
+pub use repo::format::{check_stanza_name, BackupSource, FORMAT_VERSION};
 pub use repo::keys::KeySlotInfo;
 pub use repo::Repository;
 pub use storage::azure::{AzureKeyType, AzureSettings};

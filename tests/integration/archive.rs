@@ -113,7 +113,11 @@ impl Archiving {
 
 /// Wait until `cluster`'s archiver has archived everything before the current segment.
 pub fn wait_archived(cluster: &Cluster) {
-    let current = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    // + 1: right after pg_switch_wal() the position is the first byte of the next
+    // segment, which pg_walfile_name names as the segment before it; the wait then
+    // ended before the switched segment was archived (issue 24's standby test
+    // restored to a target in it and was told the archive ended earlier).
+    let current = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn() + 1)");
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let last = cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");

@@ -21,5 +21,6 @@ mod roundtrip;
 mod s3_storage;
 mod settings;
 mod several_repos;
+mod standby;
 mod support;
 mod tls;

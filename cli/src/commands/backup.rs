@@ -14,6 +14,7 @@ pub(crate) async fn backup(r: &Resolved, common: &Common, backup_type: BackupTyp
     let repo = common.access()?.open().await?;
     let req = pgcairn::BackupRequest {
         pg: settings.pg.clone(),
+        primary: settings.primary.clone(),
         backup_type: match backup_type {
             BackupType::Full => pgcairn::BackupType::Full,
             BackupType::Diff => pgcairn::BackupType::Diff,

@@ -36,6 +36,7 @@ pub(crate) async fn check(r: &Resolved, common: &Common, restore_point: bool, ou
     }
     let req = pgcairn::CheckRequest {
         pg: settings.pg,
+        primary: settings.primary,
         timeout: settings.archive_timeout,
         spool_problems,
         restore_point,

@@ -478,6 +478,15 @@ const DECLARED: &[Setting] = &[
         help: "PostgreSQL connection string (libpq syntax or URI); PG* variables and ~/.pgpass apply",
     },
     Setting {
+        name: "pg-primary",
+        kind: Kind::Text,
+        default: None,
+        scope: Scope::Only(&[Backup, Check]),
+        sources: ANY,
+        forward: Never,
+        help: "the primary's connection string when pg names a streaming standby: the backup reads the standby and asks the primary for a checkpoint, its archiving settings and a WAL switch",
+    },
+    Setting {
         name: "pg-data",
         kind: Kind::Path,
         default: None,

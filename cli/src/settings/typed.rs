@@ -317,6 +317,12 @@ fn pg(r: &Resolved) -> Result<ConnParams> {
     ConnParams::resolve(&r.opt::<String>("pg")?.unwrap_or_default())
 }
 
+/// `pg-primary`, when set, resolved like `pg` (PG* variables and libpq's defaults
+/// fill what it leaves out).
+fn pg_primary(r: &Resolved) -> Result<Option<ConnParams>> {
+    r.opt::<String>("pg-primary")?.map(|c| ConnParams::resolve(&c)).transpose()
+}
+
 /// `pg` only when it is set (metrics, check --archive-only: the server is optional).
 pub fn optional_pg(r: &Resolved) -> Result<Option<ConnParams>> {
     r.opt::<String>("pg")?.map(|s| ConnParams::resolve(&s)).transpose()
@@ -355,8 +361,10 @@ impl StanzaCreate {
 /// backup's settings.
 #[derive(Debug, Clone)]
 pub struct Backup {
-    /// The cluster to back up.
+    /// The cluster to back up: a primary or a streaming standby.
     pub pg: ConnParams,
+    /// `pg-primary`: the standby's primary.
+    pub primary: Option<ConnParams>,
     /// `start-fast`: an immediate checkpoint instead of a spread one.
     pub start_fast: bool,
     /// `compress-level`: zstd level for new blocks.
@@ -378,6 +386,7 @@ impl Backup {
     pub fn from(r: &Resolved) -> Result<Self> {
         Ok(Self {
             pg: pg(r)?,
+            primary: pg_primary(r)?,
             start_fast: r.get("start-fast")?,
             compress_level: r.get("compress-level")?,
             archive_check: r.get("archive-check")?,
@@ -496,8 +505,10 @@ impl Drill {
 /// check's settings.
 #[derive(Debug, Clone)]
 pub struct Check {
-    /// The cluster whose archiving is checked.
+    /// The cluster whose archiving is checked: a primary or a streaming standby.
     pub pg: ConnParams,
+    /// `pg-primary`: the standby's primary.
+    pub primary: Option<ConnParams>,
     /// `archive-timeout`: how long to wait for the switched segment.
     pub archive_timeout: Duration,
     /// The async archive spool to look into (archive-async = true).
@@ -507,7 +518,12 @@ pub struct Check {
 impl Check {
     /// Read from the resolved settings; spool-path is required when archive-async is on.
     pub fn from(r: &Resolved) -> Result<Self> {
-        Ok(Self { pg: pg(r)?, archive_timeout: r.get("archive-timeout")?, spool_path: async_spool(r)? })
+        Ok(Self {
+            pg: pg(r)?,
+            primary: pg_primary(r)?,
+            archive_timeout: r.get("archive-timeout")?,
+            spool_path: async_spool(r)?,
+        })
     }
 }
 

@@ -19,8 +19,11 @@ use crate::repo::Repository;
 /// What `check` needs besides the repository.
 #[derive(Debug, Clone)]
 pub struct CheckRequest {
-    /// The PostgreSQL server whose archiving is checked.
+    /// The PostgreSQL server whose archiving is checked: a primary, or a streaming
+    /// standby (then `primary` switches WAL).
     pub pg: ConnParams,
+    /// `pg-primary`: the primary, when `pg` is a standby.
+    pub primary: Option<ConnParams>,
     /// How long to wait for the switched segment to reach the repository (`archive-timeout`).
     pub timeout: Duration,
     /// Problems of the local async archive queue (see archive::push_async::spool_problems).
@@ -71,43 +74,102 @@ fn sql_error_needing(pg: &ConnParams, e: tokio_postgres::Error, function: Option
 
 /// Checks that the server archives into this stanza: the cluster is the stanza's,
 /// archiving is set up and not failing, and a freshly switched segment reaches every
-/// repository in time.
+/// repository in time. On a standby, the primary switches WAL and, unless the standby
+/// archives itself (archive_mode = always), its archiving is the one checked.
 pub async fn check(req: &CheckRequest) -> Result<CheckReport> {
     let started = Instant::now();
     let repos = open_all(&req.repos).await?;
-    let (sys, archiving) = check_server_setup(&repos, req).await?;
-    let target = req.pg.target();
-    let client = crate::pg::tls::sql_connect(&req.pg).await?;
-    let in_recovery: bool = client.query_one(SQL_IN_RECOVERY, &[]).await.map_err(|e| sql_error(&req.pg, e))?.get(0);
-    if in_recovery {
-        let problem = format!("{target} is a standby");
-        return Err(Error::misconfigured(Misconfig::Server, problem, "run check against the primary"));
-    }
-    let archiver = ArchiverStats::read(&client).await.map_err(|e| sql_error(&req.pg, e))?;
+    let setup = check_server_setup(&repos, req).await?;
+    let servers = Servers::connect(req, &setup, repos[0].1.config()).await?;
+    let (archiver_client, archiver_pg) = servers.archiver();
+    let archiver = ArchiverStats::read(archiver_client).await.map_err(|e| sql_error(archiver_pg, e))?;
     if archiver.failing() {
-        let (problem, hint) = archiver.failure(&target);
+        let (problem, hint) = archiver.failure(&archiver_pg.target());
         return Err(Error::misconfigured(Misconfig::Server, problem, hint));
     }
+    let (writer, writer_pg) = (&servers.writer, &servers.writer_pg);
     let fresh = if req.restore_point { SQL_RESTORE_POINT } else { SQL_FRESH_WAL };
     let needs = req.restore_point.then_some("pg_create_restore_point(text)");
-    client.query_one(fresh, &[]).await.map_err(|e| sql_error_needing(&req.pg, e, needs))?;
-    let switch = |e| sql_error_needing(&req.pg, e, Some("pg_switch_wal()"));
-    let segment: String = client.query_one(SQL_SWITCH_WAL, &[]).await.map_err(switch)?.get(0);
+    writer.query_one(fresh, &[]).await.map_err(|e| sql_error_needing(writer_pg, e, needs))?;
+    let switch = |e| sql_error_needing(writer_pg, e, Some("pg_switch_wal()"));
+    let segment: String = writer.query_one(SQL_SWITCH_WAL, &[]).await.map_err(switch)?.get(0);
     let switched_at = unix_now();
     tracing::info!("switched WAL: waiting for segment {segment} in the repository");
-    wait_for_switched(&repos, &client, &target, &segment, switched_at, req.timeout).await?;
+    let target = archiver_pg.target();
+    wait_for_switched(&repos, archiver_client, &target, &segment, switched_at, req.timeout).await?;
     if !req.spool_problems.is_empty() {
         let problem = format!("archiving works, but {}", req.spool_problems.join("; "));
         let hint = "see the async spool's problems above; the archive-push log in the server log says more";
         return Err(Error::misconfigured(Misconfig::Setting, problem, hint));
     }
     Ok(CheckReport {
-        system_identifier: sys.system_identifier,
-        archive_command: archiving.archive_command,
+        system_identifier: setup.sys.system_identifier,
+        archive_command: setup.archiving.archive_command,
         archiver,
         segment,
         repositories: req.repos.iter().map(|a| a.number).collect(),
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What check found on the server `pg` names.
+struct ServerSetup {
+    sys: SystemInfo,
+    /// The archiving settings that decide (the primary's for a standby that does not
+    /// archive itself).
+    archiving: ArchivingSettings,
+    /// `pg` is a standby (hot_standby on).
+    standby: bool,
+    /// That standby archives itself: archive_mode = always.
+    standby_archives: bool,
+}
+
+/// The SQL connections a check uses: the server that writes WAL (`pg`, or
+/// `pg-primary` when `pg` is a standby) and, for a standby that archives itself, the
+/// standby, whose pg_stat_archiver is then the one that counts.
+struct Servers {
+    writer: tokio_postgres::Client,
+    writer_pg: ConnParams,
+    standby: Option<(tokio_postgres::Client, ConnParams)>,
+}
+
+impl Servers {
+    async fn connect(
+        req: &CheckRequest,
+        setup: &ServerSetup,
+        cfg: &crate::repo::format::RepoConfig,
+    ) -> Result<Servers> {
+        let client = crate::pg::tls::sql_connect(&req.pg).await?;
+        if !setup.standby {
+            let in_recovery: bool =
+                client.query_one(SQL_IN_RECOVERY, &[]).await.map_err(|e| sql_error(&req.pg, e))?.get(0);
+            if in_recovery {
+                let problem = format!("{} is in recovery with hot_standby off", req.pg.target());
+                return Err(Error::misconfigured(Misconfig::Server, problem, "run check against the primary"));
+            }
+            return Ok(Servers { writer: client, writer_pg: req.pg.clone(), standby: None });
+        }
+        let primary = standby_primary(req)?;
+        let writer = crate::pg::tls::sql_connect(primary).await?;
+        crate::ops::backup::check_primary(&writer, primary, cfg).await?;
+        let standby = setup.standby_archives.then(|| (client, req.pg.clone()));
+        Ok(Servers { writer, writer_pg: primary.clone(), standby })
+    }
+
+    /// The server whose archiver archives into the repositories.
+    fn archiver(&self) -> (&tokio_postgres::Client, &ConnParams) {
+        match &self.standby {
+            Some((client, pg)) => (client, pg),
+            None => (&self.writer, &self.writer_pg),
+        }
+    }
+}
+
+/// `pg-primary`, which a check of a standby needs to switch WAL.
+fn standby_primary(req: &CheckRequest) -> Result<&ConnParams> {
+    req.primary.as_ref().ok_or_else(|| {
+        let problem = format!("{} is a standby: check switches WAL, which only its primary can", req.pg.target());
+        Error::misconfigured(Misconfig::Setting, problem, "set pg-primary to the primary's connection string")
     })
 }
 
@@ -119,11 +181,8 @@ async fn open_all(repos: &[RepoAccess]) -> Result<Vec<(&RepoAccess, Repository)>
 }
 
 /// The server is the cluster of every repository's stanza and its archiving settings
-/// are ours.
-async fn check_server_setup(
-    repos: &[(&RepoAccess, Repository)],
-    req: &CheckRequest,
-) -> Result<(SystemInfo, ArchivingSettings)> {
+/// are ours (on a standby that does not archive itself: its primary's).
+async fn check_server_setup(repos: &[(&RepoAccess, Repository)], req: &CheckRequest) -> Result<ServerSetup> {
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
     let target = conn.target().to_string();
     tracing::info!("connected to {target}");
@@ -133,13 +192,22 @@ async fn check_server_setup(
         sys = Some(found.map_err(|e| access.context_among(repos.len(), e))?);
     }
     let sys = sys.ok_or_else(|| Error::Internal("check without a repository".into()))?;
-    let archiving = ArchivingSettings::read(&mut conn).await?;
+    let standby = conn.show("in_hot_standby").await? == "on";
+    let mut archiving = ArchivingSettings::read(&mut conn).await?;
     conn.close().await;
+    let standby_archives = standby && archiving.archive_mode == "always";
+    let mut judged = target;
+    if standby && !standby_archives {
+        let primary = standby_primary(req)?;
+        let client = crate::pg::tls::sql_connect(primary).await?;
+        archiving = crate::pg::standby::archiving_settings(&client, primary).await?;
+        judged = format!("{} (the primary of {judged})", primary.target());
+    }
     let stanza = &repos[0].1.config().stanza;
     if let Some((problem, hint)) = archiving.problem(stanza, &req.wanted_command) {
-        return Err(Error::misconfigured(Misconfig::Server, format!("{target}: {problem}"), hint));
+        return Err(Error::misconfigured(Misconfig::Server, format!("{judged}: {problem}"), hint));
     }
-    Ok((sys, archiving))
+    Ok(ServerSetup { sys, archiving, standby, standby_archives })
 }
 
 fn unix_now() -> f64 {

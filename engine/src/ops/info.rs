@@ -76,6 +76,10 @@ pub struct BackupDetails {
     pub wal_start: Option<String>,
     /// And the last.
     pub wal_stop: Option<String>,
+    /// Where it was read from: the role ("primary" or "standby") and the server;
+    /// absent for backups taken before pgcairn recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::repo::format::BackupSource>,
 }
 
 /// The stanza as `info` shows it.
@@ -324,6 +328,7 @@ fn details(m: Summary) -> BackupDetails {
         wal_included: m.wal_included,
         wal_start: m.wal_start,
         wal_stop: m.wal_stop,
+        source: m.source,
     }
 }
 
@@ -347,6 +352,7 @@ mod tests {
             wal_included: true,
             wal_start: None,
             wal_stop: None,
+            source: None,
         };
         BackupInfo {
             label: label.into(),

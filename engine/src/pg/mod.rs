@@ -12,6 +12,7 @@ pub(crate) mod lsn;
 pub(crate) mod recovery;
 pub(crate) mod replication;
 pub(crate) mod server_manifest;
+pub(crate) mod standby;
 pub(crate) mod tar;
 pub(crate) mod tls;
 pub(crate) mod version;

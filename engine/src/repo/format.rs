@@ -275,6 +275,15 @@ pub(crate) struct Tablespace {
     pub location: String,
 }
 
+/// Where a backup was read from (§6.2 `source`; absent in backups written before it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSource {
+    /// "primary" or "standby".
+    pub role: String,
+    /// The server, as `host:port` (a Unix socket directory for host).
+    pub server: String,
+}
+
 /// `backup/<label>/manifest`: sealed metadata; everything needed to restore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Manifest {
@@ -315,6 +324,9 @@ pub(crate) struct Manifest {
     /// Entries in the block list (`backup/<label>/blocks/*`) and per part.
     pub blocks: u64,
     pub blocks_per_part: u32,
+    /// Where the backup was read from.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<BackupSource>,
 }
 
 /// `backup/<label>/summary` (format 5): sealed metadata, a few hundred bytes, what
@@ -352,6 +364,9 @@ pub(crate) struct Summary {
     /// The index objects the backup wrote, which list every pack it wrote: what
     /// expiry deletes with it (§8.2), even once its manifest is gone.
     pub indexes: Vec<String>,
+    /// Where the backup was read from.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<BackupSource>,
 }
 
 #[cfg(test)]
@@ -378,6 +393,7 @@ impl Summary {
             blocks: 0,
             blocks_per_part: 1,
             indexes: Vec::new(),
+            source: None,
         }
     }
 }
@@ -405,6 +421,7 @@ impl Summary {
             blocks: m.blocks,
             blocks_per_part: m.blocks_per_part,
             indexes: m.indexes.clone(),
+            source: m.source.clone(),
         }
     }
 }

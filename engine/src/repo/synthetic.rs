@@ -76,6 +76,7 @@ fn manifest(label: &str, parent: Option<&str>, t: chrono::DateTime<chrono::Utc>,
         files: Vec::new(),
         blocks: 0,
         blocks_per_part: 1,
+        source: None,
     }
 }
 

@@ -231,6 +231,70 @@ impl Cluster {
         cluster
     }
 
+    /// A streaming standby of `primary`: a copy of its data directory taken while it
+    /// is stopped cleanly (the npm packages of 16+ have no pg_basebackup), with
+    /// standby.signal, primary_conninfo over the primary's socket, its own port and
+    /// socket directory and `extra` settings (postgresql.auto.conf: the primary's
+    /// ALTER SYSTEM settings, archive_mode and archive_command, come with the copy).
+    /// Returns once it streams.
+    pub fn standby_of(primary: &Cluster, extra: &str) -> Cluster {
+        let version = primary.version;
+        let dir = unique_dir(&format!("sb{}", version.major()));
+        let mut standby = Cluster {
+            version,
+            data_dir: dir.join("data"),
+            dir,
+            port: free_port(),
+            remove_data_dir: false,
+            tablespace_dirs: Vec::new(),
+        };
+        standby.check_socket_path();
+        primary.stop();
+        run(Command::new("cp").arg("-a").arg(&primary.data_dir).arg(&standby.data_dir), "copy the data directory");
+        primary.start();
+        std::fs::write(standby.data_dir.join("standby.signal"), "").expect("write standby.signal");
+        let auto_conf = standby.data_dir.join("postgresql.auto.conf");
+        append(
+            &auto_conf,
+            &format!(
+                "\n# pgcairn test harness: standby\n\
+                 port = {}\n\
+                 unix_socket_directories = '{}'\n\
+                 primary_conninfo = 'host={} port={} user=postgres application_name=standby'\n{extra}\n",
+                standby.port,
+                standby.dir.display(),
+                primary.dir.display(),
+                primary.port
+            ),
+        );
+        chown_to_postgres(&standby.data_dir);
+        standby.start_retrying_port(&auto_conf);
+        standby.wait_streaming(primary);
+        standby
+    }
+
+    /// Wait until the primary lists this standby as streaming and it has replayed
+    /// everything the primary wrote so far.
+    pub fn wait_streaming(&self, primary: &Cluster) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let target = primary.psql("SELECT pg_current_wal_lsn()");
+        loop {
+            let streaming = primary.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'");
+            let behind = self.psql(&format!("SELECT pg_last_wal_replay_lsn() < '{target}'::pg_lsn"));
+            if streaming != "0" && behind == "f" {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the standby does not stream:\n{}", self.server_log());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// `pg_ctl promote`, and wait until it is out of recovery.
+    pub fn promote(&self) {
+        let out = self.pg_ctl().args(["-w", "promote"]).output().expect("run pg_ctl promote");
+        assert!(out.status.success(), "pg_ctl promote: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn version(&self) -> PgVersion {
         self.version
     }

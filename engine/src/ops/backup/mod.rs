@@ -29,11 +29,14 @@ use crate::progress::Progress;
 use crate::repo::backup_writer::BackupWriter;
 use crate::repo::blob;
 use crate::repo::blocklist::{BlockLocation, DeltaBase};
-use crate::repo::format::{ChunkId, FileEntry, FileKind, Manifest, Tablespace, FORMAT_VERSION};
+use crate::repo::format::{BackupSource, ChunkId, FileEntry, FileKind, Manifest, Tablespace, FORMAT_VERSION};
 use crate::repo::lock::StanzaLock;
 use crate::repo::Repository;
+pub(crate) use standby::check_primary;
+use standby::{ArchivedBy, Standby};
 use worker::{process_batch, BatchTask, BlockCtx, BlockDone, BlockPlace, Outcome, PendingBlock};
 
+mod standby;
 mod worker;
 
 const IN_FLIGHT_BLOCKS: usize = 256;
@@ -44,8 +47,11 @@ const RECENT_CHUNKS: usize = 32 * 1024;
 
 /// What `backup` takes: where the server is and how to back it up.
 pub struct BackupRequest {
-    /// The server to connect to (replication connection).
+    /// The server to connect to (replication connection): a primary, or a streaming
+    /// standby (see ops/backup/standby.rs).
     pub pg: ConnParams,
+    /// `pg-primary`: the primary, when `pg` is a standby.
+    pub primary: Option<ConnParams>,
     /// The type asked for; see [`BackupSummary::backup_type`] for what was taken.
     pub backup_type: BackupType,
     /// Ask for an immediate checkpoint instead of waiting for the next one.
@@ -370,9 +376,18 @@ pub async fn backup(repo: &Repository, req: &BackupRequest) -> Result<BackupSumm
 /// unless archive-copy says so (pgBackRest does the same): such a backup has no
 /// point-in-time recovery. With archive-check, a failing or foreign archive_command
 /// is refused before the cluster is streamed, not after archive-timeout.
-async fn wal_goes_in_backup(repo: &Repository, req: &BackupRequest, conn: &mut ReplicationConnection) -> Result<bool> {
-    let archiving = ArchivingSettings::read(conn).await?;
-    let target = conn.target().to_string();
+async fn wal_goes_in_backup(
+    repo: &Repository,
+    req: &BackupRequest,
+    conn: &mut ReplicationConnection,
+    standby: Option<&Standby>,
+) -> Result<bool> {
+    let own = ArchivingSettings::read(conn).await?;
+    let by = match standby {
+        Some(s) => s.archived_by(own).await?,
+        None => ArchivedBy { settings: own, server: req.pg.clone() },
+    };
+    let (archiving, target) = (by.settings, by.server.target());
     if !archiving.archives() {
         if !req.archive_copy {
             let problem = format!(
@@ -392,7 +407,7 @@ async fn wal_goes_in_backup(repo: &Repository, req: &BackupRequest, conn: &mut R
             let hint = format!("{hint}; or pass --archive-copy to store the backup's WAL inside it");
             return Err(Error::misconfigured(Misconfig::Server, format!("{target}: {problem}"), hint));
         }
-        crate::ops::check::refuse_failing_archiver(&req.pg, &target).await?;
+        crate::ops::check::refuse_failing_archiver(&by.server, &target).await?;
     }
     tracing::info!("{target} archives: the backup's WAL comes from the archive");
     Ok(req.archive_copy)
@@ -404,7 +419,8 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
     let mut conn = ReplicationConnection::connect(&req.pg).await?;
     let sys = identify_stanza_cluster(&mut conn, repo.config()).await?;
     let pg_version = conn.server_version_num();
-    let include_wal = wal_goes_in_backup(repo, req, &mut conn).await?;
+    let standby = Standby::detect(&mut conn, req, repo.config()).await?;
+    let include_wal = wal_goes_in_backup(repo, req, &mut conn, standby.as_ref()).await?;
     let existing = repo.list_backups().await?;
     let lineage = lineage::choose(repo, req.backup_type, &existing, pg_version).await?;
     // Not only the visible backups: a killed one may have left block list parts
@@ -416,17 +432,23 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
     repo.mark_backup_started(&label).await?;
     let parent_blocks = lineage.parent.as_ref().map(|p| ParentBlocks::new(repo, p));
     let mut b = Builder::new(repo, &label, req.compress_level, parent_blocks, req.progress.clone());
+    if let Some(s) = &standby {
+        s.catch_up(req).await?;
+    }
     let mut streamed = stream_base_backup(&mut conn, req, &label, include_wal, &mut b).await?;
     conn.close().await;
     b.finish().await?;
     req.progress.finish();
     tracing::info!("backup {label}: data durable in the repository after {:.1}s", started.elapsed().as_secs_f64());
-
-    if !include_wal && req.archive_check {
-        let (first, last) = streamed.wal_range(repo.config().wal_segment_size);
-        archive::wait_for_segments(repo, streamed.timeline, first, last, req.archive_timeout).await?;
+    if !include_wal {
+        wait_for_wal(repo, req, standby.as_ref(), &streamed).await?;
     }
-    let head = ManifestHead { label, start_time, system_identifier: sys.system_identifier, pg_version, include_wal };
+    let source = BackupSource {
+        role: if standby.is_some() { "standby" } else { "primary" }.into(),
+        server: format!("{}:{}", req.pg.host, req.pg.port),
+    };
+    let (system_identifier, source) = (sys.system_identifier, Some(source));
+    let head = ManifestHead { label, start_time, system_identifier, pg_version, include_wal, source };
     let server_manifest = std::mem::take(&mut streamed.server_manifest);
     let manifest = head.manifest(repo, &lineage, streamed, std::mem::take(&mut b.files), &b.backup_label);
     // The writer's commit keeps the visibility rule: everything else durable, then
@@ -447,6 +469,20 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
     })
 }
 
+/// The backup's last segment archived (switched first on a standby's primary), and,
+/// with archive-check, every segment it needs found in the repository.
+async fn wait_for_wal(repo: &Repository, req: &BackupRequest, standby: Option<&Standby>, s: &Streamed) -> Result<()> {
+    let seg_size = repo.config().wal_segment_size;
+    if let Some(standby) = standby {
+        standby.close_last_segment(s.stop_lsn, seg_size).await?;
+    }
+    if req.archive_check {
+        let (first, last) = s.wal_range(seg_size);
+        archive::wait_for_segments(repo, s.timeline, first, last, req.archive_timeout).await?;
+    }
+    Ok(())
+}
+
 /// What a backup knows of itself before its files: the manifest's other fields.
 struct ManifestHead {
     label: String,
@@ -454,6 +490,7 @@ struct ManifestHead {
     system_identifier: u64,
     pg_version: u32,
     include_wal: bool,
+    source: Option<BackupSource>,
 }
 
 impl ManifestHead {
@@ -495,6 +532,7 @@ impl ManifestHead {
             files,
             blocks: 0,
             blocks_per_part: 0,
+            source: self.source,
         }
     }
 }
