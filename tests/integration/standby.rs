@@ -2,7 +2,8 @@
 //! stanza, a standby streams from it, and `pg` names the standby with `pg-primary`
 //! naming the primary. Then the standby is promoted and the next backup comes from it.
 
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use crate::archive::Archiving;
 use crate::cli::wait_promoted;
@@ -36,8 +37,20 @@ fn restored(a: &Archiving, dir: &TestDir, name: &str, args: &[&str]) -> Cluster 
     c
 }
 
+/// Pause replay on `standby` and wait until it is paused: a pause request only
+/// takes effect at the next record, so WAL written right after it could still be
+/// replayed.
+fn pause_replay(standby: &Cluster) {
+    standby.psql("SELECT pg_wal_replay_pause()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while standby.psql("SELECT pg_get_wal_replay_pause_state()") != "paused" {
+        assert!(Instant::now() < deadline, "replay did not pause");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The refusals: a standby without `pg-primary`, a `pg-primary` that is a standby
-/// itself, and a standby that does not catch up with its primary.
+/// itself or another cluster, and a standby that does not catch up with its primary.
 fn standby_refusals(a: &Archiving, standby: &Cluster) {
     let pg = format!("--pg={}", standby.conninfo());
     let (code, err) = a.p.fails(&["backup", &pg]);
@@ -45,8 +58,12 @@ fn standby_refusals(a: &Archiving, standby: &Cluster) {
     let itself = format!("--pg-primary={}", standby.conninfo());
     let (_, err) = a.p.fails(&["backup", &pg, &itself]);
     assert!(err.contains("pg-primary") && err.contains("in recovery too"), "{err}");
+    let other = Cluster::init(a.cluster.version());
+    let (_, err) = a.p.fails(&["backup", &pg, &format!("--pg-primary={}", other.conninfo())]);
+    assert!(err.contains("pg-primary") && err.contains("system identifier"), "{err}");
+    drop(other);
     // Replay paused: the standby falls behind and the backup is refused, not taken.
-    standby.psql("SELECT pg_wal_replay_pause()");
+    pause_replay(standby);
     a.cluster.psql("CREATE TABLE behind AS SELECT generate_series(1, 10000) AS n");
     let primary = format!("--pg-primary={}", a.cluster.conninfo());
     let (_, err) = a.p.fails(&["backup", &pg, &primary, "--archive-timeout=3"]);
@@ -57,11 +74,14 @@ fn standby_refusals(a: &Archiving, standby: &Cluster) {
 
 /// Full, diff and incr taken on the standby while pgbench writes on the primary; each
 /// restores to a consistent state. Then a time target inside the incr's WAL.
-fn standby_backups(version: PgVersion) {
+/// `standby_conf`: the standby's own settings (archive_mode = always: it archives too).
+fn standby_backups(version: PgVersion, standby_conf: &str) {
     let a = Archiving::new(version, "");
     a.cluster.pgbench(&["-i", "-s", "2", "-q"]);
-    let standby = Cluster::standby_of(&a.cluster, "");
-    standby_refusals(&a, &standby);
+    let standby = Cluster::standby_of(&a.cluster, standby_conf);
+    if version == PgVersion::V15 {
+        standby_refusals(&a, &standby);
+    }
     let pg = format!("--pg={}", standby.conninfo());
     let primary = format!("--pg-primary={}", a.cluster.conninfo());
     let check = a.p.ok(&["check", &pg, &primary]);
@@ -112,13 +132,38 @@ fn standby_backups(version: PgVersion) {
     promoted_standby_backs_up(&a, standby, &dir);
 }
 
-/// The standby is promoted (timeline 2) and the old primary stopped; the next backup
-/// comes from the new primary and a recovery to the end of timeline 2 has its rows.
+/// The standby is promoted (timeline 2) while a backup waits for it to catch up: that
+/// backup fails, saying so. The old primary is stopped; the next backup comes from
+/// the new primary and a recovery to the end of timeline 2 has its rows.
 fn promoted_standby_backs_up(a: &Archiving, standby: Cluster, dir: &TestDir) {
     standby.wait_streaming(&a.cluster);
-    standby.promote();
-    a.cluster.stop();
+    // Cut off from the primary, so that what the primary writes next never reaches
+    // it (a paused replay would resume at the promotion and catch up).
+    standby.psql("ALTER SYSTEM SET primary_conninfo = ''; SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while standby.psql("SELECT count(*) FROM pg_stat_wal_receiver") != "0" {
+        assert!(Instant::now() < deadline, "the standby still streams");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.cluster.psql("CREATE TABLE lost_at_the_promotion AS SELECT 1 AS n");
     let pg = format!("--pg={}", standby.conninfo());
+    let primary = format!("--pg-primary={}", a.cluster.conninfo());
+    let mut waiting = a.p.cmd(&["backup", "--archive-timeout=120", &pg, &primary]);
+    let waiting = waiting.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Promote once the backup waits for the standby to catch up (its session there
+    // has asked for the replay position).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waits = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgcairn' \
+                 AND query LIKE '%pg_last_wal_replay_lsn%'";
+    while standby.psql(waits) == "0" {
+        assert!(Instant::now() < deadline, "the backup never connected to the standby");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    standby.promote();
+    let out = waiting.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("it was promoted during the backup"), "{}: {err}", out.status);
+    a.cluster.stop();
     let out = a.p.ok(&["backup", "--start-fast", &pg]);
     let label = out.lines().last().unwrap().trim().to_string();
     standby.psql("INSERT INTO seed SELECT 'timeline 2' FROM generate_series(1, 500); SELECT pg_switch_wal()");
@@ -131,12 +176,15 @@ fn promoted_standby_backs_up(a: &Archiving, standby: Cluster, dir: &TestDir) {
     assert_eq!(c.psql("SELECT timeline_id >= 2 FROM pg_control_checkpoint()"), "t");
 }
 
+/// The primary archives; the standby does not.
 #[test]
 fn backups_on_a_standby_pg15() {
-    standby_backups(PgVersion::V15);
+    standby_backups(PgVersion::V15, "");
 }
 
+/// Both archive into the stanza (archive_mode = always on the standby): the standby's
+/// archiving is the one the backup judges and waits for; duplicates are harmless.
 #[test]
-fn backups_on_a_standby_pg17() {
-    standby_backups(PgVersion::V17);
+fn backups_on_a_standby_archiving_itself_pg17() {
+    standby_backups(PgVersion::V17, "archive_mode = always");
 }

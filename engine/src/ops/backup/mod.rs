@@ -440,9 +440,7 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
     b.finish().await?;
     req.progress.finish();
     tracing::info!("backup {label}: data durable in the repository after {:.1}s", started.elapsed().as_secs_f64());
-    if !include_wal {
-        wait_for_wal(repo, req, standby.as_ref(), &streamed).await?;
-    }
+    after_stream(repo, req, standby.as_ref(), &streamed, include_wal).await?;
     let source = BackupSource {
         role: if standby.is_some() { "standby" } else { "primary" }.into(),
         server: format!("{}:{}", req.pg.host, req.pg.port),
@@ -469,14 +467,24 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
     })
 }
 
-/// The backup's last segment archived (switched first on a standby's primary), and,
-/// with archive-check, every segment it needs found in the repository.
-async fn wait_for_wal(repo: &Repository, req: &BackupRequest, standby: Option<&Standby>, s: &Streamed) -> Result<()> {
+/// After the stream: a standby still one (not promoted meanwhile); the backup's last
+/// segment archived (switched first on a standby's primary) and, with archive-check,
+/// every segment it needs found in the repository, unless it carries its WAL.
+async fn after_stream(
+    repo: &Repository,
+    req: &BackupRequest,
+    standby: Option<&Standby>,
+    s: &Streamed,
+    include_wal: bool,
+) -> Result<()> {
     let seg_size = repo.config().wal_segment_size;
     if let Some(standby) = standby {
-        standby.close_last_segment(s.stop_lsn, seg_size).await?;
+        standby.still_standby().await?;
+        if !include_wal {
+            standby.close_last_segment(s.stop_lsn, seg_size).await?;
+        }
     }
-    if req.archive_check {
+    if !include_wal && req.archive_check {
         let (first, last) = s.wal_range(seg_size);
         archive::wait_for_segments(repo, s.timeline, first, last, req.archive_timeout).await?;
     }

@@ -105,6 +105,8 @@ impl Standby {
         let wanted = current_lsn(&p.client, &p.pg).await?;
         let deadline = Instant::now() + req.archive_timeout;
         loop {
+            // pg_last_wal_replay_lsn() stays set once recovery ends: ask first.
+            self.still_standby().await?;
             let Some(replayed) = replay_lsn(&self.sql, &self.pg).await? else {
                 return Err(self.promoted());
             };
@@ -131,8 +133,20 @@ impl Standby {
     }
 
     fn promoted(&self) -> Error {
-        let problem = format!("{} is no longer in recovery: it was promoted", self.pg.target());
+        let problem = format!("{} is no longer in recovery: it was promoted during the backup", self.pg.target());
         Error::misconfigured(Misconfig::Server, problem, "run the backup again: pg now names a primary")
+    }
+
+    /// The standby is still in recovery. After the stream too: PostgreSQL refuses a
+    /// promotion during BASE_BACKUP itself, this catches one just before it.
+    pub(super) async fn still_standby(&self) -> Result<()> {
+        let in_recovery = self.sql.query_one(SQL_IN_RECOVERY, &[]).await;
+        let in_recovery: bool = in_recovery.map_err(|e| sql_error(&self.pg, e, "see the server's log"))?.get(0);
+        if in_recovery {
+            Ok(())
+        } else {
+            Err(self.promoted())
+        }
     }
 
     /// After the stream: when the primary still writes the backup's last segment,
