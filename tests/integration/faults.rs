@@ -1281,29 +1281,27 @@ fn azurite_url(azurite: &Azurite) -> String {
 fn azurite_env(azurite: &Azurite, dir: &Path) -> Vec<(String, String)> {
     let key = dir.join("azure.key");
     private_file(&key, AZURITE_KEY);
-    [
+    owned(&[
         ("PGCAIRN_REPO_AZURE_ACCOUNT", AZURITE_ACCOUNT.to_string()),
         ("PGCAIRN_REPO_AZURE_KEY_FILE", key.display().to_string()),
         ("PGCAIRN_REPO_AZURE_ENDPOINT", azurite.endpoint()),
         ("PGCAIRN_REPO_AZURE_ALLOW_HTTP", "true".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    ])
+}
+
+fn owned(env: &[(&str, String)]) -> Vec<(String, String)> {
+    env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 fn gcs_env(gcs: &FakeGcs, dir: &Path) -> Vec<(String, String)> {
     let key = dir.join("gcs.token");
     private_file(&key, "fault-matrix-token");
-    [
+    owned(&[
         ("PGCAIRN_REPO_GCS_KEY_TYPE", "token".to_string()),
         ("PGCAIRN_REPO_GCS_KEY", key.display().to_string()),
         ("PGCAIRN_REPO_GCS_ENDPOINT", gcs.endpoint()),
         ("PGCAIRN_REPO_GCS_ALLOW_HTTP", "true".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    ])
 }
 
 /// One cloud store's outage (see cloud_servers_down_mid_backup), on `cluster`'s data

@@ -112,16 +112,7 @@ impl Cluster {
     /// initdb + start a new cluster with checksums, trust for `postgres` on the socket, and
     /// the TCP roles the authentication tests need (see `hba_conf`).
     pub fn init(version: PgVersion) -> Cluster {
-        let dir = unique_dir(&format!("pg{}", version.major()));
-        let mut cluster = Cluster {
-            version,
-            data_dir: dir.join("data"),
-            dir,
-            port: free_port(),
-            remove_data_dir: false,
-            tablespace_dirs: Vec::new(),
-        };
-        cluster.check_socket_path();
+        let mut cluster = Self::in_new_dir(version, "pg");
         run(
             as_server_user(&version.bin("initdb"))
                 .current_dir(&cluster.dir)
@@ -165,6 +156,22 @@ impl Cluster {
              CREATE ROLE norepl_user LOGIN;
              CREATE ROLE denied_user LOGIN REPLICATION PASSWORD '{PASSWORD}';"
         ));
+        cluster
+    }
+
+    /// A cluster to be, in a new directory (`PREFIX<major>-…`) with its data directory
+    /// in `data/` and a free port.
+    fn in_new_dir(version: PgVersion, prefix: &str) -> Cluster {
+        let dir = unique_dir(&format!("{prefix}{}", version.major()));
+        let cluster = Cluster {
+            version,
+            data_dir: dir.join("data"),
+            dir,
+            port: free_port(),
+            remove_data_dir: false,
+            tablespace_dirs: Vec::new(),
+        };
+        cluster.check_socket_path();
         cluster
     }
 
@@ -238,17 +245,7 @@ impl Cluster {
     /// ALTER SYSTEM settings, archive_mode and archive_command, come with the copy).
     /// Returns once it streams.
     pub fn standby_of(primary: &Cluster, extra: &str) -> Cluster {
-        let version = primary.version;
-        let dir = unique_dir(&format!("sb{}", version.major()));
-        let mut standby = Cluster {
-            version,
-            data_dir: dir.join("data"),
-            dir,
-            port: free_port(),
-            remove_data_dir: false,
-            tablespace_dirs: Vec::new(),
-        };
-        standby.check_socket_path();
+        let mut standby = Self::in_new_dir(primary.version, "sb");
         primary.stop();
         run(Command::new("cp").arg("-a").arg(&primary.data_dir).arg(&standby.data_dir), "copy the data directory");
         primary.start();
