@@ -80,6 +80,9 @@ enum Command {
         /// Put tablespace OID into DIR instead of its original location (repeatable).
         #[arg(long = "tablespace-map", value_name = "OID=DIR")]
         tablespace_map: Vec<String>,
+        /// A further recovery setting, written last (repeatable), e.g. primary_conninfo='host=primary user=replicator' with --type=standby.
+        #[arg(long = "recovery-option", value_name = "KEY=VALUE")]
+        recovery_option: Vec<String>,
         /// Restore over an existing, stopped data directory: only what differs is rewritten.
         #[arg(long)]
         delta: bool,
@@ -283,6 +286,8 @@ enum TargetType {
     Xid,
     /// Write no recovery settings (backup sets that carry their WAL only).
     None,
+    /// Start as a streaming standby (standby.signal): replay the archive, then follow the primary in --recovery-option primary_conninfo=….
+    Standby,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -305,8 +310,8 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             stanza_create(r, common, *no_encryption, *block_size).await?
         }
         Command::Backup { backup_type } => backup(r, common, *backup_type).await?,
-        Command::Restore { target, tablespace_map, delta } => {
-            restore(r, common, target, tablespace_map, *delta).await?
+        Command::Restore { target, tablespace_map, recovery_option, delta } => {
+            restore(r, common, target, tablespace_map, recovery_option, *delta).await?
         }
         Command::Info { output, .. } => return commands::info::run(r, common, *output).await,
         Command::Check { archive_only: true, output, .. } => return check_archive(r, common, *output).await,

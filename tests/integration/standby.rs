@@ -129,7 +129,35 @@ fn standby_backups(version: PgVersion, standby_conf: &str) {
         c.psql("SELECT count(*) FILTER (WHERE v = 'test') || '/' || count(*) FILTER (WHERE v = 'after') FROM seed");
     assert_eq!(counts, "1000/0", "PITR on timeline 1 from a standby backup");
     drop(c);
+    standby_from_a_backup(&a, &dir);
     promoted_standby_backs_up(&a, standby, &dir);
+}
+
+/// `restore --type=standby` with the primary's connection as a recovery option: the
+/// restored cluster starts as a standby, streams from the primary and follows it.
+fn standby_from_a_backup(a: &Archiving, dir: &TestDir) {
+    let data = dir.path().join("built-standby");
+    let conninfo = format!(
+        "primary_conninfo=host={} port={} user=postgres application_name=built",
+        a.cluster.socket_dir().display(),
+        a.cluster.port()
+    );
+    let (pg_data, key) = (format!("--pg-data={}", data.display()), format!("--repo-key-file={}", a.key.display()));
+    a.p.ok(&["restore", &pg_data, &key, "--type=standby", &format!("--recovery-option={conninfo}")]);
+    assert!(data.join("standby.signal").is_file() && !data.join("recovery.signal").exists());
+    let c = Cluster::start_restored(a.cluster.version(), &data);
+    let streams = "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'built' AND state = 'streaming'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.cluster.psql(streams) == "0" {
+        assert!(Instant::now() < deadline, "the restored standby does not stream:\n{}", c.server_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.cluster.psql("CREATE TABLE followed AS SELECT 42 AS n");
+    while c.psql("SELECT to_regclass('followed') IS NOT NULL") != "t" {
+        assert!(Instant::now() < deadline, "the restored standby does not follow its primary");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.psql("SELECT pg_is_in_recovery()"), "t", "it stays a standby");
 }
 
 /// The standby is promoted (timeline 2) while a backup waits for it to catch up: that

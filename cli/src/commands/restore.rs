@@ -17,6 +17,7 @@ pub(crate) async fn restore(
     common: &Common,
     target: &TargetArgs,
     tablespace_map: &[String],
+    recovery_options: &[String],
     delta: bool,
 ) -> Result<()> {
     let settings = typed::Restore::from(r)?;
@@ -27,7 +28,7 @@ pub(crate) async fn restore(
         set: target.set.clone(),
         tablespace_map: parse_tablespace_map(tablespace_map)?,
         progress: progress(),
-        recovery: recovery(common, &settings.forwarded, target)?,
+        recovery: with_options(recovery(common, &settings.forwarded, target)?, recovery_options)?,
         delta,
         check_server_environment: true,
     };
@@ -79,8 +80,29 @@ pub(crate) fn parse_tablespace_map(items: &[String]) -> Result<HashMap<u32, Path
         .collect()
 }
 
+/// `--recovery-option KEY=VALUE` (repeatable) added to `r`, and checked with it.
+fn with_options(mut r: Recovery, options: &[String]) -> Result<Recovery> {
+    for o in options {
+        let (k, v) = o.split_once('=').ok_or_else(|| anyhow!("--recovery-option {o}: use KEY=VALUE"))?;
+        r.options.push((k.trim().to_string(), v.to_string()));
+    }
+    if r.standby && !r.options.iter().any(|(k, _)| k == "primary_conninfo") {
+        tracing::warn!(
+            "a standby without --recovery-option primary_conninfo=… follows the archive only, not its primary"
+        );
+    }
+    r.check()?;
+    Ok(r)
+}
+
 pub(crate) fn recovery(common: &Common, forwarded: &[String], t: &TargetArgs) -> Result<Recovery> {
-    let kind = t.target_type.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+    let standby = t.target_type == crate::TargetType::Standby;
+    // A standby replays like a recovery to the end of the archive, then follows its primary.
+    let kind = if standby {
+        "default".to_string()
+    } else {
+        t.target_type.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+    };
     let target = RecoveryTarget::parse(&kind, t.target.as_deref())?;
     let action = t.target_action.as_deref().map(TargetAction::parse).transpose()?;
     let timeline = t.target_timeline.as_deref().map(TimelineTarget::parse).transpose()?;
@@ -91,7 +113,8 @@ pub(crate) fn recovery(common: &Common, forwarded: &[String], t: &TargetArgs) ->
         tracing::warn!("restore_command will need the repository key: set repo-key-file (or repo-passphrase-file) where PostgreSQL can read it");
     }
     let restore_command = restore_command(forwarded)?;
-    let recovery = Recovery { target, exclusive: t.target_exclusive, action, timeline, restore_command };
+    let (exclusive, options) = (t.target_exclusive, Vec::new());
+    let recovery = Recovery { target, exclusive, action, timeline, restore_command, standby, options };
     recovery.check()?;
     Ok(recovery)
 }

@@ -190,6 +190,13 @@ fn check_action(recovery: &mut Recovery) -> Result<()> {
             "use --type=immediate",
         ));
     }
+    if recovery.standby {
+        return Err(Error::misconfigured(
+            Misconfig::Request,
+            "a drill promotes the restored cluster: --type=standby does not apply",
+            "leave --type out (recovery to the end of the archive) or use --type=immediate",
+        ));
+    }
     let has_target = !matches!(recovery.target, RecoveryTarget::EndOfArchive);
     recovery.action = has_target.then_some(TargetAction::Promote);
     Ok(())
@@ -415,6 +422,8 @@ mod tests {
             action: Some(TargetAction::Pause),
             timeline: None,
             restore_command: String::new(),
+            standby: false,
+            options: Vec::new(),
         };
         assert!(check_action(&mut r).is_err(), "pause would never end recovery");
         r.action = None;

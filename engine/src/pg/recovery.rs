@@ -245,6 +245,12 @@ pub struct Recovery {
     pub timeline: Option<TimelineTarget>,
     /// The command PostgreSQL runs to fetch WAL: `pgcairn ... archive-get %f "%p"`.
     pub restore_command: String,
+    /// Start as a standby (standby.signal, `--type=standby`): it replays the archive,
+    /// then streams from its primary (primary_conninfo, from `options`) and keeps
+    /// following it, never promoting by itself.
+    pub standby: bool,
+    /// `--recovery-option KEY=VALUE`: further settings, written last (they win).
+    pub options: Vec<(String, String)>,
 }
 
 impl Recovery {
@@ -272,8 +278,34 @@ impl Recovery {
                 TARGET_HINT,
             ));
         }
-        Ok(())
+        if self.standby && self.target != RecoveryTarget::EndOfArchive {
+            return Err(bad_target(
+                "--type=standby takes no target: a standby follows its primary".into(),
+                "restore with --type=standby alone (and --recovery-option primary_conninfo=…)",
+            ));
+        }
+        self.options.iter().try_for_each(|(k, v)| check_option(k, v))
     }
+}
+
+/// A `--recovery-option`: a setting name PostgreSQL could know, and no password on a
+/// command line.
+fn check_option(key: &str, value: &str) -> Result<()> {
+    let name_ok = key.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    if !name_ok {
+        return Err(bad_target(
+            format!("--recovery-option {key}=…: {key:?} is not a setting name"),
+            "use KEY=VALUE with a PostgreSQL setting name, e.g. primary_conninfo='host=primary user=replicator'",
+        ));
+    }
+    if value.contains("password=") {
+        return Err(bad_target(
+            format!("--recovery-option {key}=… holds a password, which would sit on the command line"),
+            "leave password= out: the standby reads it from the passfile (passfile=… in the connection string, or ~/.pgpass of the server's OS user)",
+        ));
+    }
+    Ok(())
 }
 
 /// A value in postgresql.conf syntax.
@@ -286,7 +318,7 @@ fn guc_quote(v: &str) -> String {
 pub(crate) fn write_recovery(target_dir: &Path, label: &str, r: &Recovery) -> Result<()> {
     let auto = target_dir.join("postgresql.auto.conf");
     let text = std::fs::read_to_string(&auto).unwrap_or_default();
-    write_settings(target_dir, &auto, text + &recovery_lines(label, r))
+    write_settings(target_dir, &auto, text + &recovery_lines(label, r), r.standby)
 }
 
 /// Every recovery setting, each written (empty when unused): the backup's own
@@ -320,14 +352,26 @@ fn recovery_lines(label: &str, r: &Recovery) -> String {
     lines.push(format!("recovery_target_action = {}", guc_quote(action.setting())));
     let timeline = r.timeline.unwrap_or(TimelineTarget::Latest);
     lines.push(format!("recovery_target_timeline = {}", guc_quote(&timeline.setting())));
+    lines.extend(r.options.iter().map(|(k, v)| format!("{k} = {}", guc_quote(v))));
     lines.join("\n") + "\n"
 }
 
-fn write_settings(target_dir: &Path, auto: &Path, text: String) -> Result<()> {
+/// The settings, then the signal file that starts recovery: standby.signal for a
+/// standby, else recovery.signal (the other one removed: with both, PostgreSQL starts
+/// as a standby).
+fn write_settings(target_dir: &Path, auto: &Path, text: String, standby: bool) -> Result<()> {
     let ctx = || format!("cannot write recovery settings into {}", auto.display());
     fsutil::write_file(auto, text.as_bytes(), Commit::Replace).ctx(ctx)?;
     std::fs::set_permissions(auto, std::fs::Permissions::from_mode(0o600)).ctx(ctx)?;
-    let signal = target_dir.join("recovery.signal");
+    let (name, other) =
+        if standby { ("standby.signal", "recovery.signal") } else { ("recovery.signal", "standby.signal") };
+    match std::fs::remove_file(target_dir.join(other)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).ctx(|| format!("cannot remove {}", target_dir.join(other).display()))
+        }
+        _ => {}
+    }
+    let signal = target_dir.join(name);
     fsutil::write_file(&signal, b"", Commit::Replace).ctx(|| format!("cannot write {}", signal.display()))?;
     std::fs::set_permissions(&signal, std::fs::Permissions::from_mode(0o600)).ctx(ctx)
 }
@@ -389,6 +433,8 @@ mod tests {
             action,
             timeline: None,
             restore_command: String::new(),
+            standby: false,
+            options: Vec::new(),
         };
         assert!(r(RecoveryTarget::Name("a".into()), true, None).check().is_err());
         assert!(r(RecoveryTarget::EndOfArchive, false, Some(TargetAction::Pause)).check().is_err());
@@ -414,6 +460,8 @@ mod tests {
             action: None,
             timeline: None,
             restore_command: "x".into(),
+            standby: false,
+            options: Vec::new(),
         };
         write_recovery(dir.path(), "L", &r).unwrap();
         let text = std::fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
@@ -433,6 +481,35 @@ mod tests {
         assert!(ours.contains("recovery_target_action = 'pause'"), "{ours}");
     }
 
+    /// `--type=standby`: standby.signal (no recovery.signal), the options last, and
+    /// refusals for a target, a bad name and a password on the command line.
+    #[test]
+    fn a_standby_gets_its_signal_and_options() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("recovery.signal"), "").unwrap();
+        let mut r = Recovery {
+            target: RecoveryTarget::EndOfArchive,
+            exclusive: false,
+            action: None,
+            timeline: None,
+            restore_command: "x".into(),
+            standby: true,
+            options: vec![("primary_conninfo".into(), "host=primary user=replicator".into())],
+        };
+        r.check().unwrap();
+        write_recovery(dir.path(), "L", &r).unwrap();
+        assert!(dir.path().join("standby.signal").is_file() && !dir.path().join("recovery.signal").exists());
+        let text = std::fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
+        assert!(text.trim_end().ends_with("primary_conninfo = 'host=primary user=replicator'"), "{text}");
+        r.options.push(("primary_conninfo".into(), "host=p password=secret".into()));
+        assert!(r.check().unwrap_err().to_string().contains("password"));
+        r.options = vec![("Bad Name".into(), "x".into())];
+        assert!(r.check().is_err());
+        r.options.clear();
+        r.target = RecoveryTarget::Immediate;
+        assert!(r.check().unwrap_err().to_string().contains("--type=standby takes no target"));
+    }
+
     #[test]
     fn recovery_settings_are_appended_and_quoted() {
         let dir = tempfile::tempdir().unwrap();
@@ -443,6 +520,8 @@ mod tests {
             action: Some(TargetAction::Promote),
             timeline: None,
             restore_command: "pgcairn --stanza=main archive-get %f \"%p\"".into(),
+            standby: false,
+            options: Vec::new(),
         };
         write_recovery(dir.path(), "L", &r).unwrap();
         let text = std::fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
