@@ -168,6 +168,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Stream WAL from the server named by pg into every repository over a replication slot, until stopped (a service).
+    WalReceive,
     /// Restore a backup into a temporary cluster, start it, run checks, remove it: prove it restores.
     Drill {
         #[command(flatten)]
@@ -229,6 +231,7 @@ impl Command {
             Command::StanzaDelete { .. } => Cmd::StanzaDelete,
             Command::Verify { .. } => Cmd::Verify,
             Command::Copy { .. } => Cmd::Copy,
+            Command::WalReceive => Cmd::WalReceive,
             Command::Drill { .. } => Cmd::Drill,
             Command::Metrics { .. } => Cmd::Metrics,
             Command::Key { .. } => Cmd::Key,
@@ -340,6 +343,7 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             return commands::copy::copy(r, common, *to_repo, set.clone(), *output == Output::Json).await
         }
         Command::Drill { target, keep, output } => return drill(r, common, target, *keep, *output).await,
+        Command::WalReceive => pgcairn::wal_receive(&typed::wal_receive_request(r, common)?).await?,
         Command::Version | Command::Completions { .. } | Command::Man { .. } => meta(command)?,
         Command::KeyFile { output } => keys::write_key_file(common, output).await?,
     }

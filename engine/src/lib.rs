@@ -44,6 +44,7 @@ pub use ops::{
 };
 pub use ops::{copy, CopyReport, CopyRequest};
 pub use ops::{key_add, key_list, key_remove};
+pub use ops::{wal_receive, ReceiveRequest};
 pub use ops::{ArchiveCheck, LastBackup, Level, StanzaStatus, BACKLOG_WARNING, INFO_SCHEMA_VERSION};
 pub use pg::archiving::ArchiverStats;
 pub use pg::tls::{ChannelBindingMode, RootCert, SslMode, TlsParams};

@@ -24,3 +24,4 @@ mod several_repos;
 mod standby;
 mod support;
 mod tls;
+mod wal_receive;

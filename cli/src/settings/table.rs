@@ -37,11 +37,13 @@ pub enum Cmd {
     Key,
     /// `copy`: copy backups and WAL into another of the stanza's repositories.
     Copy,
+    /// `wal-receive`: stream WAL into the repositories over a replication slot.
+    WalReceive,
 }
 
 impl Cmd {
     /// Every subcommand, in help order.
-    pub const ALL: [Cmd; 15] = [
+    pub const ALL: [Cmd; 16] = [
         Cmd::StanzaCreate,
         Cmd::Backup,
         Cmd::Restore,
@@ -57,6 +59,7 @@ impl Cmd {
         Cmd::Metrics,
         Cmd::Key,
         Cmd::Copy,
+        Cmd::WalReceive,
     ];
 
     /// The subcommand's name on the command line.
@@ -77,6 +80,7 @@ impl Cmd {
             Cmd::Metrics => "metrics",
             Cmd::Key => "key",
             Cmd::Copy => "copy",
+            Cmd::WalReceive => "wal-receive",
         }
     }
 }
@@ -222,7 +226,7 @@ use Cmd::*;
 use Forward::{Always, Given, Never};
 
 const GLOBAL: Scope = Scope::Global;
-const WITH_PG: Scope = Scope::Only(&[StanzaCreate, Backup, Check, StanzaDelete, Metrics]);
+const WITH_PG: Scope = Scope::Only(&[StanzaCreate, Backup, Check, StanzaDelete, Metrics, WalReceive]);
 /// The retention policy: expire applies it, backup too (expire-auto), info shows it.
 const RETENTION: Scope = Scope::Only(&[Backup, Expire, Info]);
 
@@ -706,7 +710,7 @@ const DECLARED: &[Setting] = &[
         name: "compress-level-wal",
         kind: Kind::Zstd,
         default: Some("1"),
-        scope: Scope::Only(&[ArchivePush]),
+        scope: Scope::Only(&[ArchivePush, WalReceive]),
         sources: ANY,
         forward: Given,
         help: "zstd level for archived WAL",
@@ -737,6 +741,24 @@ const DECLARED: &[Setting] = &[
         sources: ANY,
         forward: Given,
         help: "how much WAL archive-get fetches ahead; 0 turns prefetch off",
+    },
+    Setting {
+        name: "wal-receive-slot",
+        kind: Kind::Text,
+        default: None,
+        scope: Scope::Only(&[WalReceive]),
+        sources: ANY,
+        forward: Never,
+        help: "the physical replication slot wal-receive streams from, created when missing (default pgcairn_<stanza>)",
+    },
+    Setting {
+        name: "wal-receive-interval",
+        kind: Kind::Seconds,
+        default: Some("1"),
+        scope: Scope::Only(&[WalReceive]),
+        sources: ANY,
+        forward: Never,
+        help: "seconds between stores of the segment being received (the RPO); 0 stores as soon as the stream pauses (synchronous replication)",
     },
     Setting {
         name: "archive-get-timeout",

@@ -265,6 +265,10 @@ fn every_command_builds_its_typed_settings() {
             Cmd::Drill => assert_eq!(typed::Drill::from(&r).unwrap().timeout, Duration::from_secs(3600)),
             Cmd::Metrics => drop(typed::optional_pg(&r).unwrap()),
             Cmd::Copy => assert_eq!(r.get::<i32>("compress-level").unwrap(), 3),
+            Cmd::WalReceive => {
+                let req = typed::wal_receive_request(&r, &common).unwrap();
+                assert_eq!((req.slot.as_str(), req.interval), ("pgcairn_main", Duration::from_secs(1)));
+            }
             Cmd::Info | Cmd::KeyFile | Cmd::Verify | Cmd::Key => {}
         }
     }

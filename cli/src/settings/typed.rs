@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pgcairn::ConnParams;
 use pgcairn::Secret;
-use pgcairn::{AsyncQueue, GetRequest, HelperCommand, PushRequest, QueueFull, RepoAccess, Unlock};
+use pgcairn::{AsyncQueue, GetRequest, HelperCommand, PushRequest, QueueFull, ReceiveRequest, RepoAccess, Unlock};
 use pgcairn::{AzureKeyType, AzureSettings, CloudSettings, GcsKeyType, GcsSettings};
 use pgcairn::{DynStorage, RepoLocation, S3Settings};
 use pgcairn::{Error, Result};
@@ -563,6 +563,23 @@ pub fn push_request(r: &Resolved, common: &Common, drainer_args: &[&str]) -> Res
         }
     };
     Ok(PushRequest { repos: common.all_access()?, level: r.get("compress-level-wal")?, queue })
+}
+
+/// `pgcairn wal-receive`: every repository of the stanza, the server, the slot.
+pub fn wal_receive_request(r: &Resolved, common: &Common) -> Result<ReceiveRequest> {
+    let slot = match r.opt::<String>("wal-receive-slot")? {
+        Some(slot) => slot,
+        None => {
+            format!("pgcairn_{}", common.stanza.to_ascii_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"))
+        }
+    };
+    Ok(ReceiveRequest {
+        repos: common.all_access()?,
+        source: pg(r)?,
+        slot,
+        interval: r.get("wal-receive-interval")?,
+        level: r.get("compress-level-wal")?,
+    })
 }
 
 /// Whether `repo-number` was given (flag, environment, config file), not defaulted.

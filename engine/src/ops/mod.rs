@@ -14,6 +14,7 @@ pub(crate) mod lineage;
 pub mod restore;
 pub(crate) mod stanza;
 pub mod verify;
+pub mod wal_receive;
 pub(crate) mod wal_view;
 
 pub use archive::get::{run_archive_get, GetRequest};
@@ -36,6 +37,7 @@ pub use lineage::BackupType;
 pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary, TargetAction, TimelineTarget};
 pub use stanza::{stanza_create, StanzaCreateRequest, StanzaCreated};
 pub use verify::{verify, BackupVerdict, Damage, TimelineVerdict, VerifyReport, VerifyRequest, WalGap};
+pub use wal_receive::{wal_receive, ReceiveRequest};
 
 /// Run CPU work on rayon and await its result without holding a tokio thread.
 pub(crate) async fn on_rayon<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> crate::error::Result<T> {

@@ -18,6 +18,7 @@ pub(crate) mod tls;
 pub(crate) mod version;
 pub(crate) mod wal;
 pub(crate) mod walrecords;
+pub(crate) mod walstream;
 
 pub use conninfo::ConnParams;
 pub use lsn::Lsn;

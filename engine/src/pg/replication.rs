@@ -296,7 +296,7 @@ impl ReplicationConnection {
         self.server_version_num
     }
 
-    fn protocol(&self, detail: impl Into<String>) -> Error {
+    pub(super) fn protocol(&self, detail: impl Into<String>) -> Error {
         Error::Protocol { target: self.target.clone(), detail: detail.into() }
     }
 
@@ -562,6 +562,18 @@ impl ReplicationConnection {
             sets.first().and_then(|s| s.first()).ok_or_else(|| self.protocol("IDENTIFY_SYSTEM returned no row"))?;
         let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
         Ok(SystemInfo { system_identifier: field(0).parse().map_err(|_| self.protocol("bad systemid"))? })
+    }
+
+    /// Send one CopyData message (the client's half of a CopyBoth stream).
+    pub(super) async fn send_copy_data(&mut self, data: &[u8]) -> Result<()> {
+        frontend::CopyData::new(data).map_err(|e| self.protocol(e.to_string()))?.write(&mut self.wbuf);
+        self.flush().await
+    }
+
+    /// End the client's half of a COPY stream.
+    pub(super) async fn send_copy_done(&mut self) -> Result<()> {
+        frontend::copy_done(&mut self.wbuf);
+        self.flush().await
     }
 
     pub(crate) async fn close(mut self) {

@@ -35,6 +35,19 @@ pub enum WalFile {
         /// The segment within `log`.
         seg: u32,
     },
+    /// The received start of a segment still being streamed by wal-receive:
+    /// `<segment>.XXXXXXXX.stream`, the whole segment's size with zeros after
+    /// `upto` (pgcairn's own name; PostgreSQL never writes it).
+    Streamed {
+        /// The timeline streamed.
+        timeline: u32,
+        /// The high 32 bits of the segment's start LSN.
+        log: u32,
+        /// The segment within `log`.
+        seg: u32,
+        /// `XXXXXXXX`: bytes of the segment received and stored.
+        upto: u32,
+    },
     /// `TTTTTTTT.history`
     History {
         /// The timeline whose history (parents and switch points) the file lists.
@@ -77,6 +90,11 @@ impl WalFile {
             let (timeline, log, seg) = parse_segment(s)?;
             return Some(WalFile::Partial { timeline, log, seg });
         }
+        if let Some(rest) = name.strip_suffix(".stream") {
+            let (s, upto) = rest.split_once('.')?;
+            let (timeline, log, seg) = parse_segment(s)?;
+            return Some(WalFile::Streamed { timeline, log, seg, upto: hex8(upto)? });
+        }
         if let Some(rest) = name.strip_suffix(".backup") {
             let (s, off) = rest.split_once('.')?;
             let (timeline, log, seg) = parse_segment(s)?;
@@ -91,6 +109,7 @@ impl WalFile {
         match *self {
             WalFile::Segment { timeline, .. }
             | WalFile::Partial { timeline, .. }
+            | WalFile::Streamed { timeline, .. }
             | WalFile::History { timeline }
             | WalFile::BackupHistory { timeline, .. } => timeline,
         }
@@ -101,6 +120,7 @@ impl WalFile {
         match *self {
             WalFile::Segment { log, seg, .. }
             | WalFile::Partial { log, seg, .. }
+            | WalFile::Streamed { log, seg, .. }
             | WalFile::BackupHistory { log, seg, .. } => Some(log as u64 * segments_per_xlogid(seg_size) + seg as u64),
             WalFile::History { .. } => None,
         }
@@ -115,6 +135,11 @@ pub(crate) fn segments_per_xlogid(seg_size: u32) -> u64 {
 pub(crate) fn segment_name(timeline: u32, segno: u64, seg_size: u32) -> String {
     let per = segments_per_xlogid(seg_size);
     format!("{timeline:08X}{:08X}{:08X}", segno / per, segno % per)
+}
+
+/// The object name of segment `segno`'s first `upto` bytes, streamed on `timeline`.
+pub(crate) fn streamed_name(timeline: u32, segno: u64, upto: u32, seg_size: u32) -> String {
+    format!("{}.{upto:08X}.stream", segment_name(timeline, segno, seg_size))
 }
 
 /// The segment holding byte `lsn`.

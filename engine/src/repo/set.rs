@@ -99,6 +99,10 @@ impl RepoSet {
 pub(crate) trait WalSource: Send + Sync {
     /// The WAL file `name`, authenticated; None when it is not archived.
     async fn wal(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// The streamed copy of segment `name` that ends the archive, when there is one
+    /// ([`Repository::streamed_wal`]): asked only for the requested segment, never
+    /// fetched ahead (it grows while wal-receive runs).
+    async fn streamed(&self, name: &str) -> Result<Option<Vec<u8>>>;
 }
 
 #[async_trait::async_trait]
@@ -109,11 +113,32 @@ impl WalSource for Repository {
             None => Ok(None),
         }
     }
+    async fn streamed(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.streamed_wal(name).await
+    }
 }
 
 #[async_trait::async_trait]
 impl WalSource for RepoSet {
     async fn wal(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.get_wal(name).await
+    }
+    /// The first repository with a streamed copy; an error only when none has one.
+    async fn streamed(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let mut first_error = None;
+        for i in 0..self.members.len() {
+            let found = match self.open(i).await {
+                Ok(repo) => repo.streamed_wal(name).await.map_err(|e| self.tag(i, e)),
+                Err(e) => Err(e),
+            };
+            match found {
+                Ok(Some(data)) => return Ok(Some(data)),
+                Ok(None) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(None), Err)
     }
 }

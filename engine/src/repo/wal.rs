@@ -138,6 +138,48 @@ impl Repository {
     }
 }
 
+/// Streamed objects (§6.4): wal-receive's refreshed copy of the segment it is
+/// receiving. Recovery reads one only past the archive's last segment.
+impl Repository {
+    /// Every streamed object of `segment` (a segment file name) of `timeline`: name,
+    /// bytes received, stored size; fewest bytes first.
+    pub(crate) async fn streamed_parts(&self, timeline: u32, segment: &str) -> Result<Vec<(String, u32, u64)>> {
+        let mut parts = Vec::new();
+        for o in self.storage().list(&wal_key(timeline, &format!("{segment}."))).await? {
+            let name = o.key.rsplit('/').next().unwrap_or_default();
+            if let Some(WalFile::Streamed { upto, .. }) = WalFile::parse(name) {
+                parts.push((name.to_string(), upto, o.size));
+            }
+        }
+        parts.sort_by_key(|p| p.1);
+        Ok(parts)
+    }
+
+    /// The newest streamed copy of `segment`, for recovery past the last archived
+    /// segment; None when there is none, or when its timeline was abandoned (a history
+    /// file of the next timeline is archived: what the old timeline streamed after
+    /// the switch is not the end of the archive).
+    pub(crate) async fn streamed_wal(&self, segment: &str) -> Result<Option<Vec<u8>>> {
+        let Some(WalFile::Segment { timeline, .. }) = WalFile::parse(segment) else { return Ok(None) };
+        let Some((name, upto, _)) = self.streamed_parts(timeline, segment).await?.pop() else { return Ok(None) };
+        let next = timeline + 1;
+        if self.wal_exists(next, &format!("{next:08X}.history")).await? {
+            tracing::info!("{name} is not used: timeline {next} branched off timeline {timeline}");
+            return Ok(None);
+        }
+        match self.get_wal(timeline, &name).await? {
+            Some(data) => {
+                tracing::info!(
+                    "{segment} is not archived yet: serving its first {upto} bytes as streamed by wal-receive"
+                );
+                Ok(Some(data))
+            }
+            // wal-receive completed the segment and deleted the streamed copy meanwhile.
+            None => self.get_wal(timeline, segment).await,
+        }
+    }
+}
+
 fn wal_aad(key: &str) -> String {
     format!("pgcairn wal v1:{key}")
 }

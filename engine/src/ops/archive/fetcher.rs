@@ -524,7 +524,11 @@ impl Fetcher {
 
     async fn fetch_now(&self, name: &str, timeout: Duration) -> Reply {
         let deadline = Instant::now() + timeout;
-        match retry_transient(deadline, timeout, name, || self.source.wal(name)).await {
+        let fetched = match retry_transient(deadline, timeout, name, || self.source.wal(name)).await {
+            Ok(None) => retry_transient(deadline, timeout, name, || self.source.streamed(name)).await,
+            other => other,
+        };
+        match fetched {
             Ok(None) => Reply::Absent,
             // The spool's trouble is not the archive's: the caller fetches it itself.
             Ok(Some(data)) => match self.spool_file(name, data).await {

@@ -73,8 +73,12 @@ impl GetRequest {
 /// riding out a storage outage for up to `timeout`.
 pub(crate) async fn archive_get(source: &dyn WalSource, name: &str, dest: &Path, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
-    let Some(data) = retry_transient(deadline, timeout, name, || source.wal(name)).await? else {
-        return Ok(false);
+    let data = match retry_transient(deadline, timeout, name, || source.wal(name)).await? {
+        Some(data) => data,
+        None => match retry_transient(deadline, timeout, name, || source.streamed(name)).await? {
+            Some(data) => data,
+            None => return Ok(false),
+        },
     };
     tokio::task::block_in_place(|| fsutil::write_file(dest, &data, Commit::Replace))
         .ctx(|| format!("cannot write {}", dest.display()))?;

@@ -36,6 +36,7 @@ pub(crate) fn validate_wal_file(repo: &Repository, name: &str, data: &[u8]) -> R
             let major = version::major_of(cfg.pg_version);
             validate_segment(&file, data, cfg.system_identifier, major, cfg.wal_segment_size)
         }
+        WalFile::Streamed { .. } => Err("it is wal-receive's own name for a segment being streamed".to_string()),
         WalFile::History { timeline } => validate_history(timeline, data),
         WalFile::BackupHistory { .. } => validate_backup_history(&file, data, cfg.wal_segment_size),
     }

