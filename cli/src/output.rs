@@ -103,7 +103,8 @@ pub(crate) fn print_info(r: &pgcairn::InfoReport) -> anyhow::Result<()> {
             );
         }
         let arrived = a.last_arrived.map(|t| format!(", last arrived {}", ago(t))).unwrap_or_default();
-        outln!("    wal archive, timeline {}: {range}, {gaps}{arrived}", a.timeline);
+        let streamed = a.streamed_to.map(|lsn| format!(", streamed by wal-receive up to {lsn}")).unwrap_or_default();
+        outln!("    wal archive, timeline {}: {range}, {gaps}{arrived}{streamed}", a.timeline);
     }
     print_proofs(r)?;
     if r.backups.is_empty() {

@@ -150,6 +150,68 @@ fn synchronous(a: &Archiving, dir: &TestDir, pg: &str) {
     a.cluster.start();
 }
 
+/// wal-receive streams from a standby (cascading, its slot there); the primary stops
+/// and the standby is promoted: wal-receive follows timeline 2. Stopped, its slot
+/// holds the new primary's WAL; started again it resumes, and a restore of the
+/// timeline 1 backup to the latest point has the rows of both timelines.
+fn follows_a_promotion(version: PgVersion) {
+    let a = Archiving::new(version, "");
+    let dir = TestDir::new("wal-receive-tl");
+    a.cluster.psql("CREATE TABLE ticks (at timestamptz, tag text)");
+    a.p.backup(&a.cluster.conninfo());
+    let standby = Cluster::standby_of(&a.cluster, "");
+    let pg = format!("{} application_name=walrecv", standby.conninfo());
+    let r = Receiver::start(&a, &dir, &pg, &[]);
+    r.wait_streaming(&standby);
+    a.cluster.psql("INSERT INTO ticks SELECT clock_timestamp(), 'one' FROM generate_series(1, 100)");
+    a.cluster.stop();
+    standby.promote();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !r.log().contains("wal-receive follows timeline 2") {
+        assert!(Instant::now() < deadline, "wal-receive did not follow the promotion:\n{}", r.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    standby.psql("INSERT INTO ticks SELECT clock_timestamp(), 'two' FROM generate_series(1, 100)");
+    slot_holds_wal(&standby, r);
+    let r = Receiver::start(&a, &dir, &pg, &[]);
+    r.wait_streaming(&standby);
+    standby.psql("INSERT INTO ticks SELECT clock_timestamp(), 'three' FROM generate_series(1, 100)");
+    std::thread::sleep(Duration::from_millis(2500));
+    let info = a.p.ok(&["info"]);
+    assert!(info.contains("timeline 2") && info.contains("streamed by wal-receive up to"), "{info}");
+    standby.kill();
+    r.terminate();
+    let c = restore_latest(&a, &dir, "latest");
+    let tags = c.psql("SELECT string_agg(tag || '=' || n, ',' ORDER BY tag) FROM (SELECT tag, count(*) AS n FROM ticks GROUP BY tag) t");
+    assert_eq!(tags, "one=100,three=100,two=100");
+    assert_eq!(c.psql("SELECT count(*) FROM ticks"), "300");
+}
+
+/// A stopped wal-receive: its slot keeps the WAL it has not stored on the server,
+/// through segment switches and checkpoints.
+fn slot_holds_wal(server: &Cluster, r: Receiver) {
+    let log = r.terminate();
+    assert!(log.contains("stopped by SIGTERM"), "{log}");
+    server.psql("ALTER SYSTEM SET wal_keep_size = 0; SELECT pg_reload_conf()");
+    let held = server
+        .psql(&format!("SELECT pg_walfile_name(restart_lsn) FROM pg_replication_slots WHERE slot_name = '{SLOT}'"));
+    for _ in 0..4 {
+        server.psql(
+            "INSERT INTO ticks SELECT clock_timestamp(), 'filler' FROM generate_series(1, 10); SELECT pg_switch_wal()",
+        );
+    }
+    crate::archive::wait_archived(server);
+    server.psql("CHECKPOINT");
+    let kept = server.psql(&format!("SELECT count(*) FROM pg_ls_waldir() WHERE name = '{held}'"));
+    assert_eq!(kept, "1", "the slot did not keep {held} on the server");
+    server.psql("DELETE FROM ticks WHERE tag = 'filler'");
+}
+
+#[test]
+fn wal_receive_follows_a_promotion_pg17() {
+    follows_a_promotion(PgVersion::V17);
+}
+
 #[test]
 fn wal_receive_pg15() {
     streaming(PgVersion::V15);

@@ -19,6 +19,8 @@ pub(crate) struct WalArchive {
     pub segments: BTreeMap<u32, BTreeSet<u64>>,
     /// Timelines with a history file.
     pub history: BTreeSet<u32>,
+    /// Timeline → the newest streamed object (§6.4): its segment and bytes received.
+    pub streamed: BTreeMap<u32, (u64, u32)>,
     /// Timeline → the newest write time of its files (unix seconds, the store's clock).
     pub arrived: BTreeMap<u32, u64>,
     /// Every archived file: name and stored size.
@@ -35,6 +37,12 @@ impl WalArchive {
             let timeline = match WalFile::parse(&name) {
                 Some(f @ WalFile::Segment { timeline, .. }) => {
                     out.segments.entry(timeline).or_default().extend(f.segno(seg_size));
+                    Some(timeline)
+                }
+                Some(f @ WalFile::Streamed { timeline, upto, .. }) => {
+                    let at = (f.segno(seg_size).unwrap_or_default(), upto);
+                    let newest = out.streamed.entry(timeline).or_default();
+                    *newest = (*newest).max(at);
                     Some(timeline)
                 }
                 Some(WalFile::History { timeline }) => {

@@ -32,11 +32,10 @@ pub(crate) fn validate_wal_file(repo: &Repository, name: &str, data: &[u8]) -> R
         .ok_or_else(|| refused("the name is not a WAL segment, .partial, .history or .backup file".into()))?;
     let cfg = repo.config();
     match file {
-        WalFile::Segment { .. } | WalFile::Partial { .. } => {
+        WalFile::Segment { .. } | WalFile::Partial { .. } | WalFile::Streamed { .. } => {
             let major = version::major_of(cfg.pg_version);
             validate_segment(&file, data, cfg.system_identifier, major, cfg.wal_segment_size)
         }
-        WalFile::Streamed { .. } => Err("it is wal-receive's own name for a segment being streamed".to_string()),
         WalFile::History { timeline } => validate_history(timeline, data),
         WalFile::BackupHistory { .. } => validate_backup_history(&file, data, cfg.wal_segment_size),
     }
@@ -47,6 +46,10 @@ pub(crate) fn validate_wal_file(repo: &Repository, name: &str, data: &[u8]) -> R
 /// Archive one WAL file. Returns only once the object is durable; never overwrites.
 pub(crate) async fn archive_push(repo: &Repository, path: &Path, level: i32) -> Result<PushOutcome> {
     let name = file_name(path)?;
+    if let Some(WalFile::Streamed { .. }) = WalFile::parse(&name) {
+        let reason = "it is wal-receive's own name for a segment being streamed, never a file PostgreSQL archives";
+        return Err(Error::WalRefused { name, reason: reason.into() });
+    }
     let data = map_file(path)?;
     let file = validate_wal_file(repo, &name, &data)?;
     store_wal(repo, &name, file, &data, level).await
@@ -129,6 +132,10 @@ pub struct TimelineArchive {
     /// When the newest object of this timeline reached the repository (unix
     /// seconds, the store's clock); None where the store does not say.
     pub last_arrived: Option<u64>,
+    /// Where wal-receive's newest streamed object of this timeline ends (an LSN),
+    /// when it is past the last archived segment: recovery reads up to there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed_to: Option<crate::pg::Lsn>,
 }
 
 /// The first segment a backup needs to become consistent that the archive lacks,
@@ -161,7 +168,7 @@ pub(crate) fn archive_summary(
     earlier_than: Option<(u32, crate::pg::Lsn)>,
 ) -> Vec<TimelineArchive> {
     let timelines: std::collections::BTreeSet<u32> =
-        archived.segments.keys().chain(archived.history.iter()).copied().collect();
+        archived.segments.keys().chain(archived.history.iter()).chain(archived.streamed.keys()).copied().collect();
     timelines
         .into_iter()
         .map(|timeline| {
@@ -183,6 +190,11 @@ pub(crate) fn archive_summary(
                 earlier_gaps: earlier_gaps.into_iter().map(name).collect(),
                 history: archived.history.contains(&timeline),
                 last_arrived: archived.arrived.get(&timeline).copied(),
+                streamed_to: archived
+                    .streamed
+                    .get(&timeline)
+                    .filter(|(segno, _)| segs.last().is_none_or(|last| segno > last))
+                    .map(|(segno, upto)| crate::pg::Lsn(segno * seg_size as u64 + *upto as u64)),
             }
         })
         .collect()
