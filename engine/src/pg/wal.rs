@@ -295,6 +295,20 @@ pub fn validate_backup_history(file: &WalFile, data: &[u8], seg_size: u32) -> Re
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn streamed_names_round_trip() {
+        let seg_size = 16 << 20;
+        let name = streamed_name(2, 0x103, 0xA000, seg_size);
+        assert_eq!(name, "000000020000000100000003.0000A000.stream");
+        let file = WalFile::parse(&name).unwrap();
+        assert_eq!(file, WalFile::Streamed { timeline: 2, log: 1, seg: 3, upto: 0xA000 });
+        assert_eq!((file.timeline(), file.segno(seg_size)), (2, Some(0x103)));
+        for bad in ["000000020000000100000003.0000a000.stream", "000000020000000100000003.stream", "x.0000A000.stream"] {
+            assert_eq!(WalFile::parse(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

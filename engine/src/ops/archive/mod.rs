@@ -224,6 +224,41 @@ mod tests {
         d
     }
 
+    /// Streamed objects (wal-receive): archive-get serves the newest past the archive's
+    /// end, not one whose timeline another branched off, and never in place of the
+    /// archived segment; archive-push refuses the name; the summary says where it ends.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn streamed_segments_end_the_archive_unless_abandoned() {
+        let (_s, repo) = test_repo(true).await;
+        let seg_size = repo.config().wal_segment_size;
+        let (dir, timeout) = (tempfile::tempdir().unwrap(), Duration::from_secs(2));
+        let out = dir.path().join("RECOVERYXLOG");
+        let name = segment_name(1, 4, seg_size);
+        for (upto, fill) in [(0x2000u32, 7u8), (0x6000, 8)] {
+            let streamed = crate::pg::wal::streamed_name(1, 4, upto, seg_size);
+            repo.put_wal(1, &streamed, &segment(&repo, 4, fill), 1).await.unwrap();
+        }
+        assert!(archive_get(&repo, &name, &out, timeout).await.unwrap());
+        assert_eq!(std::fs::read(&out).unwrap(), segment(&repo, 4, 8), "the newest streamed copy");
+        let summary = archive_summary(&WalArchive::list(&repo).await.unwrap(), seg_size, None);
+        assert_eq!(summary[0].streamed_to, Some(crate::pg::Lsn(4 * seg_size as u64 + 0x6000)));
+
+        let p = dir.path().join(crate::pg::wal::streamed_name(1, 4, 0x8000, seg_size));
+        std::fs::write(&p, segment(&repo, 4, 9)).unwrap();
+        assert!(matches!(archive_push(&repo, &p, 1).await, Err(Error::WalRefused { .. })));
+
+        let archived = dir.path().join(&name);
+        std::fs::write(&archived, segment(&repo, 4, 1)).unwrap();
+        archive_push(&repo, &archived, 1).await.unwrap();
+        assert!(archive_get(&repo, &name, &out, timeout).await.unwrap());
+        assert_eq!(std::fs::read(&out).unwrap(), segment(&repo, 4, 1), "the archived segment wins");
+
+        let five = segment_name(1, 5, seg_size);
+        repo.put_wal(1, &crate::pg::wal::streamed_name(1, 5, 0x100, seg_size), &segment(&repo, 5, 3), 1).await.unwrap();
+        repo.put_wal(2, "00000002.history", b"1\t0/5000100\tno recovery target specified\n", 1).await.unwrap();
+        assert!(!archive_get(&repo, &five, &out, timeout).await.unwrap(), "timeline 1 was abandoned");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn push_get_duplicate_mismatch_and_summary() {
         let (_s, repo) = test_repo(true).await;

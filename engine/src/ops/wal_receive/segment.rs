@@ -140,3 +140,24 @@ impl Segment {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_is_taken_in_order_up_to_the_segment_end() {
+        let mut seg = Segment::new(1, 3, 1 << 20);
+        let start = 3 << 20;
+        assert_eq!(seg.append(Lsn(start), &[1; 1000]).unwrap(), 1000);
+        assert!(seg.append(Lsn(start + 2000), &[2; 10]).is_err(), "a gap in the stream");
+        assert!(seg.append(Lsn(start), &[2; 10]).is_err(), "WAL sent twice");
+        // Data crossing the segment's end: only this segment's part is taken.
+        assert_eq!(seg.append(Lsn(start + 1000), &vec![3; 1 << 20]).unwrap(), (1 << 20) - 1000);
+        assert!(seg.is_full() && seg.has_unstored());
+        assert_eq!(seg.received(), Lsn(4 << 20));
+        seg.next_segment();
+        assert_eq!((seg.segno, seg.upto, seg.received()), (4, 0, Lsn(4 << 20)));
+        assert!(seg.data.iter().all(|b| *b == 0), "the next segment starts from zeros");
+    }
+}
