@@ -414,7 +414,7 @@ fn systemd_units_run_the_installed_binaries_as_postgres() {
             assert!(names.contains(&format!("pgcairn-{job}.{kind}")), "contrib/systemd lacks pgcairn-{job}.{kind}");
         }
     }
-    assert!(names.contains("pgcairn-metrics.service"));
+    assert!(names.contains("pgcairn-metrics.service") && names.contains("pgcairn-wal-receive.service"));
     assert!(assert_exec_lines_absolute(&units) >= 6, "not every service runs {BIN}/pgcairn");
     for unit in units.iter().filter(|u| u.extension().is_some_and(|e| e == "service")) {
         let entries = unit_entries(unit);
