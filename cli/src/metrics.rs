@@ -213,6 +213,7 @@ fn archive(s: &mut Scrape, a: &pgcairn::ArchiveCheck, info: &pgcairn::InfoReport
             if st.failing() { 1.0 } else { 0.0 },
         );
     }
+    stream(s, a, info);
     if let Some(b) = a.backlog_segments {
         s.gauge(
             "pgcairn_archiver_backlog_segments",
@@ -220,6 +221,25 @@ fn archive(s: &mut Scrape, a: &pgcairn::ArchiveCheck, info: &pgcairn::InfoReport
             &[],
             b as f64,
         );
+    }
+}
+
+/// wal-receive: where the streamed part of the archive ends (repository), and its
+/// slot on the server (when `pg` is set and the slot exists).
+fn stream(s: &mut Scrape, a: &pgcairn::ArchiveCheck, info: &pgcairn::InfoReport) {
+    if let Some(lsn) = info.archive.iter().rev().find_map(|t| t.streamed_to) {
+        let help = "Where the WAL streamed by wal-receive ends in the repository (an LSN, in bytes).";
+        s.gauge("pgcairn_wal_streamed_lsn_bytes", help, &[], lsn.0 as f64);
+    }
+    let Some(slot) = &a.stream_slot else { return };
+    let labels = [("slot", slot.name.as_str())];
+    let help = "1 while wal-receive streams from its replication slot.";
+    s.gauge("pgcairn_wal_receive_slot_active", help, &labels, if slot.active { 1.0 } else { 0.0 });
+    let help = "1 when the slot lost its WAL (wal_status lost): wal-receive cannot resume.";
+    s.gauge("pgcairn_wal_receive_slot_lost", help, &labels, if slot.wal_status == "lost" { 1.0 } else { 0.0 });
+    if let Some(bytes) = slot.retained_bytes {
+        let help = "WAL the slot keeps on the server (bytes not yet stored by wal-receive, at least).";
+        s.gauge("pgcairn_wal_receive_slot_retained_bytes", help, &labels, bytes as f64);
     }
 }
 

@@ -48,6 +48,7 @@ pub use ops::{wal_receive, ReceiveRequest};
 pub use ops::{ArchiveCheck, LastBackup, Level, StanzaStatus, BACKLOG_WARNING, INFO_SCHEMA_VERSION};
 pub use pg::archiving::ArchiverStats;
 pub use pg::tls::{ChannelBindingMode, RootCert, SslMode, TlsParams};
+pub use pg::walstream::{default_slot, SlotState};
 pub use pg::{ConnParams, Lsn};
 pub use progress::{NoProgress, Progress};
 pub use repo::access::{RepoAccess, Unlock};

@@ -172,7 +172,7 @@ fn follows_a_promotion(version: PgVersion) {
         std::thread::sleep(Duration::from_millis(100));
     }
     standby.psql("INSERT INTO ticks SELECT clock_timestamp(), 'two' FROM generate_series(1, 100)");
-    slot_holds_wal(&standby, r);
+    slot_holds_wal(&a, &standby, r);
     let r = Receiver::start(&a, &dir, &pg, &[]);
     r.wait_streaming(&standby);
     standby.psql("INSERT INTO ticks SELECT clock_timestamp(), 'three' FROM generate_series(1, 100)");
@@ -189,8 +189,23 @@ fn follows_a_promotion(version: PgVersion) {
 
 /// A stopped wal-receive: its slot keeps the WAL it has not stored on the server,
 /// through segment switches and checkpoints.
-fn slot_holds_wal(server: &Cluster, r: Receiver) {
+fn slot_holds_wal(a: &Archiving, server: &Cluster, r: Receiver) {
     let log = r.terminate();
+    // check and metrics see the idle slot and what it holds.
+    let pg = format!("--pg={}", server.conninfo());
+    let out = a.p.run(&["check", "--archive-only", &pg]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("nothing streams from the replication slot {SLOT}")), "{text}");
+    let metrics = a.p.ok(&["metrics", &pg]);
+    assert!(
+        metrics.contains(&format!("pgcairn_wal_receive_slot_active{{stanza=\"main\",repo=\"1\",slot=\"{SLOT}\"}} 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgcairn_wal_receive_slot_retained_bytes")
+            && metrics.contains("pgcairn_wal_streamed_lsn_bytes"),
+        "{metrics}"
+    );
     assert!(log.contains("stopped by SIGTERM"), "{log}");
     server.psql("ALTER SYSTEM SET wal_keep_size = 0; SELECT pg_reload_conf()");
     let held = server

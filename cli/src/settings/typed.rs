@@ -567,12 +567,7 @@ pub fn push_request(r: &Resolved, common: &Common, drainer_args: &[&str]) -> Res
 
 /// `pgcairn wal-receive`: every repository of the stanza, the server, the slot.
 pub fn wal_receive_request(r: &Resolved, common: &Common) -> Result<ReceiveRequest> {
-    let slot = match r.opt::<String>("wal-receive-slot")? {
-        Some(slot) => slot,
-        None => {
-            format!("pgcairn_{}", common.stanza.to_ascii_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"))
-        }
-    };
+    let slot = r.opt::<String>("wal-receive-slot")?.unwrap_or_else(|| pgcairn::default_slot(&common.stanza));
     Ok(ReceiveRequest {
         repos: common.all_access()?,
         source: pg(r)?,

@@ -317,6 +317,9 @@ pub struct ArchiveCheck {
     pub backlog_segments: Option<u64>,
     /// Whether PostgreSQL (`pg`) answered; None when `pg` is not set.
     pub pg_up: Option<bool>,
+    /// wal-receive's slot (`pgcairn_<stanza>`) on `pg`, when it exists there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_slot: Option<crate::pg::walstream::SlotState>,
 }
 
 /// Segments not archived yet beyond which `check --archive-only` warns (256 MiB of 16 MiB segments).
@@ -349,14 +352,16 @@ pub async fn check_archive_summary(
         archiver: None,
         backlog_segments: None,
         pg_up: None,
+        stream_slot: None,
     };
     if out.newest_segment.is_none() {
         out.flag(Level::Warning, "the repository holds no WAL yet: set archive_command and run `pgcairn check`".into());
     }
     if let Some(pg) = pg {
-        match server_archiving(pg).await {
+        match server_archiving(pg, &repo.config().stanza).await {
             Ok(server) => {
                 out.pg_up = Some(true);
+                out.judge_slot(server.slot.clone());
                 judge_server(&mut out, repo, pg, server, seg_size).await?
             }
             Err(e) => {
@@ -370,6 +375,23 @@ pub async fn check_archive_summary(
 }
 
 impl ArchiveCheck {
+    /// wal-receive's slot: lost is critical (the stream has a gap), unused a warning
+    /// (WAL piles up on the server).
+    fn judge_slot(&mut self, slot: Option<crate::pg::walstream::SlotState>) {
+        let Some(s) = &slot else { return };
+        if s.wal_status == "lost" {
+            let problem = format!("the replication slot {} lost its WAL (max_slot_wal_keep_size exceeded): wal-receive cannot resume; drop the slot, restart wal-receive and take a full backup if the archive has a gap", s.name);
+            self.flag(Level::Critical, problem);
+        } else if !s.active {
+            let held = s
+                .retained_bytes
+                .map(|b| format!(", holding {} MiB of WAL on the server", b.max(0) >> 20))
+                .unwrap_or_default();
+            self.flag(Level::Warning, format!("nothing streams from the replication slot {}{held}: start wal-receive, or drop the slot if it is retired", s.name));
+        }
+        self.stream_slot = slot;
+    }
+
     fn flag(&mut self, level: Level, problem: String) {
         self.level = self.level.max(level);
         let tag = if level == Level::Critical { "CRITICAL" } else { "WARNING" };
@@ -384,16 +406,20 @@ struct ServerArchiving {
     /// None where pg_control_system() is not readable by the role.
     system_identifier: Option<u64>,
     stats: ArchiverStats,
+    /// wal-receive's slot, when it exists.
+    slot: Option<crate::pg::walstream::SlotState>,
 }
 
-async fn server_archiving(pg: &ConnParams) -> Result<ServerArchiving> {
+async fn server_archiving(pg: &ConnParams, stanza: &str) -> Result<ServerArchiving> {
     let client = crate::pg::tls::sql_connect(pg).await?;
     let sql = "SELECT current_setting('archive_mode'), current_setting('archive_command')";
     let row = client.query_one(sql, &[]).await.map_err(|e| sql_error(pg, e))?;
     let stats = ArchiverStats::read(&client).await.map_err(|e| sql_error(pg, e))?;
     let sysid = client.query_one("SELECT system_identifier::text FROM pg_control_system()", &[]).await;
     let system_identifier = sysid.ok().and_then(|r| r.get::<_, String>(0).parse().ok());
-    Ok(ServerArchiving { mode: row.get(0), command: row.get(1), system_identifier, stats })
+    let slot_name = crate::pg::walstream::default_slot(stanza);
+    let slot = crate::pg::walstream::slot_state(&client, &slot_name).await.map_err(|e| sql_error(pg, e))?;
+    Ok(ServerArchiving { mode: row.get(0), command: row.get(1), system_identifier, stats, slot })
 }
 
 /// Whether the server's archiver statistics are this stanza's: the same cluster, and

@@ -304,7 +304,8 @@ mod tests {
         let file = WalFile::parse(&name).unwrap();
         assert_eq!(file, WalFile::Streamed { timeline: 2, log: 1, seg: 3, upto: 0xA000 });
         assert_eq!((file.timeline(), file.segno(seg_size)), (2, Some(0x103)));
-        for bad in ["000000020000000100000003.0000a000.stream", "000000020000000100000003.stream", "x.0000A000.stream"] {
+        for bad in ["000000020000000100000003.0000a000.stream", "000000020000000100000003.stream", "x.0000A000.stream"]
+        {
             assert_eq!(WalFile::parse(bad), None, "{bad}");
         }
     }

@@ -104,6 +104,44 @@ impl ReplicationConnection {
     }
 }
 
+/// A replication slot as `pg_replication_slots` shows it (for check and metrics).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SlotState {
+    /// The slot's name.
+    pub name: String,
+    /// A receiver streams from it now.
+    pub active: bool,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL's words).
+    pub wal_status: String,
+    /// WAL the slot keeps on the server: its end of WAL minus the slot's restart LSN.
+    pub retained_bytes: Option<i64>,
+}
+
+/// The slot `name` on the server `client` is connected to; None when it does not exist.
+pub(crate) async fn slot_state(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> std::result::Result<Option<SlotState>, tokio_postgres::Error> {
+    let sql = "SELECT active, coalesce(wal_status, ''), \
+               ((CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END) \
+                - restart_lsn)::bigint \
+               FROM pg_replication_slots WHERE slot_name = $1";
+    let row = client.query_opt(sql, &[&name]).await?;
+    Ok(row.map(|r| SlotState {
+        name: name.to_string(),
+        active: r.get(0),
+        wal_status: r.get(1),
+        retained_bytes: r.get(2),
+    }))
+}
+
+/// The slot wal-receive uses unless `wal-receive-slot` names another: `pgcairn_<stanza>`.
+pub fn default_slot(stanza: &str) -> String {
+    let name: String =
+        stanza.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    format!("pgcairn_{name}").chars().take(63).collect()
+}
+
 /// A running START_REPLICATION stream. [`WalStream::next`] may be cancelled and
 /// called again (a timer in a `select!`): what it has read is kept here.
 pub(crate) struct WalStream {
