@@ -36,8 +36,8 @@ pub enum WalFile {
         seg: u32,
     },
     /// The received start of a segment still being streamed by wal-receive:
-    /// `<segment>.XXXXXXXX.stream`, the whole segment's size with zeros after
-    /// `upto` (pgcairn's own name; PostgreSQL never writes it).
+    /// `<segment>.XXXXXXXX.stream`, its first `upto` bytes (pgcairn's own name;
+    /// PostgreSQL never writes it).
     Streamed {
         /// The timeline streamed.
         timeline: u32,
@@ -212,9 +212,14 @@ pub fn validate_segment(
         return Err(format!("its segment size is {} (stanza: {seg_size}) and block size {}", h.seg_size, h.block_size));
     }
     // A .partial is the whole segment file renamed at a timeline switch (zeros after
-    // the switch point): it has the segment's size too.
-    if data.len() as u64 != seg_size as u64 {
-        return Err(format!("it is {} bytes, a segment is {seg_size}", data.len()));
+    // the switch point): it has the segment's size too. A streamed object holds the
+    // bytes its name says.
+    let expected = match file {
+        WalFile::Streamed { upto, .. } if *upto <= seg_size => *upto as usize,
+        _ => seg_size as usize,
+    };
+    if data.len() != expected {
+        return Err(format!("it is {} bytes, its name and the segment size say {expected}", data.len()));
     }
     let segno = file.segno(seg_size).ok_or_else(|| "not a segment file name".to_string())?;
     if h.pageaddr != segno * seg_size as u64 {

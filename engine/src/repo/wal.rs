@@ -58,12 +58,16 @@ impl Repository {
             || self.wal_content_id(data),
             || data.par_chunks(FRAME).map(|c| blob::compress(level, c)).collect::<Vec<_>>().concat(),
         );
-        let sealed = self.wal_cipher().seal(wal_aad(key).as_bytes(), &compressed);
+        (id, self.seal_wal(key, id, &compressed))
+    }
+
+    fn seal_wal(&self, key: &str, id: ChunkId, compressed: &[u8]) -> Bytes {
+        let sealed = self.wal_cipher().seal(wal_aad(key).as_bytes(), compressed);
         let mut out = Vec::with_capacity(WAL_HEADER_LEN + sealed.len());
         out.extend_from_slice(WAL_MAGIC);
         out.extend_from_slice(&id.0);
         out.extend_from_slice(&sealed);
-        (id, Bytes::from(out))
+        Bytes::from(out)
     }
 
     /// Open a WAL object and verify its contents against its content id.
@@ -94,10 +98,30 @@ impl Repository {
     pub async fn put_wal(&self, timeline: u32, name: &str, data: &[u8], level: i32) -> Result<PushOutcome> {
         let key = wal_key(timeline, name);
         let (id, object) = tokio::task::block_in_place(|| self.encode_wal(&key, data, level));
-        match self.storage().put_new(&key, object).await {
+        self.put_wal_object(&key, name, id, object).await
+    }
+
+    /// Store a growing WAL file (wal-receive's streamed objects) with `encoder`, which
+    /// compresses and hashes only what was added since its last call.
+    pub(crate) async fn put_wal_growing(
+        &self,
+        timeline: u32,
+        name: &str,
+        data: &[u8],
+        encoder: &mut GrowingWal,
+        level: i32,
+    ) -> Result<PushOutcome> {
+        let key = wal_key(timeline, name);
+        let (id, compressed) = tokio::task::block_in_place(|| encoder.encode(self, data, level));
+        let object = tokio::task::block_in_place(|| self.seal_wal(&key, id, &compressed));
+        self.put_wal_object(&key, name, id, object).await
+    }
+
+    async fn put_wal_object(&self, key: &str, name: &str, id: ChunkId, object: Bytes) -> Result<PushOutcome> {
+        match self.storage().put_new(key, object).await {
             Ok(()) => Ok(PushOutcome::Stored),
             Err(e) if e.storage_kind() == Some(StorageErrorKind::AlreadyExists) => {
-                let head = self.storage().get_range(&key, 0..WAL_HEADER_LEN as u64).await?;
+                let head = self.storage().get_range(key, 0..WAL_HEADER_LEN as u64).await?;
                 if object_content_id(&head) == Some(id) {
                     Ok(PushOutcome::AlreadyArchived)
                 } else {
@@ -138,6 +162,44 @@ impl Repository {
     }
 }
 
+/// The encoding of a WAL file that only grows (the segment wal-receive is receiving):
+/// its whole 1 MiB frames are compressed and hashed once, then only the tail, so a
+/// store costs what was added, not the whole file. Its output is what
+/// [`Repository::encode_wal`] makes of the same bytes (same frames, same id).
+pub(crate) struct GrowingWal {
+    frames: Vec<u8>,
+    hasher: blake3::Hasher,
+    /// Bytes of the file in `frames` and `hasher` (whole frames).
+    done: usize,
+}
+
+impl GrowingWal {
+    pub(crate) fn new(repo: &Repository) -> Self {
+        GrowingWal { frames: Vec::new(), hasher: blake3::Hasher::new_keyed(repo.chunk_key()), done: 0 }
+    }
+
+    /// Content id and compressed frames of `data`, which must extend what the
+    /// previous call saw (else everything is encoded again).
+    fn encode(&mut self, repo: &Repository, data: &[u8], level: i32) -> (ChunkId, Vec<u8>) {
+        if data.len() < self.done {
+            *self = GrowingWal::new(repo);
+        }
+        let whole = data.len() / FRAME * FRAME;
+        for frame in data[self.done..whole].chunks(FRAME) {
+            self.frames.extend_from_slice(&blob::compress(level, frame));
+            self.hasher.update(frame);
+        }
+        self.done = whole;
+        let tail = &data[whole..];
+        let id = ChunkId(*self.hasher.clone().update(tail).finalize().as_bytes());
+        let mut compressed = self.frames.clone();
+        if !tail.is_empty() {
+            compressed.extend_from_slice(&blob::compress(level, tail));
+        }
+        (id, compressed)
+    }
+}
+
 /// Streamed objects (§6.4): wal-receive's refreshed copy of the segment it is
 /// receiving. Recovery reads one only past the archive's last segment.
 impl Repository {
@@ -168,7 +230,9 @@ impl Repository {
             return Ok(None);
         }
         match self.get_wal(timeline, &name).await? {
-            Some(data) => {
+            Some(mut data) => {
+                // What PostgreSQL reads: the segment with zeros after the streamed part.
+                data.resize(self.config().wal_segment_size as usize, 0);
                 tracing::info!(
                     "{segment} is not archived yet: serving its first {upto} bytes as streamed by wal-receive"
                 );
@@ -207,5 +271,24 @@ mod tests {
         bad[n - 100] ^= 1;
         assert!(repo.decode_wal(&key, &bad).is_err());
         let _ = Arc::new(());
+    }
+
+    /// The growing encoding (wal-receive) makes what encode_wal makes of the same
+    /// bytes, however the file grew between calls.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_growing_file_encodes_as_a_whole_one() {
+        let (_s, repo) = test_repo(true).await;
+        let data: Vec<u8> = (0..(5 * FRAME / 2) as u32).map(|i| (i % 251) as u8).collect();
+        let mut growing = GrowingWal::new(&repo);
+        for upto in [100, FRAME - 1, FRAME, FRAME + 7, 2 * FRAME + 5, data.len()] {
+            let (id, compressed) = growing.encode(&repo, &data[..upto], 1);
+            assert_eq!(id, repo.wal_content_id(&data[..upto]), "id at {upto}");
+            let key = wal_key(1, "x");
+            let object = repo.seal_wal(&key, id, &compressed);
+            assert_eq!(repo.decode_wal(&key, &object).unwrap(), &data[..upto], "content at {upto}");
+        }
+        // Shorter than before (a new segment): encoded from scratch, still right.
+        let (id, _) = growing.encode(&repo, &data[..10], 1);
+        assert_eq!(id, repo.wal_content_id(&data[..10]));
     }
 }

@@ -234,12 +234,21 @@ mod tests {
         let (dir, timeout) = (tempfile::tempdir().unwrap(), Duration::from_secs(2));
         let out = dir.path().join("RECOVERYXLOG");
         let name = segment_name(1, 4, seg_size);
-        for (upto, fill) in [(0x2000u32, 7u8), (0x6000, 8)] {
-            let streamed = crate::pg::wal::streamed_name(1, 4, upto, seg_size);
-            repo.put_wal(1, &streamed, &segment(&repo, 4, fill), 1).await.unwrap();
+        for (upto, fill) in [(0x2000usize, 7u8), (0x6000, 8)] {
+            let streamed = crate::pg::wal::streamed_name(1, 4, upto as u32, seg_size);
+            repo.put_wal(1, &streamed, &segment(&repo, 4, fill)[..upto], 1).await.unwrap();
         }
         assert!(archive_get(&repo, &name, &out, timeout).await.unwrap());
-        assert_eq!(std::fs::read(&out).unwrap(), segment(&repo, 4, 8), "the newest streamed copy");
+        let mut newest = segment(&repo, 4, 8);
+        newest[0x6000..].fill(0);
+        assert_eq!(std::fs::read(&out).unwrap(), newest, "the newest streamed part, zeros after it");
+        let listed = WalArchive::list(&repo).await.unwrap();
+        let streamed = listed.names().filter(|n| n.ends_with(".stream")).collect::<Vec<_>>();
+        for n in streamed {
+            let data = repo.get_wal(1, n).await.unwrap().unwrap();
+            validate_wal_file(&repo, n, &data).unwrap();
+            assert!(validate_wal_file(&repo, n, &segment(&repo, 4, 1)).is_err(), "a length its name does not say");
+        }
         let summary = archive_summary(&WalArchive::list(&repo).await.unwrap(), seg_size, None);
         assert_eq!(summary[0].streamed_to, Some(crate::pg::Lsn(4 * seg_size as u64 + 0x6000)));
 
@@ -254,7 +263,8 @@ mod tests {
         assert_eq!(std::fs::read(&out).unwrap(), segment(&repo, 4, 1), "the archived segment wins");
 
         let five = segment_name(1, 5, seg_size);
-        repo.put_wal(1, &crate::pg::wal::streamed_name(1, 5, 0x100, seg_size), &segment(&repo, 5, 3), 1).await.unwrap();
+        let five_streamed = crate::pg::wal::streamed_name(1, 5, 0x100, seg_size);
+        repo.put_wal(1, &five_streamed, &segment(&repo, 5, 3)[..0x100], 1).await.unwrap();
         repo.put_wal(2, "00000002.history", b"1\t0/5000100\tno recovery target specified\n", 1).await.unwrap();
         assert!(!archive_get(&repo, &five, &out, timeout).await.unwrap(), "timeline 1 was abandoned");
     }

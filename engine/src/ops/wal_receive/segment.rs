@@ -7,11 +7,10 @@ use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
 use crate::pg::version;
 use crate::pg::wal::{segment_name, streamed_name, validate_segment, WalFile};
-use crate::repo::wal::PushOutcome;
+use crate::repo::wal::{GrowingWal, PushOutcome};
 use crate::repo::Repository;
 
-/// One segment's bytes as received: the whole segment's size, zeros after `upto`
-/// (so its streamed object is the segment file PostgreSQL would read).
+/// One segment's bytes as received: the whole segment's size, zeros after `upto`.
 pub(super) struct Segment {
     pub timeline: u32,
     pub segno: u64,
@@ -22,17 +21,22 @@ pub(super) struct Segment {
     pub stored: usize,
     /// The streamed object last stored for this segment.
     stored_name: Option<String>,
+    /// Per repository, the streamed object's encoding so far (only new bytes are
+    /// compressed at each store).
+    encoders: Vec<GrowingWal>,
 }
 
 impl Segment {
     pub(super) fn new(timeline: u32, segno: u64, seg_size: u32) -> Self {
-        Segment { timeline, segno, data: vec![0; seg_size as usize], upto: 0, stored: 0, stored_name: None }
+        let data = vec![0; seg_size as usize];
+        Segment { timeline, segno, data, upto: 0, stored: 0, stored_name: None, encoders: Vec::new() }
     }
 
     /// Go on with the following segment (same buffer, zeroed).
     pub(super) fn next_segment(&mut self) {
         self.data.fill(0);
         (self.segno, self.upto, self.stored, self.stored_name) = (self.segno + 1, 0, 0, None);
+        self.encoders.clear();
     }
 
     fn seg_size(&self) -> u64 {
@@ -78,16 +82,7 @@ impl Segment {
 
     /// Refuse WAL of another cluster or version before it reaches the repository.
     fn validate(&self, repo: &Repository) -> Result<()> {
-        let cfg = repo.config();
-        let file = WalFile::parse(&self.name()).ok_or_else(|| Error::Internal("bad segment name".into()))?;
-        validate_segment(
-            &file,
-            &self.data,
-            cfg.system_identifier,
-            version::major_of(cfg.pg_version),
-            cfg.wal_segment_size,
-        )
-        .map_err(|reason| Error::WalRefused { name: self.name(), reason })
+        validate(&self.data, &self.name(), repo)
     }
 
     /// Store the received start as a streamed object in every repository, then
@@ -96,22 +91,23 @@ impl Segment {
         if !self.has_unstored() || self.upto < crate::pg::wal::LONG_HEADER_LEN {
             return Ok(());
         }
-        let upto = self.upto as u32;
+        let (upto, started) = (self.upto as u32, std::time::Instant::now());
         let name = streamed_name(self.timeline, self.segno, upto, self.data.len() as u32);
-        self.put_everywhere(repos, &name, level).await?;
-        if let Some(old) = self.stored_name.replace(name) {
+        self.put_streamed(repos, &name, level).await?;
+        if let Some(old) = self.stored_name.replace(name.clone()) {
             for repo in repos {
                 repo.delete_wal(&[(old.clone(), 0)]).await?;
             }
         }
         self.stored = upto as usize;
+        tracing::debug!("stored {name} in {} µs", started.elapsed().as_micros());
         Ok(())
     }
 
     /// Store the whole segment as archive-push would, then delete its streamed objects.
     pub(super) async fn store_complete(&mut self, repos: &[Repository], level: i32) -> Result<()> {
         let name = self.name();
-        self.put_everywhere(repos, &name, level).await?;
+        self.put_everywhere(repos, &name, &self.data, level).await?;
         self.stored = self.upto;
         for repo in repos {
             let parts = repo.streamed_parts(self.timeline, &name).await?;
@@ -122,10 +118,25 @@ impl Segment {
         Ok(())
     }
 
-    async fn put_everywhere(&self, repos: &[Repository], name: &str, level: i32) -> Result<()> {
+    /// Only the received bytes, and only the new ones compressed: a store costs what
+    /// arrived since the last one, not the segment.
+    async fn put_streamed(&mut self, repos: &[Repository], name: &str, level: i32) -> Result<()> {
+        let segment = self.name();
+        if self.encoders.len() != repos.len() {
+            self.encoders = repos.iter().map(GrowingWal::new).collect();
+        }
+        for (repo, encoder) in repos.iter().zip(self.encoders.iter_mut()) {
+            validate(&self.data, &segment, repo)?;
+            let bytes = &self.data[..self.upto];
+            repo.put_wal_growing(self.timeline, name, bytes, encoder, level).await?;
+        }
+        Ok(())
+    }
+
+    async fn put_everywhere(&self, repos: &[Repository], name: &str, bytes: &[u8], level: i32) -> Result<()> {
         for repo in repos {
             self.validate(repo)?;
-            match repo.put_wal(self.timeline, name, &self.data, level).await {
+            match repo.put_wal(self.timeline, name, bytes, level).await {
                 Ok(PushOutcome::Stored | PushOutcome::AlreadyArchived) => {}
                 // archive_command got there first with other bytes: keep its copy.
                 Err(Error::WalMismatch { .. }) => {
@@ -139,6 +150,15 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+/// Check a segment (`data`, its whole size) named `name` against the stanza.
+fn validate(data: &[u8], name: &str, repo: &Repository) -> Result<()> {
+    let cfg = repo.config();
+    let file = WalFile::parse(name).ok_or_else(|| Error::Internal(format!("{name} is not a segment name")))?;
+    let major = version::major_of(cfg.pg_version);
+    validate_segment(&file, data, cfg.system_identifier, major, cfg.wal_segment_size)
+        .map_err(|reason| Error::WalRefused { name: name.to_string(), reason })
 }
 
 #[cfg(test)]
