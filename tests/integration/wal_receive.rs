@@ -109,7 +109,11 @@ fn streaming(version: PgVersion) {
         r.wait_streaming(&a.cluster);
     }
     let before: u64 = a.cluster.psql("SELECT count(*) FROM ticks").parse().unwrap();
-    let (_, last) = commit_ticks(&a.cluster, 4.0);
+    a.cluster.psql("SELECT pg_switch_wal()");
+    commit_ticks(&a.cluster, 2.0);
+    // A point inside the segment only wal-receive has: recovery targets it can reach.
+    let mid = a.cluster.psql("SELECT count(*) || ' ' || pg_current_wal_lsn() || ' ' || clock_timestamp() FROM ticks");
+    let (_, last) = commit_ticks(&a.cluster, 2.0);
     a.cluster.kill();
     let log = r.terminate();
     let c = restore_latest(&a, &dir, "async");
@@ -123,7 +127,27 @@ fn streaming(version: PgVersion) {
     let rows: u64 = restored.split('/').next().unwrap().parse().unwrap();
     assert!(rows > before, "nothing committed in the last segment was restored: {restored}");
     drop(c);
+    targets_inside_the_streamed_part(&a, &dir, &mid);
     synchronous(&a, &dir, &pg);
+}
+
+/// LSN and time targets inside the streamed part: restore chooses the backup (the
+/// streamed segment counts as archived) and recovery stops exactly there.
+fn targets_inside_the_streamed_part(a: &Archiving, dir: &TestDir, mid: &str) {
+    let (count, rest) = mid.split_once(' ').unwrap();
+    let (lsn, time) = rest.split_once(' ').unwrap();
+    let key = format!("--repo-key-file={}", a.key.display());
+    for (name, kind, target) in [("lsn", "lsn", lsn), ("time", "time", time)] {
+        let data = dir.path().join(name);
+        let (pg_data, target) = (format!("--pg-data={}", data.display()), format!("--target={target}"));
+        let kind = format!("--type={kind}");
+        a.p.ok(&["restore", &pg_data, &key, &kind, &target, "--target-action=promote"]);
+        let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+        std::fs::write(data.join("postgresql.auto.conf"), auto + "\narchive_mode = off\n").unwrap();
+        let c = Cluster::start_restored(a.cluster.version(), &data);
+        wait_promoted(&c);
+        assert_eq!(c.psql("SELECT count(*) FROM ticks"), count, "{name} target inside the streamed part");
+    }
 }
 
 /// synchronous_standby_names names wal-receive: every acknowledged commit is in the

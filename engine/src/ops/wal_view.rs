@@ -40,6 +40,10 @@ pub(crate) struct WalView {
     pub damaged_histories: BTreeMap<u32, String>,
     /// Every archived file's name, as listed (verify reads them from here).
     pub files: Vec<String>,
+    /// Segments only wal-receive's streamed object holds (each timeline's newest,
+    /// past its archived segments, unless a later timeline branched off): recovery
+    /// reads them as the end of the archive, so targets inside them are reachable.
+    pub streamed: BTreeSet<(u32, u64)>,
 }
 
 impl WalView {
@@ -52,6 +56,12 @@ impl WalView {
             files: archive.names().map(str::to_string).collect(),
             ..WalView::default()
         };
+        for (&tli, &(segno, _)) in &archive.streamed {
+            if !archive.history.contains(&(tli + 1)) && !archive.has(tli, segno) {
+                view.segments.entry(tli).or_default().insert(segno);
+                view.streamed.insert((tli, segno));
+            }
+        }
         let history_timelines: Vec<u32> = archive.history.iter().copied().collect();
         let reads = history_timelines.into_iter().map(|tli| async move {
             let name = format!("{tli:08X}.history");
@@ -212,7 +222,11 @@ pub(crate) async fn scan(
 ) -> Result<Scanned> {
     let fetches = (from..=to).map(|segno| {
         let (tli, name) = view.segment(path, segno);
-        async move { (segno, name.clone(), repo.get_wal(tli, &name).await) }
+        let streamed = view.streamed.contains(&(tli, segno));
+        async move {
+            let data = if streamed { repo.streamed_wal(&name).await } else { repo.get_wal(tli, &name).await };
+            (segno, name.clone(), data)
+        }
     });
     let mut segments = futures::stream::iter(fetches).buffered(SCAN_AHEAD);
     let mut scanner = RecordScanner::new(view.seg_size);
@@ -248,6 +262,7 @@ mod tests {
             histories: histories.iter().map(|(t, p)| (*t, p.iter().map(|(a, l)| (*a, Lsn(*l))).collect())).collect(),
             damaged_histories: BTreeMap::new(),
             files: Vec::new(),
+            streamed: BTreeSet::new(),
         }
     }
 
