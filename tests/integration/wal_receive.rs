@@ -209,6 +209,56 @@ fn follows_a_promotion(version: PgVersion) {
     let tags = c.psql("SELECT string_agg(tag || '=' || n, ',' ORDER BY tag) FROM (SELECT tag, count(*) AS n FROM ticks GROUP BY tag) t");
     assert_eq!(tags, "one=100,three=100,two=100");
     assert_eq!(c.psql("SELECT count(*) FROM ticks"), "300");
+    drop(c);
+    no_streamed_object_outlives_its_segment(&a);
+    standby.start();
+    slot_lost(&a, &dir, &standby, &pg);
+}
+
+/// Every completed segment's streamed objects were deleted: at most the last
+/// segment of each timeline still has them (after two SIGKILLs, restarts and a
+/// promotion).
+fn no_streamed_object_outlives_its_segment(a: &Archiving) {
+    let wal = a.repo.path().join("main").join("wal");
+    for timeline in std::fs::read_dir(&wal).unwrap() {
+        let dir = timeline.unwrap().path();
+        let names: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        for streamed in names.iter().filter(|n| n.ends_with(".stream")) {
+            let segment = &streamed[..24];
+            let completed = names.iter().any(|n| n == segment);
+            let later = names.iter().any(|n| n.len() == 24 && n[8..] > segment[8..]);
+            assert!(!completed && !later, "{streamed} in {} outlived its segment: {names:?}", dir.display());
+        }
+    }
+}
+
+/// A slot past max_slot_wal_keep_size while wal-receive is down: PostgreSQL
+/// invalidates it; wal-receive refuses to go on (the stream would have a gap) and
+/// says what to do; check --archive-only reports it as critical.
+fn slot_lost(a: &Archiving, dir: &TestDir, server: &Cluster, pg: &str) {
+    server.psql(
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'; ALTER SYSTEM SET wal_keep_size = 0; SELECT pg_reload_conf()",
+    );
+    for _ in 0..3 {
+        server.psql(
+            "INSERT INTO ticks SELECT clock_timestamp(), 'lost' FROM generate_series(1, 10); SELECT pg_switch_wal()",
+        );
+    }
+    crate::archive::wait_archived(server);
+    server.psql("CHECKPOINT");
+    let status = format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{SLOT}'");
+    assert_eq!(server.psql(&status), "lost", "the slot was not invalidated");
+    let mut r = Receiver::start(a, dir, pg, &[]);
+    let status = r.child.wait().unwrap();
+    let log = r.log();
+    assert!(
+        !status.success() && log.contains("holds no WAL any more") && log.contains("pg_drop_replication_slot"),
+        "{status}: {log}"
+    );
+    let out = a.p.run(&["check", "--archive-only", &format!("--pg={}", server.conninfo())]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.code() == Some(2) && text.contains("CRITICAL") && text.contains("lost its WAL"), "{text}");
 }
 
 /// A stopped wal-receive: its slot keeps the WAL it has not stored on the server,

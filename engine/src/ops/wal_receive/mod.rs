@@ -97,7 +97,9 @@ async fn receive(req: &ReceiveRequest, repos: &[Repository], progress: &mut bool
             conn.target(),
             req.slot
         );
-        let mut stream = WalStream::start(conn, &req.slot, timeline, start).await?;
+        let target = conn.target().to_string();
+        let started = WalStream::start(conn, &req.slot, timeline, start).await;
+        let mut stream = started.map_err(|e| start_refused(e, &req.slot, &target))?;
         let mut seg = Segment::new(timeline, start.0 / seg_size as u64, seg_size);
         let Some((next, next_start)) = follow(&mut stream, &mut seg, req, repos, progress, stop).await? else {
             return Ok(());
@@ -126,7 +128,9 @@ async fn slot_start(conn: &mut ReplicationConnection, slot: &str) -> Result<(u32
         Slot::Holds { restart, timeline } => Ok((timeline, restart)),
         Slot::Absent => {
             let Slot::Holds { restart, timeline } = conn.create_slot(slot).await? else {
-                return Err(Error::Internal(format!("the replication slot {slot} holds no WAL right after its creation")));
+                return Err(Error::Internal(format!(
+                    "the replication slot {slot} holds no WAL right after its creation"
+                )));
             };
             tracing::warn!(
                 "created the physical replication slot {slot} on {}: it keeps WAL on that server until wal-receive has stored it; drop it when wal-receive is retired (SELECT pg_drop_replication_slot('{slot}'))",
@@ -134,11 +138,25 @@ async fn slot_start(conn: &mut ReplicationConnection, slot: &str) -> Result<(u32
             );
             Ok((timeline, restart))
         }
-        Slot::Lost => Err(Error::misconfigured(
-            Misconfig::Server,
-            format!("the replication slot {slot} on {} holds no WAL any more (wal_status lost: max_slot_wal_keep_size was exceeded, or it was invalidated)", conn.target()),
-            format!("WAL written while wal-receive was away may be missing from the archive (check shows it); drop the slot (SELECT pg_drop_replication_slot('{slot}')) so wal-receive creates it again, and take a full backup if the archive has a gap"),
-        )),
+        Slot::Lost => Err(slot_lost(slot, conn.target(), "wal_status lost")),
+    }
+}
+
+/// The slot no longer holds the WAL wal-receive needs: going on would leave a gap.
+fn slot_lost(slot: &str, target: &str, how: &str) -> Error {
+    Error::misconfigured(
+        Misconfig::Server,
+        format!("the replication slot {slot} on {target} holds no WAL any more ({how}: max_slot_wal_keep_size was exceeded, or it was invalidated)"),
+        format!("WAL written while wal-receive was away may be missing from the archive (check shows it); drop the slot (SELECT pg_drop_replication_slot('{slot}')) so wal-receive creates it again, and take a full backup if the archive has a gap"),
+    )
+}
+
+/// START_REPLICATION on a slot whose WAL is gone: the server says the segment was
+/// removed (58P01) or the slot was invalidated (55000).
+fn start_refused(e: Error, slot: &str, target: &str) -> Error {
+    match &e {
+        Error::Server { code, message, .. } if code == "58P01" || code == "55000" => slot_lost(slot, target, message),
+        _ => e,
     }
 }
 
