@@ -56,12 +56,6 @@ impl WalView {
             files: archive.names().map(str::to_string).collect(),
             ..WalView::default()
         };
-        for (&tli, &(segno, _)) in &archive.streamed {
-            if !archive.history.contains(&(tli + 1)) && !archive.has(tli, segno) {
-                view.segments.entry(tli).or_default().insert(segno);
-                view.streamed.insert((tli, segno));
-            }
-        }
         let history_timelines: Vec<u32> = archive.history.iter().copied().collect();
         let reads = history_timelines.into_iter().map(|tli| async move {
             let name = format!("{tli:08X}.history");
@@ -85,7 +79,23 @@ impl WalView {
                 Err(e) => return Err(e),
             }
         }
+        view.add_streamed(archive);
         Ok(view)
+    }
+
+    /// Each timeline's newest streamed segment, when it is past the timeline's
+    /// archived segments and no timeline branched off it (what it received after the
+    /// switch is not the end of the archive).
+    fn add_streamed(&mut self, archive: &WalArchive) {
+        for (&tli, &(segno, _)) in &archive.streamed {
+            let past = archive.segments.get(&tli).and_then(|s| s.last()).is_none_or(|last| segno > *last);
+            let abandoned = archive.history.contains(&(tli + 1))
+                || self.histories.values().any(|parents| parents.iter().any(|(p, _)| *p == tli));
+            if past && !abandoned {
+                self.segments.entry(tli).or_default().insert(segno);
+                self.streamed.insert((tli, segno));
+            }
+        }
     }
 
     /// Every timeline the archive knows, by segments or history.
@@ -264,6 +274,27 @@ mod tests {
             files: Vec::new(),
             streamed: BTreeSet::new(),
         }
+    }
+
+    /// A streamed segment counts for recovery only past its timeline's archived
+    /// segments and when no timeline branched off it.
+    #[test]
+    fn streamed_segments_end_a_timeline_unless_stale_or_abandoned() {
+        let mut archive = WalArchive { seg_size: 16 << 20, ..WalArchive::default() };
+        archive.segments.insert(1, [3u64, 4].into_iter().collect());
+        archive.segments.insert(2, [7u64].into_iter().collect());
+        archive.streamed.insert(1, (5, 0x100));
+        archive.streamed.insert(2, (6, 0x100)); // older than the archived 7: stale
+        let mut v = view(&[], &[]);
+        v.segments = archive.segments.clone();
+        v.add_streamed(&archive);
+        assert_eq!(v.streamed, [(1, 5)].into_iter().collect());
+        assert!(v.segments[&1].contains(&5) && !v.segments[&2].contains(&6));
+        // Timeline 3 branched off timeline 1: its streamed tail is not the end.
+        let mut v = view(&[(3, &[(1, 0x4800000)])], &[]);
+        v.segments = archive.segments.clone();
+        v.add_streamed(&archive);
+        assert!(v.streamed.is_empty(), "{:?}", v.streamed);
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub(crate) struct WalStream {
     conn: ReplicationConnection,
     /// The server ended the timeline (CopyDone); what followed so far.
     ending: Option<Ending>,
+    /// The COPY is over (the server's CopyDone came): no more status updates, which
+    /// the server would take for a protocol violation.
+    copy_over: bool,
 }
 
 #[derive(Default)]
@@ -171,7 +174,7 @@ impl WalStream {
         loop {
             let f = conn.read_frame().await?;
             match f.tag {
-                b'W' => return Ok(WalStream { conn, ending: None }),
+                b'W' => return Ok(WalStream { conn, ending: None, copy_over: false }),
                 b'N' => log_notice(&ServerMessage::parse(&f.body)),
                 b'E' => return Err(conn.server_error(ServerMessage::parse(&f.body))),
                 other => {
@@ -191,7 +194,7 @@ impl WalStream {
             match f.tag {
                 b'd' => return self.copy_data(f.body),
                 b'c' => {
-                    self.ending = Some(Ending::default());
+                    (self.ending, self.copy_over) = (Some(Ending::default()), true);
                     return self.timeline_end().await;
                 }
                 b'N' => log_notice(&ServerMessage::parse(&f.body)),
@@ -221,8 +224,10 @@ impl WalStream {
     /// The server ended the timeline: answer CopyDone, read the next timeline.
     async fn timeline_end(&mut self) -> Result<StreamEvent> {
         if !self.ending.as_ref().is_some_and(|e| e.done_sent) {
-            self.conn.send_copy_done().await?;
+            // Marked first: cancelled mid-send, the stream is broken anyway (the next
+            // read fails and wal-receive reconnects), never sent twice.
             self.ending.get_or_insert_with(Ending::default).done_sent = true;
+            self.conn.send_copy_done().await?;
         }
         loop {
             let f = self.conn.read_frame().await?;
@@ -254,6 +259,9 @@ impl WalStream {
     /// A standby status update: `written` received, `flushed` durable (PostgreSQL's
     /// synchronous replication waits on it), nothing applied.
     pub(crate) async fn status(&mut self, written: Lsn, flushed: Lsn) -> Result<()> {
+        if self.copy_over {
+            return Ok(());
+        }
         let mut m = BytesMut::with_capacity(34);
         m.put_u8(b'r');
         m.put_u64(written.0);

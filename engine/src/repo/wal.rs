@@ -200,6 +200,9 @@ impl GrowingWal {
     }
 }
 
+/// How often a streamed object that vanished while read is looked up again.
+const STREAMED_TRIES: usize = 5;
+
 /// Streamed objects (§6.4): wal-receive's refreshed copy of the segment it is
 /// receiving. Recovery reads one only past the archive's last segment.
 impl Repository {
@@ -223,24 +226,37 @@ impl Repository {
     /// the switch is not the end of the archive).
     pub(crate) async fn streamed_wal(&self, segment: &str) -> Result<Option<Vec<u8>>> {
         let Some(WalFile::Segment { timeline, .. }) = WalFile::parse(segment) else { return Ok(None) };
-        let Some((name, upto, _)) = self.streamed_parts(timeline, segment).await?.pop() else { return Ok(None) };
         let next = timeline + 1;
         if self.wal_exists(next, &format!("{next:08X}.history")).await? {
-            tracing::info!("{name} is not used: timeline {next} branched off timeline {timeline}");
+            tracing::info!("{segment} is not read from wal-receive: timeline {next} branched off timeline {timeline}");
             return Ok(None);
         }
-        match self.get_wal(timeline, &name).await? {
-            Some(mut data) => {
+        // wal-receive replaces its object while we read: the one listed may be gone
+        // (a newer one, or the whole segment, took its place). List again, a few times,
+        // before saying the segment is absent: that would end recovery early.
+        for _ in 0..STREAMED_TRIES {
+            let Some((name, upto, _)) = self.streamed_parts(timeline, segment).await?.pop() else {
+                return self.get_wal(timeline, segment).await;
+            };
+            if let Some(mut data) = self.get_wal(timeline, &name).await? {
                 // What PostgreSQL reads: the segment with zeros after the streamed part.
                 data.resize(self.config().wal_segment_size as usize, 0);
                 tracing::info!(
                     "{segment} is not archived yet: serving its first {upto} bytes as streamed by wal-receive"
                 );
-                Ok(Some(data))
+                return Ok(Some(data));
             }
-            // wal-receive completed the segment and deleted the streamed copy meanwhile.
-            None => self.get_wal(timeline, segment).await,
+            if let Some(data) = self.get_wal(timeline, segment).await? {
+                return Ok(Some(data));
+            }
         }
+        // Transient: archive-get tries again within archive-get-timeout.
+        Err(Error::Storage {
+            op: "get",
+            key: wal_key(timeline, segment),
+            kind: StorageErrorKind::Transient,
+            detail: format!("its streamed copy was replaced {STREAMED_TRIES} times while being read"),
+        })
     }
 }
 

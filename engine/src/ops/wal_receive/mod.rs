@@ -101,7 +101,8 @@ async fn receive(req: &ReceiveRequest, repos: &[Repository], progress: &mut bool
         let started = WalStream::start(conn, &req.slot, timeline, start).await;
         let mut stream = started.map_err(|e| start_refused(e, &req.slot, &target))?;
         let mut seg = Segment::new(timeline, start.0 / seg_size as u64, seg_size);
-        let Some((next, next_start)) = follow(&mut stream, &mut seg, req, repos, progress, stop).await? else {
+        let followed = follow(&mut stream, &mut seg, req, repos, progress, stop).await;
+        let Some((next, next_start)) = followed.map_err(|e| start_refused(e, &req.slot, &target))? else {
             return Ok(());
         };
         tracing::info!("timeline {timeline} ended at {next_start}; wal-receive follows timeline {next}");
@@ -212,8 +213,8 @@ async fn follow(
                 }
                 StreamEvent::Keepalive { reply } => status_due = if reply { Instant::now() } else { status_due },
                 StreamEvent::TimelineEnd { next, start } => {
+                    // The COPY is over: no status for this timeline any more.
                     seg.store_streamed(repos, req.level).await?;
-                    stream.status(seg.received(), seg.durable()).await?;
                     return Ok(Some((next, start)));
                 }
             },
