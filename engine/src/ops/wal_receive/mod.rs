@@ -8,8 +8,10 @@
 //! updates report as flushed only what is durable in every repository, so a
 //! primary that names this receiver in synchronous_standby_names waits for the
 //! repository (RPO 0), and the slot keeps on the server all WAL not yet durable.
-//! Memory: one segment. Connection trouble and storage outages are retried with
-//! backoff; a lost slot, another cluster or a refused setting end the service.
+//! Memory: the segment, per repository its compressed frames so far, and the object
+//! being stored (a few segments at most). Connection trouble and storage outages
+//! are retried with backoff; a lost slot, another cluster or a refused setting end
+//! the service.
 
 mod segment;
 
