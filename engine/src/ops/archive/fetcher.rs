@@ -63,8 +63,17 @@ const START_WAIT: Duration = Duration::from_secs(3);
 const MAX_SOCKET_PATH: usize = 100;
 /// The fetcher's log is started afresh when a new fetcher finds it larger.
 const LOG_KEEP: u64 = 1 << 20;
-/// The fetcher's nice value (see `start`).
+/// How much nicer than the recovering server the fetcher runs (see `start`).
 const FETCHER_NICE: libc::c_int = 10;
+
+/// The fetcher's nice value: FETCHER_NICE above the caller's, which is the server's
+/// (restore_command runs as its child). An absolute 10 would make the fetcher the
+/// equal of a server that itself runs at nice 10, and take CPU from replay.
+fn fetcher_nice() -> libc::c_int {
+    // SAFETY: getpriority(2) on this process only reads its nice value.
+    let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    own.saturating_add(FETCHER_NICE).clamp(0, 19)
+}
 /// The spool when run by PostgreSQL without `spool-path` (relative to the data directory).
 pub(super) const DEFAULT_SPOOL: &str = "pg_wal/pgcairn-prefetch";
 /// How long the fast path waits for an answer: the fetcher bounds its own work by
@@ -233,15 +242,16 @@ fn start(spool: &Path, fetcher: &HelperCommand) -> Result<()> {
         .open(&log_path)
         .ctx(|| format!("cannot open {}", log_path.display()))?;
     let mut command = std::process::Command::new(&fetcher.program);
+    let nice = fetcher_nice();
     // SAFETY: only close_range(2) and setpriority(2) run between fork and exec.
     // The fetcher must not keep the recovering server's descriptors (WAL files,
     // pipes) open: stdio is in place by then, everything above it goes. It runs at
     // a lower priority (inherited by all its threads): replay and the calls that
     // wait on it come first, the fetcher works ahead with what CPU is left.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            libc::setpriority(libc::PRIO_PROCESS, 0, FETCHER_NICE);
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice);
             Ok(())
         });
     }
@@ -620,6 +630,26 @@ mod tests {
     use crate::repo::wal::wal_key;
     use crate::repo::Repository;
     use crate::storage::fault::Fault;
+
+    /// Regression (issue 22): the fetcher was set to nice 10 outright, so under a server
+    /// that itself runs at nice 10 (benches/compare.sh runs everything under `nice`) it
+    /// competed with replay as an equal. It is now 10 nicer than its caller, at most 19.
+    #[test]
+    fn fetcher_runs_nicer_than_the_server() {
+        // On Linux a nice value belongs to the thread: this one stands for the server.
+        let seen = std::thread::spawn(|| {
+            [5, 12]
+                .map(|server| {
+                    // SAFETY: raises this test thread's own nice value (needs no privilege).
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, server) };
+                    fetcher_nice()
+                })
+                .to_vec()
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(seen, vec![15, 19]);
+    }
 
     fn name_of(repo: &Repository, segno: u64) -> String {
         segment_name(1, segno, repo.config().wal_segment_size)
