@@ -54,6 +54,7 @@ pub use progress::{NoProgress, Progress};
 pub use repo::access::{RepoAccess, Unlock};
 pub use repo::format::{check_stanza_name, BackupSource, FORMAT_VERSION};
 pub use repo::keys::KeySlotInfo;
+pub use repo::KeyCache;
 pub use repo::Repository;
 pub use storage::azure::{AzureKeyType, AzureSettings};
 pub use storage::gcs::{GcsKeyType, GcsSettings};

@@ -50,9 +50,11 @@ impl Pgcairn {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pgcairn"));
-        // Nothing from the developer's environment may leak into a test.
+        // Nothing from the developer's environment may leak into a test (the key cache
+        // path is the harness's own: support::test_root).
         for (k, _) in std::env::vars() {
-            if k.starts_with("PGCAIRN_") || k.starts_with("PG") || k.starts_with("AWS_") {
+            let ours = k == "PGCAIRN_KEY_CACHE_PATH";
+            if !ours && (k.starts_with("PGCAIRN_") || k.starts_with("PG") || k.starts_with("AWS_")) {
                 c.env_remove(k);
             }
         }

@@ -281,7 +281,9 @@ impl Repo {
     fn push(&self, path: &Path) -> Command {
         let mut c = Command::new(archive_push_bin());
         // As `Pgcairn::cmd` does: nothing from the developer's environment leaks in.
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PGCAIRN_") || k.starts_with("AWS_")) {
+        for (k, _) in std::env::vars()
+            .filter(|(k, _)| (k.starts_with("PGCAIRN_") && k != "PGCAIRN_KEY_CACHE_PATH") || k.starts_with("AWS_"))
+        {
             c.env_remove(k);
         }
         c.env("PGCAIRN_CONFIG", "");

@@ -59,6 +59,11 @@ fn passphrase_rotation_keeps_backups_restorable() {
     let (code, err) = old.fails(&["key", "remove", &old_slot]);
     assert!(code == 3 && err.contains("opened"), "{err}");
     new.ok(&["key", "remove", &old_slot]);
+    // Issue 26: the old passphrase's key is in this user's key cache (the default),
+    // and must not outlive its slot.
+    let cached = crate::support::test_root().join("key-cache").join(format!("pgcairn-{}", unsafe { libc::geteuid() }));
+    let entries = std::fs::read_dir(&cached).map(|d| d.count()).unwrap_or(0);
+    assert!(entries > 0, "no key cache entry in {}", cached.display());
     let (code, err) = old.fails(&["info"]);
     assert_eq!(code, 5, "the old passphrase must open nothing now: {err}");
     assert!(new.ok(&["info"]).contains(&label));

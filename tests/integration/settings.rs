@@ -28,7 +28,7 @@ fn run(mut c: Command) -> (i32, String) {
 /// pgcairn-archive-push with a clean environment plus `env`.
 fn archive_push(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut c = Command::new(archive_push_bin());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PGCAIRN_")) {
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PGCAIRN_") && k != "PGCAIRN_KEY_CACHE_PATH") {
         c.env_remove(k);
     }
     c.env("PGCAIRN_CONFIG", "");

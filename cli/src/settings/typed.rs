@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pgcairn::ConnParams;
-use pgcairn::Secret;
 use pgcairn::{AsyncQueue, GetRequest, HelperCommand, PushRequest, QueueFull, ReceiveRequest, RepoAccess, Unlock};
 use pgcairn::{AzureKeyType, AzureSettings, CloudSettings, GcsKeyType, GcsSettings};
 use pgcairn::{DynStorage, RepoLocation, S3Settings};
 use pgcairn::{Error, Result};
+use pgcairn::{KeyCache, Secret};
 
 use super::resolve::Resolved;
 use super::table::{repo_setting, Cmd, REPO_MAX};
@@ -49,6 +49,8 @@ pub struct RepoSpec {
     /// `repo-passphrase-file`, read when PGCAIRN_REPO_PASSPHRASE is not set.
     pub passphrase_file: Option<PathBuf>,
     passphrase_env: Option<Secret>,
+    /// This user's key cache below `key-cache-path`; None with `key-cache = false`.
+    key_cache: Option<KeyCache>,
 }
 
 /// A passphrase file readable by group or others is refused, like a key file: it
@@ -275,6 +277,7 @@ impl RepoSpec {
             key_file: r.opt(&key("repo-key-file"))?,
             passphrase_file: r.opt(&key("repo-passphrase-file"))?,
             passphrase_env: r.opt(&key("repo-passphrase"))?,
+            key_cache: key_cache(r)?,
         }))
     }
 
@@ -305,11 +308,19 @@ impl RepoSpec {
     pub fn access(&self, stanza: &str) -> Result<RepoAccess> {
         let unlock = match &self.key_file {
             Some(k) => Unlock::KeyFile(k.clone()),
-            None => Unlock::Passphrase(self.passphrase()?),
+            None => Unlock::Passphrase(self.passphrase()?, self.key_cache.clone()),
         };
         let (location, cloud) = (self.repo.clone(), self.cloud.clone());
         Ok(RepoAccess { number: self.number, location, stanza: stanza.to_string(), cloud, unlock })
     }
+}
+
+/// The key cache the passphrase path uses, unless `key-cache` is off.
+fn key_cache(r: &Resolved) -> Result<Option<KeyCache>> {
+    if !r.get::<bool>("key-cache")? {
+        return Ok(None);
+    }
+    Ok(Some(KeyCache::new(&r.get::<PathBuf>("key-cache-path")?)))
 }
 
 /// `pg`, resolved with PG* variables and libpq's defaults.

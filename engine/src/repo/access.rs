@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::crypto::Secret;
 use crate::error::{Error, Result};
-use crate::repo::Repository;
+use crate::repo::{KeyCache, Repository};
 use crate::storage::{CloudSettings, DynStorage, RepoLocation};
 
 /// How to reach and unlock a stanza's repository; every command opens it through
@@ -30,8 +30,9 @@ pub struct RepoAccess {
 pub enum Unlock {
     /// A key file from `pgcairn key-file`: no key derivation (the per-segment hot path).
     KeyFile(PathBuf),
-    /// The passphrase; None for an unencrypted stanza.
-    Passphrase(Option<Secret>),
+    /// The passphrase (None for an unencrypted stanza), and this user's key cache
+    /// when it is on (`key-cache`).
+    Passphrase(Option<Secret>, Option<KeyCache>),
 }
 
 impl RepoAccess {
@@ -59,7 +60,9 @@ impl RepoAccess {
         let storage = self.storage()?;
         let opened = match &self.unlock {
             Unlock::KeyFile(path) => Repository::open_with_key_file(storage, &self.stanza, path).await,
-            Unlock::Passphrase(p) => Repository::open(storage, &self.stanza, p.as_ref()).await,
+            Unlock::Passphrase(p, cache) => {
+                Repository::open_cached(storage, &self.stanza, p.as_ref(), cache.as_ref()).await
+            }
         };
         match opened {
             // A mistyped stanza: name the ones that exist (a failed listing keeps the error as it is).

@@ -13,6 +13,7 @@ mod catalog;
 pub(crate) mod format;
 pub(crate) mod gc;
 pub(crate) mod index;
+pub(crate) mod key_cache;
 pub(crate) mod keys;
 pub(crate) mod lock;
 mod meta;
@@ -23,6 +24,7 @@ pub(crate) mod synthetic;
 pub(crate) mod wal;
 pub(crate) mod wal_archive;
 
+pub use key_cache::KeyCache;
 use keys::{claims_unencrypted, config_mac, key_check, make_slot, try_slot, KeyFile, B64};
 
 use std::collections::HashMap;
@@ -163,6 +165,17 @@ impl Repository {
 
     /// Open an initialised stanza, unlocking the master key with the passphrase.
     pub async fn open(storage: DynStorage, stanza: &str, passphrase: Option<&Secret>) -> Result<Self> {
+        Self::open_cached(storage, stanza, passphrase, None).await
+    }
+
+    /// [`Repository::open`], first trying this user's key cache (docs/config.md, "The
+    /// key cache") and filling it after a derivation.
+    pub async fn open_cached(
+        storage: DynStorage,
+        stanza: &str,
+        passphrase: Option<&Secret>,
+        cache: Option<&KeyCache>,
+    ) -> Result<Self> {
         let location = storage.location();
         let config = read_config(&storage, stanza).await?;
         if config.encryption == Encryption::None && passphrase.is_some() {
@@ -172,12 +185,26 @@ impl Repository {
         if slots.is_empty() {
             return Err(Error::Corrupt { what: format!("repository {location}"), detail: "it has no key slot".into() });
         }
+        let cache = cache.zip(passphrase).filter(|_| config.encryption != Encryption::None);
+        if let Some(hit) = cache.and_then(|(c, p)| c.lookup(&config.repository_id, p)) {
+            let listed = slots.iter().any(|info| info.key.trim_start_matches(KEYS_PREFIX) == hit.slot);
+            if listed && key_check(&hit.master, &config.repository_id) == config.key_check {
+                tracing::debug!("unlocked {location} with the key cache");
+                let repo = Self::with_verified_master(storage, config, hit.master)?;
+                repo.set_unlocked_slot(&hit.slot);
+                return Ok(repo);
+            }
+        }
         for info in slots {
             let slot: KeySlot = serde_json::from_slice(&storage.get(&info.key).await?)
                 .map_err(|e| Error::Corrupt { what: format!("key slot {}", info.key), detail: e.to_string() })?;
             if let Some(master) = try_slot(&slot, passphrase, &config, &location).await? {
+                let id = info.key.trim_start_matches(KEYS_PREFIX);
+                if let Some((c, p)) = cache {
+                    c.store(&config.repository_id, id, p, &master);
+                }
                 let repo = Self::with_verified_master(storage, config, master)?;
-                repo.set_unlocked_slot(info.key.trim_start_matches(KEYS_PREFIX));
+                repo.set_unlocked_slot(id);
                 return Ok(repo);
             }
         }
@@ -380,6 +407,79 @@ pub(crate) mod tests {
         assert!(matches!(err, Error::PassphraseMissing { .. }), "{err}");
         let err = Repository::create(s, "main", Some(&pw), opts(true)).await.unwrap_err();
         assert!(matches!(err, Error::RepoAlreadyInitialised { .. }), "{err}");
+    }
+
+    /// Issue 26: the README's configuration (a passphrase file) paid an Argon2id
+    /// derivation on every archive-push. The key cache skips it — only while the
+    /// passphrase matches and its slot is still listed.
+    #[tokio::test]
+    async fn key_cache_skips_the_derivation_while_passphrase_and_slot_hold() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = KeyCache::new(dir.path());
+        let s: DynStorage = Arc::new(MemoryStorage::new());
+        let pw = Secret::new("correct horse");
+        let r = Repository::create(s.clone(), "main", Some(&pw), opts(true)).await.unwrap();
+        let slot = r.key_slots().await.unwrap()[0].id.clone();
+        Repository::open_cached(s.clone(), "main", Some(&pw), Some(&cache)).await.unwrap();
+        let uid = unsafe { libc::geteuid() };
+        let user_dir = dir.path().join(format!("pgcairn-{uid}"));
+        let entry = user_dir.join(format!("{}.key", r.config().repository_id));
+        assert_eq!(std::fs::metadata(&user_dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&entry).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!String::from_utf8_lossy(&std::fs::read(&entry).unwrap()).contains("correct horse"));
+        // The slot made unreadable: only an open that never reads it (the cache) works.
+        let slot_key = format!("{KEYS_PREFIX}{slot}");
+        s.delete(&slot_key).await.unwrap();
+        s.put_new(&slot_key, Bytes::from_static(b"not a slot")).await.unwrap();
+        let cached = Repository::open_cached(s.clone(), "main", Some(&pw), Some(&cache)).await.unwrap();
+        assert_eq!(cached.config().repository_id, r.config().repository_id);
+        assert!(cached.key_slots().await.unwrap_err().to_string().contains("key slot"));
+        let err = Repository::open(s.clone(), "main", Some(&pw)).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "without the cache the slot is read: {err}");
+        // Another passphrase does not match the entry: the slots decide (and fail here).
+        let other = Repository::open_cached(s.clone(), "main", Some(&Secret::new("x")), Some(&cache)).await;
+        assert!(other.is_err(), "a passphrase the entry was not made with is not let in");
+        // Its slot removed (`key remove`): the entry no longer opens anything.
+        s.delete(&slot_key).await.unwrap();
+        r.add_key_slot(&Secret::new("new one"), KeySlotKdf { m_cost: 256, t_cost: 1, p_cost: 1 }).await.unwrap();
+        let err = Repository::open_cached(s.clone(), "main", Some(&pw), Some(&cache)).await.unwrap_err();
+        assert!(matches!(err, Error::WrongPassphrase { .. }), "{err}");
+    }
+
+    /// An entry is trusted only in this user's own 0700 directory, as a 0600 regular
+    /// file: anything else is a miss (the passphrase path runs), never an error.
+    #[tokio::test]
+    async fn key_cache_ignores_what_is_not_this_users_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = KeyCache::new(dir.path());
+        let s: DynStorage = Arc::new(MemoryStorage::new());
+        let pw = Secret::new("pw");
+        let r = Repository::create(s.clone(), "main", Some(&pw), opts(true)).await.unwrap();
+        let id = r.config().repository_id.clone();
+        Repository::open_cached(s.clone(), "main", Some(&pw), Some(&cache)).await.unwrap();
+        assert!(cache.lookup(&id, &pw).is_some());
+        assert!(cache.lookup(&id, &Secret::new("other")).is_none());
+        let uid = unsafe { libc::geteuid() };
+        let user_dir = dir.path().join(format!("pgcairn-{uid}"));
+        let entry = user_dir.join(format!("{id}.key"));
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(cache.lookup(&id, &pw).is_none(), "group-readable entry");
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&user_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(cache.lookup(&id, &pw).is_none(), "directory others can enter");
+        std::fs::set_permissions(&user_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::rename(&entry, user_dir.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(user_dir.join("elsewhere"), &entry).unwrap();
+        assert!(cache.lookup(&id, &pw).is_none(), "a symbolic link");
+        std::fs::remove_file(&entry).unwrap();
+        std::fs::write(&entry, b"{ not json").unwrap();
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(cache.lookup(&id, &pw).is_none(), "garbage");
+        // A miss opens with the passphrase and writes a good entry again.
+        Repository::open_cached(s, "main", Some(&pw), Some(&cache)).await.unwrap();
+        assert!(cache.lookup(&id, &pw).is_some());
     }
 
     #[tokio::test]

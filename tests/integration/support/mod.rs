@@ -31,7 +31,24 @@ use std::sync::{Mutex, OnceLock};
 
 /// Root of all test directories; must be traversable by the `postgres` user.
 pub fn test_root() -> PathBuf {
-    std::env::var_os("PGCAIRN_TEST_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/pgcairn-tests"))
+    let root = std::env::var_os("PGCAIRN_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/pgcairn-tests"));
+    static KEY_CACHE: OnceLock<()> = OnceLock::new();
+    KEY_CACHE.get_or_init(|| use_own_key_cache(&root));
+    root
+}
+
+/// Every pgcairn the tests run (themselves, or the servers' archive and restore
+/// commands) keeps its key cache under the test root, not in the machine's /dev/shm:
+/// a sticky, world-writable directory like /dev/shm, where each OS user gets its own
+/// `pgcairn-<uid>`. Set once, before any test starts a process.
+fn use_own_key_cache(root: &Path) {
+    let dir = root.join("key-cache");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+    std::env::set_var("PGCAIRN_KEY_CACHE_PATH", &dir);
 }
 
 /// A new, empty directory `<root>/<prefix>-<pid>-<n>`, mode 0755 and (when root) owned by

@@ -394,7 +394,7 @@ mod tests {
             location: crate::storage::RepoLocation::Local(root.join(format!("repo{number}"))),
             stanza: "main".into(),
             cloud: Default::default(),
-            unlock: crate::repo::access::Unlock::Passphrase(None),
+            unlock: crate::repo::access::Unlock::Passphrase(None, None),
         }
     }
 
