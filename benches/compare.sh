@@ -104,6 +104,10 @@ PASS="benchmark passphrase: not a secret"
 # The cluster does not archive: pgcairn backups carry their WAL, as pgBackRest with
 # archive-check=n (backup refuses a non-archiving server otherwise).
 CAIRN=(env "PGCAIRN_REPO_PASSPHRASE=$PASS" "PGCAIRN_ARCHIVE_COPY=true" "$W/bin/pgcairn" "--stanza=$STANZA")
+# The passphrase file of the README's configuration (archive-push and PITR rows).
+printf '%s\n' "$PASS" >"$W/passphrase"
+chmod 600 "$W/passphrase"
+if [ "$(id -u)" = 0 ]; then chown postgres: "$W/passphrase"; fi
 cat >"$W/pgbackrest.conf" <<EOF
 [global]
 repo1-cipher-type=aes-256-cbc
@@ -353,6 +357,22 @@ push_run() { # TOOL RUN
         local n
         n=$(find "$repo/$STANZA/wal" -type f | wc -l)
         [ "$n" = "${#WALS[@]}" ] || { echo "pgcairn repository holds $n WAL objects, not ${#WALS[@]}" >&2; exit 1; } ;;
+    cairn-readme)
+        # As the README's quick start sets it up: a config file naming a passphrase
+        # file, nothing else. The operator's `pgcairn check` after stanza-create
+        # unlocks once (the key cache, in /dev/shm as by default); here `info` does.
+        local toml=$repo.toml
+        printf 'stanza = "%s"\nrepo = "%s"\nrepo-passphrase-file = "%s"\n' "$STANZA" "$repo" "$W/passphrase" >"$toml"
+        chmod 600 "$toml"
+        if [ "$(id -u)" = 0 ]; then chown postgres: "$toml"; fi
+        as_pg "$W/bin/pgcairn" "--config=$toml" stanza-create "--pg=$CONN" >>"$LOG" 2>&1
+        as_pg "$W/bin/pgcairn" "--config=$toml" info >>"$LOG" 2>&1
+        local cmd=("$W/bin/pgcairn-archive-push" "--config=$toml")
+        timed push.cairn-readme bash -c "$LOOP" _ ${#cmd[@]} "${cmd[@]}" "${WALS[@]}"
+        local n
+        n=$(find "$repo/$STANZA/wal" -type f | wc -l)
+        [ "$n" = "${#WALS[@]}" ] || { echo "pgcairn repository holds $n WAL objects, not ${#WALS[@]}" >&2; exit 1; }
+        rm -f "$toml" ;;
     cairn2)
         # Two repositories, each with its own key file: every segment into both.
         local two=(env "PGCAIRN_REPO2_PASSPHRASE=$PASS" "${CAIRN[@]}" "--repo=$repo" "--repo2=$repo.2")
@@ -394,7 +414,7 @@ push_run() { # TOOL RUN
     rm -rf "$repo" "$repo.key"
 }
 for r in $(seq "$REPEAT"); do
-    for t in $(order "$r" "cairn br cairn-async cairn2 br2"); do push_run "$t" "$r"; done
+    for t in $(order "$r" "cairn br cairn-readme cairn-async cairn2 br2"); do push_run "$t" "$r"; done
 done
 
 fi # ONLY (section 3)
@@ -426,12 +446,11 @@ if [ "${ONLY:-}" != push ]; then
 # waits for WAL.
 PITR_SEGMENTS=${PITR_SEGMENTS:-40}
 say "point-in-time recovery: archiving into both tools, full backups, $PITR_SEGMENTS+ segments of WAL"
-printf '%s\n' "$PASS" >"$W/passphrase"
 printf 'stanza = "%s"\nrepo = "%s"\nrepo-passphrase-file = "%s"\n' "$STANZA" "$W/repo-pitr-cairn" "$W/passphrase" >"$W/pgcairn.toml"
 sed -e "s|^\[$STANZA\]|repo1-path=$W/repo-pitr-br\n\n[global:archive-get]\narchive-async=y\n\n[$STANZA]|" \
     "$W/pgbackrest.conf" >"$W/pgbackrest-pitr.conf"
-chmod 600 "$W/passphrase" "$W/pgcairn.toml" "$W/pgbackrest-pitr.conf"
-if [ "$(id -u)" = 0 ]; then chown postgres: "$W/passphrase" "$W/pgcairn.toml" "$W/pgbackrest-pitr.conf"; fi
+chmod 600 "$W/pgcairn.toml" "$W/pgbackrest-pitr.conf"
+if [ "$(id -u)" = 0 ]; then chown postgres: "$W/pgcairn.toml" "$W/pgbackrest-pitr.conf"; fi
 CAIRN_PITR=("$W/bin/pgcairn" --config "$W/pgcairn.toml")
 BR_PITR=(pgbackrest "--config=$W/pgbackrest-pitr.conf" "--stanza=$STANZA")
 # waited LOG COMMAND...: run a restore_command, append its start, end and status to LOG.
@@ -567,6 +586,9 @@ row() {
     row "archive-push, pgcairn async vs pgBackRest sync, per segment (command returns)" ms push.cairn-async.t push.br.t
     row "archive-push, pgcairn async vs pgBackRest sync, per segment (all in repository)" ms push.cairn-drained.t push.br.t
     row "archive-push, sync: peak RSS" rss push.cairn.rss push.br.rss
+    row "archive-push, sync, per segment, the README's configuration (passphrase file)" ms push.cairn-readme.t push.br.t "" push-sync-readme
+    row "archive-push, sync, the README's configuration: peak RSS" rss push.cairn-readme.rss push.br.rss
+    echo "push-readme-rss $(awk -v k="$(get push.cairn-readme.rss)" 'BEGIN {printf "%.1f", k / 1024}')" >>"$W/targets"
     row "archive-push, sync, two repositories, per segment" ms push.cairn2.t push.br2.t "" push-sync-two
     row "archive-push, sync, two repositories: peak RSS" rss push.cairn2.rss push.br2.rss
     fi
@@ -601,6 +623,8 @@ row() {
         diff-bytes | incr-bytes) limit=0.1 what="${name%-bytes} stored bytes" ;;
         push-sync) limit=0.25 what="archive-push per segment (sync)" ;;
         push-sync-two) limit=0.25 what="archive-push per segment (sync, two repositories each)" ;;
+        push-sync-readme) limit=0.25 what="archive-push per segment (sync, the README's configuration)" ;;
+        push-readme-rss) limit=32 what="archive-push peak RSS in MiB (the README's configuration; not a ratio)" ;;
         restore-*) limit=0.5 what="restore time (${name#restore-})" ;;
         pitr-total) limit=0.5 what="point-in-time recovery, end to end" ;;
         pitr-wait-share) limit=0.05 what="pgcairn time in restore_command / its replay time (not a ratio to pgBackRest)" ;;

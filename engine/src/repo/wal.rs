@@ -54,19 +54,23 @@ impl Repository {
 
     /// Build the object for WAL file contents `data` stored under `key`.
     pub fn encode_wal(&self, key: &str, data: &[u8], level: i32) -> (ChunkId, Bytes) {
-        let (id, compressed) = rayon::join(
+        let (id, frames) = rayon::join(
             || self.wal_content_id(data),
-            || data.par_chunks(FRAME).map(|c| blob::compress(level, c)).collect::<Vec<_>>().concat(),
+            || data.par_chunks(FRAME).map(|c| blob::compress(level, c)).collect::<Vec<_>>(),
         );
-        (id, self.seal_wal(key, id, &compressed))
+        (id, self.seal_wal_frames(key, id, &frames))
     }
 
-    fn seal_wal(&self, key: &str, id: ChunkId, compressed: &[u8]) -> Bytes {
-        let sealed = self.wal_cipher().seal(wal_aad(key).as_bytes(), compressed);
-        let mut out = Vec::with_capacity(WAL_HEADER_LEN + sealed.len());
+    fn seal_wal(&self, key: &str, id: ChunkId, compressed: Vec<u8>) -> Bytes {
+        self.seal_wal_frames(key, id, &[compressed])
+    }
+
+    /// The object: header, then the frames sealed as one (in place, one buffer).
+    fn seal_wal_frames(&self, key: &str, id: ChunkId, frames: &[Vec<u8>]) -> Bytes {
+        let mut out = Vec::new();
         out.extend_from_slice(WAL_MAGIC);
         out.extend_from_slice(&id.0);
-        out.extend_from_slice(&sealed);
+        self.wal_cipher().seal_parts_into(wal_aad(key).as_bytes(), frames, &mut out);
         Bytes::from(out)
     }
 
@@ -113,7 +117,7 @@ impl Repository {
     ) -> Result<PushOutcome> {
         let key = wal_key(timeline, name);
         let (id, compressed) = tokio::task::block_in_place(|| encoder.encode(self, data, level));
-        let object = tokio::task::block_in_place(|| self.seal_wal(&key, id, &compressed));
+        let object = tokio::task::block_in_place(|| self.seal_wal(&key, id, compressed));
         self.put_wal_object(&key, name, id, object).await
     }
 
@@ -300,7 +304,7 @@ mod tests {
             let (id, compressed) = growing.encode(&repo, &data[..upto], 1);
             assert_eq!(id, repo.wal_content_id(&data[..upto]), "id at {upto}");
             let key = wal_key(1, "x");
-            let object = repo.seal_wal(&key, id, &compressed);
+            let object = repo.seal_wal(&key, id, compressed);
             assert_eq!(repo.decode_wal(&key, &object).unwrap(), &data[..upto], "content at {upto}");
         }
         // Shorter than before (a new segment): encoded from scratch, still right.
