@@ -442,3 +442,57 @@ fn async_archive_push() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// Issue 26: with the README's configuration (a config file naming a passphrase file,
+/// no key file) every archive-push derived the key with Argon2id: ~0.3 s and ~75 MiB
+/// per segment. The server's archive-push now keeps the key in its OS user's key cache
+/// (0700 directory, 0600 entry, no passphrase in it) and the next segments use it;
+/// `key-cache = false` keeps none.
+#[test]
+fn readme_configuration_archives_through_the_key_cache() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let a = Archiving::new(PgVersion::V15, "");
+    let conf_dir = TestDir::new("readme-conf");
+    let pass = conf_dir.path().join("passphrase");
+    crate::support::private_file(&pass, &format!("{}\n", crate::cli::PASSPHRASE));
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = |name: &str, extra: &str| {
+        let path = conf_dir.path().join(name);
+        let text = format!(
+            "stanza = \"main\"\nrepo = \"{}\"\nrepo-passphrase-file = \"{}\"\n{extra}",
+            a.repo.path().display(),
+            pass.display()
+        );
+        crate::support::private_file(&path, &text);
+        path
+    };
+    let push_with = |config: &Path| {
+        a.cluster.psql(&format!(
+            "ALTER SYSTEM SET archive_command = '{} --config={} %p'; SELECT pg_reload_conf();",
+            archive_push_bin().display(),
+            config.display()
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        let before = a.archived_names().len();
+        a.switch_segments(3);
+        a.wait_archived();
+        assert!(a.archived_names().len() >= before + 3, "{}", a.cluster.server_log());
+    };
+    let repo_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.repo.path().join("main/config")).unwrap()).unwrap();
+    let id = repo_config["repository_id"].as_str().unwrap().to_string();
+    let server_uid = std::fs::metadata(a.cluster.data_dir()).unwrap().uid();
+    let user_dir = |base: &Path| base.join(format!("pgcairn-{server_uid}"));
+
+    push_with(&config("pgcairn.toml", ""));
+    let cache = user_dir(&crate::support::test_root().join("key-cache"));
+    let entry = cache.join(format!("{id}.key"));
+    let meta = std::fs::symlink_metadata(&entry).unwrap_or_else(|e| panic!("no entry {}: {e}", entry.display()));
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, server_uid));
+    assert_eq!(std::fs::metadata(&cache).unwrap().mode() & 0o777, 0o700);
+    assert!(!String::from_utf8_lossy(&std::fs::read(&entry).unwrap()).contains(crate::cli::PASSPHRASE));
+
+    let off_base = TestDir::new("no-cache");
+    push_with(&config("off.toml", &format!("key-cache = false\nkey-cache-path = \"{}\"\n", off_base.path().display())));
+    assert!(!user_dir(off_base.path()).exists(), "key-cache = false wrote a cache");
+}
