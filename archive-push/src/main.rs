@@ -29,11 +29,7 @@ fn push(flags: Flags, path: &std::path::Path) -> pgcairn::Result<()> {
         tracing::debug!("setting {line}");
     }
     let req = typed::push_request(&resolved, &common, &[])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| pgcairn::Error::io("cannot start the runtime", e))?;
+    let rt = common.limits().map_err(|e| pgcairn::Error::io("cannot start the runtime", e))?;
     rt.block_on(pgcairn::run_archive_push(&req, path))
 }
 

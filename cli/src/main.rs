@@ -459,7 +459,7 @@ fn start(command: &Command, flags: Flags) -> Result<ExitCode> {
     for line in resolved.describe() {
         tracing::debug!("setting {line}");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = common.limits()?;
     if command.all_stanzas() {
         let all = stanzas::AllStanzas::new(cmd, flags, &resolved, common)?;
         return rt.block_on(run_all_stanzas(command, all));

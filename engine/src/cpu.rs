@@ -5,6 +5,16 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+/// Cap the CPU work of this process (compression, encryption, hashing) at `threads`
+/// threads: rayon's global pool is built with that many (the `process-max` setting,
+/// issue 26). Call before any CPU work; a pool already built stays as it is.
+pub fn limit_cores(threads: usize) {
+    let built = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global();
+    if let Err(e) = built {
+        tracing::debug!("the CPU pool was already started: {e}");
+    }
+}
+
 /// A handle on the pool CPU work goes to.
 #[derive(Clone, Default)]
 pub(crate) struct Cpu(Option<Arc<rayon::ThreadPool>>);

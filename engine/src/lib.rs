@@ -27,6 +27,7 @@ mod storage;
 #[cfg(test)]
 mod hostile_input;
 
+pub use cpu::limit_cores;
 pub use crypto::{KeySlotKdf, Secret};
 pub use error::{exit, Error, LockedBy, Misconfig, Result, StorageErrorKind, EXIT_CODES};
 pub use fsutil::private_umask;
@@ -59,6 +60,7 @@ pub use repo::Repository;
 pub use storage::azure::{AzureKeyType, AzureSettings};
 pub use storage::gcs::{GcsKeyType, GcsSettings};
 pub use storage::object::Cloud;
+pub use storage::throttle::limit_bandwidth;
 pub use storage::{s3::S3Settings, CloudSettings, DynStorage, ObjectInfo, RepoLocation, Storage};
 
 /// Internals for fuzz targets, benchmarks and integration tests: decoders of

@@ -163,3 +163,49 @@ fn roundtrip_pg17() {
 fn roundtrip_pg18() {
     roundtrip(PgVersion::V18);
 }
+
+/// Issue 26: `bandwidth-max` caps what a backup and a restore move to and from the
+/// repository. Unlimited, this cluster's backup stores its few MiB in about a second;
+/// at 1 MiB/s each run must take at least the stored bytes at that rate (less one
+/// pack, the object that may still be in flight), and the restore must come back whole.
+#[test]
+fn bandwidth_max_is_honoured_by_backup_and_restore() {
+    let cluster = Cluster::init(PgVersion::V15);
+    cluster.psql("CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 100000) g");
+    let repo = TestDir::new("repo");
+    let p = Pgcairn::local(repo.path());
+    p.ok(&["stanza-create", &format!("--pg={}", cluster.conninfo())]);
+    let limited = p.clone().with_env("PGCAIRN_BANDWIDTH_MAX", "1MiB");
+    let started = std::time::Instant::now();
+    let label = limited.backup(&cluster.conninfo());
+    let took = started.elapsed().as_secs_f64();
+    let stored = dir_bytes(repo.path()) as f64;
+    let mib = (1u64 << 20) as f64;
+    assert!(stored > 3.0 * mib, "a backup big enough to measure: {stored} bytes");
+    let floor = (stored - 16.0 * mib).max(stored / 2.0) / mib;
+    assert!(took >= floor * 0.95, "backup moved {stored} bytes in {took:.2} s: faster than 1 MiB/s");
+
+    let target = TestDir::new("restore");
+    let data = target.path().join("data");
+    let started = std::time::Instant::now();
+    limited.ok(&["restore", &format!("--pg-data={}", data.display()), "--type=none", &format!("--set={label}")]);
+    let took = started.elapsed().as_secs_f64();
+    assert!(took >= floor * 0.95, "restore read about {stored} bytes in {took:.2} s: faster than 1 MiB/s");
+    let restored = Cluster::start_restored(PgVersion::V15, &data);
+    assert_eq!(restored.psql("SELECT count(*) FROM t"), "100000");
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}

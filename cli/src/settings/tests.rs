@@ -464,3 +464,18 @@ fn several_repositories_resolve_each_with_its_own_settings() {
     let only = typed::get_request(&r, &Common::from(&r).unwrap()).unwrap();
     assert_eq!(only.repos.iter().map(|a| a.number).collect::<Vec<_>>(), [2]);
 }
+
+/// Issue 26: `process-max` bounds the runtime's worker threads (and rayon's pool, see
+/// `pgcairn::limit_cores`); `bandwidth-max` takes sizes; both default to no limit.
+#[test]
+fn resource_limits_are_read_and_applied() {
+    let base = [("stanza", "main"), ("repo", "/r")];
+    let common = Common::from(&run(Cmd::Backup, &base, &[]).unwrap()).unwrap();
+    assert_eq!((common.process_max, common.bandwidth_max), (None, None));
+    let env = [("PGCAIRN_PROCESS_MAX", "1"), ("PGCAIRN_BANDWIDTH_MAX", "50MiB")];
+    let common = Common::from(&run(Cmd::Backup, &base, &env).unwrap()).unwrap();
+    assert_eq!((common.process_max, common.bandwidth_max), (Some(1), Some(50 << 20)));
+    assert_eq!(common.runtime().unwrap().metrics().num_workers(), 1);
+    let e = run(Cmd::Backup, &base, &[("PGCAIRN_PROCESS_MAX", "0")]).unwrap_err().to_string();
+    assert!(e.contains("PROCESS_MAX") && e.contains("1 or more"), "{e}");
+}

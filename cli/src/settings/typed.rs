@@ -31,6 +31,10 @@ pub struct Common {
     /// Every configured repository, in order (`repo`, `repo2` …): what archive-push
     /// writes to and archive-get reads from.
     pub repos: Vec<RepoSpec>,
+    /// `process-max`: threads for CPU work; None: one per core.
+    pub process_max: Option<u32>,
+    /// `bandwidth-max`: bytes per second to and from the repositories, at most.
+    pub bandwidth_max: Option<u64>,
 }
 
 /// One repository's settings: `repo` and `repo-*` for repository 1, `repo2` and
@@ -189,6 +193,27 @@ fn cloud_secret_file(file: &std::path::Path, name: &str) -> Result<Secret> {
 
 /// How to log, from [`Common`].
 impl Common {
+    /// Apply `process-max` and `bandwidth-max` to this process (before any work),
+    /// and build its runtime.
+    pub fn limits(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        if let Some(rate) = self.bandwidth_max {
+            pgcairn::limit_bandwidth(rate);
+        }
+        if let Some(n) = self.process_max {
+            pgcairn::limit_cores(n as usize);
+        }
+        self.runtime()
+    }
+
+    /// The runtime, with no more worker threads than `process-max`.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = self.process_max {
+            rt.worker_threads(n.max(1) as usize);
+        }
+        rt.enable_all().build()
+    }
+
     /// The log settings.
     pub fn log(&self) -> crate::logging::LogSettings<'_> {
         crate::logging::LogSettings { level: self.log_level, file: self.log_file.as_deref(), json: self.log_json }
@@ -226,6 +251,8 @@ impl Common {
             log_json: r.get::<&str>("log-format")? == "json",
             selected,
             repos,
+            process_max: r.opt("process-max")?,
+            bandwidth_max: r.opt("bandwidth-max")?,
         })
     }
 

@@ -39,6 +39,7 @@ pub mod memory;
 pub(crate) mod object;
 pub(crate) mod retry;
 pub(crate) mod s3;
+pub(crate) mod throttle;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -290,7 +291,7 @@ impl RepoLocation {
                 Arc::new(Self::object_storage(*cloud, bucket, &full, settings)?)
             }
         };
-        Ok(Arc::new(retry::RetryStorage::new(inner)))
+        Ok(throttle::throttled(Arc::new(retry::RetryStorage::new(inner))))
     }
 }
 
