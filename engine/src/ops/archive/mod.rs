@@ -58,7 +58,7 @@ pub(crate) async fn archive_push(repo: &Repository, path: &Path, level: i32) -> 
 /// Map a WAL file read-only: no copy into our memory, no page zeroing — a third of
 /// archive-push's time when it was read(). PostgreSQL does not change a segment while
 /// archive_command runs on it.
-fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+pub(super) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     let f = std::fs::File::open(path).ctx(|| format!("cannot read {}", path.display()))?;
     // SAFETY: the mapping is read-only and the file is not modified while mapped (above).
     // populate: map every page in one call instead of faulting 4 KiB at a time.
