@@ -29,7 +29,8 @@ fn push(flags: Flags, path: &std::path::Path) -> pgcairn::Result<()> {
         tracing::debug!("setting {line}");
     }
     let req = typed::push_request(&resolved, &common, &[])?;
-    let rt = common.limits().map_err(|e| pgcairn::Error::io("cannot start the runtime", e))?;
+    // Two workers: one segment per process (more threads only cost start-up).
+    let rt = common.limits(Some(2)).map_err(|e| pgcairn::Error::io("cannot start the runtime", e))?;
     rt.block_on(pgcairn::run_archive_push(&req, path))
 }
 

@@ -459,7 +459,7 @@ fn start(command: &Command, flags: Flags) -> Result<ExitCode> {
     for line in resolved.describe() {
         tracing::debug!("setting {line}");
     }
-    let rt = common.limits()?;
+    let rt = common.limits(None)?;
     if command.all_stanzas() {
         let all = stanzas::AllStanzas::new(cmd, flags, &resolved, common)?;
         return rt.block_on(run_all_stanzas(command, all));

@@ -475,7 +475,16 @@ fn resource_limits_are_read_and_applied() {
     let env = [("PGCAIRN_PROCESS_MAX", "1"), ("PGCAIRN_BANDWIDTH_MAX", "50MiB")];
     let common = Common::from(&run(Cmd::Backup, &base, &env).unwrap()).unwrap();
     assert_eq!((common.process_max, common.bandwidth_max), (Some(1), Some(50 << 20)));
-    assert_eq!(common.runtime().unwrap().metrics().num_workers(), 1);
+    assert_eq!(common.runtime(None).unwrap().metrics().num_workers(), 1);
+    assert_eq!(common.runtime(Some(2)).unwrap().metrics().num_workers(), 1, "process-max caps a default");
     let e = run(Cmd::Backup, &base, &[("PGCAIRN_PROCESS_MAX", "0")]).unwrap_err().to_string();
     assert!(e.contains("PROCESS_MAX") && e.contains("1 or more"), "{e}");
+    // A size without its unit is bytes: 50 a second would hang with the stanza locked.
+    let r = run(Cmd::Backup, &base, &[("PGCAIRN_BANDWIDTH_MAX", "50")]).unwrap();
+    let e = Common::from(&r).unwrap_err().to_string();
+    assert!(e.contains("below 64KiB") && e.contains("50MiB"), "{e}");
+    // A relative key-cache-path would put the key in the data directory (archive_command's cwd).
+    let r = run(Cmd::Backup, &base, &[("PGCAIRN_KEY_CACHE_PATH", "shm")]).unwrap();
+    let e = Common::from(&r).unwrap_err().to_string();
+    assert!(e.contains("not an absolute path"), "{e}");
 }

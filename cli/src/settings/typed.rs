@@ -194,22 +194,27 @@ fn cloud_secret_file(file: &std::path::Path, name: &str) -> Result<Secret> {
 /// How to log, from [`Common`].
 impl Common {
     /// Apply `process-max` and `bandwidth-max` to this process (before any work),
-    /// and build its runtime.
-    pub fn limits(&self) -> std::io::Result<tokio::runtime::Runtime> {
+    /// and build its runtime (`workers` threads unless `process-max` says fewer;
+    /// None: one per core).
+    pub fn limits(&self, workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
         if let Some(rate) = self.bandwidth_max {
             pgcairn::limit_bandwidth(rate);
         }
         if let Some(n) = self.process_max {
             pgcairn::limit_cores(n as usize);
         }
-        self.runtime()
+        self.runtime(workers)
     }
 
     /// The runtime, with no more worker threads than `process-max`.
-    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+    pub fn runtime(&self, workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
         let mut rt = tokio::runtime::Builder::new_multi_thread();
-        if let Some(n) = self.process_max {
-            rt.worker_threads(n.max(1) as usize);
+        let cap = self.process_max.map(|n| n.max(1) as usize);
+        if let Some(n) = match (workers, cap) {
+            (Some(w), Some(c)) => Some(w.min(c)),
+            (w, c) => w.or(c),
+        } {
+            rt.worker_threads(n);
         }
         rt.enable_all().build()
     }
@@ -252,7 +257,7 @@ impl Common {
             selected,
             repos,
             process_max: r.opt("process-max")?,
-            bandwidth_max: r.opt("bandwidth-max")?,
+            bandwidth_max: bandwidth_max(r)?,
         })
     }
 
@@ -342,12 +347,35 @@ impl RepoSpec {
     }
 }
 
+/// Below this, `bandwidth-max` is a slip (`50` meant 50MiB, not 50 bytes a second:
+/// four days a WAL segment, with the stanza locked).
+const BANDWIDTH_FLOOR: u64 = 64 << 10;
+
+fn bandwidth_max(r: &Resolved) -> Result<Option<u64>> {
+    let rate: Option<u64> = r.opt("bandwidth-max")?;
+    match rate {
+        Some(b) if b < BANDWIDTH_FLOOR => Err(Error::setting(
+            format!("bandwidth-max = {b} bytes per second is below 64KiB"),
+            "give a size with its unit, e.g. bandwidth-max = 50MiB",
+        )),
+        other => Ok(other),
+    }
+}
+
 /// The key cache the passphrase path uses, unless `key-cache` is off.
 fn key_cache(r: &Resolved) -> Result<Option<KeyCache>> {
     if !r.get::<bool>("key-cache")? {
         return Ok(None);
     }
-    Ok(Some(KeyCache::new(&r.get::<PathBuf>("key-cache-path")?)))
+    let base: PathBuf = r.get("key-cache-path")?;
+    if !base.is_absolute() {
+        // Relative to where the command runs: for archive_command, the data directory.
+        return Err(Error::setting(
+            format!("key-cache-path {} is not an absolute path", base.display()),
+            "give a memory-backed directory such as /dev/shm (the default)",
+        ));
+    }
+    Ok(Some(KeyCache::new(&base)))
 }
 
 /// `pg`, resolved with PG* variables and libpq's defaults.

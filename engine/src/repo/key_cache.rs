@@ -84,8 +84,20 @@ impl KeyCache {
 
     /// Remember `master` for `passphrase`; a failure only costs the next call a derivation.
     pub(super) fn store(&self, repository_id: &str, slot: &str, passphrase: &Secret, master: &[u8; KEY_LEN]) {
-        if let Err(e) = self.try_store(repository_id, slot, passphrase, master) {
-            tracing::debug!("key cache {}: not written: {e}", self.dir.display());
+        match self.try_store(repository_id, slot, passphrase, master) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => tracing::warn!(
+                "key cache {} is not used: {e}; every run derives the key again (remove it, or set key-cache-path)",
+                self.dir.display()
+            ),
+            Err(e) => tracing::debug!("key cache {}: not written: {e}", self.dir.display()),
+            Ok(()) => {}
+        }
+    }
+
+    /// Remove the entry of `repository_id` (its slot is gone): the key leaves memory.
+    pub(super) fn forget(&self, repository_id: &str) {
+        if let Some(path) = self.entry_path(repository_id).filter(|_| private_dir(&self.dir)) {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -103,8 +115,10 @@ impl KeyCache {
             Err(e) => return Err(e),
         }
         if !private_dir(&self.dir) {
-            return Err(std::io::Error::other("the directory is not this user's alone (owner, mode 0700)"));
+            let problem = "the directory is not this user's alone (owner, mode 0700)";
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, problem));
         }
+        sweep_dead_writers(&self.dir);
         let salt: [u8; 16] = rand::random();
         let entry = Entry {
             repository_id: repository_id.to_string(),
@@ -126,6 +140,21 @@ fn passphrase_check(salt: &[u8], passphrase: &Secret) -> String {
     h.update(salt);
     h.update(passphrase.expose().as_bytes());
     h.finalize().to_hex().to_string()
+}
+
+/// Remove the temp files of writers that died before their rename (each a copy of a
+/// key): names `<pid>.<random>.<host>` of a process of this host that is gone.
+fn sweep_dead_writers(dir: &Path) {
+    let host = crate::fsutil::hostname();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut parts = name.splitn(3, '.');
+        let (pid, _, writer_host) = (parts.next(), parts.next(), parts.next());
+        let pid: Option<i32> = pid.and_then(|p| p.parse().ok());
+        if pid.is_some_and(|pid| writer_host == Some(host.as_str()) && !crate::fsutil::process_alive(pid)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Whether `dir` is a real directory owned by this user that nobody else can enter.

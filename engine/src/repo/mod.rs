@@ -194,17 +194,23 @@ impl Repository {
                 repo.set_unlocked_slot(&hit.slot);
                 return Ok(repo);
             }
+            // Its slot removed (or the key no longer this repository's): drop the entry.
+            if let Some((c, _)) = cache {
+                c.forget(&config.repository_id);
+            }
         }
         for info in slots {
             let slot: KeySlot = serde_json::from_slice(&storage.get(&info.key).await?)
                 .map_err(|e| Error::Corrupt { what: format!("key slot {}", info.key), detail: e.to_string() })?;
             if let Some(master) = try_slot(&slot, passphrase, &config, &location).await? {
                 let id = info.key.trim_start_matches(KEYS_PREFIX);
-                if let Some((c, p)) = cache {
-                    c.store(&config.repository_id, id, p, &master);
-                }
+                let repository_id = config.repository_id.clone();
                 let repo = Self::with_verified_master(storage, config, master)?;
                 repo.set_unlocked_slot(id);
+                // Cached only once the key has authenticated the config.
+                if let Some((c, p)) = cache {
+                    c.store(&repository_id, id, p, &master);
+                }
                 return Ok(repo);
             }
         }
@@ -445,6 +451,7 @@ pub(crate) mod tests {
         r.add_key_slot(&Secret::new("new one"), KeySlotKdf { m_cost: 256, t_cost: 1, p_cost: 1 }).await.unwrap();
         let err = Repository::open_cached(s.clone(), "main", Some(&pw), Some(&cache)).await.unwrap_err();
         assert!(matches!(err, Error::WrongPassphrase { .. }), "{err}");
+        assert!(!entry.exists(), "the entry of a removed slot is deleted, not kept in memory");
     }
 
     /// An entry is trusted only in this user's own 0700 directory, as a 0600 regular

@@ -13,6 +13,10 @@ use tokio::time::Instant;
 use super::{DynStorage, ObjectInfo, Storage};
 use crate::error::Result;
 
+/// Payloads smaller than this never wait (metadata: lock heartbeats, manifests,
+/// key slots); they are still charged, so the average holds.
+const NO_WAIT: u64 = 64 << 10;
+
 /// The process's limit, set once at start-up by [`limit_bandwidth`].
 static LIMIT: OnceLock<Arc<Bandwidth>> = OnceLock::new();
 
@@ -31,7 +35,7 @@ pub(crate) fn throttled(inner: DynStorage) -> DynStorage {
 }
 
 /// A token bucket without burst: each transfer takes the next `len / rate` seconds
-/// of the link; concurrent transfers queue behind one another.
+/// of the link and waits for their end; concurrent transfers queue behind one another.
 #[derive(Debug)]
 pub(crate) struct Bandwidth {
     bytes_per_second: f64,
@@ -44,16 +48,22 @@ impl Bandwidth {
         Bandwidth { bytes_per_second: bytes_per_second.max(1) as f64, free_at: Mutex::new(None) }
     }
 
-    /// Wait until `len` bytes may go.
+    /// Take the next `len / rate` seconds of the link and wait until they are over:
+    /// no transfer is done before the link could have carried it, so even the first
+    /// and the last count. Objects under [`NO_WAIT`] are charged but go at once: a
+    /// lock heartbeat queued behind pack uploads would look abandoned.
     pub(crate) async fn take(&self, len: u64) {
-        let start = {
+        let end = {
             let mut free_at = self.free_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = Instant::now();
             let start = free_at.map_or(now, |t| t.max(now));
-            *free_at = Some(start + Duration::from_secs_f64(len as f64 / self.bytes_per_second));
-            start
+            let end = start + Duration::from_secs_f64(len as f64 / self.bytes_per_second);
+            *free_at = Some(end);
+            end
         };
-        tokio::time::sleep_until(start).await;
+        if len >= NO_WAIT {
+            tokio::time::sleep_until(end).await;
+        }
     }
 }
 
@@ -110,15 +120,26 @@ mod tests {
         for r in futures::future::join_all(puts).await {
             r.unwrap();
         }
-        assert_eq!(started.elapsed(), Duration::from_millis(1750), "7 turns of 250 ms before the last put");
+        assert_eq!(started.elapsed(), Duration::from_millis(2000), "8 turns of 250 ms");
         for k in &keys {
             assert_eq!(s.get(k).await.unwrap().len(), 256 << 10);
         }
-        // A read waits for the link after it arrives: the first one for the last put's turn.
-        assert_eq!(started.elapsed(), Duration::from_millis(3750));
+        // A whole read is charged when it arrives.
+        assert_eq!(started.elapsed(), Duration::from_millis(4000));
         s.list("").await.unwrap();
-        assert_eq!(started.elapsed(), Duration::from_millis(3750), "a listing is not charged");
+        assert_eq!(started.elapsed(), Duration::from_millis(4000), "a listing is not charged");
         s.get_range("o0", 0..(256 << 10)).await.unwrap();
-        assert_eq!(started.elapsed(), Duration::from_millis(4000), "a ranged read waits for the last read's turn");
+        assert_eq!(started.elapsed(), Duration::from_millis(4250));
+        // Regression (review of issue 26): a lock heartbeat waited behind the packs
+        // queued before it; past 300 s the lock looked abandoned. Small objects go at once.
+        let pack = s.put_new("o8", Bytes::from(vec![7u8; 256 << 10]));
+        let beat = s.put_new("lock/beat", Bytes::from_static(b"{}"));
+        let (pack, beat) = tokio::join!(pack, async {
+            beat.await.unwrap();
+            started.elapsed()
+        });
+        pack.unwrap();
+        assert_eq!(beat, Duration::from_millis(4250), "the heartbeat did not wait for the pack's turn");
+        assert_eq!(started.elapsed(), Duration::from_millis(4500));
     }
 }

@@ -470,6 +470,8 @@ pub(super) struct Fetcher {
     identity: String,
     /// `archive-get-timeout` of its settings, which are the callers'.
     timeout: Duration,
+    /// The last segment served (moved out of the spool to PostgreSQL).
+    last_served: Mutex<Option<String>>,
 }
 
 impl Fetcher {
@@ -477,7 +479,8 @@ impl Fetcher {
         let in_flight = Arc::new(Semaphore::new((PREFETCH_MEMORY / seg_size).max(1) as usize));
         let (spool, slots, last_call) = (spool.to_path_buf(), Mutex::default(), Mutex::new(Instant::now()));
         let (serving, identity, timeout) = (Default::default(), String::new(), Duration::from_secs(60));
-        Self { source, seg_size, spool, ahead, slots, in_flight, last_call, serving, identity, timeout }
+        let last_served = Mutex::default();
+        Self { source, seg_size, spool, ahead, slots, in_flight, last_call, serving, identity, timeout, last_served }
     }
 
     /// Time since the last call ended; zero while one is served (riding out an
@@ -526,10 +529,31 @@ impl Fetcher {
             None => Fetched::Failed,
         };
         let reply = if fetched == Fetched::Ready { Reply::Ready } else { self.fetch_now(name, timeout).await };
-        if matches!(reply, Reply::Ready) {
-            self.fetch_ahead(name);
+        match reply {
+            Reply::Ready => self.fetch_ahead(name),
+            Reply::Absent => self.end_of_archive(name),
+            _ => {}
         }
         reply
+    }
+
+    /// `absent` follows the last segment served: the end of the archive. PostgreSQL
+    /// then reads that last segment once more, to start its new timeline, and the
+    /// copy it had left the spool when served: fetch it again now, not when asked
+    /// (issue 22: that call was the slowest of a recovery, ~70 ms).
+    fn end_of_archive(self: &Arc<Self>, absent: &str) {
+        let Some(last) = self.last_served.lock().ok().and_then(|l| l.clone()) else { return };
+        let seg_size = self.seg_size as u32;
+        let after_last =
+            WalFile::parse(&last).and_then(|f| Some(segment_name(f.timeline(), f.segno(seg_size)? + 1, seg_size)));
+        if after_last.as_deref() != Some(absent) {
+            return;
+        }
+        let Ok(mut slots) = self.slots.lock() else { return };
+        if let std::collections::btree_map::Entry::Vacant(e) = slots.entry(last) {
+            let slot = self.prefetch(e.key().clone());
+            e.insert(slot);
+        }
     }
 
     async fn fetch_now(&self, name: &str, timeout: Duration) -> Reply {
@@ -571,6 +595,9 @@ impl Fetcher {
         let seg_size = self.seg_size as u32;
         let Some(file @ WalFile::Segment { timeline, .. }) = WalFile::parse(served) else { return };
         let Some(segno) = file.segno(seg_size) else { return };
+        if let Ok(mut last) = self.last_served.lock() {
+            *last = Some(served.to_string());
+        }
         prune_spool(&self.spool, served);
         let Ok(mut slots) = self.slots.lock() else { return };
         slots.retain(|n, _| n.as_str() > served);
@@ -719,6 +746,37 @@ mod tests {
         assert_eq!(spooled(&f, &seg(3)).unwrap(), segment(&repo, 3, 3));
         // Past the end of the archive: absent, and asked again, checked again.
         assert!(matches!(f.serve_call(&seg(9), Duration::from_secs(2)).await, Reply::Absent));
+    }
+
+    /// Issue 22: at the end of the archive PostgreSQL reads the last segment it
+    /// replayed once more, which had left the spool when served: the slowest call of
+    /// a recovery (~70 ms) fetched it again then. The "absent" answer for the next
+    /// segment now fetches it again at once, and the repeated call is served from it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_last_segment_is_fetched_again_at_the_end_of_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fault, f, repo) = fetcher(dir.path()).await;
+        let seg = |n| name_of(&repo, n);
+        assert!(matches!(f.serve_call(&seg(4), Duration::from_secs(2)).await, Reply::Ready));
+        std::fs::remove_file(f.spool.join(seg(4))).unwrap(); // what PostgreSQL's rename does
+        assert!(matches!(f.serve_call(&seg(5), Duration::from_secs(2)).await, Reply::Absent));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while spooled(&f, &seg(4)).is_none() {
+            assert!(Instant::now() < deadline, "segment 4 was not fetched again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Served from the spool: with every read now slow, the call still returns at once.
+        fault.inject(Fault::SlowReads { prefix: String::new(), delay: Duration::from_secs(30) });
+        let started = Instant::now();
+        assert!(matches!(f.serve_call(&seg(4), Duration::from_secs(60)).await, Reply::Ready));
+        assert!(started.elapsed() < Duration::from_secs(1), "fetched when asked: {:?}", started.elapsed());
+        assert_eq!(spooled(&f, &seg(4)).unwrap(), segment(&repo, 4, 4));
+        // An absent segment that does not follow the last one served fetches nothing again.
+        fault.heal_reads();
+        std::fs::remove_file(f.spool.join(seg(4))).unwrap();
+        assert!(matches!(f.serve_call(&seg(9), Duration::from_secs(2)).await, Reply::Absent));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(spooled(&f, &seg(4)).is_none(), "segment 9 does not follow segment 4");
     }
 
     /// A fetch ahead that found nothing does not make the segment absent for good:
