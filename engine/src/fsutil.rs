@@ -131,17 +131,33 @@ pub(crate) fn sweep_stale_temps(tmp_dir: &Path) -> usize {
     let host = hostname();
     let mut removed = 0;
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let mut parts = name.splitn(3, '.');
-        let (pid, _, writer_host) = (parts.next(), parts.next(), parts.next());
-        let pid: Option<i32> = pid.and_then(|p| p.parse().ok());
-        let dead = pid.is_some_and(|pid| writer_host == Some(host.as_str()) && !process_alive(pid));
+        let dead = written_by_dead_process(&e.file_name().to_string_lossy(), &host);
         let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_TEMP_AGE));
         if (dead || old) && fs::remove_file(e.path()).is_ok() {
             removed += 1;
         }
     }
     removed
+}
+
+/// Remove only the temp files of dead processes of this host in `dir`, whatever
+/// their age: for a directory whose other files must stay (the key cache's entries).
+pub(crate) fn sweep_dead_writers(dir: &Path) {
+    let host = hostname();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if written_by_dead_process(&e.file_name().to_string_lossy(), &host) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Whether `name` is a temp name of [`temp_name_in`] (`<pid>.<random>.<host>`) whose
+/// writer ran on `host` and is gone.
+fn written_by_dead_process(name: &str, host: &str) -> bool {
+    let mut parts = name.splitn(3, '.');
+    let (pid, _, writer_host) = (parts.next(), parts.next(), parts.next());
+    let pid: Option<i32> = pid.and_then(|p| p.parse().ok());
+    pid.is_some_and(|pid| writer_host == Some(host) && !process_alive(pid))
 }
 
 pub(crate) fn process_alive(pid: i32) -> bool {

@@ -57,9 +57,13 @@ pub(super) struct Cached {
 impl KeyCache {
     /// The cache of this OS user below `base` (the `key-cache-path` setting).
     pub fn new(base: &Path) -> Self {
-        // SAFETY: geteuid(2) only reads this process's effective user id.
-        let uid = unsafe { libc::geteuid() };
-        KeyCache { dir: base.join(format!("pgcairn-{uid}")) }
+        KeyCache { dir: base.join(format!("pgcairn-{}", euid())) }
+    }
+
+    /// This user's directory (tests look inside).
+    #[cfg(test)]
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn entry_path(&self, repository_id: &str) -> Option<PathBuf> {
@@ -118,7 +122,8 @@ impl KeyCache {
             let problem = "the directory is not this user's alone (owner, mode 0700)";
             return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, problem));
         }
-        sweep_dead_writers(&self.dir);
+        // A writer killed before its rename left a copy of a key: remove it.
+        crate::fsutil::sweep_dead_writers(&self.dir);
         let salt: [u8; 16] = rand::random();
         let entry = Entry {
             repository_id: repository_id.to_string(),
@@ -142,26 +147,15 @@ fn passphrase_check(salt: &[u8], passphrase: &Secret) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// Remove the temp files of writers that died before their rename (each a copy of a
-/// key): names `<pid>.<random>.<host>` of a process of this host that is gone.
-fn sweep_dead_writers(dir: &Path) {
-    let host = crate::fsutil::hostname();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let mut parts = name.splitn(3, '.');
-        let (pid, _, writer_host) = (parts.next(), parts.next(), parts.next());
-        let pid: Option<i32> = pid.and_then(|p| p.parse().ok());
-        if pid.is_some_and(|pid| writer_host == Some(host.as_str()) && !crate::fsutil::process_alive(pid)) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+/// This process's effective user id: the owner every directory and entry must have.
+fn euid() -> u32 {
+    // SAFETY: geteuid(2) only reads this process's effective user id.
+    unsafe { libc::geteuid() }
 }
 
 /// Whether `dir` is a real directory owned by this user that nobody else can enter.
 fn private_dir(dir: &Path) -> bool {
-    // SAFETY: geteuid(2) only reads this process's effective user id.
-    let uid = unsafe { libc::geteuid() };
-    std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0)
+    std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == euid() && m.mode() & 0o077 == 0)
 }
 
 /// The file's bytes when it is a regular file (not a link) of this user's, mode
@@ -169,9 +163,7 @@ fn private_dir(dir: &Path) -> bool {
 fn read_private(path: &Path) -> Option<zeroize::Zeroizing<Vec<u8>>> {
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
     let meta = file.metadata().ok()?;
-    // SAFETY: geteuid(2) only reads this process's effective user id.
-    let uid = unsafe { libc::geteuid() };
-    if !meta.is_file() || meta.uid() != uid || meta.mode() & 0o077 != 0 || meta.len() > MAX_ENTRY {
+    if !meta.is_file() || meta.uid() != euid() || meta.mode() & 0o077 != 0 || meta.len() > MAX_ENTRY {
         return None;
     }
     let mut bytes = zeroize::Zeroizing::new(Vec::new());

@@ -415,21 +415,26 @@ pub(crate) mod tests {
         assert!(matches!(err, Error::RepoAlreadyInitialised { .. }), "{err}");
     }
 
+    /// An encrypted stanza opened once with `pw` through a key cache in a temp directory.
+    async fn cached_repo(pw: &Secret) -> (tempfile::TempDir, KeyCache, DynStorage, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = KeyCache::new(dir.path());
+        let s: DynStorage = Arc::new(MemoryStorage::new());
+        let r = Repository::create(s.clone(), "main", Some(pw), opts(true)).await.unwrap();
+        Repository::open_cached(s.clone(), "main", Some(pw), Some(&cache)).await.unwrap();
+        (dir, cache, s, r)
+    }
+
     /// Issue 26: the README's configuration (a passphrase file) paid an Argon2id
     /// derivation on every archive-push. The key cache skips it — only while the
     /// passphrase matches and its slot is still listed.
     #[tokio::test]
     async fn key_cache_skips_the_derivation_while_passphrase_and_slot_hold() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let cache = KeyCache::new(dir.path());
-        let s: DynStorage = Arc::new(MemoryStorage::new());
         let pw = Secret::new("correct horse");
-        let r = Repository::create(s.clone(), "main", Some(&pw), opts(true)).await.unwrap();
+        let (_dir, cache, s, r) = cached_repo(&pw).await;
         let slot = r.key_slots().await.unwrap()[0].id.clone();
-        Repository::open_cached(s.clone(), "main", Some(&pw), Some(&cache)).await.unwrap();
-        let uid = unsafe { libc::geteuid() };
-        let user_dir = dir.path().join(format!("pgcairn-{uid}"));
+        let user_dir = cache.dir().to_path_buf();
         let entry = user_dir.join(format!("{}.key", r.config().repository_id));
         assert_eq!(std::fs::metadata(&user_dir).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(std::fs::metadata(&entry).unwrap().permissions().mode() & 0o777, 0o600);
@@ -459,17 +464,12 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn key_cache_ignores_what_is_not_this_users_alone() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let cache = KeyCache::new(dir.path());
-        let s: DynStorage = Arc::new(MemoryStorage::new());
         let pw = Secret::new("pw");
-        let r = Repository::create(s.clone(), "main", Some(&pw), opts(true)).await.unwrap();
+        let (_dir, cache, s, r) = cached_repo(&pw).await;
         let id = r.config().repository_id.clone();
-        Repository::open_cached(s.clone(), "main", Some(&pw), Some(&cache)).await.unwrap();
         assert!(cache.lookup(&id, &pw).is_some());
         assert!(cache.lookup(&id, &Secret::new("other")).is_none());
-        let uid = unsafe { libc::geteuid() };
-        let user_dir = dir.path().join(format!("pgcairn-{uid}"));
+        let user_dir = cache.dir().to_path_buf();
         let entry = user_dir.join(format!("{id}.key"));
         std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(cache.lookup(&id, &pw).is_none(), "group-readable entry");
