@@ -77,6 +77,8 @@ enum Command {
     Restore {
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        databases: DbArgs,
         /// Put tablespace OID into DIR instead of its original location (repeatable).
         #[arg(long = "tablespace-map", value_name = "OID=DIR")]
         tablespace_map: Vec<String>,
@@ -174,10 +176,35 @@ enum Command {
     Drill {
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        databases: DbArgs,
         /// Keep the temporary directory afterwards (to look into a failure).
         #[arg(long = "drill-keep")]
         keep: bool,
         /// text for people, json for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Write one database, or some of its tables, as a pg_dump file from a backup or a point in time (restored into a temporary cluster, then removed).
+    Extract {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The database to dump (name, or OID for a backup that has no names).
+        #[arg(long = "db", value_name = "NAME")]
+        db: String,
+        /// Dump only matching tables (pg_dump --table pattern; repeatable), e.g. public.orders.
+        #[arg(long = "table", value_name = "PATTERN")]
+        table: Vec<String>,
+        /// Dump only matching schemas (pg_dump --schema pattern; repeatable).
+        #[arg(long = "schema", value_name = "PATTERN")]
+        schema: Vec<String>,
+        /// plain (SQL for psql) or custom (for pg_restore).
+        #[arg(long = "dump-format", value_enum, default_value = "plain")]
+        dump_format: DumpFormatArg,
+        /// The new file to write (never overwritten), or - for standard output.
+        #[arg(long = "dump-file", value_name = "FILE")]
+        dump_file: String,
+        /// text for people, json for scripts (on standard error when the dump goes to standard output).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -233,6 +260,7 @@ impl Command {
             Command::Copy { .. } => Cmd::Copy,
             Command::WalReceive => Cmd::WalReceive,
             Command::Drill { .. } => Cmd::Drill,
+            Command::Extract { .. } => Cmd::Extract,
             Command::Metrics { .. } => Cmd::Metrics,
             Command::Key { .. } => Cmd::Key,
             Command::Version | Command::Completions { .. } | Command::Man { .. } => return None,
@@ -273,6 +301,23 @@ struct TargetArgs {
     target_timeline: Option<String>,
 }
 
+/// Which databases to restore whole (restore and drill).
+#[derive(clap::Args, Debug)]
+struct DbArgs {
+    /// Restore only this database (name or OID; repeatable) and the system ones: the others' files become zeros, to DROP after the start.
+    #[arg(long = "db-include", value_name = "NAME")]
+    db_include: Vec<String>,
+    /// Restore every database but this one (name or OID; repeatable): its files become zeros, to DROP after the start.
+    #[arg(long = "db-exclude", value_name = "NAME")]
+    db_exclude: Vec<String>,
+}
+
+impl DbArgs {
+    fn selection(&self) -> pgcairn::DbSelection {
+        pgcairn::DbSelection { include: self.db_include.clone(), exclude: self.db_exclude.clone() }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
 enum TargetType {
     /// Replay all archived WAL, then promote.
@@ -291,6 +336,15 @@ enum TargetType {
     None,
     /// Start as a streaming standby (standby.signal): replay the archive, then follow the primary in --recovery-option primary_conninfo=….
     Standby,
+}
+
+/// pg_dump's output format, for extract.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub(crate) enum DumpFormatArg {
+    /// SQL text, to replay with psql.
+    Plain,
+    /// pg_dump's custom archive, for pg_restore (compressed; choose objects when restoring).
+    Custom,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -313,8 +367,9 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
             stanza_create(r, common, *no_encryption, *block_size).await?
         }
         Command::Backup { backup_type } => backup(r, common, *backup_type).await?,
-        Command::Restore { target, tablespace_map, recovery_option, delta } => {
-            restore(r, common, target, tablespace_map, recovery_option, *delta).await?
+        Command::Restore { target, databases, tablespace_map, recovery_option, delta } => {
+            let selection = databases.selection();
+            restore(r, common, target, selection, tablespace_map, recovery_option, *delta).await?
         }
         Command::Info { output, .. } => return commands::info::run(r, common, *output).await,
         Command::Check { archive_only: true, output, .. } => return check_archive(r, common, *output).await,
@@ -342,7 +397,14 @@ async fn run(command: &Command, r: &Resolved, common: &Common) -> Result<ExitCod
         Command::Copy { to_repo, set, output } => {
             return commands::copy::copy(r, common, *to_repo, set.clone(), *output == Output::Json).await
         }
-        Command::Drill { target, keep, output } => return drill(r, common, target, *keep, *output).await,
+        Command::Drill { target, databases, keep, output } => {
+            return drill(r, common, target, databases.selection(), *keep, *output).await
+        }
+        Command::Extract { target, db, table, schema, dump_format, dump_file, output } => {
+            let what =
+                commands::extract::What { db, tables: table, schemas: schema, format: *dump_format, file: dump_file };
+            commands::extract::extract(r, common, target, what, *output).await?
+        }
         Command::WalReceive => pgcairn::wal_receive(&typed::wal_receive_request(r, common)?).await?,
         Command::Version | Command::Completions { .. } | Command::Man { .. } => meta(command)?,
         Command::KeyFile { output } => keys::write_key_file(common, output).await?,

@@ -10,7 +10,13 @@ use clap_complete::Shell;
 pub(crate) fn version() -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "pgcairn {}", env!("CARGO_PKG_VERSION"))?;
-    writeln!(out, "repository format: {}", pgcairn::FORMAT_VERSION)?;
+    writeln!(
+        out,
+        "repository format: {} (reads {} to {})",
+        pgcairn::FORMAT_VERSION,
+        pgcairn::OLDEST_READABLE_FORMAT,
+        pgcairn::FORMAT_VERSION
+    )?;
     writeln!(out, "archive_command helper: pgcairn-archive-push {}", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

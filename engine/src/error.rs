@@ -107,14 +107,16 @@ pub enum Error {
     },
 
     /// The stanza was written in a format version this build cannot read.
-    #[error("repository {location} has format version {found}, this pgcairn reads version {supported} only: use a pgcairn release that supports format {found}")]
+    #[error("repository {location} has format version {found}, this pgcairn reads versions {oldest} to {supported}: use a pgcairn release that supports format {found}")]
     UnsupportedFormat {
         /// The repository's location, as the `repo` setting names it.
         location: String,
         /// The format version the repository's `config` records.
         found: u32,
-        /// The only format version this build reads.
+        /// The newest format version this build reads (and the one it writes).
         supported: u32,
+        /// The oldest format version this build reads.
+        oldest: u32,
     },
 
     /// No key slot of the stanza opens with the given passphrase.

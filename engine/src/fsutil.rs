@@ -54,6 +54,13 @@ impl DurableFile {
         self.file.as_mut().expect("file is open until commit")
     }
 
+    /// The open temp file, shared (e.g. handed to a child process as its stdout).
+    // Invariant: as for `file`.
+    #[allow(clippy::expect_used)]
+    pub(crate) fn handle(&self) -> &File {
+        self.file.as_ref().expect("file is open until commit")
+    }
+
     /// fsync the data, move it into place, fsync the directory.
     // Invariant: `file` is Some from `open` on, and this is the only place that takes
     // it; `commit` consumes the handle, so it runs once.

@@ -38,22 +38,24 @@ pub use ops::{
     backup, check, check_archive, check_archive_summary, drill, expire, info, info_with_retention, restore,
     run_archive_get, run_archive_push, stanza_create, stanza_delete, stanza_delete_leftovers, verify, AsyncQueue,
     BackupDetails, BackupInfo, BackupRequest, BackupStatus, BackupSummary, BackupType, BackupVerdict, CheckReport,
-    CheckRequest, Damage, DrillReport, DrillRequest, ExpireDecision, ExpireReport, ExpireRequest, FullRetention,
-    GetRequest, HelperCommand, InfoReport, PushRequest, QueueFull, Recovery, RecoveryTarget, RestoreRequest,
-    RestoreSummary, RetentionPolicy, StanzaCreateRequest, StanzaCreated, StanzaDeleteReport, StanzaDeleteRequest,
-    TargetAction, TimelineTarget, TimelineVerdict, VerifyReport, VerifyRequest, WalExpiry, WalGap,
+    CheckRequest, Damage, DbSelection, DrillReport, DrillRequest, ExpireDecision, ExpireReport, ExpireRequest,
+    FullRetention, GetRequest, HelperCommand, InfoReport, PushRequest, QueueFull, Recovery, RecoveryTarget,
+    RestoreRequest, RestoreSummary, RetentionPolicy, StanzaCreateRequest, StanzaCreated, StanzaDeleteReport,
+    StanzaDeleteRequest, TargetAction, TimelineTarget, TimelineVerdict, VerifyReport, VerifyRequest, WalExpiry, WalGap,
 };
 pub use ops::{copy, CopyReport, CopyRequest};
+pub use ops::{extract, DumpOutput, ExtractReport, ExtractRequest};
 pub use ops::{key_add, key_list, key_remove};
 pub use ops::{wal_receive, ReceiveRequest};
 pub use ops::{ArchiveCheck, LastBackup, Level, StanzaStatus, BACKLOG_WARNING, INFO_SCHEMA_VERSION};
 pub use pg::archiving::ArchiverStats;
+pub use pg::instance::DumpFormat;
 pub use pg::tls::{ChannelBindingMode, RootCert, SslMode, TlsParams};
 pub use pg::walstream::{default_slot, SlotState};
 pub use pg::{ConnParams, Lsn};
 pub use progress::{NoProgress, Progress};
 pub use repo::access::{RepoAccess, Unlock};
-pub use repo::format::{check_stanza_name, BackupSource, FORMAT_VERSION};
+pub use repo::format::{check_stanza_name, BackupSource, Database, FORMAT_VERSION, OLDEST_READABLE_FORMAT};
 pub use repo::keys::KeySlotInfo;
 pub use repo::KeyCache;
 pub use repo::Repository;

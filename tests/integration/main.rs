@@ -19,6 +19,7 @@ mod recipes;
 mod recoverability;
 mod roundtrip;
 mod s3_storage;
+mod selective;
 mod settings;
 mod several_repos;
 mod standby;

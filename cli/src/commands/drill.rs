@@ -14,6 +14,7 @@ pub(crate) async fn drill(
     r: &Resolved,
     common: &Common,
     target: &TargetArgs,
+    databases: pgcairn::DbSelection,
     keep: bool,
     output: Output,
 ) -> Result<ExitCode> {
@@ -27,6 +28,7 @@ pub(crate) async fn drill(
         timeout: settings.timeout,
         keep,
         progress: progress(),
+        databases,
     };
     let report = pgcairn::drill(&common.access()?.open().await?, &req).await?;
     proof::print_drill(&report, output == Output::Json)

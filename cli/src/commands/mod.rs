@@ -7,6 +7,7 @@ pub(crate) mod copy;
 pub(crate) mod drill;
 pub(crate) mod each_repo;
 pub(crate) mod expire;
+pub(crate) mod extract;
 pub(crate) mod info;
 pub(crate) mod restore;
 pub(crate) mod stanza;

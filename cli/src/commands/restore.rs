@@ -16,6 +16,7 @@ pub(crate) async fn restore(
     r: &Resolved,
     common: &Common,
     target: &TargetArgs,
+    databases: pgcairn::DbSelection,
     tablespace_map: &[String],
     recovery_options: &[String],
     delta: bool,
@@ -31,6 +32,7 @@ pub(crate) async fn restore(
         recovery: with_options(recovery(common, &settings.forwarded, target)?, recovery_options)?,
         delta,
         check_server_environment: true,
+        databases,
     };
     let repo = common.access()?.open().await?;
     let sum = pgcairn::restore(&repo, req).await?;
@@ -48,6 +50,12 @@ pub(crate) async fn restore(
         sum.files,
         sum.seconds
     );
+    if !sum.databases_zeroed.is_empty() {
+        outln!(
+            "left out (files written as zeros): {}; once the server is up, DROP DATABASE each of them: they cannot be used",
+            sum.databases_zeroed.join(", ")
+        );
+    }
     Ok(())
 }
 

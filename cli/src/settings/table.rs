@@ -31,6 +31,8 @@ pub enum Cmd {
     Verify,
     /// `drill`: restore a backup into a temporary cluster, start it, check it.
     Drill,
+    /// `extract`: one database or table out of a backup, as a pg_dump file.
+    Extract,
     /// `metrics`: the repository's state in Prometheus' text format.
     Metrics,
     /// `key`: add, list and remove passphrases.
@@ -43,7 +45,7 @@ pub enum Cmd {
 
 impl Cmd {
     /// Every subcommand, in help order.
-    pub const ALL: [Cmd; 16] = [
+    pub const ALL: [Cmd; 17] = [
         Cmd::StanzaCreate,
         Cmd::Backup,
         Cmd::Restore,
@@ -56,6 +58,7 @@ impl Cmd {
         Cmd::StanzaDelete,
         Cmd::Verify,
         Cmd::Drill,
+        Cmd::Extract,
         Cmd::Metrics,
         Cmd::Key,
         Cmd::Copy,
@@ -77,6 +80,7 @@ impl Cmd {
             Cmd::StanzaDelete => "stanza-delete",
             Cmd::Verify => "verify",
             Cmd::Drill => "drill",
+            Cmd::Extract => "extract",
             Cmd::Metrics => "metrics",
             Cmd::Key => "key",
             Cmd::Copy => "copy",
@@ -521,19 +525,19 @@ const DECLARED: &[Setting] = &[
         name: "pg-bin",
         kind: Kind::Path,
         default: None,
-        scope: Scope::Only(&[Drill]),
+        scope: Scope::Only(&[Drill, Extract]),
         sources: ANY,
         forward: Never,
-        help: "PostgreSQL bin directory for drills (default: found for the backup's major version in /usr/lib/postgresql/N/bin, /usr/pgsql-N/bin, PATH)",
+        help: "PostgreSQL bin directory for drills and extracts (default: found for the backup's major version in /usr/lib/postgresql/N/bin, /usr/pgsql-N/bin, PATH)",
     },
     Setting {
         name: "drill-path",
         kind: Kind::Path,
         default: None,
-        scope: Scope::Only(&[Drill]),
+        scope: Scope::Only(&[Drill, Extract]),
         sources: ANY,
         forward: Never,
-        help: "directory under which a drill makes its temporary cluster (default: the system temp directory, TMPDIR)",
+        help: "directory under which a drill or an extract makes its temporary cluster (default: the system temp directory, TMPDIR)",
     },
     Setting {
         name: "drill-sql",
@@ -548,10 +552,10 @@ const DECLARED: &[Setting] = &[
         name: "drill-timeout",
         kind: Kind::Seconds,
         default: Some("3600"),
-        scope: Scope::Only(&[Drill]),
+        scope: Scope::Only(&[Drill, Extract]),
         sources: ANY,
         forward: Never,
-        help: "seconds a drill waits for recovery to end before it fails",
+        help: "seconds a drill or an extract waits for recovery to end before it fails",
     },
     Setting {
         name: "retention-full",

@@ -263,6 +263,7 @@ fn every_command_builds_its_typed_settings() {
             Cmd::Expire => drop(typed::retention(&r).unwrap()),
             Cmd::StanzaDelete => drop(typed::StanzaDelete::from(&r).unwrap()),
             Cmd::Drill => assert_eq!(typed::Drill::from(&r).unwrap().timeout, Duration::from_secs(3600)),
+            Cmd::Extract => assert_eq!(typed::Extract::from(&r).unwrap().timeout, Duration::from_secs(3600)),
             Cmd::Metrics => drop(typed::optional_pg(&r).unwrap()),
             Cmd::Copy => assert_eq!(r.get::<i32>("compress-level").unwrap(), 3),
             Cmd::WalReceive => {

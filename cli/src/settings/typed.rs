@@ -568,6 +568,31 @@ impl Drill {
     }
 }
 
+/// extract's settings: where the temporary cluster goes and what runs it.
+#[derive(Debug, Clone)]
+pub struct Extract {
+    /// `pg-bin`: the PostgreSQL binaries (with pg_dump) of the backup's major version.
+    pub pg_bin: Option<PathBuf>,
+    /// `drill-path`: where the temporary cluster is made.
+    pub work_path: Option<PathBuf>,
+    /// `drill-timeout`: how long recovery may take.
+    pub timeout: Duration,
+    /// The flags restore_command (`pgcairn archive-get`) gets, as the table says.
+    pub forwarded: Vec<String>,
+}
+
+impl Extract {
+    /// Read from the resolved settings.
+    pub fn from(r: &Resolved) -> Result<Self> {
+        Ok(Self {
+            pg_bin: r.opt("pg-bin")?,
+            work_path: r.opt("drill-path")?,
+            timeout: r.get("drill-timeout")?,
+            forwarded: r.forwarded(Cmd::ArchiveGet),
+        })
+    }
+}
+
 /// check's settings.
 #[derive(Debug, Clone)]
 pub struct Check {

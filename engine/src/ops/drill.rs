@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Misconfig, Result};
-use crate::ops::restore::{choose, restore_chosen, Recovery, RecoveryTarget, RestoreRequest, TargetAction};
+use crate::ops::restore::{
+    choose, restore_chosen, DbSelection, Recovery, RecoveryTarget, RestoreRequest, TargetAction,
+};
 use crate::pg::instance::{AmcheckFailure, Binaries, Instance, OsUser};
 use crate::progress::Progress;
 use crate::repo::results::ResultKind;
@@ -42,6 +44,8 @@ pub struct DrillRequest {
     pub keep: bool,
     /// Told how many bytes are restored.
     pub progress: Arc<dyn Progress>,
+    /// Which databases to restore whole (the others are zeros and not checked).
+    pub databases: DbSelection,
 }
 
 /// A drill's outcome (stored as `result/drill/…`; `info` shows the last ones).
@@ -75,6 +79,9 @@ pub struct DrillReport {
     pub sql_checks_passed: u32,
     /// The PostgreSQL binaries used.
     pub pg_bin: String,
+    /// Databases left out by --db-include/--db-exclude, so not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases_zeroed: Vec<String>,
 }
 
 /// Run a restore drill and record it. Refusals before anything runs (no binaries,
@@ -93,7 +100,7 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
     let bins = Binaries::find(req.pg_bin.as_deref(), manifest.pg_version / 10000)?;
     let user = OsUser::for_server()?;
     let mut dir = TempCluster::create(req.drill_path.as_deref(), repo, &user, req.keep)?;
-    check_space(dir.path(), manifest.size)?;
+    check_space(dir.path(), manifest.size, "drill")?;
     let mut report = DrillReport::new(started, &choice, &recovery, manifest.size, &bins);
     let tablespaces =
         manifest.tablespaces.iter().map(|t| (t.oid, dir.path().join("tablespaces").join(t.oid.to_string())));
@@ -105,6 +112,7 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
         recovery,
         delta: false,
         check_server_environment: false,
+        databases: req.databases.clone(),
     };
     let instance = Instance {
         bins,
@@ -169,13 +177,14 @@ impl DrillReport {
             amcheck: "not run".into(),
             sql_checks_passed: 0,
             pg_bin: bins.dir.display().to_string(),
+            databases_zeroed: Vec::new(),
         }
     }
 }
 
 /// The first SIGINT or SIGTERM; never returns if neither can be watched.
 /// A drill must end recovery to run its checks: promote at the target.
-fn check_action(recovery: &mut Recovery) -> Result<()> {
+pub(crate) fn check_action(recovery: &mut Recovery) -> Result<()> {
     if matches!(recovery.action, Some(TargetAction::Pause | TargetAction::Shutdown)) {
         return Err(Error::misconfigured(
             Misconfig::Request,
@@ -213,30 +222,53 @@ async fn run(
     report: &mut DrillReport,
 ) -> Result<()> {
     let clock = Instant::now();
-    restore_chosen(repo, restore, choice).await?;
+    let restored = restore_chosen(repo, restore, choice).await?;
     report.restore_seconds = clock.elapsed().as_secs_f64();
+    report.databases_zeroed = restored.databases_zeroed;
+    let clock = Instant::now();
+    start_private(instance, req.timeout).await?;
+    report.recovery_seconds = clock.elapsed().as_secs_f64();
+    let clock = Instant::now();
+    let skip = zeroed_names(instance, &restored.zeroed_oids).await?;
+    let checked = checks(instance, sql, &skip, report).await;
+    report.checks_seconds = clock.elapsed().as_secs_f64();
+    checked
+}
+
+/// Start the restored cluster privately (its socket in a 0700 directory, no TCP)
+/// and wait until recovery has ended.
+pub(crate) async fn start_private(instance: &Instance, timeout: Duration) -> Result<()> {
     let hba = instance.socket_dir.with_file_name("pg_hba.conf");
     fsutil_mkdir(&instance.socket_dir)?;
     instance.configure(&hba)?;
     instance.user.own(instance.data.parent().unwrap_or(&instance.data))?;
     instance.check_private().await?;
-    let clock = Instant::now();
     instance.start().await?;
-    instance.wait_recovered(req.timeout).await?;
-    report.recovery_seconds = clock.elapsed().as_secs_f64();
-    let clock = Instant::now();
-    let checked = checks(instance, sql, report).await;
-    report.checks_seconds = clock.elapsed().as_secs_f64();
-    checked
+    instance.wait_recovered(timeout).await
 }
 
 fn fsutil_mkdir(dir: &Path) -> Result<()> {
     crate::fsutil::create_dir_all_durable(dir).ctx(|| format!("cannot create {}", dir.display()))
 }
 
-/// pg_amcheck where available, then the operator's SQL.
-async fn checks(instance: &Instance, sql: Option<&str>, report: &mut DrillReport) -> Result<()> {
-    report.amcheck = match instance.amcheck().await {
+/// The names of the left-out databases in the recovered cluster (its pg_database
+/// names them even when the backup knew them by OID only): pg_amcheck skips them.
+async fn zeroed_names(instance: &Instance, oids: &[u32]) -> Result<Vec<String>> {
+    if oids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = instance.connect("postgres").await?;
+    let rows = client
+        .query("SELECT datname FROM pg_database WHERE oid = ANY($1)", &[&oids.to_vec()])
+        .await
+        .map_err(|e| Error::Internal(format!("cannot list the drilled cluster's databases: {e}")))?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+/// pg_amcheck where available (not on the databases `skip` names: zeros), then the
+/// operator's SQL.
+async fn checks(instance: &Instance, sql: Option<&str>, skip: &[String], report: &mut DrillReport) -> Result<()> {
+    report.amcheck = match instance.amcheck(skip).await {
         Ok(None) => "passed".into(),
         Ok(Some(AmcheckFailure::Corruption(output))) => {
             report.amcheck = "failed: corruption".into();
@@ -307,15 +339,16 @@ fn sql_check_failed(query: u32, rows: &[Option<String>]) -> Error {
     )
 }
 
-/// Refuse a drill that would fill the file system.
-fn check_space(dir: &Path, data_bytes: u64) -> Result<()> {
+/// Refuse a drill (or an extract: `what`) that would fill the file system:
+/// `data_bytes` is what its restore writes.
+pub(crate) fn check_space(dir: &Path, data_bytes: u64, what: &str) -> Result<()> {
     let need = ((data_bytes as f64 * SPACE_MARGIN) as u64).max(data_bytes.saturating_add(SPACE_FLOOR));
     let free = free_bytes(dir)?;
     if free < need {
         return Err(Error::misconfigured(
             Misconfig::ResourceLimit,
             format!(
-                "{} has {} free, the drill needs about {} (the backup plus 10%, at least 1 GiB more)",
+                "{} has {} free, the {what} needs about {} (what it restores plus 10%, at least 1 GiB more)",
                 dir.display(),
                 gib(free),
                 gib(need)
@@ -345,13 +378,13 @@ fn free_bytes(dir: &Path) -> Result<u64> {
 }
 
 /// The drill's private directory (0700), removed when dropped unless kept.
-struct TempCluster {
+pub(crate) struct TempCluster {
     path: PathBuf,
     keep: bool,
 }
 
 impl TempCluster {
-    fn create(parent: Option<&Path>, repo: &Repository, user: &OsUser, keep: bool) -> Result<TempCluster> {
+    pub(crate) fn create(parent: Option<&Path>, repo: &Repository, user: &OsUser, keep: bool) -> Result<TempCluster> {
         let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
         for line in super::drill_leftovers::clean(&parent, &repo.config().stanza) {
             tracing::warn!("{line}");
@@ -367,13 +400,13 @@ impl TempCluster {
         Ok(TempCluster { path, keep })
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// A server that may still run keeps its directory (removing it under a live
     /// postmaster would be worse than leaving it).
-    fn keep_after_failed_stop(&mut self) {
+    pub(crate) fn keep_after_failed_stop(&mut self) {
         tracing::error!("the drill server in {} did not stop: stop it with pg_ctl -D {}/data stop -m immediate, then remove the directory", self.path.display(), self.path.display());
         self.keep = true;
     }
@@ -396,8 +429,8 @@ mod tests {
     #[test]
     fn a_drill_that_would_fill_the_disk_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        check_space(dir.path(), 1 << 20).unwrap();
-        let err = check_space(dir.path(), u64::MAX / 2).unwrap_err();
+        check_space(dir.path(), 1 << 20, "drill").unwrap();
+        let err = check_space(dir.path(), u64::MAX / 2, "drill").unwrap_err();
         assert!(matches!(err, Error::Misconfigured { kind: Misconfig::ResourceLimit, .. }), "{err}");
         assert!(err.to_string().contains("--drill-path"), "{err}");
     }

@@ -8,6 +8,7 @@ mod dedup;
 pub mod drill;
 mod drill_leftovers;
 pub mod expire;
+pub mod extract;
 pub mod info;
 pub(crate) mod keys;
 pub(crate) mod lineage;
@@ -29,12 +30,15 @@ pub use expire::{
     expire, info_with_retention, stanza_delete, stanza_delete_leftovers, ExpireDecision, ExpireReport, ExpireRequest,
     FullRetention, RetentionPolicy, StanzaDeleteReport, StanzaDeleteRequest, WalExpiry,
 };
+pub use extract::{extract, DumpOutput, ExtractReport, ExtractRequest};
 pub use info::{
     info, BackupDetails, BackupInfo, BackupStatus, InfoReport, LastBackup, StanzaStatus, INFO_SCHEMA_VERSION,
 };
 pub use keys::{key_add, key_list, key_remove};
 pub use lineage::BackupType;
-pub use restore::{restore, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary, TargetAction, TimelineTarget};
+pub use restore::{
+    restore, DbSelection, Recovery, RecoveryTarget, RestoreRequest, RestoreSummary, TargetAction, TimelineTarget,
+};
 pub use stanza::{stanza_create, StanzaCreateRequest, StanzaCreated};
 pub use verify::{verify, BackupVerdict, Damage, TimelineVerdict, VerifyReport, VerifyRequest, WalGap};
 pub use wal_receive::{wal_receive, ReceiveRequest};

@@ -52,6 +52,31 @@ fn holds_files(dir: &Path) -> bool {
 }
 
 /// Where the link of tablespace `oid` lives in a data directory.
+/// Database OIDs below this are the ones initdb made (template1, template0,
+/// postgres): `FirstNormalObjectId`. A restore always keeps them whole.
+pub(crate) const FIRST_NORMAL_OID: u32 = 16384;
+/// The databases every cluster has, by name (pgBackRest's list too).
+pub(crate) const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
+
+/// The database a file belongs to: `base/<oid>/…` in the data directory, or
+/// `PG_<major>_<catversion>/<oid>/…` in a tablespace directory. None for the rest
+/// (global/, pg_wal/, the per-database directories themselves, …).
+pub(crate) fn database_of(path: &str, in_tablespace: bool) -> Option<u32> {
+    let mut parts = path.split('/');
+    let top = parts.next()?;
+    let matches_top = if in_tablespace { top.starts_with("PG_") } else { top == "base" };
+    let oid = parts.next()?;
+    // A file inside the database's directory, not the directory itself.
+    parts.next()?;
+    if !matches_top || oid.is_empty() || !oid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    oid.parse().ok()
+}
+
+/// The query that names the databases: run at the end of a backup.
+pub(crate) const SQL_DATABASES: &str = "SELECT oid::text, datname, dattablespace::text FROM pg_database";
+
 pub(crate) fn tablespace_link(data_dir: &Path, oid: u32) -> PathBuf {
     data_dir.join("pg_tblspc").join(oid.to_string())
 }
@@ -85,6 +110,20 @@ mod tests {
         std::fs::write(dir.path().join("postmaster.pid"), format!("{}\n/data\n", std::process::id())).unwrap();
         let err = check_not_running(dir.path()).unwrap_err();
         assert!(err.to_string().contains("is running in it"), "{err}");
+    }
+
+    #[test]
+    fn finds_the_database_of_a_file() {
+        assert_eq!(database_of("base/16384/16385", false), Some(16384));
+        assert_eq!(database_of("base/5/PG_VERSION", false), Some(5));
+        assert_eq!(database_of("PG_17_202406281/16390/16391_fsm", true), Some(16390));
+        // The directory itself, other trees, and names that are not OIDs.
+        assert_eq!(database_of("base/16384", false), None);
+        assert_eq!(database_of("global/1262", false), None);
+        assert_eq!(database_of("base/pgsql_tmp/x", false), None);
+        assert_eq!(database_of("PG_17_202406281/16390/16391", false), None);
+        assert_eq!(database_of("base/16384/16385", true), None);
+        assert_eq!(database_of("base/99999999999/1", false), None);
     }
 
     #[test]

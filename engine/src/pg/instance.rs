@@ -61,6 +61,26 @@ impl Binaries {
     pub(crate) fn bin(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// Refuse, before anything is restored, when `name` is not next to the server.
+    pub(crate) fn require(&self, name: &str, why: &str) -> Result<()> {
+        if self.bin(name).is_file() {
+            return Ok(());
+        }
+        Err(Error::setting(
+            format!("{name} not found in {} ({why})", self.dir.display()),
+            format!("install the client package of this major version (e.g. postgresql-client-N), or give --pg-bin a directory with postgres, pg_ctl and {name}"),
+        ))
+    }
+}
+
+/// pg_dump's output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpFormat {
+    /// SQL text, for psql.
+    Plain,
+    /// pg_dump's custom archive, for pg_restore (compressed, selective).
+    Custom,
 }
 
 /// The major version `postgres --version` in `dir` reports.
@@ -354,7 +374,7 @@ impl Instance {
     /// `pg_amcheck --all --heapallindexed`: Ok(None) passed, Ok(Some(outcome)) failed
     /// (corruption, exit 2, or pg_amcheck could not complete); Err when it cannot run
     /// here (not installed, no amcheck extension).
-    pub(crate) async fn amcheck(&self) -> std::result::Result<Option<AmcheckFailure>, String> {
+    pub(crate) async fn amcheck(&self, skip: &[String]) -> std::result::Result<Option<AmcheckFailure>, String> {
         let bin = self.bins.bin("pg_amcheck");
         if !bin.exists() {
             return Err(format!("{} not found", bin.display()));
@@ -364,6 +384,8 @@ impl Instance {
             .arg(&self.socket_dir)
             .args(["-p", &DRILL_PORT.to_string(), "-U", &self.user.name])
             .args(["--all", "--heapallindexed", "--install-missing", "--no-password"])
+            // A pattern in double quotes is a literal name (psql's pattern rules).
+            .args(skip.iter().map(|name| format!("--exclude-database=\"{}\"", name.replace('"', "\"\""))))
             .stdin(Stdio::null())
             .output()
             .await
@@ -378,6 +400,31 @@ impl Instance {
         } else {
             Ok(Some(AmcheckFailure::DidNotComplete(tail(&text, 20))))
         }
+    }
+
+    /// `pg_dump` of database `db` on the private socket, the selection and format
+    /// as given; stdout and stderr for the caller to set.
+    pub(crate) fn pg_dump(
+        &self,
+        db: &str,
+        format: DumpFormat,
+        tables: &[String],
+        schemas: &[String],
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(self.bins.bin("pg_dump"));
+        cmd.arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &DRILL_PORT.to_string(), "-U", &self.user.name, "--no-password"])
+            .arg(format!("--dbname={db}"))
+            .arg(match format {
+                DumpFormat::Plain => "--format=plain",
+                DumpFormat::Custom => "--format=custom",
+            })
+            .args(tables.iter().map(|t| format!("--table={t}")))
+            .args(schemas.iter().map(|n| format!("--schema={n}")))
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
     }
 
     /// Stop fast; immediate if that does not finish within a minute. False when the

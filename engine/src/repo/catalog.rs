@@ -84,13 +84,14 @@ impl Repository {
     }
 
     fn check_backup_format(&self, label: &str, found: u32) -> Result<()> {
-        if found == FORMAT_VERSION {
+        if crate::repo::format::readable_format(found.into()) {
             return Ok(());
         }
         Err(Error::UnsupportedFormat {
             location: format!("backup {label} in {}", self.location()),
             found,
             supported: FORMAT_VERSION,
+            oldest: crate::repo::format::OLDEST_READABLE_FORMAT,
         })
     }
 }
@@ -127,9 +128,13 @@ mod tests {
         assert!(missing.to_string().contains("20260102-000000F/summary"), "{missing}");
 
         let old = "20260103-000000F";
-        repo.put_meta(&summary_key(old), &summary(old, FORMAT_VERSION - 1)).await.unwrap();
+        repo.put_meta(&summary_key(old), &summary(old, crate::repo::format::OLDEST_READABLE_FORMAT - 1)).await.unwrap();
         let refused = repo.load_summary(old).await.unwrap_err();
         assert!(matches!(refused, Error::UnsupportedFormat { .. }), "{refused}");
+        // Version 6 only added the manifest's database list: version 5 still reads.
+        let v5 = "20260104-000000F";
+        repo.put_meta(&summary_key(v5), &summary(v5, 5)).await.unwrap();
+        assert_eq!(repo.load_summary(v5).await.unwrap().format_version, 5);
     }
 
     /// Regression (issue 10's fault matrix): a backup killed after writing a block

@@ -3,8 +3,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The repository format this pgcairn reads and writes (repository-format.md §10).
-pub const FORMAT_VERSION: u32 = 5;
+/// The repository format this pgcairn writes (repository-format.md §10).
+pub const FORMAT_VERSION: u32 = 6;
+/// The oldest format it still reads: version 6 only added the manifest's
+/// `databases`, which a version 5 backup lacks (restore then knows databases by OID).
+pub const OLDEST_READABLE_FORMAT: u32 = 5;
+
+/// Whether this build reads objects written in format `found`.
+pub(crate) fn readable_format(found: u64) -> bool {
+    (OLDEST_READABLE_FORMAT as u64..=FORMAT_VERSION as u64).contains(&found)
+}
 
 pub(crate) const CONFIG_KEY: &str = "config";
 
@@ -327,6 +335,24 @@ pub(crate) struct Manifest {
     /// Where the backup was read from.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source: Option<BackupSource>,
+    /// The cluster's databases (format 6; empty in older backups, whose databases
+    /// restore finds by OID from the file list).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub databases: Vec<Database>,
+}
+
+/// A database of the backed-up cluster, as `pg_database` listed it when the backup
+/// ended (or found in the file list only, without a name, when that query failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Database {
+    /// Its OID: the directory name under base/ (and in tablespaces).
+    pub oid: u32,
+    /// `datname`; None when the backup could not query pg_database.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub name: Option<String>,
+    /// Its default tablespace's OID (1663 for pg_default).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tablespace: Option<u32>,
 }
 
 /// `backup/<label>/summary` (format 5): sealed metadata, a few hundred bytes, what

@@ -366,11 +366,12 @@ pub(crate) fn parse_config(location: &str, raw: &[u8]) -> Result<RepoConfig> {
     // version, not by a confusing parse error.
     let v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| corrupt(e.to_string()))?;
     let found = v.get("format_version").and_then(|x| x.as_u64()).ok_or_else(|| corrupt("no format_version".into()))?;
-    if found != FORMAT_VERSION as u64 {
+    if !format::readable_format(found) {
         return Err(Error::UnsupportedFormat {
             location: location.to_string(),
             found: found as u32,
             supported: FORMAT_VERSION,
+            oldest: format::OLDEST_READABLE_FORMAT,
         });
     }
     serde_json::from_value(v).map_err(|e| corrupt(e.to_string()))

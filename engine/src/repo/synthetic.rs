@@ -77,6 +77,7 @@ fn manifest(label: &str, parent: Option<&str>, t: chrono::DateTime<chrono::Utc>,
         blocks: 0,
         blocks_per_part: 1,
         source: None,
+        databases: Vec::new(),
     }
 }
 

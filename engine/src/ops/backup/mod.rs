@@ -29,13 +29,14 @@ use crate::progress::Progress;
 use crate::repo::backup_writer::BackupWriter;
 use crate::repo::blob;
 use crate::repo::blocklist::{BlockLocation, DeltaBase};
-use crate::repo::format::{BackupSource, ChunkId, FileEntry, FileKind, Manifest, Tablespace, FORMAT_VERSION};
+use crate::repo::format::{BackupSource, ChunkId, Database, FileEntry, FileKind, Manifest, Tablespace, FORMAT_VERSION};
 use crate::repo::lock::StanzaLock;
 use crate::repo::Repository;
 pub(crate) use standby::check_primary;
 use standby::{ArchivedBy, Standby};
 use worker::{process_batch, BatchTask, BlockCtx, BlockDone, BlockPlace, Outcome, PendingBlock};
 
+mod databases;
 mod standby;
 mod worker;
 
@@ -446,7 +447,8 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
         server: format!("{}:{}", req.pg.host, req.pg.port),
     };
     let (system_identifier, source) = (sys.system_identifier, Some(source));
-    let head = ManifestHead { label, start_time, system_identifier, pg_version, include_wal, source };
+    let databases = databases::list(&req.pg, &b.files).await;
+    let head = ManifestHead { label, start_time, system_identifier, pg_version, include_wal, source, databases };
     let server_manifest = std::mem::take(&mut streamed.server_manifest);
     let manifest = head.manifest(repo, &lineage, streamed, std::mem::take(&mut b.files), &b.backup_label);
     // The writer's commit keeps the visibility rule: everything else durable, then
@@ -499,6 +501,7 @@ struct ManifestHead {
     pg_version: u32,
     include_wal: bool,
     source: Option<BackupSource>,
+    databases: Vec<Database>,
 }
 
 impl ManifestHead {
@@ -541,6 +544,7 @@ impl ManifestHead {
             blocks: 0,
             blocks_per_part: 0,
             source: self.source,
+            databases: self.databases,
         }
     }
 }

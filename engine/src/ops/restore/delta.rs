@@ -30,6 +30,8 @@ pub(super) enum Action {
     Patch(Vec<usize>),
     /// Restore the whole file (absent, or nothing in it matches).
     Write,
+    /// A left-out database's file (selective restore): zeros of its size, nothing fetched.
+    Zero,
 }
 
 /// A non-empty delta target must look like what it will be overwritten with: a data

@@ -37,6 +37,22 @@ pub(super) struct FileJob {
     /// fsync this file itself (pg_control, written last); the others are made
     /// durable together, by one sync of their file system before it.
     pub durable: bool,
+    /// A left-out database's file (selective restore): written as zeros.
+    pub zero: bool,
+}
+
+/// A left-out database's file: a sparse file of its size, all zeros, with its mode
+/// (temp → rename; made durable with the others by the sync of its file system).
+pub(super) async fn zero_file(job: FileJob) -> Result<()> {
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let ctx = || format!("cannot write {}", job.dest.display());
+        let mut f = DurableFile::create(&job.dest).ctx(ctx)?;
+        f.file().set_len(job.entry.size).ctx(ctx)?;
+        f.file().set_permissions(std::fs::Permissions::from_mode(job.entry.mode)).ctx(ctx)?;
+        f.publish_volatile().ctx(ctx)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?
 }
 
 pub(super) struct Ctx<'r> {
@@ -82,7 +98,7 @@ impl Ctx<'_> {
     /// blocking writer, committed durably (temp → fsync → rename), then size and
     /// CRC-32C checked.
     pub(super) async fn restore_file(self: Arc<Self>, job: FileJob) -> Result<()> {
-        let FileJob { entry, dest, first, count, durable } = job;
+        let FileJob { entry, dest, first, count, durable, .. } = job;
         let located = self.blocks.range(first, count).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(usize, Bytes)>>(RUNS_QUEUED);
         let dest2 = dest.clone();
@@ -131,7 +147,7 @@ impl Ctx<'_> {
     /// manifest's, and every written block is verified when opened.
     pub(super) async fn patch_file(self: Arc<Self>, job: FileJob, block_size: u64, changed: Vec<usize>) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let FileJob { entry, dest, first, count, durable } = job;
+        let FileJob { entry, dest, first, count, durable, .. } = job;
         let located = self.blocks.range(first, count).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(usize, Bytes)>>(RUNS_QUEUED);
         let (size, mode) = (entry.size, entry.mode);

@@ -11,8 +11,12 @@
 
 mod delta;
 mod fetch;
+mod select;
 mod server_env;
 mod target;
+
+pub use select::DbSelection;
+pub(crate) use select::{only_database, zeroed as zeroed_by};
 
 pub(crate) use target::{choose, Choice};
 
@@ -57,6 +61,8 @@ pub struct RestoreRequest {
     /// process's PGCAIRN_*/AWS_* variables) and refuse when it cannot open the
     /// repository. Off for a drill, whose server pgcairn starts in its own environment.
     pub check_server_environment: bool,
+    /// Which databases to restore whole; the others' files are written as zeros.
+    pub databases: DbSelection,
 }
 
 /// What a restore did.
@@ -76,6 +82,12 @@ pub struct RestoreSummary {
     pub bytes_fetched: u64,
     /// How long the restore took, in seconds.
     pub seconds: f64,
+    /// Databases left out by --db-include/--db-exclude (their files are zeros):
+    /// `name (oid)`, or the OID where the backup has no names.
+    pub databases_zeroed: Vec<String>,
+    /// Their OIDs.
+    #[serde(skip)]
+    pub zeroed_oids: Vec<u32>,
 }
 
 /// What a restore will do, decided before anything is touched.
@@ -87,6 +99,8 @@ struct Plan {
     ts_dirs: HashMap<u32, PathBuf>,
     /// Every regular file but tablespace_map, with where its blocks start.
     jobs: Vec<FileJob>,
+    /// Databases left out (their files written as zeros).
+    zeroed: select::Zeroed,
 }
 
 impl Plan {
@@ -153,6 +167,8 @@ pub(crate) async fn restore_chosen(repo: &Repository, req: &RestoreRequest, choi
         files_unchanged: unchanged,
         bytes_fetched,
         seconds: started.elapsed().as_secs_f64(),
+        databases_zeroed: plan.zeroed.shown,
+        zeroed_oids: plan.zeroed.oids.into_iter().collect(),
     })
 }
 
@@ -177,13 +193,21 @@ async fn plan(repo: &Repository, req: &RestoreRequest, choice: Choice) -> Result
         .iter()
         .map(|t| (t.oid, req.tablespace_map.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
         .collect();
-    let mut plan = Plan { label, chosen_because: why, manifest, ts_dirs, jobs: Vec::new() };
+    let zeroed = select::zeroed(&manifest, &req.databases)?;
+    if !zeroed.oids.is_empty() {
+        tracing::info!(
+            "selective restore: the files of {} are written as zeros (DROP these databases once the server is up)",
+            zeroed.shown.join(", ")
+        );
+    }
+    let mut plan = Plan { label, chosen_because: why, manifest, ts_dirs, jobs: Vec::new(), zeroed };
     let mut next = 0u64;
     for f in plan.manifest.files.iter().filter(|f| f.kind == FileKind::File) {
         let count = block_count(f.size, plan.manifest.block_size);
         if !(f.tablespace.is_none() && f.path == TABLESPACE_MAP) {
             let dest = plan.dest_of(&req.target, f);
-            plan.jobs.push(FileJob { entry: f.clone(), dest, first: next, count, durable: false });
+            let zero = plan.zeroed.covers(f);
+            plan.jobs.push(FileJob { entry: f.clone(), dest, first: next, count, durable: false, zero });
         }
         next += count;
     }
@@ -219,7 +243,7 @@ async fn prepare(
         actions
     } else {
         block_list.check().await?;
-        vec![Action::Write; plan.jobs.len()]
+        plan.jobs.iter().map(|j| if j.zero { Action::Zero } else { Action::Write }).collect()
     };
     let pg_control = req.target.join(PG_CONTROL);
     if actions.iter().any(|a| *a != Action::Keep) {
@@ -287,7 +311,7 @@ async fn execute(
         .iter()
         .zip(&actions)
         .map(|(job, a)| match a {
-            Action::Keep => 0,
+            Action::Keep | Action::Zero => 0,
             Action::Write => job.entry.size,
             Action::Patch(list) => list.iter().map(|&b| block_size.min(job.entry.size - b as u64 * block_size)).sum(),
         })
@@ -301,6 +325,7 @@ async fn execute(
                     .ctx(|| format!("cannot set mode of {}", job.dest.display())),
                 Action::Patch(list) => ctx.patch_file(job, block_size, list).await,
                 Action::Write => ctx.restore_file(job).await,
+                Action::Zero => fetch::zero_file(job).await,
             }
         }
     };
@@ -445,15 +470,20 @@ async fn compare_all(
             end += 1;
         }
         let mut window = Vec::with_capacity(end - start);
-        for job in &jobs[start..end] {
+        // A left-out database's files are written as zeros whatever is on disk.
+        for job in jobs[start..end].iter().filter(|j| !j.zero) {
             let ids = block_list.range(job.first, job.count).await?.into_iter().map(|(id, _)| id).collect();
             window.push(Compared { dest: &job.dest, size: job.entry.size, ids });
         }
         let hasher = repo.chunk_hasher();
-        actions.extend(tokio::task::block_in_place(|| delta::compare(&window, block_size, &hasher, progress))?);
+        let mut compared = tokio::task::block_in_place(|| delta::compare(&window, block_size, &hasher, progress))?;
+        compared.reverse();
+        for job in &jobs[start..end] {
+            actions.push(if job.zero { Action::Zero } else { compared.pop().unwrap_or(Action::Write) });
+        }
         for (job, a) in jobs[start..end].iter().zip(&actions[start..end]) {
             match a {
-                Action::Keep => {}
+                Action::Keep | Action::Zero => {}
                 Action::Patch(list) => {
                     tracing::debug!("delta restore: {}: {} blocks differ", job.entry.path, list.len())
                 }
