@@ -54,7 +54,7 @@ pub struct ExtractRequest {
 }
 
 /// What an extract did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ExtractReport {
     /// The backup restored.
     pub label: String,
@@ -103,10 +103,8 @@ pub async fn extract(repo: &Repository, req: &ExtractRequest) -> Result<ExtractR
         database: req.database.clone(),
         restored_bytes,
         backup_bytes: manifest.size,
-        restore_seconds: 0.0,
-        recovery_seconds: 0.0,
-        dump_seconds: 0.0,
         output: out.describe(),
+        ..ExtractReport::default()
     };
     let tablespaces =
         manifest.tablespaces.iter().map(|t| (t.oid, dir.path().join("tablespaces").join(t.oid.to_string())));

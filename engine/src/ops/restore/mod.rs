@@ -307,15 +307,7 @@ async fn execute(
     actions: Vec<Action>,
 ) -> Result<u64> {
     let block_size = plan.manifest.block_size as u64;
-    let fetch_bytes: u64 = jobs
-        .iter()
-        .zip(&actions)
-        .map(|(job, a)| match a {
-            Action::Keep | Action::Zero => 0,
-            Action::Write => job.entry.size,
-            Action::Patch(list) => list.iter().map(|&b| block_size.min(job.entry.size - b as u64 * block_size)).sum(),
-        })
-        .sum();
+    let fetch_bytes = bytes_to_fetch(&jobs, &actions, block_size);
     req.progress.begin(&format!("restore {}", plan.label), Some(fetch_bytes));
     let run = |job: FileJob, action: Action| {
         let ctx = ctx.clone();
@@ -359,6 +351,18 @@ async fn execute(
     restored?;
     req.progress.finish();
     Ok(fetch_bytes)
+}
+
+/// What the actions fetch from the repository.
+fn bytes_to_fetch(jobs: &[FileJob], actions: &[Action], block_size: u64) -> u64 {
+    jobs.iter()
+        .zip(actions)
+        .map(|(job, a)| match a {
+            Action::Keep | Action::Zero => 0,
+            Action::Write => job.entry.size,
+            Action::Patch(list) => list.iter().map(|&b| block_size.min(job.entry.size - b as u64 * block_size)).sum(),
+        })
+        .sum()
 }
 
 /// syncfs(2) on the data directory and every tablespace directory: what restore
