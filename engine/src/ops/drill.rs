@@ -102,25 +102,8 @@ pub async fn drill(repo: &Repository, req: &DrillRequest) -> Result<DrillReport>
     let mut dir = TempCluster::create(req.drill_path.as_deref(), repo, &user, req.keep)?;
     check_space(dir.path(), manifest.size, "drill")?;
     let mut report = DrillReport::new(started, &choice, &recovery, manifest.size, &bins);
-    let tablespaces =
-        manifest.tablespaces.iter().map(|t| (t.oid, dir.path().join("tablespaces").join(t.oid.to_string())));
-    let restore = RestoreRequest {
-        target: dir.path().join("data"),
-        set: Some(choice.label.clone()),
-        tablespace_map: tablespaces.collect::<HashMap<_, _>>(),
-        progress: req.progress.clone(),
-        recovery,
-        delta: false,
-        check_server_environment: false,
-        databases: req.databases.clone(),
-    };
-    let instance = Instance {
-        bins,
-        data: restore.target.clone(),
-        socket_dir: dir.path().join("socket"),
-        log: dir.path().join("postgresql.log"),
-        user,
-    };
+    let restore = restore_into(dir.path(), &choice.label, &manifest, recovery, req.databases.clone(), &req.progress);
+    let instance = private_instance(dir.path(), bins, user);
     // Interrupted (Ctrl-C, a scheduler's timeout), the drill still stops its server
     // and removes its directory: a promoted copy of production must not outlive it.
     let outcome = tokio::select! {
@@ -233,6 +216,35 @@ async fn run(
     let checked = checks(instance, sql, &skip, report).await;
     report.checks_seconds = clock.elapsed().as_secs_f64();
     checked
+}
+
+/// The restore into a temporary cluster's directory `dir`: data under `data/`, every
+/// tablespace under `tablespaces/<oid>`, no check of the server environment (the
+/// server is started by pgcairn, in its own environment).
+pub(crate) fn restore_into(
+    dir: &Path,
+    label: &str,
+    manifest: &crate::repo::format::Manifest,
+    recovery: Recovery,
+    databases: DbSelection,
+    progress: &Arc<dyn Progress>,
+) -> RestoreRequest {
+    let tablespaces = manifest.tablespaces.iter().map(|t| (t.oid, dir.join("tablespaces").join(t.oid.to_string())));
+    RestoreRequest {
+        target: dir.join("data"),
+        set: Some(label.to_string()),
+        tablespace_map: tablespaces.collect::<HashMap<_, _>>(),
+        progress: progress.clone(),
+        recovery,
+        delta: false,
+        check_server_environment: false,
+        databases,
+    }
+}
+
+/// The private server of a temporary cluster in `dir` (see [`restore_into`]).
+pub(crate) fn private_instance(dir: &Path, bins: Binaries, user: OsUser) -> Instance {
+    Instance { bins, data: dir.join("data"), socket_dir: dir.join("socket"), log: dir.join("postgresql.log"), user }
 }
 
 /// Start the restored cluster privately (its socket in a 0700 directory, no TCP)

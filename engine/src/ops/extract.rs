@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Misconfig, Result};
 use crate::fsutil::{Commit, DurableFile};
-use crate::ops::drill::{check_action, check_space, start_private, TempCluster};
+use crate::ops::drill::{check_action, check_space, private_instance, restore_into, start_private, TempCluster};
 use crate::ops::restore::{choose, restore_chosen, Recovery, RestoreRequest};
 use crate::pg::instance::{Binaries, DumpFormat, Instance, OsUser};
 use crate::progress::Progress;
@@ -106,25 +106,8 @@ pub async fn extract(repo: &Repository, req: &ExtractRequest) -> Result<ExtractR
         output: out.describe(),
         ..ExtractReport::default()
     };
-    let tablespaces =
-        manifest.tablespaces.iter().map(|t| (t.oid, dir.path().join("tablespaces").join(t.oid.to_string())));
-    let restore = RestoreRequest {
-        target: dir.path().join("data"),
-        set: Some(choice.label.clone()),
-        tablespace_map: tablespaces.collect(),
-        progress: req.progress.clone(),
-        recovery,
-        delta: false,
-        check_server_environment: false,
-        databases,
-    };
-    let instance = Instance {
-        bins,
-        data: restore.target.clone(),
-        socket_dir: dir.path().join("socket"),
-        log: dir.path().join("postgresql.log"),
-        user,
-    };
+    let restore = restore_into(dir.path(), &choice.label, &manifest, recovery, databases, &req.progress);
+    let instance = private_instance(dir.path(), bins, user);
     // As a drill: interrupted, it still stops its server and removes its directory.
     let outcome = tokio::select! {
         done = run(repo, req, &restore, choice, &instance, out, &mut report) => done,
