@@ -110,6 +110,10 @@ fn restore_of_chosen_databases() {
     assert!(!data.exists(), "a refused restore wrote {}", data.display());
     let (code, err) = a.p.fails(&["restore", &format!("--pg-data={}", data.display()), &key, "--db-exclude=postgres"]);
     assert!(code == 3 && err.contains("system database, always restored"), "{err}");
+    let (code, err) =
+        a.p.fails(&["restore", &format!("--pg-data={}", data.display()), &key, "--db-include=app", "--type=standby"]);
+    assert!(code == 3 && err.contains("a standby cannot drop the databases left out"), "{err}");
+    assert!(!data.exists(), "a refused restore wrote {}", data.display());
 
     let ts_oid = a.cluster.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'selts'");
     let ts_map = |name: &str| format!("--tablespace-map={ts_oid}={}", dir.path().join(name).display());

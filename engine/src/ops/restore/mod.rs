@@ -193,6 +193,10 @@ async fn plan(repo: &Repository, req: &RestoreRequest, choice: Choice) -> Result
         .iter()
         .map(|t| (t.oid, req.tablespace_map.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
         .collect();
+    if req.recovery.standby && !req.databases.is_empty() {
+        let problem = "--db-include/--db-exclude with --type=standby: a standby cannot drop the databases left out, and would serve zeros for them";
+        return Err(Error::misconfigured(Misconfig::Request, problem, "restore every database for a standby"));
+    }
     let zeroed = select::zeroed(&manifest, &req.databases)?;
     if !zeroed.oids.is_empty() {
         tracing::info!(
