@@ -290,3 +290,38 @@ fn extract_from_s3() {
     assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
     assert_eq!(checksum(&cluster, "shop_back", "orders"), before);
 }
+
+/// A role pg_hba.conf allows replication only (a common least-privilege setup) backs
+/// up without the database names: the backup says so, lists the databases by OID, and
+/// restore selects them by OID (a name is refused, naming the OIDs).
+#[test]
+fn a_backup_without_names_selects_by_oid() {
+    let cluster = Cluster::init(PgVersion::V15);
+    let repo = TestDir::new("repo");
+    let p = Pgcairn::local(repo.path());
+    p.ok(&["stanza-create", &format!("--pg={}", cluster.conninfo())]);
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("local replication replonly trust\nlocal all replonly reject\n{text}")).unwrap();
+    cluster.psql("CREATE ROLE replonly LOGIN REPLICATION; SELECT pg_reload_conf();");
+    cluster.psql("CREATE DATABASE keep; CREATE DATABASE drop_me;");
+    cluster.psql("\\c keep\nCREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g;");
+    let before = checksum(&cluster, "keep", "t");
+    let (keep, drop_me) = (oid_of(&cluster, "keep"), oid_of(&cluster, "drop_me"));
+    let pg = cluster.conninfo().replace("user=postgres", "user=replonly");
+    let out = p.run(&["backup", "--start-fast", &format!("--pg={pg}")]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("lists its databases by OID only"), "{said}");
+
+    let dir = TestDir::new("by-oid");
+    let data = dir.path().join("data");
+    let pg_data = format!("--pg-data={}", data.display());
+    let (code, err) = p.fails(&["restore", &pg_data, "--type=none", "--db-include=keep"]);
+    assert!(code == 3 && err.contains("by OID only") && err.contains(&keep) && err.contains(&drop_me), "{err}");
+    let out = p.ok(&["restore", &pg_data, "--type=none", &format!("--db-include={keep}")]);
+    assert!(out.contains(&format!("left out (files written as zeros): {drop_me}")), "{out}");
+    let c = Cluster::start_restored(PgVersion::V15, &data);
+    assert_eq!(checksum(&c, "keep", "t"), before);
+    c.psql("DROP DATABASE drop_me");
+}

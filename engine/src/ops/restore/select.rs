@@ -136,7 +136,9 @@ fn resolve<'a>(m: &Manifest, all: &'a [Database], token: &str, option: &str) -> 
         m.label,
         if listed.is_empty() { "none".to_string() } else { listed.join(", ") }
     );
-    let hint = if m.databases.is_empty() {
+    // Regression (issue 25's test of a replication-only role): a backup whose list
+    // has OIDs but no names was told to "name a database the backup has".
+    let hint = if !all.iter().any(|d| d.name.is_some()) {
         "this backup records its databases by OID only (written before format 6, or without a SQL connection): name them by OID"
     } else {
         "name a database the backup has (or its OID)"
@@ -221,5 +223,10 @@ mod tests {
         assert!(err.contains("by OID only") && err.contains("16384, 16390"), "{err}");
         // OIDs below 16384 are system databases even without a name.
         assert!(zeroed(&m, &sel(&["5"], &[])).unwrap_err().to_string().contains("system database"));
+        // A format 6 backup whose writer could not query pg_database lists OIDs only.
+        let mut listed = m.clone();
+        listed.databases = databases_of(&m);
+        let err = zeroed(&listed, &sel(&["app"], &[])).unwrap_err().to_string();
+        assert!(err.contains("by OID only"), "{err}");
     }
 }
