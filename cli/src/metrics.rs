@@ -157,6 +157,13 @@ fn proofs(s: &mut Scrape, info: &pgcairn::InfoReport) {
             rfc3339_seconds(&d.started).unwrap_or(0.0),
         );
         s.gauge("pgcairn_drill_last_ok", "1 when the last drill passed.", &[], if d.ok { 1.0 } else { 0.0 });
+        let partial = if d.databases_zeroed.is_empty() { 0.0 } else { 1.0 };
+        s.gauge(
+            "pgcairn_drill_last_partial",
+            "1 when the last drill left databases out (--db-include/--db-exclude).",
+            &[],
+            partial,
+        );
     }
     if let Some(d) = info.last_drills.iter().find(|d| d.ok) {
         s.gauge(

@@ -134,8 +134,11 @@ fn print_proofs(r: &pgcairn::InfoReport) -> anyhow::Result<()> {
         outln!("    last drill: never (run `pgcairn drill` monthly)");
     }
     for d in &r.last_drills {
-        let verdict =
-            if d.ok { "passed".to_string() } else { format!("FAILED: {}", d.failure.as_deref().unwrap_or("")) };
+        let verdict = match (d.ok, d.databases_zeroed.len()) {
+            (true, 0) => "passed".to_string(),
+            (true, n) => format!("passed, partially ({n} databases left out)"),
+            (false, _) => format!("FAILED: {}", d.failure.as_deref().unwrap_or("")),
+        };
         outln!(
             "    drill {}: backup {} to {}, RTO {:.0}s (restore {:.0}s, recovery {:.0}s, checks {:.0}s): {verdict}",
             d.started,

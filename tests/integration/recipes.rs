@@ -20,7 +20,7 @@ const BIN: &str = "/usr/local/bin";
 const PROGRAMS: [&str; 3] = ["pgcairn", "pgcairn-archive-push", "pgcairn-cron"];
 
 /// Every metric `pgcairn metrics` exports: alerting rules must not name others.
-const METRICS: [&str; 23] = [
+const METRICS: [&str; 24] = [
     "pgcairn_backup_not_restorable",
     "pgcairn_postgres_up",
     "pgcairn_archiver_failing",
@@ -42,6 +42,7 @@ const METRICS: [&str; 23] = [
     "pgcairn_drill_last_timestamp_seconds",
     "pgcairn_drill_last_ok",
     "pgcairn_drill_last_success_timestamp_seconds",
+    "pgcairn_drill_last_partial",
     "pgcairn_wal_receive_slot_active",
     "pgcairn_wal_receive_slot_lost",
 ];

@@ -166,6 +166,11 @@ fn restore_of_chosen_databases() {
     assert_eq!(report["ok"], true, "{report}");
     let zeroed = report["databases_zeroed"].to_string();
     assert!(zeroed.contains("ledger") && zeroed.contains("scratch") && !zeroed.contains("app"), "{report}");
+    // Review of issue 25: such a drill proves only what it restored, and says so.
+    let info = a.p.ok(&["info"]);
+    assert!(info.contains("passed, partially (2 databases left out)"), "{info}");
+    let metrics = a.p.ok(&["metrics"]);
+    assert!(metrics.contains("pgcairn_drill_last_partial 1"), "{metrics}");
 
     // extract needs pg_dump of the backup's major version; the npm packages of 16-18
     // ship the server only: refused before anything is restored.

@@ -171,21 +171,21 @@ pub(crate) fn check_action(recovery: &mut Recovery) -> Result<()> {
     if matches!(recovery.action, Some(TargetAction::Pause | TargetAction::Shutdown)) {
         return Err(Error::misconfigured(
             Misconfig::Request,
-            "a drill promotes at its target so that its checks can run",
+            "a drill (or an extract) promotes at its target so that its checks (or pg_dump) can run",
             "leave --target-action out (or use promote)",
         ));
     }
     if recovery.target == RecoveryTarget::None {
         return Err(Error::misconfigured(
             Misconfig::Request,
-            "a drill needs recovery, --type=none writes none",
+            "a drill (or an extract) needs recovery, --type=none writes none",
             "use --type=immediate",
         ));
     }
     if recovery.standby {
         return Err(Error::misconfigured(
             Misconfig::Request,
-            "a drill promotes the restored cluster: --type=standby does not apply",
+            "a drill (or an extract) promotes the restored cluster: --type=standby does not apply",
             "leave --type out (recovery to the end of the archive) or use --type=immediate",
         ));
     }
@@ -419,7 +419,7 @@ impl TempCluster {
     /// A server that may still run keeps its directory (removing it under a live
     /// postmaster would be worse than leaving it).
     pub(crate) fn keep_after_failed_stop(&mut self) {
-        tracing::error!("the drill server in {} did not stop: stop it with pg_ctl -D {}/data stop -m immediate, then remove the directory", self.path.display(), self.path.display());
+        tracing::error!("the temporary server in {} did not stop: stop it with pg_ctl -D {}/data stop -m immediate, then remove the directory", self.path.display(), self.path.display());
         self.keep = true;
     }
 }

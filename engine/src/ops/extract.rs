@@ -62,8 +62,10 @@ pub struct ExtractReport {
     pub chosen_because: String,
     /// The recovery target, as PostgreSQL would log it.
     pub target: String,
-    /// The database dumped.
+    /// The database dumped, as given.
     pub database: String,
+    /// Its OID.
+    pub database_oid: u32,
     /// Bytes restored (the database, the system catalogs and the rest of the cluster
     /// but the other databases) against the backup's whole size.
     pub restored_bytes: u64,
@@ -88,7 +90,7 @@ pub async fn extract(repo: &Repository, req: &ExtractRequest) -> Result<ExtractR
     let manifest = repo.load_manifest(&choice.label).await?;
     let bins = Binaries::find(req.pg_bin.as_deref(), manifest.pg_version / 10000)?;
     bins.require("pg_dump", "extract runs the backup's own major version of pg_dump")?;
-    let databases = crate::ops::restore::only_database(&manifest, &req.database)?;
+    let (databases, oid) = crate::ops::restore::only_database(&manifest, &req.database)?;
     let zeroed = crate::ops::restore::zeroed_by(&manifest, &databases)?;
     let restored_bytes: u64 =
         manifest.files.iter().filter(|f| f.kind == FileKind::File && !zeroed.covers(f)).map(|f| f.size).sum();
@@ -101,6 +103,7 @@ pub async fn extract(repo: &Repository, req: &ExtractRequest) -> Result<ExtractR
         chosen_because: choice.why.clone(),
         target: recovery.target.describe(),
         database: req.database.clone(),
+        database_oid: oid,
         restored_bytes,
         backup_bytes: manifest.size,
         output: out.describe(),
@@ -114,7 +117,7 @@ pub async fn extract(repo: &Repository, req: &ExtractRequest) -> Result<ExtractR
         signal = crate::ops::interrupted() => Err(Error::misconfigured(
             Misconfig::Request,
             format!("the extract was interrupted by {signal}"),
-            "its server was stopped and its directory removed; no dump was written; run it again",
+            "its server was stopped and its directory removed; no dump file was written (a dump to standard output is incomplete); run it again",
         )),
     };
     if !instance.stop().await {
@@ -140,7 +143,7 @@ async fn run(
     report.recovery_seconds = clock.elapsed().as_secs_f64();
     let clock = Instant::now();
     // The recovered cluster names the database even when the backup knew its OID only.
-    let name = database_name(instance, &req.database).await?;
+    let name = database_name(instance, report.database_oid, &req.database).await?;
     let mut cmd = instance.pg_dump(&name, req.format, &req.tables, &req.schemas);
     cmd.stdout(out.stdio()?);
     // Not output(): tokio's pipes stdout itself, and the dump would go into memory.
@@ -150,7 +153,7 @@ async fn run(
         return Err(Error::misconfigured(
             Misconfig::Request,
             format!("pg_dump failed ({}): {}", done.status, String::from_utf8_lossy(&done.stderr).trim()),
-            "check the --table/--schema patterns (pg_dump's pattern rules); no dump was written",
+            "check the --table/--schema patterns (pg_dump's pattern rules); no dump file was written (a dump to standard output is incomplete)",
         ));
     }
     out.finish()?;
@@ -159,10 +162,10 @@ async fn run(
 }
 
 /// The name `pg_dump -d` needs: the given one, or the name of the database with that OID.
-async fn database_name(instance: &Instance, given: &str) -> Result<String> {
+async fn database_name(instance: &Instance, oid: u32, given: &str) -> Result<String> {
     let client = instance.connect("postgres").await?;
     let rows = client
-        .query("SELECT datname FROM pg_database WHERE datname = $1 OR oid::text = $1", &[&given])
+        .query("SELECT datname FROM pg_database WHERE oid = $1", &[&oid])
         .await
         .map_err(|e| Error::Internal(format!("cannot list the recovered cluster's databases: {e}")))?;
     match rows.first() {

@@ -74,6 +74,16 @@ impl Binaries {
     }
 }
 
+/// Remove every `PG*` variable from a client's environment: PGPASSWORD would be sent
+/// to the private server, PGHOSTADDR or PGSERVICE could send the client elsewhere.
+fn without_libpq_env(cmd: &mut tokio::process::Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.as_encoded_bytes().starts_with(b"PG") {
+            cmd.env_remove(key);
+        }
+    }
+}
+
 /// pg_dump's output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DumpFormat {
@@ -379,7 +389,9 @@ impl Instance {
         if !bin.exists() {
             return Err(format!("{} not found", bin.display()));
         }
-        let out = tokio::process::Command::new(bin)
+        let mut cmd = tokio::process::Command::new(bin);
+        without_libpq_env(&mut cmd);
+        let out = cmd
             .arg("-h")
             .arg(&self.socket_dir)
             .args(["-p", &DRILL_PORT.to_string(), "-U", &self.user.name])
@@ -415,7 +427,9 @@ impl Instance {
         cmd.arg("-h")
             .arg(&self.socket_dir)
             .args(["-p", &DRILL_PORT.to_string(), "-U", &self.user.name, "--no-password"])
-            .arg(format!("--dbname={db}"))
+            // A connection string naming the database only: a name holding `=` or a
+            // URI is a name, never another host (review of issue 25).
+            .arg(format!("--dbname=dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'")))
             .arg(match format {
                 DumpFormat::Plain => "--format=plain",
                 DumpFormat::Custom => "--format=custom",
@@ -423,7 +437,9 @@ impl Instance {
             .args(tables.iter().map(|t| format!("--table={t}")))
             .args(schemas.iter().map(|n| format!("--schema={n}")))
             .stdin(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        without_libpq_env(&mut cmd);
         cmd
     }
 

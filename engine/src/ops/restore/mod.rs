@@ -484,10 +484,13 @@ async fn compare_all(
             window.push(Compared { dest: &job.dest, size: job.entry.size, ids });
         }
         let hasher = repo.chunk_hasher();
-        let mut compared = tokio::task::block_in_place(|| delta::compare(&window, block_size, &hasher, progress))?;
-        compared.reverse();
+        let compared = tokio::task::block_in_place(|| delta::compare(&window, block_size, &hasher, progress))?;
+        if compared.len() != window.len() {
+            return Err(Error::Internal(format!("compared {} files of {}", compared.len(), window.len())));
+        }
+        let mut compared = compared.into_iter();
         for job in &jobs[start..end] {
-            actions.push(if job.zero { Action::Zero } else { compared.pop().unwrap_or(Action::Write) });
+            actions.push(if job.zero { Action::Zero } else { compared.next().unwrap_or(Action::Write) });
         }
         for (job, a) in jobs[start..end].iter().zip(&actions[start..end]) {
             match a {

@@ -71,15 +71,16 @@ fn shown(d: &Database) -> String {
 }
 
 /// The selection that restores database `token` (name or OID) and the system ones
-/// only: a user database is included, a system one keeps every user database out.
-pub(crate) fn only_database(m: &Manifest, token: &str) -> Result<DbSelection> {
+/// only (a user database is included, a system one keeps every user database out),
+/// with the database's OID.
+pub(crate) fn only_database(m: &Manifest, token: &str) -> Result<(DbSelection, u32)> {
     let all = databases_of(m);
     let d = resolve(m, &all, token, "--db")?;
     if is_system(d) {
         let exclude = all.iter().filter(|o| !is_system(o)).map(|o| o.oid.to_string()).collect();
-        return Ok(DbSelection { include: Vec::new(), exclude });
+        return Ok((DbSelection { include: Vec::new(), exclude }, d.oid));
     }
-    Ok(DbSelection { include: vec![d.oid.to_string()], exclude: Vec::new() })
+    Ok((DbSelection { include: vec![d.oid.to_string()], exclude: Vec::new() }, d.oid))
 }
 
 /// What `sel` leaves out of backup `m`; refuses names the backup does not have, a
@@ -126,9 +127,17 @@ fn resolve_all<'a>(m: &Manifest, all: &'a [Database], given: &[String], option: 
 /// A database by name, or by OID (the only way for a backup without names).
 fn resolve<'a>(m: &Manifest, all: &'a [Database], token: &str, option: &str) -> Result<&'a Database> {
     let by_name = all.iter().find(|d| d.name.as_deref() == Some(token));
-    let by_oid = || token.parse::<u32>().ok().and_then(|oid| all.iter().find(|d| d.oid == oid));
-    if let Some(d) = by_name.or_else(by_oid) {
-        return Ok(d);
+    let by_oid = token.parse::<u32>().ok().and_then(|oid| all.iter().find(|d| d.oid == oid));
+    match (by_name, by_oid) {
+        // Review of issue 25: a database named "16390" and the one with OID 16390
+        // are two databases; taking either one silently would zero the other.
+        (Some(a), Some(b)) if a != b => {
+            let problem =
+                format!("{option}={token} names database {} by name and database {} by OID", shown(a), shown(b));
+            return Err(Error::misconfigured(Misconfig::Request, problem, "rename one of them, or name the other"));
+        }
+        (Some(d), _) | (None, Some(d)) => return Ok(d),
+        (None, None) => {}
     }
     let listed: Vec<String> = all.iter().filter(|d| !is_system(d)).map(shown).collect();
     let problem = format!(
@@ -211,6 +220,11 @@ mod tests {
         assert!(err.contains("system database"), "{err}");
         let err = zeroed(&m, &sel(&["app"], &["16384"])).unwrap_err().to_string();
         assert!(err.contains("both included and excluded"), "{err}");
+        // Review of issue 25: a database named like another's OID is ambiguous.
+        let mut named_like_an_oid = m.clone();
+        named_like_an_oid.databases[4].name = Some("16384".into());
+        let err = zeroed(&named_like_an_oid, &sel(&["16384"], &[])).unwrap_err().to_string();
+        assert!(err.contains("by name and database app (16384) by OID"), "{err}");
     }
 
     /// A format 5 backup has no names: its databases come from the files, by OID.
