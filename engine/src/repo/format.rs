@@ -355,6 +355,23 @@ pub struct Database {
     pub tablespace: Option<u32>,
 }
 
+impl Database {
+    /// Every database that has files in `files`, in OID order: those of `named` with
+    /// their names, the others by OID only. A named database without files (created
+    /// after its directory was streamed: its files come with the WAL) is left out.
+    pub(crate) fn with_files(named: &[Database], files: &[FileEntry]) -> Vec<Database> {
+        let mut found: std::collections::BTreeSet<u32> = files
+            .iter()
+            .filter(|f| f.kind == FileKind::File)
+            .filter_map(|f| crate::pg::datadir::database_of(&f.path, f.tablespace.is_some()))
+            .collect();
+        let mut out: Vec<Database> = named.iter().filter(|d| found.remove(&d.oid)).cloned().collect();
+        out.extend(found.into_iter().map(|oid| Database { oid, name: None, tablespace: None }));
+        out.sort_by_key(|d| d.oid);
+        out
+    }
+}
+
 /// `backup/<label>/summary` (format 5): sealed metadata, a few hundred bytes, what
 /// the catalog needs about a backup (info, expiry, choosing a backup for a target)
 /// without decrypting its manifest, whose file list grows with the cluster.

@@ -3,34 +3,23 @@
 //! from `pg_database` as the backup ends. Without a SQL connection (a role limited to
 //! replication in pg_hba.conf) the list still has every OID, without names.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::pg::datadir::{database_of, SQL_DATABASES};
+use crate::pg::datadir::SQL_DATABASES;
 use crate::pg::ConnParams;
-use crate::repo::format::{Database, FileEntry, FileKind};
+use crate::repo::format::{Database, FileEntry};
 
 /// How long the query may take: a backup never hangs on it.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every database that has files in the backup, named where the server said.
 pub(super) async fn list(pg: &ConnParams, files: &[FileEntry]) -> Vec<Database> {
-    let mut with_files: BTreeSet<u32> = files
-        .iter()
-        .filter(|f| f.kind == FileKind::File)
-        .filter_map(|f| database_of(&f.path, f.tablespace.is_some()))
-        .collect();
     let named = match tokio::time::timeout(QUERY_TIMEOUT, query(pg)).await {
         Ok(Ok(rows)) => rows,
         Ok(Err(e)) => unnamed(pg, &e.to_string()),
         Err(_) => unnamed(pg, "the query timed out"),
     };
-    // A database created after its directory was streamed has no files here: its
-    // files come back with the WAL, not with --db-include.
-    let mut out: Vec<Database> = named.into_iter().filter(|d| with_files.remove(&d.oid)).collect();
-    out.extend(with_files.into_iter().map(|oid| Database { oid, name: None, tablespace: None }));
-    out.sort_by_key(|d| d.oid);
-    out
+    Database::with_files(&named, files)
 }
 
 fn unnamed(pg: &ConnParams, why: &str) -> Vec<Database> {

@@ -47,16 +47,7 @@ impl Zeroed {
 /// The backup's databases: its list (format 6), plus any found only in its files
 /// (every database of a format 5 backup, which has no list), by OID.
 pub(crate) fn databases_of(m: &Manifest) -> Vec<Database> {
-    let mut found: BTreeSet<u32> = m
-        .files
-        .iter()
-        .filter(|f| f.kind == FileKind::File)
-        .filter_map(|f| database_of(&f.path, f.tablespace.is_some()))
-        .collect();
-    let mut out: Vec<Database> = m.databases.iter().filter(|d| found.remove(&d.oid)).cloned().collect();
-    out.extend(found.into_iter().map(|oid| Database { oid, name: None, tablespace: None }));
-    out.sort_by_key(|d| d.oid);
-    out
+    Database::with_files(&m.databases, &m.files)
 }
 
 fn is_system(d: &Database) -> bool {
