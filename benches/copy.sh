@@ -16,27 +16,11 @@ set -euo pipefail
 
 SCALE=${SCALE:-50}
 REPEAT=${REPEAT:-3}
-PGBIN=/usr/lib/postgresql/15/bin
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-as_pg() { runuser -u postgres -- "$@"; }
-W=$(mktemp -d /var/tmp/pgcairn-copy.XXXXXX)
-chmod 755 "$W"
-chown postgres: "$W"
-LOG=$W/log
-cleanup() {
-    rc=$?
-    [ "$rc" = 0 ] || tail -n 30 "$LOG" >&2 || true
-    [ -f "$W/data/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$W/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$W"
-}
-trap cleanup EXIT
-say() { echo "== $*" >&2; }
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+. "$(dirname "$0")/common.sh"
+bench_setup copy data
+PORT=$(free_port)
 
-mkdir "$W/bin"
-cp "$ROOT/target/release/pgcairn" "$W/bin/"
-chmod 755 "$W/bin" "$W/bin/pgcairn"
+install_pgcairn
 as_pg "$PGBIN/initdb" -D "$W/data" >>"$LOG"
 printf "port = %s\nunix_socket_directories = '%s'\nlisten_addresses = ''\nwal_level = replica\nautovacuum = off\n" \
     "$PORT" "$W" >>"$W/data/postgresql.conf"

@@ -19,31 +19,13 @@ set -euo pipefail
 
 SCALE=${SCALE:-50}
 REPEAT=${REPEAT:-3}
-PGBIN=/usr/lib/postgresql/15/bin
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+. "$(dirname "$0")/common.sh"
+bench_setup extract data restored
 command -v bc >/dev/null || apt-get install -y -q bc >/dev/null
-as_pg() { runuser -u postgres -- "$@"; }
-W=$(mktemp -d /var/tmp/pgcairn-extract.XXXXXX)
-chmod 755 "$W"
-chown postgres: "$W"
-LOG=$W/log
-cleanup() {
-    rc=$?
-    [ "$rc" = 0 ] || tail -n 30 "$LOG" >&2 || true
-    for d in "$W/data" "$W/restored"; do
-        [ -f "$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
-    done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-say() { echo "== $*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 
-mkdir "$W/bin" "$W/work"
-cp "$ROOT/target/release/pgcairn" "$W/bin/"
-chmod 755 "$W/bin" "$W/bin/"*
+install_pgcairn
+mkdir "$W/work"
 chown postgres: "$W/work"
 printf '%s\n' "extract benchmark passphrase" >"$W/pass"
 chown postgres: "$W/pass"

@@ -20,28 +20,12 @@ SCALE=${SCALE:-20}
 RANDOM_MB=${RANDOM_MB:-300}
 REPEAT=${REPEAT:-3}
 BANDWIDTH=${BANDWIDTH:-16MiB}
-PGBIN=/usr/lib/postgresql/15/bin
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+. "$(dirname "$0")/common.sh"
+bench_setup limits data
 [ -x /usr/bin/time ] || apt-get install -y -q time >/dev/null
-as_pg() { runuser -u postgres -- "$@"; }
-W=$(mktemp -d /var/tmp/pgcairn-limits.XXXXXX)
-chmod 755 "$W"
-chown postgres: "$W"
-LOG=$W/log
-cleanup() {
-    rc=$?
-    [ "$rc" = 0 ] || tail -n 30 "$LOG" >&2 || true
-    [ -f "$W/data/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$W/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$W"
-}
-trap cleanup EXIT
-say() { echo "== $*" >&2; }
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 
-mkdir "$W/bin"
-cp "$ROOT/target/release/pgcairn" "$W/bin/"
-chmod 755 "$W/bin" "$W/bin/"*
+install_pgcairn
 printf '%s\n' "limits benchmark passphrase" >"$W/pass"
 chown postgres: "$W/pass"
 chmod 600 "$W/pass"

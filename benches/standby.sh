@@ -18,25 +18,8 @@ set -euo pipefail
 
 SCALE=${SCALE:-50}
 REPEAT=${REPEAT:-3}
-PGBIN=/usr/lib/postgresql/15/bin
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-as_pg() { runuser -u postgres -- "$@"; }
-W=$(mktemp -d /var/tmp/pgcairn-standby.XXXXXX)
-chmod 755 "$W"
-chown postgres: "$W"
-LOG=$W/log
-cleanup() {
-    rc=$?
-    [ "$rc" = 0 ] || tail -n 30 "$LOG" >&2 || true
-    for d in standby primary; do
-        [ -f "$W/$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$W/$d" -m immediate stop >/dev/null 2>&1 || true
-    done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-say() { echo "== $*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+. "$(dirname "$0")/common.sh"
+bench_setup standby standby primary
 P1=$(free_port)
 P2=$(free_port)
 
