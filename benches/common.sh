@@ -5,7 +5,9 @@
 #   $LOG   $W/log;                  $PGBIN PostgreSQL 15's bin directory;
 #   as_pg CMD...  CMD as postgres;  say TEXT  a progress line on stderr;
 #   free_port     an unused TCP port;
-#   install_pgcairn  copies target/release/pgcairn to $W/bin, readable by postgres.
+#   install_pgcairn  copies target/release/pgcairn to $W/bin, readable by postgres;
+#   passphrase_file TEXT  writes $W/pass (0600, postgres's);
+#   start_cluster PORT  initdb $W/data, its socket in $W, started; sets $CONN.
 # On exit the servers of $W/DATADIR... are stopped, $W is removed, and on failure
 # the end of $LOG is printed.
 
@@ -41,4 +43,17 @@ install_pgcairn() {
     mkdir -p "$W/bin"
     cp "$ROOT/target/release/pgcairn" "$W/bin/"
     chmod 755 "$W/bin" "$W/bin/pgcairn"
+}
+
+passphrase_file() {
+    printf '%s\n' "$1" >"$W/pass"
+    chown postgres: "$W/pass"
+    chmod 600 "$W/pass"
+}
+
+start_cluster() {
+    as_pg "$PGBIN/initdb" -D "$W/data" >>"$LOG"
+    printf "port = %s\nunix_socket_directories = '%s'\nmax_wal_size = 4GB\n" "$1" "$W" >>"$W/data/postgresql.conf"
+    as_pg "$PGBIN/pg_ctl" -D "$W/data" -l "$W/server.log" -w start >>"$LOG"
+    CONN="host=$W port=$1 user=postgres"
 }

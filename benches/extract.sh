@@ -27,14 +27,8 @@ PORT=$(free_port)
 install_pgcairn
 mkdir "$W/work"
 chown postgres: "$W/work"
-printf '%s\n' "extract benchmark passphrase" >"$W/pass"
-chown postgres: "$W/pass"
-chmod 600 "$W/pass"
-
-as_pg "$PGBIN/initdb" -D "$W/data" >>"$LOG"
-printf "port = %s\nunix_socket_directories = '%s'\nmax_wal_size = 4GB\n" "$PORT" "$W" >>"$W/data/postgresql.conf"
-as_pg "$PGBIN/pg_ctl" -D "$W/data" -l "$W/server.log" -w start >>"$LOG"
-CONN="host=$W port=$PORT user=postgres"
+passphrase_file "extract benchmark passphrase"
+start_cluster "$PORT"
 psql() { as_pg "$PGBIN/psql" -X -q -h "$W" -p "$PORT" -U postgres "$@"; }
 say "pgbench -i -s $SCALE in database big, 100,000 orders in database shop"
 psql -c "CREATE DATABASE big" -c "CREATE DATABASE shop" postgres >>"$LOG"

@@ -26,14 +26,8 @@ bench_setup limits data
 PORT=$(free_port)
 
 install_pgcairn
-printf '%s\n' "limits benchmark passphrase" >"$W/pass"
-chown postgres: "$W/pass"
-chmod 600 "$W/pass"
-
-as_pg "$PGBIN/initdb" -D "$W/data" >>"$LOG"
-printf "port = %s\nunix_socket_directories = '%s'\nmax_wal_size = 4GB\n" "$PORT" "$W" >>"$W/data/postgresql.conf"
-as_pg "$PGBIN/pg_ctl" -D "$W/data" -l "$W/server.log" -w start >>"$LOG"
-CONN="host=$W port=$PORT user=postgres"
+passphrase_file "limits benchmark passphrase"
+start_cluster "$PORT"
 say "pgbench -i -s $SCALE, and $RANDOM_MB MB of random base64 text (barely compressible: CPU-bound)"
 as_pg "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >>"$LOG" 2>&1
 as_pg "$PGBIN/psql" -X -q -h "$W" -p "$PORT" -U postgres -c "CREATE EXTENSION pgcrypto" \
