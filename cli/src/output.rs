@@ -197,6 +197,14 @@ fn print_backup(b: &pgcairn::BackupInfo) -> anyhow::Result<()> {
     };
     outln!("        lsn start/stop: {} / {} (timeline {}), {wal}", d.start_lsn, d.stop_lsn, d.timeline);
     outln!("        database size: {}, files: {}, new in repository: {}", human(d.size), d.files, human(d.stored_new));
+    if let Some(read) = d.read.as_ref().filter(|_| d.parent.is_some()) {
+        let how = match &read.fallback {
+            None if read.from_summaries() => "changed pages only (WAL summaries)".to_string(),
+            None => "the whole cluster".to_string(),
+            Some(why) => format!("the whole cluster, because {why}"),
+        };
+        outln!("        read: {} streamed, {how}", human(read.streamed));
+    }
     Ok(())
 }
 

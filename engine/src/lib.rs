@@ -55,7 +55,7 @@ pub use pg::walstream::{default_slot, SlotState};
 pub use pg::{ConnParams, Lsn};
 pub use progress::{NoProgress, Progress};
 pub use repo::access::{RepoAccess, Unlock};
-pub use repo::format::{check_stanza_name, BackupSource, Database, FORMAT_VERSION, OLDEST_READABLE_FORMAT};
+pub use repo::format::{check_stanza_name, BackupSource, Database, ReadMethod, FORMAT_VERSION, OLDEST_READABLE_FORMAT};
 pub use repo::keys::KeySlotInfo;
 pub use repo::KeyCache;
 pub use repo::Repository;

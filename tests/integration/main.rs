@@ -23,6 +23,7 @@ mod selective;
 mod settings;
 mod several_repos;
 mod standby;
+mod summaries;
 mod support;
 mod tls;
 mod wal_receive;

@@ -80,6 +80,11 @@ pub struct BackupDetails {
     /// absent for backups taken before pgcairn recorded it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<crate::repo::format::BackupSource>,
+    /// How it read the cluster: WAL summaries (changed pages only) or the whole
+    /// cluster, with the reason a diff or incr could not use summaries; absent
+    /// for backups written before format 7.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<crate::repo::format::ReadMethod>,
 }
 
 /// The stanza as `info` shows it.
@@ -329,6 +334,7 @@ fn details(m: Summary) -> BackupDetails {
         wal_start: m.wal_start,
         wal_stop: m.wal_stop,
         source: m.source,
+        read: m.read,
     }
 }
 
@@ -353,6 +359,7 @@ mod tests {
             wal_start: None,
             wal_stop: None,
             source: None,
+            read: None,
         };
         BackupInfo {
             label: label.into(),

@@ -21,6 +21,9 @@ pub(crate) struct BaseBackupOptions {
     pub progress: bool,
     /// Let the server wait until its archiver has the backup's last segment.
     pub wait_for_archive: bool,
+    /// Send only what changed since the manifest given with [`upload_manifest`]
+    /// (PostgreSQL 17+, WAL summaries).
+    pub incremental: bool,
 }
 
 impl BaseBackupOptions {
@@ -34,6 +37,9 @@ impl BaseBackupOptions {
             "TABLESPACE_MAP".to_string(),
             format!("VERIFY_CHECKSUMS {}", self.verify_checksums),
         ];
+        if self.incremental {
+            opts.push("INCREMENTAL".into());
+        }
         if self.wal {
             opts.push("WAL".into());
         }
@@ -44,6 +50,42 @@ impl BaseBackupOptions {
             opts.push("WAIT false".into());
         }
         format!("BASE_BACKUP ( {} )", opts.join(", "))
+    }
+}
+
+/// CopyData messages of at most this many bytes carry an uploaded manifest.
+const UPLOAD_CHUNK: usize = 64 * 1024;
+
+/// `UPLOAD_MANIFEST`: hand the server the prior backup's backup_manifest, which the
+/// next `BASE_BACKUP ( INCREMENTAL )` on this connection is taken against. The
+/// server checks it (version 2, this system's identifier, its checksum).
+pub(crate) async fn upload_manifest(conn: &mut ReplicationConnection, manifest: &[u8]) -> Result<()> {
+    conn.send_query("UPLOAD_MANIFEST").await?;
+    let mut sent = false;
+    let mut error = None;
+    loop {
+        let f = conn.read_frame().await?;
+        match f.tag {
+            b'G' if !sent => {
+                for chunk in manifest.chunks(UPLOAD_CHUNK) {
+                    conn.send_copy_data(chunk).await?;
+                }
+                conn.send_copy_done().await?;
+                sent = true;
+            }
+            b'E' => error = Some(conn.server_error(ServerMessage::parse(&f.body))),
+            b'N' => log_notice(&ServerMessage::parse(&f.body)),
+            b'C' | b'T' | b'D' => {}
+            b'Z' => break,
+            other => {
+                let detail = format!("unexpected message {:?} after UPLOAD_MANIFEST", other as char);
+                return Err(Error::Protocol { target: conn.target().to_string(), detail });
+            }
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 

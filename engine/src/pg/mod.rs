@@ -7,6 +7,7 @@ pub(crate) mod archiving;
 pub(crate) mod basebackup;
 pub(crate) mod conninfo;
 pub(crate) mod datadir;
+pub(crate) mod incremental;
 pub(crate) mod instance;
 pub(crate) mod lsn;
 pub(crate) mod recovery;

@@ -163,6 +163,8 @@ pub fn parse_data_row(mut body: &[u8]) -> Result<Row, String> {
 #[derive(Debug, Clone)]
 pub(crate) struct SystemInfo {
     pub system_identifier: u64,
+    /// The server's current timeline.
+    pub timeline: u32,
 }
 
 pub(crate) struct ReplicationConnection {
@@ -561,7 +563,10 @@ impl ReplicationConnection {
         let row =
             sets.first().and_then(|s| s.first()).ok_or_else(|| self.protocol("IDENTIFY_SYSTEM returned no row"))?;
         let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-        Ok(SystemInfo { system_identifier: field(0).parse().map_err(|_| self.protocol("bad systemid"))? })
+        Ok(SystemInfo {
+            system_identifier: field(0).parse().map_err(|_| self.protocol("bad systemid"))?,
+            timeline: field(1).parse().map_err(|_| self.protocol("bad timeline"))?,
+        })
     }
 
     /// Send one CopyData message (the client's half of a CopyBoth stream).

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The repository format this pgcairn writes (repository-format.md §10).
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 /// The oldest format it still reads: version 6 only added the manifest's
 /// `databases`, which a version 5 backup lacks (restore then knows databases by OID).
 pub const OLDEST_READABLE_FORMAT: u32 = 5;
@@ -339,6 +339,35 @@ pub(crate) struct Manifest {
     /// restore finds by OID from the file list).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub databases: Vec<Database>,
+    /// How the backup read the cluster (format 7; absent before).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub read: Option<ReadMethod>,
+}
+
+/// How a backup read the cluster (§6.2 `read`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMethod {
+    /// [`ReadMethod::SUMMARIES`] or [`ReadMethod::WHOLE`].
+    pub method: String,
+    /// Why a diff or incr read the whole cluster instead of using WAL summaries.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fallback: Option<String>,
+    /// Bytes of archive the server streamed.
+    pub streamed: u64,
+}
+
+impl ReadMethod {
+    /// The server sent only the pages changed since the parent (PostgreSQL 17+,
+    /// `BASE_BACKUP ( INCREMENTAL )` against the parent's backup_manifest).
+    pub const SUMMARIES: &'static str = "wal-summaries";
+    /// The server sent every file; a diff or incr compared them with the parent.
+    pub const WHOLE: &'static str = "whole-cluster";
+
+    /// Whether the server sent changed pages only. Such a backup's stored
+    /// backup_manifest lists `INCREMENTAL.*` files, not the files restore writes.
+    pub fn from_summaries(&self) -> bool {
+        self.method == Self::SUMMARIES
+    }
 }
 
 /// A database of the backed-up cluster, as `pg_database` listed it when the backup
@@ -410,6 +439,9 @@ pub(crate) struct Summary {
     /// Where the backup was read from.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source: Option<BackupSource>,
+    /// How it read the cluster (format 7).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub read: Option<ReadMethod>,
 }
 
 #[cfg(test)]
@@ -437,6 +469,7 @@ impl Summary {
             blocks_per_part: 1,
             indexes: Vec::new(),
             source: None,
+            read: None,
         }
     }
 }
@@ -465,6 +498,7 @@ impl Summary {
             blocks_per_part: m.blocks_per_part,
             indexes: m.indexes.clone(),
             source: m.source.clone(),
+            read: m.read.clone(),
         }
     }
 }

@@ -78,6 +78,7 @@ fn manifest(label: &str, parent: Option<&str>, t: chrono::DateTime<chrono::Utc>,
         blocks_per_part: 1,
         source: None,
         databases: Vec::new(),
+        read: None,
     }
 }
 

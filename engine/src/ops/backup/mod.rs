@@ -29,15 +29,21 @@ use crate::progress::Progress;
 use crate::repo::backup_writer::BackupWriter;
 use crate::repo::blob;
 use crate::repo::blocklist::{BlockLocation, DeltaBase};
-use crate::repo::format::{BackupSource, ChunkId, Database, FileEntry, FileKind, Manifest, Tablespace, FORMAT_VERSION};
+use crate::repo::format::{
+    BackupSource, ChunkId, Database, FileEntry, FileKind, Manifest, ReadMethod, Tablespace, FORMAT_VERSION,
+};
 use crate::repo::lock::StanzaLock;
 use crate::repo::Repository;
+use incremental::IncrementalFile;
 pub(crate) use standby::check_primary;
 use standby::{ArchivedBy, Standby};
-use worker::{process_batch, BatchTask, BlockCtx, BlockDone, BlockPlace, Outcome, PendingBlock};
+use summaries::Plan;
+use worker::{process_batch, BatchTask, BlockCtx, BlockDone, BlockPlace, Content, Outcome, PendingBlock};
 
 mod databases;
+mod incremental;
 mod standby;
+mod summaries;
 mod worker;
 
 const IN_FLIGHT_BLOCKS: usize = 256;
@@ -94,6 +100,9 @@ pub struct BackupSummary {
     pub stop_lsn: Lsn,
     /// Wall-clock duration.
     pub seconds: f64,
+    /// How it read the cluster: a diff or incr on PostgreSQL 17+ asks for the
+    /// pages changed since its parent, and says why when it could not.
+    pub read: Option<ReadMethod>,
     /// What the expire after the backup did, when one ran.
     pub expire: Option<crate::ops::expire::ExpireReport>,
     /// Why that expire failed (the backup itself succeeded).
@@ -127,6 +136,11 @@ pub(super) struct Builder<'r> {
     capture_label: bool,
     backup_label: Vec<u8>,
     progress: Arc<dyn Progress>,
+    /// PostgreSQL's page size, when the server sends changed relation files as
+    /// `INCREMENTAL.*` entries (ops/backup/summaries.rs).
+    page_size: Option<usize>,
+    /// The current file, when it came as such an entry.
+    incremental: Option<IncrementalFile>,
 }
 
 impl<'r> Builder<'r> {
@@ -166,17 +180,23 @@ impl<'r> Builder<'r> {
             capture_label: false,
             backup_label: Vec::new(),
             progress,
+            page_size: None,
+            incremental: None,
         }
     }
 
     async fn submit(&mut self, block: Bytes) -> Result<()> {
+        self.submit_content(Content::Whole(block)).await
+    }
+
+    async fn submit_content(&mut self, content: Content) -> Result<()> {
         let at_parent = match (&self.parent, self.parent_file) {
             (Some(p), Some((first, count))) if self.file_blocks < count => p.block(first + self.file_blocks).await?,
             _ => None,
         };
         let place = BlockPlace { path: self.current_path.clone(), block: self.file_blocks };
         self.file_blocks += 1;
-        self.pending.push(PendingBlock { block, at_parent, place });
+        self.pending.push(PendingBlock { content, at_parent, place });
         if self.pending.len() >= BATCH_BLOCKS {
             self.spawn_batch().await?;
         }
@@ -239,11 +259,16 @@ impl<'r> Builder<'r> {
 
     async fn tar_item(&mut self, item: TarItem) -> Result<()> {
         match item {
-            TarItem::Entry(e) => self.start_entry(e),
+            TarItem::Entry(e) => self.start_entry(e)?,
+            TarItem::Data(d) if self.incremental.is_some() => self.incremental_data(Some(d)).await?,
             TarItem::Data(d) => self.file_data(d).await?,
+            TarItem::EntryEnd if self.incremental.is_some() => self.incremental_data(None).await?,
             TarItem::EntryEnd => {
                 let file =
                     self.current.take().ok_or_else(|| Error::Internal("tar entry end without an entry".into()))?;
+                if self.capture_label {
+                    self.submit_label(file).await?;
+                }
                 if !self.buf.is_empty() {
                     let block = self.buf.split().freeze();
                     self.submit(block).await?;
@@ -256,18 +281,74 @@ impl<'r> Builder<'r> {
         Ok(())
     }
 
+    /// The backup_label, held back until whole: an incremental backup's names its
+    /// prior backup, and PostgreSQL refuses to start from such a label.
+    async fn submit_label(&mut self, file: usize) -> Result<()> {
+        self.backup_label = crate::pg::incremental::combined_backup_label(&self.backup_label);
+        self.files[file].size = self.backup_label.len() as u64;
+        self.crc = crc32c::crc32c(&self.backup_label);
+        let label = Bytes::from(self.backup_label.clone());
+        for at in (0..label.len()).step_by(self.block_size) {
+            self.submit(label.slice(at..label.len().min(at + self.block_size))).await?;
+        }
+        Ok(())
+    }
+
+    /// The next bytes of an `INCREMENTAL.*` entry, or its end (None): the blocks
+    /// of the whole file they complete go to the workers.
+    async fn incremental_data(&mut self, data: Option<Bytes>) -> Result<()> {
+        let Some(file) = self.incremental.as_mut() else {
+            return Ok(());
+        };
+        let mut patches = Vec::new();
+        let ended = data.is_none();
+        let fed = match data {
+            Some(d) => file.feed(d, &mut patches),
+            None => file.finish(&mut patches),
+        };
+        let size = file.file_size();
+        let path = self.current_path.clone();
+        fed.map_err(|detail| Error::Protocol {
+            target: "BASE_BACKUP".into(),
+            detail: format!("incremental file for {path}: {detail}"),
+        })?;
+        for patch in patches {
+            self.submit_content(Content::Patched(patch)).await?;
+        }
+        if ended {
+            let current = self.current.take().ok_or_else(|| Error::Internal("entry end without an entry".into()))?;
+            // The whole file's checksum is unknown: its unchanged blocks were not read.
+            (self.files[current].size, self.files[current].crc32c) = (size.unwrap_or(0), None);
+            self.incremental = None;
+        }
+        Ok(())
+    }
+
     /// A new entry of the archive: its file entry, and where its blocks were in the parent.
-    fn start_entry(&mut self, e: TarEntry) {
+    fn start_entry(&mut self, mut e: TarEntry) -> Result<()> {
         let kind = match e.kind {
             EntryKind::File => FileKind::File,
             EntryKind::Dir => FileKind::Dir,
             EntryKind::Symlink => FileKind::Symlink,
         };
         self.capture_label = self.tablespace.is_none() && e.path == "backup_label";
+        self.incremental = None;
+        if let (Some(page_size), FileKind::File) = (self.page_size, kind) {
+            if let Some(whole) = crate::pg::incremental::stands_for(&e.path) {
+                self.incremental = Some(IncrementalFile::new(page_size, self.block_size));
+                e.path = whole;
+            }
+        }
         self.parent_file = match (&self.parent, kind) {
             (Some(p), FileKind::File) => p.file(self.tablespace, &e.path),
             _ => None,
         };
+        if self.incremental.is_some() && self.parent_file.is_none() {
+            return Err(Error::ParentCorrupt {
+                what: format!("parent backup {}", self.workers.parent_label),
+                detail: format!("the server sent {} as changes since it, but it has no such file", e.path),
+            });
+        }
         self.file_blocks = 0;
         self.current_path = Arc::from(match self.tablespace {
             Some(oid) => format!("pg_tblspc/{oid}/{}", e.path),
@@ -286,6 +367,7 @@ impl<'r> Builder<'r> {
         self.current = Some(self.files.len() - 1);
         self.buf.clear();
         self.crc = 0;
+        Ok(())
     }
 
     /// The current file's bytes, cut into blocks (a whole-block piece goes as it is).
@@ -294,6 +376,7 @@ impl<'r> Builder<'r> {
         self.crc = crc32c::crc32c_append(self.crc, &d);
         if self.capture_label {
             self.backup_label.extend_from_slice(&d);
+            return Ok(());
         }
         if self.buf.is_empty() && d.len() == self.block_size {
             return self.submit(d).await;
@@ -436,7 +519,8 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
     if let Some(s) = &standby {
         s.catch_up(req).await?;
     }
-    let mut streamed = stream_base_backup(&mut conn, req, &label, include_wal, &mut b).await?;
+    let plan = Plan::choose(repo, &mut conn, &lineage, sys.timeline).await?;
+    let (mut streamed, read) = stream_as_planned(&mut conn, req, &label, include_wal, &mut b, plan, &lineage).await?;
     conn.close().await;
     b.finish().await?;
     req.progress.finish();
@@ -448,7 +532,7 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
     };
     let (system_identifier, source) = (sys.system_identifier, Some(source));
     let databases = databases::list(&req.pg, &b.files).await;
-    let head = ManifestHead { label, start_time, system_identifier, pg_version, include_wal, source, databases };
+    let head = ManifestHead { label, start_time, system_identifier, pg_version, include_wal, source, databases, read };
     let server_manifest = std::mem::take(&mut streamed.server_manifest);
     let manifest = head.manifest(repo, &lineage, streamed, std::mem::take(&mut b.files), &b.backup_label);
     // The writer's commit keeps the visibility rule: everything else durable, then
@@ -463,6 +547,7 @@ async fn take_backup(repo: &Repository, req: &BackupRequest, lock: &StanzaLock) 
         files: manifest.files.iter().filter(|f| f.kind == FileKind::File).count(),
         start_lsn: manifest.start_lsn,
         stop_lsn: manifest.stop_lsn,
+        read: manifest.read.clone(),
         seconds: started.elapsed().as_secs_f64(),
         expire: None,
         expire_error: None,
@@ -502,6 +587,7 @@ struct ManifestHead {
     include_wal: bool,
     source: Option<BackupSource>,
     databases: Vec<Database>,
+    read: ReadMethod,
 }
 
 impl ManifestHead {
@@ -545,12 +631,15 @@ impl ManifestHead {
             blocks_per_part: 0,
             source: self.source,
             databases: self.databases,
+            read: Some(self.read),
         }
     }
 }
 
 /// What BASE_BACKUP told us besides the files (which went into the Builder).
 struct Streamed {
+    /// Bytes of archive the server sent.
+    bytes: u64,
     start_lsn: Lsn,
     stop_lsn: Lsn,
     timeline: u32,
@@ -565,7 +654,42 @@ impl Streamed {
     }
 }
 
-/// Run BASE_BACKUP and feed its tar streams to `b`, file by file.
+/// Run BASE_BACKUP as `plan` says: changed pages only, falling back to the whole
+/// cluster when the server refuses before sending any file (its summaries do not
+/// reach back to the parent: it has run a checkpoint, and runs another).
+async fn stream_as_planned(
+    conn: &mut ReplicationConnection,
+    req: &BackupRequest,
+    label: &str,
+    include_wal: bool,
+    b: &mut Builder<'_>,
+    plan: Plan,
+    lineage: &lineage::Lineage,
+) -> Result<(Streamed, ReadMethod)> {
+    let parent = lineage.parent.as_ref().map(|p| p.label.clone()).unwrap_or_default();
+    let plan = plan.prepare(conn, &parent).await?;
+    b.page_size = plan.page_size();
+    if b.page_size.is_some() {
+        tracing::info!("the server sends only the pages changed since {parent} (WAL summaries)");
+    }
+    match stream_base_backup(conn, req, label, include_wal, b).await {
+        Ok(s) => {
+            let read = plan.read_method(s.bytes);
+            Ok((s, read))
+        }
+        Err(Error::Server { message, .. }) if b.page_size.is_some() && b.files.is_empty() => {
+            let plan = summaries::whole(&parent, summaries::refused(&parent, &message));
+            b.page_size = None;
+            let s = stream_base_backup(conn, req, label, include_wal, b).await?;
+            let read = plan.read_method(s.bytes);
+            Ok((s, read))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Run BASE_BACKUP (INCREMENTAL when `b` takes incremental files) and feed its tar
+/// streams to `b`, file by file.
 async fn stream_base_backup(
     conn: &mut ReplicationConnection,
     req: &BackupRequest,
@@ -574,6 +698,7 @@ async fn stream_base_backup(
     b: &mut Builder<'_>,
 ) -> Result<Streamed> {
     let opts = BaseBackupOptions {
+        incremental: b.page_size.is_some(),
         label: format!("pgcairn {label}"),
         fast_checkpoint: req.fast_checkpoint,
         wal: include_wal,
@@ -617,6 +742,7 @@ struct StreamState {
     server_manifest: Vec<u8>,
     tar: TarReader,
     items: Vec<TarItem>,
+    bytes: u64,
 }
 
 impl StreamState {
@@ -647,6 +773,7 @@ impl StreamState {
                 };
             }
             BackupEvent::ArchiveData(data) => {
+                self.bytes += data.len() as u64;
                 let items = &mut self.items;
                 let fed = self.tar.feed(data, &mut |item| -> std::result::Result<(), String> {
                     items.push(item);
@@ -677,6 +804,7 @@ impl StreamState {
             return Err(protocol("BASE_BACKUP sent no backup_label or no backup manifest"));
         }
         Ok(Streamed {
+            bytes: self.bytes,
             start_lsn,
             stop_lsn,
             timeline,

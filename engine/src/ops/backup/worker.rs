@@ -50,9 +50,34 @@ pub(super) struct BlockPlace {
 
 /// A block waiting for a worker, with the parent's entry at its position.
 pub(super) struct PendingBlock {
-    pub block: Bytes,
+    pub content: Content,
     pub at_parent: Option<(ChunkId, BlockLocation)>,
     pub place: BlockPlace,
+}
+
+/// What a block holds.
+pub(super) enum Content {
+    /// The block as the server streamed it.
+    Whole(Bytes),
+    /// A block of a file the server sent incrementally (pg/incremental.rs).
+    Patched(Patch),
+}
+
+/// A block rebuilt from the parent's: its first `keep` bytes, the changed `pages`
+/// (offset in the block, bytes) laid over them, zeros elsewhere, `len` bytes long.
+pub(super) struct Patch {
+    pub len: usize,
+    pub keep: usize,
+    pub pages: Vec<(usize, Bytes)>,
+}
+
+/// A block ready to be hashed: the parent's plaintext comes along when it was read
+/// for a patch and is the delta base too.
+struct Ready {
+    block: Bytes,
+    at_parent: Option<(ChunkId, BlockLocation)>,
+    place: BlockPlace,
+    parent_plain: Option<Bytes>,
 }
 
 /// A spawned batch of blocks, cancelled if the backup stops waiting for it (an error
@@ -74,13 +99,68 @@ impl std::future::Future for BatchTask {
 
 /// The parent's blob that a changed block's delta is compressed against, opened.
 async fn fetch_base(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace) -> Result<Vec<u8>> {
-    ctx.reader.read_base(base).await.map_err(|fault| match fault {
+    ctx.reader.read_base(base).await.map_err(|fault| parent_fault(ctx, fault, place))
+}
+
+/// The parent's block at a place, opened (a delta over its base resolved).
+async fn fetch_parent(ctx: &BlockCtx, id: ChunkId, loc: BlockLocation, place: &BlockPlace) -> Result<Bytes> {
+    let runs = BlockReader::runs(std::iter::once((0, id, loc)));
+    let mut opened = Vec::new();
+    for run in runs {
+        opened.extend(ctx.reader.read_run(run).await.map_err(|fault| parent_fault(ctx, fault, place))?);
+    }
+    opened.pop().map(|(_, plain)| plain).ok_or_else(|| Error::Internal("a read of one block returned none".into()))
+}
+
+fn parent_fault(ctx: &BlockCtx, fault: BlockFault, place: &BlockPlace) -> Error {
+    match fault {
         BlockFault::Damaged { detail, .. } => Error::ParentCorrupt {
             what: format!("{} block {} of parent backup {}", place.path, place.block, ctx.parent_label),
             detail,
         },
         BlockFault::Other(e) => e,
-    })
+    }
+}
+
+/// A block of an incremental file: the parent's entry as it is when nothing in it
+/// changed, else the parent's plaintext with the changed pages laid over it.
+async fn rebuild(
+    ctx: &BlockCtx,
+    patch: Patch,
+    at_parent: Option<(ChunkId, BlockLocation)>,
+    place: BlockPlace,
+) -> Result<Result<BlockDone, Ready>> {
+    let parent = at_parent.filter(|_| patch.keep > 0);
+    if let Some((id, loc)) = parent {
+        if patch.pages.is_empty() && patch.keep == patch.len && loc.raw_length as usize == patch.len {
+            return Ok(Ok(BlockDone { id, raw_len: loc.raw_length, outcome: Outcome::Parent(loc) }));
+        }
+    }
+    let parent_plain = match parent {
+        Some((id, loc)) => Some(fetch_parent(ctx, id, loc, &place).await?),
+        None => None,
+    };
+    let mut block = vec![0u8; patch.len];
+    if let Some(plain) = &parent_plain {
+        let keep = patch.keep.min(plain.len());
+        block[..keep].copy_from_slice(&plain[..keep]);
+    }
+    for (at, page) in &patch.pages {
+        block[*at..*at + page.len()].copy_from_slice(page);
+    }
+    Ok(Err(Ready { block: Bytes::from(block), at_parent, place, parent_plain }))
+}
+
+/// Rebuild the batch's patched blocks (reading the parents' concurrently); the
+/// parent's unchanged blocks are done already.
+async fn prepare(ctx: &BlockCtx, batch: Vec<PendingBlock>) -> Result<Vec<Result<BlockDone, Ready>>> {
+    let jobs = batch.into_iter().map(|PendingBlock { content, at_parent, place }| async move {
+        match content {
+            Content::Whole(block) => Ok(Err(Ready { block, at_parent, place, parent_plain: None })),
+            Content::Patched(patch) => rebuild(ctx, patch, at_parent, place).await,
+        }
+    });
+    futures::future::try_join_all(jobs).await
 }
 
 /// Hash a batch of blocks; reuse the parent's blob for each unchanged one, store the
@@ -89,13 +169,19 @@ async fn fetch_base(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace) -> Res
 pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) -> Result<Vec<BlockDone>> {
     enum Step {
         Done(Outcome),
-        Changed(Bytes, DeltaBase),
+        /// Changed since the parent: a delta over `DeltaBase`, whose plaintext may be known.
+        Changed(Bytes, DeltaBase, Option<Bytes>),
     }
+    let prepared = prepare(&ctx, batch).await?;
     let c = ctx.clone();
     let steps = on_rayon(move || {
-        batch
+        prepared
             .into_iter()
-            .map(|PendingBlock { block, at_parent, place }| {
+            .map(|item| {
+                let Ready { block, at_parent, place, parent_plain } = match item {
+                    Ok(done) => return (done.id, done.raw_len, Step::Done(done.outcome), None),
+                    Err(ready) => ready,
+                };
                 let id = c.hasher.id(&block);
                 let raw_len = block.len() as u32;
                 let step = match at_parent {
@@ -103,18 +189,23 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
                     _ if !c.recent.lock().unwrap_or_else(PoisonError::into_inner).claim(id) => {
                         Step::Done(Outcome::Repeat(block))
                     }
-                    Some((parent_id, loc)) => Step::Changed(block, loc.delta_base(parent_id)),
+                    // The parent's plaintext is the delta base only when it is stored whole.
+                    Some((parent_id, loc)) => {
+                        Step::Changed(block, loc.delta_base(parent_id), parent_plain.filter(|_| loc.base.is_none()))
+                    }
                     None => Step::Done(Outcome::New(blob::seal_block(&c.cipher, c.level, &id, &block), None)),
                 };
-                (id, raw_len, step, place)
+                (id, raw_len, step, Some(place))
             })
             .collect::<Vec<_>>()
     })
     .await?;
-    let base_reads = steps.iter().map(|(_, _, step, place)| async {
-        match step {
-            Step::Changed(_, base) => fetch_base(&ctx, base, place).await.map(Some),
-            Step::Done(_) => Ok(None),
+    let reader = &*ctx;
+    let base_reads = steps.iter().map(|(_, _, step, place)| async move {
+        match (step, place) {
+            (Step::Changed(_, _, Some(plain)), _) => Ok(Some(plain.to_vec())),
+            (Step::Changed(_, base, None), Some(place)) => fetch_base(reader, base, place).await.map(Some),
+            _ => Ok(None),
         }
     });
     let base_plains = futures::future::try_join_all(base_reads).await?;
@@ -124,12 +215,12 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
             .zip(base_plains)
             .map(|((id, raw_len, step, _place), base_plain)| {
                 let outcome = match (step, base_plain) {
-                    (Step::Changed(block, base), Some(plain)) => {
+                    (Step::Changed(block, base, _), Some(plain)) => {
                         let (sealed, is_delta) =
                             blob::seal_changed_block(&ctx.cipher, ctx.level, &id, &block, (&base.id, &plain));
                         Outcome::New(sealed, is_delta.then_some(base))
                     }
-                    (Step::Changed(block, _), None) => {
+                    (Step::Changed(block, _, _), None) => {
                         Outcome::New(blob::seal_block(&ctx.cipher, ctx.level, &id, &block), None)
                     }
                     (Step::Done(outcome), _) => outcome,

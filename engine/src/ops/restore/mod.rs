@@ -409,14 +409,28 @@ fn finalize(req: &RestoreRequest, plan: &Plan) -> Result<()> {
 /// PostgreSQL's own `backup_manifest` for the backup, so that `pg_verifybackup`
 /// can check the restored directory independently of pgcairn (it skips the
 /// recovery settings restore adds: postgresql.auto.conf and recovery.signal).
+///
+/// A backup whose server sent only changed pages has a backup_manifest that lists
+/// `INCREMENTAL.*` files, not what restore writes: none is written then (one left
+/// by an earlier restore into this directory is removed), as pg_verifybackup would
+/// refuse the directory; `pgcairn verify` checks such a backup.
 async fn write_server_manifest(repo: &Repository, req: &RestoreRequest, plan: &Plan) -> Result<()> {
+    let path = req.target.join("backup_manifest");
+    if plan.manifest.read.as_ref().is_some_and(|r| r.from_summaries()) {
+        tracing::info!("no backup_manifest written: the server sent {} as changes since its parent", plan.label);
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).ctx(|| format!("cannot remove {}", path.display()))
+            }
+            _ => fsutil::sync_dir(&req.target).ctx(|| format!("cannot fsync {}", req.target.display())),
+        };
+    }
     let mut bytes = repo.get_meta_bytes(&crate::repo::format::server_manifest_key(&plan.label)).await?;
     // The tablespace_map restore writes names the restored (maybe remapped) locations.
     if plan.manifest.files.iter().any(|f| f.tablespace.is_none() && f.path == TABLESPACE_MAP) {
         let map = datadir::tablespace_map(&plan.tablespace_locations());
         bytes = crate::pg::server_manifest::with_file(&bytes, TABLESPACE_MAP, map.as_bytes())?;
     }
-    let path = req.target.join("backup_manifest");
     fsutil::write_file(&path, &bytes, Commit::Replace).ctx(|| format!("cannot write {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .ctx(|| format!("cannot set mode of {}", path.display()))

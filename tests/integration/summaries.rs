@@ -1,0 +1,189 @@
+//! Issue 25, item 1: on PostgreSQL 17+ with `summarize_wal = on` (the harness turns
+//! it on), diff and incr send the parent's backup_manifest up and take
+//! `BASE_BACKUP ( INCREMENTAL )`: the server sends the changed pages only, and the
+//! backup still restores on its own. Without summaries (turned off, removed, or an
+//! older server) the whole cluster is read as before, and info says why.
+
+use crate::archive::Archiving;
+use crate::cli::{wait_promoted, Pgcairn};
+use crate::support::{chown_to_postgres, Cluster, PgVersion, TestDir};
+
+/// Every table the story touches, as one line per table (absent tables say so).
+fn state(c: &Cluster) -> String {
+    let mut out = c.psql(
+        "SELECT 'accounts ' || md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts
+         UNION ALL SELECT 'history ' || count(*) || ' ' || coalesce(sum(delta), 0) FROM pgbench_history
+         UNION ALL SELECT 'tables ' || string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relname IN ('shrink', 'doomed', 'fresh', 'rewritten')
+         UNION ALL SELECT 'shrink ' || count(*) || ' ' || md5(coalesce(string_agg(v, ',' ORDER BY id), '')) FROM shrink
+         UNION ALL SELECT 'rewritten ' || count(*) || ' ' || md5(string_agg(v, ',' ORDER BY id)) FROM rewritten",
+    );
+    if c.psql("SELECT to_regclass('fresh') IS NOT NULL") == "t" {
+        out.push_str(&c.psql("SELECT ' fresh ' || count(*) || ' ' || md5(string_agg(v, ',' ORDER BY id)) FROM fresh"));
+    }
+    if c.psql("SELECT count(*) FROM pg_database WHERE datname = 'newdb'") == "1" {
+        out.push_str(&c.psql("\\c newdb\nSELECT ' newdb ' || count(*) || ' ' || sum(g) FROM t"));
+    }
+    out
+}
+
+fn backup(p: &Pgcairn, c: &Cluster, kind: &str) -> (String, String) {
+    let (kind_flag, pg) = (format!("--type={kind}"), format!("--pg={}", c.conninfo()));
+    let out = p.run(&["backup", "--start-fast", "--log-level=info", &kind_flag, &pg]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "backup --type={kind} failed:\n{stderr}");
+    (stdout.lines().last().unwrap().trim().to_string(), stderr.into_owned())
+}
+
+fn info_of(p: &Pgcairn, label: &str) -> serde_json::Value {
+    let info: serde_json::Value = serde_json::from_str(&p.ok(&["info", "--output=json"])).unwrap();
+    info["backups"].as_array().unwrap().iter().find(|b| b["label"] == label).unwrap().clone()
+}
+
+/// Restore `label` into a new directory (recovering from the archive to its end),
+/// start it, and return what it holds.
+fn restored_state(a: &Archiving, label: &str) -> (String, Cluster, TestDir) {
+    chown_to_postgres(a.repo.path());
+    let dir = TestDir::new("restore");
+    let data = dir.path().join("data");
+    let (set, pg_data, key) = (
+        format!("--set={label}"),
+        format!("--pg-data={}", data.display()),
+        format!("--repo-key-file={}", a.key.display()),
+    );
+    a.p.ok(&["restore", &set, &pg_data, &key, "--type=immediate", "--target-action=promote"]);
+    let from_summaries = info_of(&a.p, label)["read"]["method"] == "wal-summaries";
+    assert_eq!(data.join("backup_manifest").exists(), !from_summaries, "it would list INCREMENTAL files");
+    let label_file = std::fs::read_to_string(data.join("backup_label")).unwrap();
+    assert!(!label_file.contains("INCREMENTAL FROM"), "PostgreSQL refuses such a label:\n{label_file}");
+    let conf = data.join("postgresql.auto.conf");
+    std::fs::write(&conf, std::fs::read_to_string(&conf).unwrap() + "\narchive_mode = off\n").unwrap();
+    let c = Cluster::start_restored(a.cluster.version(), &data);
+    wait_promoted(&c);
+    (state(&c), c, dir)
+}
+
+/// What changes between backups: pgbench updates, a new table, a dropped one, one
+/// truncated by VACUUM (its file shrinks), one rewritten by VACUUM FULL, a new database.
+fn change_everything(c: &Cluster) {
+    c.pgbench(&["-n", "-c", "2", "-t", "100", "--random-seed=11"]);
+    c.psql(
+        "CREATE TABLE fresh (id int PRIMARY KEY, v text);
+         INSERT INTO fresh SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+         DROP TABLE doomed;
+         DELETE FROM shrink WHERE id > 5000; VACUUM shrink;
+         UPDATE rewritten SET v = upper(v) WHERE id % 3 = 0; VACUUM FULL rewritten;
+         CREATE DATABASE newdb;",
+    );
+    c.psql("\\c newdb\nCREATE TABLE t AS SELECT generate_series(1, 50000) g");
+}
+
+/// The whole story on one server: full, incr from summaries after every kind of
+/// change, an incr of that incr, a diff; each restores to what it saw.
+fn chain_from_summaries(version: PgVersion) {
+    let a = Archiving::new(version, "");
+    let (c, p) = (&a.cluster, &a.p);
+    c.pgbench(&["-i", "-s", "5", "-q"]);
+    c.psql(
+        "CREATE TABLE shrink (id int, v text); INSERT INTO shrink SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 40000) g;
+         CREATE TABLE doomed AS SELECT generate_series(1, 30000) g;
+         CREATE TABLE rewritten (id int, v text); INSERT INTO rewritten SELECT g, md5(g::text) FROM generate_series(1, 30000) g;",
+    );
+    let (full, _) = backup(p, c, "full");
+    let at_full = state(c);
+
+    change_everything(c);
+    let at_incr = state(c);
+    let (incr, log) = backup(p, c, "incr");
+    assert!(log.contains(&format!("pages changed since {full}")), "{log}");
+    let i = info_of(p, &incr);
+    assert_eq!(i["read"]["method"], "wal-summaries", "{i}");
+    let (streamed, size) = (i["read"]["streamed"].as_u64().unwrap(), i["size"].as_u64().unwrap());
+    // The new database (a copy of template1) and the new table come whole; of the
+    // rest only changed pages and headers.
+    assert!(streamed * 5 < size, "the server sent {streamed} of {size} bytes");
+
+    c.pgbench(&["-n", "-c", "2", "-t", "100", "--random-seed=12"]);
+    let at_incr2 = state(c);
+    let (incr2, log) = backup(p, c, "incr");
+    assert!(log.contains(&format!("pages changed since {incr}")), "an incr of an incr: {log}");
+    let i2 = info_of(p, &incr2);
+    // Free space maps always come whole (they are not WAL-logged), as do the small
+    // non-relation files: a tenth of this small cluster, far less of a large one.
+    assert!(i2["read"]["streamed"].as_u64().unwrap() * 10 < size, "{i2}");
+    let (diff, _) = backup(p, c, "diff");
+    assert_eq!(info_of(p, &diff)["read"]["method"], "wal-summaries");
+    assert_eq!(info_of(p, &diff)["parent"], full.as_str());
+
+    p.ok(&["verify"]);
+    for (label, want) in [(&full, &at_full), (&incr, &at_incr), (&incr2, &at_incr2), (&diff, &at_incr2)] {
+        let (got, restored, _dir) = restored_state(&a, label);
+        assert_eq!(&got, want, "restore of {label} differs");
+        let (ok, report) = restored.amcheck();
+        assert!(ok, "pg_amcheck after restore of {label}:\n{report}");
+    }
+    if version == PgVersion::V17 {
+        falls_back_without_summaries(&a, &diff);
+    }
+}
+
+/// Summaries turned off, then removed: the incr reads the whole cluster, says why
+/// in the log and in info, and restores all the same.
+fn falls_back_without_summaries(a: &Archiving, parent: &str) {
+    let (c, p) = (&a.cluster, &a.p);
+    c.psql("ALTER SYSTEM SET summarize_wal = off; SELECT pg_reload_conf();");
+    c.pgbench(&["-n", "-c", "1", "-t", "50", "--random-seed=13"]);
+    let (off, log) = backup(p, c, "incr");
+    assert!(log.contains("summarize_wal is off"), "{log}");
+    let i = info_of(p, &off);
+    assert_eq!(i["read"]["method"], "whole-cluster", "{i}");
+    assert!(i["read"]["fallback"].as_str().unwrap().contains("summarize_wal is off"), "{i}");
+    assert_eq!(i["parent"], parent);
+    let text = p.ok(&["info"]);
+    assert!(text.contains("the whole cluster, because summarize_wal is off"), "info says why:\n{text}");
+    assert!(text.contains("changed pages only (WAL summaries)"), "{text}");
+
+    // Summaries back on, but those since the parent removed: the server refuses
+    // (after its checkpoint), and the backup reads everything instead.
+    c.psql("ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();");
+    c.pgbench(&["-n", "-c", "1", "-t", "50", "--random-seed=14"]);
+    c.psql("SELECT pg_switch_wal(); CHECKPOINT;");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for f in std::fs::read_dir(c.data_dir().join("pg_wal/summaries")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let at_removed = state(c);
+    let (removed, log) = backup(p, c, "incr");
+    assert!(log.contains("WAL summaries are required"), "{log}");
+    let i = info_of(p, &removed);
+    assert_eq!(i["read"]["method"], "whole-cluster", "{i}");
+    assert!(i["read"]["fallback"].as_str().unwrap().contains("cannot send the changes since"), "{i}");
+    let (got, _restored, _dir) = restored_state(a, &removed);
+    assert_eq!(got, at_removed);
+}
+
+#[test]
+fn incremental_from_wal_summaries_pg17() {
+    chain_from_summaries(PgVersion::V17);
+}
+
+#[test]
+fn incremental_from_wal_summaries_pg18() {
+    chain_from_summaries(PgVersion::V18);
+}
+
+/// PostgreSQL 15 has no summaries: an incr compares the whole cluster, and says so.
+#[test]
+fn incremental_before_17_reads_everything() {
+    let c = Cluster::init(PgVersion::V15);
+    c.pgbench(&["-i", "-s", "1", "-q"]);
+    let repo = TestDir::new("repo");
+    let p = Pgcairn::local(repo.path());
+    p.ok(&["stanza-create", &format!("--pg={}", c.conninfo())]);
+    backup(&p, &c, "full");
+    c.pgbench(&["-n", "-t", "20"]);
+    let (incr, log) = backup(&p, &c, "incr");
+    assert!(log.contains("PostgreSQL 15 has no WAL summaries"), "{log}");
+    let i = info_of(&p, &incr);
+    assert_eq!(i["read"]["method"], "whole-cluster", "{i}");
+    assert!(i["read"]["streamed"].as_u64().unwrap() >= i["size"].as_u64().unwrap(), "{i}");
+}
