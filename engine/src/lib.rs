@@ -47,7 +47,7 @@ pub use ops::{copy, CopyReport, CopyRequest};
 pub use ops::{extract, DumpOutput, ExtractReport, ExtractRequest};
 pub use ops::{key_add, key_list, key_remove};
 pub use ops::{wal_receive, ReceiveRequest};
-pub use ops::{ArchiveCheck, LastBackup, Level, StanzaStatus, BACKLOG_WARNING, INFO_SCHEMA_VERSION};
+pub use ops::{ArchiveCheck, LastBackup, Level, StanzaStatus, WalSummaries, BACKLOG_WARNING, INFO_SCHEMA_VERSION};
 pub use pg::archiving::ArchiverStats;
 pub use pg::instance::DumpFormat;
 pub use pg::tls::{ChannelBindingMode, RootCert, SslMode, TlsParams};

@@ -197,6 +197,12 @@ fn archive_roundtrip(version: PgVersion) {
     // check passes on a working setup.
     let out_check = a.p.ok(&["check", &format!("--pg={}", a.cluster.conninfo())]);
     assert!(out_check.contains("check ok"), "{out_check}");
+    // Issue 25: check says whether diff and incr can read only what changed.
+    let summaries = match version >= PgVersion::V17 {
+        true => "summarize_wal on (kept 10d)",
+        false => "no WAL summaries before PostgreSQL 17",
+    };
+    assert!(out_check.contains(summaries), "{out_check}");
 
     // A backup that relies on the archive, then more work, a restore point, more work.
     a.cluster.pgbench(&["-n", "-c", "2", "-T", "2"]);

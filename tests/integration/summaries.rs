@@ -122,8 +122,24 @@ fn chain_from_summaries(version: PgVersion) {
         assert!(ok, "pg_amcheck after restore of {label}:\n{report}");
     }
     if version == PgVersion::V17 {
+        copies_to_a_second_repository(&a, &[&full, &incr, &incr2, &diff]);
         falls_back_without_summaries(&a, &diff);
     }
+}
+
+/// Rebuilt files have no whole-file CRC; copy re-reads them and must accept that
+/// (regression: every such backup was refused as "files differ").
+fn copies_to_a_second_repository(a: &Archiving, labels: &[&String]) {
+    let second = TestDir::new("repo2");
+    let p =
+        a.p.clone()
+            .with_env("PGCAIRN_REPO2", &second.path().display().to_string())
+            .with_env("PGCAIRN_REPO2_PASSPHRASE", "another passphrase for the second repository");
+    p.ok(&["stanza-create", "--repo-number=2", &format!("--pg={}", a.cluster.conninfo())]);
+    let report: serde_json::Value = serde_json::from_str(&p.ok(&["copy", "--to-repo=2", "--output=json"])).unwrap();
+    let copied: Vec<&str> = report["copied"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert_eq!(copied, labels.iter().map(|l| l.as_str()).collect::<Vec<_>>(), "{report}");
+    p.ok(&["verify", "--repo-number=2"]);
 }
 
 /// Summaries turned off, then removed: the incr reads the whole cluster, says why

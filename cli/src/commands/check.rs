@@ -60,6 +60,7 @@ pub(crate) async fn check(r: &Resolved, common: &Common, restore_point: bool, ou
         report.segment,
         report.seconds
     );
+    outln!("  {}", report.wal_summaries.describe());
     Ok(())
 }
 

@@ -52,6 +52,41 @@ pub struct CheckReport {
     pub repositories: Vec<usize>,
     /// How long the whole check took, in seconds.
     pub seconds: f64,
+    /// Whether diff and incr can read only what changed (PostgreSQL 17+).
+    pub wal_summaries: WalSummaries,
+}
+
+/// The server's WAL summaries, which let diff and incr read changed pages only.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WalSummaries {
+    /// `summarize_wal` ("on" or "off"); None before PostgreSQL 17, which has none.
+    pub summarize_wal: Option<String>,
+    /// `wal_summary_keep_time`: summaries older than this are removed, and a diff or
+    /// incr whose parent is older reads the whole cluster.
+    pub keep_time: Option<String>,
+}
+
+impl WalSummaries {
+    async fn read(conn: &mut ReplicationConnection) -> Result<Self> {
+        if crate::pg::version::major_of(conn.server_version_num()) < 17 {
+            return Ok(WalSummaries { summarize_wal: None, keep_time: None });
+        }
+        Ok(WalSummaries {
+            summarize_wal: Some(conn.show("summarize_wal").await?),
+            keep_time: Some(conn.show("wal_summary_keep_time").await?),
+        })
+    }
+
+    /// One sentence for the operator.
+    pub fn describe(&self) -> String {
+        match (&self.summarize_wal, &self.keep_time) {
+            (Some(on), Some(keep)) if on == "on" => {
+                format!("summarize_wal on (kept {keep}): diff and incr read only what changed since their parent, when it is younger than that")
+            }
+            (Some(_), _) => "summarize_wal off: diff and incr read the whole cluster; set summarize_wal = on (reload) to read only what changed".into(),
+            _ => "no WAL summaries before PostgreSQL 17: diff and incr read the whole cluster".into(),
+        }
+    }
 }
 
 fn sql_error(pg: &ConnParams, e: tokio_postgres::Error) -> Error {
@@ -109,6 +144,7 @@ pub async fn check(req: &CheckRequest) -> Result<CheckReport> {
         segment,
         repositories: req.repos.iter().map(|a| a.number).collect(),
         seconds: started.elapsed().as_secs_f64(),
+        wal_summaries: setup.summaries,
     })
 }
 
@@ -122,6 +158,7 @@ struct ServerSetup {
     standby: bool,
     /// That standby archives itself: archive_mode = always.
     standby_archives: bool,
+    summaries: WalSummaries,
 }
 
 /// The SQL connections a check uses: the server that writes WAL (`pg`, or
@@ -194,6 +231,7 @@ async fn check_server_setup(repos: &[(&RepoAccess, Repository)], req: &CheckRequ
     let sys = sys.ok_or_else(|| Error::Internal("check without a repository".into()))?;
     let standby = conn.show("in_hot_standby").await? == "on";
     let mut archiving = ArchivingSettings::read(&mut conn).await?;
+    let summaries = WalSummaries::read(&mut conn).await?;
     conn.close().await;
     let standby_archives = standby && archiving.archive_mode == "always";
     let mut judged = target;
@@ -207,7 +245,7 @@ async fn check_server_setup(repos: &[(&RepoAccess, Repository)], req: &CheckRequ
     if let Some((problem, hint)) = archiving.problem(stanza, &req.wanted_command) {
         return Err(Error::misconfigured(Misconfig::Server, format!("{judged}: {problem}"), hint));
     }
-    Ok(ServerSetup { sys, archiving, standby, standby_archives })
+    Ok(ServerSetup { sys, archiving, standby, standby_archives, summaries })
 }
 
 fn unix_now() -> f64 {

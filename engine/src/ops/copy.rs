@@ -275,10 +275,15 @@ async fn feed_file(
 }
 
 /// The copy's files are the source's, byte for byte (sizes and CRC-32C), checked
-/// before the copy is made visible.
+/// before the copy is made visible. A file rebuilt from WAL summaries has no CRC in
+/// the source (its unchanged blocks were never read whole); the copy's is kept.
+///
+/// Regression (issue 25): a backup from WAL summaries could not be copied — its
+/// rebuilt files have no CRC, the copy's have one, and the two were compared.
 fn check_files(src: &Manifest, copy: &[FileEntry]) -> Result<()> {
+    let crc_differs = |a: &FileEntry, b: &FileEntry| a.crc32c.is_some() && a.crc32c != b.crc32c;
     let differs = src.files.len() != copy.len()
-        || src.files.iter().zip(copy).any(|(a, b)| a.path != b.path || a.size != b.size || a.crc32c != b.crc32c);
+        || src.files.iter().zip(copy).any(|(a, b)| a.path != b.path || a.size != b.size || crc_differs(a, b));
     if differs {
         return Err(Error::Corrupt {
             what: format!("backup {}", src.label),

@@ -22,7 +22,8 @@ pub use archive::get::{run_archive_get, GetRequest};
 pub use archive::push_async::{run_archive_push, AsyncQueue, HelperCommand, PushRequest, QueueFull};
 pub use backup::{backup, BackupRequest, BackupSummary};
 pub use check::{
-    check, check_archive, check_archive_summary, ArchiveCheck, CheckReport, CheckRequest, Level, BACKLOG_WARNING,
+    check, check_archive, check_archive_summary, ArchiveCheck, CheckReport, CheckRequest, Level, WalSummaries,
+    BACKLOG_WARNING,
 };
 pub use copy::{copy, CopyReport, CopyRequest};
 pub use drill::{drill, DrillReport, DrillRequest};

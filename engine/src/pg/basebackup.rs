@@ -276,11 +276,14 @@ mod tests {
             verify_checksums: true,
             progress: false,
             wait_for_archive: true,
+            incremental: false,
         };
         let c = o.command();
         assert!(c.starts_with("BASE_BACKUP ( LABEL 'it''s', CHECKPOINT 'fast', MANIFEST 'yes'"), "{c}");
         assert!(c.contains("WAL") && c.contains("TABLESPACE_MAP") && c.contains("VERIFY_CHECKSUMS true"));
-        assert!(!c.contains("PROGRESS"));
+        assert!(!c.contains("PROGRESS") && !c.contains("INCREMENTAL"));
+        let c = BaseBackupOptions { incremental: true, ..o }.command();
+        assert!(c.contains(", INCREMENTAL"), "{c}");
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub(crate) struct Frame {
 
 /// A memory-unit GUC as SHOW prints it (`16MB`, `1GB`, `8192`; units are powers of
 /// 1024, as in PostgreSQL's GUC_UNIT_BYTE settings).
-fn parse_guc_bytes(v: &str) -> Option<u64> {
+pub(crate) fn parse_guc_bytes(v: &str) -> Option<u64> {
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
     let mult: u64 = match unit.trim() {

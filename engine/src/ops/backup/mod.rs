@@ -23,6 +23,7 @@ use crate::ops::lineage::{self, BackupType};
 use crate::ops::stanza::identify_stanza_cluster;
 use crate::pg::archiving::ArchivingSettings;
 use crate::pg::basebackup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
+use crate::pg::incremental::{self, Geometry};
 use crate::pg::tar::{EntryKind, TarEntry, TarItem, TarReader};
 use crate::pg::{wal, ConnParams, Lsn, ReplicationConnection};
 use crate::progress::Progress;
@@ -34,14 +35,14 @@ use crate::repo::format::{
 };
 use crate::repo::lock::StanzaLock;
 use crate::repo::Repository;
-use incremental::IncrementalFile;
+use incremental_file::IncrementalFile;
 pub(crate) use standby::check_primary;
 use standby::{ArchivedBy, Standby};
 use summaries::Plan;
 use worker::{process_batch, BatchTask, BlockCtx, BlockDone, BlockPlace, Content, Outcome, PendingBlock};
 
 mod databases;
-mod incremental;
+mod incremental_file;
 mod standby;
 mod summaries;
 mod worker;
@@ -136,9 +137,11 @@ pub(super) struct Builder<'r> {
     capture_label: bool,
     backup_label: Vec<u8>,
     progress: Arc<dyn Progress>,
-    /// PostgreSQL's page size, when the server sends changed relation files as
-    /// `INCREMENTAL.*` entries (ops/backup/summaries.rs).
-    page_size: Option<usize>,
+    /// The server's page geometry, when it sends changed relation files as
+    /// `INCREMENTAL.*` entries (ops/backup/summaries.rs), and where the parent
+    /// started: the backup_label must name it.
+    geometry: Option<Geometry>,
+    changes_since: Option<Lsn>,
     /// The current file, when it came as such an entry.
     incremental: Option<IncrementalFile>,
 }
@@ -180,7 +183,8 @@ impl<'r> Builder<'r> {
             capture_label: false,
             backup_label: Vec::new(),
             progress,
-            page_size: None,
+            geometry: None,
+            changes_since: None,
             incremental: None,
         }
     }
@@ -284,7 +288,17 @@ impl<'r> Builder<'r> {
     /// The backup_label, held back until whole: an incremental backup's names its
     /// prior backup, and PostgreSQL refuses to start from such a label.
     async fn submit_label(&mut self, file: usize) -> Result<()> {
-        self.backup_label = crate::pg::incremental::combined_backup_label(&self.backup_label);
+        if let Some(from) = incremental::incremental_from(&self.backup_label) {
+            if from.parse::<Lsn>().ok() != self.changes_since {
+                let detail = format!(
+                    "backup_label says the changes are since {from}, but parent backup {} started at {}",
+                    self.workers.parent_label,
+                    self.changes_since.map(|l| l.to_string()).unwrap_or_else(|| "no such point".into())
+                );
+                return Err(Error::Protocol { target: "BASE_BACKUP".into(), detail });
+            }
+        }
+        self.backup_label = incremental::combined_backup_label(&self.backup_label);
         self.files[file].size = self.backup_label.len() as u64;
         self.crc = crc32c::crc32c(&self.backup_label);
         let label = Bytes::from(self.backup_label.clone());
@@ -333,9 +347,9 @@ impl<'r> Builder<'r> {
         };
         self.capture_label = self.tablespace.is_none() && e.path == "backup_label";
         self.incremental = None;
-        if let (Some(page_size), FileKind::File) = (self.page_size, kind) {
-            if let Some(whole) = crate::pg::incremental::stands_for(&e.path) {
-                self.incremental = Some(IncrementalFile::new(page_size, self.block_size));
+        if let (Some(geometry), FileKind::File) = (self.geometry, kind) {
+            if let Some(whole) = incremental::stands_for(&e.path) {
+                self.incremental = Some(IncrementalFile::new(geometry, self.block_size));
                 e.path = whole;
             }
         }
@@ -668,18 +682,18 @@ async fn stream_as_planned(
 ) -> Result<(Streamed, ReadMethod)> {
     let parent = lineage.parent.as_ref().map(|p| p.label.clone()).unwrap_or_default();
     let plan = plan.prepare(conn, &parent).await?;
-    b.page_size = plan.page_size();
-    if b.page_size.is_some() {
-        tracing::info!("the server sends only the pages changed since {parent} (WAL summaries)");
-    }
+    b.geometry = plan.geometry();
+    b.changes_since = lineage.parent.as_ref().map(|p| p.start_lsn);
     match stream_base_backup(conn, req, label, include_wal, b).await {
         Ok(s) => {
             let read = plan.read_method(s.bytes);
             Ok((s, read))
         }
-        Err(Error::Server { message, .. }) if b.page_size.is_some() && b.files.is_empty() => {
+        Err(Error::Server { code, message, .. })
+            if b.geometry.is_some() && b.files.is_empty() && summaries::summaries_refused(&code, &message) =>
+        {
             let plan = summaries::whole(&parent, summaries::refused(&parent, &message));
-            b.page_size = None;
+            b.geometry = None;
             let s = stream_base_backup(conn, req, label, include_wal, b).await?;
             let read = plan.read_method(s.bytes);
             Ok((s, read))
@@ -698,7 +712,7 @@ async fn stream_base_backup(
     b: &mut Builder<'_>,
 ) -> Result<Streamed> {
     let opts = BaseBackupOptions {
-        incremental: b.page_size.is_some(),
+        incremental: b.geometry.is_some(),
         label: format!("pgcairn {label}"),
         fast_checkpoint: req.fast_checkpoint,
         wal: include_wal,

@@ -167,11 +167,6 @@ async fn prepare(ctx: &BlockCtx, batch: Vec<PendingBlock>) -> Result<Vec<Result<
 /// others, as deltas over the parent's versions where there are some. Batches keep
 /// the cost of task switches per block low (a task per block cost a fifth of the CPU).
 pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) -> Result<Vec<BlockDone>> {
-    enum Step {
-        Done(Outcome),
-        /// Changed since the parent: a delta over `DeltaBase`, whose plaintext may be known.
-        Changed(Bytes, DeltaBase, Option<Bytes>),
-    }
     let prepared = prepare(&ctx, batch).await?;
     let c = ctx.clone();
     let steps = on_rayon(move || {
@@ -209,6 +204,22 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
         }
     });
     let base_plains = futures::future::try_join_all(base_reads).await?;
+    seal_changed(ctx, steps, base_plains).await
+}
+
+/// What hashing decided for a block.
+enum Step {
+    Done(Outcome),
+    /// Changed since the parent: a delta over `DeltaBase`, whose plaintext may be known.
+    Changed(Bytes, DeltaBase, Option<Bytes>),
+}
+
+/// Compress and seal the changed blocks, as deltas over their bases' plaintext.
+async fn seal_changed(
+    ctx: Arc<BlockCtx>,
+    steps: Vec<(ChunkId, u32, Step, Option<BlockPlace>)>,
+    base_plains: Vec<Option<Vec<u8>>>,
+) -> Result<Vec<BlockDone>> {
     on_rayon(move || {
         steps
             .into_iter()

@@ -6,10 +6,11 @@
 use bytes::{Bytes, BytesMut};
 
 use super::worker::Patch;
-use crate::pg::incremental::IncrementalHeader;
+use crate::pg::incremental::{Geometry, IncrementalHeader};
 
 /// The incremental file being received.
 pub(super) struct IncrementalFile {
+    geometry: Geometry,
     page_size: usize,
     block_size: usize,
     /// Bytes of the header until it is whole.
@@ -26,9 +27,10 @@ pub(super) struct IncrementalFile {
 }
 
 impl IncrementalFile {
-    pub(super) fn new(page_size: usize, block_size: usize) -> Self {
+    pub(super) fn new(geometry: Geometry, block_size: usize) -> Self {
         IncrementalFile {
-            page_size,
+            geometry,
+            page_size: geometry.page_size,
             block_size,
             head: Vec::new(),
             header: None,
@@ -49,7 +51,7 @@ impl IncrementalFile {
     pub(super) fn feed(&mut self, mut d: Bytes, out: &mut Vec<Patch>) -> Result<(), String> {
         if self.header.is_none() {
             self.head.extend_from_slice(&d);
-            let Some(h) = IncrementalHeader::parse(&self.head, self.page_size)? else {
+            let Some(h) = IncrementalHeader::parse(&self.head, self.geometry)? else {
                 return Ok(());
             };
             if self.head.len() < h.len {
@@ -127,6 +129,7 @@ mod tests {
 
     const PAGE: usize = 8192;
     const BLOCK: usize = 4 * PAGE;
+    const G: Geometry = Geometry { page_size: PAGE, segment_pages: 131_072 };
 
     fn incremental(pages: &[u32], truncation: u32) -> Vec<u8> {
         let mut out = Vec::new();
@@ -148,7 +151,7 @@ mod tests {
     fn pages_land_in_their_blocks_whatever_the_pieces() {
         let bytes = incremental(&[1, 2, 9, 13], 11);
         for piece in [1, 7, 4096, PAGE, PAGE + 5, bytes.len()] {
-            let mut f = IncrementalFile::new(PAGE, BLOCK);
+            let mut f = IncrementalFile::new(G, BLOCK);
             let mut out = Vec::new();
             for chunk in bytes.chunks(piece) {
                 f.feed(Bytes::copy_from_slice(chunk), &mut out).unwrap();
@@ -173,7 +176,7 @@ mod tests {
 
     #[test]
     fn an_unchanged_file_is_its_parent_cut_to_the_truncation_length() {
-        let mut f = IncrementalFile::new(PAGE, BLOCK);
+        let mut f = IncrementalFile::new(G, BLOCK);
         let mut out = Vec::new();
         f.feed(Bytes::from(incremental(&[], 6)), &mut out).unwrap();
         f.finish(&mut out).unwrap();
@@ -184,11 +187,11 @@ mod tests {
     #[test]
     fn a_file_cut_short_is_an_error() {
         let bytes = incremental(&[0, 1], 2);
-        let mut f = IncrementalFile::new(PAGE, BLOCK);
+        let mut f = IncrementalFile::new(G, BLOCK);
         let mut out = Vec::new();
         f.feed(Bytes::copy_from_slice(&bytes[..bytes.len() - 1]), &mut out).unwrap();
         assert!(f.finish(&mut out).unwrap_err().contains("1 of the 2 pages"));
-        let mut f = IncrementalFile::new(PAGE, BLOCK);
+        let mut f = IncrementalFile::new(G, BLOCK);
         f.feed(Bytes::copy_from_slice(&bytes[..8]), &mut out).unwrap();
         assert!(f.finish(&mut out).unwrap_err().contains("inside its header"));
     }
