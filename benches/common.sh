@@ -8,6 +8,7 @@
 #   install_pgcairn  copies target/release/pgcairn to $W/bin, readable by postgres;
 #   passphrase_file TEXT  writes $W/pass (0600, postgres's);
 #   start_cluster PORT  initdb $W/data, its socket in $W, started; sets $CONN.
+# A script whose servers are another major sets SERVER_BIN (their bin directory).
 # On exit the servers of $W/DATADIR... are stopped, $W is removed, and on failure
 # the end of $LOG is printed.
 
@@ -34,7 +35,7 @@ bench_cleanup() {
     local rc=$? d
     [ "$rc" = 0 ] || tail -n 30 "$LOG" >&2 || true
     for d in "${BENCH_SERVERS[@]}"; do
-        [ -f "$W/$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$W/$d" -m immediate stop >/dev/null 2>&1 || true
+        [ -f "$W/$d/postmaster.pid" ] && as_pg "${SERVER_BIN:-$PGBIN}/pg_ctl" -D "$W/$d" -m immediate stop >/dev/null 2>&1 || true
     done
     rm -rf "$W"
 }

@@ -95,6 +95,7 @@ fn chain_from_summaries(version: PgVersion) {
     let at_incr = state(c);
     let (incr, log) = backup(p, c, "incr");
     assert!(log.contains(&format!("pages changed since {full}")), "{log}");
+    assert!(log.contains(" files, changed pages only: "), "the summary line says so: {log}");
     let i = info_of(p, &incr);
     assert_eq!(i["read"]["method"], "wal-summaries", "{i}");
     let (streamed, size) = (i["read"]["streamed"].as_u64().unwrap(), i["size"].as_u64().unwrap());

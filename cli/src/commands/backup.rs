@@ -32,10 +32,14 @@ pub(crate) async fn backup(r: &Resolved, common: &Common, backup_type: BackupTyp
     let sum = pgcairn::backup(&repo, &req).await?;
     typed::clear_prefetch(&settings, common);
     let based_on = sum.parent.as_deref().map(|p| format!(" (on {p})")).unwrap_or_default();
+    let read = match &sum.read {
+        Some(r) if r.from_summaries() => format!(", changed pages only: {} sent", output::human(r.streamed)),
+        _ => String::new(),
+    };
     // Regression (issue 21, item 8): `backup | tail -n1` is documented as the label,
     // but auto-expire printed after it. stdout is the label alone; the rest is stderr.
     eprintln!(
-        "{} backup {}{based_on} done: {} in {} files, {} new in the repository, wal {}..{}, {:.1}s",
+        "{} backup {}{based_on} done: {} in {} files{read}, {} new in the repository, wal {}..{}, {:.1}s",
         sum.backup_type.as_str(),
         sum.label,
         output::human(sum.size),

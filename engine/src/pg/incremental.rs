@@ -67,7 +67,7 @@ impl IncrementalHeader {
         // basebackup_incremental.c could send more for a non-last segment.
         let truncation_pages = truncation_pages.min(g.segment_pages);
         let mut len = 12 + 4 * n as usize;
-        if n > 0 && len % page_size != 0 {
+        if n > 0 && !len.is_multiple_of(page_size) {
             len += page_size - len % page_size;
         }
         if buf.len() < 12 + 4 * n as usize {

@@ -57,7 +57,7 @@ impl Plan {
         }
         let geometry = geometry(conn).await?;
         let block_size = repo.config().block_size;
-        if block_size as usize % geometry.page_size != 0 || parent.block_size != block_size {
+        if !(block_size as usize).is_multiple_of(geometry.page_size) || parent.block_size != block_size {
             let why = format!(
                 "the parent's blocks ({} bytes) are not the repository's ({block_size}) or not whole {}-byte pages",
                 parent.block_size, geometry.page_size
