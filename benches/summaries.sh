@@ -9,8 +9,8 @@
 #   incr-whole    the same with summarize_wal = off: the whole cluster read and
 #                 compared with the parent (what PostgreSQL 15 and 16 do).
 # Prints each run, the bytes the server sent (info's read.streamed), the medians and
-# the ratios to the full. LOG_LEVEL=info logs each backup's steps; KEEP_LOG=FILE keeps
-# the log.
+# the ratios to the full, and pgcairn's own CPU time per run. LOG_LEVEL=info logs each
+# backup's steps; KEEP_LOG=FILE keeps the log; COLD=0 keeps the page cache.
 #
 #   nice benches/summaries.sh            # SCALE=50, REPEAT=3
 #
@@ -60,9 +60,10 @@ timed() {
     local name=$1 start end label streamed
     shift
     sync
-    echo 3 >/proc/sys/vm/drop_caches
+    [ "${COLD:-1}" = 0 ] || echo 3 >/proc/sys/vm/drop_caches
     start=$(date +%s.%N)
-    label=$(cairn backup --start-fast --log-level="${LOG_LEVEL:-warn}" "$@" 2>>"$LOG" | tail -n 1)
+    label=$(as_pg /usr/bin/time -a -o "$W/cpu" -f "$name %U %S" "$W/bin/pgcairn" --config "$W/pgcairn.toml" \
+        backup --start-fast --log-level="${LOG_LEVEL:-warn}" "$@" 2>>"$LOG" | tail -n 1)
     end=$(date +%s.%N)
     streamed=$(cairn info --output=json | python3 -c "import json, sys
 b = [b for b in json.load(sys.stdin)['backups'] if b['label'] == '$label'][0]
@@ -77,6 +78,7 @@ for i in $(seq 1 "$REPEAT"); do changes; timed incr --type=incr; done
 psql -c "ALTER SYSTEM SET summarize_wal = off" -c "SELECT pg_reload_conf()" >/dev/null
 for i in $(seq 1 "$REPEAT"); do changes; timed incr-whole --type=incr; done
 [ -z "${KEEP_LOG:-}" ] || cp "$LOG" "$KEEP_LOG"
+echo "pgcairn CPU seconds (user, system) per run:" && cat "$W/cpu"
 grep -q '^incr .* wal-summaries$' "$W/results" || { echo "no incr used WAL summaries" >&2; exit 1; }
 
 SIZE=$(du -sb "$W/data/base" | cut -f1)

@@ -174,8 +174,18 @@ fn falls_back_without_summaries(a: &Archiving, parent: &str) {
     let i = info_of(p, &removed);
     assert_eq!(i["read"]["method"], "whole-cluster", "{i}");
     assert!(i["read"]["fallback"].as_str().unwrap().contains("cannot send the changes since"), "{i}");
-    let (got, _restored, _dir) = restored_state(a, &removed);
+    let (got, restored, _dir) = restored_state(a, &removed);
     assert_eq!(got, at_removed);
+
+    // The restored cluster was promoted onto timeline 2: an incr of it (same system,
+    // same stanza) cannot use summaries against a parent on timeline 1.
+    let pg = format!("--pg={}", restored.conninfo());
+    let out = p.run(&["backup", "--start-fast", "--type=incr", "--archive-copy", &pg]);
+    let (stdout, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains(&format!("parent backup {removed} is on timeline 1, the server on 2")), "{log}");
+    let i = info_of(p, stdout.lines().last().unwrap().trim());
+    assert_eq!(i["read"]["method"], "whole-cluster", "{i}");
 }
 
 #[test]
