@@ -268,11 +268,11 @@ impl<'r> Builder<'r> {
             TarItem::Data(d) => self.file_data(d).await?,
             TarItem::EntryEnd if self.incremental.is_some() => self.incremental_data(None).await?,
             TarItem::EntryEnd => {
+                if self.capture_label {
+                    self.submit_label().await?;
+                }
                 let file =
                     self.current.take().ok_or_else(|| Error::Internal("tar entry end without an entry".into()))?;
-                if self.capture_label {
-                    self.submit_label(file).await?;
-                }
                 if !self.buf.is_empty() {
                     let block = self.buf.split().freeze();
                     self.submit(block).await?;
@@ -287,7 +287,8 @@ impl<'r> Builder<'r> {
 
     /// The backup_label, held back until whole: an incremental backup's names its
     /// prior backup, and PostgreSQL refuses to start from such a label.
-    async fn submit_label(&mut self, file: usize) -> Result<()> {
+    async fn submit_label(&mut self) -> Result<()> {
+        let file = self.current.ok_or_else(|| Error::Internal("backup_label without an entry".into()))?;
         if let Some(from) = incremental::incremental_from(&self.backup_label) {
             if from.parse::<Lsn>().ok() != self.changes_since {
                 let detail = format!(
@@ -300,12 +301,9 @@ impl<'r> Builder<'r> {
         }
         self.backup_label = incremental::combined_backup_label(&self.backup_label);
         self.files[file].size = self.backup_label.len() as u64;
-        self.crc = crc32c::crc32c(&self.backup_label);
-        let label = Bytes::from(self.backup_label.clone());
-        for at in (0..label.len()).step_by(self.block_size) {
-            self.submit(label.slice(at..label.len().min(at + self.block_size))).await?;
-        }
-        Ok(())
+        // Cut and checksummed like any file's bytes.
+        (self.capture_label, self.crc) = (false, 0);
+        self.file_data(Bytes::from(self.backup_label.clone())).await
     }
 
     /// The next bytes of an `INCREMENTAL.*` entry, or its end (None): the blocks
@@ -684,22 +682,19 @@ async fn stream_as_planned(
     let plan = plan.prepare(conn, &parent).await?;
     b.geometry = plan.geometry();
     b.changes_since = lineage.parent.as_ref().map(|p| p.start_lsn);
-    match stream_base_backup(conn, req, label, include_wal, b).await {
-        Ok(s) => {
-            let read = plan.read_method(s.bytes);
-            Ok((s, read))
-        }
+    let (streamed, plan) = match stream_base_backup(conn, req, label, include_wal, b).await {
+        Ok(s) => (s, plan),
         Err(Error::Server { code, message, .. })
             if b.geometry.is_some() && b.files.is_empty() && summaries::summaries_refused(&code, &message) =>
         {
             let plan = summaries::whole(&parent, summaries::refused(&parent, &message));
             b.geometry = None;
-            let s = stream_base_backup(conn, req, label, include_wal, b).await?;
-            let read = plan.read_method(s.bytes);
-            Ok((s, read))
+            (stream_base_backup(conn, req, label, include_wal, b).await?, plan)
         }
-        Err(e) => Err(e),
-    }
+        Err(e) => return Err(e),
+    };
+    let read = plan.read_method(streamed.bytes);
+    Ok((streamed, read))
 }
 
 /// Run BASE_BACKUP (INCREMENTAL when `b` takes incremental files) and feed its tar

@@ -1,7 +1,7 @@
 //! How a diff or incr reads the cluster. On PostgreSQL 17+ with `summarize_wal = on`
 //! the parent's backup_manifest goes up with UPLOAD_MANIFEST and
 //! `BASE_BACKUP ( INCREMENTAL )` sends only the pages changed since the parent
-//! (ops/backup/incremental.rs rebuilds the whole files over the parent's blocks).
+//! (ops/backup/incremental_file.rs rebuilds the whole files over the parent's blocks).
 //! Otherwise — an older server, summaries off, missing or too short, a parent from
 //! another timeline — the whole cluster is read and compared with the parent, as
 //! before, and the reason goes to the log and to the manifest (`read.fallback`).

@@ -98,8 +98,8 @@ impl std::future::Future for BatchTask {
 }
 
 /// The parent's blob that a changed block's delta is compressed against, opened.
-async fn fetch_base(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace) -> Result<Vec<u8>> {
-    ctx.reader.read_base(base).await.map_err(|fault| parent_fault(ctx, fault, place))
+async fn fetch_base(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace) -> Result<Bytes> {
+    ctx.reader.read_base(base).await.map(Bytes::from).map_err(|fault| parent_fault(ctx, fault, place))
 }
 
 /// The parent's block at a place, opened (a delta over its base resolved).
@@ -198,7 +198,7 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
     let reader = &*ctx;
     let base_reads = steps.iter().map(|(_, _, step, place)| async move {
         match (step, place) {
-            (Step::Changed(_, _, Some(plain)), _) => Ok(Some(plain.to_vec())),
+            (Step::Changed(_, _, Some(plain)), _) => Ok(Some(plain.clone())),
             (Step::Changed(_, base, None), Some(place)) => fetch_base(reader, base, place).await.map(Some),
             _ => Ok(None),
         }
@@ -218,7 +218,7 @@ enum Step {
 async fn seal_changed(
     ctx: Arc<BlockCtx>,
     steps: Vec<(ChunkId, u32, Step, Option<BlockPlace>)>,
-    base_plains: Vec<Option<Vec<u8>>>,
+    base_plains: Vec<Option<Bytes>>,
 ) -> Result<Vec<BlockDone>> {
     on_rayon(move || {
         steps
