@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgcairn::testing::{
-    chunk_id, compress, open_block, open_delta_block, random_bytes, seal_block, seal_changed_block, ChunkId, Cipher,
-    PackWriter,
+    chunk_id, compress, open_block, open_delta_block, random_bytes, seal_block, BasePlain, ChunkId, Cipher,
+    DeltaSealer, PackWriter,
 };
 use rand::{Rng, SeedableRng};
 
@@ -147,7 +147,8 @@ fn bench(c: &mut Criterion) {
     let changed_ids: Vec<ChunkId> = changed.iter().map(|b| chunk_id(&chunk_key, b)).collect();
     let deltas: Vec<Vec<u8>> = (0..n)
         .map(|k| {
-            let (blob, is_delta) = seal_changed_block(&cipher, 3, &changed_ids[k], &changed[k], (&ids[k], &blocks[k]));
+            let base = BasePlain { id: ids[k], plain: &blocks[k], stored_len: Some(sealed[k].len()) };
+            let (blob, is_delta) = seal_changed_block(&cipher, 3, &changed_ids[k], &changed[k], base);
             assert!(is_delta, "a few changed bytes per page make a delta");
             blob
         })
@@ -159,8 +160,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("diff/open-parent+zstd-3-delta+seal", |b| {
         b.iter(|| {
             let k = next();
-            let base = open_block(&cipher, &chunk_key, &ids[k], &sealed[k], BLOCK).expect("block opens");
-            seal_changed_block(&cipher, 3, &changed_ids[k], black_box(&changed[k]), (&ids[k], &base))
+            let plain = open_block(&cipher, &chunk_key, &ids[k], &sealed[k], BLOCK).expect("block opens");
+            let base = BasePlain { id: ids[k], plain: &plain, stored_len: Some(sealed[k].len()) };
+            seal_changed_block(&cipher, 3, &changed_ids[k], black_box(&changed[k]), base)
         })
     });
     g.bench_function("restore/open-base+open-delta+verify", |b| {

@@ -74,7 +74,9 @@ pub mod testing {
     pub use crate::pg::replication::{parse_data_row, ServerMessage};
     pub use crate::pg::tar::TarReader;
     pub use crate::pg::wal::{validate_backup_history, validate_history, validate_segment, WalFile};
-    pub use crate::repo::blob::{chunk_id, compress, open_block, open_delta_block, seal_block, seal_changed_block};
+    pub use crate::repo::blob::{
+        chunk_id, compress, open_block, open_delta_block, seal_block, seal_changed_block, BasePlain,
+    };
     pub use crate::repo::blocklist::BlockPart;
     pub use crate::repo::format::ChunkId;
     pub use crate::repo::pack::PackWriter;

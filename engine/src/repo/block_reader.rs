@@ -7,6 +7,7 @@
 //! blocks under a delta) read through it; verify opens through [`BlockReader::open`].
 //! The chunk key and the data ciphers never leave `repo/`.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -54,6 +55,16 @@ pub(crate) enum BlockFault {
     Damaged { n: usize, detail: String },
     /// Anything else (a transient storage error, already retried; a stopped pool).
     Other(Error),
+}
+
+/// A block read by [`BlockReader::read_scattered`].
+pub(crate) struct Scattered {
+    /// The caller's number for it.
+    pub n: usize,
+    pub plain: Bytes,
+    /// What a new delta of the block is compressed against: its own plaintext when it
+    /// is stored whole, its base's when it is a delta (deltas never chain).
+    pub base_plain: Bytes,
 }
 
 /// Blocks stored back to back in one pack, read with one ranged read.
@@ -149,13 +160,54 @@ impl BlockReader {
         opened.await.map_err(BlockFault::Other)?
     }
 
-    /// The whole blob `base` (stored whole: deltas never chain), opened and checked:
-    /// what a new delta of a changed block is compressed against.
-    pub(crate) async fn read_base(&self, base: &DeltaBase) -> Result<Vec<u8>, BlockFault> {
-        let sealed = self.read(base.pack, base.offset..base.offset + base.length as u64, 0).await?;
-        let (me, base) = (self.clone(), *base);
-        let opened = self.cpu.run(move || me.open_whole(&base, &sealed));
-        opened.await.map_err(BlockFault::Other)?.map_err(|detail| BlockFault::Damaged { n: 0, detail })
+    /// Blocks scattered over packs (a backup's parents of its changed blocks, a few
+    /// at a time): every blob and delta base wanted from one pack comes with one
+    /// `get_ranges`, the packs concurrently, and all are opened in one job on the CPU
+    /// pool. Each comes back with the plaintext a new delta of it is compressed
+    /// against (its own when stored whole, its base's when a delta). Callers keep
+    /// `blocks` to a batch: everything is in memory at once.
+    pub(crate) async fn read_scattered(&self, blocks: Vec<Wanted>) -> Result<Vec<Scattered>, BlockFault> {
+        // Slot 2i is block i's blob, 2i + 1 its base's.
+        let mut by_pack: HashMap<PackRef, Vec<(Range<u64>, usize)>> = HashMap::new();
+        for (i, (_, _, loc)) in blocks.iter().enumerate() {
+            by_pack.entry(loc.pack).or_default().push((loc.offset..loc.offset + loc.length as u64, 2 * i));
+            if let Some(b) = loc.base {
+                by_pack.entry(b.pack).or_default().push((b.offset..b.offset + b.length as u64, 2 * i + 1));
+            }
+        }
+        let blocks_ref = &blocks;
+        let reads = by_pack.into_iter().map(|(pack, wanted)| async move {
+            let ranges: Vec<Range<u64>> = wanted.iter().map(|(r, _)| r.clone()).collect();
+            let n = blocks_ref[wanted[0].1 / 2].0;
+            let got = self.packs.read_ranges(&pack, &ranges).await.map_err(|fault| match fault {
+                PackFault::Damaged(detail) => BlockFault::Damaged { n, detail },
+                PackFault::Other(e) => BlockFault::Other(e),
+            })?;
+            Ok::<_, BlockFault>(wanted.into_iter().map(|(_, slot)| slot).zip(got))
+        });
+        let mut sealed: Vec<Bytes> = vec![Bytes::new(); 2 * blocks.len()];
+        for part in futures::future::try_join_all(reads).await? {
+            for (slot, bytes) in part {
+                sealed[slot] = bytes;
+            }
+        }
+        let me = self.clone();
+        self.cpu.run(move || me.open_scattered(blocks, &sealed)).await.map_err(BlockFault::Other)?
+    }
+
+    fn open_scattered(&self, blocks: Vec<Wanted>, sealed: &[Bytes]) -> Result<Vec<Scattered>, BlockFault> {
+        let open_one = |i: usize, (n, id, loc): Wanted| {
+            let damaged = |detail| BlockFault::Damaged { n, detail };
+            let (blob, base_blob) = (&sealed[2 * i], &sealed[2 * i + 1]);
+            let Some(b) = loc.base else {
+                let plain = Bytes::from(self.open(&id, &loc, blob, None).map_err(damaged)?);
+                return Ok(Scattered { n, base_plain: plain.clone(), plain });
+            };
+            let base_plain = self.open_whole(&b, base_blob).map_err(|e| damaged(format!("its delta base: {e}")))?;
+            let plain = self.open_over(&id, &loc, blob, &b, &base_plain).map_err(damaged)?;
+            Ok(Scattered { n, plain: Bytes::from(plain), base_plain: Bytes::from(base_plain) })
+        };
+        blocks.into_iter().enumerate().map(|(i, wanted)| open_one(i, wanted)).collect()
     }
 
     fn open_whole(&self, b: &DeltaBase, sealed: &[u8]) -> Result<Vec<u8>, String> {
@@ -174,15 +226,27 @@ impl BlockReader {
         sealed: &[u8],
         base: Option<(&DeltaBase, &Bytes)>,
     ) -> Result<Vec<u8>, String> {
-        let cipher = self.ciphers.get(&loc.pack.key_id);
-        let opened = match base {
-            None => blob::open_block(&cipher, &self.hasher.0, id, sealed, loc.raw_length as usize),
-            Some((b, sealed_base)) => {
-                let plain = self.open_whole(b, sealed_base).map_err(|e| format!("its delta base: {e}"))?;
-                blob::open_delta_block(&cipher, &self.hasher.0, id, (&b.id, &plain), sealed, loc.raw_length as usize)
-            }
+        let Some((b, sealed_base)) = base else {
+            let cipher = self.ciphers.get(&loc.pack.key_id);
+            return blob::open_block(&cipher, &self.hasher.0, id, sealed, loc.raw_length as usize)
+                .map_err(|e| format!("{e} (pack {} at offset {})", PackReader::name(&loc.pack), loc.offset));
         };
-        opened.map_err(|e| format!("{e} (pack {} at offset {})", PackReader::name(&loc.pack), loc.offset))
+        let plain = self.open_whole(b, sealed_base).map_err(|e| format!("its delta base: {e}"))?;
+        self.open_over(id, loc, sealed, b, &plain)
+    }
+
+    /// Open the delta blob stored at `loc` over its base's plaintext.
+    fn open_over(
+        &self,
+        id: &ChunkId,
+        loc: &BlockLocation,
+        sealed: &[u8],
+        base: &DeltaBase,
+        base_plain: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let cipher = self.ciphers.get(&loc.pack.key_id);
+        blob::open_delta_block(&cipher, &self.hasher.0, id, (&base.id, base_plain), sealed, loc.raw_length as usize)
+            .map_err(|e| format!("{e} (pack {} at offset {})", PackReader::name(&loc.pack), loc.offset))
     }
 
     /// The sealed bases of `blocks`' deltas, by position; bases near each other in
@@ -244,7 +308,8 @@ mod tests {
         let mut w = PackWriter::new(key_id, 1 << 20);
         let (ia, ib, ic) = (hasher.id(&a), hasher.id(&b), hasher.id(&c));
         let la = w.add(ia, 8192, &blob::seal_block(&cipher, 3, &ia, &a), None);
-        let (sealed_b, is_delta) = blob::seal_changed_block(&cipher, 3, &ib, &b, (&ia, &a));
+        let base = blob::BasePlain { id: ia, plain: &a, stored_len: None };
+        let (sealed_b, is_delta) = blob::seal_changed_block(&cipher, 3, &ib, &b, base);
         assert!(is_delta, "b is stored as a delta over a");
         let lb = w.add(ib, 8192, &sealed_b, Some(la.delta_base(ia)));
         let mut sealed_c = blob::seal_block(&cipher, 3, &ic, &c);
@@ -267,8 +332,20 @@ mod tests {
         let got = reader.read_run(runs.into_iter().next().unwrap()).await.unwrap();
         let got: Vec<Vec<u8>> = got.into_iter().map(|(_, b)| b.to_vec()).collect();
         assert_eq!(got, plain);
-        let base = wanted[1].2.base.unwrap();
-        assert_eq!(reader.read_base(&base).await.unwrap(), plain[0], "the delta's base, opened");
+    }
+
+    /// A backup's parents: blocks in any order, each with what a new delta of it is
+    /// compressed against (a's plaintext for the delta b, c's own for c).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn scattered_blocks_come_back_with_their_delta_bases() {
+        let (_s, repo) = test_repo(true).await;
+        let (wanted, plain) = stored(&repo, false).await;
+        let reader = repo.block_reader(Cpu::global());
+        let got =
+            reader.read_scattered(vec![(7, wanted[2].1, wanted[2].2), (9, wanted[1].1, wanted[1].2)]).await.unwrap();
+        let got: Vec<(usize, Vec<u8>, Vec<u8>)> =
+            got.into_iter().map(|s| (s.n, s.plain.to_vec(), s.base_plain.to_vec())).collect();
+        assert_eq!(got, vec![(7, plain[2].clone(), plain[2].clone()), (9, plain[1].clone(), plain[0].clone())]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -276,12 +353,17 @@ mod tests {
         let (_s, repo) = test_repo(true).await;
         let (wanted, _) = stored(&repo, true).await;
         let (pack, offset) = (PackReader::name(&wanted[2].2.pack), wanted[2].2.offset);
-        let run = BlockReader::runs(wanted.into_iter()).pop().unwrap();
+        let run = BlockReader::runs(wanted.clone().into_iter()).pop().unwrap();
+        let scattered = vec![wanted[1], wanted[2]];
         match repo.block_reader(Cpu::global()).read_run(run).await {
             Err(BlockFault::Damaged { n: 2, detail }) => {
                 assert!(detail.contains(&pack) && detail.contains(&format!("offset {offset}")), "{detail}")
             }
             other => panic!("block 2 is damaged: {other:?}"),
+        }
+        match repo.block_reader(Cpu::global()).read_scattered(scattered).await {
+            Err(BlockFault::Damaged { n: 2, detail }) => assert!(detail.contains(&pack), "{detail}"),
+            other => panic!("block 2 is damaged: {:?}", other.map(|v| v.len())),
         }
     }
 
@@ -298,6 +380,10 @@ mod tests {
         match reader.read_run(run).await {
             Err(BlockFault::Damaged { n: 1, detail }) => assert!(detail.contains("is missing"), "{detail}"),
             other => panic!("{other:?}"),
+        }
+        match reader.read_scattered(vec![wanted[0], wanted[1]]).await {
+            Err(BlockFault::Damaged { n: 1, detail }) => assert!(detail.contains("is missing"), "{detail}"),
+            other => panic!("{:?}", other.map(|v| v.len())),
         }
         wanted[2].2.pack.id = [2; 32];
         let run = BlockReader::runs(std::iter::once(wanted[2])).pop().unwrap();

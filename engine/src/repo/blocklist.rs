@@ -92,6 +92,19 @@ impl BlockLocation {
     }
 }
 
+impl DeltaBase {
+    /// Where the base's blob lives (a blob stored whole).
+    pub fn whole_location(&self) -> BlockLocation {
+        BlockLocation {
+            pack: self.pack,
+            offset: self.offset,
+            length: self.length,
+            raw_length: self.raw_length,
+            base: None,
+        }
+    }
+}
+
 /// (chunk id, pack number, offset, length, raw length)
 type Blob = (ChunkId, u32, u64, u32, u32);
 

@@ -34,11 +34,21 @@ impl PackReader {
     /// Bytes `range` of `pack`.
     pub async fn read(&self, pack: &PackRef, range: Range<u64>) -> Result<Bytes, PackFault> {
         let key = pack_key(&pack.hex_id());
-        self.storage.get_range(&key, range).await.map_err(|e| match e.storage_kind() {
+        self.storage.get_range(&key, range).await.map_err(|e| Self::fault(&key, e))
+    }
+
+    /// Bytes of several `ranges` of `pack`, in order, read together.
+    pub async fn read_ranges(&self, pack: &PackRef, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, PackFault> {
+        let key = pack_key(&pack.hex_id());
+        self.storage.get_ranges(&key, ranges).await.map_err(|e| Self::fault(&key, e))
+    }
+
+    fn fault(key: &str, e: Error) -> PackFault {
+        match e.storage_kind() {
             Some(StorageErrorKind::NotFound) => PackFault::Damaged(format!("pack {key} is missing")),
             Some(StorageErrorKind::Permanent) => PackFault::Damaged(format!("pack {key}: {e}")),
             _ => PackFault::Other(e),
-        })
+        }
     }
 
     /// The whole of pack `id` (verify reads every byte of it), checked against what

@@ -17,6 +17,10 @@ pub async fn run(s: &dyn Storage) {
     assert_eq!(s.get("a/b/obj1").await.unwrap(), data, "get returns what was put");
     assert_eq!(s.get_range("a/b/obj1", 10..20).await.unwrap(), data.slice(10..20));
     assert_eq!(s.get_range("a/b/obj1", 99_990..100_000).await.unwrap(), data.slice(99_990..));
+    // several ranges of one object, in the order asked, overlapping or not
+    let ranges = [50_000..50_010, 10..20, 15..30, 99_999..100_000, 7..7];
+    let want: Vec<Bytes> = ranges.iter().map(|r| data.slice(r.start as usize..r.end as usize)).collect();
+    assert_eq!(s.get_ranges("a/b/obj1", &ranges).await.unwrap(), want, "get_ranges");
 
     // a second put never overwrites
     let err = s.put_new("a/b/obj1", Bytes::from_static(b"other")).await.unwrap_err();
@@ -28,9 +32,12 @@ pub async fn run(s: &dyn Storage) {
     assert_eq!(err.storage_kind(), Some(StorageErrorKind::NotFound), "get missing: {err}");
     let err = s.get_range("a/missing", 0..1).await.unwrap_err();
     assert_eq!(err.storage_kind(), Some(StorageErrorKind::NotFound), "get_range missing: {err}");
+    let err = s.get_ranges("a/missing", &[0..1, 2..3]).await.unwrap_err();
+    assert_eq!(err.storage_kind(), Some(StorageErrorKind::NotFound), "get_ranges missing: {err}");
 
     // a range past the end is an error, not a short read
     assert!(s.get_range("a/b/obj1", 99_990..100_010).await.is_err(), "range past the end must fail");
+    assert!(s.get_ranges("a/b/obj1", &[0..10, 99_990..100_010]).await.is_err(), "one range past the end fails all");
 
     // empty objects
     s.put_new("a/empty", Bytes::new()).await.unwrap();

@@ -154,6 +154,12 @@ impl Storage for FaultStorage {
         let d = self.inner.get_range(key, range).await?;
         Ok(self.maybe_corrupt(key, d))
     }
+    async fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.slow_down(key).await;
+        self.read_fault(key)?;
+        let got = self.inner.get_ranges(key, ranges).await?;
+        Ok(got.into_iter().map(|d| self.maybe_corrupt(key, d)).collect())
+    }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.inner.list(prefix).await
     }

@@ -2,7 +2,6 @@
 //! LocalFileSystem because that one does not fsync; every write here goes through
 //! [`crate::fsutil`] (temp → fsync → link → fsync directory).
 
-use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -167,23 +166,29 @@ impl Storage for LocalStorage {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let mut got = self.get_ranges(key, std::slice::from_ref(&range)).await?;
+        got.pop().ok_or_else(|| storage_error("get", key, StorageErrorKind::Permanent, "no range read"))
+    }
+
+    /// One open and one positioned read per range, in one blocking task.
+    async fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        use std::os::unix::fs::FileExt;
         let path = self.path("get", key)?;
-        let key = key.to_string();
+        let (key, ranges) = (key.to_string(), ranges.to_vec());
         blocking(move || {
-            let mut f = std::fs::File::open(&path).map_err(|e| map_io("get", &key, &path, e))?;
+            let f = std::fs::File::open(&path).map_err(|e| map_io("get", &key, &path, e))?;
             let len = f.metadata().map_err(|e| map_io("get", &key, &path, e))?.len();
-            if range.end > len || range.start > range.end {
-                return Err(storage_error(
-                    "get",
-                    &key,
-                    StorageErrorKind::Permanent,
-                    format!("range {}..{} is outside the object ({len} bytes)", range.start, range.end),
-                ));
+            let mut out = Vec::with_capacity(ranges.len());
+            for range in ranges {
+                if range.end > len || range.start > range.end {
+                    let detail = format!("range {}..{} is outside the object ({len} bytes)", range.start, range.end);
+                    return Err(storage_error("get", &key, StorageErrorKind::Permanent, detail));
+                }
+                let mut buf = vec![0u8; (range.end - range.start) as usize];
+                f.read_exact_at(&mut buf, range.start).map_err(|e| map_io("get", &key, &path, e))?;
+                out.push(Bytes::from(buf));
             }
-            let mut buf = vec![0u8; (range.end - range.start) as usize];
-            f.seek(SeekFrom::Start(range.start)).map_err(|e| map_io("get", &key, &path, e))?;
-            f.read_exact(&mut buf).map_err(|e| map_io("get", &key, &path, e))?;
-            Ok(Bytes::from(buf))
+            Ok(out)
         })
         .await
     }

@@ -9,9 +9,9 @@
 //!   It returns `Ok` only once the object is durable (local: fsync of file and
 //!   directory; S3: the PUT was acknowledged). A reader never sees a partial object.
 //! * Objects are immutable once written; only `delete` (used by expire) removes them.
-//! * [`Storage::get`] / [`Storage::get_range`] of a missing key fail with
-//!   [`StorageErrorKind::NotFound`]; a range past the end of the object is an error,
-//!   never a short read.
+//! * [`Storage::get`] / [`Storage::get_range`] / [`Storage::get_ranges`] of a missing
+//!   key fail with [`StorageErrorKind::NotFound`]; a range past the end of the object
+//!   is an error, never a short read.
 //! * [`Storage::list`] returns every key under a prefix (recursively), sorted, with
 //!   sizes and modification times; it may be eventually consistent, so correctness never depends on a list
 //!   seeing a just-written object: readers find objects by name. An object deleted
@@ -74,6 +74,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn get(&self, key: &str) -> Result<Bytes>;
     /// Reads the bytes `range` of an object; a range past its end is an error.
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+    /// Reads several ranges of one object, in the order given, as `get_range` would
+    /// one by one (same errors). Backends read them together where they can (local:
+    /// one open; object stores: object_store's coalesced requests): a backup reads
+    /// its parents' changed blocks scattered over packs this way.
+    async fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        let mut out = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            out.push(self.get_range(key, range.clone()).await?);
+        }
+        Ok(out)
+    }
     /// Every object under `prefix` (recursively), sorted by key, with sizes.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Removes an object: the only change to an object once written.

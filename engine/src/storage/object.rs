@@ -249,6 +249,23 @@ impl Storage for ObjectStorage {
         Ok(data)
     }
 
+    async fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        let got =
+            self.store.get_ranges(&self.path("get", key)?, ranges).await.map_err(|e| self.map_err("get", key, e))?;
+        for (data, range) in got.iter().zip(ranges) {
+            let want = range.end - range.start;
+            if data.len() as u64 != want {
+                let detail = format!("short ranged read: {} of {want} bytes", data.len());
+                return Err(storage_error("get", key, StorageErrorKind::Permanent, detail));
+            }
+        }
+        if got.len() != ranges.len() {
+            let detail = format!("{} of {} ranges came back", got.len(), ranges.len());
+            return Err(storage_error("get", key, StorageErrorKind::Permanent, detail));
+        }
+        Ok(got)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         super::check_key("list", prefix, true)?;
         // object_store lists by path segments; list the directory part, filter the rest.

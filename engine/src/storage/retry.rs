@@ -82,6 +82,9 @@ impl Storage for RetryStorage {
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         self.run(&format!("get of {key}"), || self.inner.get_range(key, range.clone())).await
     }
+    async fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.run(&format!("get of {key}"), || self.inner.get_ranges(key, ranges)).await
+    }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.run(&format!("list of {prefix}"), || self.inner.list(prefix)).await
     }

@@ -93,6 +93,10 @@ impl Storage for ThrottledStorage {
         self.bw.take(range.end.saturating_sub(range.start)).await;
         self.inner.get_range(key, range).await
     }
+    async fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.bw.take(ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum()).await;
+        self.inner.get_ranges(key, ranges).await
+    }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.inner.list(prefix).await
     }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ops::dedup::RecentChunks;
 use crate::ops::on_rayon;
 use crate::repo::blob;
-use crate::repo::block_reader::{BlockFault, BlockReader, ChunkHasher};
+use crate::repo::block_reader::{BlockFault, BlockReader, ChunkHasher, Scattered};
 use crate::repo::blocklist::{BlockLocation, DeltaBase};
 use crate::repo::format::ChunkId;
 
@@ -71,13 +71,19 @@ pub(super) struct Patch {
     pub pages: Vec<(usize, Bytes)>,
 }
 
-/// A block ready to be hashed: the parent's plaintext comes along when it was read
-/// for a patch and is the delta base too.
+/// A block of a batch before hashing: done (the parent's entry as it is) or ready.
+enum Prepared {
+    Done(BlockDone),
+    Ready(Ready),
+}
+
+/// A block ready to be hashed, with the plaintext of the parent's delta base when it
+/// was read already (for a patch).
 struct Ready {
     block: Bytes,
     at_parent: Option<(ChunkId, BlockLocation)>,
     place: BlockPlace,
-    parent_plain: Option<Bytes>,
+    base_plain: Option<Bytes>,
 }
 
 /// A spawned batch of blocks, cancelled if the backup stops waiting for it (an error
@@ -97,70 +103,87 @@ impl std::future::Future for BatchTask {
     }
 }
 
-/// The parent's blob that a changed block's delta is compressed against, opened.
-async fn fetch_base(ctx: &BlockCtx, base: &DeltaBase, place: &BlockPlace) -> Result<Bytes> {
-    ctx.reader.read_base(base).await.map(Bytes::from).map_err(|fault| parent_fault(ctx, fault, place))
-}
-
-/// The parent's block at a place, opened (a delta over its base resolved).
-async fn fetch_parent(ctx: &BlockCtx, id: ChunkId, loc: BlockLocation, place: &BlockPlace) -> Result<Bytes> {
-    let runs = BlockReader::runs(std::iter::once((0, id, loc)));
-    let mut opened = Vec::new();
-    for run in runs {
-        opened.extend(ctx.reader.read_run(run).await.map_err(|fault| parent_fault(ctx, fault, place))?);
-    }
-    opened.pop().map(|(_, plain)| plain).ok_or_else(|| Error::Internal("a read of one block returned none".into()))
-}
-
-fn parent_fault(ctx: &BlockCtx, fault: BlockFault, place: &BlockPlace) -> Error {
+fn parent_fault(ctx: &BlockCtx, fault: BlockFault, place: Option<&BlockPlace>) -> Error {
     match fault {
-        BlockFault::Damaged { detail, .. } => Error::ParentCorrupt {
-            what: format!("{} block {} of parent backup {}", place.path, place.block, ctx.parent_label),
-            detail,
-        },
+        BlockFault::Damaged { detail, .. } => {
+            let what = place.map_or(String::new(), |p| format!("{} block {} of ", p.path, p.block));
+            Error::ParentCorrupt { what: format!("{what}parent backup {}", ctx.parent_label), detail }
+        }
         BlockFault::Other(e) => e,
     }
 }
 
-/// A block of an incremental file: the parent's entry as it is when nothing in it
-/// changed, else the parent's plaintext with the changed pages laid over it.
-async fn rebuild(
+/// Read the parent's blobs of `wanted` (a batch's blocks), each with the plaintext a
+/// delta of it is compressed against, in one scattered read.
+async fn read_parents(
     ctx: &BlockCtx,
+    wanted: Vec<(usize, ChunkId, BlockLocation)>,
+    places: &[Option<&BlockPlace>],
+) -> Result<Vec<Scattered>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    ctx.reader.read_scattered(wanted).await.map_err(|fault| {
+        let n = match &fault {
+            BlockFault::Damaged { n, .. } => Some(*n),
+            BlockFault::Other(_) => None,
+        };
+        parent_fault(ctx, fault, n.and_then(|n| places.get(n).copied().flatten()))
+    })
+}
+
+/// Whether an incremental file's block is the parent's entry as it is.
+fn unchanged(patch: &Patch, loc: &BlockLocation) -> bool {
+    patch.pages.is_empty() && patch.keep == patch.len && loc.raw_length as usize == patch.len
+}
+
+/// The parent's block a patch needs read: it keeps some of the parent's bytes and is
+/// not the parent's entry as it is.
+fn parent_to_read(block: &PendingBlock) -> Option<(ChunkId, BlockLocation)> {
+    match (&block.content, block.at_parent) {
+        (Content::Patched(patch), Some((id, loc))) if patch.keep > 0 && !unchanged(patch, &loc) => Some((id, loc)),
+        _ => None,
+    }
+}
+
+/// A block of an incremental file: the parent's entry as it is when nothing in it
+/// changed, else the parent's plaintext (`parent`, read when it keeps any of it) with
+/// the changed pages laid over it.
+fn rebuild(
     patch: Patch,
     at_parent: Option<(ChunkId, BlockLocation)>,
     place: BlockPlace,
-) -> Result<Result<BlockDone, Ready>> {
-    let parent = at_parent.filter(|_| patch.keep > 0);
-    if let Some((id, loc)) = parent {
-        if patch.pages.is_empty() && patch.keep == patch.len && loc.raw_length as usize == patch.len {
-            return Ok(Ok(BlockDone { id, raw_len: loc.raw_length, outcome: Outcome::Parent(loc) }));
-        }
+    parent: Option<Scattered>,
+) -> Prepared {
+    if let Some((id, loc)) = at_parent.filter(|(_, loc)| patch.keep > 0 && unchanged(&patch, loc)) {
+        return Prepared::Done(BlockDone { id, raw_len: loc.raw_length, outcome: Outcome::Parent(loc) });
     }
-    let parent_plain = match parent {
-        Some((id, loc)) => Some(fetch_parent(ctx, id, loc, &place).await?),
-        None => None,
-    };
     let mut block = vec![0u8; patch.len];
-    if let Some(plain) = &parent_plain {
-        let keep = patch.keep.min(plain.len());
-        block[..keep].copy_from_slice(&plain[..keep]);
+    if let Some(parent) = &parent {
+        let keep = patch.keep.min(parent.plain.len());
+        block[..keep].copy_from_slice(&parent.plain[..keep]);
     }
     for (at, page) in &patch.pages {
         block[*at..*at + page.len()].copy_from_slice(page);
     }
-    Ok(Err(Ready { block: Bytes::from(block), at_parent, place, parent_plain }))
+    Prepared::Ready(Ready { block: Bytes::from(block), at_parent, place, base_plain: parent.map(|p| p.base_plain) })
 }
 
-/// Rebuild the batch's patched blocks (reading the parents' concurrently); the
+/// Rebuild the batch's patched blocks over their parents' (read together); the
 /// parent's unchanged blocks are done already.
-async fn prepare(ctx: &BlockCtx, batch: Vec<PendingBlock>) -> Result<Vec<Result<BlockDone, Ready>>> {
-    let jobs = batch.into_iter().map(|PendingBlock { content, at_parent, place }| async move {
+async fn prepare(ctx: &BlockCtx, batch: Vec<PendingBlock>) -> Result<Vec<Prepared>> {
+    let wanted: Vec<_> =
+        batch.iter().enumerate().filter_map(|(i, b)| parent_to_read(b).map(|(id, loc)| (i, id, loc))).collect();
+    let places: Vec<Option<&BlockPlace>> = batch.iter().map(|b| Some(&b.place)).collect();
+    let mut parents = read_parents(ctx, wanted, &places).await?.into_iter().peekable();
+    let prepared = batch.into_iter().enumerate().map(|(i, PendingBlock { content, at_parent, place })| {
+        let parent = parents.next_if(|p| p.n == i);
         match content {
-            Content::Whole(block) => Ok(Err(Ready { block, at_parent, place, parent_plain: None })),
-            Content::Patched(patch) => rebuild(ctx, patch, at_parent, place).await,
+            Content::Whole(block) => Prepared::Ready(Ready { block, at_parent, place, base_plain: None }),
+            Content::Patched(patch) => rebuild(patch, at_parent, place, parent),
         }
     });
-    futures::future::try_join_all(jobs).await
+    Ok(prepared.collect())
 }
 
 /// Hash a batch of blocks; reuse the parent's blob for each unchanged one, store the
@@ -173,9 +196,9 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
         prepared
             .into_iter()
             .map(|item| {
-                let Ready { block, at_parent, place, parent_plain } = match item {
-                    Ok(done) => return (done.id, done.raw_len, Step::Done(done.outcome), None),
-                    Err(ready) => ready,
+                let Ready { block, at_parent, place, base_plain } = match item {
+                    Prepared::Done(done) => return (done.id, done.raw_len, Step::Done(done.outcome), None),
+                    Prepared::Ready(ready) => ready,
                 };
                 let id = c.hasher.id(&block);
                 let raw_len = block.len() as u32;
@@ -184,10 +207,7 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
                     _ if !c.recent.lock().unwrap_or_else(PoisonError::into_inner).claim(id) => {
                         Step::Done(Outcome::Repeat(block))
                     }
-                    // The parent's plaintext is the delta base only when it is stored whole.
-                    Some((parent_id, loc)) => {
-                        Step::Changed(block, loc.delta_base(parent_id), parent_plain.filter(|_| loc.base.is_none()))
-                    }
+                    Some((parent_id, loc)) => Step::Changed(block, loc.delta_base(parent_id), base_plain),
                     None => Step::Done(Outcome::New(blob::seal_block(&c.cipher, c.level, &id, &block), None)),
                 };
                 (id, raw_len, step, Some(place))
@@ -195,16 +215,33 @@ pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) 
             .collect::<Vec<_>>()
     })
     .await?;
-    let reader = &*ctx;
-    let base_reads = steps.iter().map(|(_, _, step, place)| async move {
-        match (step, place) {
-            (Step::Changed(_, _, Some(plain)), _) => Ok(Some(plain.clone())),
-            (Step::Changed(_, base, None), Some(place)) => fetch_base(reader, base, place).await.map(Some),
-            _ => Ok(None),
-        }
-    });
-    let base_plains = futures::future::try_join_all(base_reads).await?;
+    let base_plains = read_bases(&ctx, &steps).await?;
     seal_changed(ctx, steps, base_plains).await
+}
+
+/// The plaintext of each changed block's delta base, by position: known already for
+/// patches, else read (together) from the parent's packs.
+async fn read_bases(ctx: &BlockCtx, steps: &[(ChunkId, u32, Step, Option<BlockPlace>)]) -> Result<Vec<Option<Bytes>>> {
+    let mut plains: Vec<Option<Bytes>> = steps
+        .iter()
+        .map(|(_, _, step, _)| match step {
+            Step::Changed(_, _, known) => known.clone(),
+            Step::Done(_) => None,
+        })
+        .collect();
+    let wanted: Vec<(usize, ChunkId, BlockLocation)> = steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, _, step, _))| match step {
+            Step::Changed(_, base, None) => Some((i, base.id, base.whole_location())),
+            _ => None,
+        })
+        .collect();
+    let places: Vec<Option<&BlockPlace>> = steps.iter().map(|(_, _, _, place)| place.as_ref()).collect();
+    for base in read_parents(ctx, wanted, &places).await? {
+        plains[base.n] = Some(base.plain);
+    }
+    Ok(plains)
 }
 
 /// What hashing decided for a block.
@@ -227,8 +264,9 @@ async fn seal_changed(
             .map(|((id, raw_len, step, _place), base_plain)| {
                 let outcome = match (step, base_plain) {
                     (Step::Changed(block, base, _), Some(plain)) => {
-                        let (sealed, is_delta) =
-                            blob::seal_changed_block(&ctx.cipher, ctx.level, &id, &block, (&base.id, &plain));
+                        let stored_len = Some(base.length as usize);
+                        let against = blob::BasePlain { id: base.id, plain: &plain, stored_len };
+                        let (sealed, is_delta) = blob::seal_changed_block(&ctx.cipher, ctx.level, &id, &block, against);
                         Outcome::New(sealed, is_delta.then_some(base))
                     }
                     (Step::Changed(block, _, _), None) => {
