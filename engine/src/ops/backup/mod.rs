@@ -9,6 +9,7 @@
 //! are uploading, and dedup looks at one part of the parent's block list and a
 //! bounded cache of recent chunks. Only the file list grows (with the file count).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -47,9 +48,14 @@ mod standby;
 mod summaries;
 mod worker;
 
+/// Work handed to the workers and not yet back, in blocks (see `BATCH_BLOCKS`).
 const IN_FLIGHT_BLOCKS: usize = 256;
-/// Blocks per worker task (512 KiB at the default block size).
+/// Blocks per worker task (512 KiB at the default block size). A block of an
+/// incremental file that the server says is unchanged costs next to nothing (no
+/// read, no hash): it counts as 1/`UNCHANGED_PER_BLOCK` of a block, so the few
+/// changed blocks of such files are read and sealed 16 at a time, not one.
 const BATCH_BLOCKS: usize = 16;
+const UNCHANGED_PER_BLOCK: usize = 64;
 /// Recent chunks remembered for dedup within a backup, per generation (~100 B each).
 const RECENT_CHUNKS: usize = 32 * 1024;
 
@@ -123,9 +129,13 @@ pub(super) struct Builder<'r> {
     /// Blocks of the current file submitted so far.
     file_blocks: u64,
     in_flight: FuturesOrdered<BatchTask>,
+    /// The cost of each batch in flight, in `in_flight`'s order, and their sum.
+    in_flight_costs: VecDeque<usize>,
     in_flight_blocks: usize,
     /// Blocks waiting to be handed to a worker as one batch.
     pending: Vec<PendingBlock>,
+    /// How many of them are work (not an incremental file's unchanged blocks).
+    pending_work: usize,
     /// The current file's path, shared by its blocks' tasks.
     current_path: Arc<str>,
     files: Vec<FileEntry>,
@@ -172,8 +182,10 @@ impl<'r> Builder<'r> {
             parent_file: None,
             file_blocks: 0,
             in_flight: FuturesOrdered::new(),
+            in_flight_costs: VecDeque::new(),
             in_flight_blocks: 0,
             pending: Vec::with_capacity(BATCH_BLOCKS),
+            pending_work: 0,
             current_path: Arc::from(""),
             files: Vec::new(),
             tablespace: None,
@@ -200,11 +212,18 @@ impl<'r> Builder<'r> {
         };
         let place = BlockPlace { path: self.current_path.clone(), block: self.file_blocks };
         self.file_blocks += 1;
+        self.pending_work += usize::from(content.is_work());
         self.pending.push(PendingBlock { content, at_parent, place });
-        if self.pending.len() >= BATCH_BLOCKS {
+        if self.pending_cost() >= BATCH_BLOCKS {
             self.spawn_batch().await?;
         }
         Ok(())
+    }
+
+    /// The pending batch's cost in blocks: its work, or its length at
+    /// `UNCHANGED_PER_BLOCK` entries a block, whichever is more.
+    fn pending_cost(&self) -> usize {
+        self.pending_work.max(self.pending.len().div_ceil(UNCHANGED_PER_BLOCK))
     }
 
     async fn spawn_batch(&mut self) -> Result<()> {
@@ -212,8 +231,11 @@ impl<'r> Builder<'r> {
             self.complete_batch().await?;
         }
         if !self.pending.is_empty() {
+            let cost = self.pending_cost();
             let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH_BLOCKS));
-            self.in_flight_blocks += batch.len();
+            self.pending_work = 0;
+            self.in_flight_blocks += cost;
+            self.in_flight_costs.push_back(cost);
             self.in_flight.push_back(BatchTask(tokio::spawn(process_batch(self.workers.clone(), batch))));
         }
         Ok(())
@@ -224,7 +246,7 @@ impl<'r> Builder<'r> {
             return Ok(());
         };
         let done = done.map_err(|e| Error::Internal(format!("block task failed: {e}")))??;
-        self.in_flight_blocks -= done.len();
+        self.in_flight_blocks -= self.in_flight_costs.pop_front().unwrap_or_default();
         for block in done {
             self.complete_one(block).await?;
         }

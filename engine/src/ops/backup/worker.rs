@@ -63,6 +63,17 @@ pub(super) enum Content {
     Patched(Patch),
 }
 
+impl Content {
+    /// Whether a worker has anything to do for it: a block of an incremental file
+    /// with no changed page is the parent's (or zeros, or the parent's cut short).
+    pub(super) fn is_work(&self) -> bool {
+        match self {
+            Content::Whole(_) => true,
+            Content::Patched(patch) => !patch.pages.is_empty(),
+        }
+    }
+}
+
 /// A block rebuilt from the parent's: its first `keep` bytes, the changed `pages`
 /// (offset in the block, bytes) laid over them, zeros elsewhere, `len` bytes long.
 pub(super) struct Patch {
