@@ -67,6 +67,13 @@ pub(crate) struct Scattered {
     pub base_plain: Bytes,
 }
 
+/// Blocks fetched by [`BlockReader::fetch_scattered`], still sealed.
+pub(crate) struct Fetched {
+    blocks: Vec<Wanted>,
+    /// Slot 2i: block i's blob; 2i + 1: its base's (empty when it has none).
+    sealed: Vec<Bytes>,
+}
+
 /// Blocks stored back to back in one pack, read with one ranged read.
 pub(crate) struct Run {
     pack: PackRef,
@@ -167,6 +174,14 @@ impl BlockReader {
     /// against (its own when stored whole, its base's when a delta). Callers keep
     /// `blocks` to a batch: everything is in memory at once.
     pub(crate) async fn read_scattered(&self, blocks: Vec<Wanted>) -> Result<Vec<Scattered>, BlockFault> {
+        let fetched = self.fetch_scattered(blocks).await?;
+        let me = self.clone();
+        self.cpu.run(move || me.open_fetched(fetched)).await.map_err(BlockFault::Other)?
+    }
+
+    /// The I/O half of [`BlockReader::read_scattered`], for callers that open the
+    /// blocks in a CPU job of their own ([`BlockReader::open_fetched`]).
+    pub(crate) async fn fetch_scattered(&self, blocks: Vec<Wanted>) -> Result<Fetched, BlockFault> {
         // Slot 2i is block i's blob, 2i + 1 its base's.
         let mut by_pack: HashMap<PackRef, Vec<(Range<u64>, usize)>> = HashMap::new();
         for (i, (_, _, loc)) in blocks.iter().enumerate() {
@@ -191,11 +206,11 @@ impl BlockReader {
                 sealed[slot] = bytes;
             }
         }
-        let me = self.clone();
-        self.cpu.run(move || me.open_scattered(blocks, &sealed)).await.map_err(BlockFault::Other)?
+        Ok(Fetched { blocks, sealed })
     }
 
-    fn open_scattered(&self, blocks: Vec<Wanted>, sealed: &[Bytes]) -> Result<Vec<Scattered>, BlockFault> {
+    /// The CPU half of [`BlockReader::read_scattered`]: run it on a pool.
+    pub(crate) fn open_fetched(&self, Fetched { blocks, sealed }: Fetched) -> Result<Vec<Scattered>, BlockFault> {
         let open_one = |i: usize, (n, id, loc): Wanted| {
             let damaged = |detail| BlockFault::Damaged { n, detail };
             let (blob, base_blob) = (&sealed[2 * i], &sealed[2 * i + 1]);

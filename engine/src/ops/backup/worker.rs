@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ops::dedup::RecentChunks;
 use crate::ops::on_rayon;
 use crate::repo::blob;
-use crate::repo::block_reader::{BlockFault, BlockReader, ChunkHasher, Scattered};
+use crate::repo::block_reader::{BlockFault, BlockReader, ChunkHasher, Fetched, Scattered};
 use crate::repo::blocklist::{BlockLocation, DeltaBase};
 use crate::repo::format::ChunkId;
 
@@ -82,21 +82,6 @@ pub(super) struct Patch {
     pub pages: Vec<(usize, Bytes)>,
 }
 
-/// A block of a batch before hashing: done (the parent's entry as it is) or ready.
-enum Prepared {
-    Done(BlockDone),
-    Ready(Ready),
-}
-
-/// A block ready to be hashed, with the plaintext of the parent's delta base when it
-/// was read already (for a patch).
-struct Ready {
-    block: Bytes,
-    at_parent: Option<(ChunkId, BlockLocation)>,
-    place: BlockPlace,
-    base_plain: Option<Bytes>,
-}
-
 /// A spawned batch of blocks, cancelled if the backup stops waiting for it (an error
 /// elsewhere): it must not go on reading and compressing after the backup failed.
 pub(super) struct BatchTask(pub JoinHandle<Result<Vec<BlockDone>>>);
@@ -114,38 +99,35 @@ impl std::future::Future for BatchTask {
     }
 }
 
-fn parent_fault(ctx: &BlockCtx, fault: BlockFault, place: Option<&BlockPlace>) -> Error {
+fn parent_fault(ctx: &BlockCtx, fault: BlockFault, place: impl Fn(usize) -> Option<(Arc<str>, u64)>) -> Error {
     match fault {
-        BlockFault::Damaged { detail, .. } => {
-            let what = place.map_or(String::new(), |p| format!("{} block {} of ", p.path, p.block));
+        BlockFault::Damaged { n, detail } => {
+            let what = place(n).map_or(String::new(), |(path, block)| format!("{path} block {block} of "));
             Error::ParentCorrupt { what: format!("{what}parent backup {}", ctx.parent_label), detail }
         }
         BlockFault::Other(e) => e,
     }
 }
 
-/// Read the parent's blobs of `wanted` (a batch's blocks), each with the plaintext a
-/// delta of it is compressed against, in one scattered read.
-async fn read_parents(
-    ctx: &BlockCtx,
-    wanted: Vec<(usize, ChunkId, BlockLocation)>,
-    places: &[Option<&BlockPlace>],
-) -> Result<Vec<Scattered>> {
-    if wanted.is_empty() {
-        return Ok(Vec::new());
-    }
-    ctx.reader.read_scattered(wanted).await.map_err(|fault| {
-        let n = match &fault {
-            BlockFault::Damaged { n, .. } => Some(*n),
-            BlockFault::Other(_) => None,
-        };
-        parent_fault(ctx, fault, n.and_then(|n| places.get(n).copied().flatten()))
-    })
+/// Where block `n` of a batch is, for messages.
+fn place_in(batch: &[PendingBlock], n: usize) -> Option<(Arc<str>, u64)> {
+    batch.get(n).map(|b| (b.place.path.clone(), b.place.block))
 }
 
 /// Whether an incremental file's block is the parent's entry as it is.
 fn unchanged(patch: &Patch, loc: &BlockLocation) -> bool {
     patch.pages.is_empty() && patch.keep == patch.len && loc.raw_length as usize == patch.len
+}
+
+/// The parent's entry when the block is that entry as it is (an incremental file's
+/// block with no changed page): nothing to read, hash or store.
+fn parent_as_is(content: &Content, at_parent: Option<(ChunkId, BlockLocation)>) -> Option<BlockDone> {
+    match (content, at_parent) {
+        (Content::Patched(patch), Some((id, loc))) if patch.keep > 0 && unchanged(patch, &loc) => {
+            Some(BlockDone { id, raw_len: loc.raw_length, outcome: Outcome::Parent(loc) })
+        }
+        _ => None,
+    }
 }
 
 /// The parent's block a patch needs read: it keeps some of the parent's bytes and is
@@ -157,99 +139,126 @@ fn parent_to_read(block: &PendingBlock) -> Option<(ChunkId, BlockLocation)> {
     }
 }
 
-/// A block of an incremental file: the parent's entry as it is when nothing in it
-/// changed, else the parent's plaintext (`parent`, read when it keeps any of it) with
-/// the changed pages laid over it.
-fn rebuild(
-    patch: Patch,
-    at_parent: Option<(ChunkId, BlockLocation)>,
-    place: BlockPlace,
-    parent: Option<Scattered>,
-) -> Prepared {
-    if let Some((id, loc)) = at_parent.filter(|(_, loc)| patch.keep > 0 && unchanged(&patch, loc)) {
-        return Prepared::Done(BlockDone { id, raw_len: loc.raw_length, outcome: Outcome::Parent(loc) });
-    }
+/// A block of an incremental file: the parent's plaintext (`parent`, read when the
+/// block keeps any of it) with the changed pages laid over it, zeros elsewhere.
+fn rebuild(patch: Patch, parent: Option<&Scattered>) -> Bytes {
     let mut block = vec![0u8; patch.len];
-    if let Some(parent) = &parent {
+    if let Some(parent) = parent {
         let keep = patch.keep.min(parent.plain.len());
         block[..keep].copy_from_slice(&parent.plain[..keep]);
     }
     for (at, page) in &patch.pages {
         block[*at..*at + page.len()].copy_from_slice(page);
     }
-    Prepared::Ready(Ready { block: Bytes::from(block), at_parent, place, base_plain: parent.map(|p| p.base_plain) })
-}
-
-/// Rebuild the batch's patched blocks over their parents' (read together); the
-/// parent's unchanged blocks are done already.
-async fn prepare(ctx: &BlockCtx, batch: Vec<PendingBlock>) -> Result<Vec<Prepared>> {
-    let wanted: Vec<_> =
-        batch.iter().enumerate().filter_map(|(i, b)| parent_to_read(b).map(|(id, loc)| (i, id, loc))).collect();
-    let places: Vec<Option<&BlockPlace>> = batch.iter().map(|b| Some(&b.place)).collect();
-    let mut parents = read_parents(ctx, wanted, &places).await?.into_iter().peekable();
-    let prepared = batch.into_iter().enumerate().map(|(i, PendingBlock { content, at_parent, place })| {
-        let parent = parents.next_if(|p| p.n == i);
-        match content {
-            Content::Whole(block) => Prepared::Ready(Ready { block, at_parent, place, base_plain: None }),
-            Content::Patched(patch) => rebuild(patch, at_parent, place, parent),
-        }
-    });
-    Ok(prepared.collect())
+    Bytes::from(block)
 }
 
 /// Hash a batch of blocks; reuse the parent's blob for each unchanged one, store the
 /// others, as deltas over the parent's versions where there are some. Batches keep
-/// the cost of task switches per block low (a task per block cost a fifth of the CPU).
+/// the cost of task switches per block low (a task per block cost a fifth of the
+/// CPU); the parents a batch's patches need are read together, and opening them,
+/// rebuilding, hashing and sealing is one job on the CPU pool.
 pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) -> Result<Vec<BlockDone>> {
-    let prepared = prepare(&ctx, batch).await?;
+    if batch.iter().all(|b| parent_as_is(&b.content, b.at_parent).is_some()) {
+        return Ok(batch.iter().filter_map(|b| parent_as_is(&b.content, b.at_parent)).collect());
+    }
+    let wanted: Vec<_> =
+        batch.iter().enumerate().filter_map(|(i, b)| parent_to_read(b).map(|(id, loc)| (i, id, loc))).collect();
+    let fetched = match wanted.is_empty() {
+        true => None,
+        false => {
+            Some(ctx.reader.fetch_scattered(wanted).await.map_err(|f| parent_fault(&ctx, f, |n| place_in(&batch, n)))?)
+        }
+    };
     let c = ctx.clone();
-    let steps = on_rayon(move || {
-        prepared
+    let steps = on_rayon(move || hash_and_seal(&c, batch, fetched)).await??;
+    if steps.iter().all(|(_, _, step, _)| matches!(step, Step::Done(_))) {
+        return Ok(steps
             .into_iter()
-            .map(|item| {
-                let Ready { block, at_parent, place, base_plain } = match item {
-                    Prepared::Done(done) => return (done.id, done.raw_len, Step::Done(done.outcome), None),
-                    Prepared::Ready(ready) => ready,
-                };
-                let id = c.hasher.id(&block);
-                let raw_len = block.len() as u32;
-                let step = match at_parent {
-                    Some((parent_id, loc)) if parent_id == id => Step::Done(Outcome::Parent(loc)),
-                    _ if !c.recent.lock().unwrap_or_else(PoisonError::into_inner).claim(id) => {
-                        Step::Done(Outcome::Repeat(block))
-                    }
-                    Some((parent_id, loc)) => Step::Changed(block, loc.delta_base(parent_id), base_plain),
-                    None => Step::Done(Outcome::New(blob::seal_block(&c.cipher, c.level, &id, &block), None)),
-                };
-                (id, raw_len, step, Some(place))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await?;
+            .filter_map(|(id, raw_len, step, _)| step.done().map(|outcome| BlockDone { id, raw_len, outcome }))
+            .collect());
+    }
     let base_plains = read_bases(&ctx, &steps).await?;
     seal_changed(ctx, steps, base_plains).await
 }
 
-/// The plaintext of each changed block's delta base, by position: known already for
-/// patches, else read (together) from the parent's packs.
-async fn read_bases(ctx: &BlockCtx, steps: &[(ChunkId, u32, Step, Option<BlockPlace>)]) -> Result<Vec<Option<Bytes>>> {
-    let mut plains: Vec<Option<Bytes>> = steps
-        .iter()
-        .map(|(_, _, step, _)| match step {
-            Step::Changed(_, _, known) => known.clone(),
-            Step::Done(_) => None,
-        })
-        .collect();
+type Stepped = (ChunkId, u32, Step, Option<BlockPlace>);
+
+/// The CPU part of a batch: open the parents fetched for its patches, rebuild those,
+/// hash every block, decide, and seal the changed blocks whose delta base is known.
+fn hash_and_seal(ctx: &BlockCtx, batch: Vec<PendingBlock>, fetched: Option<Fetched>) -> Result<Vec<Stepped>> {
+    let parents = match fetched {
+        Some(f) => ctx.reader.open_fetched(f).map_err(|f| parent_fault(ctx, f, |n| place_in(&batch, n)))?,
+        None => Vec::new(),
+    };
+    let mut parents = parents.into_iter().peekable();
+    let steps = batch.into_iter().enumerate().map(|(i, PendingBlock { content, at_parent, place })| {
+        if let Some(done) = parent_as_is(&content, at_parent) {
+            return (done.id, done.raw_len, Step::Done(done.outcome), None);
+        }
+        let (block, base_plain) = match content {
+            Content::Whole(block) => (block, None),
+            Content::Patched(patch) => {
+                let parent = parents.next_if(|p| p.n == i);
+                (rebuild(patch, parent.as_ref()), parent.map(|p| p.base_plain))
+            }
+        };
+        let (id, raw_len, step) = decide(ctx, block, at_parent, base_plain);
+        (id, raw_len, step, Some(place))
+    });
+    Ok(steps.collect())
+}
+
+/// Hash a block and decide where it is kept; a changed block whose delta base is
+/// known is sealed at once.
+fn decide(
+    c: &BlockCtx,
+    block: Bytes,
+    at_parent: Option<(ChunkId, BlockLocation)>,
+    base_plain: Option<Bytes>,
+) -> (ChunkId, u32, Step) {
+    let id = c.hasher.id(&block);
+    let raw_len = block.len() as u32;
+    let step = match at_parent {
+        Some((parent_id, loc)) if parent_id == id => Step::Done(Outcome::Parent(loc)),
+        _ if !c.recent.lock().unwrap_or_else(PoisonError::into_inner).claim(id) => Step::Done(Outcome::Repeat(block)),
+        Some((parent_id, loc)) => match base_plain {
+            Some(plain) => Step::Done(seal(c, &id, &block, loc.delta_base(parent_id), Some(&plain))),
+            None => Step::Changed(block, loc.delta_base(parent_id)),
+        },
+        None => Step::Done(Outcome::New(blob::seal_block(&c.cipher, c.level, &id, &block), None)),
+    };
+    (id, raw_len, step)
+}
+
+/// A changed block sealed as a delta over `base` (whole when its plaintext is unknown
+/// or the delta would not pay).
+fn seal(c: &BlockCtx, id: &ChunkId, block: &[u8], base: DeltaBase, base_plain: Option<&Bytes>) -> Outcome {
+    let Some(plain) = base_plain else {
+        return Outcome::New(blob::seal_block(&c.cipher, c.level, id, block), None);
+    };
+    let against = blob::BasePlain { id: base.id, plain, stored_len: Some(base.length as usize) };
+    let (sealed, is_delta) = blob::seal_changed_block(&c.cipher, c.level, id, block, against);
+    Outcome::New(sealed, is_delta.then_some(base))
+}
+
+/// The plaintext of each changed block's delta base, by position, read together
+/// from the parent's packs (the blocks the server sent whole).
+async fn read_bases(ctx: &BlockCtx, steps: &[Stepped]) -> Result<Vec<Option<Bytes>>> {
+    let mut plains: Vec<Option<Bytes>> = vec![None; steps.len()];
     let wanted: Vec<(usize, ChunkId, BlockLocation)> = steps
         .iter()
         .enumerate()
         .filter_map(|(i, (_, _, step, _))| match step {
-            Step::Changed(_, base, None) => Some((i, base.id, base.whole_location())),
-            _ => None,
+            Step::Changed(_, base) => Some((i, base.id, base.whole_location())),
+            Step::Done(_) => None,
         })
         .collect();
-    let places: Vec<Option<&BlockPlace>> = steps.iter().map(|(_, _, _, place)| place.as_ref()).collect();
-    for base in read_parents(ctx, wanted, &places).await? {
+    if wanted.is_empty() {
+        return Ok(plains);
+    }
+    let place = |n: usize| steps.get(n).and_then(|(_, _, _, p)| p.as_ref()).map(|p| (p.path.clone(), p.block));
+    for base in ctx.reader.read_scattered(wanted).await.map_err(|f| parent_fault(ctx, f, place))? {
         plains[base.n] = Some(base.plain);
     }
     Ok(plains)
@@ -258,14 +267,24 @@ async fn read_bases(ctx: &BlockCtx, steps: &[(ChunkId, u32, Step, Option<BlockPl
 /// What hashing decided for a block.
 enum Step {
     Done(Outcome),
-    /// Changed since the parent: a delta over `DeltaBase`, whose plaintext may be known.
-    Changed(Bytes, DeltaBase, Option<Bytes>),
+    /// Changed since the parent: a delta over `DeltaBase`, whose plaintext is still to
+    /// be read.
+    Changed(Bytes, DeltaBase),
+}
+
+impl Step {
+    fn done(self) -> Option<Outcome> {
+        match self {
+            Step::Done(outcome) => Some(outcome),
+            Step::Changed(..) => None,
+        }
+    }
 }
 
 /// Compress and seal the changed blocks, as deltas over their bases' plaintext.
 async fn seal_changed(
     ctx: Arc<BlockCtx>,
-    steps: Vec<(ChunkId, u32, Step, Option<BlockPlace>)>,
+    steps: Vec<Stepped>,
     base_plains: Vec<Option<Bytes>>,
 ) -> Result<Vec<BlockDone>> {
     on_rayon(move || {
@@ -273,21 +292,13 @@ async fn seal_changed(
             .into_iter()
             .zip(base_plains)
             .map(|((id, raw_len, step, _place), base_plain)| {
-                let outcome = match (step, base_plain) {
-                    (Step::Changed(block, base, _), Some(plain)) => {
-                        let stored_len = Some(base.length as usize);
-                        let against = blob::BasePlain { id: base.id, plain: &plain, stored_len };
-                        let (sealed, is_delta) = blob::seal_changed_block(&ctx.cipher, ctx.level, &id, &block, against);
-                        Outcome::New(sealed, is_delta.then_some(base))
-                    }
-                    (Step::Changed(block, _, _), None) => {
-                        Outcome::New(blob::seal_block(&ctx.cipher, ctx.level, &id, &block), None)
-                    }
-                    (Step::Done(outcome), _) => outcome,
+                let outcome = match step {
+                    Step::Changed(block, base) => seal(&ctx, &id, &block, base, base_plain.as_ref()),
+                    Step::Done(outcome) => outcome,
                 };
-                Ok(BlockDone { id, raw_len, outcome })
+                BlockDone { id, raw_len, outcome }
             })
             .collect()
     })
-    .await?
+    .await
 }
