@@ -212,7 +212,7 @@ impl<'r> Builder<'r> {
         };
         let place = BlockPlace { path: self.current_path.clone(), block: self.file_blocks };
         self.file_blocks += 1;
-        self.pending_work += usize::from(content.is_work());
+        self.pending_work += usize::from(worker::parent_as_is(&content, at_parent).is_none());
         self.pending.push(PendingBlock { content, at_parent, place });
         if self.pending_cost() >= BATCH_BLOCKS {
             self.spawn_batch().await?;

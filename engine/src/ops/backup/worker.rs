@@ -63,17 +63,6 @@ pub(super) enum Content {
     Patched(Patch),
 }
 
-impl Content {
-    /// Whether a worker has anything to do for it: a block of an incremental file
-    /// with no changed page is the parent's (or zeros, or the parent's cut short).
-    pub(super) fn is_work(&self) -> bool {
-        match self {
-            Content::Whole(_) => true,
-            Content::Patched(patch) => !patch.pages.is_empty(),
-        }
-    }
-}
-
 /// A block rebuilt from the parent's: its first `keep` bytes, the changed `pages`
 /// (offset in the block, bytes) laid over them, zeros elsewhere, `len` bytes long.
 pub(super) struct Patch {
@@ -121,7 +110,7 @@ fn unchanged(patch: &Patch, loc: &BlockLocation) -> bool {
 
 /// The parent's entry when the block is that entry as it is (an incremental file's
 /// block with no changed page): nothing to read, hash or store.
-fn parent_as_is(content: &Content, at_parent: Option<(ChunkId, BlockLocation)>) -> Option<BlockDone> {
+pub(super) fn parent_as_is(content: &Content, at_parent: Option<(ChunkId, BlockLocation)>) -> Option<BlockDone> {
     match (content, at_parent) {
         (Content::Patched(patch), Some((id, loc))) if patch.keep > 0 && unchanged(patch, &loc) => {
             Some(BlockDone { id, raw_len: loc.raw_length, outcome: Outcome::Parent(loc) })
