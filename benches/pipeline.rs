@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgcairn::testing::{
-    chunk_id, compress, open_block, open_delta_block, random_bytes, seal_block, BasePlain, ChunkId, Cipher,
-    DeltaSealer, PackWriter,
+    chunk_id, compress, open_block, open_delta_block, random_bytes, seal_block, seal_changed_block, BasePlain, ChunkId,
+    Cipher, PackWriter,
 };
 use rand::{Rng, SeedableRng};
 
