@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::cli::{Pgcairn, PASSPHRASE};
-use crate::support::{free_port, Cluster, PgVersion, TestDir};
+use crate::support::{files_under, free_port, Cluster, PgVersion, TestDir};
 
 /// A cluster with a local repository holding one backup.
 struct Fixture {
@@ -184,7 +184,7 @@ fn repository_state_errors() {
 #[test]
 fn corrupt_and_missing_objects_are_named() {
     let f = fixture();
-    let packs: Vec<_> = walk(&f.repo.path().join("main/data"));
+    let packs: Vec<_> = files_under(&f.repo.path().join("main/data"));
     assert!(!packs.is_empty());
 
     // One flipped byte in the middle of a pack: the block that holds it fails to decrypt.
@@ -248,7 +248,7 @@ fn diff_with_missing_parent_pack_fails_and_leaves_nothing() {
     let table = "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM t";
     f.cluster.psql("UPDATE t SET v = 'x' || v WHERE id % 100 = 0; CHECKPOINT");
     let want = f.cluster.psql(table);
-    let packs = walk(&f.repo.path().join("main/data"));
+    let packs = files_under(&f.repo.path().join("main/data"));
     for pack in &packs {
         std::fs::rename(pack, pack.with_extension("moved")).unwrap();
     }
@@ -341,19 +341,6 @@ fn config_file_env_and_flag_precedence() {
     let flag = format!("--repo={}", f.repo.path().display());
     let out = run(&[("PGCAIRN_REPO", "/nonexistent-pgcairn/env")], &["info", &flag]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use crate::archive::Archiving;
 use crate::cli::{wait_promoted, Pgcairn};
-use crate::support::{chown_to_postgres, client_bin, run, Cluster, PgVersion, S3Server, TestDir};
+use crate::support::{chown_to_postgres, client_bin, files_under, run, Cluster, PgVersion, S3Server, TestDir};
 
 /// Apparent and allocated bytes of every file below `dir` (sparse files allocate little).
 fn sizes(dir: &Path) -> (u64, u64) {
     let (mut apparent, mut allocated) = (0, 0);
-    for e in walkdir(dir) {
+    for e in files_under(dir) {
         let m = std::fs::symlink_metadata(&e).unwrap();
         if m.is_file() {
             apparent += m.len();
@@ -23,19 +23,6 @@ fn sizes(dir: &Path) -> (u64, u64) {
         }
     }
     (apparent, allocated)
-}
-
-fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let t = e.file_type().unwrap();
-        if t.is_dir() {
-            out.extend(walkdir(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
@@ -122,7 +109,7 @@ fn restore_of_chosen_databases() {
     assert!(out.contains("left out") && out.contains("ledger (") && out.contains("scratch ("), "{out}");
     let (apparent, allocated) = sizes(&data.join("base").join(&scratch_oid));
     assert!(apparent > 20 << 20 && allocated < 1 << 20, "scratch: {apparent} bytes, {allocated} allocated");
-    let ts_dirs = walkdir(&dir.path().join("app-only-ts"));
+    let ts_dirs = files_under(&dir.path().join("app-only-ts"));
     assert!(ts_dirs.iter().any(|p| p.to_string_lossy().contains(&format!("/{ledger_oid}/"))), "{ts_dirs:?}");
     // About the chosen database plus the system catalogs, nowhere near the whole cluster.
     let (whole, used) = sizes(&data);

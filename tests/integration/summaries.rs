@@ -6,7 +6,7 @@
 
 use crate::archive::Archiving;
 use crate::cli::{wait_promoted, Pgcairn};
-use crate::support::{chown_to_postgres, Cluster, PgVersion, TestDir};
+use crate::support::{chown_to_postgres, files_under, Cluster, PgVersion, TestDir};
 
 /// Every table the story touches, as one line per table (absent tables say so).
 fn state(c: &Cluster) -> String {
@@ -124,8 +124,36 @@ fn chain_from_summaries(version: PgVersion) {
     }
     if version == PgVersion::V17 {
         copies_to_a_second_repository(&a, &[&full, &incr, &incr2, &diff]);
-        falls_back_without_summaries(&a, &diff);
+        let incr3 = a_missing_parent_pack_fails_the_incr(&a, &diff);
+        falls_back_without_summaries(&a, &incr3);
     }
+}
+
+/// The parents of a batch's changed pages are read together, scattered over packs:
+/// one that is gone fails the incr with exit 8, naming the file, block and parent
+/// backup, and the hint to take a full; nothing is listed. With the packs back the
+/// incr works (its label is returned).
+fn a_missing_parent_pack_fails_the_incr(a: &Archiving, parent: &str) -> String {
+    let (c, p) = (&a.cluster, &a.p);
+    c.pgbench(&["-n", "-c", "2", "-t", "100", "--random-seed=13"]);
+    let packs = files_under(&a.repo.path().join("main/data"));
+    assert!(!packs.is_empty(), "packs under main/data");
+    for pack in &packs {
+        std::fs::rename(pack, pack.with_extension("moved")).unwrap();
+    }
+    let pg = format!("--pg={}", c.conninfo());
+    let (code, err) = p.fails(&["backup", "--type=incr", "--start-fast", &pg]);
+    for pack in &packs {
+        std::fs::rename(pack.with_extension("moved"), pack).unwrap();
+    }
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains(&format!("of parent backup {parent}")) && err.contains(" block "), "{err}");
+    assert!(err.contains("is missing") && err.contains("take a full backup"), "{err}");
+    let info: serde_json::Value = serde_json::from_str(&p.ok(&["info", "--output=json"])).unwrap();
+    assert_eq!(info["backups"].as_array().unwrap().last().unwrap()["label"], parent, "a failed incr is not listed");
+    let (incr, _) = backup(p, c, "incr");
+    assert_eq!(info_of(p, &incr)["read"]["method"], "wal-summaries");
+    incr
 }
 
 /// Rebuilt files have no whole-file CRC; copy re-reads them and must accept that

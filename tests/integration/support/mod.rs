@@ -119,6 +119,20 @@ pub fn is_root() -> bool {
     })
 }
 
+/// Every file under `dir` (recursively), sorted.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
+
 /// `chown -R postgres:postgres PATH` when running as root; a no-op otherwise (then the
 /// server runs as the current user, who already owns what it created).
 pub fn chown_to_postgres(path: &Path) {
