@@ -218,13 +218,17 @@ impl Storage for LocalStorage {
         let root = self.root.clone();
         blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => {
+                // The directories this emptied go first, then one fsync makes it all
+                // durable. Regression: syncing before the rmdir left a window of an
+                // fsync in which a kill -9 (an expire's, in the lifecycle test) left an
+                // empty backup directory that no listing shows and no expire removes.
+                let still_there = remove_empty_parents(&root, &path);
                 // A concurrent delete of the directory's last other file may have removed
-                // the directory itself (and synced its parent): nothing left to sync.
-                match fsutil::sync_parent_dir(&path) {
+                // it (and synced its parent): nothing left to sync.
+                match fsutil::sync_dir(&still_there) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(map_io("delete", &key, &path, e)),
                     _ => {}
                 }
-                remove_empty_parents(&root, &path);
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -285,15 +289,16 @@ fn hand_over(root: &Path, path: &Path, (uid, gid): (u32, u32)) -> std::io::Resul
 /// The directories a deleted file leaves empty go too, up to the second level below
 /// the stanza (`backup/`, `data/`, `wal/` stay). A directory that is not empty, or
 /// gone, is left as it is.
-fn remove_empty_parents(root: &Path, file: &Path) {
-    let mut dir = file.parent();
-    while let Some(d) = dir {
-        let depth = d.strip_prefix(root).map_or(0, |rel| rel.components().count());
-        if depth < 2 || std::fs::remove_dir(d).is_err() {
-            return;
+/// Remove the directories below the stanza's own that deleting `file` left empty;
+/// returns the deepest directory still there (for the caller to sync).
+fn remove_empty_parents(root: &Path, file: &Path) -> PathBuf {
+    let mut dir = file.parent().unwrap_or(root);
+    loop {
+        let depth = dir.strip_prefix(root).map_or(0, |rel| rel.components().count());
+        if depth < 2 || std::fs::remove_dir(dir).is_err() {
+            return dir.to_path_buf();
         }
-        let _ = fsutil::sync_parent_dir(d);
-        dir = d.parent();
+        dir = dir.parent().unwrap_or(root);
     }
 }
 
