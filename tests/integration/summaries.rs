@@ -10,12 +10,15 @@ use crate::support::{chown_to_postgres, files_under, Cluster, PgVersion, TestDir
 
 /// Every table the story touches, as one line per table (absent tables say so).
 fn state(c: &Cluster) -> String {
+    // Sorted: a UNION ALL has no order of its own (PostgreSQL 18 returned these lines
+    // in another order once, with the same data).
     let mut out = c.psql(
-        "SELECT 'accounts ' || md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts
+        "SELECT line FROM (SELECT 'accounts ' || md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts
          UNION ALL SELECT 'history ' || count(*) || ' ' || coalesce(sum(delta), 0) FROM pgbench_history
          UNION ALL SELECT 'tables ' || string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relname IN ('shrink', 'doomed', 'fresh', 'rewritten')
          UNION ALL SELECT 'shrink ' || count(*) || ' ' || md5(coalesce(string_agg(v, ',' ORDER BY id), '')) FROM shrink
-         UNION ALL SELECT 'rewritten ' || count(*) || ' ' || md5(string_agg(v, ',' ORDER BY id)) FROM rewritten",
+         UNION ALL SELECT 'rewritten ' || count(*) || ' ' || md5(string_agg(v, ',' ORDER BY id)) FROM rewritten) s(line)
+         ORDER BY line",
     );
     if c.psql("SELECT to_regclass('fresh') IS NOT NULL") == "t" {
         out.push_str(&c.psql("SELECT ' fresh ' || count(*) || ' ' || md5(string_agg(v, ',' ORDER BY id)) FROM fresh"));
