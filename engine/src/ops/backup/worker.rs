@@ -122,8 +122,10 @@ pub(super) fn parent_as_is(content: &Content, at_parent: Option<(ChunkId, BlockL
 /// The parent's block a patch needs read: it keeps some of the parent's bytes and is
 /// not the parent's entry as it is.
 fn parent_to_read(block: &PendingBlock) -> Option<(ChunkId, BlockLocation)> {
-    match (&block.content, block.at_parent) {
-        (Content::Patched(patch), Some((id, loc))) if patch.keep > 0 && !unchanged(patch, &loc) => Some((id, loc)),
+    match &block.content {
+        Content::Patched(patch) if patch.keep > 0 && parent_as_is(&block.content, block.at_parent).is_none() => {
+            block.at_parent
+        }
         _ => None,
     }
 }
@@ -148,8 +150,9 @@ fn rebuild(patch: Patch, parent: Option<&Scattered>) -> Bytes {
 /// CPU); the parents a batch's patches need are read together, and opening them,
 /// rebuilding, hashing and sealing is one job on the CPU pool.
 pub(super) async fn process_batch(ctx: Arc<BlockCtx>, batch: Vec<PendingBlock>) -> Result<Vec<BlockDone>> {
-    if batch.iter().all(|b| parent_as_is(&b.content, b.at_parent).is_some()) {
-        return Ok(batch.iter().filter_map(|b| parent_as_is(&b.content, b.at_parent)).collect());
+    let as_is: Option<Vec<BlockDone>> = batch.iter().map(|b| parent_as_is(&b.content, b.at_parent)).collect();
+    if let Some(done) = as_is {
+        return Ok(done);
     }
     let wanted: Vec<_> =
         batch.iter().enumerate().filter_map(|(i, b)| parent_to_read(b).map(|(id, loc)| (i, id, loc))).collect();
